@@ -1,0 +1,171 @@
+//! What the simulated WeChat knows before any request: the apps registered on it and the
+//! test users who can be picked on its consent page, plus the dev-mode defaults.
+
+use std::fmt;
+
+/// Everything a [`super::Simulator`] is built from; fixed for its whole life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The apps WeChat knows, as registered on its admin console.
+    pub apps: Vec<SimApp>,
+    /// The test users offered on the consent page, in the order shown (the first is preselected).
+    pub users: Vec<SimUser>,
+}
+
+impl SimConfig {
+    /// The apps and users of the dev mode (DESIGN.md §8), so `cargo run`, the demo page and the
+    /// docs all walk the flow against the same known values.
+    pub fn demo() -> Self {
+        let china = || Localized::new("中国", "中國", "CN");
+        Self {
+            apps: vec![
+                SimApp {
+                    appid: "wxd0000000000000a1".into(),
+                    secret: "demo-mp-secret".into(),
+                    kind: SimAppKind::OfficialAccount,
+                    callback_domain: "127.0.0.1:8080".into(),
+                    unionid_bound: true,
+                },
+                SimApp {
+                    appid: "wxd0000000000000b2".into(),
+                    secret: "demo-web-secret".into(),
+                    kind: SimAppKind::Website,
+                    callback_domain: "127.0.0.1:8080".into(),
+                    unionid_bound: true,
+                },
+            ],
+            users: vec![
+                SimUser {
+                    key: "alice".into(),
+                    nickname: "Alice 爱丽丝".into(),
+                    sex: 2,
+                    province: Localized::new("广东", "廣東", "Guangdong"),
+                    city: Localized::new("深圳", "深圳", "Shenzhen"),
+                    country: china(),
+                    headimgurl: "https://thirdwx.qlogo.cn/mmopen/vi_32/Q0j4TwGTfTKx8ib2bK3ciaEHq9nGcDvh1ZiaQhyWbL7vXWoZicS9Jp2Nrt1hYk0mVqCIC4ypuFLk8jMq7AHvD3ibgaw/132".into(),
+                    snapshot: false,
+                },
+                SimUser {
+                    key: "bob".into(),
+                    nickname: "Bob".into(),
+                    sex: 1,
+                    province: Localized::new("北京", "北京", "Beijing"),
+                    city: Localized::new("海淀", "海澱", "Haidian"),
+                    country: china(),
+                    headimgurl: "https://thirdwx.qlogo.cn/mmopen/vi_32/DYAIOgq83eoT4RZ1Hh8k7Bw0ibq2ZIsX9Nxv6f5MicUiaBYLqkE0jzR1p3ibsqN9gOYcJ2hUHvLwTx0kRiaQvmPbK5A/132".into(),
+                    snapshot: false,
+                },
+                SimUser {
+                    key: "snap".into(),
+                    nickname: "微信用户".into(),
+                    sex: 0,
+                    province: Localized::default(),
+                    city: Localized::default(),
+                    country: Localized::default(),
+                    headimgurl: String::new(),
+                    snapshot: true,
+                },
+            ],
+        }
+    }
+}
+
+/// One app registered on WeChat; the simulator enforces its kind, secret and callback domain
+/// the way WeChat does.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimApp {
+    /// The public app id (`wx...`).
+    pub appid: String,
+    /// The appsecret the code exchange must present (a test value, still never printed).
+    pub secret: String,
+    /// Official account or website app: decides the authorize page and the scopes.
+    pub kind: SimAppKind,
+    /// The authorization callback domain as configured on WeChat: `auth.example.com`, or
+    /// `127.0.0.1:8080` (the port is compared only when given).
+    pub callback_domain: String,
+    /// Bound to an open-platform account: `unionid` is given with the userinfo/login scopes.
+    pub unionid_bound: bool,
+}
+
+impl fmt::Debug for SimApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimApp")
+            .field("appid", &self.appid)
+            .field("secret", &"[redacted]")
+            .field("kind", &self.kind)
+            .field("callback_domain", &self.callback_domain)
+            .field("unionid_bound", &self.unionid_bound)
+            .finish()
+    }
+}
+
+/// The two kinds of WeChat app that do web authorization; each has its own page and scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimAppKind {
+    /// 公众号: `/connect/oauth2/authorize`, scopes `snsapi_base` and `snsapi_userinfo`.
+    OfficialAccount,
+    /// 开放平台网站应用: `/connect/qrconnect`, scope `snsapi_login`.
+    Website,
+}
+
+impl SimAppKind {
+    /// The scopes WeChat grants to this kind of app: the one place that rule lives.
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Self::OfficialAccount => &["snsapi_base", "snsapi_userinfo"],
+            Self::Website => &["snsapi_login"],
+        }
+    }
+
+    /// How long an unused code of this kind of app lives (5 min / 10 min).
+    pub(super) fn code_life_secs(self) -> u64 {
+        match self {
+            Self::OfficialAccount => 300,
+            Self::Website => 600,
+        }
+    }
+}
+
+/// A test user who can consent on the simulator's page; its profile is what `sns/userinfo`
+/// answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimUser {
+    /// The short name tests and the consent form use (`alice`).
+    pub key: String,
+    /// The WeChat nickname, also the label on the consent page.
+    pub nickname: String,
+    /// 0 unknown, 1 male, 2 female, as WeChat encodes it.
+    pub sex: u8,
+    /// Province in the three languages `lang` can ask for.
+    pub province: Localized,
+    /// City in the three languages `lang` can ask for.
+    pub city: Localized,
+    /// Country in the three languages `lang` can ask for.
+    pub country: Localized,
+    /// Avatar URL (last path segment is the size), empty when the user has none.
+    pub headimgurl: String,
+    /// A 朋友圈 snapshot-page virtual user: only `snsapi_base`, answered with `is_snapshotuser: 1`.
+    pub snapshot: bool,
+}
+
+/// A profile text in the languages `sns/userinfo` offers through `lang`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Localized {
+    /// Simplified Chinese (`lang=zh_CN`, the default).
+    pub zh_cn: String,
+    /// Traditional Chinese (`lang=zh_TW`).
+    pub zh_tw: String,
+    /// English (`lang=en`).
+    pub en: String,
+}
+
+impl Localized {
+    /// Builds the three variants at once, for compact user tables.
+    pub fn new(zh_cn: &str, zh_tw: &str, en: &str) -> Self {
+        Self {
+            zh_cn: zh_cn.into(),
+            zh_tw: zh_tw.into(),
+            en: en.into(),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The simulator's memory: its movable clock, the codes and tokens it has issued with their
+//! lifetimes, and the ids WeChat derives for each user. Each record-level WeChat rule (code
+//! single use and expiry, token expiry, refresh replacing the access token) lives here once;
+//! request parameters are checked by the callers in `api.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::Rng as _;
+use rand::distr::Alphanumeric;
+use sha2::{Digest as _, Sha256};
+
+use super::SimError;
+use super::api::errcode;
+use super::config::{SimApp, SimAppKind, SimConfig, SimUser};
+
+/// Web access tokens live two hours.
+const ACCESS_LIFE: Duration = Duration::from_secs(7200);
+/// Refresh tokens live 30 days and are not extended by refreshing.
+const REFRESH_LIFE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Records this long past their life are forgotten, so a long benchmark does not grow forever.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// A sweep of forgettable records runs once per this many issued records.
+const SWEEP_EVERY: u64 = 4096;
+
+/// What one authorization granted: which user, in which app, with which scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Grant {
+    pub(super) appid: String,
+    pub(super) kind: SimAppKind,
+    /// Index into the configured users.
+    pub(super) user: usize,
+    /// One of the app kind's scopes.
+    pub(super) scope: &'static str,
+}
+
+impl Grant {
+    /// WeChat gives unionid for userinfo/login scopes of bound apps, never for `snsapi_base`.
+    pub(super) fn gives_unionid(&self, app: &SimApp) -> bool {
+        app.unionid_bound && self.scope != "snsapi_base"
+    }
+}
+
+/// A fresh token pair, as the code exchange answers it.
+pub(super) struct Issued {
+    pub(super) access_token: String,
+    pub(super) refresh_token: String,
+    pub(super) grant: Grant,
+}
+
+struct CodeRecord {
+    grant: Grant,
+    issued: Duration,
+    used: bool,
+}
+
+struct AccessRecord {
+    grant: Grant,
+    issued: Duration,
+}
+
+struct RefreshRecord {
+    grant: Grant,
+    issued: Duration,
+    /// The one access token currently alive for this refresh token.
+    access_token: String,
+}
+
+#[derive(Default)]
+struct Records {
+    codes: HashMap<String, CodeRecord>,
+    access: HashMap<String, AccessRecord>,
+    refresh: HashMap<String, RefreshRecord>,
+    issued_count: u64,
+}
+
+/// The simulated WeChat's data: fixed configuration plus records behind one briefly held lock.
+pub(super) struct Core {
+    apps: HashMap<String, SimApp>,
+    users: Vec<SimUser>,
+    started: Instant,
+    offset_nanos: AtomicU64,
+    records: Mutex<Records>,
+}
+
+impl Core {
+    pub(super) fn new(config: SimConfig) -> Self {
+        Self {
+            apps: config
+                .apps
+                .into_iter()
+                .map(|app| (app.appid.clone(), app))
+                .collect(),
+            users: config.users,
+            started: Instant::now(),
+            offset_nanos: AtomicU64::new(0),
+            records: Mutex::new(Records::default()),
+        }
+    }
+
+    /// The simulator's time since it started: real time plus every `advance`.
+    pub(super) fn now(&self) -> Duration {
+        self.started.elapsed() + Duration::from_nanos(self.offset_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // The closure always returns Some, so this cannot fail.
+        let _ = self
+            .offset_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    pub(super) fn app(&self, appid: &str) -> Option<&SimApp> {
+        self.apps.get(appid)
+    }
+
+    pub(super) fn users(&self) -> &[SimUser] {
+        &self.users
+    }
+
+    pub(super) fn user(&self, index: usize) -> Option<&SimUser> {
+        self.users.get(index)
+    }
+
+    fn user_index(&self, key: &str) -> Option<usize> {
+        self.users.iter().position(|u| u.key == key)
+    }
+
+    /// Checks that `user` may give `scope` to `appid`, as the consent page and
+    /// `Simulator::authorize` both require.
+    pub(super) fn grant(&self, appid: &str, user: &str, scope: &str) -> Result<Grant, SimError> {
+        let app = self
+            .app(appid)
+            .ok_or_else(|| SimError::UnknownApp(appid.to_owned()))?;
+        let scope = app
+            .kind
+            .scopes()
+            .iter()
+            .copied()
+            .find(|s| *s == scope)
+            .ok_or_else(|| SimError::ScopeNotAllowed {
+                appid: appid.to_owned(),
+                scope: scope.to_owned(),
+            })?;
+        let index = self
+            .user_index(user)
+            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+        if self.users[index].snapshot && scope != "snsapi_base" {
+            return Err(SimError::SnapshotNeedsBase(user.to_owned()));
+        }
+        Ok(Grant {
+            appid: app.appid.clone(),
+            kind: app.kind,
+            user: index,
+            scope,
+        })
+    }
+
+    /// The openid WeChat gives this user in this app.
+    pub(super) fn openid_of(&self, grant: &Grant) -> String {
+        self.users
+            .get(grant.user)
+            .map_or_else(String::new, |u| openid(&grant.appid, &u.key))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Issues a fresh single-use code for a consented authorization.
+    pub(super) fn issue_code(&self, grant: Grant) -> String {
+        let code = random_alphanumeric(32);
+        let issued = self.now();
+        let mut records = self.lock();
+        records.codes.insert(
+            code.clone(),
+            CodeRecord {
+                grant,
+                issued,
+                used: false,
+            },
+        );
+        records.note_issued(issued);
+        code
+    }
+
+    /// Spends a code of `appid` and issues the token pair: 40029 unknown or another app's,
+    /// 40163 already used, 42003 expired.
+    pub(super) fn redeem_code(&self, appid: &str, code: &str) -> Result<Issued, i64> {
+        let now = self.now();
+        let mut records = self.lock();
+        let record = records
+            .codes
+            .get_mut(code)
+            .filter(|r| r.grant.appid == appid)
+            .ok_or(errcode::INVALID_CODE)?;
+        if record.used {
+            return Err(errcode::CODE_USED);
+        }
+        let life = Duration::from_secs(record.grant.kind.code_life_secs());
+        if now.saturating_sub(record.issued) > life {
+            return Err(errcode::CODE_EXPIRED);
+        }
+        record.used = true;
+        let grant = record.grant.clone();
+        let access_token = random_token();
+        let refresh_token = random_token();
+        records.access.insert(
+            access_token.clone(),
+            AccessRecord {
+                grant: grant.clone(),
+                issued: now,
+            },
+        );
+        records.refresh.insert(
+            refresh_token.clone(),
+            RefreshRecord {
+                grant: grant.clone(),
+                issued: now,
+                access_token: access_token.clone(),
+            },
+        );
+        records.note_issued(now);
+        Ok(Issued {
+            access_token,
+            refresh_token,
+            grant,
+        })
+    }
+
+    /// Replaces the access token of a refresh token of `appid`: 40030 unknown or another
+    /// app's, 42002 older than 30 days. The old access token stops working.
+    pub(super) fn refresh(&self, appid: &str, refresh_token: &str) -> Result<Issued, i64> {
+        let now = self.now();
+        let mut records = self.lock();
+        let record = records
+            .refresh
+            .get_mut(refresh_token)
+            .filter(|r| r.grant.appid == appid)
+            .ok_or(errcode::INVALID_REFRESH_TOKEN)?;
+        if now.saturating_sub(record.issued) > REFRESH_LIFE {
+            return Err(errcode::REFRESH_TOKEN_EXPIRED);
+        }
+        let access_token = random_token();
+        let old = std::mem::replace(&mut record.access_token, access_token.clone());
+        let grant = record.grant.clone();
+        records.access.remove(&old);
+        records.access.insert(
+            access_token.clone(),
+            AccessRecord {
+                grant: grant.clone(),
+                issued: now,
+            },
+        );
+        records.note_issued(now);
+        Ok(Issued {
+            access_token,
+            refresh_token: refresh_token.to_owned(),
+            grant,
+        })
+    }
+
+    /// What a live access token grants: 40014 unknown (or replaced), 42001 expired.
+    pub(super) fn access(&self, access_token: &str) -> Result<Grant, i64> {
+        let now = self.now();
+        let records = self.lock();
+        let record = records
+            .access
+            .get(access_token)
+            .ok_or(errcode::INVALID_ACCESS_TOKEN)?;
+        if now.saturating_sub(record.issued) > ACCESS_LIFE {
+            return Err(errcode::ACCESS_TOKEN_EXPIRED);
+        }
+        Ok(record.grant.clone())
+    }
+}
+
+impl Records {
+    /// Counts an issued record and, now and then, forgets records long past their life.
+    fn note_issued(&mut self, now: Duration) {
+        self.issued_count += 1;
+        if self.issued_count % SWEEP_EVERY != 0 {
+            return;
+        }
+        let alive = |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
+        self.codes.retain(|_, r| {
+            alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs()))
+        });
+        self.access.retain(|_, r| alive(r.issued, ACCESS_LIFE));
+        self.refresh.retain(|_, r| alive(r.issued, REFRESH_LIFE));
+    }
+}
+
+/// WeChat's openid shape: `o` and 27 base64url characters, stable per (app, user).
+pub(super) fn openid(appid: &str, user: &str) -> String {
+    format!("o{}", &digest_b64(&format!("openid|{appid}|{user}"))[..27])
+}
+
+/// WeChat's unionid shape: `o6_bm` and 23 base64url characters, stable per user.
+pub(super) fn unionid(user: &str) -> String {
+    format!("o6_bm{}", &digest_b64(&format!("unionid|{user}"))[..23])
+}
+
+/// 43 base64url characters of SHA-256: long enough for both id shapes.
+fn digest_b64(input: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(input.as_bytes()))
+}
+
+fn random_alphanumeric(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// 80 characters of `[A-Za-z0-9_-]`, like WeChat's web access and refresh tokens.
+fn random_token() -> String {
+    let mut bytes = [0u8; 60];
+    rand::rng().fill(&mut bytes[..]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// WeChat's request-id hint, `xxxxxxxx-xxxxxxxx-xxxxxxxx` in hex.
+pub(super) fn random_rid() -> String {
+    let bytes: [u8; 12] = rand::rng().random();
+    format!(
+        "{}-{}-{}",
+        hex::encode(&bytes[..4]),
+        hex::encode(&bytes[4..8]),
+        hex::encode(&bytes[8..])
+    )
+}

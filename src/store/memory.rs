@@ -1,0 +1,97 @@
+//! The in-memory backend: the embedded default for `cargo run` and unit tests. One process
+//! only (its locks and records are not shared), so production with several replicas uses
+//! Redis. Same semantics as the Redis backend, TTLs included.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sweep expired entries every this many writes, so abandoned flows do not accumulate.
+const SWEEP_EVERY: u64 = 1024;
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, (Vec<u8>, Instant)>,
+    writes: u64,
+}
+
+/// A map of byte values with per-key expiry behind one short-held mutex.
+#[derive(Default)]
+pub struct MemoryBackend {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryBackend")
+    }
+}
+
+impl Inner {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut (Vec<u8>, Instant)> {
+        if self.entries.get(key).is_some_and(|(_, exp)| *exp <= now) {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key)
+    }
+
+    fn insert(&mut self, key: &str, value: &[u8], ttl: Duration, now: Instant) {
+        self.writes += 1;
+        if self.writes % SWEEP_EVERY == 0 {
+            self.entries.retain(|_, (_, exp)| *exp > now);
+        }
+        self.entries.insert(key.to_owned(), (value.to_vec(), now + ttl));
+    }
+}
+
+impl MemoryBackend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-written (each operation
+        // is one map call), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.lock().live(key, Instant::now()).map(|(v, _)| v.clone())
+    }
+
+    pub(super) fn set(&self, key: &str, value: &[u8], ttl: Duration) {
+        self.lock().insert(key, value, ttl, Instant::now());
+    }
+
+    pub(super) fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.live(key, now).is_some() {
+            return false;
+        }
+        inner.insert(key, value, ttl, now);
+        true
+    }
+
+    pub(super) fn del(&self, key: &str) {
+        self.lock().entries.remove(key);
+    }
+
+    pub(super) fn del_if_eq(&self, key: &str, value: &[u8]) -> bool {
+        let mut inner = self.lock();
+        let matches = inner.live(key, Instant::now()).is_some_and(|(v, _)| v == value);
+        if matches {
+            inner.entries.remove(key);
+        }
+        matches
+    }
+
+    pub(super) fn ping(&self) {}
+
+    pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, Duration)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let (value, expiry) = inner.live(key, now)?;
+        let left = expiry.saturating_duration_since(now);
+        if left > cut_to {
+            *expiry = now + cut_to;
+        }
+        Some((value.clone(), left))
+    }
+}

@@ -1,0 +1,301 @@
+//! Where flows, token records, exchange results and refresh locks live: Redis in production,
+//! memory for the dev mode and unit tests. Every record is sealed (AES-256-GCM, [`seal`])
+//! before it reaches a backend, so a Redis dump holds no token, code or return URL in clear.
+//!
+//! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
+//! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement six
+//! one-key primitives with identical semantics, so the two cannot drift. Keys
+//! (DESIGN.md §4, a wire contract):
+//!
+//! | key | value |
+//! |---|---|
+//! | `{prefix}:{app}:tok:{openid}` | sealed [`TokenRecord`] |
+//! | `{prefix}:flow:{flow_id}` | sealed [`Flow`]; TTL cut to the grace window at first use |
+//! | `{prefix}:{app}:code:{sha256(code)}` | sealed [`ExchangeEntry`] |
+//! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
+
+mod memory;
+mod redis;
+pub mod seal;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest as _, Sha256};
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::RedisBackend;
+use self::seal::Keyring;
+use crate::secrets::{AccessToken, AuthCode, RefreshToken};
+
+/// A store failure. Only reachability is a failure: a record that does not open is treated as
+/// missing (and counted), never as an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer (down, timeout, connection refused, cluster down).
+    #[error("store unavailable")]
+    Unavailable(#[source] ::redis::RedisError),
+}
+
+/// A user's tokens as kept server-side. `Debug` shows no token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The user's openid in the app.
+    pub openid: String,
+    /// The unionid, when WeChat gave one.
+    pub unionid: Option<String>,
+    /// Granted scopes, as WeChat spells them.
+    pub scopes: Vec<String>,
+    /// A snapshot-page virtual user.
+    pub is_snapshot_user: bool,
+    /// The web access token.
+    pub access_token: AccessToken,
+    /// When the access token expires, Unix seconds (by the service clock).
+    pub access_expires_at: i64,
+    /// The refresh token.
+    pub refresh_token: RefreshToken,
+    /// When the refresh token expires, Unix seconds.
+    pub refresh_expires_at: i64,
+}
+
+/// One authorization in progress, created by `BuildAuthorizeUrl` and read by the relay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Flow {
+    /// The app's config name.
+    pub app: String,
+    /// The allowlisted URL the relay sends the code to (fixed here, never taken from input).
+    pub return_url: String,
+    /// The product's own state, handed back verbatim.
+    pub caller_state: String,
+    /// The scope asked for.
+    pub scope: String,
+    /// The client that started the flow.
+    pub caller: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+/// Whether a relay read of a flow was its first use or a repeat within the grace window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowUse {
+    /// The first callback: it started the grace window.
+    First,
+    /// A later callback within the grace window (WeChat's double callback, a reload).
+    Repeat,
+}
+
+/// What an `ExchangeCode` for one code left behind: a claim while the exchange is under way,
+/// then its result, kept for the code's life so a repeat returns the same answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ExchangeEntry {
+    /// A replica is exchanging this code with WeChat now.
+    Pending,
+    /// The exchange succeeded with this result.
+    Done(ExchangeOutcome),
+}
+
+/// The result of a successful exchange (no tokens: those are in the token record).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExchangeOutcome {
+    /// openid of the user.
+    pub openid: String,
+    /// unionid when given.
+    pub unionid: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Snapshot-page virtual user.
+    pub is_snapshot_user: bool,
+    /// Access token expiry, Unix seconds.
+    pub access_expires_at: i64,
+    /// Refresh token expiry, Unix seconds.
+    pub refresh_expires_at: i64,
+}
+
+/// A held refresh lock; pass it back to [`Store::unlock`].
+#[derive(Debug)]
+pub struct LockToken(Vec<u8>);
+
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryBackend),
+    Redis(RedisBackend),
+}
+
+/// The typed, sealed store shared by the gRPC service and the relay.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    keys: Keyring,
+    prefix: String,
+    replica: String,
+    unopenable: AtomicU64,
+}
+
+macro_rules! call {
+    ($self:expr, $method:ident ( $($arg:expr),* )) => {
+        match &$self.inner.backend {
+            Backend::Memory(b) => Ok(b.$method($($arg),*)),
+            Backend::Redis(b) => b.$method($($arg),*).await.map_err(StoreError::Unavailable),
+        }
+    };
+}
+
+impl Store {
+    /// An in-memory store (one process only).
+    pub fn memory(keys: Keyring, prefix: &str) -> Self {
+        Self::with(Backend::Memory(MemoryBackend::default()), keys, prefix)
+    }
+
+    /// A Redis store: one URL for a single node, several for a Cluster.
+    pub async fn redis(urls: &[String], keys: Keyring, prefix: &str) -> Result<Self, StoreError> {
+        let backend = RedisBackend::connect(urls).await.map_err(StoreError::Unavailable)?;
+        Ok(Self::with(Backend::Redis(backend), keys, prefix))
+    }
+
+    fn with(backend: Backend, keys: Keyring, prefix: &str) -> Self {
+        let replica = crate::random_id(12);
+        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, unopenable: AtomicU64::new(0) };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Sealed records found that did not open (wrong key, tampering, a copy under another key).
+    pub fn unopenable_records(&self) -> u64 {
+        self.inner.unopenable.load(Ordering::Relaxed)
+    }
+
+    /// Answers when the backend is reachable.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        call!(self, ping())
+    }
+
+    fn flow_key(&self, flow_id: &str) -> String {
+        format!("{}:flow:{flow_id}", self.inner.prefix)
+    }
+
+    fn token_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:tok:{openid}", self.inner.prefix)
+    }
+
+    fn code_key(&self, app: &str, code: &AuthCode) -> String {
+        let digest = Sha256::digest(code.secret().as_bytes());
+        format!("{}:{app}:code:{}", self.inner.prefix, hex::encode(digest))
+    }
+
+    fn lock_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:lock:{openid}", self.inner.prefix)
+    }
+
+    fn seal<T: Serialize>(&self, key: &str, value: &T) -> Vec<u8> {
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        let plain = serde_json::to_vec(value).unwrap_or_default();
+        self.inner.keys.seal(key, &plain)
+    }
+
+    fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
+        let opened = self
+            .inner
+            .keys
+            .open(key, sealed)
+            .ok()
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        if opened.is_none() {
+            self.inner.unopenable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
+        }
+        opened
+    }
+
+    /// Stores a new flow for `ttl`. Returns false if the id is taken (never, for 128-bit ids).
+    pub async fn put_flow(&self, flow_id: &str, flow: &Flow, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.flow_key(flow_id);
+        let sealed = self.seal(&key, flow);
+        call!(self, set_nx(&key, &sealed, ttl))
+    }
+
+    /// Reads a flow for the relay and, atomically, cuts its remaining life to `grace`: the
+    /// first callback starts the grace window, later ones within it read the same flow.
+    pub async fn use_flow(&self, flow_id: &str, grace: Duration) -> Result<Option<(Flow, FlowUse)>, StoreError> {
+        let key = self.flow_key(flow_id);
+        let found = call!(self, get_and_cut_ttl(&key, grace))?;
+        Ok(found.and_then(|(sealed, left)| {
+            let flow = self.open(&key, &sealed)?;
+            let used = if left > grace { FlowUse::First } else { FlowUse::Repeat };
+            Some((flow, used))
+        }))
+    }
+
+    /// The user's token record, if any (a record that does not open counts as none).
+    pub async fn get_token(&self, app: &str, openid: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let key = self.token_key(app, openid);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+    }
+
+    /// Stores the user's token record until its refresh token dies.
+    pub async fn put_token(&self, app: &str, record: &TokenRecord, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.token_key(app, &record.openid);
+        let sealed = self.seal(&key, record);
+        call!(self, set(&key, &sealed, ttl))
+    }
+
+    /// Forgets the user's tokens (the refresh token died).
+    pub async fn delete_token(&self, app: &str, openid: &str) -> Result<(), StoreError> {
+        call!(self, del(&self.token_key(app, openid)))
+    }
+
+    /// Claims the exchange of `code` for `ttl`, or returns what another exchange left.
+    pub async fn claim_exchange(&self, app: &str, code: &AuthCode, ttl: Duration) -> Result<Option<ExchangeEntry>, StoreError> {
+        let key = self.code_key(app, code);
+        let sealed = self.seal(&key, &ExchangeEntry::Pending);
+        if call!(self, set_nx(&key, &sealed, ttl))? {
+            return Ok(None);
+        }
+        self.get_exchange(app, code).await.map(|e| Some(e.unwrap_or(ExchangeEntry::Pending)))
+    }
+
+    /// What the exchange of `code` left, if anything.
+    pub async fn get_exchange(&self, app: &str, code: &AuthCode) -> Result<Option<ExchangeEntry>, StoreError> {
+        let key = self.code_key(app, code);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+    }
+
+    /// Records the result of the exchange of `code` for the rest of the code's life.
+    pub async fn finish_exchange(&self, app: &str, code: &AuthCode, outcome: &ExchangeOutcome, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.code_key(app, code);
+        let sealed = self.seal(&key, &ExchangeEntry::Done(outcome.clone()));
+        call!(self, set(&key, &sealed, ttl))
+    }
+
+    /// Drops a claim whose exchange failed, so the failure is not remembered as a result.
+    pub async fn abandon_exchange(&self, app: &str, code: &AuthCode) -> Result<(), StoreError> {
+        call!(self, del(&self.code_key(app, code)))
+    }
+
+    /// Takes the refresh lock of one user for `ttl`; `None` when another holder has it.
+    pub async fn try_lock(&self, app: &str, openid: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        let token = format!("{}:{}", self.inner.replica, crate::random_id(16)).into_bytes();
+        let taken = call!(self, set_nx(&self.lock_key(app, openid), &token, ttl))?;
+        Ok(taken.then_some(LockToken(token)))
+    }
+
+    /// Releases a lock we hold (compare-and-delete: never another holder's lock).
+    pub async fn unlock(&self, app: &str, openid: &str, token: LockToken) -> Result<(), StoreError> {
+        call!(self, del_if_eq(&self.lock_key(app, openid), &token.0)).map(|_| ())
+    }
+}
+
+/// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
+fn key_kind(key: &str) -> &'static str {
+    ["tok", "flow", "code", "lock"]
+        .into_iter()
+        .find(|kind| key.contains(&format!(":{kind}:")))
+        .unwrap_or("other")
+}

@@ -1,0 +1,204 @@
+//! Sealing of stored records: AES-256-GCM with a random 96-bit nonce, the key id in a 1-byte
+//! header and the record's storage key as associated data, so a record copied under another
+//! key (another openid, another app) does not open. Several keys may be configured: the first
+//! seals, all open, which is how keys rotate.
+//!
+//! Layout of a sealed record: `[key id: 1 byte][nonce: 12 bytes][ciphertext + 16-byte tag]`.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use rand::RngCore as _;
+
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 1 + NONCE_LEN;
+
+/// One 256-bit sealing key and its id. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct SealingKey {
+    id: u8,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealingKey {{ id: {}, key: [redacted] }}", self.id)
+    }
+}
+
+impl SealingKey {
+    /// Builds a key from its id and 32 raw bytes.
+    pub fn new(id: u8, key: &[u8; 32]) -> Self {
+        Self { id, cipher: Aes256Gcm::new(key.into()) }
+    }
+
+    /// The key's id, written in the header of every record it seals.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+}
+
+/// Why a keyring could not be read. Never carries key material.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyringError {
+    /// No key at all.
+    #[error("no sealing key configured")]
+    Empty,
+    /// A line is not `<id 0-255>:<base64 of 32 bytes>`.
+    #[error("sealing key line {line}: expected `<id 0-255>:<base64 of 32 bytes>`")]
+    Malformed {
+        /// 1-based line (or comma-separated item) number.
+        line: usize,
+    },
+    /// Two keys share an id.
+    #[error("sealing key id {0} appears twice")]
+    DuplicateId(u8),
+}
+
+/// The configured sealing keys; the first seals, every one opens.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    keys: Vec<SealingKey>,
+}
+
+/// A sealed record that does not open: wrong key, unknown key id, tampered or truncated.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("sealed record does not open")]
+pub struct OpenError;
+
+impl Keyring {
+    /// A keyring of the given keys; the first seals.
+    pub fn new(keys: Vec<SealingKey>) -> Result<Self, KeyringError> {
+        if keys.is_empty() {
+            return Err(KeyringError::Empty);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(KeyringError::DuplicateId(key.id));
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    /// Parses `<id>:<base64 key>` items, one per line or comma-separated; blank lines and
+    /// `#` comments are skipped. This is the format of the sealing-keys Secret.
+    pub fn parse(text: &str) -> Result<Self, KeyringError> {
+        let items = text
+            .split(['\n', ','])
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        let mut keys = Vec::new();
+        for (index, item) in items {
+            let malformed = KeyringError::Malformed { line: index + 1 };
+            let (id, b64) = item.split_once(':').ok_or(malformed.clone())?;
+            let id: u8 = id.trim().parse().map_err(|_| malformed.clone())?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| malformed.clone())?;
+            let raw: [u8; 32] = raw.try_into().map_err(|_| malformed)?;
+            keys.push(SealingKey::new(id, &raw));
+        }
+        Self::new(keys)
+    }
+
+    /// A fresh random key as a keyring line, for `wxauth gen-key` and tests.
+    pub fn generate_line(id: u8) -> String {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+
+    /// Seals `plain` for storage under `name` with the first key.
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let payload = Payload { msg: plain, aad: name.as_bytes() };
+        // AES-GCM encryption fails only for inputs beyond 64 GiB; records are kilobytes.
+        let sealed = key
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), payload)
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+        out.push(key.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens a record sealed under `name` with whichever configured key sealed it.
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < HEADER_LEN + 16 {
+            return Err(OpenError);
+        }
+        let key = self.keys.iter().find(|k| k.id == sealed[0]).ok_or(OpenError)?;
+        let nonce = Nonce::from_slice(&sealed[1..HEADER_LEN]);
+        let payload = Payload { msg: &sealed[HEADER_LEN..], aad: name.as_bytes() };
+        key.cipher.decrypt(nonce, payload).map_err(|_| OpenError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(lines: &[String]) -> Keyring {
+        Keyring::parse(&lines.join("\n")).expect("valid keyring")
+    }
+
+    #[test]
+    fn a_sealed_record_opens_under_its_own_name() {
+        let keys = ring(&[Keyring::generate_line(1)]);
+        let sealed = keys.seal("wxauth:mp:tok:o1", b"record");
+        assert_eq!(keys.open("wxauth:mp:tok:o1", &sealed), Ok(b"record".to_vec()));
+        assert!(!sealed.windows(6).any(|w| w == b"record"));
+    }
+
+    #[test]
+    fn a_record_copied_under_another_name_does_not_open() {
+        let keys = ring(&[Keyring::generate_line(1)]);
+        let sealed = keys.seal("wxauth:mp:tok:o1", b"record");
+        assert_eq!(keys.open("wxauth:mp:tok:o2", &sealed), Err(OpenError));
+    }
+
+    #[test]
+    fn a_tampered_or_truncated_record_does_not_open() {
+        let keys = ring(&[Keyring::generate_line(1)]);
+        let mut sealed = keys.seal("k", b"record");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(keys.open("k", &sealed), Err(OpenError));
+        assert_eq!(keys.open("k", &sealed[..10]), Err(OpenError));
+        assert_eq!(keys.open("k", b""), Err(OpenError));
+    }
+
+    #[test]
+    fn rotation_seals_with_the_first_key_and_opens_with_any() {
+        let (old, new) = (Keyring::generate_line(1), Keyring::generate_line(2));
+        let before = ring(&[old.clone()]);
+        let after = ring(&[new.clone(), old]);
+        let sealed_before = before.seal("k", b"v1");
+        let sealed_after = after.seal("k", b"v2");
+        assert_eq!(sealed_after[0], 2);
+        assert_eq!(after.open("k", &sealed_before), Ok(b"v1".to_vec()));
+        assert_eq!(before.open("k", &sealed_after), Err(OpenError));
+        assert_eq!(ring(&[new]).open("k", &sealed_before), Err(OpenError));
+    }
+
+    #[test]
+    fn malformed_keyrings_are_refused_without_echoing_key_material() {
+        assert_eq!(Keyring::parse("").map(|_| ()), Err(KeyringError::Empty));
+        assert_eq!(
+            Keyring::parse("1:c2hvcnQ=").map(|_| ()),
+            Err(KeyringError::Malformed { line: 1 })
+        );
+        let line = Keyring::generate_line(3);
+        assert_eq!(
+            Keyring::parse(&format!("{line}\n{line}")).map(|_| ()),
+            Err(KeyringError::DuplicateId(3))
+        );
+        let err = Keyring::parse("300:abc").map(|_| ()).unwrap_err().to_string();
+        assert!(!err.contains("abc"));
+    }
+}

@@ -1,0 +1,478 @@
+//! The upstream client: WeChat's authorize URLs and its `sns` JSON endpoints, exactly as
+//! WeChat documents them (WECHAT.md), with errcode decoding. It knows nothing of gRPC or
+//! Redis; the service reaches WeChat (or the simulator) only through the configured base URLs.
+
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::secrets::{AccessToken, AppSecret, AuthCode, RefreshToken};
+
+/// What kind of WeChat app, which decides the authorize page and the scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// 公众号: `connect/oauth2/authorize`, scopes `snsapi_base` and `snsapi_userinfo`.
+    OfficialAccount,
+    /// 开放平台网站应用: `connect/qrconnect`, scope `snsapi_login` (PC QR login).
+    Website,
+}
+
+impl AppKind {
+    /// The code's life at WeChat: 5 minutes for official accounts, 10 for website apps.
+    pub fn code_life(self) -> Duration {
+        match self {
+            AppKind::OfficialAccount => Duration::from_secs(300),
+            AppKind::Website => Duration::from_secs(600),
+        }
+    }
+
+    /// The scope used when a request leaves it unspecified.
+    pub fn default_scope(self) -> Scope {
+        match self {
+            AppKind::OfficialAccount => Scope::Base,
+            AppKind::Website => Scope::Login,
+        }
+    }
+
+    /// Whether an app of this kind may ask for `scope`.
+    pub fn allows(self, scope: Scope) -> bool {
+        match self {
+            AppKind::OfficialAccount => matches!(scope, Scope::Base | Scope::UserInfo),
+            AppKind::Website => scope == Scope::Login,
+        }
+    }
+}
+
+/// A WeChat authorization scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `snsapi_base`: silent, openid only.
+    Base,
+    /// `snsapi_userinfo`: consent, profile.
+    UserInfo,
+    /// `snsapi_login`: website QR login, profile.
+    Login,
+}
+
+impl Scope {
+    /// WeChat's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Base => "snsapi_base",
+            Scope::UserInfo => "snsapi_userinfo",
+            Scope::Login => "snsapi_login",
+        }
+    }
+
+    /// Parses WeChat's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Scope::Base, Scope::UserInfo, Scope::Login].into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether a token of this scope may read the profile.
+    pub fn grants_userinfo(self) -> bool {
+        matches!(self, Scope::UserInfo | Scope::Login)
+    }
+}
+
+/// Language of the profile's place names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lang {
+    /// Simplified Chinese, WeChat's default.
+    #[default]
+    ZhCn,
+    /// Traditional Chinese.
+    ZhTw,
+    /// English.
+    En,
+}
+
+impl Lang {
+    /// WeChat's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::ZhCn => "zh_CN",
+            Lang::ZhTw => "zh_TW",
+            Lang::En => "en",
+        }
+    }
+}
+
+/// One configured WeChat app. `Debug` hides the secret.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The config name (`mp`), used in keys and requests.
+    pub name: String,
+    /// WeChat's appid.
+    pub appid: String,
+    /// The appsecret.
+    pub secret: AppSecret,
+    /// Official account or website app.
+    pub kind: AppKind,
+}
+
+/// Why a WeChat call failed. Transport, upstream reply and decoding stay apart; no variant
+/// carries a URL (they hold secrets and codes) or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum WechatError {
+    /// WeChat answered with an errcode.
+    #[error("WeChat errcode {errcode}")]
+    Api {
+        /// The errcode.
+        errcode: i64,
+        /// WeChat's message (carries a request id hint).
+        errmsg: String,
+    },
+    /// No answer: connect error, timeout, reset.
+    #[error("WeChat unreachable")]
+    Transport(#[source] reqwest::Error),
+    /// An HTTP status other than 200.
+    #[error("WeChat answered HTTP {0}")]
+    Status(u16),
+    /// A 200 whose body is not the JSON WeChat documents.
+    #[error("WeChat reply not understood")]
+    Decode(#[source] serde_json::Error),
+}
+
+impl WechatError {
+    /// The errcode, when WeChat gave one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            WechatError::Api { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again soon may succeed (busy, 5xx, network).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WechatError::Api { errcode, .. } => *errcode == -1,
+            WechatError::Transport(_) | WechatError::Decode(_) => true,
+            WechatError::Status(s) => *s >= 500,
+        }
+    }
+}
+
+/// `sns/oauth2/access_token` and `sns/oauth2/refresh_token` replies.
+#[derive(Debug, Deserialize)]
+pub struct TokenGrant {
+    /// New access token.
+    pub access_token: AccessToken,
+    /// Its life in seconds (7200).
+    pub expires_in: i64,
+    /// The refresh token.
+    pub refresh_token: RefreshToken,
+    /// The user's openid.
+    pub openid: String,
+    /// Comma-separated granted scopes.
+    pub scope: String,
+    /// unionid, with snsapi_userinfo/snsapi_login on a bound app.
+    #[serde(default)]
+    pub unionid: Option<String>,
+    /// 1 for a snapshot-page virtual user.
+    #[serde(default)]
+    pub is_snapshotuser: i64,
+}
+
+/// `sns/userinfo` reply.
+#[derive(Debug, Deserialize)]
+pub struct Profile {
+    /// openid.
+    pub openid: String,
+    /// Nickname.
+    #[serde(default)]
+    pub nickname: String,
+    /// 0 unknown, 1 male, 2 female.
+    #[serde(default)]
+    pub sex: i64,
+    /// Province.
+    #[serde(default)]
+    pub province: String,
+    /// City.
+    #[serde(default)]
+    pub city: String,
+    /// Country.
+    #[serde(default)]
+    pub country: String,
+    /// Avatar URL.
+    #[serde(default)]
+    pub headimgurl: String,
+    /// Privileges.
+    #[serde(default)]
+    pub privilege: Vec<String>,
+    /// unionid, when bound.
+    #[serde(default)]
+    pub unionid: Option<String>,
+}
+
+/// WeChat endpoints, for metrics and spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `sns/oauth2/access_token`.
+    AccessToken,
+    /// `sns/oauth2/refresh_token`.
+    RefreshToken,
+    /// `sns/userinfo`.
+    UserInfo,
+    /// `sns/auth`.
+    Auth,
+}
+
+impl Endpoint {
+    /// The path under the API base.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::AccessToken => "sns/oauth2/access_token",
+            Endpoint::RefreshToken => "sns/oauth2/refresh_token",
+            Endpoint::UserInfo => "sns/userinfo",
+            Endpoint::Auth => "sns/auth",
+        }
+    }
+}
+
+/// How the upstream is reached.
+#[derive(Clone, Debug)]
+pub struct WechatSettings {
+    /// Base of the authorize pages (`https://open.weixin.qq.com`).
+    pub open_base: Url,
+    /// Base of the sns endpoints (`https://api.weixin.qq.com`).
+    pub api_base: Url,
+    /// Whole-request timeout of one call.
+    pub timeout: Duration,
+    /// Attempts for retryable calls (refresh, userinfo, auth); exchange is never retried.
+    pub attempts: u32,
+}
+
+/// The one HTTP client to WeChat (rustls, pooled, timeouts set).
+#[derive(Clone, Debug)]
+pub struct WechatClient {
+    http: reqwest::Client,
+    settings: WechatSettings,
+}
+
+/// Parameters of one authorize URL.
+#[derive(Debug)]
+pub struct AuthorizeParams<'a> {
+    /// The app.
+    pub app: &'a App,
+    /// wxauth's public callback URL.
+    pub redirect_uri: &'a str,
+    /// The scope.
+    pub scope: Scope,
+    /// The flow id.
+    pub state: &'a str,
+    /// Adds `forcePopup=true`.
+    pub force_popup: bool,
+}
+
+impl WechatClient {
+    /// Builds the client.
+    pub fn new(settings: WechatSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
+            .timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self { http, settings })
+    }
+
+    /// The authorize URL, parameters in WeChat's order: `appid, redirect_uri, response_type,
+    /// scope, state`, then `forcePopup`, then `connect_redirect=1` (oauth2/authorize only), then
+    /// `#wechat_redirect`. WeChat rejects other orders.
+    pub fn authorize_url(&self, p: &AuthorizeParams<'_>) -> String {
+        let page = match p.app.kind {
+            AppKind::OfficialAccount => "connect/oauth2/authorize",
+            AppKind::Website => "connect/qrconnect",
+        };
+        let redirect: String = url::form_urlencoded::byte_serialize(p.redirect_uri.as_bytes()).collect();
+        let mut out = format!(
+            "{}{page}?appid={}&redirect_uri={redirect}&response_type=code&scope={}&state={}",
+            base(&self.settings.open_base),
+            p.app.appid,
+            p.scope.as_str(),
+            p.state,
+        );
+        if p.force_popup {
+            out.push_str("&forcePopup=true");
+        }
+        if p.app.kind == AppKind::OfficialAccount {
+            out.push_str("&connect_redirect=1");
+        }
+        out.push_str("#wechat_redirect");
+        out
+    }
+
+    /// Exchanges a code. Sent once, never retried: a code works once.
+    #[tracing::instrument(name = "wechat.access_token", skip_all, fields(app = %app.name))]
+    pub async fn exchange_code(&self, app: &App, code: &AuthCode) -> Result<TokenGrant, WechatError> {
+        let query = [
+            ("appid", app.appid.as_str()),
+            ("secret", app.secret.secret()),
+            ("code", code.secret()),
+            ("grant_type", "authorization_code"),
+        ];
+        self.call(Endpoint::AccessToken, &query).await
+    }
+
+    /// Refreshes an access token (no secret: WeChat's refresh takes none).
+    #[tracing::instrument(name = "wechat.refresh_token", skip_all, fields(app = %app.name))]
+    pub async fn refresh(&self, app: &App, refresh_token: &RefreshToken) -> Result<TokenGrant, WechatError> {
+        let query = [
+            ("appid", app.appid.as_str()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.secret()),
+        ];
+        self.call_retrying(Endpoint::RefreshToken, &query).await
+    }
+
+    /// Reads the profile.
+    #[tracing::instrument(name = "wechat.userinfo", skip_all)]
+    pub async fn userinfo(&self, token: &AccessToken, openid: &str, lang: Lang) -> Result<Profile, WechatError> {
+        let query = [("access_token", token.secret()), ("openid", openid), ("lang", lang.as_str())];
+        self.call_retrying(Endpoint::UserInfo, &query).await
+    }
+
+    /// Asks whether a token is valid (`sns/auth`).
+    #[tracing::instrument(name = "wechat.auth", skip_all)]
+    pub async fn auth(&self, token: &AccessToken, openid: &str) -> Result<(), WechatError> {
+        let query = [("access_token", token.secret()), ("openid", openid)];
+        self.call_retrying::<serde_json::Value>(Endpoint::Auth, &query).await.map(|_| ())
+    }
+
+    async fn call_retrying<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
+        let mut attempt = 1;
+        loop {
+            match self.call(endpoint, query).await {
+                Err(e) if e.is_transient() && attempt < self.settings.attempts => {
+                    let base_ms = 50u64 << attempt.min(6);
+                    let jitter = rand::rng().random_range(0..=base_ms);
+                    tracing::debug!(attempt, error = %e, "retrying WeChat call");
+                    tokio::time::sleep(Duration::from_millis(base_ms + jitter)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
+        let url = format!("{}{}", base(&self.settings.api_base), endpoint.path());
+        // `without_url`: the URL holds the secret, the code or a token.
+        let response = self
+            .http
+            .get(url)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| WechatError::Transport(e.without_url()))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(WechatError::Status(status.as_u16()));
+        }
+        let body = response.bytes().await.map_err(|e| WechatError::Transport(e.without_url()))?;
+        let reply = decode(&body);
+        if let Err(e) = &reply {
+            tracing::info!(endpoint = endpoint.path(), errcode = e.errcode(), "WeChat call failed");
+        }
+        reply
+    }
+}
+
+/// Decodes a 200 reply: `{"errcode": N≠0, ...}` is an error, anything else the payload.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
+    #[derive(Deserialize)]
+    struct ErrorReply {
+        #[serde(default)]
+        errcode: i64,
+        #[serde(default)]
+        errmsg: String,
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(WechatError::Decode)?;
+    let error = ErrorReply::deserialize(&value).map_err(WechatError::Decode)?;
+    if error.errcode != 0 {
+        return Err(WechatError::Api { errcode: error.errcode, errmsg: error.errmsg });
+    }
+    T::deserialize(value).map_err(WechatError::Decode)
+}
+
+/// The base URL as a prefix ending in `/`.
+fn base(url: &Url) -> String {
+    let s = url.as_str();
+    if s.ends_with('/') { s.to_owned() } else { format!("{s}/") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> WechatClient {
+        WechatClient::new(WechatSettings {
+            open_base: Url::parse("https://open.weixin.qq.com").expect("url"),
+            api_base: Url::parse("https://api.weixin.qq.com").expect("url"),
+            timeout: Duration::from_secs(3),
+            attempts: 3,
+        })
+        .expect("client")
+    }
+
+    fn app(kind: AppKind) -> App {
+        App { name: "mp".into(), appid: "wx0123456789abcdef".into(), secret: AppSecret::new("s"), kind }
+    }
+
+    #[test]
+    fn official_account_url_has_wechats_parameter_order() {
+        let app = app(AppKind::OfficialAccount);
+        let url = client().authorize_url(&AuthorizeParams {
+            app: &app,
+            redirect_uri: "https://auth.example.com/wechat/callback",
+            scope: Scope::UserInfo,
+            state: "Flow123",
+            force_popup: false,
+        });
+        assert_eq!(
+            url,
+            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx0123456789abcdef\
+             &redirect_uri=https%3A%2F%2Fauth.example.com%2Fwechat%2Fcallback&response_type=code\
+             &scope=snsapi_userinfo&state=Flow123&connect_redirect=1#wechat_redirect"
+        );
+    }
+
+    #[test]
+    fn website_url_uses_qrconnect_and_force_popup() {
+        let app = app(AppKind::Website);
+        let url = client().authorize_url(&AuthorizeParams {
+            app: &app,
+            redirect_uri: "https://auth.example.com/wechat/callback",
+            scope: Scope::Login,
+            state: "F",
+            force_popup: true,
+        });
+        assert_eq!(
+            url,
+            "https://open.weixin.qq.com/connect/qrconnect?appid=wx0123456789abcdef\
+             &redirect_uri=https%3A%2F%2Fauth.example.com%2Fwechat%2Fcallback&response_type=code\
+             &scope=snsapi_login&state=F&forcePopup=true#wechat_redirect"
+        );
+    }
+
+    #[test]
+    fn errcode_replies_decode_as_api_errors() {
+        let err = decode::<TokenGrant>(br#"{"errcode":40163,"errmsg":"code been used, rid: 1"}"#).unwrap_err();
+        assert_eq!(err.errcode(), Some(40163));
+        assert!(!err.is_transient());
+        assert!(decode::<TokenGrant>(br#"{"errcode":-1,"errmsg":"busy"}"#).unwrap_err().is_transient());
+        assert!(matches!(decode::<TokenGrant>(b"{\"access_tok"), Err(WechatError::Decode(_))));
+    }
+
+    #[test]
+    fn scope_rules_follow_the_app_kind() {
+        assert!(AppKind::OfficialAccount.allows(Scope::UserInfo));
+        assert!(!AppKind::OfficialAccount.allows(Scope::Login));
+        assert!(AppKind::Website.allows(Scope::Login));
+        assert!(!AppKind::Website.allows(Scope::Base));
+    }
+}
