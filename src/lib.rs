@@ -3,10 +3,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod allowlist;
 pub mod clock;
+pub mod config;
+pub mod error;
 pub mod proto;
 pub mod secrets;
 pub mod store;
+pub mod tokens;
 pub mod wechat;
 
 /// A random id of `len` characters of `[A-Za-z0-9]` (≈5.95 bits each) from the OS-seeded

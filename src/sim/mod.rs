@@ -1,1 +1,174 @@
-//! x
+//! A faithful WeChat web-authorization simulator (DESIGN.md §7, WECHAT.md), because WeChat
+//! itself is unreachable from tests, benchmarks and the dev mode.
+//!
+//! It serves what the service reaches through its configured base URLs — the authorize pages
+//! (`/connect/oauth2/authorize`, `/connect/qrconnect`) and the `sns` JSON endpoints — with
+//! WeChat's rules, plus a `/sim/...` control API. Tests steer it in process through
+//! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser.
+//!
+//! Layout:
+//! - `config`: the apps and test users it knows ([`SimConfig::demo`] for the dev mode).
+//! - `state`: the clock, the issued codes and tokens, and the ids WeChat derives.
+//! - `pages`: the browser pages: query rules, consent page, redirects, error pages.
+//! - `api`: the `sns` JSON endpoints and WeChat's error JSON.
+//! - `control`: call counters, faults, the double-callback switch and the `/sim` API.
+
+mod api;
+mod config;
+mod control;
+mod pages;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use self::config::{Localized, SimApp, SimAppKind, SimConfig, SimUser};
+pub use self::control::{Endpoint, Fault};
+
+use self::control::Controls;
+use self::state::Core;
+
+/// Why [`Simulator::authorize`] would not issue a code: the same refusals the consent page makes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// No app with this appid is configured.
+    #[error("unknown appid {0}")]
+    UnknownApp(String),
+    /// No test user with this key is configured.
+    #[error("unknown test user {0}")]
+    UnknownUser(String),
+    /// The app's kind does not have this scope (WeChat's 10005).
+    #[error("app {appid} has no scope {scope} (errcode 10005)")]
+    ScopeNotAllowed {
+        /// The app asked for.
+        appid: String,
+        /// The scope it does not have.
+        scope: String,
+    },
+    /// Snapshot-page virtual users only ever get `snsapi_base`.
+    #[error("snapshot user {0} can only authorize snsapi_base")]
+    SnapshotNeedsBase(String),
+}
+
+/// A running simulated WeChat: cheap to clone, every clone steers the same instance.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    controls: Controls,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator").finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Builds a simulator that knows `config`'s apps and users, with its clock at real time.
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                core: Core::new(config),
+                controls: Controls::default(),
+            }),
+        }
+    }
+
+    /// Every page, `sns` endpoint and `/sim` control route, to serve or to nest.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .merge(pages::routes())
+            .merge(api::routes())
+            .merge(control::routes())
+            .with_state(self.clone())
+    }
+
+    /// Serves [`Self::router`] on `listener` until `shutdown` completes (then finishes
+    /// in-flight requests).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::debug!(addr = ?listener.local_addr().ok(), "WeChat simulator serving");
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Starts a simulator on `127.0.0.1:<free port>` in a background task, for tests.
+    pub async fn spawn_local(config: SimConfig) -> std::io::Result<(Simulator, SocketAddr)> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let sim = Simulator::new(config);
+        let server = sim.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server.serve(listener, std::future::pending()).await {
+                tracing::warn!(%error, "WeChat simulator stopped");
+            }
+        });
+        Ok((sim, addr))
+    }
+
+    /// Moves the simulator's clock forward, so expiry is tested without sleeping.
+    pub fn advance(&self, by: Duration) {
+        self.core().advance(by);
+    }
+
+    /// How many requests reached `endpoint` (faulted ones included), to assert caching,
+    /// single-flight and retries.
+    pub fn calls(&self, endpoint: Endpoint) -> u64 {
+        self.controls().calls(endpoint)
+    }
+
+    /// The next `times` calls to `endpoint` get `fault` (after faults already queued for it).
+    pub fn inject(&self, endpoint: Endpoint, fault: Fault, times: u32) {
+        self.controls().inject(endpoint, fault, times);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.controls().clear_faults();
+    }
+
+    /// On: Allow answers a page that hits the callback twice with two codes, as WeChat's
+    /// in-app browser is known to do.
+    pub fn set_double_callback(&self, on: bool) {
+        self.controls().set_double_callback(on);
+    }
+
+    /// Issues a code as if `user` had consented to `scope` for `appid`, for tests without a
+    /// browser; refuses what the consent page would refuse.
+    pub fn authorize(&self, appid: &str, user: &str, scope: &str) -> Result<String, SimError> {
+        let grant = self.core().grant(appid, user, scope)?;
+        Ok(self.core().issue_code(grant))
+    }
+
+    /// The openid WeChat gives `user` in `appid`; `None` when either is unknown.
+    pub fn openid(&self, appid: &str, user: &str) -> Option<String> {
+        let known = self.core().app(appid).is_some() && self.core().users().iter().any(|u| u.key == user);
+        known.then(|| state::openid(appid, user))
+    }
+
+    /// The unionid WeChat gives `user` across bound apps.
+    pub fn unionid(&self, user: &str) -> String {
+        state::unionid(user)
+    }
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn controls(&self) -> &Controls {
+        &self.inner.controls
+    }
+}

@@ -75,7 +75,7 @@ struct Records {
     codes: HashMap<String, CodeRecord>,
     access: HashMap<String, AccessRecord>,
     refresh: HashMap<String, RefreshRecord>,
-    issued_count: u64,
+    issued_since_sweep: u64,
 }
 
 /// The simulated WeChat's data: fixed configuration plus records behind one briefly held lock.
@@ -285,10 +285,11 @@ impl Core {
 impl Records {
     /// Counts an issued record and, now and then, forgets records long past their life.
     fn note_issued(&mut self, now: Duration) {
-        self.issued_count += 1;
-        if self.issued_count % SWEEP_EVERY != 0 {
+        self.issued_since_sweep += 1;
+        if self.issued_since_sweep < SWEEP_EVERY {
             return;
         }
+        self.issued_since_sweep = 0;
         let alive = |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
         self.codes.retain(|_, r| {
             alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs()))

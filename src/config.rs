@@ -1,0 +1,548 @@
+//! Typed configuration: one TOML file (the one helm renders) layered with `WXAUTH_*`
+//! environment overrides (`WXAUTH_STORE__URL` sets `store.url`), secrets read from env or from
+//! files (Kubernetes Secret mounts), everything validated once at start-up into [`Settings`].
+//! A bad value stops start-up with an error that names the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use crate::allowlist::Allowlist;
+use crate::secrets::AppSecret;
+use crate::store::seal::Keyring;
+use crate::wechat::{App, AppKind, WechatSettings};
+
+/// The dev-mode client key (DESIGN.md §8). Production refuses it.
+pub const DEV_CLIENT_KEY: &str = "dev-only-key";
+
+/// A configuration error; `Display` names the key and never prints a secret value.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    /// The dotted key (`apps.mp.secret_file`).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// Production refuses dev-only settings; development allows http and loopback upstreams.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The default for a config file.
+    #[default]
+    Production,
+    /// Dev mode and tests: simulator URLs and the demo key allowed.
+    Development,
+}
+
+/// A device whose default app a request may pick.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Device {
+    /// Inside WeChat on a phone.
+    #[serde(rename = "MOBILE", alias = "mobile")]
+    Mobile,
+    /// A desktop browser.
+    #[serde(rename = "PC", alias = "pc")]
+    Pc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    wechat: RawWechat,
+    #[serde(default)]
+    apps: BTreeMap<String, RawApp>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawClient>,
+    #[serde(default)]
+    flow: RawFlow,
+    #[serde(default)]
+    token: RawToken,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "defaults::grpc_addr")]
+    grpc_addr: SocketAddr,
+    #[serde(default = "defaults::public_addr")]
+    public_addr: SocketAddr,
+    #[serde(default = "defaults::admin_addr")]
+    admin_addr: SocketAddr,
+    callback_url: String,
+    #[serde(default = "defaults::drain", with = "humantime_serde")]
+    drain: Duration,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    #[default]
+    Redis,
+    Memory,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    kind: StoreKind,
+    url: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default = "defaults::key_prefix")]
+    key_prefix: String,
+    sealing_keys: Option<String>,
+    sealing_keys_file: Option<PathBuf>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Redis,
+            url: None,
+            urls: Vec::new(),
+            key_prefix: defaults::key_prefix(),
+            sealing_keys: None,
+            sealing_keys_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWechat {
+    #[serde(default = "defaults::open_base")]
+    open_base: String,
+    #[serde(default = "defaults::api_base")]
+    api_base: String,
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "defaults::attempts")]
+    attempts: u32,
+}
+
+impl Default for RawWechat {
+    fn default() -> Self {
+        Self {
+            open_base: defaults::open_base(),
+            api_base: defaults::api_base(),
+            timeout: defaults::timeout(),
+            attempts: defaults::attempts(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    kind: AppKind,
+    appid: String,
+    secret: Option<AppSecret>,
+    secret_file: Option<PathBuf>,
+    default_for: Option<Device>,
+}
+
+impl std::fmt::Debug for RawApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawApp").field("kind", &self.kind).field("appid", &self.appid).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    key_sha256: String,
+    apps: Vec<String>,
+    return_urls: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    #[serde(default = "defaults::flow_ttl", with = "humantime_serde")]
+    ttl: Duration,
+    #[serde(default = "defaults::grace", with = "humantime_serde")]
+    grace: Duration,
+}
+
+impl Default for RawFlow {
+    fn default() -> Self {
+        Self { ttl: defaults::flow_ttl(), grace: defaults::grace() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    #[serde(default = "defaults::refresh_margin", with = "humantime_serde")]
+    refresh_margin: Duration,
+    #[serde(default = "defaults::refresh_life", with = "humantime_serde")]
+    refresh_life: Duration,
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        Self { refresh_margin: defaults::refresh_margin(), refresh_life: defaults::refresh_life() }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    json: bool,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    pub fn grpc_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 50051))
+    }
+    pub fn public_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9090))
+    }
+    pub fn drain() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn key_prefix() -> String {
+        "wxauth".into()
+    }
+    pub fn open_base() -> String {
+        "https://open.weixin.qq.com".into()
+    }
+    pub fn api_base() -> String {
+        "https://api.weixin.qq.com".into()
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn attempts() -> u32 {
+        3
+    }
+    pub fn flow_ttl() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn grace() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn refresh_margin() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn refresh_life() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+}
+
+/// Where records live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// In process memory: one replica only.
+    Memory,
+    /// Redis: one URL for a single node, several for a Cluster.
+    Redis(Vec<String>),
+}
+
+/// A caller of the gRPC API.
+#[derive(Debug)]
+pub struct Client {
+    /// Its config name.
+    pub name: String,
+    /// SHA-256 of its key.
+    pub key_sha256: [u8; 32],
+    /// Apps it may use.
+    pub apps: BTreeSet<String>,
+    /// Where it may send codes.
+    pub allowlist: Allowlist,
+}
+
+/// The validated configuration the service runs with.
+#[derive(Debug)]
+pub struct Settings {
+    /// Production or development.
+    pub mode: Mode,
+    /// gRPC listener.
+    pub grpc_addr: SocketAddr,
+    /// Public HTTP listener (the relay).
+    pub public_addr: SocketAddr,
+    /// Admin HTTP listener.
+    pub admin_addr: SocketAddr,
+    /// The one callback URL WeChat knows (`https://auth.example.com/wechat/callback`).
+    pub callback_url: Url,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub drain: Duration,
+    /// Store backend.
+    pub store: StoreBackend,
+    /// Prefix of every store key.
+    pub key_prefix: String,
+    /// Sealing keys; the first seals.
+    pub keyring: Keyring,
+    /// Upstream.
+    pub wechat: WechatSettings,
+    /// Apps by config name.
+    pub apps: BTreeMap<String, App>,
+    /// The default app of each device.
+    pub device_defaults: BTreeMap<Device, String>,
+    /// Callers.
+    pub clients: Vec<Client>,
+    /// How long a flow waits for its callback.
+    pub flow_ttl: Duration,
+    /// How long a used flow still relays (double callbacks, reloads).
+    pub grace: Duration,
+    /// Refresh an access token this long before it expires.
+    pub refresh_margin: Duration,
+    /// Life of a refresh token (and of the stored record).
+    pub refresh_life: Duration,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Loads `path` (TOML) layered with `WXAUTH_*` env overrides and validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("WXAUTH_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_sources(&text, Env::prefixed("WXAUTH_").split("__").ignore(&["config"]))
+    }
+
+    /// Parses TOML text layered with an env provider, then validates.
+    pub fn from_sources(toml: &str, env: Env) -> Result<Self, ConfigError> {
+        let raw: RawConfig = Figment::from(Toml::string(toml))
+            .merge(env)
+            .extract()
+            .map_err(|e| {
+                let key = e.path.join(".");
+                err(if key.is_empty() { "<root>".into() } else { key }, e.kind.to_string())
+            })?;
+        validate(raw)
+    }
+
+    /// Parses TOML text alone (tests, examples).
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_sources(toml, Env::prefixed("WXAUTH_UNUSED_IN_TESTS_"))
+    }
+
+    /// The app a request names, or the device's default when it names none.
+    pub fn resolve_app(&self, name: &str, device: Option<Device>) -> Option<&App> {
+        if name.is_empty() {
+            return device.and_then(|d| self.device_defaults.get(&d)).and_then(|n| self.apps.get(n));
+        }
+        self.apps.get(name)
+    }
+}
+
+/// SHA-256 of a client key, as configured in `clients.<name>.key_sha256`.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let dev = raw.mode == Mode::Development;
+    let callback_url = parse_base("server.callback_url", &raw.server.callback_url, dev)?;
+    if callback_url.query().is_some() || callback_url.fragment().is_some() {
+        return Err(err("server.callback_url", "must not have a query or fragment"));
+    }
+    let store = match raw.store.kind {
+        StoreKind::Memory => StoreBackend::Memory,
+        StoreKind::Redis => {
+            let urls: Vec<String> = raw.store.url.iter().cloned().chain(raw.store.urls.iter().cloned()).collect();
+            if urls.is_empty() {
+                return Err(err("store.url", "required when store.kind = \"redis\" (or store.urls for a cluster)"));
+            }
+            for (i, u) in urls.iter().enumerate() {
+                let parsed = Url::parse(u).map_err(|e| err(format!("store.urls[{i}]"), e.to_string()))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                    return Err(err(format!("store.urls[{i}]"), "must be a redis:// or rediss:// URL"));
+                }
+            }
+            StoreBackend::Redis(urls)
+        }
+    };
+    let prefix = raw.store.key_prefix;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        return Err(err("store.key_prefix", "1+ characters of [A-Za-z0-9_.-]"));
+    }
+    let keyring = load_keyring(raw.store.sealing_keys, raw.store.sealing_keys_file, dev)?;
+
+    let open_base = parse_base("wechat.open_base", &raw.wechat.open_base, dev)?;
+    let api_base = parse_base("wechat.api_base", &raw.wechat.api_base, dev)?;
+    if raw.wechat.timeout.is_zero() || raw.wechat.timeout > Duration::from_secs(60) {
+        return Err(err("wechat.timeout", "between 1ms and 60s"));
+    }
+    if !(1..=5).contains(&raw.wechat.attempts) {
+        return Err(err("wechat.attempts", "between 1 and 5"));
+    }
+    let wechat = WechatSettings { open_base, api_base, timeout: raw.wechat.timeout, attempts: raw.wechat.attempts };
+
+    let mut apps = BTreeMap::new();
+    let mut device_defaults = BTreeMap::new();
+    for (name, app) in raw.apps {
+        let key = format!("apps.{name}");
+        if !is_name(&name) {
+            return Err(err(key, "app names are 1..64 of [a-z0-9_-]"));
+        }
+        if !(app.appid.starts_with("wx") && app.appid.len() == 18 && app.appid.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            return Err(err(format!("{key}.appid"), "a WeChat appid: `wx` and 16 letters or digits"));
+        }
+        let secret = read_secret(&key, "secret", app.secret, app.secret_file)?;
+        if let Some(device) = app.default_for {
+            if let Some(other) = device_defaults.insert(device, name.clone()) {
+                return Err(err(format!("{key}.default_for"), format!("{device:?} is already the default of app `{other}`")));
+            }
+        }
+        apps.insert(name.clone(), App { name, appid: app.appid, secret, kind: app.kind });
+    }
+    if apps.is_empty() {
+        return Err(err("apps", "at least one app"));
+    }
+
+    let mut clients = Vec::new();
+    for (name, client) in raw.clients {
+        let key = format!("clients.{name}");
+        if !is_name(&name) {
+            return Err(err(key, "client names are 1..64 of [a-z0-9_-]"));
+        }
+        let digest: [u8; 32] = hex::decode(client.key_sha256.trim())
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| err(format!("{key}.key_sha256"), "64 hex digits (sha256 of the client key)"))?;
+        if !dev && digest == key_digest(DEV_CLIENT_KEY) {
+            return Err(err(format!("{key}.key_sha256"), "is the dev-mode demo key; production refuses it"));
+        }
+        if clients.iter().any(|c: &Client| c.key_sha256 == digest) {
+            return Err(err(format!("{key}.key_sha256"), "another client has the same key"));
+        }
+        if let Some(unknown) = client.apps.iter().find(|a| !apps.contains_key(*a)) {
+            return Err(err(format!("{key}.apps"), format!("no app named `{unknown}`")));
+        }
+        if client.return_urls.is_empty() {
+            return Err(err(format!("{key}.return_urls"), "at least one pattern"));
+        }
+        let allowlist = Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
+        clients.push(Client { name, key_sha256: digest, apps: client.apps.into_iter().collect(), allowlist });
+    }
+    if clients.is_empty() {
+        return Err(err("clients", "at least one client"));
+    }
+
+    let (flow_ttl, grace) = (raw.flow.ttl, raw.flow.grace);
+    if flow_ttl < Duration::from_secs(60) || flow_ttl > Duration::from_secs(3600) {
+        return Err(err("flow.ttl", "between 1m and 1h"));
+    }
+    if grace.is_zero() || grace > Duration::from_secs(600) || grace >= flow_ttl {
+        return Err(err("flow.grace", "between 1ms and 10m, and shorter than flow.ttl"));
+    }
+    if raw.token.refresh_margin > Duration::from_secs(3600) {
+        return Err(err("token.refresh_margin", "at most 1h (access tokens live 2h)"));
+    }
+    if raw.token.refresh_life < Duration::from_secs(3600) {
+        return Err(err("token.refresh_life", "at least 1h"));
+    }
+    Ok(Settings {
+        mode: raw.mode,
+        grpc_addr: raw.server.grpc_addr,
+        public_addr: raw.server.public_addr,
+        admin_addr: raw.server.admin_addr,
+        callback_url,
+        drain: raw.server.drain,
+        store,
+        key_prefix: prefix,
+        keyring,
+        wechat,
+        apps,
+        device_defaults,
+        clients,
+        flow_ttl,
+        grace,
+        refresh_margin: raw.token.refresh_margin,
+        refresh_life: raw.token.refresh_life,
+        log_json: raw.log.json,
+    })
+}
+
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// An absolute base URL; production requires https and a non-loopback host.
+fn parse_base(key: &str, value: &str, dev: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| err(key, format!("not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err(err(key, "must be an http(s) URL with a host"));
+    }
+    if !dev {
+        if url.scheme() != "https" {
+            return Err(err(key, "must be https in production (http is for the dev-mode simulator)"));
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+            None => true,
+        };
+        if loopback {
+            return Err(err(key, "points at a loopback address (the dev-mode simulator); production refuses it"));
+        }
+    }
+    Ok(url)
+}
+
+/// A secret given inline (env) or as a file (Secret mount), exactly one of them.
+fn read_secret(key: &str, field: &str, inline: Option<AppSecret>, file: Option<PathBuf>) -> Result<AppSecret, ConfigError> {
+    let secret = match (inline, file) {
+        (Some(s), None) => s.secret().trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| err(format!("{key}.{field}_file"), format!("cannot read {}: {}", path.display(), e.kind())))?
+            .trim()
+            .to_owned(),
+        (Some(_), Some(_)) => return Err(err(format!("{key}.{field}"), format!("set `{field}` or `{field}_file`, not both"))),
+        (None, None) => return Err(err(format!("{key}.{field}"), format!("required (`{field}` from env, or `{field}_file`)"))),
+    };
+    if secret.is_empty() {
+        return Err(err(format!("{key}.{field}"), "is empty"));
+    }
+    Ok(AppSecret::new(secret))
+}
+
+fn load_keyring(inline: Option<String>, file: Option<PathBuf>, dev: bool) -> Result<Keyring, ConfigError> {
+    let text = match (inline, file) {
+        (Some(s), None) => s,
+        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+            err("store.sealing_keys_file", format!("cannot read {}: {}", path.display(), e.kind()))
+        })?,
+        (Some(_), Some(_)) => return Err(err("store.sealing_keys", "set `sealing_keys` or `sealing_keys_file`, not both")),
+        (None, None) if dev => {
+            tracing::warn!("no sealing key configured: using a random one; records will not survive a restart");
+            Keyring::generate_line(1)
+        }
+        (None, None) => {
+            return Err(err("store.sealing_keys_file", "required: lines of `<id>:<base64 32 bytes>` (`wxauth gen-key` makes one)"));
+        }
+    };
+    Keyring::parse(&text).map_err(|e| err("store.sealing_keys", e.to_string()))
+}

@@ -1,0 +1,281 @@
+//! The service's error and its one mapping to gRPC statuses (DESIGN.md §3). Every failure a
+//! caller can see is an [`ApiError`]; [`ApiError::to_status`] is the only place a status is
+//! made, with `ErrorInfo{reason, domain: "wxauth.dev", metadata}`, `BadRequest` field
+//! violations and `RetryInfo` where a retry helps. Messages are short and stable; causes go to
+//! the logs, never to callers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::store::StoreError;
+use crate::wechat::WechatError;
+
+/// `ErrorInfo.domain` of every wxauth error.
+pub const DOMAIN: &str = "wxauth.dev";
+
+/// How long callers are told to wait before retrying a transient failure.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A request field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The proto field name.
+    pub field: &'static str,
+    /// What is wrong, without echoing the value.
+    pub description: String,
+}
+
+/// Everything a caller can be told. `Clone` so a coalesced refresh can hand one result to
+/// every waiter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Invalid request fields.
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// No or unknown client key.
+    #[error("client key missing or unknown")]
+    Unauthenticated,
+    /// The client may not use this app.
+    #[error("client may not use this app")]
+    AppNotAllowed,
+    /// return_url is not on the client's allowlist (with the rejection's code).
+    #[error("return_url not allowed")]
+    ReturnUrlNotAllowed(&'static str),
+    /// WeChat: 40029.
+    #[error("invalid code")]
+    InvalidCode(Upstream),
+    /// WeChat: 42003.
+    #[error("code expired")]
+    CodeExpired(Upstream),
+    /// WeChat: 40163, and no exchange result of ours for the code.
+    #[error("code already used")]
+    CodeUsed(Upstream),
+    /// No token record for (app, openid).
+    #[error("no token for this openid")]
+    TokenNotFound,
+    /// The refresh token is dead (42002, 40030): the user must authorize again.
+    #[error("the user must authorize again")]
+    ReauthorizationRequired(Option<Upstream>),
+    /// 48001, 10005, or a snsapi_base token asked for the profile.
+    #[error("scope not granted")]
+    ScopeNotGranted(Option<Upstream>),
+    /// 45009, 45011, 10009.
+    #[error("WeChat rate limit")]
+    RateLimited(Upstream),
+    /// 40013, 40125, 41002, 41004: the app's appid or secret is wrong.
+    #[error("app misconfigured")]
+    AppMisconfigured(Upstream),
+    /// -1, HTTP errors, timeouts, bad JSON.
+    #[error("WeChat unavailable")]
+    WechatUnavailable(Option<Upstream>),
+    /// Redis unreachable.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// Any other errcode.
+    #[error("WeChat error")]
+    Wechat(Upstream),
+    /// The caller's deadline passed.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// A bug or an impossible state (a refresh task that panicked).
+    #[error("internal error")]
+    Internal,
+}
+
+/// What WeChat said, for `ErrorInfo.metadata`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// The errcode (0 for HTTP or transport failures).
+    pub errcode: i64,
+    /// WeChat's errmsg, cut short.
+    pub errmsg: String,
+}
+
+impl ApiError {
+    /// One invalid field.
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation { field, description: description.into() }])
+    }
+
+    /// The upstream errcode, when WeChat gave one.
+    pub fn errcode(&self) -> Option<i64> {
+        use ApiError::*;
+        match self {
+            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => Some(u.errcode),
+            ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref().map(|u| u.errcode),
+            _ => None,
+        }
+    }
+
+    /// The stable `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidArgument(_) => "INVALID_ARGUMENT",
+            Unauthenticated => "CLIENT_UNAUTHENTICATED",
+            AppNotAllowed => "APP_NOT_ALLOWED",
+            ReturnUrlNotAllowed(_) => "RETURN_URL_NOT_ALLOWED",
+            InvalidCode(_) => "INVALID_CODE",
+            CodeExpired(_) => "CODE_EXPIRED",
+            CodeUsed(_) => "CODE_USED",
+            TokenNotFound => "TOKEN_NOT_FOUND",
+            ReauthorizationRequired(_) => "REAUTHORIZATION_REQUIRED",
+            ScopeNotGranted(_) => "SCOPE_NOT_GRANTED",
+            RateLimited(_) => "WECHAT_RATE_LIMITED",
+            AppMisconfigured(_) => "APP_MISCONFIGURED",
+            WechatUnavailable(_) => "WECHAT_UNAVAILABLE",
+            StoreUnavailable => "STORE_UNAVAILABLE",
+            Wechat(_) => "WECHAT_ERROR",
+            DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Internal => "INTERNAL",
+        }
+    }
+
+    /// The gRPC code of DESIGN.md §3's table.
+    pub fn code(&self) -> Code {
+        use ApiError::*;
+        match self {
+            InvalidArgument(_) | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => Code::InvalidArgument,
+            Unauthenticated => Code::Unauthenticated,
+            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) => Code::PermissionDenied,
+            TokenNotFound => Code::NotFound,
+            ReauthorizationRequired(_) | AppMisconfigured(_) => Code::FailedPrecondition,
+            RateLimited(_) => Code::ResourceExhausted,
+            WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
+            Wechat(_) => Code::Unknown,
+            DeadlineExceeded => Code::DeadlineExceeded,
+            Internal => Code::Internal,
+        }
+    }
+
+    /// The status the caller receives.
+    pub fn to_status(&self) -> Status {
+        let mut metadata = HashMap::new();
+        let upstream = match self {
+            ApiError::InvalidCode(u)
+            | ApiError::CodeExpired(u)
+            | ApiError::CodeUsed(u)
+            | ApiError::RateLimited(u)
+            | ApiError::AppMisconfigured(u)
+            | ApiError::Wechat(u) => Some(u),
+            ApiError::ReauthorizationRequired(u) | ApiError::ScopeNotGranted(u) | ApiError::WechatUnavailable(u) => u.as_ref(),
+            _ => None,
+        };
+        if let Some(u) = upstream {
+            metadata.insert("errcode".to_owned(), u.errcode.to_string());
+            if !u.errmsg.is_empty() {
+                metadata.insert("errmsg".to_owned(), u.errmsg.clone());
+            }
+        }
+        if let ApiError::ReturnUrlNotAllowed(rejection) = self {
+            metadata.insert("rejection".to_owned(), (*rejection).to_owned());
+        }
+        let mut details = ErrorDetails::with_error_info(self.reason(), DOMAIN, metadata);
+        if let ApiError::InvalidArgument(violations) = self {
+            for v in violations {
+                details.add_bad_request_violation(v.field, v.description.clone());
+            }
+        }
+        if matches!(self, ApiError::RateLimited(_) | ApiError::WechatUnavailable(_) | ApiError::StoreUnavailable) {
+            details.set_retry_info(Some(RETRY_AFTER));
+        }
+        Status::with_error_details(self.code(), self.to_string(), details)
+    }
+
+    /// Maps a WeChat failure by its errcode (the table of DESIGN.md §3). Token-expiry codes
+    /// (42001, 40001, 40014) are handled by the callers before they get here.
+    pub fn from_wechat(error: &WechatError) -> Self {
+        let upstream = |errcode: i64, errmsg: &str| Upstream { errcode, errmsg: errmsg.chars().take(200).collect() };
+        match error {
+            WechatError::Api { errcode, errmsg } => {
+                let u = upstream(*errcode, errmsg);
+                match errcode {
+                    40029 => ApiError::InvalidCode(u),
+                    42003 => ApiError::CodeExpired(u),
+                    40163 => ApiError::CodeUsed(u),
+                    42002 | 40030 => ApiError::ReauthorizationRequired(Some(u)),
+                    48001 | 10005 => ApiError::ScopeNotGranted(Some(u)),
+                    45009 | 45011 | 10009 => ApiError::RateLimited(u),
+                    40013 | 40125 | 41002 | 41004 => ApiError::AppMisconfigured(u),
+                    -1 => ApiError::WechatUnavailable(Some(u)),
+                    _ => ApiError::Wechat(u),
+                }
+            }
+            WechatError::Status(status) => ApiError::WechatUnavailable(Some(upstream(0, &format!("HTTP {status}")))),
+            WechatError::Transport(e) if e.is_timeout() => ApiError::WechatUnavailable(Some(upstream(0, "timeout"))),
+            WechatError::Transport(_) => ApiError::WechatUnavailable(Some(upstream(0, "unreachable"))),
+            WechatError::Decode(_) => ApiError::WechatUnavailable(Some(upstream(0, "reply not understood"))),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "store call failed");
+        ApiError::StoreUnavailable
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        error.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(errcode: i64) -> ApiError {
+        ApiError::from_wechat(&WechatError::Api { errcode, errmsg: "m".into() })
+    }
+
+    #[test]
+    fn every_errcode_row_of_the_design_table_maps_to_its_code_and_reason() {
+        let rows = [
+            (40029, Code::InvalidArgument, "INVALID_CODE"),
+            (42003, Code::InvalidArgument, "CODE_EXPIRED"),
+            (40163, Code::InvalidArgument, "CODE_USED"),
+            (42002, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
+            (40030, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
+            (48001, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
+            (10005, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
+            (45009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+            (45011, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+            (10009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+            (40013, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            (40125, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            (41002, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
+            (40003, Code::Unknown, "WECHAT_ERROR"),
+        ];
+        for (errcode, code, reason) in rows {
+            let status = api(errcode).to_status();
+            assert_eq!(status.code(), code, "errcode {errcode}");
+            let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, DOMAIN), "errcode {errcode}");
+            assert_eq!(info.metadata.get("errcode"), Some(&errcode.to_string()));
+        }
+    }
+
+    #[test]
+    fn transient_failures_carry_retry_info() {
+        let status = ApiError::from_wechat(&WechatError::Status(502)).to_status();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.get_error_details().retry_info().is_some());
+        assert!(ApiError::StoreUnavailable.to_status().get_error_details().retry_info().is_some());
+        assert!(api(40029).to_status().get_error_details().retry_info().is_none());
+    }
+
+    #[test]
+    fn invalid_arguments_list_their_fields() {
+        let status = ApiError::invalid("return_url", "required").to_status();
+        let bad = status.get_error_details().bad_request().cloned().expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, "return_url");
+        assert_eq!(bad.field_violations[0].description, "required");
+    }
+}

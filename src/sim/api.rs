@@ -1,0 +1,245 @@
+//! The JSON endpoints of `api.weixin.qq.com/sns/...`: code exchange, refresh, userinfo and
+//! token check. Each handler checks its parameters in WeChat's order and answers success JSON
+//! or WeChat's `{"errcode","errmsg"}` (HTTP 200), built in one place: [`error_response`].
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
+use axum::Json;
+use serde_json::{Value, json};
+
+use super::Simulator;
+use super::config::Localized;
+use super::control::{Answer, Endpoint};
+use super::state::{self, Core, Grant, Issued};
+
+/// The errcodes the simulator answers, named after WeChat's meanings (WECHAT.md).
+pub(super) mod errcode {
+    pub const SYSTEM_BUSY: i64 = -1;
+    pub const INVALID_GRANT_TYPE: i64 = 40002;
+    pub const INVALID_OPENID: i64 = 40003;
+    pub const INVALID_APPID: i64 = 40013;
+    pub const INVALID_ACCESS_TOKEN: i64 = 40014;
+    pub const INVALID_CODE: i64 = 40029;
+    pub const INVALID_REFRESH_TOKEN: i64 = 40030;
+    pub const INVALID_LANG: i64 = 40033;
+    pub const INVALID_SECRET: i64 = 40125;
+    pub const CODE_USED: i64 = 40163;
+    pub const MISSING_ACCESS_TOKEN: i64 = 41001;
+    pub const MISSING_APPID: i64 = 41002;
+    pub const MISSING_REFRESH_TOKEN: i64 = 41003;
+    pub const MISSING_SECRET: i64 = 41004;
+    pub const MISSING_CODE: i64 = 41008;
+    pub const MISSING_OPENID: i64 = 41009;
+    pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+    pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
+    pub const CODE_EXPIRED: i64 = 42003;
+    pub const API_UNAUTHORIZED: i64 = 48001;
+}
+
+/// WeChat's errmsg text for an errcode (before the request-id hint).
+pub(super) fn errmsg(code: i64) -> &'static str {
+    use errcode::*;
+    match code {
+        SYSTEM_BUSY => "system error",
+        40001 => "invalid credential, access_token is invalid or not latest",
+        INVALID_GRANT_TYPE => "invalid grant_type",
+        INVALID_OPENID => "invalid openid",
+        INVALID_APPID => "invalid appid",
+        INVALID_ACCESS_TOKEN => "invalid access_token",
+        INVALID_CODE => "invalid code",
+        INVALID_REFRESH_TOKEN => "invalid refresh_token",
+        INVALID_LANG => "invalid lang",
+        INVALID_SECRET => "invalid appsecret",
+        CODE_USED => "code been used",
+        MISSING_ACCESS_TOKEN => "access_token missing",
+        MISSING_APPID => "appid missing",
+        MISSING_REFRESH_TOKEN => "refresh_token missing",
+        MISSING_SECRET => "appsecret missing",
+        MISSING_CODE => "code missing",
+        MISSING_OPENID => "openid missing",
+        ACCESS_TOKEN_EXPIRED => "access_token expired",
+        REFRESH_TOKEN_EXPIRED => "refresh_token expired",
+        CODE_EXPIRED => "code expired",
+        45009 => "reach max api daily quota limit",
+        45011 => "api minute-quota reach-limit mustslower retry next minute",
+        API_UNAUTHORIZED => "api unauthorized",
+        50001 => "user unauthorized",
+        _ => "simulated error",
+    }
+}
+
+/// WeChat's error answer: HTTP 200, `{"errcode": N, "errmsg": "<text>, rid: <hex>"}`.
+pub(super) fn error_response(code: i64) -> Response {
+    let errmsg = format!("{}, rid: {}", errmsg(code), state::random_rid());
+    Json(json!({ "errcode": code, "errmsg": errmsg })).into_response()
+}
+
+/// Query or form parameters in their order of arrival; lenient like WeChat: it never fails,
+/// and an empty value counts as missing.
+pub(super) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(super) fn parse(raw: &[u8]) -> Self {
+        Self(url::form_urlencoded::parse(raw).into_owned().collect())
+    }
+
+    /// The first non-empty value of `key`.
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, key: &str, missing: i64) -> Result<&str, i64> {
+        self.get(key).ok_or(missing)
+    }
+}
+
+/// The routes of `api.weixin.qq.com` the service calls.
+pub(super) fn routes() -> Router<Simulator> {
+    Router::new()
+        .route("/sns/oauth2/access_token", get(access_token))
+        .route("/sns/oauth2/refresh_token", get(refresh_token))
+        .route("/sns/userinfo", get(userinfo))
+        .route("/sns/auth", get(auth))
+}
+
+type Rule = fn(&Core, &Params) -> Result<Value, i64>;
+
+async fn access_token(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    answer(&sim, Endpoint::AccessToken, raw, exchange).await
+}
+
+async fn refresh_token(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    answer(&sim, Endpoint::RefreshToken, raw, refresh).await
+}
+
+async fn userinfo(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    answer(&sim, Endpoint::UserInfo, raw, profile).await
+}
+
+async fn auth(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    answer(&sim, Endpoint::Auth, raw, check_token).await
+}
+
+/// Counts the call, applies an injected fault, else runs the endpoint's rule.
+async fn answer(sim: &Simulator, endpoint: Endpoint, raw: Option<String>, rule: Rule) -> Response {
+    if let Some(faulted) = sim.enter(endpoint, Answer::Json).await {
+        return faulted;
+    }
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    let result = rule(sim.core(), &params);
+    tracing::debug!(
+        endpoint = endpoint.name(),
+        appid = params.get("appid"),
+        errcode = result.as_ref().err().copied().unwrap_or(0),
+        "simulated sns call"
+    );
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(code) => error_response(code),
+    }
+}
+
+/// `/sns/oauth2/access_token`: the code exchange, the one call that needs the secret.
+fn exchange(core: &Core, p: &Params) -> Result<Value, i64> {
+    use errcode::*;
+    let appid = p.require("appid", MISSING_APPID)?;
+    let secret = p.require("secret", MISSING_SECRET)?;
+    let code = p.require("code", MISSING_CODE)?;
+    if p.get("grant_type") != Some("authorization_code") {
+        return Err(INVALID_GRANT_TYPE);
+    }
+    let app = core.app(appid).ok_or(INVALID_APPID)?;
+    if app.secret != secret {
+        return Err(INVALID_SECRET);
+    }
+    let issued = core.redeem_code(appid, code)?;
+    let mut body = token_body(core, &issued);
+    if core.user(issued.grant.user).is_some_and(|u| u.snapshot) {
+        body["is_snapshotuser"] = json!(1);
+    }
+    if issued.grant.gives_unionid(app) {
+        body["unionid"] = json!(unionid_of(core, &issued.grant));
+    }
+    Ok(body)
+}
+
+/// `/sns/oauth2/refresh_token`: no secret; a `secret` parameter is ignored.
+fn refresh(core: &Core, p: &Params) -> Result<Value, i64> {
+    use errcode::*;
+    let appid = p.require("appid", MISSING_APPID)?;
+    let refresh_token = p.require("refresh_token", MISSING_REFRESH_TOKEN)?;
+    if p.get("grant_type") != Some("refresh_token") {
+        return Err(INVALID_GRANT_TYPE);
+    }
+    core.app(appid).ok_or(INVALID_APPID)?;
+    let issued = core.refresh(appid, refresh_token)?;
+    Ok(token_body(core, &issued))
+}
+
+fn token_body(core: &Core, issued: &Issued) -> Value {
+    json!({
+        "access_token": issued.access_token,
+        "expires_in": 7200,
+        "refresh_token": issued.refresh_token,
+        "openid": core.openid_of(&issued.grant),
+        "scope": issued.grant.scope,
+    })
+}
+
+/// `/sns/userinfo`: the profile, for userinfo/login scopes only, in the asked language.
+fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
+    use errcode::*;
+    let grant = live_grant(core, p)?;
+    if grant.scope == "snsapi_base" {
+        return Err(API_UNAUTHORIZED);
+    }
+    let pick: fn(&Localized) -> &str = match p.get("lang").unwrap_or("zh_CN") {
+        "zh_CN" => |l| &l.zh_cn,
+        "zh_TW" => |l| &l.zh_tw,
+        "en" => |l| &l.en,
+        _ => return Err(INVALID_LANG),
+    };
+    let user = core.user(grant.user).ok_or(INVALID_ACCESS_TOKEN)?;
+    let mut body = json!({
+        "openid": core.openid_of(&grant),
+        "nickname": user.nickname,
+        "sex": user.sex,
+        "province": pick(&user.province),
+        "city": pick(&user.city),
+        "country": pick(&user.country),
+        "headimgurl": user.headimgurl,
+        "privilege": [],
+    });
+    if core.app(&grant.appid).is_some_and(|app| grant.gives_unionid(app)) {
+        body["unionid"] = json!(unionid_of(core, &grant));
+    }
+    Ok(body)
+}
+
+/// `/sns/auth`: is this access token alive and this openid's?
+fn check_token(core: &Core, p: &Params) -> Result<Value, i64> {
+    live_grant(core, p)?;
+    Ok(json!({ "errcode": 0, "errmsg": "ok" }))
+}
+
+/// The grant of a live `access_token` whose user is `openid`: 41001, 40014, 42001, 41009, 40003.
+fn live_grant(core: &Core, p: &Params) -> Result<Grant, i64> {
+    use errcode::*;
+    let grant = core.access(p.require("access_token", MISSING_ACCESS_TOKEN)?)?;
+    let openid = p.require("openid", MISSING_OPENID)?;
+    if openid != core.openid_of(&grant) {
+        return Err(INVALID_OPENID);
+    }
+    Ok(grant)
+}
+
+fn unionid_of(core: &Core, grant: &Grant) -> String {
+    core.user(grant.user)
+        .map_or_else(String::new, |u| state::unionid(&u.key))
+}

@@ -1,0 +1,283 @@
+//! What tests steer: per-endpoint call counters, injected faults (errcodes, HTTP statuses, bad
+//! JSON, latency), the double-callback switch, and the `/sim/...` HTTP API that exposes them
+//! (with the clock) to out-of-process users such as benchmarks and browser tests.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Simulator;
+use super::api::{Params, error_response};
+use super::pages::PageError;
+
+/// A simulated WeChat endpoint, for counting calls and injecting faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /connect/oauth2/authorize` (official-account authorize page).
+    Authorize,
+    /// `GET /connect/qrconnect` (website QR login page).
+    QrConnect,
+    /// `GET /sns/oauth2/access_token` (code exchange).
+    AccessToken,
+    /// `GET /sns/oauth2/refresh_token`.
+    RefreshToken,
+    /// `GET /sns/userinfo`.
+    UserInfo,
+    /// `GET /sns/auth`.
+    Auth,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order `/sim/calls` lists them.
+    pub const ALL: [Endpoint; 6] = [
+        Self::Authorize,
+        Self::QrConnect,
+        Self::AccessToken,
+        Self::RefreshToken,
+        Self::UserInfo,
+        Self::Auth,
+    ];
+
+    /// The endpoint's name in the `/sim` control API (`access_token`, `userinfo`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Authorize => "authorize",
+            Self::QrConnect => "qrconnect",
+            Self::AccessToken => "access_token",
+            Self::RefreshToken => "refresh_token",
+            Self::UserInfo => "userinfo",
+            Self::Auth => "auth",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A failure WeChat (or the network to it) can show, injected so tests can see the service
+/// cope with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 200 with `{"errcode": n, "errmsg": ...}` (an error page on the authorize pages).
+    Errcode(i64),
+    /// That HTTP status with a short text body.
+    HttpStatus(u16),
+    /// HTTP 200 with a truncated body.
+    BadJson,
+    /// Waits this long, then answers normally.
+    Delay(Duration),
+}
+
+/// How an endpoint answers, so a fault answers in the same shape.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Answer {
+    Html,
+    Json,
+}
+
+/// Counters, fault queues and switches; cheap to touch from every request.
+#[derive(Default)]
+pub(super) struct Controls {
+    calls: [AtomicU64; 6],
+    faults: Mutex<[VecDeque<(Fault, u32)>; 6]>,
+    double_callback: AtomicBool,
+}
+
+impl Controls {
+    pub(super) fn calls(&self, endpoint: Endpoint) -> u64 {
+        self.calls[endpoint.index()].load(Ordering::Relaxed)
+    }
+
+    /// Queues `fault` for the next `times` calls, after any fault already queued.
+    pub(super) fn inject(&self, endpoint: Endpoint, fault: Fault, times: u32) {
+        if times > 0 {
+            self.queues()[endpoint.index()].push_back((fault, times));
+        }
+    }
+
+    pub(super) fn clear_faults(&self) {
+        self.queues().iter_mut().for_each(VecDeque::clear);
+    }
+
+    pub(super) fn set_double_callback(&self, on: bool) {
+        self.double_callback.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn double_callback(&self) -> bool {
+        self.double_callback.load(Ordering::Relaxed)
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, [VecDeque<(Fault, u32)>; 6]> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a call and takes the fault queued for it, if any.
+    fn take(&self, endpoint: Endpoint) -> Option<Fault> {
+        self.calls[endpoint.index()].fetch_add(1, Ordering::Relaxed);
+        let mut queues = self.queues();
+        let queue = &mut queues[endpoint.index()];
+        let (fault, left) = queue.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            queue.pop_front();
+        }
+        Some(fault)
+    }
+}
+
+impl Simulator {
+    /// Every endpoint starts here: the call is counted, then an injected fault answers in its
+    /// place (`Some`), or, after any delay, the endpoint goes on (`None`).
+    pub(super) async fn enter(&self, endpoint: Endpoint, answer: Answer) -> Option<Response> {
+        let fault = self.controls().take(endpoint)?;
+        tracing::debug!(endpoint = endpoint.name(), ?fault, "injected fault");
+        Some(match (fault, answer) {
+            (Fault::Delay(by), _) => {
+                tokio::time::sleep(by).await;
+                return None;
+            }
+            (Fault::Errcode(code), Answer::Json) => error_response(code),
+            (Fault::Errcode(code), Answer::Html) => PageError::Upstream(code).into_response(),
+            (Fault::HttpStatus(status), _) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (status, format!("simulated HTTP {}", status.as_u16())).into_response()
+            }
+            (Fault::BadJson, Answer::Json) => (
+                [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
+                r#"{"access_token":"ACCESS_TOKEN","expires_in":72"#,
+            )
+                .into_response(),
+            (Fault::BadJson, Answer::Html) => (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>",
+            )
+                .into_response(),
+        })
+    }
+}
+
+/// The `/sim/...` control API.
+pub(super) fn routes() -> Router<Simulator> {
+    Router::new()
+        .route("/sim/clock/advance", post(advance))
+        .route("/sim/faults", post(inject).delete(clear))
+        .route("/sim/calls", get(calls))
+        .route("/sim/double_callback", post(double_callback))
+}
+
+/// A control request the simulator cannot act on: 400 with `{"error": ...}`.
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+/// `POST /sim/clock/advance?secs=N`
+async fn advance(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    match params.get("secs").and_then(|s| s.parse::<u64>().ok()) {
+        Some(secs) => {
+            sim.advance(Duration::from_secs(secs));
+            Json(json!({ "advanced_secs": secs })).into_response()
+        }
+        None => bad_request("secs must be a whole number of seconds"),
+    }
+}
+
+/// The JSON body of `POST /sim/faults`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    endpoint: String,
+    fault: FaultSpec,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `{"errcode":45011}`, `{"http_status":502}`, `"bad_json"` or `{"delay_ms":200}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FaultSpec {
+    Errcode(i64),
+    HttpStatus(u16),
+    BadJson,
+    DelayMs(u64),
+}
+
+impl FaultSpec {
+    fn into_fault(self) -> Result<Fault, &'static str> {
+        Ok(match self {
+            Self::Errcode(code) => Fault::Errcode(code),
+            Self::HttpStatus(status) => {
+                StatusCode::from_u16(status).map_err(|_| "http_status must be 100..=999")?;
+                Fault::HttpStatus(status)
+            }
+            Self::BadJson => Fault::BadJson,
+            Self::DelayMs(ms) => Fault::Delay(Duration::from_millis(ms)),
+        })
+    }
+}
+
+/// `POST /sim/faults`
+async fn inject(State(sim): State<Simulator>, body: Bytes) -> Response {
+    let request: FaultRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(_) => return bad_request(r#"expected {"endpoint": "...", "fault": ..., "times": N}"#),
+    };
+    let Some(endpoint) = Endpoint::parse(&request.endpoint) else {
+        return bad_request("unknown endpoint");
+    };
+    match request.fault.into_fault() {
+        Ok(fault) => {
+            sim.inject(endpoint, fault, request.times);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `DELETE /sim/faults`
+async fn clear(State(sim): State<Simulator>) -> StatusCode {
+    sim.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+/// `GET /sim/calls`: `{"authorize": n, "qrconnect": n, "access_token": n, ...}`
+async fn calls(State(sim): State<Simulator>) -> Json<Value> {
+    let counts: Map<String, Value> = Endpoint::ALL
+        .into_iter()
+        .map(|e| (e.name().to_owned(), json!(sim.calls(e))))
+        .collect();
+    Json(Value::Object(counts))
+}
+
+/// `POST /sim/double_callback?on=true|false`
+async fn double_callback(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    match params.get("on").and_then(|s| s.parse::<bool>().ok()) {
+        Some(on) => {
+            sim.set_double_callback(on);
+            Json(json!({ "double_callback": on })).into_response()
+        }
+        None => bad_request("on must be true or false"),
+    }
+}

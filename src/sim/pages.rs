@@ -1,0 +1,424 @@
+//! The browser side of WeChat (`open.weixin.qq.com/connect/...`): the authorize and QR-login
+//! pages with their strict query rules, the consent page with test users and Allow/Deny, the
+//! redirect back with a code (or two, in double-callback mode), and WeChat's error pages.
+//! Everything is HTML with status 200, as WeChat answers, and every echoed value is escaped.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use url::Url;
+
+use super::Simulator;
+use super::api::{Params, errmsg};
+use super::config::{SimApp, SimAppKind};
+use super::control::{Answer, Endpoint};
+use super::state::Core;
+
+/// Which of WeChat's two authorize pages a request is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    /// `/connect/oauth2/authorize`, for official accounts.
+    OAuth2,
+    /// `/connect/qrconnect`, for website apps.
+    QrConnect,
+}
+
+/// The parameters WeChat requires, in the only order it accepts.
+const REQUIRED_KEYS: [&str; 5] = ["appid", "redirect_uri", "response_type", "scope", "state"];
+
+impl Page {
+    fn kind(self) -> SimAppKind {
+        match self {
+            Self::OAuth2 => SimAppKind::OfficialAccount,
+            Self::QrConnect => SimAppKind::Website,
+        }
+    }
+
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Self::OAuth2 => Endpoint::Authorize,
+            Self::QrConnect => Endpoint::QrConnect,
+        }
+    }
+
+    fn confirm_path(self) -> &'static str {
+        match self {
+            Self::OAuth2 => "/connect/oauth2/authorize/confirm",
+            Self::QrConnect => "/connect/qrconnect/confirm",
+        }
+    }
+
+    /// The parameters allowed after the required ones, once each, in any order, with their
+    /// only accepted value.
+    fn optional_params(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::OAuth2 => &[("forcePopup", "true"), ("connect_redirect", "1")],
+            Self::QrConnect => &[("forcePopup", "true")],
+        }
+    }
+}
+
+/// Why WeChat shows its error page instead of the consent page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PageError {
+    /// Malformed link: parameter order, names, `response_type`, `state`.
+    BadLink,
+    /// 10016: no app with that appid.
+    UnknownAppid,
+    /// 10003: `redirect_uri` is not on the app's callback domain.
+    RedirectUriMismatch,
+    /// 10005: the app (or this page) does not have that scope.
+    ScopeNotAllowed,
+    /// An injected errcode fault.
+    Upstream(i64),
+}
+
+impl PageError {
+    fn errcode(self) -> Option<i64> {
+        match self {
+            Self::BadLink => None,
+            Self::UnknownAppid => Some(10016),
+            Self::RedirectUriMismatch => Some(10003),
+            Self::ScopeNotAllowed => Some(10005),
+            Self::Upstream(code) => Some(code),
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::BadLink => "请检查链接参数是否完整、顺序是否正确",
+            Self::UnknownAppid => "appid参数错误",
+            Self::RedirectUriMismatch => "redirect_uri域名与后台配置不一致",
+            Self::ScopeNotAllowed => "scope参数错误或没有scope权限",
+            Self::Upstream(code) => errmsg(code),
+        }
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        tracing::debug!(error = ?self, "simulated authorize error page");
+        let (title, detail) = match self.errcode() {
+            None => ("该链接无法访问".to_owned(), self.message().to_owned()),
+            Some(code) => (
+                "Oops! Something went wrong:(".to_owned(),
+                format!("{code} {}", self.message()),
+            ),
+        };
+        layout(
+            &title,
+            "",
+            &format!(
+                "<h1>{}</h1><p class=\"err\">{}</p>",
+                escape(&title),
+                escape(&detail)
+            ),
+        )
+        .into_response()
+    }
+}
+
+/// An authorize request that passed every check: what the consent page and its forms carry.
+struct AuthorizeRequest<'a> {
+    app: &'a SimApp,
+    /// As given (percent-decoded), re-checked when a form comes back.
+    redirect_uri: String,
+    redirect: Url,
+    scope: &'static str,
+    state: String,
+}
+
+/// The browser pages and their form targets.
+pub(super) fn routes() -> Router<Simulator> {
+    Router::new()
+        .route("/connect/oauth2/authorize", get(oauth2_page))
+        .route(Page::OAuth2.confirm_path(), post(oauth2_confirm))
+        .route("/connect/qrconnect", get(qrconnect_page))
+        .route(Page::QrConnect.confirm_path(), post(qrconnect_confirm))
+}
+
+async fn oauth2_page(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    show(&sim, Page::OAuth2, raw).await
+}
+
+async fn qrconnect_page(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    show(&sim, Page::QrConnect, raw).await
+}
+
+async fn oauth2_confirm(State(sim): State<Simulator>, body: Bytes) -> Response {
+    confirm(&sim, Page::OAuth2, &body)
+}
+
+async fn qrconnect_confirm(State(sim): State<Simulator>, body: Bytes) -> Response {
+    confirm(&sim, Page::QrConnect, &body)
+}
+
+/// `GET` of an authorize page: the consent page, or WeChat's error page.
+async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
+    if let Some(faulted) = sim.enter(page.endpoint(), Answer::Html).await {
+        return faulted;
+    }
+    match check_query(sim.core(), page, raw.as_deref().unwrap_or("")) {
+        Ok(request) => consent_page(sim.core(), page, &request).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The raw query's shape, as strictly as WeChat matches it, then the values.
+fn check_query<'a>(
+    core: &'a Core,
+    page: Page,
+    raw: &str,
+) -> Result<AuthorizeRequest<'a>, PageError> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect();
+    if pairs.len() < REQUIRED_KEYS.len() {
+        return Err(PageError::BadLink);
+    }
+    let (required, optional) = pairs.split_at(REQUIRED_KEYS.len());
+    if !required.iter().map(|(k, _)| k.as_str()).eq(REQUIRED_KEYS) || required[2].1 != "code" {
+        return Err(PageError::BadLink);
+    }
+    for (i, (key, value)) in optional.iter().enumerate() {
+        let known = page.optional_params().contains(&(key.as_str(), value.as_str()));
+        let repeated = optional[..i].iter().any(|(k, _)| k == key);
+        if !known || repeated {
+            return Err(PageError::BadLink);
+        }
+    }
+    let [appid, redirect_uri, _, scope, state] = [0, 1, 2, 3, 4].map(|i| required[i].1.as_str());
+    check(core, page, appid, redirect_uri, scope, state)
+}
+
+/// The value rules, shared by the page and its forms: state, appid (10016), redirect_uri
+/// domain (10003), scope (10005).
+fn check<'a>(
+    core: &'a Core,
+    page: Page,
+    appid: &str,
+    redirect_uri: &str,
+    scope: &str,
+    state: &str,
+) -> Result<AuthorizeRequest<'a>, PageError> {
+    if state.len() > 128 || !state.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(PageError::BadLink);
+    }
+    let app = core.app(appid).ok_or(PageError::UnknownAppid)?;
+    let redirect = Url::parse(redirect_uri)
+        .ok()
+        .filter(|url| on_callback_domain(url, &app.callback_domain))
+        .ok_or(PageError::RedirectUriMismatch)?;
+    if app.kind != page.kind() {
+        return Err(PageError::ScopeNotAllowed);
+    }
+    let scope = app
+        .kind
+        .scopes()
+        .iter()
+        .copied()
+        .find(|s| *s == scope)
+        .ok_or(PageError::ScopeNotAllowed)?;
+    Ok(AuthorizeRequest {
+        app,
+        redirect_uri: redirect_uri.to_owned(),
+        redirect,
+        scope,
+        state: state.to_owned(),
+    })
+}
+
+/// WeChat's callback-domain rule: an http(s) URL whose host is exactly the configured domain
+/// (no subdomain, no parent), and whose port matches when the domain names one.
+fn on_callback_domain(url: &Url, domain: &str) -> bool {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (domain, None),
+        },
+        None => (domain, None),
+    };
+    matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host))
+        && port.is_none_or(|p| url.port_or_known_default() == Some(p))
+}
+
+/// The consent page: pick a test user and Allow, or Deny.
+fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html<String> {
+    tracing::debug!(appid = %request.app.appid, scope = request.scope, "simulated consent page");
+    let hidden = |decision: &str| {
+        [
+            ("appid", request.app.appid.as_str()),
+            ("redirect_uri", request.redirect_uri.as_str()),
+            ("scope", request.scope),
+            ("state", request.state.as_str()),
+            ("decision", decision),
+        ]
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                escape(value)
+            )
+        })
+        .collect::<String>()
+    };
+    let users: String = core
+        .users()
+        .iter()
+        .filter(|u| !u.snapshot || request.scope == "snsapi_base")
+        .enumerate()
+        .map(|(i, u)| {
+            format!(
+                "<label><input type=\"radio\" name=\"user\" value=\"{}\"{}> {}</label>",
+                escape(&u.key),
+                if i == 0 { " checked" } else { "" },
+                escape(&u.nickname)
+            )
+        })
+        .collect();
+    let asks = match request.scope {
+        "snsapi_base" => "获取你的身份标识（openid）",
+        "snsapi_userinfo" => "获取你的昵称、头像",
+        _ => "使用你的微信帐号登录",
+    };
+    let action = page.confirm_path();
+    layout(
+        "微信授权",
+        "",
+        &format!(
+            "<h1>微信授权（模拟器）</h1>\
+             <p>应用 <code>{appid}</code> 申请{asks}（{scope}）</p>\
+             <p>授权后将返回 <code>{host}</code></p>\
+             <form method=\"post\" action=\"{action}\">{allow}<fieldset><legend>测试用户</legend>{users}</fieldset>\
+             <button type=\"submit\" id=\"allow\">允许</button></form>\
+             <form method=\"post\" action=\"{action}\">{deny}<button type=\"submit\" id=\"deny\">拒绝</button></form>",
+            appid = escape(&request.app.appid),
+            scope = escape(request.scope),
+            host = escape(request.redirect.host_str().unwrap_or("")),
+            allow = hidden("allow"),
+            deny = hidden("deny"),
+        ),
+    )
+}
+
+/// `POST` from the consent page: the values are checked again (forms are input too), then
+/// Deny redirects with `state` only and Allow with a fresh code.
+fn confirm(sim: &Simulator, page: Page, body: &[u8]) -> Response {
+    let form = Params::parse(body);
+    let field = |name| form.get(name).unwrap_or("");
+    let request = match check(
+        sim.core(),
+        page,
+        field("appid"),
+        field("redirect_uri"),
+        field("scope"),
+        field("state"),
+    ) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    match field("decision") {
+        "deny" => found(&back(&request, None)),
+        "allow" => allow(sim, &request, field("user")),
+        _ => PageError::BadLink.into_response(),
+    }
+}
+
+fn allow(sim: &Simulator, request: &AuthorizeRequest<'_>, user: &str) -> Response {
+    let core = sim.core();
+    let Ok(grant) = core.grant(&request.app.appid, user, request.scope) else {
+        return PageError::BadLink.into_response();
+    };
+    if !sim.controls().double_callback() {
+        return found(&back(request, Some(&core.issue_code(grant))));
+    }
+    let first = back(request, Some(&core.issue_code(grant.clone())));
+    let second = back(request, Some(&core.issue_code(grant)));
+    double_callback_page(&first, &second).into_response()
+}
+
+/// The callback URL: `redirect_uri` with `code` (when allowed) and `state` appended to any
+/// query it already has.
+fn back(request: &AuthorizeRequest<'_>, code: Option<&str>) -> String {
+    let ours = match code {
+        Some(code) => format!("code={code}&state={}", request.state),
+        None => format!("state={}", request.state),
+    };
+    let mut url = request.redirect.clone();
+    let query = match url.query() {
+        Some(q) if !q.is_empty() && !q.ends_with('&') => format!("{q}&{ours}"),
+        Some(q) => format!("{q}{ours}"),
+        None => ours,
+    };
+    url.set_query(Some(&query));
+    url.into()
+}
+
+/// `302 Found` to a URL the `url` crate serialized (so always a valid header value).
+fn found(location: &str) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// WeChat's in-app browser hitting the callback twice: the first code is requested in the
+/// background (cookies included), then the browser lands on the second.
+fn double_callback_page(first: &str, second: &str) -> Html<String> {
+    layout(
+        "微信授权",
+        &format!(
+            "<noscript><meta http-equiv=\"refresh\" content=\"0;url={}\"></noscript>",
+            escape(second)
+        ),
+        &format!(
+            "<p>正在返回……</p><p><a id=\"continue\" href=\"{href}\">继续</a></p>\
+             <script>(async function () {{\
+             try {{ await fetch({first}, {{credentials: \"include\", mode: \"no-cors\"}}); }} catch (e) {{}}\
+             location.replace({second});\
+             }})();</script>",
+            href = escape(second),
+            first = js_string(first),
+            second = js_string(second),
+        ),
+    )
+}
+
+/// The one page frame: small, UTF-8, readable on a phone.
+fn layout(title: &str, head: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!DOCTYPE html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title>{head}\
+         <style>body{{font-family:system-ui,sans-serif;max-width:28em;margin:2em auto;padding:0 1em}}\
+         label{{display:block;margin:.4em 0}}button{{margin:.6em .4em .6em 0;padding:.5em 2em}}\
+         #allow{{background:#07c160;color:#fff;border:0}}.err{{color:#c00}}</style>\
+         </head><body>{body}</body></html>",
+        escape(title)
+    ))
+}
+
+/// HTML-escapes text and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JavaScript string literal that is also safe inside `<script>`.
+fn js_string(text: &str) -> String {
+    serde_json::Value::from(text)
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+}

@@ -1,0 +1,291 @@
+//! The token lifecycle: exchanging codes (idempotently, so a reload or a retry never meets
+//! WeChat's 40163), keeping tokens fresh, and refreshing each user's token with ONE call to
+//! WeChat however many requests and replicas ask at once.
+//!
+//! Coalescing has two levels. In a process, concurrent refreshes of one user share one task
+//! (single-flight); the task runs detached, so a caller's cancelled deadline never leaves a
+//! refresh half-done. Across replicas, the task holds the user's Redis lock (`SET NX PX`,
+//! compare-and-delete release) and, once it has it, re-reads the record: if another replica
+//! already replaced the stale token, it uses that token instead of calling WeChat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use rand::Rng as _;
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::secrets::{AccessToken, AuthCode};
+use crate::store::{ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
+use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
+
+/// How long a replica may hold a user's refresh lock (longer than any refresh call).
+const LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long an exchange claim lives if its replica dies mid-exchange.
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// How often a waiter looks again at a record another replica is refreshing.
+const POLL: Duration = Duration::from_millis(20);
+/// WeChat codes that mean "this access token is not (or no longer) valid".
+const DEAD_ACCESS_TOKEN: [i64; 3] = [42001, 40001, 40014];
+/// WeChat codes that mean "this refresh token is dead".
+const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
+
+type Flight = Shared<BoxFuture<'static, Result<TokenRecord, ApiError>>>;
+
+/// Token policy.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy {
+    /// Refresh an access token this long before it expires.
+    pub refresh_margin: Duration,
+    /// Life of a refresh token (WeChat: 30 days).
+    pub refresh_life: Duration,
+}
+
+/// Counters of the refresh machinery, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    /// Refresh calls made to WeChat.
+    pub upstream_calls: std::sync::atomic::AtomicU64,
+    /// Refreshes answered by another request's or replica's refresh.
+    pub coalesced: std::sync::atomic::AtomicU64,
+}
+
+/// Exchanges, refreshes and reads tokens. Cheap to share (`Arc`).
+pub struct Tokens {
+    store: Store,
+    wechat: WechatClient,
+    clock: Clock,
+    policy: TokenPolicy,
+    flights: Mutex<HashMap<String, Flight>>,
+    /// Refresh counters.
+    pub stats: RefreshStats,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// Builds the token service.
+    pub fn new(store: Store, wechat: WechatClient, clock: Clock, policy: TokenPolicy) -> Arc<Self> {
+        Arc::new(Self { store, wechat, clock, policy, flights: Mutex::default(), stats: RefreshStats::default() })
+    }
+
+    /// Exchanges `code`, or returns the result of an earlier exchange of the same code within
+    /// the code's life. Concurrent exchanges of one code (a double submit, two replicas) make
+    /// one WeChat call; the others wait for its result.
+    pub async fn exchange(self: &Arc<Self>, app: &App, code: AuthCode) -> Result<ExchangeOutcome, ApiError> {
+        loop {
+            match self.store.claim_exchange(&app.name, &code, CLAIM_TTL).await? {
+                Some(ExchangeEntry::Done(outcome)) => {
+                    tracing::info!(app = %app.name, "code exchanged before; returning the recorded result");
+                    return Ok(outcome);
+                }
+                Some(ExchangeEntry::Pending) => tokio::time::sleep(jittered(POLL)).await,
+                None => {
+                    // Detached: once sent, the exchange finishes and records its result even
+                    // if this caller's deadline passes, so the caller's retry finds it.
+                    let (this, app, code) = (Arc::clone(self), app.clone(), code.clone());
+                    let task = tokio::spawn(async move { this.exchange_claimed(&app, &code).await });
+                    return task.await.unwrap_or(Err(ApiError::Internal));
+                }
+            }
+        }
+    }
+
+    async fn exchange_claimed(&self, app: &App, code: &AuthCode) -> Result<ExchangeOutcome, ApiError> {
+        let grant = match self.wechat.exchange_code(app, code).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.store.abandon_exchange(&app.name, code).await?;
+                return Err(ApiError::from_wechat(&e));
+            }
+        };
+        let now = self.clock.now_secs();
+        let record = TokenRecord {
+            openid: grant.openid.clone(),
+            unionid: grant.unionid.clone().filter(|u| !u.is_empty()),
+            scopes: split_scopes(&grant.scope),
+            is_snapshot_user: grant.is_snapshotuser == 1,
+            access_expires_at: now + grant.expires_in,
+            refresh_expires_at: now + secs(self.policy.refresh_life),
+            access_token: grant.access_token,
+            refresh_token: grant.refresh_token,
+        };
+        self.store.put_token(&app.name, &record, self.policy.refresh_life).await?;
+        let outcome = ExchangeOutcome {
+            openid: record.openid,
+            unionid: record.unionid,
+            scopes: record.scopes,
+            is_snapshot_user: record.is_snapshot_user,
+            access_expires_at: record.access_expires_at,
+            refresh_expires_at: record.refresh_expires_at,
+        };
+        self.store.finish_exchange(&app.name, code, &outcome, app.kind.code_life()).await?;
+        Ok(outcome)
+    }
+
+    /// The stored record, as is (no refresh).
+    pub async fn stored(&self, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
+        self.store.get_token(&app.name, openid).await?.ok_or(ApiError::TokenNotFound)
+    }
+
+    /// The record with an access token that outlives the refresh margin, refreshing first
+    /// when it does not.
+    pub async fn current(self: &Arc<Self>, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
+        let record = self.stored(app, openid).await?;
+        if record.access_expires_at > self.clock.now_secs() + secs(self.policy.refresh_margin) {
+            return Ok(record);
+        }
+        self.refresh(app, openid, Some(record.access_token)).await
+    }
+
+    /// Refreshes the user's token. `stale` is the token the caller saw: if the stored token
+    /// already differs, someone refreshed since and that result is used instead.
+    pub async fn refresh(self: &Arc<Self>, app: &App, openid: &str, stale: Option<AccessToken>) -> Result<TokenRecord, ApiError> {
+        let key = format!("{}\u{0}{openid}", app.name);
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(flight) = flights.get(&key) {
+                self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                flight.clone()
+            } else {
+                let (this, app, openid, key2) = (Arc::clone(self), app.clone(), openid.to_owned(), key.clone());
+                let task = tokio::spawn(async move {
+                    let result = this.refresh_locked(&app, &openid, stale).await;
+                    this.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key2);
+                    result
+                });
+                let flight: Flight = async move { task.await.unwrap_or(Err(ApiError::Internal)) }.boxed().shared();
+                flights.insert(key, flight.clone());
+                flight
+            }
+        };
+        flight.await
+    }
+
+    async fn refresh_locked(&self, app: &App, openid: &str, stale: Option<AccessToken>) -> Result<TokenRecord, ApiError> {
+        let give_up = tokio::time::Instant::now() + LOCK_TTL;
+        loop {
+            if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
+                let result = self.refresh_holding_lock(app, openid, stale.as_ref()).await;
+                if let Err(e) = self.store.unlock(&app.name, openid, lock).await {
+                    tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
+                }
+                return result;
+            }
+            // Another replica is refreshing this user: wait for its result.
+            tokio::time::sleep(jittered(POLL)).await;
+            let Some(record) = self.store.get_token(&app.name, openid).await? else {
+                // It found the refresh token dead and deleted the record.
+                return Err(ApiError::ReauthorizationRequired(None));
+            };
+            if is_newer(&record, stale.as_ref()) {
+                self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(record);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(ApiError::WechatUnavailable(None));
+            }
+        }
+    }
+
+    async fn refresh_holding_lock(&self, app: &App, openid: &str, stale: Option<&AccessToken>) -> Result<TokenRecord, ApiError> {
+        let record = self.stored(app, openid).await?;
+        if is_newer(&record, stale) {
+            self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(record);
+        }
+        self.stats.upstream_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let grant = match self.wechat.refresh(app, &record.refresh_token).await {
+            Ok(grant) => grant,
+            Err(e) if e.errcode().is_some_and(|c| DEAD_REFRESH_TOKEN.contains(&c)) => {
+                self.store.delete_token(&app.name, openid).await?;
+                tracing::info!(app = %app.name, errcode = e.errcode(), "refresh token dead; record deleted");
+                return Err(ApiError::from_wechat(&e));
+            }
+            Err(e) => return Err(ApiError::from_wechat(&e)),
+        };
+        let updated = self.apply_grant(record, grant);
+        let ttl = Duration::from_secs(u64::try_from(updated.refresh_expires_at - self.clock.now_secs()).unwrap_or(1).max(1));
+        self.store.put_token(&app.name, &updated, ttl).await?;
+        Ok(updated)
+    }
+
+    fn apply_grant(&self, old: TokenRecord, grant: TokenGrant) -> TokenRecord {
+        let now = self.clock.now_secs();
+        // WeChat usually returns the same refresh token; a new one starts a new 30 days.
+        let refresh_expires_at = if grant.refresh_token == old.refresh_token {
+            old.refresh_expires_at
+        } else {
+            now + secs(self.policy.refresh_life)
+        };
+        TokenRecord {
+            openid: old.openid,
+            unionid: grant.unionid.filter(|u| !u.is_empty()).or(old.unionid),
+            scopes: if grant.scope.is_empty() { old.scopes } else { split_scopes(&grant.scope) },
+            is_snapshot_user: old.is_snapshot_user,
+            access_token: grant.access_token,
+            access_expires_at: now + grant.expires_in,
+            refresh_token: grant.refresh_token,
+            refresh_expires_at,
+        }
+    }
+
+    /// The user's profile with a fresh token; when WeChat calls a token dead that the record
+    /// thought alive (clocks differ), refreshes once and asks again.
+    pub async fn userinfo(self: &Arc<Self>, app: &App, openid: &str, lang: Lang) -> Result<Profile, ApiError> {
+        let record = self.current(app, openid).await?;
+        if !record.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
+            return Err(ApiError::ScopeNotGranted(None));
+        }
+        match self.wechat.userinfo(&record.access_token, openid, lang).await {
+            Err(e) if is_dead_access_token(&e) => {
+                tracing::info!(app = %app.name, errcode = e.errcode(), "WeChat rejected a token thought alive; refreshing");
+                let record = self.refresh(app, openid, Some(record.access_token)).await?;
+                self.wechat.userinfo(&record.access_token, openid, lang).await.map_err(|e| ApiError::from_wechat(&e))
+            }
+            other => other.map_err(|e| ApiError::from_wechat(&e)),
+        }
+    }
+
+    /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
+    /// `Ok(Some(errcode))` when WeChat rejects the token.
+    pub async fn validate(&self, app: &App, openid: &str) -> Result<(TokenRecord, Option<i64>), ApiError> {
+        let record = self.stored(app, openid).await?;
+        match self.wechat.auth(&record.access_token, openid).await {
+            Ok(()) => Ok((record, None)),
+            Err(e) if is_dead_access_token(&e) || e.errcode() == Some(40003) => {
+                let errcode = e.errcode();
+                Ok((record, errcode))
+            }
+            Err(e) => Err(ApiError::from_wechat(&e)),
+        }
+    }
+}
+
+fn is_dead_access_token(e: &WechatError) -> bool {
+    e.errcode().is_some_and(|c| DEAD_ACCESS_TOKEN.contains(&c))
+}
+
+fn is_newer(record: &TokenRecord, stale: Option<&AccessToken>) -> bool {
+    stale.is_some_and(|s| &record.access_token != s)
+}
+
+fn split_scopes(scope: &str) -> Vec<String> {
+    scope.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn jittered(base: Duration) -> Duration {
+    let ms = u64::try_from(base.as_millis()).unwrap_or(20);
+    Duration::from_millis(ms + rand::rng().random_range(0..=ms))
+}
