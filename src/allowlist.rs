@@ -835,6 +835,76 @@ mod tests {
     }
 
     #[test]
+    fn every_accepted_splice_of_hostile_pieces_lands_on_an_allowed_origin() {
+        // Arrange: splice hosts with the separators attackers use to move the real host.
+        let list = allowlist(&[
+            "https://passport.example.com/login/",
+            "https://*.example.com/",
+        ]);
+        let prefixes = [
+            "https://",
+            "HTTPS://",
+            "https:/",
+            "https:",
+            "//",
+            "http://",
+            "https:///",
+        ];
+        let hosts = [
+            "passport.example.com",
+            "evil.com",
+            "a.example.com",
+            "example.com",
+            "",
+        ];
+        let joins = [
+            "", "@", ":443@", "#@", "?@", "/", "/../", "\\", ".", "%2e", "%40", "\u{3002}",
+            ":8443", "\u{FF0E}", "\u{FF20}", ";", ",", "&",
+        ];
+        let tails = ["", "/", "/login/", "/login/../x", "#/login/"];
+        let mut accepted_count = 0;
+
+        for prefix in prefixes {
+            for first in hosts {
+                for join in joins {
+                    for second in hosts {
+                        for tail in tails {
+                            let candidate = format!("{prefix}{first}{join}{second}{tail}");
+                            // Act
+                            let Ok(url) = list.check(&candidate) else {
+                                continue;
+                            };
+                            accepted_count += 1;
+                            // Assert: the browser lands on https, port 443, under example.com.
+                            let reparsed = Url::parse(url.as_str()).expect("normalized URL parses");
+                            let host = reparsed.host_str().unwrap_or_default();
+                            assert_eq!(reparsed.scheme(), "https", "{candidate:?}");
+                            assert_eq!(
+                                reparsed.port_or_known_default(),
+                                Some(443),
+                                "{candidate:?}"
+                            );
+                            assert!(host.ends_with(".example.com"), "{candidate:?} -> {host}");
+                            assert_eq!(reparsed.fragment(), None, "{candidate:?}");
+                            assert!(url.as_str().bytes().all(|b| b.is_ascii_graphic()));
+                            assert_eq!(
+                                list.check(url.as_str()).as_ref(),
+                                Ok(&url),
+                                "{candidate:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        assert!(
+            accepted_count > 0,
+            "the splice produced no legitimate URL at all"
+        );
+    }
+
+    #[test]
     fn hostile_case_labels_are_unique() {
         let cases = hostile_cases();
         let mut labels: Vec<_> = cases.iter().map(|c| c.label).collect();

@@ -7,6 +7,7 @@ pub mod allowlist;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod proto;
 pub mod secrets;
 pub mod store;

@@ -1,0 +1,407 @@
+//! The tonic service `wxauth.v1.WeChatOAuthService`: each RPC validates its request,
+//! authenticates the caller by client key, checks what the caller may do, and hands over to
+//! [`Tokens`] / the store. No HTTP or Redis detail lives here; errors become statuses only
+//! through [`ApiError::to_status`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::Timestamp;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::clock::Clock;
+use crate::config::{self, Client, Settings};
+use crate::error::{ApiError, FieldViolation};
+use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
+use crate::secrets::AuthCode;
+use crate::store::{Flow, Store};
+use crate::tokens::Tokens;
+use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
+
+/// Longest `return_url` accepted.
+pub const MAX_RETURN_URL: usize = 2048;
+/// Longest caller `state` (kept server-side, never sent to WeChat).
+pub const MAX_STATE: usize = 512;
+/// Longest code accepted (WeChat's are 32 characters).
+pub const MAX_CODE: usize = 256;
+/// Length of a flow id: 22 alphanumerics ≈ 131 bits, well inside WeChat's 128-byte `state`.
+pub const FLOW_ID_LEN: usize = 22;
+
+/// The gRPC service.
+#[derive(Clone, Debug)]
+pub struct OAuthService {
+    settings: Arc<Settings>,
+    clients: Arc<HashMap<[u8; 32], usize>>,
+    store: Store,
+    wechat: WechatClient,
+    tokens: Arc<Tokens>,
+    clock: Clock,
+}
+
+impl OAuthService {
+    /// Builds the service over shared parts.
+    pub fn new(settings: Arc<Settings>, store: Store, wechat: WechatClient, tokens: Arc<Tokens>, clock: Clock) -> Self {
+        let clients = settings.clients.iter().enumerate().map(|(i, c)| (c.key_sha256, i)).collect();
+        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock }
+    }
+
+    /// The client whose key the `authorization: Bearer <key>` metadata carries.
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<&Client, ApiError> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthenticated)?;
+        let (scheme, key) = header.trim().split_once(' ').ok_or(ApiError::Unauthenticated)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthenticated);
+        }
+        let index = self.clients.get(&config::key_digest(key.trim())).ok_or(ApiError::Unauthenticated)?;
+        Ok(&self.settings.clients[*index])
+    }
+
+    /// Runs one RPC: authenticate, then the body within the caller's deadline (tonic does not
+    /// pass `grpc-timeout` on by itself), then map the error.
+    async fn run<Req, Res>(
+        &self,
+        method: &'static str,
+        request: Request<Req>,
+        body: impl AsyncFnOnce(&Self, &Client, Req) -> Result<Res, ApiError>,
+    ) -> Result<Response<Res>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let result = match self.authenticate(request.metadata()) {
+            Ok(client) => {
+                let work = body(self, client, request.into_inner());
+                match deadline {
+                    Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or(Err(ApiError::DeadlineExceeded)),
+                    None => work.await,
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                tracing::info!(method, reason = error.reason(), errcode = error.errcode(), "rpc failed");
+                Err(error.to_status())
+            }
+        }
+    }
+
+    /// The app a request names (or its device's default), if this client may use it.
+    fn app_for(&self, client: &Client, name: &str, device: Option<config::Device>) -> Result<&App, ApiError> {
+        let app = self.settings.resolve_app(name, device).ok_or_else(|| {
+            if name.is_empty() {
+                ApiError::invalid("device", "no app is configured as this device's default")
+            } else {
+                ApiError::invalid("app", "no app of that name")
+            }
+        })?;
+        if !client.apps.contains(&app.name) {
+            return Err(ApiError::AppNotAllowed);
+        }
+        Ok(app)
+    }
+
+    async fn build_authorize_url_inner(&self, client: &Client, req: proto::BuildAuthorizeUrlRequest) -> Result<proto::BuildAuthorizeUrlResponse, ApiError> {
+        let mut v = Violations::default();
+        v.app(&req.app);
+        let device = v.device(req.device, &req.app);
+        let scope = v.scope(req.scope);
+        if req.return_url.is_empty() {
+            v.add("return_url", "required");
+        } else if req.return_url.len() > MAX_RETURN_URL {
+            v.add("return_url", format!("at most {MAX_RETURN_URL} bytes"));
+        }
+        if req.state.len() > MAX_STATE {
+            v.add("state", format!("at most {MAX_STATE} bytes"));
+        }
+        v.finish()?;
+        let app = self.app_for(client, &req.app, device)?;
+        let scope = scope.unwrap_or_else(|| app.kind.default_scope());
+        if !app.kind.allows(scope) {
+            return Err(ApiError::invalid("scope", format!("{} is not a scope of this app's kind", scope.as_str())));
+        }
+        let return_url = client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
+
+        let flow_id = crate::random_id(FLOW_ID_LEN);
+        let now = self.clock.now_secs();
+        let flow = Flow {
+            app: app.name.clone(),
+            return_url: return_url.as_str().to_owned(),
+            caller_state: req.state,
+            scope: scope.as_str().to_owned(),
+            caller: client.name.clone(),
+            created_at: now,
+        };
+        if !self.store.put_flow(&flow_id, &flow, self.settings.flow_ttl).await? {
+            return Err(ApiError::Internal);
+        }
+        let authorize_url = self.wechat.authorize_url(&AuthorizeParams {
+            app,
+            redirect_uri: self.settings.callback_url.as_str(),
+            scope,
+            state: &flow_id,
+            force_popup: req.force_popup,
+        });
+        tracing::info!(client = %client.name, app = %app.name, scope = scope.as_str(), "flow created");
+        Ok(proto::BuildAuthorizeUrlResponse {
+            authorize_url,
+            flow_id,
+            expire_time: Some(timestamp(now + secs(self.settings.flow_ttl))),
+            app: app.name.clone(),
+            scope: scope_to_proto(scope) as i32,
+        })
+    }
+
+    async fn exchange_code_inner(&self, client: &Client, req: proto::ExchangeCodeRequest) -> Result<proto::ExchangeCodeResponse, ApiError> {
+        let mut v = Violations::default();
+        v.app(&req.app);
+        let device = v.device(req.device, &req.app);
+        let lang = v.lang(req.lang);
+        if req.code.is_empty() || req.code.len() > MAX_CODE || !req.code.bytes().all(|b| b.is_ascii_graphic()) {
+            v.add("code", format!("1..{MAX_CODE} printable ASCII characters"));
+        }
+        v.finish()?;
+        let app = self.app_for(client, &req.app, device)?;
+        let outcome = self.tokens.exchange(app, AuthCode::new(req.code)).await?;
+        let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
+        let user_info = if req.include_user_info && grants_userinfo {
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang).await?))
+        } else {
+            None
+        };
+        Ok(proto::ExchangeCodeResponse {
+            app: app.name.clone(),
+            openid: outcome.openid,
+            unionid: outcome.unionid.unwrap_or_default(),
+            scopes: scopes_to_proto(&outcome.scopes),
+            is_snapshot_user: outcome.is_snapshot_user,
+            access_token_expire_time: Some(timestamp(outcome.access_expires_at)),
+            refresh_token_expire_time: Some(timestamp(outcome.refresh_expires_at)),
+            user_info,
+        })
+    }
+
+    async fn refresh_token_inner(&self, client: &Client, req: proto::RefreshTokenRequest) -> Result<proto::RefreshTokenResponse, ApiError> {
+        let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        let stored = self.tokens.stored(app, &openid).await?;
+        let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
+        Ok(proto::RefreshTokenResponse {
+            access_token_expire_time: Some(timestamp(record.access_expires_at)),
+            refresh_token_expire_time: Some(timestamp(record.refresh_expires_at)),
+            scopes: scopes_to_proto(&record.scopes),
+        })
+    }
+
+    async fn get_user_info_inner(&self, client: &Client, req: proto::GetUserInfoRequest) -> Result<proto::GetUserInfoResponse, ApiError> {
+        let mut lang = Lang::default();
+        let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
+        let profile = self.tokens.userinfo(app, &openid, lang).await?;
+        Ok(proto::GetUserInfoResponse { user_info: Some(user_info(profile)) })
+    }
+
+    async fn validate_token_inner(&self, client: &Client, req: proto::ValidateTokenRequest) -> Result<proto::ValidateTokenResponse, ApiError> {
+        let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        let (record, rejected) = self.tokens.validate(app, &openid).await?;
+        Ok(proto::ValidateTokenResponse {
+            valid: rejected.is_none(),
+            errcode: rejected.and_then(|c| i32::try_from(c).ok()).unwrap_or(0),
+            access_token_expire_time: Some(timestamp(record.access_expires_at)),
+        })
+    }
+
+    /// Validates the (app, device, openid) triple shared by the per-user RPCs.
+    fn user_request(
+        &self,
+        client: &Client,
+        app: &str,
+        device: i32,
+        openid: &str,
+        more: impl FnOnce(&mut Violations),
+    ) -> Result<(&App, String), ApiError> {
+        let mut v = Violations::default();
+        v.app(app);
+        let device = v.device(device, app);
+        if !is_openid(openid) {
+            v.add("openid", "1..64 of [A-Za-z0-9_-]");
+        }
+        more(&mut v);
+        v.finish()?;
+        Ok((self.app_for(client, app, device)?, openid.to_owned()))
+    }
+}
+
+#[tonic::async_trait]
+impl WeChatOAuthService for OAuthService {
+    #[tracing::instrument(name = "rpc.BuildAuthorizeUrl", skip_all)]
+    async fn build_authorize_url(&self, request: Request<proto::BuildAuthorizeUrlRequest>) -> Result<Response<proto::BuildAuthorizeUrlResponse>, Status> {
+        self.run("BuildAuthorizeUrl", request, Self::build_authorize_url_inner).await
+    }
+
+    #[tracing::instrument(name = "rpc.ExchangeCode", skip_all)]
+    async fn exchange_code(&self, request: Request<proto::ExchangeCodeRequest>) -> Result<Response<proto::ExchangeCodeResponse>, Status> {
+        self.run("ExchangeCode", request, Self::exchange_code_inner).await
+    }
+
+    #[tracing::instrument(name = "rpc.RefreshToken", skip_all)]
+    async fn refresh_token(&self, request: Request<proto::RefreshTokenRequest>) -> Result<Response<proto::RefreshTokenResponse>, Status> {
+        self.run("RefreshToken", request, Self::refresh_token_inner).await
+    }
+
+    #[tracing::instrument(name = "rpc.GetUserInfo", skip_all)]
+    async fn get_user_info(&self, request: Request<proto::GetUserInfoRequest>) -> Result<Response<proto::GetUserInfoResponse>, Status> {
+        self.run("GetUserInfo", request, Self::get_user_info_inner).await
+    }
+
+    #[tracing::instrument(name = "rpc.ValidateToken", skip_all)]
+    async fn validate_token(&self, request: Request<proto::ValidateTokenRequest>) -> Result<Response<proto::ValidateTokenResponse>, Status> {
+        self.run("ValidateToken", request, Self::validate_token_inner).await
+    }
+}
+
+/// Collects every invalid field of a request before answering, so a caller fixes all at once.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: &'static str, description: impl Into<String>) {
+        self.0.push(FieldViolation { field, description: description.into() });
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ApiError::InvalidArgument(self.0)) }
+    }
+
+    fn app(&mut self, app: &str) {
+        let valid = app.len() <= 64 && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            self.add("app", "at most 64 of [a-z0-9_-]");
+        }
+    }
+
+    fn device(&mut self, device: i32, app: &str) -> Option<config::Device> {
+        match proto::Device::try_from(device) {
+            Ok(proto::Device::Unspecified) => {
+                if app.is_empty() {
+                    self.add("app", "required when device is DEVICE_UNSPECIFIED");
+                }
+                None
+            }
+            Ok(proto::Device::Mobile) => Some(config::Device::Mobile),
+            Ok(proto::Device::Pc) => Some(config::Device::Pc),
+            Err(_) => {
+                self.add("device", "unknown Device value");
+                None
+            }
+        }
+    }
+
+    fn scope(&mut self, scope: i32) -> Option<Scope> {
+        match proto::Scope::try_from(scope) {
+            Ok(proto::Scope::Unspecified) => None,
+            Ok(proto::Scope::SnsapiBase) => Some(Scope::Base),
+            Ok(proto::Scope::SnsapiUserinfo) => Some(Scope::UserInfo),
+            Ok(proto::Scope::SnsapiLogin) => Some(Scope::Login),
+            Err(_) => {
+                self.add("scope", "unknown Scope value");
+                None
+            }
+        }
+    }
+
+    fn lang(&mut self, lang: i32) -> Lang {
+        match proto::Lang::try_from(lang) {
+            Ok(proto::Lang::Unspecified | proto::Lang::ZhCn) => Lang::ZhCn,
+            Ok(proto::Lang::ZhTw) => Lang::ZhTw,
+            Ok(proto::Lang::En) => Lang::En,
+            Err(_) => {
+                self.add("lang", "unknown Lang value");
+                Lang::ZhCn
+            }
+        }
+    }
+}
+
+fn is_openid(openid: &str) -> bool {
+    (1..=64).contains(&openid.len()) && openid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn scope_to_proto(scope: Scope) -> proto::Scope {
+    match scope {
+        Scope::Base => proto::Scope::SnsapiBase,
+        Scope::UserInfo => proto::Scope::SnsapiUserinfo,
+        Scope::Login => proto::Scope::SnsapiLogin,
+    }
+}
+
+fn scopes_to_proto(scopes: &[String]) -> Vec<i32> {
+    scopes.iter().filter_map(|s| Scope::parse(s)).map(|s| scope_to_proto(s) as i32).collect()
+}
+
+fn user_info(p: Profile) -> proto::UserInfo {
+    let sex = match p.sex {
+        1 => proto::Sex::Male,
+        2 => proto::Sex::Female,
+        _ => proto::Sex::Unspecified,
+    };
+    proto::UserInfo {
+        openid: p.openid,
+        nickname: p.nickname,
+        sex: sex as i32,
+        province: p.province,
+        city: p.city,
+        country: p.country,
+        head_image_url: p.headimgurl,
+        privileges: p.privilege,
+        unionid: p.unionid.unwrap_or_default(),
+    }
+}
+
+fn timestamp(unix_secs: i64) -> Timestamp {
+    Timestamp { seconds: unix_secs, nanos: 0 }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The caller's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_parsed_in_every_unit() {
+        let cases = [("5S", 5_000), ("250m", 250), ("2M", 120_000), ("1H", 3_600_000), ("1000u", 1)];
+        for (header, ms) in cases {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", header.parse().expect("ascii"));
+            assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(ms)), "{header}");
+        }
+        let mut bad = MetadataMap::new();
+        bad.insert("grpc-timeout", "xS".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&bad), None);
+    }
+
+    #[test]
+    fn openids_are_checked_for_charset_and_length() {
+        assert!(is_openid("oLVPpjqs9BhvzwPj5A-vTYAX3GLc"));
+        assert!(!is_openid(""));
+        assert!(!is_openid("o/../x"));
+        assert!(!is_openid(&"o".repeat(65)));
+    }
+}
