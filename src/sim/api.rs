@@ -2,11 +2,11 @@
 //! token check. Each handler checks its parameters in WeChat's order and answers success JSON
 //! or WeChat's `{"errcode","errmsg"}` (HTTP 200), built in one place: [`error_response`].
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
-use axum::Json;
 use serde_json::{Value, json};
 
 use super::Simulator;
@@ -216,7 +216,10 @@ fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
         "headimgurl": user.headimgurl,
         "privilege": [],
     });
-    if core.app(&grant.appid).is_some_and(|app| grant.gives_unionid(app)) {
+    if core
+        .app(&grant.appid)
+        .is_some_and(|app| grant.gives_unionid(app))
+    {
         body["unionid"] = json!(unionid_of(core, &grant));
     }
     Ok(body)

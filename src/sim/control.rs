@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -156,7 +156,8 @@ impl Simulator {
             (Fault::Errcode(code), Answer::Json) => error_response(code),
             (Fault::Errcode(code), Answer::Html) => PageError::Upstream(code).into_response(),
             (Fault::HttpStatus(status), _) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, format!("simulated HTTP {}", status.as_u16())).into_response()
             }
             (Fault::BadJson, Answer::Json) => (

@@ -155,7 +155,8 @@ impl Simulator {
 
     /// The openid WeChat gives `user` in `appid`; `None` when either is unknown.
     pub fn openid(&self, appid: &str, user: &str) -> Option<String> {
-        let known = self.core().app(appid).is_some() && self.core().users().iter().any(|u| u.key == user);
+        let known =
+            self.core().app(appid).is_some() && self.core().users().iter().any(|u| u.key == user);
         known.then(|| state::openid(appid, user))
     }
 

@@ -184,7 +184,9 @@ fn check_query<'a>(
         return Err(PageError::BadLink);
     }
     for (i, (key, value)) in optional.iter().enumerate() {
-        let known = page.optional_params().contains(&(key.as_str(), value.as_str()));
+        let known = page
+            .optional_params()
+            .contains(&(key.as_str(), value.as_str()));
         let repeated = optional[..i].iter().any(|(k, _)| k == key);
         if !known || repeated {
             return Err(PageError::BadLink);

@@ -290,10 +290,10 @@ impl Records {
             return;
         }
         self.issued_since_sweep = 0;
-        let alive = |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
-        self.codes.retain(|_, r| {
-            alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs()))
-        });
+        let alive =
+            |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
+        self.codes
+            .retain(|_, r| alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs())));
         self.access.retain(|_, r| alive(r.issued, ACCESS_LIFE));
         self.refresh.retain(|_, r| alive(r.issued, REFRESH_LIFE));
     }

@@ -1,1 +1,1368 @@
-//! Tests.
+//! The simulator's behaviour over real HTTP (reqwest against a simulator on 127.0.0.1:0, no
+//! redirects followed), with its clock moved instead of slept on.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::LOCATION;
+use serde_json::{Value, json};
+
+use super::*;
+
+const MP: &str = "wxd0000000000000a1";
+const MP_SECRET: &str = "demo-mp-secret";
+const WEB: &str = "wxd0000000000000b2";
+const WEB_SECRET: &str = "demo-web-secret";
+const CALLBACK: &str = "http://127.0.0.1:8080/wechat/callback";
+const THIRTY_DAYS: u64 = 30 * 24 * 3600;
+
+struct TestSim {
+    sim: Simulator,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn spawn() -> TestSim {
+    spawn_with(SimConfig::demo()).await
+}
+
+async fn spawn_with(config: SimConfig) -> TestSim {
+    let (sim, addr) = Simulator::spawn_local(config).await.unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestSim {
+        sim,
+        base: format!("http://{addr}"),
+        http,
+    }
+}
+
+/// A config with one official account on `auth.example.com`, optionally not unionid-bound.
+fn example_config(unionid_bound: bool) -> SimConfig {
+    let mut config = SimConfig::demo();
+    config.apps = vec![SimApp {
+        appid: "wx1111111111111111".into(),
+        secret: "s3cret".into(),
+        kind: SimAppKind::OfficialAccount,
+        callback_domain: "auth.example.com".into(),
+        unionid_bound,
+    }];
+    config
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// An authorize-page path with the parameters in WeChat's order.
+fn page_path(page: &str, appid: &str, redirect_uri: &str, scope: &str, state: &str) -> String {
+    format!(
+        "/connect/{page}?appid={appid}&redirect_uri={}&response_type=code&scope={scope}&state={state}",
+        enc(redirect_uri)
+    )
+}
+
+fn oauth2(appid: &str, redirect_uri: &str, scope: &str, state: &str) -> String {
+    page_path("oauth2/authorize", appid, redirect_uri, scope, state) + "&connect_redirect=1"
+}
+
+fn errcode(body: &Value) -> i64 {
+    body["errcode"].as_i64().unwrap_or(0)
+}
+
+/// WeChat's error shape: errcode plus an errmsg carrying a request id.
+fn assert_error(body: &Value, code: i64) {
+    assert_eq!(errcode(body), code, "{body}");
+    let errmsg = body["errmsg"].as_str().unwrap();
+    assert!(errmsg.contains(", rid: "), "{errmsg}");
+    assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response.headers()[LOCATION].to_str().unwrap().to_owned()
+}
+
+/// The value of `name=` in a URL query (codes and states are alphanumeric).
+fn query_value(url: &str, name: &str) -> String {
+    let (_, query) = url.split_once('?').unwrap();
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .unwrap()
+        .to_owned()
+}
+
+impl TestSim {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn page(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8"
+        );
+        response.text().await.unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .form(fields)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn exchange(&self, appid: &str, secret: &str, code: &str) -> Value {
+        self.json(&format!(
+            "/sns/oauth2/access_token?appid={appid}&secret={secret}&code={code}&grant_type=authorization_code"
+        ))
+        .await
+    }
+
+    async fn refresh(&self, appid: &str, refresh_token: &str) -> Value {
+        self.json(&format!(
+            "/sns/oauth2/refresh_token?appid={appid}&grant_type=refresh_token&refresh_token={refresh_token}"
+        ))
+        .await
+    }
+
+    async fn userinfo(&self, token: &Value, lang: &str) -> Value {
+        self.json(&format!(
+            "/sns/userinfo?access_token={}&openid={}{lang}",
+            token["access_token"].as_str().unwrap(),
+            token["openid"].as_str().unwrap()
+        ))
+        .await
+    }
+
+    async fn auth(&self, token: &Value) -> Value {
+        self.json(&format!(
+            "/sns/auth?access_token={}&openid={}",
+            token["access_token"].as_str().unwrap(),
+            token["openid"].as_str().unwrap()
+        ))
+        .await
+    }
+
+    /// Consent without a browser, then the code exchange.
+    async fn login(&self, appid: &str, secret: &str, user: &str, scope: &str) -> Value {
+        let code = self.sim.authorize(appid, user, scope).unwrap();
+        let token = self.exchange(appid, secret, &code).await;
+        assert_eq!(errcode(&token), 0, "{token}");
+        token
+    }
+
+    /// Submits the consent page's form as a browser would.
+    async fn decide(&self, page: &str, decision: &str, redirect_uri: &str) -> reqwest::Response {
+        self.post_form(
+            &format!("/connect/{page}/confirm"),
+            &[
+                ("appid", MP),
+                ("redirect_uri", redirect_uri),
+                ("scope", "snsapi_userinfo"),
+                ("state", "st8"),
+                ("decision", decision),
+                ("user", "alice"),
+            ],
+        )
+        .await
+    }
+}
+
+fn is_bad_link(page: &str) -> bool {
+    page.contains("该链接无法访问") && !page.contains("id=\"allow\"")
+}
+
+// ---- authorize pages ----
+
+#[tokio::test]
+async fn consent_page_offers_users_with_allow_and_deny_forms() {
+    let t = spawn().await;
+
+    let page = t
+        .page(&oauth2(MP, CALLBACK, "snsapi_userinfo", "abc123"))
+        .await;
+
+    assert!(
+        page.contains("<button type=\"submit\" id=\"allow\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<button type=\"submit\" id=\"deny\">"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<form method=\"post\" action=\"/connect/oauth2/authorize/confirm\">")
+            .count(),
+        2
+    );
+    assert!(page.contains(
+        "<input type=\"radio\" name=\"user\" value=\"alice\" checked> Alice 爱丽丝</label>"
+    ));
+    assert!(page.contains("<input type=\"radio\" name=\"user\" value=\"bob\"> Bob</label>"));
+    assert!(
+        !page.contains("value=\"snap\""),
+        "snapshot users only get snsapi_base"
+    );
+    assert!(page.contains("<input type=\"hidden\" name=\"redirect_uri\" value=\"http://127.0.0.1:8080/wechat/callback\">"));
+    assert!(page.contains("<input type=\"hidden\" name=\"state\" value=\"abc123\">"));
+}
+
+#[tokio::test]
+async fn snapshot_user_is_offered_for_snsapi_base() {
+    let t = spawn().await;
+
+    let page = t.page(&oauth2(MP, CALLBACK, "snsapi_base", "s")).await;
+
+    assert!(page.contains("value=\"snap\"> 微信用户</label>"), "{page}");
+}
+
+#[tokio::test]
+async fn malformed_authorize_links_show_the_unreachable_link_page() {
+    let t = spawn().await;
+    let cb = enc(CALLBACK);
+    let long_state = "a".repeat(129);
+    let cases = [
+        format!(
+            "/connect/oauth2/authorize?redirect_uri={cb}&appid={MP}&response_type=code&scope=snsapi_base&state=s"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&scope=snsapi_base&response_type=code&state=s"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&state=t"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=token&scope=snsapi_base&state=s"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state={long_state}"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=a-b"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&lang=en"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&connect_redirect=1&connect_redirect=1"
+        ),
+        format!(
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&forcePopup=false"
+        ),
+        format!(
+            "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&connect_redirect=1"
+        ),
+        "/connect/oauth2/authorize".to_owned(),
+        "/connect/qrconnect?%FF%FE=%00&&&=".to_owned(),
+    ];
+
+    for path in &cases {
+        let page = t.page(path).await;
+        assert!(is_bad_link(&page), "{path}: {page}");
+    }
+}
+
+#[tokio::test]
+async fn optional_parameters_are_accepted_in_either_order_after_state() {
+    let t = spawn().await;
+    let base = page_path("oauth2/authorize", MP, CALLBACK, "snsapi_base", "s");
+    let cases = [
+        base.clone(),
+        format!("{base}&forcePopup=true"),
+        format!("{base}&connect_redirect=1"),
+        format!("{base}&forcePopup=true&connect_redirect=1"),
+        format!("{base}&connect_redirect=1&forcePopup=true"),
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&forcePopup=true",
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", &"Z9".repeat(64)),
+    ];
+
+    for path in &cases {
+        let page = t.page(path).await;
+        assert!(page.contains("id=\"allow\""), "{path}: {page}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_appid_shows_10016() {
+    let t = spawn().await;
+
+    let page = t
+        .page(&oauth2("wx0000000000000000", CALLBACK, "snsapi_base", "s"))
+        .await;
+
+    assert!(page.contains("10016 appid参数错误"), "{page}");
+    assert!(!page.contains("id=\"allow\""));
+}
+
+#[tokio::test]
+async fn redirect_uri_off_the_callback_domain_shows_10003() {
+    let t = spawn_with(example_config(true)).await;
+    let app = "wx1111111111111111";
+    let rejected = [
+        "https://evil.com/wechat/callback",
+        "https://pay.auth.example.com/wechat/callback",
+        "https://example.com/wechat/callback",
+        "https://auth.example.com.evil.com/wechat/callback",
+        "https://evil.com/?https://auth.example.com/",
+        "ftp://auth.example.com/wechat/callback",
+        "//auth.example.com/wechat/callback",
+        "/wechat/callback",
+        "not a url",
+        "",
+    ];
+    let accepted = [
+        "https://auth.example.com/wechat/callback",
+        "http://auth.example.com:8443/x?y=1",
+        "https://AUTH.example.com/",
+    ];
+
+    for uri in rejected {
+        let page = t.page(&oauth2(app, uri, "snsapi_base", "s")).await;
+        assert!(
+            page.contains("10003 redirect_uri域名与后台配置不一致"),
+            "{uri}: {page}"
+        );
+    }
+    for uri in accepted {
+        let page = t.page(&oauth2(app, uri, "snsapi_base", "s")).await;
+        assert!(page.contains("id=\"allow\""), "{uri}: {page}");
+    }
+}
+
+#[tokio::test]
+async fn callback_domain_with_a_port_requires_that_port() {
+    let t = spawn().await;
+
+    for uri in [
+        "http://127.0.0.1:9090/wechat/callback",
+        "http://127.0.0.1/wechat/callback",
+        "http://localhost:8080/wechat/callback",
+    ] {
+        let page = t.page(&oauth2(MP, uri, "snsapi_base", "s")).await;
+        assert!(page.contains("10003"), "{uri}: {page}");
+    }
+}
+
+#[tokio::test]
+async fn scope_the_app_or_page_lacks_shows_10005() {
+    let t = spawn().await;
+    let cases = [
+        oauth2(MP, CALLBACK, "snsapi_login", "s"),
+        oauth2(MP, CALLBACK, "snsapi_everything", "s"),
+        oauth2(MP, CALLBACK, "snsapi_base,snsapi_userinfo", "s"),
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_base", "s"),
+        page_path("qrconnect", MP, CALLBACK, "snsapi_userinfo", "s"),
+        page_path("qrconnect", MP, CALLBACK, "snsapi_login", "s"),
+        oauth2(WEB, CALLBACK, "snsapi_login", "s"),
+    ];
+
+    for path in &cases {
+        let page = t.page(path).await;
+        assert!(page.contains("10005"), "{path}: {page}");
+        assert!(!page.contains("id=\"allow\""));
+    }
+}
+
+#[tokio::test]
+async fn allow_redirects_with_code_and_state() {
+    let t = spawn().await;
+
+    let response = t.decide("oauth2/authorize", "allow", CALLBACK).await;
+
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = location(&response);
+    let code = query_value(&location, "code");
+    assert_eq!(location, format!("{CALLBACK}?code={code}&state=st8"));
+    assert_eq!(code.len(), 32);
+    assert!(code.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let token = t.exchange(MP, MP_SECRET, &code).await;
+    assert_eq!(token["openid"], json!(t.sim.openid(MP, "alice").unwrap()));
+    assert_eq!(token["scope"], "snsapi_userinfo");
+}
+
+#[tokio::test]
+async fn allow_keeps_the_query_redirect_uri_already_has() {
+    let t = spawn().await;
+    let uri = "http://127.0.0.1:8080/wechat/callback?from=menu&x=%E4%B8%AD";
+
+    let response = t.decide("oauth2/authorize", "allow", uri).await;
+
+    let location = location(&response);
+    let code = query_value(&location, "code");
+    assert_eq!(location, format!("{uri}&code={code}&state=st8"));
+}
+
+#[tokio::test]
+async fn deny_redirects_with_state_only() {
+    let t = spawn().await;
+
+    let response = t.decide("oauth2/authorize", "deny", CALLBACK).await;
+
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(location(&response), format!("{CALLBACK}?state=st8"));
+}
+
+#[tokio::test]
+async fn consent_forms_are_checked_again() {
+    let t = spawn().await;
+    let confirm = "/connect/oauth2/authorize/confirm";
+    let form = |redirect_uri, scope, user, decision| {
+        vec![
+            ("appid", MP),
+            ("redirect_uri", redirect_uri),
+            ("scope", scope),
+            ("state", "s"),
+            ("decision", decision),
+            ("user", user),
+        ]
+    };
+
+    let evil = t
+        .post_form(
+            confirm,
+            &form("https://evil.com/", "snsapi_base", "alice", "allow"),
+        )
+        .await;
+    let nobody = t
+        .post_form(confirm, &form(CALLBACK, "snsapi_base", "mallory", "allow"))
+        .await;
+    let snap = t
+        .post_form(confirm, &form(CALLBACK, "snsapi_userinfo", "snap", "allow"))
+        .await;
+    let login = t
+        .post_form(confirm, &form(CALLBACK, "snsapi_login", "alice", "allow"))
+        .await;
+    let undecided = t
+        .post_form(confirm, &form(CALLBACK, "snsapi_base", "alice", "maybe"))
+        .await;
+    let website = t
+        .post_form(
+            "/connect/qrconnect/confirm",
+            &form(CALLBACK, "snsapi_base", "alice", "allow"),
+        )
+        .await;
+    let empty = t.post_form(confirm, &[]).await;
+
+    assert!(evil.text().await.unwrap().contains("10003"));
+    assert!(is_bad_link(&nobody.text().await.unwrap()));
+    assert!(is_bad_link(&snap.text().await.unwrap()));
+    assert!(login.text().await.unwrap().contains("10005"));
+    assert!(is_bad_link(&undecided.text().await.unwrap()));
+    assert!(website.text().await.unwrap().contains("10005"));
+    assert!(empty.text().await.unwrap().contains("10016"));
+}
+
+#[tokio::test]
+async fn consent_page_escapes_what_it_echoes() {
+    let t = spawn().await;
+    let uri = "http://127.0.0.1:8080/cb?x=\"><script>alert('x')</script>&y=<b>";
+
+    let page = t.page(&oauth2(MP, uri, "snsapi_base", "s")).await;
+
+    assert!(
+        !page.contains("<script>") && !page.contains("<b>"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"http://127.0.0.1:8080/cb?x=&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;y=&lt;b&gt;\""), "{page}");
+}
+
+#[tokio::test]
+async fn double_callback_page_fetches_the_first_code_then_lands_on_the_second() {
+    let t = spawn().await;
+    t.sim.set_double_callback(true);
+
+    let response = t.decide("oauth2/authorize", "allow", CALLBACK).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    let codes: Vec<String> = page
+        .match_indices("code=")
+        .map(|(i, _)| page[i + 5..i + 37].to_owned())
+        .collect();
+    let (first, second) = (&codes[0], &codes[1]);
+    assert_ne!(first, second);
+    assert!(page.contains(&format!("await fetch(\"{CALLBACK}?code={first}&state=st8\", {{credentials: \"include\", mode: \"no-cors\"}})")), "{page}");
+    assert!(
+        page.contains(&format!(
+            "location.replace(\"{CALLBACK}?code={second}&state=st8\")"
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&format!("<noscript><meta http-equiv=\"refresh\" content=\"0;url={CALLBACK}?code={second}&amp;state=st8\"></noscript>")), "{page}");
+    for code in [first, second] {
+        assert_eq!(errcode(&t.exchange(MP, MP_SECRET, code).await), 0);
+    }
+}
+
+#[tokio::test]
+async fn qr_login_page_issues_a_login_code_with_unionid() {
+    let t = spawn().await;
+    let page = t
+        .page(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "q1"))
+        .await;
+    assert!(page.contains("action=\"/connect/qrconnect/confirm\""));
+    let form = [
+        ("appid", WEB),
+        ("redirect_uri", CALLBACK),
+        ("scope", "snsapi_login"),
+        ("state", "q1"),
+        ("decision", "allow"),
+        ("user", "bob"),
+    ];
+
+    let response = t.post_form("/connect/qrconnect/confirm", &form).await;
+
+    let code = query_value(&location(&response), "code");
+    let token = t.exchange(WEB, WEB_SECRET, &code).await;
+    assert_eq!(token["scope"], "snsapi_login");
+    assert_eq!(token["unionid"], json!(t.sim.unionid("bob")));
+    assert_eq!(token["openid"], json!(t.sim.openid(WEB, "bob").unwrap()));
+}
+
+// ---- codes ----
+
+#[tokio::test]
+async fn code_exchange_answers_tokens_in_wechats_shape() {
+    let t = spawn().await;
+    let code = t.sim.authorize(MP, "alice", "snsapi_userinfo").unwrap();
+
+    let token = t.exchange(MP, MP_SECRET, &code).await;
+
+    let access = token["access_token"].as_str().unwrap();
+    let refresh = token["refresh_token"].as_str().unwrap();
+    for t in [access, refresh] {
+        assert_eq!(t.len(), 80);
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+    assert_ne!(access, refresh);
+    assert_eq!(
+        token,
+        json!({
+            "access_token": access,
+            "expires_in": 7200,
+            "refresh_token": refresh,
+            "openid": t.sim.openid(MP, "alice").unwrap(),
+            "scope": "snsapi_userinfo",
+            "unionid": t.sim.unionid("alice"),
+        })
+    );
+}
+
+#[tokio::test]
+async fn used_code_answers_40163() {
+    let t = spawn().await;
+    let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0);
+
+    let again = t.exchange(MP, MP_SECRET, &code).await;
+
+    assert_error(&again, 40163);
+}
+
+#[tokio::test]
+async fn official_account_code_expires_after_300_seconds() {
+    let t = spawn().await;
+    let late = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+    let on_time = t.sim.authorize(MP, "bob", "snsapi_base").unwrap();
+    t.sim.advance(Duration::from_secs(299));
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &on_time).await), 0);
+
+    t.sim.advance(Duration::from_secs(2));
+
+    assert_error(&t.exchange(MP, MP_SECRET, &late).await, 42003);
+}
+
+#[tokio::test]
+async fn website_code_lives_600_seconds() {
+    let t = spawn().await;
+    let early = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
+    let late = t.sim.authorize(WEB, "bob", "snsapi_login").unwrap();
+
+    t.sim.advance(Duration::from_secs(301));
+    let at_301 = t.exchange(WEB, WEB_SECRET, &early).await;
+    t.sim.advance(Duration::from_secs(300));
+    let at_601 = t.exchange(WEB, WEB_SECRET, &late).await;
+
+    assert_eq!(errcode(&at_301), 0, "{at_301}");
+    assert_error(&at_601, 42003);
+}
+
+#[tokio::test]
+async fn code_exchange_checks_parameters_in_wechats_order() {
+    let t = spawn().await;
+    let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+    let web_code = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
+    let q = |s: &str| format!("/sns/oauth2/access_token?{s}");
+    let cases = [
+        (
+            q(&format!(
+                "secret={MP_SECRET}&code={code}&grant_type=authorization_code"
+            )),
+            41002,
+        ),
+        (
+            q(&format!(
+                "appid=&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
+            )),
+            41002,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&code={code}&grant_type=authorization_code"
+            )),
+            41004,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&secret={MP_SECRET}&grant_type=authorization_code"
+            )),
+            41008,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&secret={MP_SECRET}&code={code}&grant_type=client_credential"
+            )),
+            40002,
+        ),
+        (
+            q(&format!("appid={MP}&secret={MP_SECRET}&code={code}")),
+            40002,
+        ),
+        (
+            q(&format!(
+                "appid=wx0000000000000000&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
+            )),
+            40013,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&secret=wrong&code={code}&grant_type=authorization_code"
+            )),
+            40125,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&secret={MP_SECRET}&code=nosuchcode&grant_type=authorization_code"
+            )),
+            40029,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&secret={MP_SECRET}&code={web_code}&grant_type=authorization_code"
+            )),
+            40029,
+        ),
+    ];
+
+    for (path, expected) in &cases {
+        assert_error(&t.json(path).await, *expected);
+    }
+    // None of the failures spent the code.
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0);
+}
+
+#[tokio::test]
+async fn unionid_comes_only_with_userinfo_or_login_scopes_of_bound_apps() {
+    let t = spawn().await;
+    let unbound = spawn_with(example_config(false)).await;
+
+    let base = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    let userinfo = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    let login = t.login(WEB, WEB_SECRET, "alice", "snsapi_login").await;
+    let not_bound = unbound
+        .login("wx1111111111111111", "s3cret", "alice", "snsapi_userinfo")
+        .await;
+
+    assert!(base.get("unionid").is_none(), "{base}");
+    assert_eq!(userinfo["unionid"], json!(t.sim.unionid("alice")));
+    assert_eq!(login["unionid"], json!(t.sim.unionid("alice")));
+    assert!(not_bound.get("unionid").is_none(), "{not_bound}");
+    assert!(
+        unbound
+            .userinfo(&not_bound, "")
+            .await
+            .get("unionid")
+            .is_none()
+    );
+    assert_eq!(
+        t.userinfo(&userinfo, "").await["unionid"],
+        json!(t.sim.unionid("alice"))
+    );
+}
+
+#[tokio::test]
+async fn snapshot_user_is_flagged_is_snapshotuser() {
+    let t = spawn().await;
+
+    let snap = t.login(MP, MP_SECRET, "snap", "snsapi_base").await;
+    let alice = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+
+    assert_eq!(snap["is_snapshotuser"], 1);
+    assert_eq!(snap["openid"], json!(t.sim.openid(MP, "snap").unwrap()));
+    assert!(snap.get("unionid").is_none());
+    assert!(alice.get("is_snapshotuser").is_none());
+}
+
+// ---- tokens ----
+
+#[tokio::test]
+async fn access_token_expires_after_7200_seconds() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    t.sim.advance(Duration::from_secs(7199));
+    assert_eq!(errcode(&t.auth(&token).await), 0);
+
+    t.sim.advance(Duration::from_secs(2));
+
+    assert_error(&t.userinfo(&token, "").await, 42001);
+    assert_error(&t.auth(&token).await, 42001);
+}
+
+#[tokio::test]
+async fn refresh_gives_a_working_new_token_and_kills_the_old() {
+    let t = spawn().await;
+    let old = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    let refresh_token = old["refresh_token"].as_str().unwrap();
+    t.sim.advance(Duration::from_secs(7201));
+
+    let new = t.refresh(MP, refresh_token).await;
+
+    let access = new["access_token"].as_str().unwrap();
+    assert_ne!(access, old["access_token"].as_str().unwrap());
+    assert_eq!(
+        new,
+        json!({
+            "access_token": access,
+            "expires_in": 7200,
+            "refresh_token": refresh_token,
+            "openid": old["openid"],
+            "scope": "snsapi_userinfo",
+        })
+    );
+    assert_eq!(t.userinfo(&new, "").await["nickname"], "Alice 爱丽丝");
+    assert_error(&t.userinfo(&old, "").await, 40014);
+    let newer = t.refresh(MP, refresh_token).await;
+    assert_error(&t.auth(&new).await, 40014);
+    assert_eq!(t.auth(&newer).await, json!({"errcode": 0, "errmsg": "ok"}));
+}
+
+#[tokio::test]
+async fn refresh_takes_no_secret_and_ignores_one() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+
+    let refreshed = t
+        .json(&format!(
+            "/sns/oauth2/refresh_token?appid={MP}&grant_type=refresh_token&refresh_token={}&secret=wrong",
+            token["refresh_token"].as_str().unwrap()
+        ))
+        .await;
+
+    assert_eq!(errcode(&refreshed), 0, "{refreshed}");
+    assert_eq!(refreshed["scope"], "snsapi_base");
+}
+
+#[tokio::test]
+async fn refresh_checks_its_parameters() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    let rt = token["refresh_token"].as_str().unwrap();
+    let q = |s: &str| format!("/sns/oauth2/refresh_token?{s}");
+    let cases = [
+        (
+            q(&format!("grant_type=refresh_token&refresh_token={rt}")),
+            41002,
+        ),
+        (q(&format!("appid={MP}&grant_type=refresh_token")), 41003),
+        (
+            q(&format!(
+                "appid={MP}&grant_type=authorization_code&refresh_token={rt}"
+            )),
+            40002,
+        ),
+        (
+            q(&format!(
+                "appid=wx0000000000000000&grant_type=refresh_token&refresh_token={rt}"
+            )),
+            40013,
+        ),
+        (
+            q(&format!(
+                "appid={MP}&grant_type=refresh_token&refresh_token=nosuchtoken"
+            )),
+            40030,
+        ),
+        (
+            q(&format!(
+                "appid={WEB}&grant_type=refresh_token&refresh_token={rt}"
+            )),
+            40030,
+        ),
+    ];
+
+    for (path, expected) in &cases {
+        assert_error(&t.json(path).await, *expected);
+    }
+}
+
+#[tokio::test]
+async fn refresh_token_expires_after_30_days() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    let rt = token["refresh_token"].as_str().unwrap();
+    t.sim.advance(Duration::from_secs(THIRTY_DAYS - 1));
+    assert_eq!(errcode(&t.refresh(MP, rt).await), 0);
+
+    t.sim.advance(Duration::from_secs(2));
+
+    assert_error(&t.refresh(MP, rt).await, 42002);
+}
+
+#[tokio::test]
+async fn userinfo_with_a_base_scope_token_answers_48001() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+
+    assert_error(&t.userinfo(&token, "").await, 48001);
+    assert_eq!(errcode(&t.auth(&token).await), 0);
+}
+
+#[tokio::test]
+async fn userinfo_speaks_the_asked_language() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    let profile = |province: &str, city: &str, country: &str| {
+        json!({
+            "openid": token["openid"],
+            "nickname": "Alice 爱丽丝",
+            "sex": 2,
+            "province": province,
+            "city": city,
+            "country": country,
+            "headimgurl": SimConfig::demo().users[0].headimgurl,
+            "privilege": [],
+            "unionid": t.sim.unionid("alice"),
+        })
+    };
+
+    assert_eq!(
+        t.userinfo(&token, "").await,
+        profile("广东", "深圳", "中国")
+    );
+    assert_eq!(
+        t.userinfo(&token, "&lang=zh_CN").await,
+        profile("广东", "深圳", "中国")
+    );
+    assert_eq!(
+        t.userinfo(&token, "&lang=zh_TW").await,
+        profile("廣東", "深圳", "中國")
+    );
+    assert_eq!(
+        t.userinfo(&token, "&lang=en").await,
+        profile("Guangdong", "Shenzhen", "CN")
+    );
+    assert_error(&t.userinfo(&token, "&lang=fr").await, 40033);
+}
+
+#[tokio::test]
+async fn userinfo_and_auth_check_token_and_openid() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    let access = token["access_token"].as_str().unwrap();
+    let openid = token["openid"].as_str().unwrap();
+    let bob = t.sim.openid(MP, "bob").unwrap();
+    let other_app = t.sim.openid(WEB, "alice").unwrap();
+
+    for endpoint in ["/sns/userinfo", "/sns/auth"] {
+        let cases = [
+            (format!("{endpoint}?openid={openid}"), 41001),
+            (format!("{endpoint}?access_token=&openid={openid}"), 41001),
+            (
+                format!("{endpoint}?access_token=nosuchtoken&openid={openid}"),
+                40014,
+            ),
+            (format!("{endpoint}?access_token={access}"), 41009),
+            (
+                format!("{endpoint}?access_token={access}&openid={bob}"),
+                40003,
+            ),
+            (
+                format!("{endpoint}?access_token={access}&openid={other_app}"),
+                40003,
+            ),
+        ];
+        for (path, expected) in &cases {
+            assert_error(&t.json(path).await, *expected);
+        }
+    }
+    assert_eq!(t.auth(&token).await, json!({"errcode": 0, "errmsg": "ok"}));
+}
+
+// ---- faults and counters ----
+
+#[tokio::test]
+async fn errcode_fault_answers_that_errcode_for_the_given_number_of_calls() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    t.sim.inject(Endpoint::UserInfo, Fault::Errcode(45011), 2);
+
+    let first = t.userinfo(&token, "").await;
+    let second = t.userinfo(&token, "").await;
+    let third = t.userinfo(&token, "").await;
+
+    assert_error(&first, 45011);
+    assert_error(&second, 45011);
+    assert_eq!(third["nickname"], "Alice 爱丽丝");
+}
+
+#[tokio::test]
+async fn errcode_fault_comes_before_normal_processing() {
+    let t = spawn().await;
+    let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+    t.sim.inject(Endpoint::AccessToken, Fault::Errcode(-1), 1);
+
+    assert_error(&t.exchange(MP, MP_SECRET, &code).await, -1);
+    assert_eq!(
+        errcode(&t.exchange(MP, MP_SECRET, &code).await),
+        0,
+        "the faulted call did not spend the code"
+    );
+}
+
+#[tokio::test]
+async fn http_status_fault_answers_that_status() {
+    let t = spawn().await;
+    t.sim
+        .inject(Endpoint::RefreshToken, Fault::HttpStatus(502), 1);
+
+    let response = t
+        .get(&format!("/sns/oauth2/refresh_token?appid={MP}"))
+        .await;
+
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.text().await.unwrap(), "simulated HTTP 502");
+}
+
+#[tokio::test]
+async fn bad_json_fault_answers_a_truncated_body() {
+    let t = spawn().await;
+    t.sim.inject(Endpoint::Auth, Fault::BadJson, 1);
+
+    let response = t.get("/sns/auth?access_token=x&openid=y").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with('{'));
+    assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+}
+
+#[tokio::test]
+async fn delay_fault_waits_then_answers_normally() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    t.sim
+        .inject(Endpoint::Auth, Fault::Delay(Duration::from_millis(150)), 1);
+
+    let started = Instant::now();
+    let answer = t.auth(&token).await;
+
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(answer, json!({"errcode": 0, "errmsg": "ok"}));
+}
+
+#[tokio::test]
+async fn faults_on_authorize_pages_answer_like_a_page() {
+    let t = spawn().await;
+    let path = oauth2(MP, CALLBACK, "snsapi_base", "s");
+    t.sim.inject(Endpoint::Authorize, Fault::Errcode(10009), 1);
+    t.sim.inject(Endpoint::Authorize, Fault::HttpStatus(503), 1);
+
+    let errcode_page = t.page(&path).await;
+    let unavailable = t.get(&path).await.status();
+    let normal = t.page(&path).await;
+
+    assert!(errcode_page.contains("10009"), "{errcode_page}");
+    assert_eq!(unavailable, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(normal.contains("id=\"allow\""));
+}
+
+#[tokio::test]
+async fn clear_faults_drops_queued_faults() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    t.sim.inject(Endpoint::Auth, Fault::Errcode(-1), 5);
+
+    t.sim.clear_faults();
+
+    assert_eq!(errcode(&t.auth(&token).await), 0);
+}
+
+#[tokio::test]
+async fn call_counter_counts_every_request_including_faulted_ones() {
+    let t = spawn().await;
+    t.sim
+        .inject(Endpoint::AccessToken, Fault::HttpStatus(500), 1);
+
+    t.get(&oauth2(MP, CALLBACK, "snsapi_base", "s")).await;
+    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s"))
+        .await;
+    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s"))
+        .await;
+    t.get("/sns/oauth2/access_token").await;
+    t.get("/sns/oauth2/access_token?appid=x").await;
+    t.get("/sns/userinfo").await;
+
+    let counts: Vec<u64> = Endpoint::ALL.iter().map(|e| t.sim.calls(*e)).collect();
+    assert_eq!(counts, [1, 2, 2, 0, 1, 0]);
+}
+
+// ---- the /sim control API ----
+
+#[tokio::test]
+async fn control_api_advances_the_clock() {
+    let t = spawn().await;
+    let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+
+    let response = t
+        .http
+        .post(format!("{}/sim/clock/advance?secs=301", t.base))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"advanced_secs": 301})
+    );
+    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 42003);
+}
+
+#[tokio::test]
+async fn control_api_injects_each_fault_kind_and_clears_them() {
+    let t = spawn().await;
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    let auth_path = format!(
+        "/sns/auth?access_token={}&openid={}",
+        token["access_token"].as_str().unwrap(),
+        token["openid"].as_str().unwrap()
+    );
+    let inject = |fault: Value| {
+        let request = t
+            .http
+            .post(format!("{}/sim/faults", t.base))
+            .json(&json!({"endpoint": "auth", "fault": fault, "times": 1}));
+        async move { request.send().await.unwrap().status() }
+    };
+
+    assert_eq!(
+        inject(json!({"errcode": 45011})).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        inject(json!({"http_status": 502})).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(inject(json!("bad_json")).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        inject(json!({"delay_ms": 100})).await,
+        StatusCode::NO_CONTENT
+    );
+
+    assert_error(&t.json(&auth_path).await, 45011);
+    assert_eq!(t.get(&auth_path).await.status(), StatusCode::BAD_GATEWAY);
+    assert!(t.get(&auth_path).await.json::<Value>().await.is_err());
+    let started = Instant::now();
+    assert_eq!(errcode(&t.json(&auth_path).await), 0);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    inject(json!({"errcode": -1})).await;
+    let cleared = t
+        .http
+        .delete(format!("{}/sim/faults", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    assert_eq!(errcode(&t.json(&auth_path).await), 0);
+}
+
+#[tokio::test]
+async fn control_api_reports_calls_per_endpoint() {
+    let t = spawn().await;
+    t.get("/sns/userinfo").await;
+    t.get("/sns/auth").await;
+    t.get("/sns/auth").await;
+
+    let calls = t.json("/sim/calls").await;
+
+    assert_eq!(
+        calls,
+        json!({"authorize": 0, "qrconnect": 0, "access_token": 0, "refresh_token": 0, "userinfo": 1, "auth": 2})
+    );
+}
+
+#[tokio::test]
+async fn control_api_switches_double_callback() {
+    let t = spawn().await;
+    let switch = |on: &str| {
+        t.http
+            .post(format!("{}/sim/double_callback?on={on}", t.base))
+            .send()
+    };
+
+    let on = switch("true").await.unwrap();
+    let double = t.decide("oauth2/authorize", "allow", CALLBACK).await;
+    let off = switch("false").await.unwrap();
+    let single = t.decide("oauth2/authorize", "allow", CALLBACK).await;
+
+    assert_eq!(
+        on.json::<Value>().await.unwrap(),
+        json!({"double_callback": true})
+    );
+    assert_eq!(double.status(), StatusCode::OK);
+    assert_eq!(
+        off.json::<Value>().await.unwrap(),
+        json!({"double_callback": false})
+    );
+    assert_eq!(single.status(), StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn control_api_rejects_what_it_cannot_act_on() {
+    let t = spawn().await;
+    let post = |path: &str, body: &str| {
+        t.http
+            .post(format!("{}{path}", t.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    let cases = [
+        ("/sim/clock/advance", ""),
+        ("/sim/clock/advance?secs=-5", ""),
+        ("/sim/clock/advance?secs=1.5", ""),
+        ("/sim/double_callback?on=yes", ""),
+        ("/sim/faults", "not json"),
+        ("/sim/faults", r#"{"endpoint":"nope","fault":"bad_json"}"#),
+        (
+            "/sim/faults",
+            r#"{"endpoint":"auth","fault":{"http_status":42}}"#,
+        ),
+        ("/sim/faults", r#"{"endpoint":"auth","fault":"explode"}"#),
+    ];
+
+    for (path, body) in cases {
+        let response = post(path, body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path} {body}");
+        assert!(response.json::<Value>().await.unwrap()["error"].is_string());
+    }
+    assert_eq!(t.sim.calls(Endpoint::Auth), 0);
+}
+
+// ---- the in-process API ----
+
+#[tokio::test]
+async fn authorize_refuses_what_the_consent_page_refuses() {
+    let t = spawn().await;
+
+    assert_eq!(
+        t.sim.authorize("wxnope", "alice", "snsapi_base"),
+        Err(SimError::UnknownApp("wxnope".into()))
+    );
+    assert_eq!(
+        t.sim.authorize(MP, "mallory", "snsapi_base"),
+        Err(SimError::UnknownUser("mallory".into()))
+    );
+    assert_eq!(
+        t.sim.authorize(MP, "alice", "snsapi_login"),
+        Err(SimError::ScopeNotAllowed {
+            appid: MP.into(),
+            scope: "snsapi_login".into()
+        })
+    );
+    assert_eq!(
+        t.sim.authorize(WEB, "alice", "snsapi_userinfo"),
+        Err(SimError::ScopeNotAllowed {
+            appid: WEB.into(),
+            scope: "snsapi_userinfo".into()
+        })
+    );
+    assert_eq!(
+        t.sim.authorize(MP, "snap", "snsapi_userinfo"),
+        Err(SimError::SnapshotNeedsBase("snap".into()))
+    );
+    let code = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
+    assert_eq!(code.len(), 32);
+}
+
+#[test]
+fn openid_and_unionid_are_stable_and_shaped_like_wechats() {
+    let one = Simulator::new(SimConfig::demo());
+    let two = Simulator::new(SimConfig::demo());
+
+    let openid = one.openid(MP, "alice").unwrap();
+    let unionid = one.unionid("alice");
+
+    assert_eq!(Some(openid.clone()), two.openid(MP, "alice"));
+    assert_ne!(Some(openid.clone()), one.openid(WEB, "alice"));
+    assert_ne!(Some(openid.clone()), one.openid(MP, "bob"));
+    assert_eq!(openid.len(), 28);
+    assert!(openid.starts_with('o'));
+    assert_eq!(unionid.len(), 28);
+    assert!(unionid.starts_with("o6_bm"));
+    assert_eq!(unionid, two.unionid("alice"));
+    assert_ne!(unionid, one.unionid("bob"));
+    assert_eq!(one.openid("wxnope", "alice"), None);
+    assert_eq!(one.openid(MP, "mallory"), None);
+}
+
+#[test]
+fn debug_output_of_an_app_redacts_its_secret() {
+    let config = SimConfig::demo();
+
+    let printed = format!("{config:?}");
+
+    assert!(printed.contains("wxd0000000000000a1"));
+    assert!(printed.contains("[redacted]"));
+    assert!(!printed.contains("demo-mp-secret") && !printed.contains("demo-web-secret"));
+}
+
+#[test]
+fn demo_config_has_the_documented_apps_and_users() {
+    let config = SimConfig::demo();
+
+    let apps: Vec<_> = config
+        .apps
+        .iter()
+        .map(|a| {
+            (
+                a.appid.as_str(),
+                a.secret.as_str(),
+                a.kind,
+                a.callback_domain.as_str(),
+                a.unionid_bound,
+            )
+        })
+        .collect();
+    let users: Vec<_> = config
+        .users
+        .iter()
+        .map(|u| (u.key.as_str(), u.sex, u.snapshot))
+        .collect();
+
+    assert_eq!(
+        apps,
+        [
+            (
+                "wxd0000000000000a1",
+                "demo-mp-secret",
+                SimAppKind::OfficialAccount,
+                "127.0.0.1:8080",
+                true
+            ),
+            (
+                "wxd0000000000000b2",
+                "demo-web-secret",
+                SimAppKind::Website,
+                "127.0.0.1:8080",
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        users,
+        [("alice", 2, false), ("bob", 1, false), ("snap", 0, true)]
+    );
+    assert!(config.users[2].headimgurl.is_empty());
+    assert!(
+        config.users[0]
+            .headimgurl
+            .starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")
+            && config.users[0].headimgurl.ends_with("/132")
+    );
+}
+
+#[tokio::test]
+async fn garbage_input_gets_errcodes_not_failures() {
+    let t = spawn().await;
+    let huge = "x".repeat(100_000);
+    let paths = [
+        "/sns/oauth2/access_token?%FF=%FE&appid=%00".to_owned(),
+        format!(
+            "/sns/oauth2/access_token?appid={MP}&secret={MP_SECRET}&code={huge}&grant_type=authorization_code"
+        ),
+        format!("/sns/oauth2/refresh_token?appid={huge}&grant_type=refresh_token&refresh_token=a"),
+        format!("/sns/userinfo?access_token={huge}&openid=%E4%B8&lang=%FF"),
+        "/sns/auth?access_token&openid&&&==".to_owned(),
+    ];
+
+    for path in &paths {
+        let body = t.json(path).await;
+        assert!(errcode(&body) > 0, "{body}");
+    }
+    let page = t
+        .page(&oauth2(
+            MP,
+            &format!("http://127.0.0.1:8080/{huge}"),
+            "snsapi_base",
+            "s",
+        ))
+        .await;
+    assert!(page.contains("id=\"allow\""));
+}
+
+#[tokio::test]
+async fn thousands_of_concurrent_requests_are_answered() {
+    let t = spawn().await;
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let sim = t.sim.clone();
+            let http = t.http.clone();
+            let base = t.base.clone();
+            tokio::spawn(async move {
+                let user = if i % 2 == 0 { "alice" } else { "bob" };
+                let code = sim.authorize(MP, user, "snsapi_userinfo").unwrap();
+                let url = format!(
+                    "{base}/sns/oauth2/access_token?appid={MP}&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
+                );
+                let token: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+                token["openid"] == json!(sim.openid(MP, user).unwrap())
+            })
+        })
+        .collect();
+
+    let mut answered = 0;
+    for task in tasks {
+        answered += u32::from(task.await.unwrap());
+    }
+
+    assert_eq!(answered, 2000);
+    assert_eq!(t.sim.calls(Endpoint::AccessToken), 2000);
+}

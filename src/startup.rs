@@ -1,0 +1,248 @@
+//! Wiring: [`Application::build`] binds the three listeners (port 0 works, for tests), builds
+//! the store, the WeChat client and the services once, and [`Application::run_until`] serves
+//! until the shutdown future completes, then drains. `main` and the tests both use it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::clock::Clock;
+use crate::config::{Settings, StoreBackend};
+use crate::grpc::OAuthService;
+use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
+use crate::relay::{self, RelayState};
+use crate::store::{Store, StoreError};
+use crate::tokens::{TokenPolicy, Tokens};
+use crate::wechat::WechatClient;
+
+/// How often the store is checked for the health status.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A listener could not bind.
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Redis could not be reached at start-up.
+    #[error("cannot connect to the store")]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built (TLS roots).
+    #[error("cannot build the WeChat HTTP client")]
+    Http(#[from] reqwest::Error),
+    /// The reflection service could not read the descriptor set.
+    #[error("cannot build gRPC reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A built, bound, not yet running wxauth.
+pub struct Application {
+    grpc: TcpListener,
+    public: TcpListener,
+    admin: TcpListener,
+    settings: Arc<Settings>,
+    store: Store,
+    tokens: Arc<Tokens>,
+    service: OAuthService,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("grpc", &self.grpc.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds with the system clock.
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// Builds with a given clock (tests move it).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, BuildError> {
+        let store = match &settings.store {
+            StoreBackend::Memory => Store::memory(settings.keyring.clone(), &settings.key_prefix),
+            StoreBackend::Redis(urls) => Store::redis(urls, settings.keyring.clone(), &settings.key_prefix).await?,
+        };
+        let wechat = WechatClient::new(settings.wechat.clone())?;
+        let policy = TokenPolicy { refresh_margin: settings.refresh_margin, refresh_life: settings.refresh_life };
+        let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), policy);
+        let settings = Arc::new(settings);
+        let service = OAuthService::new(Arc::clone(&settings), store.clone(), wechat, Arc::clone(&tokens), clock);
+        Ok(Self {
+            grpc: bind(settings.grpc_addr).await?,
+            public: bind(settings.public_addr).await?,
+            admin: bind(settings.admin_addr).await?,
+            settings,
+            store,
+            tokens,
+            service,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        local(&self.grpc)
+    }
+
+    /// The bound public (relay) address.
+    pub fn public_addr(&self) -> SocketAddr {
+        local(&self.public)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        local(&self.admin)
+    }
+
+    /// The store (tests inspect and corrupt records through it).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// The token service (tests read its refresh counters).
+    pub fn tokens(&self) -> Arc<Tokens> {
+        Arc::clone(&self.tokens)
+    }
+
+    /// Serves until `shutdown` completes: readiness goes NOT_SERVING first, then listeners stop
+    /// accepting and in-flight requests get `server.drain` to finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(std::io::Error::other)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(std::io::Error::other)?;
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let health_task = tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
+
+        let grpc = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                WeChatOAuthServiceServer::new(self.service.clone())
+                    .max_decoding_message_size(64 * 1024)
+                    .max_encoding_message_size(256 * 1024),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stopped());
+        let public = axum::serve(self.public, relay::router(RelayState::new(self.store.clone(), &self.settings)))
+            .with_graceful_shutdown(stopped());
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.ready))).with_graceful_shutdown(stopped());
+
+        let drain = self.settings.drain;
+        let ready = Arc::clone(&self.ready);
+        let trigger = async move {
+            shutdown.await;
+            tracing::info!("shutting down: readiness off, draining");
+            ready.store(false, Ordering::SeqCst);
+            set_status(&reporter, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        };
+        let servers = async {
+            let (g, p, a) = tokio::join!(grpc, public, admin);
+            g.map_err(std::io::Error::other)?;
+            p?;
+            a
+        };
+        tokio::pin!(servers, trigger);
+        let served = tokio::select! {
+            // A server failed on its own: nothing left to drain.
+            served = &mut servers => served,
+            () = &mut trigger => match tokio::time::timeout(drain, &mut servers).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(?drain, "drain time over; exiting with requests in flight");
+                    Ok(())
+                }
+            },
+        };
+        health_task.abort();
+        served
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
+    TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Keeps health and readiness in step with the store: SERVING while it answers.
+async fn watch_store(store: Store, reporter: HealthReporter, ready: Arc<AtomicBool>, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut last = None;
+    loop {
+        let serving = tokio::time::timeout(HEALTH_INTERVAL * 2, store.ping()).await.is_ok_and(|r| r.is_ok());
+        if last != Some(serving) {
+            tracing::info!(serving, "store health changed");
+            ready.store(serving, Ordering::SeqCst);
+            set_status(&reporter, if serving { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+            last = Some(serving);
+        }
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}
+
+fn admin_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(ready): State<Arc<AtomicBool>>| async move {
+                if ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .with_state(ready)
+}
