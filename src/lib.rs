@@ -6,12 +6,15 @@
 pub mod allowlist;
 pub mod clock;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod proto;
 pub mod relay;
 pub mod secrets;
+pub mod sim;
 pub mod startup;
+pub mod telemetry;
 pub mod store;
 pub mod tokens;
 pub mod wechat;

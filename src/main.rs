@@ -1,1 +1,102 @@
-fn main(){}
+//! The `wxauth` binary: `wxauth [--config FILE]` serves (no config: dev mode with the WeChat
+//! simulator); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]` runs
+//! the WeChat simulator alone.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use wxauth::config::Settings;
+use wxauth::startup::Application;
+use wxauth::store::seal::Keyring;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["gen-key"] => print_key(1),
+        ["gen-key", id] => print_key(id.parse().context("key id: 0..=255")?),
+        ["sim"] => run_sim(wxauth::dev::SIM_ADDR).await,
+        ["sim", addr] => run_sim(addr).await,
+        ["--config", path] => serve(Some(PathBuf::from(path))).await,
+        [] => serve(std::env::var_os("WXAUTH_CONFIG").map(PathBuf::from)).await,
+        _ => anyhow::bail!("usage: wxauth [--config FILE] | wxauth gen-key [ID] | wxauth sim [ADDR]"),
+    }
+}
+
+fn print_key(id: u8) -> anyhow::Result<()> {
+    // The command's output is the key itself, for a Secret; it is not logged.
+    println!("{}", Keyring::generate_line(id));
+    Ok(())
+}
+
+async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = match &config {
+        Some(path) => Settings::load(path)?,
+        None => wxauth::dev::settings()?,
+    };
+    wxauth::telemetry::init(settings.log_json);
+    if config.is_none() {
+        start_dev_simulator().await?;
+    }
+    let app = Application::build(settings).await.context("start-up")?;
+    tracing::info!(grpc = %app.grpc_addr(), public = %app.public_addr(), admin = %app.admin_addr(), "wxauth listening");
+    if config.is_none() {
+        tracing::info!(
+            "dev mode: try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
+             -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
+             {} wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl\nthen open the authorize_url it returns",
+            app.grpc_addr()
+        );
+    }
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_dev_simulator() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(wxauth::dev::SIM_ADDR).await.context("bind the simulator")?;
+    let sim = wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo());
+    tokio::spawn(sim.serve(listener, std::future::pending()));
+    tracing::info!(addr = wxauth::dev::SIM_ADDR, "WeChat simulator listening");
+    Ok(())
+}
+
+async fn run_sim(addr: &str) -> anyhow::Result<()> {
+    wxauth::telemetry::init(false);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+    tracing::info!(%addr, "WeChat simulator listening");
+    wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo()).serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes at SIGTERM or ctrl-c. A second signal exits at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tokio::spawn(async {
+        wait_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+async fn wait_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

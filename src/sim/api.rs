@@ -85,7 +85,7 @@ impl Params {
         Self(url::form_urlencoded::parse(raw).into_owned().collect())
     }
 
-    /// The first non-empty value of `key`.
+    /// The value of the first `key`; `None` when it is absent or empty.
     pub(super) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
