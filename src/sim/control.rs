@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::Json;
@@ -123,7 +123,7 @@ impl Controls {
         self.double_callback.load(Ordering::Relaxed)
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, [VecDeque<(Fault, u32)>; 6]> {
+    fn queues(&self) -> MutexGuard<'_, [VecDeque<(Fault, u32)>; 6]> {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -192,8 +192,8 @@ fn check_query<'a>(
             return Err(PageError::BadLink);
         }
     }
-    let [appid, redirect_uri, _, scope, state] = [0, 1, 2, 3, 4].map(|i| required[i].1.as_str());
-    check(core, page, appid, redirect_uri, scope, state)
+    let value = |i: usize| required[i].1.as_str();
+    check(core, page, value(0), value(1), value(3), value(4))
 }
 
 /// The value rules, shared by the page and its forms: state, appid (10016), redirect_uri

@@ -1,0 +1,155 @@
+//! BuildAuthorizeUrl: the WeChat URL, flows, caller authentication and allowlists.
+
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use wxauth::proto::{BuildAuthorizeUrlRequest, Device, Scope};
+
+use crate::both_backends;
+use crate::helpers::{Backend, CALLBACK_HOST, MP_APPID, TRADE_KEY, authed, reason, spawn_app, metadata};
+
+fn request(return_url: &str) -> BuildAuthorizeUrlRequest {
+    BuildAuthorizeUrlRequest {
+        app: "mp".into(),
+        return_url: return_url.into(),
+        scope: Scope::SnsapiUserinfo as i32,
+        state: "csrf-Ω-123".into(),
+        ..Default::default()
+    }
+}
+
+async fn the_url_follows_wechats_order_and_the_simulator_accepts_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app.grpc.clone().build_authorize_url(app.req(request("https://passport.example.com/login/done"))).await.expect("ok").into_inner();
+
+    let flow = &response.flow_id;
+    assert_eq!(flow.len(), 22);
+    assert!(flow.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let expected = format!(
+        "http://{}/connect/oauth2/authorize?appid={MP_APPID}&redirect_uri=https%3A%2F%2F{CALLBACK_HOST}%2Fwechat%2Fcallback\
+         &response_type=code&scope=snsapi_userinfo&state={flow}&connect_redirect=1#wechat_redirect",
+        app.sim_addr
+    );
+    assert_eq!(response.authorize_url, expected);
+    assert_eq!(response.app, "mp");
+    assert_eq!(response.scope, Scope::SnsapiUserinfo as i32);
+    let expire = response.expire_time.expect("expire_time").seconds;
+    assert!((expire - app.clock.now_secs() - 600).abs() <= 2, "flow lives 10 minutes");
+
+    // The simulator enforces WeChat's order and callback domain: it shows its consent page.
+    let page = app.http.get(&response.authorize_url).send().await.expect("sim").text().await.expect("body");
+    assert!(page.contains("id=\"allow\""), "consent page, not an error page: {page}");
+}
+
+async fn device_picks_the_default_app_and_force_popup_is_passed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut req = request("https://www.example.com/");
+    req.app = String::new();
+    req.device = Device::Pc as i32;
+    req.scope = Scope::Unspecified as i32;
+    req.force_popup = true;
+    let response = app.grpc.clone().build_authorize_url(app.req(req)).await.expect("ok").into_inner();
+    assert_eq!(response.app, "web");
+    assert_eq!(response.scope, Scope::SnsapiLogin as i32);
+    assert!(response.authorize_url.contains("/connect/qrconnect?appid=wxd0000000000000b2&"));
+    assert!(response.authorize_url.ends_with(&format!("&scope=snsapi_login&state={}&forcePopup=true#wechat_redirect", response.flow_id)));
+    let page = app.http.get(&response.authorize_url).send().await.expect("sim").text().await.expect("body");
+    assert!(page.contains("id=\"allow\""), "{page}");
+}
+
+async fn an_unspecified_scope_is_silent_for_official_accounts(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut req = request("https://passport.example.com/login/");
+    req.scope = 0;
+    let response = app.grpc.clone().build_authorize_url(app.req(req)).await.expect("ok").into_inner();
+    assert_eq!(response.scope, Scope::SnsapiBase as i32);
+    assert!(response.authorize_url.contains("&scope=snsapi_base&"));
+}
+
+async fn return_urls_off_the_allowlist_are_denied(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for url in ["https://evil.com/", "https://passport.example.com@evil.com/", "https://example.com/", "http://passport.example.com/login/", "//evil.com"] {
+        let status = app.grpc.clone().build_authorize_url(app.req(request(url))).await.expect_err(url);
+        assert_eq!(status.code(), Code::PermissionDenied, "{url}");
+        assert_eq!(reason(&status), "RETURN_URL_NOT_ALLOWED", "{url}");
+        assert!(metadata(&status, "rejection").is_some());
+        assert!(!status.message().contains("evil"), "the message does not echo input");
+    }
+    // Another client's allowlist is its own.
+    let status = app.grpc.clone().build_authorize_url(authed(TRADE_KEY, request("https://passport.example.com/login/"))).await.expect_err("trade");
+    assert_eq!(reason(&status), "RETURN_URL_NOT_ALLOWED");
+}
+
+async fn callers_without_a_valid_key_are_unauthenticated(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut bare = tonic::Request::new(request("https://passport.example.com/login/"));
+    let status = app.grpc.clone().build_authorize_url(bare).await.expect_err("no key");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::Unauthenticated, "CLIENT_UNAUTHENTICATED"));
+    for header in ["Bearer wrong-key", "Basic cGFzc3BvcnQ=", "Bearer", ""] {
+        bare = tonic::Request::new(request("https://passport.example.com/login/"));
+        bare.metadata_mut().insert("authorization", header.parse().expect("ascii"));
+        let status = app.grpc.clone().build_authorize_url(bare).await.expect_err(header);
+        assert_eq!(reason(&status), "CLIENT_UNAUTHENTICATED", "{header}");
+    }
+}
+
+async fn a_client_may_only_use_its_apps(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut req = request("https://trade.example.com/");
+    req.app = "web".into();
+    req.scope = Scope::SnsapiLogin as i32;
+    let status = app.grpc.clone().build_authorize_url(authed(TRADE_KEY, req)).await.expect_err("not allowed");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::PermissionDenied, "APP_NOT_ALLOWED"));
+}
+
+async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let req = BuildAuthorizeUrlRequest {
+        app: "MP!".into(),
+        return_url: String::new(),
+        scope: 99,
+        state: "s".repeat(513),
+        device: 7,
+        force_popup: false,
+    };
+    let status = app.grpc.clone().build_authorize_url(app.req(req)).await.expect_err("invalid");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::InvalidArgument, "INVALID_ARGUMENT"));
+    let details = status.get_error_details();
+    let mut fields: Vec<_> = details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
+    fields.sort();
+    assert_eq!(fields, ["app", "device", "return_url", "scope", "state"]);
+
+    let mut wrong_scope = request("https://passport.example.com/login/");
+    wrong_scope.scope = Scope::SnsapiLogin as i32;
+    let status = app.grpc.clone().build_authorize_url(app.req(wrong_scope)).await.expect_err("scope");
+    assert_eq!(status.get_error_details().bad_request().expect("BadRequest").field_violations[0].field, "scope");
+
+    let mut unknown_app = request("https://passport.example.com/login/");
+    unknown_app.app = "nope".into();
+    let status = app.grpc.clone().build_authorize_url(app.req(unknown_app)).await.expect_err("app");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+async fn long_and_unusual_caller_state_is_kept_verbatim(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let state = "🙂 a&b=c\r\n<script>".to_owned() + &"x".repeat(480);
+    let mut req = request("https://passport.example.com/login/");
+    req.state = state.clone();
+    let response = app.grpc.clone().build_authorize_url(app.req(req)).await.expect("ok").into_inner();
+    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+    let relayed = app.callback(&format!("code={code}&state={}", response.flow_id)).await;
+    let location = relayed.headers()["location"].to_str().expect("ascii location").to_owned();
+    let url = url::Url::parse(&location).expect("url");
+    let got: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    assert_eq!(got, [("code".to_owned(), code), ("state".to_owned(), state)]);
+}
+
+both_backends!(
+    the_url_follows_wechats_order_and_the_simulator_accepts_it,
+    device_picks_the_default_app_and_force_popup_is_passed,
+    an_unspecified_scope_is_silent_for_official_accounts,
+    return_urls_off_the_allowlist_are_denied,
+    callers_without_a_valid_key_are_unauthenticated,
+    a_client_may_only_use_its_apps,
+    invalid_fields_are_all_reported_with_bad_request,
+    long_and_unusual_caller_state_is_kept_verbatim,
+);

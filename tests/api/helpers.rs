@@ -1,0 +1,355 @@
+//! Test harness: a private `redis-server` per test (spawned on a free port), the WeChat
+//! simulator, and wxauth itself on port 0, reached through a real tonic client and real HTTP.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Request;
+use tonic::transport::Channel;
+use wxauth::clock::Clock;
+use wxauth::config::Settings;
+use wxauth::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
+use wxauth::proto::{self, ExchangeCodeRequest, ExchangeCodeResponse};
+use wxauth::sim::{SimConfig, Simulator};
+use wxauth::startup::Application;
+use wxauth::store::Store;
+use wxauth::tokens::Tokens;
+
+/// The callback domain WeChat (the simulator) knows; the Ingress in front of the relay.
+pub const CALLBACK_HOST: &str = "auth.wxauth.test";
+/// appids of the simulator's demo apps.
+pub const MP_APPID: &str = "wxd0000000000000a1";
+pub const WEB_APPID: &str = "wxd0000000000000b2";
+/// Client keys of the test config.
+pub const PASSPORT_KEY: &str = "passport-test-key";
+pub const TRADE_KEY: &str = "trade-test-key";
+
+/// Which store backend a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Memory,
+}
+
+/// A `redis-server` owned by one test, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        for _ in 0..20 {
+            let port = free_port();
+            let child = Command::new(redis_binary())
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (see README set-up)");
+            let mut server = RedisServer { port, child };
+            if server.wait_ready().await {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("could not start redis-server");
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A raw connection, to look at what wxauth stored.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).expect("url").get_multiplexed_async_connection().await.expect("connect")
+    }
+
+    /// Stops the server (SIGKILL) and returns its port, to start it again later.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a server again on the same port.
+    pub async fn restart(&mut self) {
+        self.child = Command::new(redis_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        assert!(self.wait_ready().await, "redis restarted");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_binary() -> String {
+    std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The simulator with the demo apps, calling back to the test callback domain.
+pub async fn spawn_sim() -> (Simulator, SocketAddr) {
+    let mut config = SimConfig::demo();
+    for app in &mut config.apps {
+        app.callback_domain = CALLBACK_HOST.into();
+    }
+    Simulator::spawn_local(config).await.expect("simulator")
+}
+
+/// Test config: apps `mp` (official account, MOBILE default) and `web` (website, PC default);
+/// clients `passport` (both apps) and `trade` (mp only, its own domain).
+pub fn settings(sim: SocketAddr, store: &str, extra: &str) -> Settings {
+    let key = |k: &str| hex::encode(wxauth::config::key_digest(k));
+    let toml = format!(
+        r#"
+mode = "development"
+[server]
+grpc_addr = "127.0.0.1:0"
+public_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+callback_url = "https://{CALLBACK_HOST}/wechat/callback"
+drain = "5s"
+[store]
+{store}
+sealing_keys = "{sealing}"
+[wechat]
+open_base = "http://{sim}"
+api_base = "http://{sim}"
+timeout = "2s"
+[apps.mp]
+kind = "official_account"
+appid = "{MP_APPID}"
+secret = "demo-mp-secret"
+default_for = "MOBILE"
+[apps.web]
+kind = "website"
+appid = "{WEB_APPID}"
+secret = "demo-web-secret"
+default_for = "PC"
+[clients.passport]
+key_sha256 = "{passport}"
+apps = ["mp", "web"]
+return_urls = ["https://passport.example.com/login/", "https://*.example.com/"]
+[clients.trade]
+key_sha256 = "{trade}"
+apps = ["mp"]
+return_urls = ["https://trade.example.com/"]
+{extra}
+"#,
+        sealing = test_keyring(),
+        passport = key(PASSPORT_KEY),
+        trade = key(TRADE_KEY),
+    );
+    Settings::from_toml(&toml).expect("test settings")
+}
+
+/// A fixed sealing key for tests (id 1).
+pub fn test_keyring() -> String {
+    "1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()
+}
+
+/// One running wxauth and its surroundings.
+pub struct TestApp {
+    pub grpc: WeChatOAuthServiceClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub sim: Simulator,
+    pub sim_addr: SocketAddr,
+    pub clock: Clock,
+    pub store: Store,
+    pub tokens: Arc<Tokens>,
+    pub redis: Option<Arc<tokio::sync::Mutex<RedisServer>>>,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// wxauth on a private redis-server (or in memory) with its own simulator.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let (sim, sim_addr) = spawn_sim().await;
+    let redis = match backend {
+        Backend::Redis => Some(Arc::new(tokio::sync::Mutex::new(RedisServer::start().await))),
+        Backend::Memory => None,
+    };
+    spawn_app_with(sim, sim_addr, redis, "").await
+}
+
+/// wxauth with a given simulator, redis and extra config (a second replica, other settings).
+pub async fn spawn_app_with(
+    sim: Simulator,
+    sim_addr: SocketAddr,
+    redis: Option<Arc<tokio::sync::Mutex<RedisServer>>>,
+    extra: &str,
+) -> TestApp {
+    let store = match &redis {
+        Some(r) => format!("kind = \"redis\"\nurl = \"{}\"", r.lock().await.url()),
+        None => "kind = \"memory\"".to_owned(),
+    };
+    spawn_settings(sim, sim_addr, redis, settings(sim_addr, &store, extra)).await
+}
+
+/// wxauth with fully given settings.
+pub async fn spawn_settings(
+    sim: Simulator,
+    sim_addr: SocketAddr,
+    redis: Option<Arc<tokio::sync::Mutex<RedisServer>>>,
+    settings: Settings,
+) -> TestApp {
+    let clock = Clock::system();
+    let app = Application::build_with_clock(settings, clock.clone()).await.expect("build");
+    let (grpc_addr, public_addr, admin_addr) = (app.grpc_addr(), app.public_addr(), app.admin_addr());
+    let (store, tokens) = (app.store(), app.tokens());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{grpc_addr}")).expect("uri").connect().await.expect("connect");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    TestApp {
+        grpc: WeChatOAuthServiceClient::new(channel),
+        grpc_addr,
+        public_addr,
+        admin_addr,
+        sim,
+        sim_addr,
+        clock,
+        store,
+        tokens,
+        redis,
+        http,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// A request carrying a client key.
+pub fn authed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+    request
+}
+
+impl TestApp {
+    /// A request from the `passport` client.
+    pub fn req<T>(&self, message: T) -> Request<T> {
+        authed(PASSPORT_KEY, message)
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// A code for `user`, as if they consented in WeChat.
+    pub fn code(&self, appid: &str, user: &str, scope: &str) -> String {
+        self.sim.authorize(appid, user, scope).expect("sim authorize")
+    }
+
+    /// Logs `user` in to app `mp` with `scope` and returns the exchange result.
+    pub async fn login(&self, user: &str, scope: &str) -> ExchangeCodeResponse {
+        let code = self.code(MP_APPID, user, scope);
+        self.exchange("mp", &code).await.expect("exchange")
+    }
+
+    pub async fn exchange(&self, app: &str, code: &str) -> Result<ExchangeCodeResponse, tonic::Status> {
+        let request = ExchangeCodeRequest { app: app.into(), code: code.into(), ..Default::default() };
+        self.grpc.clone().exchange_code(self.req(request)).await.map(tonic::Response::into_inner)
+    }
+
+    pub async fn user_info(&self, openid: &str) -> Result<proto::UserInfo, tonic::Status> {
+        let request = proto::GetUserInfoRequest { app: "mp".into(), openid: openid.into(), ..Default::default() };
+        let response = self.grpc.clone().get_user_info(self.req(request)).await?;
+        Ok(response.into_inner().user_info.expect("user_info"))
+    }
+
+    /// Calls the relay with a raw query string.
+    pub async fn callback(&self, query: &str) -> reqwest::Response {
+        self.http
+            .get(format!("http://{}/wechat/callback?{query}", self.public_addr))
+            .send()
+            .await
+            .expect("relay reachable")
+    }
+
+    /// Moves both clocks (WeChat's and the service's) forward.
+    pub fn advance(&self, by: Duration) {
+        self.sim.advance(by);
+        self.clock.advance(by);
+    }
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+/// The `ErrorInfo.metadata[key]` of a status.
+pub fn metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status.get_error_details().error_info().and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// Runs a test body against both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Redis).await
+                }
+            )*
+        }
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Memory).await
+                }
+            )*
+        }
+    };
+}

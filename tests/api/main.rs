@@ -1,0 +1,10 @@
+//! Integration tests: wxauth on port 0 against a private redis-server (and the in-memory
+//! store where it applies) and the WeChat simulator, through a real gRPC client and real HTTP.
+
+mod authorize;
+mod concurrency;
+mod exchange;
+mod helpers;
+mod relay;
+mod sealing;
+mod tokens;
