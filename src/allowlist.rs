@@ -51,10 +51,7 @@ impl Allowlist {
     /// or fragment; `*` may appear only as the whole first label of the host, followed by at
     /// least two labels (`https://*.example.com/`, not `https://*.com/`).
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, PatternError> {
-        let patterns = patterns
-            .iter()
-            .map(|p| Pattern::parse(p.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { patterns })
     }
 
@@ -77,28 +74,18 @@ impl Allowlist {
     /// the most useful rejection; every path to `Ok` needs one pattern matching all parts.
     fn judge(&self, url: &Url) -> Result<(), Rejection> {
         let host = url.host().ok_or(Rejection::BadHost)?;
-        let mut same_host = self
-            .patterns
-            .iter()
-            .filter(|p| p.host.matches(&host))
-            .peekable();
+        let mut same_host = self.patterns.iter().filter(|p| p.host.matches(&host)).peekable();
         if same_host.peek().is_none() {
             return Err(match host {
                 Host::Ipv4(_) | Host::Ipv6(_) => Rejection::IpLiteral,
                 Host::Domain(_) => Rejection::NotAllowed,
             });
         }
-        let mut same_scheme = same_host
-            .filter(|p| p.scheme.as_str() == url.scheme())
-            .peekable();
+        let mut same_scheme = same_host.filter(|p| p.scheme.as_str() == url.scheme()).peekable();
         if same_scheme.peek().is_none() {
             return Err(Rejection::SchemeNotAllowed);
         }
-        if same_scheme.any(|p| p.port_and_path_match(url)) {
-            Ok(())
-        } else {
-            Err(Rejection::NotAllowed)
-        }
+        if same_scheme.any(|p| p.port_and_path_match(url)) { Ok(()) } else { Err(Rejection::NotAllowed) }
     }
 }
 
@@ -153,11 +140,7 @@ fn without_names(query: &str, params: &[(&str, &str)]) -> String {
             .next()
             .is_some_and(|(name, _)| params.iter().any(|(replaced, _)| name == *replaced))
     };
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !is_replaced(pair))
-        .collect::<Vec<_>>()
-        .join("&")
+    query.split('&').filter(|pair| !pair.is_empty() && !is_replaced(pair)).collect::<Vec<_>>().join("&")
 }
 
 /// A configured return-URL pattern that cannot be used; stops start-up.
@@ -333,9 +316,7 @@ impl PatternHost {
         match self {
             Self::Exact(exact) => *exact == host.to_owned(),
             Self::Subdomains { dot_parent } => match host {
-                Host::Domain(domain) => {
-                    domain.len() > dot_parent.len() && domain.ends_with(dot_parent.as_str())
-                }
+                Host::Domain(domain) => domain.len() > dot_parent.len() && domain.ends_with(dot_parent.as_str()),
                 Host::Ipv4(_) | Host::Ipv6(_) => false,
             },
         }
@@ -345,14 +326,9 @@ impl PatternHost {
 impl Pattern {
     /// Parse and validate one configured pattern.
     fn parse(pattern: &str) -> Result<Self, PatternError> {
-        let malformed = |reason| PatternError::Malformed {
-            pattern: pattern.to_owned(),
-            reason,
-        };
+        let malformed = |reason| PatternError::Malformed { pattern: pattern.to_owned(), reason };
         if pattern.contains(['?', '#']) {
-            return Err(PatternError::QueryOrFragment {
-                pattern: pattern.to_owned(),
-            });
+            return Err(PatternError::QueryOrFragment { pattern: pattern.to_owned() });
         }
         let raw = RawAuthority::split(pattern).map_err(malformed)?;
         let (is_wildcard, raw_host) = match raw.host.strip_prefix("*.") {
@@ -360,43 +336,25 @@ impl Pattern {
             None => (false, raw.host),
         };
         if raw_host.contains('*') {
-            return Err(PatternError::MisplacedWildcard {
-                pattern: pattern.to_owned(),
-            });
+            return Err(PatternError::MisplacedWildcard { pattern: pattern.to_owned() });
         }
         // Parse the pattern with the `*.` label removed: the rest is an ordinary URL.
         let text = if is_wildcard {
-            format!(
-                "{}{}",
-                &pattern[..raw.host_start],
-                &pattern[raw.host_start + 2..]
-            )
+            format!("{}{}", &pattern[..raw.host_start], &pattern[raw.host_start + 2..])
         } else {
             pattern.to_owned()
         };
-        let url = Url::parse(&text).map_err(|source| PatternError::Unparseable {
-            pattern: pattern.to_owned(),
-            source,
-        })?;
+        let url =
+            Url::parse(&text).map_err(|source| PatternError::Unparseable { pattern: pattern.to_owned(), source })?;
         check_pattern_is_canonical(pattern, &raw, &url, is_wildcard)?;
         check_parsed(&url, raw_host).map_err(malformed)?;
-        let (scheme, host, port) = match (Scheme::of(&url), url.host(), url.port_or_known_default())
-        {
+        let (scheme, host, port) = match (Scheme::of(&url), url.host(), url.port_or_known_default()) {
             (Some(scheme), Some(host), Some(port)) => (scheme, host, port),
             // check_parsed guarantees all three for http(s); keep the refusal explicit anyway.
             _ => return Err(malformed(Rejection::NotAbsolute)),
         };
-        let host = if is_wildcard {
-            wildcard_host(pattern, host)?
-        } else {
-            PatternHost::Exact(host.to_owned())
-        };
-        Ok(Self {
-            scheme,
-            host,
-            port,
-            path: url.path().to_owned(),
-        })
+        let host = if is_wildcard { wildcard_host(pattern, host)? } else { PatternHost::Exact(host.to_owned()) };
+        Ok(Self { scheme, host, port, path: url.path().to_owned() })
     }
 
     /// Port equal (defaults filled in) and path inside the pattern's path.
@@ -421,12 +379,10 @@ impl Pattern {
 /// least two labels (`*.com` and `*.localhost` would cover the world or the machine).
 fn wildcard_host(pattern: &str, parent: Host<&str>) -> Result<PatternHost, PatternError> {
     match parent {
-        Host::Domain(domain) if domain.split('.').count() >= 2 => Ok(PatternHost::Subdomains {
-            dot_parent: format!(".{domain}"),
-        }),
-        _ => Err(PatternError::WildcardTooBroad {
-            pattern: pattern.to_owned(),
-        }),
+        Host::Domain(domain) if domain.split('.').count() >= 2 => {
+            Ok(PatternHost::Subdomains { dot_parent: format!(".{domain}") })
+        }
+        _ => Err(PatternError::WildcardTooBroad { pattern: pattern.to_owned() }),
     }
 }
 
@@ -440,9 +396,7 @@ fn check_pattern_is_canonical(
     is_wildcard: bool,
 ) -> Result<(), PatternError> {
     let host = raw.host.strip_prefix("*.").unwrap_or(raw.host);
-    let host_ok = url
-        .host_str()
-        .is_some_and(|parsed| host.eq_ignore_ascii_case(parsed));
+    let host_ok = url.host_str().is_some_and(|parsed| host.eq_ignore_ascii_case(parsed));
     let port_ok = match raw.port {
         None => url.port().is_none(),
         Some(port) => url.port().is_some_and(|n| n.to_string() == port),
@@ -451,15 +405,8 @@ fn check_pattern_is_canonical(
     if host_ok && port_ok && path_ok {
         return Ok(());
     }
-    let canonical = if is_wildcard {
-        url.as_str().replacen("://", "://*.", 1)
-    } else {
-        url.as_str().to_owned()
-    };
-    Err(PatternError::NotCanonical {
-        pattern: pattern.to_owned(),
-        canonical,
-    })
+    let canonical = if is_wildcard { url.as_str().replacen("://", "://*.", 1) } else { url.as_str().to_owned() };
+    Err(PatternError::NotCanonical { pattern: pattern.to_owned(), canonical })
 }
 
 /// A raw URL text split at its authority without any repairing: the parts as written.
@@ -480,23 +427,14 @@ impl<'a> RawAuthority<'a> {
         check_raw_length(input)?;
         check_raw_characters(input)?;
         let after_colon = check_raw_scheme(input)?;
-        let after_slashes = input[after_colon..]
-            .strip_prefix("//")
-            .ok_or(Rejection::NotAbsolute)?;
+        let after_slashes = input[after_colon..].strip_prefix("//").ok_or(Rejection::NotAbsolute)?;
         let host_start = after_colon + 2;
-        let authority_len = after_slashes
-            .find(['/', '?', '#'])
-            .unwrap_or(after_slashes.len());
+        let authority_len = after_slashes.find(['/', '?', '#']).unwrap_or(after_slashes.len());
         let (authority, rest) = after_slashes.split_at(authority_len);
         check_raw_authority(authority)?;
         let (host, port) = split_host_port(authority);
         check_raw_host(host)?;
-        Ok(Self {
-            host,
-            host_start,
-            port,
-            rest,
-        })
+        Ok(Self { host, host_start, port, rest })
     }
 }
 
@@ -556,9 +494,7 @@ fn check_raw_scheme(input: &str) -> Result<usize, Rejection> {
     let colon = input.find(':').ok_or(Rejection::NotAbsolute)?;
     let scheme = &input[..colon];
     let is_scheme_syntax = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !is_scheme_syntax {
         return Err(Rejection::NotAbsolute);
     }
@@ -623,15 +559,9 @@ fn check_parsed_host(host: &Host<&str>, raw_host: &str) -> Result<(), Rejection>
         Host::Domain(domain) => {
             let label_ok = |label: &str| {
                 !label.is_empty()
-                    && label.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')
-                    })
+                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
             };
-            if domain.split('.').all(label_ok) {
-                Ok(())
-            } else {
-                Err(Rejection::BadHost)
-            }
+            if domain.split('.').all(label_ok) { Ok(()) } else { Err(Rejection::BadHost) }
         }
         Host::Ipv4(_) | Host::Ipv6(_) => {
             if raw_host.eq_ignore_ascii_case(&host.to_string()) {
@@ -701,12 +631,7 @@ mod tests {
         candidate: &str,
         expected: Rejection,
     ) -> Hostile {
-        Hostile {
-            label,
-            patterns,
-            candidate: candidate.to_owned(),
-            expected,
-        }
+        Hostile { label, patterns, candidate: candidate.to_owned(), expected }
     }
 
     #[rustfmt::skip]
@@ -822,12 +747,8 @@ mod tests {
             .iter()
             .filter_map(|case| {
                 let outcome = allowlist(case.patterns).check(&case.candidate);
-                (outcome != Err(case.expected)).then(|| {
-                    format!(
-                        "{}: expected {:?}, got {outcome:?}",
-                        case.label, case.expected
-                    )
-                })
+                (outcome != Err(case.expected))
+                    .then(|| format!("{}: expected {:?}, got {outcome:?}", case.label, case.expected))
             })
             .collect();
 
@@ -837,29 +758,12 @@ mod tests {
     #[test]
     fn every_accepted_splice_of_hostile_pieces_lands_on_an_allowed_origin() {
         // Arrange: splice hosts with the separators attackers use to move the real host.
-        let list = allowlist(&[
-            "https://passport.example.com/login/",
-            "https://*.example.com/",
-        ]);
-        let prefixes = [
-            "https://",
-            "HTTPS://",
-            "https:/",
-            "https:",
-            "//",
-            "http://",
-            "https:///",
-        ];
-        let hosts = [
-            "passport.example.com",
-            "evil.com",
-            "a.example.com",
-            "example.com",
-            "",
-        ];
+        let list = allowlist(&["https://passport.example.com/login/", "https://*.example.com/"]);
+        let prefixes = ["https://", "HTTPS://", "https:/", "https:", "//", "http://", "https:///"];
+        let hosts = ["passport.example.com", "evil.com", "a.example.com", "example.com", ""];
         let joins = [
-            "", "@", ":443@", "#@", "?@", "/", "/../", "\\", ".", "%2e", "%40", "\u{3002}",
-            ":8443", "\u{FF0E}", "\u{FF20}", ";", ",", "&",
+            "", "@", ":443@", "#@", "?@", "/", "/../", "\\", ".", "%2e", "%40", "\u{3002}", ":8443", "\u{FF0E}",
+            "\u{FF20}", ";", ",", "&",
         ];
         let tails = ["", "/", "/login/", "/login/../x", "#/login/"];
         let mut accepted_count = 0;
@@ -879,29 +783,18 @@ mod tests {
                             let reparsed = Url::parse(url.as_str()).expect("normalized URL parses");
                             let host = reparsed.host_str().unwrap_or_default();
                             assert_eq!(reparsed.scheme(), "https", "{candidate:?}");
-                            assert_eq!(
-                                reparsed.port_or_known_default(),
-                                Some(443),
-                                "{candidate:?}"
-                            );
+                            assert_eq!(reparsed.port_or_known_default(), Some(443), "{candidate:?}");
                             assert!(host.ends_with(".example.com"), "{candidate:?} -> {host}");
                             assert_eq!(reparsed.fragment(), None, "{candidate:?}");
                             assert!(url.as_str().bytes().all(|b| b.is_ascii_graphic()));
-                            assert_eq!(
-                                list.check(url.as_str()).as_ref(),
-                                Ok(&url),
-                                "{candidate:?}"
-                            );
+                            assert_eq!(list.check(url.as_str()).as_ref(), Ok(&url), "{candidate:?}");
                         }
                     }
                 }
             }
         }
 
-        assert!(
-            accepted_count > 0,
-            "the splice produced no legitimate URL at all"
-        );
+        assert!(accepted_count > 0, "the splice produced no legitimate URL at all");
     }
 
     #[test]
@@ -940,18 +833,9 @@ mod tests {
     #[test]
     fn pattern_path_without_slash_allows_itself_its_query_and_its_children() {
         for (candidate, expected) in [
-            (
-                "https://passport.example.com/notify/done",
-                "https://passport.example.com/notify/done",
-            ),
-            (
-                "https://passport.example.com/notify/done?a=1",
-                "https://passport.example.com/notify/done?a=1",
-            ),
-            (
-                "https://passport.example.com/notify/done/x",
-                "https://passport.example.com/notify/done/x",
-            ),
+            ("https://passport.example.com/notify/done", "https://passport.example.com/notify/done"),
+            ("https://passport.example.com/notify/done?a=1", "https://passport.example.com/notify/done?a=1"),
+            ("https://passport.example.com/notify/done/x", "https://passport.example.com/notify/done/x"),
         ] {
             assert_eq!(accepted(EXACT, candidate), expected);
         }
@@ -965,14 +849,8 @@ mod tests {
 
     #[test]
     fn wildcard_allows_subdomains_of_any_depth() {
-        assert_eq!(
-            accepted(WILDCARD, "https://a.example.com/"),
-            "https://a.example.com/"
-        );
-        assert_eq!(
-            accepted(WILDCARD, "https://a.b.example.com/x?y=1"),
-            "https://a.b.example.com/x?y=1"
-        );
+        assert_eq!(accepted(WILDCARD, "https://a.example.com/"), "https://a.example.com/");
+        assert_eq!(accepted(WILDCARD, "https://a.b.example.com/x?y=1"), "https://a.b.example.com/x?y=1");
     }
 
     #[test]
@@ -989,18 +867,9 @@ mod tests {
 
     #[test]
     fn listed_localhost_and_loopback_ip_are_allowed_on_their_port() {
-        assert_eq!(
-            accepted(EXACT, "http://localhost:8082/"),
-            "http://localhost:8082/"
-        );
-        assert_eq!(
-            accepted(EXACT, "http://LOCALHOST:8082/cb"),
-            "http://localhost:8082/cb"
-        );
-        assert_eq!(
-            accepted(EXACT, "http://127.0.0.1:8082/cb?x=1#f"),
-            "http://127.0.0.1:8082/cb?x=1"
-        );
+        assert_eq!(accepted(EXACT, "http://localhost:8082/"), "http://localhost:8082/");
+        assert_eq!(accepted(EXACT, "http://LOCALHOST:8082/cb"), "http://localhost:8082/cb");
+        assert_eq!(accepted(EXACT, "http://127.0.0.1:8082/cb?x=1#f"), "http://127.0.0.1:8082/cb?x=1");
     }
 
     #[test]
@@ -1014,14 +883,10 @@ mod tests {
         let list = allowlist(&["https://api.example.org:8443/cb"]);
 
         assert_eq!(
-            list.check("https://api.example.org:8443/cb?x=1")
-                .map(|u| u.as_str().to_owned()),
+            list.check("https://api.example.org:8443/cb?x=1").map(|u| u.as_str().to_owned()),
             Ok("https://api.example.org:8443/cb?x=1".to_owned())
         );
-        assert_eq!(
-            list.check("https://api.example.org/cb"),
-            Err(Rejection::NotAllowed)
-        );
+        assert_eq!(list.check("https://api.example.org/cb"), Err(Rejection::NotAllowed));
     }
 
     #[test]
@@ -1035,16 +900,11 @@ mod tests {
     fn empty_allowlist_allows_nothing() {
         let list = allowlist(&[]);
         assert!(list.is_empty());
-        assert_eq!(
-            list.check("https://passport.example.com/"),
-            Err(Rejection::NotAllowed)
-        );
+        assert_eq!(list.check("https://passport.example.com/"), Err(Rejection::NotAllowed));
     }
 
     fn return_url(candidate: &str) -> ReturnUrl {
-        allowlist(EXACT)
-            .check(candidate)
-            .expect("candidate is allowed")
+        allowlist(EXACT).check(candidate).expect("candidate is allowed")
     }
 
     #[test]
@@ -1053,10 +913,7 @@ mod tests {
 
         let location = url.with_params(&[("code", "CODE"), ("state", "s1")]);
 
-        assert_eq!(
-            location.as_str(),
-            "https://passport.example.com/login/x?a=1&code=CODE&state=s1"
-        );
+        assert_eq!(location.as_str(), "https://passport.example.com/login/x?a=1&code=CODE&state=s1");
     }
 
     #[test]
@@ -1103,10 +960,7 @@ mod tests {
 
         let location = url.with_params(&[("code", "real"), ("state", "s")]);
 
-        assert_eq!(
-            location.as_str(),
-            "https://passport.example.com/login/?a=1&b&code=real&state=s"
-        );
+        assert_eq!(location.as_str(), "https://passport.example.com/login/?a=1&b&code=real&state=s");
     }
 
     #[test]
@@ -1115,19 +969,13 @@ mod tests {
 
         let location = url.with_params(&[("code", "real")]);
 
-        assert_eq!(
-            location.as_str(),
-            "https://passport.example.com/login/?code=real"
-        );
+        assert_eq!(location.as_str(), "https://passport.example.com/login/?code=real");
     }
 
     #[test]
     fn with_no_params_the_url_is_unchanged() {
         let url = return_url("https://passport.example.com/login/x");
-        assert_eq!(
-            url.with_params(&[]).as_str(),
-            "https://passport.example.com/login/x"
-        );
+        assert_eq!(url.with_params(&[]).as_str(), "https://passport.example.com/login/x");
     }
 
     #[test]
@@ -1174,11 +1022,7 @@ mod tests {
             NotAllowed,
         ];
         let mut codes: Vec<_> = all.iter().map(Rejection::code).collect();
-        assert!(
-            codes
-                .iter()
-                .all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
-        );
+        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')));
         assert_eq!(Userinfo.code(), "USERINFO_NOT_ALLOWED");
         codes.sort_unstable();
         codes.dedup();
@@ -1194,18 +1038,8 @@ mod tests {
 
     #[test]
     fn wildcard_over_a_single_label_is_too_broad() {
-        for pattern in [
-            "https://*.com/",
-            "http://*.localhost:8082/",
-            "https://*.127.0.0.1/",
-        ] {
-            assert!(
-                matches!(
-                    pattern_error(pattern),
-                    PatternError::WildcardTooBroad { .. }
-                ),
-                "{pattern}"
-            );
+        for pattern in ["https://*.com/", "http://*.localhost:8082/", "https://*.127.0.0.1/"] {
+            assert!(matches!(pattern_error(pattern), PatternError::WildcardTooBroad { .. }), "{pattern}");
         }
     }
 
@@ -1218,26 +1052,14 @@ mod tests {
             "https://a*.example.com/",
             "https://*/",
         ] {
-            assert!(
-                matches!(
-                    pattern_error(pattern),
-                    PatternError::MisplacedWildcard { .. }
-                ),
-                "{pattern}"
-            );
+            assert!(matches!(pattern_error(pattern), PatternError::MisplacedWildcard { .. }), "{pattern}");
         }
     }
 
     #[test]
     fn pattern_with_query_or_fragment_is_refused() {
-        for pattern in [
-            "https://passport.example.com/login/?a=1",
-            "https://passport.example.com/#x",
-        ] {
-            assert!(
-                matches!(pattern_error(pattern), PatternError::QueryOrFragment { .. }),
-                "{pattern}"
-            );
+        for pattern in ["https://passport.example.com/login/?a=1", "https://passport.example.com/#x"] {
+            assert!(matches!(pattern_error(pattern), PatternError::QueryOrFragment { .. }), "{pattern}");
         }
     }
 
@@ -1249,14 +1071,8 @@ mod tests {
             ("passport.example.com/login/", Rejection::NotAbsolute),
             ("https://passport.example.com./", Rejection::BadHost),
             ("https://pass%2eport.example.com/", Rejection::EncodedHost),
-            (
-                "https://passport.example.com/a b/",
-                Rejection::ControlOrWhitespace,
-            ),
-            (
-                "https://passport.example.com/a%2fb/",
-                Rejection::PathTraversal,
-            ),
+            ("https://passport.example.com/a b/", Rejection::ControlOrWhitespace),
+            ("https://passport.example.com/a%2fb/", Rejection::PathTraversal),
         ] {
             match pattern_error(pattern) {
                 PatternError::Malformed { reason, .. } => assert_eq!(reason, expected, "{pattern}"),
@@ -1275,22 +1091,10 @@ mod tests {
     #[test]
     fn non_canonical_pattern_is_refused_with_its_canonical_form() {
         for (pattern, canonical) in [
-            (
-                "https://b\u{FC}cher.example.com/",
-                "https://xn--bcher-kva.example.com/",
-            ),
-            (
-                "https://*.b\u{FC}cher.example/",
-                "https://*.xn--bcher-kva.example/",
-            ),
-            (
-                "https://passport.example.com/a/../b/",
-                "https://passport.example.com/b/",
-            ),
-            (
-                "https://passport.example.com:443/",
-                "https://passport.example.com/",
-            ),
+            ("https://b\u{FC}cher.example.com/", "https://xn--bcher-kva.example.com/"),
+            ("https://*.b\u{FC}cher.example/", "https://*.xn--bcher-kva.example/"),
+            ("https://passport.example.com/a/../b/", "https://passport.example.com/b/"),
+            ("https://passport.example.com:443/", "https://passport.example.com/"),
             ("http://2130706433:8082/", "http://127.0.0.1:8082/"),
             ("https://[0:0::1]/", "https://[::1]/"),
         ] {
@@ -1308,10 +1112,7 @@ mod tests {
         assert!(message.contains("too broad"), "{message}");
 
         let message = pattern_error("https://a.example.com/\n").to_string();
-        assert!(
-            message.contains("\\n"),
-            "control characters are escaped: {message}"
-        );
+        assert!(message.contains("\\n"), "control characters are escaped: {message}");
         assert!(message.contains("whitespace"), "{message}");
     }
 
@@ -1320,17 +1121,12 @@ mod tests {
         let list = allowlist(&["HTTPS://Passport.Example.com", "https://*.Example.ORG/cb"]);
         assert!(list.check("https://passport.example.com/anything").is_ok());
         assert!(list.check("https://a.example.org/cb/x").is_ok());
-        assert_eq!(
-            list.check("https://a.example.org/CB"),
-            Err(Rejection::NotAllowed)
-        );
+        assert_eq!(list.check("https://a.example.org/CB"), Err(Rejection::NotAllowed));
     }
 
     #[test]
     fn one_bad_pattern_fails_the_whole_list() {
         let result = Allowlist::parse(&["https://passport.example.com/", "https://*.com/"]);
-        assert!(
-            matches!(result, Err(PatternError::WildcardTooBroad { pattern }) if pattern == "https://*.com/")
-        );
+        assert!(matches!(result, Err(PatternError::WildcardTooBroad { pattern }) if pattern == "https://*.com/"));
     }
 }

@@ -332,13 +332,10 @@ impl Settings {
 
     /// Parses TOML text layered with an env provider, then validates.
     pub fn from_sources(toml: &str, env: Env) -> Result<Self, ConfigError> {
-        let raw: RawConfig = Figment::from(Toml::string(toml))
-            .merge(env)
-            .extract()
-            .map_err(|e| {
-                let key = e.path.join(".");
-                err(if key.is_empty() { "<root>".into() } else { key }, e.kind.to_string())
-            })?;
+        let raw: RawConfig = Figment::from(Toml::string(toml)).merge(env).extract().map_err(|e| {
+            let key = e.path.join(".");
+            err(if key.is_empty() { "<root>".into() } else { key }, e.kind.to_string())
+        })?;
         validate(raw)
     }
 
@@ -406,13 +403,19 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         if !is_name(&name) {
             return Err(err(key, "app names are 1..64 of [a-z0-9_-]"));
         }
-        if !(app.appid.starts_with("wx") && app.appid.len() == 18 && app.appid.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        if !(app.appid.starts_with("wx")
+            && app.appid.len() == 18
+            && app.appid.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
             return Err(err(format!("{key}.appid"), "a WeChat appid: `wx` and 16 letters or digits"));
         }
         let secret = read_secret(&key, "secret", app.secret, app.secret_file)?;
         if let Some(device) = app.default_for {
             if let Some(other) = device_defaults.insert(device, name.clone()) {
-                return Err(err(format!("{key}.default_for"), format!("{device:?} is already the default of app `{other}`")));
+                return Err(err(
+                    format!("{key}.default_for"),
+                    format!("{device:?} is already the default of app `{other}`"),
+                ));
             }
         }
         apps.insert(name.clone(), App { name, appid: app.appid, secret, kind: app.kind });
@@ -443,7 +446,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         if client.return_urls.is_empty() {
             return Err(err(format!("{key}.return_urls"), "at least one pattern"));
         }
-        let allowlist = Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
+        let allowlist =
+            Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
         clients.push(Client { name, key_sha256: digest, apps: client.apps.into_iter().collect(), allowlist });
     }
     if clients.is_empty() {
@@ -486,7 +490,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
 }
 
 fn is_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// An absolute base URL; production requires https and a non-loopback host.
@@ -513,15 +518,24 @@ fn parse_base(key: &str, value: &str, dev: bool) -> Result<Url, ConfigError> {
 }
 
 /// A secret given inline (env) or as a file (Secret mount), exactly one of them.
-fn read_secret(key: &str, field: &str, inline: Option<AppSecret>, file: Option<PathBuf>) -> Result<AppSecret, ConfigError> {
+fn read_secret(
+    key: &str,
+    field: &str,
+    inline: Option<AppSecret>,
+    file: Option<PathBuf>,
+) -> Result<AppSecret, ConfigError> {
     let secret = match (inline, file) {
         (Some(s), None) => s.secret().trim().to_owned(),
         (None, Some(path)) => std::fs::read_to_string(&path)
             .map_err(|e| err(format!("{key}.{field}_file"), format!("cannot read {}: {}", path.display(), e.kind())))?
             .trim()
             .to_owned(),
-        (Some(_), Some(_)) => return Err(err(format!("{key}.{field}"), format!("set `{field}` or `{field}_file`, not both"))),
-        (None, None) => return Err(err(format!("{key}.{field}"), format!("required (`{field}` from env, or `{field}_file`)"))),
+        (Some(_), Some(_)) => {
+            return Err(err(format!("{key}.{field}"), format!("set `{field}` or `{field}_file`, not both")));
+        }
+        (None, None) => {
+            return Err(err(format!("{key}.{field}"), format!("required (`{field}` from env, or `{field}_file`)")));
+        }
     };
     if secret.is_empty() {
         return Err(err(format!("{key}.{field}"), "is empty"));
@@ -532,16 +546,20 @@ fn read_secret(key: &str, field: &str, inline: Option<AppSecret>, file: Option<P
 fn load_keyring(inline: Option<String>, file: Option<PathBuf>, dev: bool) -> Result<Keyring, ConfigError> {
     let text = match (inline, file) {
         (Some(s), None) => s,
-        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
-            err("store.sealing_keys_file", format!("cannot read {}: {}", path.display(), e.kind()))
-        })?,
-        (Some(_), Some(_)) => return Err(err("store.sealing_keys", "set `sealing_keys` or `sealing_keys_file`, not both")),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| err("store.sealing_keys_file", format!("cannot read {}: {}", path.display(), e.kind())))?,
+        (Some(_), Some(_)) => {
+            return Err(err("store.sealing_keys", "set `sealing_keys` or `sealing_keys_file`, not both"));
+        }
         (None, None) if dev => {
             tracing::warn!("no sealing key configured: using a random one; records will not survive a restart");
             Keyring::generate_line(1)
         }
         (None, None) => {
-            return Err(err("store.sealing_keys_file", "required: lines of `<id>:<base64 32 bytes>` (`wxauth gen-key` makes one)"));
+            return Err(err(
+                "store.sealing_keys_file",
+                "required: lines of `<id>:<base64 32 bytes>` (`wxauth gen-key` makes one)",
+            ));
         }
     };
     Keyring::parse(&text).map_err(|e| err("store.sealing_keys", e.to_string()))

@@ -104,7 +104,9 @@ impl ApiError {
     pub fn errcode(&self) -> Option<i64> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => Some(u.errcode),
+            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => {
+                Some(u.errcode)
+            }
             ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref().map(|u| u.errcode),
             _ => None,
         }
@@ -161,7 +163,9 @@ impl ApiError {
             | ApiError::RateLimited(u)
             | ApiError::AppMisconfigured(u)
             | ApiError::Wechat(u) => Some(u),
-            ApiError::ReauthorizationRequired(u) | ApiError::ScopeNotGranted(u) | ApiError::WechatUnavailable(u) => u.as_ref(),
+            ApiError::ReauthorizationRequired(u) | ApiError::ScopeNotGranted(u) | ApiError::WechatUnavailable(u) => {
+                u.as_ref()
+            }
             _ => None,
         };
         if let Some(u) = upstream {

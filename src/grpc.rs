@@ -101,7 +101,11 @@ impl OAuthService {
         Ok(app)
     }
 
-    async fn build_authorize_url_inner(&self, client: &Client, req: proto::BuildAuthorizeUrlRequest) -> Result<proto::BuildAuthorizeUrlResponse, ApiError> {
+    async fn build_authorize_url_inner(
+        &self,
+        client: &Client,
+        req: proto::BuildAuthorizeUrlRequest,
+    ) -> Result<proto::BuildAuthorizeUrlResponse, ApiError> {
         let mut v = Violations::default();
         v.app(&req.app);
         let device = v.device(req.device, &req.app);
@@ -120,7 +124,8 @@ impl OAuthService {
         if !app.kind.allows(scope) {
             return Err(ApiError::invalid("scope", format!("{} is not a scope of this app's kind", scope.as_str())));
         }
-        let return_url = client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
+        let return_url =
+            client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
 
         let flow_id = crate::random_id(FLOW_ID_LEN);
         let now = self.clock.now_secs();
@@ -152,7 +157,11 @@ impl OAuthService {
         })
     }
 
-    async fn exchange_code_inner(&self, client: &Client, req: proto::ExchangeCodeRequest) -> Result<proto::ExchangeCodeResponse, ApiError> {
+    async fn exchange_code_inner(
+        &self,
+        client: &Client,
+        req: proto::ExchangeCodeRequest,
+    ) -> Result<proto::ExchangeCodeResponse, ApiError> {
         let mut v = Violations::default();
         v.app(&req.app);
         let device = v.device(req.device, &req.app);
@@ -181,7 +190,11 @@ impl OAuthService {
         })
     }
 
-    async fn refresh_token_inner(&self, client: &Client, req: proto::RefreshTokenRequest) -> Result<proto::RefreshTokenResponse, ApiError> {
+    async fn refresh_token_inner(
+        &self,
+        client: &Client,
+        req: proto::RefreshTokenRequest,
+    ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
         let stored = self.tokens.stored(app, &openid).await?;
         let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
@@ -192,14 +205,23 @@ impl OAuthService {
         })
     }
 
-    async fn get_user_info_inner(&self, client: &Client, req: proto::GetUserInfoRequest) -> Result<proto::GetUserInfoResponse, ApiError> {
+    async fn get_user_info_inner(
+        &self,
+        client: &Client,
+        req: proto::GetUserInfoRequest,
+    ) -> Result<proto::GetUserInfoResponse, ApiError> {
         let mut lang = Lang::default();
-        let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
+        let (app, openid) =
+            self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
         let profile = self.tokens.userinfo(app, &openid, lang).await?;
         Ok(proto::GetUserInfoResponse { user_info: Some(user_info(profile)) })
     }
 
-    async fn validate_token_inner(&self, client: &Client, req: proto::ValidateTokenRequest) -> Result<proto::ValidateTokenResponse, ApiError> {
+    async fn validate_token_inner(
+        &self,
+        client: &Client,
+        req: proto::ValidateTokenRequest,
+    ) -> Result<proto::ValidateTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
         let (record, rejected) = self.tokens.validate(app, &openid).await?;
         Ok(proto::ValidateTokenResponse {
@@ -233,27 +255,42 @@ impl OAuthService {
 #[tonic::async_trait]
 impl WeChatOAuthService for OAuthService {
     #[tracing::instrument(name = "rpc.BuildAuthorizeUrl", skip_all)]
-    async fn build_authorize_url(&self, request: Request<proto::BuildAuthorizeUrlRequest>) -> Result<Response<proto::BuildAuthorizeUrlResponse>, Status> {
+    async fn build_authorize_url(
+        &self,
+        request: Request<proto::BuildAuthorizeUrlRequest>,
+    ) -> Result<Response<proto::BuildAuthorizeUrlResponse>, Status> {
         self.run("BuildAuthorizeUrl", request, Self::build_authorize_url_inner).await
     }
 
     #[tracing::instrument(name = "rpc.ExchangeCode", skip_all)]
-    async fn exchange_code(&self, request: Request<proto::ExchangeCodeRequest>) -> Result<Response<proto::ExchangeCodeResponse>, Status> {
+    async fn exchange_code(
+        &self,
+        request: Request<proto::ExchangeCodeRequest>,
+    ) -> Result<Response<proto::ExchangeCodeResponse>, Status> {
         self.run("ExchangeCode", request, Self::exchange_code_inner).await
     }
 
     #[tracing::instrument(name = "rpc.RefreshToken", skip_all)]
-    async fn refresh_token(&self, request: Request<proto::RefreshTokenRequest>) -> Result<Response<proto::RefreshTokenResponse>, Status> {
+    async fn refresh_token(
+        &self,
+        request: Request<proto::RefreshTokenRequest>,
+    ) -> Result<Response<proto::RefreshTokenResponse>, Status> {
         self.run("RefreshToken", request, Self::refresh_token_inner).await
     }
 
     #[tracing::instrument(name = "rpc.GetUserInfo", skip_all)]
-    async fn get_user_info(&self, request: Request<proto::GetUserInfoRequest>) -> Result<Response<proto::GetUserInfoResponse>, Status> {
+    async fn get_user_info(
+        &self,
+        request: Request<proto::GetUserInfoRequest>,
+    ) -> Result<Response<proto::GetUserInfoResponse>, Status> {
         self.run("GetUserInfo", request, Self::get_user_info_inner).await
     }
 
     #[tracing::instrument(name = "rpc.ValidateToken", skip_all)]
-    async fn validate_token(&self, request: Request<proto::ValidateTokenRequest>) -> Result<Response<proto::ValidateTokenResponse>, Status> {
+    async fn validate_token(
+        &self,
+        request: Request<proto::ValidateTokenRequest>,
+    ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         self.run("ValidateToken", request, Self::validate_token_inner).await
     }
 }
@@ -272,7 +309,8 @@ impl Violations {
     }
 
     fn app(&mut self, app: &str) {
-        let valid = app.len() <= 64 && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let valid = app.len() <= 64
+            && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !valid {
             self.add("app", "at most 64 of [a-z0-9_-]");
         }

@@ -14,8 +14,8 @@ pub mod relay;
 pub mod secrets;
 pub mod sim;
 pub mod startup;
-pub mod telemetry;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod wechat;
 

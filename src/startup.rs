@@ -147,7 +147,8 @@ impl Application {
             }
         };
 
-        let health_task = tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
+        let health_task =
+            tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
 
         let grpc = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
@@ -213,7 +214,12 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps health and readiness in step with the store: SERVING while it answers.
-async fn watch_store(store: Store, reporter: HealthReporter, ready: Arc<AtomicBool>, stopped: impl Future<Output = ()>) {
+async fn watch_store(
+    store: Store,
+    reporter: HealthReporter,
+    ready: Arc<AtomicBool>,
+    stopped: impl Future<Output = ()>,
+) {
     tokio::pin!(stopped);
     let mut last = None;
     loop {

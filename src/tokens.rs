@@ -147,7 +147,12 @@ impl Tokens {
 
     /// Refreshes the user's token. `stale` is the token the caller saw: if the stored token
     /// already differs, someone refreshed since and that result is used instead.
-    pub async fn refresh(self: &Arc<Self>, app: &App, openid: &str, stale: Option<AccessToken>) -> Result<TokenRecord, ApiError> {
+    pub async fn refresh(
+        self: &Arc<Self>,
+        app: &App,
+        openid: &str,
+        stale: Option<AccessToken>,
+    ) -> Result<TokenRecord, ApiError> {
         let key = format!("{}\u{0}{openid}", app.name);
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,7 +174,12 @@ impl Tokens {
         flight.await
     }
 
-    async fn refresh_locked(&self, app: &App, openid: &str, stale: Option<AccessToken>) -> Result<TokenRecord, ApiError> {
+    async fn refresh_locked(
+        &self,
+        app: &App,
+        openid: &str,
+        stale: Option<AccessToken>,
+    ) -> Result<TokenRecord, ApiError> {
         let give_up = tokio::time::Instant::now() + LOCK_TTL;
         loop {
             if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
@@ -195,7 +205,12 @@ impl Tokens {
         }
     }
 
-    async fn refresh_holding_lock(&self, app: &App, openid: &str, stale: Option<&AccessToken>) -> Result<TokenRecord, ApiError> {
+    async fn refresh_holding_lock(
+        &self,
+        app: &App,
+        openid: &str,
+        stale: Option<&AccessToken>,
+    ) -> Result<TokenRecord, ApiError> {
         let record = self.stored(app, openid).await?;
         if is_newer(&record, stale) {
             self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -212,7 +227,8 @@ impl Tokens {
             Err(e) => return Err(ApiError::from_wechat(&e)),
         };
         let updated = self.apply_grant(record, grant);
-        let ttl = Duration::from_secs(u64::try_from(updated.refresh_expires_at - self.clock.now_secs()).unwrap_or(1).max(1));
+        let ttl =
+            Duration::from_secs(u64::try_from(updated.refresh_expires_at - self.clock.now_secs()).unwrap_or(1).max(1));
         self.store.put_token(&app.name, &updated, ttl).await?;
         Ok(updated)
     }

@@ -321,11 +321,8 @@ impl WechatClient {
     /// Refreshes an access token (no secret: WeChat's refresh takes none).
     #[tracing::instrument(name = "wechat.refresh_token", skip_all, fields(app = %app.name))]
     pub async fn refresh(&self, app: &App, refresh_token: &RefreshToken) -> Result<TokenGrant, WechatError> {
-        let query = [
-            ("appid", app.appid.as_str()),
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.secret()),
-        ];
+        let query =
+            [("appid", app.appid.as_str()), ("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
         self.call_retrying(Endpoint::RefreshToken, &query).await
     }
 
@@ -343,7 +340,11 @@ impl WechatClient {
         self.call_retrying::<serde_json::Value>(Endpoint::Auth, &query).await.map(|_| ())
     }
 
-    async fn call_retrying<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
+    async fn call_retrying<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+    ) -> Result<T, WechatError> {
         let mut attempt = 1;
         loop {
             match self.call(endpoint, query).await {
@@ -362,13 +363,8 @@ impl WechatClient {
     async fn call<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
         let url = format!("{}{}", base(&self.settings.api_base), endpoint.path());
         // `without_url`: the URL holds the secret, the code or a token.
-        let response = self
-            .http
-            .get(url)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| WechatError::Transport(e.without_url()))?;
+        let response =
+            self.http.get(url).query(query).send().await.map_err(|e| WechatError::Transport(e.without_url()))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(WechatError::Status(status.as_u16()));

@@ -87,11 +87,7 @@ impl Params {
 
     /// The value of the first `key`; `None` when it is absent or empty.
     pub(super) fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 
     fn require(&self, key: &str, missing: i64) -> Result<&str, i64> {
@@ -216,10 +212,7 @@ fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
         "headimgurl": user.headimgurl,
         "privilege": [],
     });
-    if core
-        .app(&grant.appid)
-        .is_some_and(|app| grant.gives_unionid(app))
-    {
+    if core.app(&grant.appid).is_some_and(|app| grant.gives_unionid(app)) {
         body["unionid"] = json!(unionid_of(core, &grant));
     }
     Ok(body)
@@ -243,6 +236,5 @@ fn live_grant(core: &Core, p: &Params) -> Result<Grant, i64> {
 }
 
 fn unionid_of(core: &Core, grant: &Grant) -> String {
-    core.user(grant.user)
-        .map_or_else(String::new, |u| state::unionid(&u.key))
+    core.user(grant.user).map_or_else(String::new, |u| state::unionid(&u.key))
 }

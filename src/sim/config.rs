@@ -162,10 +162,6 @@ pub struct Localized {
 impl Localized {
     /// Builds the three variants at once, for compact user tables.
     pub fn new(zh_cn: &str, zh_tw: &str, en: &str) -> Self {
-        Self {
-            zh_cn: zh_cn.into(),
-            zh_tw: zh_tw.into(),
-            en: en.into(),
-        }
+        Self { zh_cn: zh_cn.into(), zh_tw: zh_tw.into(), en: en.into() }
     }
 }

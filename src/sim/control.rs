@@ -40,14 +40,8 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order `/sim/calls` lists them.
-    pub const ALL: [Endpoint; 6] = [
-        Self::Authorize,
-        Self::QrConnect,
-        Self::AccessToken,
-        Self::RefreshToken,
-        Self::UserInfo,
-        Self::Auth,
-    ];
+    pub const ALL: [Endpoint; 6] =
+        [Self::Authorize, Self::QrConnect, Self::AccessToken, Self::RefreshToken, Self::UserInfo, Self::Auth];
 
     /// The endpoint's name in the `/sim` control API (`access_token`, `userinfo`, ...).
     pub fn name(self) -> &'static str {
@@ -156,8 +150,7 @@ impl Simulator {
             (Fault::Errcode(code), Answer::Json) => error_response(code),
             (Fault::Errcode(code), Answer::Html) => PageError::Upstream(code).into_response(),
             (Fault::HttpStatus(status), _) => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, format!("simulated HTTP {}", status.as_u16())).into_response()
             }
             (Fault::BadJson, Answer::Json) => (
@@ -264,10 +257,8 @@ async fn clear(State(sim): State<Simulator>) -> StatusCode {
 
 /// `GET /sim/calls`: `{"authorize": n, "qrconnect": n, "access_token": n, ...}`
 async fn calls(State(sim): State<Simulator>) -> Json<Value> {
-    let counts: Map<String, Value> = Endpoint::ALL
-        .into_iter()
-        .map(|e| (e.name().to_owned(), json!(sim.calls(e))))
-        .collect();
+    let counts: Map<String, Value> =
+        Endpoint::ALL.into_iter().map(|e| (e.name().to_owned(), json!(sim.calls(e)))).collect();
     Json(Value::Object(counts))
 }
 

@@ -75,12 +75,7 @@ impl fmt::Debug for Simulator {
 impl Simulator {
     /// Builds a simulator that knows `config`'s apps and users, with its clock at real time.
     pub fn new(config: SimConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                core: Core::new(config),
-                controls: Controls::default(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { core: Core::new(config), controls: Controls::default() }) }
     }
 
     /// Every page, `sns` endpoint and `/sim` control route, to serve or to nest.
@@ -100,9 +95,7 @@ impl Simulator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::debug!(addr = ?listener.local_addr().ok(), "WeChat simulator serving");
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
     }
 
     /// Starts a simulator on `127.0.0.1:<free port>` in a background task, for tests.
@@ -155,8 +148,7 @@ impl Simulator {
 
     /// The openid WeChat gives `user` in `appid`; `None` when either is unknown.
     pub fn openid(&self, appid: &str, user: &str) -> Option<String> {
-        let known =
-            self.core().app(appid).is_some() && self.core().users().iter().any(|u| u.key == user);
+        let known = self.core().app(appid).is_some() && self.core().users().iter().any(|u| u.key == user);
         known.then(|| state::openid(appid, user))
     }
 

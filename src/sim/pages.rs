@@ -103,21 +103,10 @@ impl IntoResponse for PageError {
         tracing::debug!(error = ?self, "simulated authorize error page");
         let (title, detail) = match self.errcode() {
             None => ("该链接无法访问".to_owned(), self.message().to_owned()),
-            Some(code) => (
-                "Oops! Something went wrong:(".to_owned(),
-                format!("{code} {}", self.message()),
-            ),
+            Some(code) => ("Oops! Something went wrong:(".to_owned(), format!("{code} {}", self.message())),
         };
-        layout(
-            &title,
-            "",
-            &format!(
-                "<h1>{}</h1><p class=\"err\">{}</p>",
-                escape(&title),
-                escape(&detail)
-            ),
-        )
-        .into_response()
+        layout(&title, "", &format!("<h1>{}</h1><p class=\"err\">{}</p>", escape(&title), escape(&detail)))
+            .into_response()
     }
 }
 
@@ -168,14 +157,8 @@ async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
 }
 
 /// The raw query's shape, as strictly as WeChat matches it, then the values.
-fn check_query<'a>(
-    core: &'a Core,
-    page: Page,
-    raw: &str,
-) -> Result<AuthorizeRequest<'a>, PageError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
-        .into_owned()
-        .collect();
+fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<AuthorizeRequest<'a>, PageError> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
     if pairs.len() < REQUIRED_KEYS.len() {
         return Err(PageError::BadLink);
     }
@@ -184,9 +167,7 @@ fn check_query<'a>(
         return Err(PageError::BadLink);
     }
     for (i, (key, value)) in optional.iter().enumerate() {
-        let known = page
-            .optional_params()
-            .contains(&(key.as_str(), value.as_str()));
+        let known = page.optional_params().contains(&(key.as_str(), value.as_str()));
         let repeated = optional[..i].iter().any(|(k, _)| k == key);
         if !known || repeated {
             return Err(PageError::BadLink);
@@ -217,20 +198,8 @@ fn check<'a>(
     if app.kind != page.kind() {
         return Err(PageError::ScopeNotAllowed);
     }
-    let scope = app
-        .kind
-        .scopes()
-        .iter()
-        .copied()
-        .find(|s| *s == scope)
-        .ok_or(PageError::ScopeNotAllowed)?;
-    Ok(AuthorizeRequest {
-        app,
-        redirect_uri: redirect_uri.to_owned(),
-        redirect,
-        scope,
-        state: state.to_owned(),
-    })
+    let scope = app.kind.scopes().iter().copied().find(|s| *s == scope).ok_or(PageError::ScopeNotAllowed)?;
+    Ok(AuthorizeRequest { app, redirect_uri: redirect_uri.to_owned(), redirect, scope, state: state.to_owned() })
 }
 
 /// WeChat's callback-domain rule: an http(s) URL whose host is exactly the configured domain
@@ -260,12 +229,7 @@ fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html
             ("decision", decision),
         ]
         .iter()
-        .map(|(name, value)| {
-            format!(
-                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-                escape(value)
-            )
-        })
+        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value)))
         .collect::<String>()
     };
     let users: String = core
@@ -312,14 +276,7 @@ fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html
 fn confirm(sim: &Simulator, page: Page, body: &[u8]) -> Response {
     let form = Params::parse(body);
     let field = |name| form.get(name).unwrap_or("");
-    let request = match check(
-        sim.core(),
-        page,
-        field("appid"),
-        field("redirect_uri"),
-        field("scope"),
-        field("state"),
-    ) {
+    let request = match check(sim.core(), page, field("appid"), field("redirect_uri"), field("scope"), field("state")) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
@@ -370,10 +327,7 @@ fn found(location: &str) -> Response {
 fn double_callback_page(first: &str, second: &str) -> Html<String> {
     layout(
         "微信授权",
-        &format!(
-            "<noscript><meta http-equiv=\"refresh\" content=\"0;url={}\"></noscript>",
-            escape(second)
-        ),
+        &format!("<noscript><meta http-equiv=\"refresh\" content=\"0;url={}\"></noscript>", escape(second)),
         &format!(
             "<p>正在返回……</p><p><a id=\"continue\" href=\"{href}\">继续</a></p>\
              <script>(async function () {{\
@@ -419,8 +373,5 @@ fn escape(text: &str) -> String {
 
 /// A JavaScript string literal that is also safe inside `<script>`.
 fn js_string(text: &str) -> String {
-    serde_json::Value::from(text)
-        .to_string()
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
+    serde_json::Value::from(text).to_string().replace('<', "\\u003c").replace('>', "\\u003e")
 }

@@ -90,11 +90,7 @@ pub(super) struct Core {
 impl Core {
     pub(super) fn new(config: SimConfig) -> Self {
         Self {
-            apps: config
-                .apps
-                .into_iter()
-                .map(|app| (app.appid.clone(), app))
-                .collect(),
+            apps: config.apps.into_iter().map(|app| (app.appid.clone(), app)).collect(),
             users: config.users,
             started: Instant::now(),
             offset_nanos: AtomicU64::new(0),
@@ -110,11 +106,7 @@ impl Core {
     pub(super) fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // The closure always returns Some, so this cannot fail.
-        let _ = self
-            .offset_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(by))
-            });
+        let _ = self.offset_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(by)));
     }
 
     pub(super) fn app(&self, appid: &str) -> Option<&SimApp> {
@@ -136,38 +128,24 @@ impl Core {
     /// Checks that `user` may give `scope` to `appid`, as the consent page and
     /// `Simulator::authorize` both require.
     pub(super) fn grant(&self, appid: &str, user: &str, scope: &str) -> Result<Grant, SimError> {
-        let app = self
-            .app(appid)
-            .ok_or_else(|| SimError::UnknownApp(appid.to_owned()))?;
+        let app = self.app(appid).ok_or_else(|| SimError::UnknownApp(appid.to_owned()))?;
         let scope = app
             .kind
             .scopes()
             .iter()
             .copied()
             .find(|s| *s == scope)
-            .ok_or_else(|| SimError::ScopeNotAllowed {
-                appid: appid.to_owned(),
-                scope: scope.to_owned(),
-            })?;
-        let index = self
-            .user_index(user)
-            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+            .ok_or_else(|| SimError::ScopeNotAllowed { appid: appid.to_owned(), scope: scope.to_owned() })?;
+        let index = self.user_index(user).ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
         if self.users[index].snapshot && scope != "snsapi_base" {
             return Err(SimError::SnapshotNeedsBase(user.to_owned()));
         }
-        Ok(Grant {
-            appid: app.appid.clone(),
-            kind: app.kind,
-            user: index,
-            scope,
-        })
+        Ok(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope })
     }
 
     /// The openid WeChat gives this user in this app.
     pub(super) fn openid_of(&self, grant: &Grant) -> String {
-        self.users
-            .get(grant.user)
-            .map_or_else(String::new, |u| openid(&grant.appid, &u.key))
+        self.users.get(grant.user).map_or_else(String::new, |u| openid(&grant.appid, &u.key))
     }
 
     fn lock(&self) -> MutexGuard<'_, Records> {
@@ -179,14 +157,7 @@ impl Core {
         let code = random_alphanumeric(32);
         let issued = self.now();
         let mut records = self.lock();
-        records.codes.insert(
-            code.clone(),
-            CodeRecord {
-                grant,
-                issued,
-                used: false,
-            },
-        );
+        records.codes.insert(code.clone(), CodeRecord { grant, issued, used: false });
         records.note_issued(issued);
         code
     }
@@ -196,11 +167,7 @@ impl Core {
     pub(super) fn redeem_code(&self, appid: &str, code: &str) -> Result<Issued, i64> {
         let now = self.now();
         let mut records = self.lock();
-        let record = records
-            .codes
-            .get_mut(code)
-            .filter(|r| r.grant.appid == appid)
-            .ok_or(errcode::INVALID_CODE)?;
+        let record = records.codes.get_mut(code).filter(|r| r.grant.appid == appid).ok_or(errcode::INVALID_CODE)?;
         if record.used {
             return Err(errcode::CODE_USED);
         }
@@ -212,27 +179,13 @@ impl Core {
         let grant = record.grant.clone();
         let access_token = random_token();
         let refresh_token = random_token();
-        records.access.insert(
-            access_token.clone(),
-            AccessRecord {
-                grant: grant.clone(),
-                issued: now,
-            },
-        );
+        records.access.insert(access_token.clone(), AccessRecord { grant: grant.clone(), issued: now });
         records.refresh.insert(
             refresh_token.clone(),
-            RefreshRecord {
-                grant: grant.clone(),
-                issued: now,
-                access_token: access_token.clone(),
-            },
+            RefreshRecord { grant: grant.clone(), issued: now, access_token: access_token.clone() },
         );
         records.note_issued(now);
-        Ok(Issued {
-            access_token,
-            refresh_token,
-            grant,
-        })
+        Ok(Issued { access_token, refresh_token, grant })
     }
 
     /// Replaces the access token of a refresh token of `appid`: 40030 unknown or another
@@ -252,29 +205,16 @@ impl Core {
         let old = std::mem::replace(&mut record.access_token, access_token.clone());
         let grant = record.grant.clone();
         records.access.remove(&old);
-        records.access.insert(
-            access_token.clone(),
-            AccessRecord {
-                grant: grant.clone(),
-                issued: now,
-            },
-        );
+        records.access.insert(access_token.clone(), AccessRecord { grant: grant.clone(), issued: now });
         records.note_issued(now);
-        Ok(Issued {
-            access_token,
-            refresh_token: refresh_token.to_owned(),
-            grant,
-        })
+        Ok(Issued { access_token, refresh_token: refresh_token.to_owned(), grant })
     }
 
     /// What a live access token grants: 40014 unknown (or replaced), 42001 expired.
     pub(super) fn access(&self, access_token: &str) -> Result<Grant, i64> {
         let now = self.now();
         let records = self.lock();
-        let record = records
-            .access
-            .get(access_token)
-            .ok_or(errcode::INVALID_ACCESS_TOKEN)?;
+        let record = records.access.get(access_token).ok_or(errcode::INVALID_ACCESS_TOKEN)?;
         if now.saturating_sub(record.issued) > ACCESS_LIFE {
             return Err(errcode::ACCESS_TOKEN_EXPIRED);
         }
@@ -290,10 +230,8 @@ impl Records {
             return;
         }
         self.issued_since_sweep = 0;
-        let alive =
-            |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
-        self.codes
-            .retain(|_, r| alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs())));
+        let alive = |issued: Duration, life: Duration| now.saturating_sub(issued) <= life + FORGET_AFTER;
+        self.codes.retain(|_, r| alive(r.issued, Duration::from_secs(r.grant.kind.code_life_secs())));
         self.access.retain(|_, r| alive(r.issued, ACCESS_LIFE));
         self.refresh.retain(|_, r| alive(r.issued, REFRESH_LIFE));
     }
@@ -315,11 +253,7 @@ fn digest_b64(input: &str) -> String {
 }
 
 fn random_alphanumeric(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// 80 characters of `[A-Za-z0-9_-]`, like WeChat's web access and refresh tokens.
@@ -332,10 +266,5 @@ fn random_token() -> String {
 /// WeChat's request-id hint, `xxxxxxxx-xxxxxxxx-xxxxxxxx` in hex.
 pub(super) fn random_rid() -> String {
     let bytes: [u8; 12] = rand::rng().random();
-    format!(
-        "{}-{}-{}",
-        hex::encode(&bytes[..4]),
-        hex::encode(&bytes[4..8]),
-        hex::encode(&bytes[8..])
-    )
+    format!("{}-{}-{}", hex::encode(&bytes[..4]), hex::encode(&bytes[4..8]), hex::encode(&bytes[8..]))
 }

@@ -28,15 +28,8 @@ async fn spawn() -> TestSim {
 
 async fn spawn_with(config: SimConfig) -> TestSim {
     let (sim, addr) = Simulator::spawn_local(config).await.unwrap();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    TestSim {
-        sim,
-        base: format!("http://{addr}"),
-        http,
-    }
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestSim { sim, base: format!("http://{addr}"), http }
 }
 
 /// A config with one official account on `auth.example.com`, optionally not unionid-bound.
@@ -87,29 +80,18 @@ fn location(response: &reqwest::Response) -> String {
 /// The value of `name=` in a URL query (codes and states are alphanumeric).
 fn query_value(url: &str, name: &str) -> String {
     let (_, query) = url.split_once('?').unwrap();
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-        .unwrap()
-        .to_owned()
+    query.split('&').find_map(|pair| pair.strip_prefix(&format!("{name}="))).unwrap().to_owned()
 }
 
 impl TestSim {
     async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
 
     async fn page(&self, path: &str) -> String {
         let response = self.get(path).await;
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/html; charset=utf-8"
-        );
+        assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
         response.text().await.unwrap()
     }
 
@@ -120,12 +102,7 @@ impl TestSim {
     }
 
     async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .form(fields)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(format!("{}{path}", self.base)).form(fields).send().await.unwrap()
     }
 
     async fn exchange(&self, appid: &str, secret: &str, code: &str) -> Value {
@@ -195,32 +172,17 @@ fn is_bad_link(page: &str) -> bool {
 async fn consent_page_offers_users_with_allow_and_deny_forms() {
     let t = spawn().await;
 
-    let page = t
-        .page(&oauth2(MP, CALLBACK, "snsapi_userinfo", "abc123"))
-        .await;
+    let page = t.page(&oauth2(MP, CALLBACK, "snsapi_userinfo", "abc123")).await;
 
-    assert!(
-        page.contains("<button type=\"submit\" id=\"allow\">"),
-        "{page}"
-    );
-    assert!(
-        page.contains("<button type=\"submit\" id=\"deny\">"),
-        "{page}"
-    );
-    assert_eq!(
-        page.matches("<form method=\"post\" action=\"/connect/oauth2/authorize/confirm\">")
-            .count(),
-        2
-    );
-    assert!(page.contains(
-        "<input type=\"radio\" name=\"user\" value=\"alice\" checked> Alice 爱丽丝</label>"
-    ));
+    assert!(page.contains("<button type=\"submit\" id=\"allow\">"), "{page}");
+    assert!(page.contains("<button type=\"submit\" id=\"deny\">"), "{page}");
+    assert_eq!(page.matches("<form method=\"post\" action=\"/connect/oauth2/authorize/confirm\">").count(), 2);
+    assert!(page.contains("<input type=\"radio\" name=\"user\" value=\"alice\" checked> Alice 爱丽丝</label>"));
     assert!(page.contains("<input type=\"radio\" name=\"user\" value=\"bob\"> Bob</label>"));
+    assert!(!page.contains("value=\"snap\""), "snapshot users only get snsapi_base");
     assert!(
-        !page.contains("value=\"snap\""),
-        "snapshot users only get snsapi_base"
+        page.contains("<input type=\"hidden\" name=\"redirect_uri\" value=\"http://127.0.0.1:8080/wechat/callback\">")
     );
-    assert!(page.contains("<input type=\"hidden\" name=\"redirect_uri\" value=\"http://127.0.0.1:8080/wechat/callback\">"));
     assert!(page.contains("<input type=\"hidden\" name=\"state\" value=\"abc123\">"));
 }
 
@@ -239,24 +201,16 @@ async fn malformed_authorize_links_show_the_unreachable_link_page() {
     let cb = enc(CALLBACK);
     let long_state = "a".repeat(129);
     let cases = [
-        format!(
-            "/connect/oauth2/authorize?redirect_uri={cb}&appid={MP}&response_type=code&scope=snsapi_base&state=s"
-        ),
-        format!(
-            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&scope=snsapi_base&response_type=code&state=s"
-        ),
-        format!(
-            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base"
-        ),
+        format!("/connect/oauth2/authorize?redirect_uri={cb}&appid={MP}&response_type=code&scope=snsapi_base&state=s"),
+        format!("/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&scope=snsapi_base&response_type=code&state=s"),
+        format!("/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base"),
         format!(
             "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&state=t"
         ),
         format!(
             "/connect/oauth2/authorize?appid={MP}&appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s"
         ),
-        format!(
-            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=token&scope=snsapi_base&state=s"
-        ),
+        format!("/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=token&scope=snsapi_base&state=s"),
         format!(
             "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state={long_state}"
         ),
@@ -309,9 +263,7 @@ async fn optional_parameters_are_accepted_in_either_order_after_state() {
 async fn unknown_appid_shows_10016() {
     let t = spawn().await;
 
-    let page = t
-        .page(&oauth2("wx0000000000000000", CALLBACK, "snsapi_base", "s"))
-        .await;
+    let page = t.page(&oauth2("wx0000000000000000", CALLBACK, "snsapi_base", "s")).await;
 
     assert!(page.contains("10016 appid参数错误"), "{page}");
     assert!(!page.contains("id=\"allow\""));
@@ -333,18 +285,12 @@ async fn redirect_uri_off_the_callback_domain_shows_10003() {
         "not a url",
         "",
     ];
-    let accepted = [
-        "https://auth.example.com/wechat/callback",
-        "http://auth.example.com:8443/x?y=1",
-        "https://AUTH.example.com/",
-    ];
+    let accepted =
+        ["https://auth.example.com/wechat/callback", "http://auth.example.com:8443/x?y=1", "https://AUTH.example.com/"];
 
     for uri in rejected {
         let page = t.page(&oauth2(app, uri, "snsapi_base", "s")).await;
-        assert!(
-            page.contains("10003 redirect_uri域名与后台配置不一致"),
-            "{uri}: {page}"
-        );
+        assert!(page.contains("10003 redirect_uri域名与后台配置不一致"), "{uri}: {page}");
     }
     for uri in accepted {
         let page = t.page(&oauth2(app, uri, "snsapi_base", "s")).await;
@@ -440,30 +386,12 @@ async fn consent_forms_are_checked_again() {
         ]
     };
 
-    let evil = t
-        .post_form(
-            confirm,
-            &form("https://evil.com/", "snsapi_base", "alice", "allow"),
-        )
-        .await;
-    let nobody = t
-        .post_form(confirm, &form(CALLBACK, "snsapi_base", "mallory", "allow"))
-        .await;
-    let snap = t
-        .post_form(confirm, &form(CALLBACK, "snsapi_userinfo", "snap", "allow"))
-        .await;
-    let login = t
-        .post_form(confirm, &form(CALLBACK, "snsapi_login", "alice", "allow"))
-        .await;
-    let undecided = t
-        .post_form(confirm, &form(CALLBACK, "snsapi_base", "alice", "maybe"))
-        .await;
-    let website = t
-        .post_form(
-            "/connect/qrconnect/confirm",
-            &form(CALLBACK, "snsapi_base", "alice", "allow"),
-        )
-        .await;
+    let evil = t.post_form(confirm, &form("https://evil.com/", "snsapi_base", "alice", "allow")).await;
+    let nobody = t.post_form(confirm, &form(CALLBACK, "snsapi_base", "mallory", "allow")).await;
+    let snap = t.post_form(confirm, &form(CALLBACK, "snsapi_userinfo", "snap", "allow")).await;
+    let login = t.post_form(confirm, &form(CALLBACK, "snsapi_login", "alice", "allow")).await;
+    let undecided = t.post_form(confirm, &form(CALLBACK, "snsapi_base", "alice", "maybe")).await;
+    let website = t.post_form("/connect/qrconnect/confirm", &form(CALLBACK, "snsapi_base", "alice", "allow")).await;
     let empty = t.post_form(confirm, &[]).await;
 
     assert!(evil.text().await.unwrap().contains("10003"));
@@ -482,10 +410,7 @@ async fn consent_page_escapes_what_it_echoes() {
 
     let page = t.page(&oauth2(MP, uri, "snsapi_base", "s")).await;
 
-    assert!(
-        !page.contains("<script>") && !page.contains("<b>"),
-        "{page}"
-    );
+    assert!(!page.contains("<script>") && !page.contains("<b>"), "{page}");
     assert!(page.contains("value=\"http://127.0.0.1:8080/cb?x=&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;y=&lt;b&gt;\""), "{page}");
 }
 
@@ -505,13 +430,13 @@ async fn double_callback_page_fetches_the_first_code_then_lands_on_the_second() 
     let first = query_value(&url_after("fetch(\""), "code");
     let second = query_value(&url_after("location.replace(\""), "code");
     assert_ne!(first, second);
-    assert!(page.contains(&format!("await fetch(\"{CALLBACK}?code={first}&state=st8\", {{credentials: \"include\", mode: \"no-cors\"}})")), "{page}");
     assert!(
         page.contains(&format!(
-            "location.replace(\"{CALLBACK}?code={second}&state=st8\")"
+            "await fetch(\"{CALLBACK}?code={first}&state=st8\", {{credentials: \"include\", mode: \"no-cors\"}})"
         )),
         "{page}"
     );
+    assert!(page.contains(&format!("location.replace(\"{CALLBACK}?code={second}&state=st8\")")), "{page}");
     assert!(page.contains(&format!("<noscript><meta http-equiv=\"refresh\" content=\"0;url={CALLBACK}?code={second}&amp;state=st8\"></noscript>")), "{page}");
     for code in [&first, &second] {
         assert_eq!(errcode(&t.exchange(MP, MP_SECRET, code).await), 0);
@@ -521,9 +446,7 @@ async fn double_callback_page_fetches_the_first_code_then_lands_on_the_second() 
 #[tokio::test]
 async fn qr_login_page_issues_a_login_code_with_unionid() {
     let t = spawn().await;
-    let page = t
-        .page(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "q1"))
-        .await;
+    let page = t.page(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "q1")).await;
     assert!(page.contains("action=\"/connect/qrconnect/confirm\""));
     let form = [
         ("appid", WEB),
@@ -556,10 +479,7 @@ async fn code_exchange_answers_tokens_in_wechats_shape() {
     let refresh = token["refresh_token"].as_str().unwrap();
     for t in [access, refresh] {
         assert_eq!(t.len(), 80);
-        assert!(
-            t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     }
     assert_ne!(access, refresh);
     assert_eq!(
@@ -621,64 +541,16 @@ async fn code_exchange_checks_parameters_in_wechats_order() {
     let web_code = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
     let q = |s: &str| format!("/sns/oauth2/access_token?{s}");
     let cases = [
-        (
-            q(&format!(
-                "secret={MP_SECRET}&code={code}&grant_type=authorization_code"
-            )),
-            41002,
-        ),
-        (
-            q(&format!(
-                "appid=&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
-            )),
-            41002,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&code={code}&grant_type=authorization_code"
-            )),
-            41004,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&secret={MP_SECRET}&grant_type=authorization_code"
-            )),
-            41008,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&secret={MP_SECRET}&code={code}&grant_type=client_credential"
-            )),
-            40002,
-        ),
-        (
-            q(&format!("appid={MP}&secret={MP_SECRET}&code={code}")),
-            40002,
-        ),
-        (
-            q(&format!(
-                "appid=wx0000000000000000&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
-            )),
-            40013,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&secret=wrong&code={code}&grant_type=authorization_code"
-            )),
-            40125,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&secret={MP_SECRET}&code=nosuchcode&grant_type=authorization_code"
-            )),
-            40029,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&secret={MP_SECRET}&code={web_code}&grant_type=authorization_code"
-            )),
-            40029,
-        ),
+        (q(&format!("secret={MP_SECRET}&code={code}&grant_type=authorization_code")), 41002),
+        (q(&format!("appid=&secret={MP_SECRET}&code={code}&grant_type=authorization_code")), 41002),
+        (q(&format!("appid={MP}&code={code}&grant_type=authorization_code")), 41004),
+        (q(&format!("appid={MP}&secret={MP_SECRET}&grant_type=authorization_code")), 41008),
+        (q(&format!("appid={MP}&secret={MP_SECRET}&code={code}&grant_type=client_credential")), 40002),
+        (q(&format!("appid={MP}&secret={MP_SECRET}&code={code}")), 40002),
+        (q(&format!("appid=wx0000000000000000&secret={MP_SECRET}&code={code}&grant_type=authorization_code")), 40013),
+        (q(&format!("appid={MP}&secret=wrong&code={code}&grant_type=authorization_code")), 40125),
+        (q(&format!("appid={MP}&secret={MP_SECRET}&code=nosuchcode&grant_type=authorization_code")), 40029),
+        (q(&format!("appid={MP}&secret={MP_SECRET}&code={web_code}&grant_type=authorization_code")), 40029),
     ];
 
     for (path, expected) in &cases {
@@ -696,25 +568,14 @@ async fn unionid_comes_only_with_userinfo_or_login_scopes_of_bound_apps() {
     let base = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
     let userinfo = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
     let login = t.login(WEB, WEB_SECRET, "alice", "snsapi_login").await;
-    let not_bound = unbound
-        .login("wx1111111111111111", "s3cret", "alice", "snsapi_userinfo")
-        .await;
+    let not_bound = unbound.login("wx1111111111111111", "s3cret", "alice", "snsapi_userinfo").await;
 
     assert!(base.get("unionid").is_none(), "{base}");
     assert_eq!(userinfo["unionid"], json!(t.sim.unionid("alice")));
     assert_eq!(login["unionid"], json!(t.sim.unionid("alice")));
     assert!(not_bound.get("unionid").is_none(), "{not_bound}");
-    assert!(
-        unbound
-            .userinfo(&not_bound, "")
-            .await
-            .get("unionid")
-            .is_none()
-    );
-    assert_eq!(
-        t.userinfo(&userinfo, "").await["unionid"],
-        json!(t.sim.unionid("alice"))
-    );
+    assert!(unbound.userinfo(&not_bound, "").await.get("unionid").is_none());
+    assert_eq!(t.userinfo(&userinfo, "").await["unionid"], json!(t.sim.unionid("alice")));
 }
 
 #[tokio::test]
@@ -796,35 +657,12 @@ async fn refresh_checks_its_parameters() {
     let rt = token["refresh_token"].as_str().unwrap();
     let q = |s: &str| format!("/sns/oauth2/refresh_token?{s}");
     let cases = [
-        (
-            q(&format!("grant_type=refresh_token&refresh_token={rt}")),
-            41002,
-        ),
+        (q(&format!("grant_type=refresh_token&refresh_token={rt}")), 41002),
         (q(&format!("appid={MP}&grant_type=refresh_token")), 41003),
-        (
-            q(&format!(
-                "appid={MP}&grant_type=authorization_code&refresh_token={rt}"
-            )),
-            40002,
-        ),
-        (
-            q(&format!(
-                "appid=wx0000000000000000&grant_type=refresh_token&refresh_token={rt}"
-            )),
-            40013,
-        ),
-        (
-            q(&format!(
-                "appid={MP}&grant_type=refresh_token&refresh_token=nosuchtoken"
-            )),
-            40030,
-        ),
-        (
-            q(&format!(
-                "appid={WEB}&grant_type=refresh_token&refresh_token={rt}"
-            )),
-            40030,
-        ),
+        (q(&format!("appid={MP}&grant_type=authorization_code&refresh_token={rt}")), 40002),
+        (q(&format!("appid=wx0000000000000000&grant_type=refresh_token&refresh_token={rt}")), 40013),
+        (q(&format!("appid={MP}&grant_type=refresh_token&refresh_token=nosuchtoken")), 40030),
+        (q(&format!("appid={WEB}&grant_type=refresh_token&refresh_token={rt}")), 40030),
     ];
 
     for (path, expected) in &cases {
@@ -872,22 +710,10 @@ async fn userinfo_speaks_the_asked_language() {
         })
     };
 
-    assert_eq!(
-        t.userinfo(&token, "").await,
-        profile("广东", "深圳", "中国")
-    );
-    assert_eq!(
-        t.userinfo(&token, "&lang=zh_CN").await,
-        profile("广东", "深圳", "中国")
-    );
-    assert_eq!(
-        t.userinfo(&token, "&lang=zh_TW").await,
-        profile("廣東", "深圳", "中國")
-    );
-    assert_eq!(
-        t.userinfo(&token, "&lang=en").await,
-        profile("Guangdong", "Shenzhen", "CN")
-    );
+    assert_eq!(t.userinfo(&token, "").await, profile("广东", "深圳", "中国"));
+    assert_eq!(t.userinfo(&token, "&lang=zh_CN").await, profile("广东", "深圳", "中国"));
+    assert_eq!(t.userinfo(&token, "&lang=zh_TW").await, profile("廣東", "深圳", "中國"));
+    assert_eq!(t.userinfo(&token, "&lang=en").await, profile("Guangdong", "Shenzhen", "CN"));
     assert_error(&t.userinfo(&token, "&lang=fr").await, 40033);
 }
 
@@ -904,19 +730,10 @@ async fn userinfo_and_auth_check_token_and_openid() {
         let cases = [
             (format!("{endpoint}?openid={openid}"), 41001),
             (format!("{endpoint}?access_token=&openid={openid}"), 41001),
-            (
-                format!("{endpoint}?access_token=nosuchtoken&openid={openid}"),
-                40014,
-            ),
+            (format!("{endpoint}?access_token=nosuchtoken&openid={openid}"), 40014),
             (format!("{endpoint}?access_token={access}"), 41009),
-            (
-                format!("{endpoint}?access_token={access}&openid={bob}"),
-                40003,
-            ),
-            (
-                format!("{endpoint}?access_token={access}&openid={other_app}"),
-                40003,
-            ),
+            (format!("{endpoint}?access_token={access}&openid={bob}"), 40003),
+            (format!("{endpoint}?access_token={access}&openid={other_app}"), 40003),
         ];
         for (path, expected) in &cases {
             assert_error(&t.json(path).await, *expected);
@@ -949,22 +766,15 @@ async fn errcode_fault_comes_before_normal_processing() {
     t.sim.inject(Endpoint::AccessToken, Fault::Errcode(-1), 1);
 
     assert_error(&t.exchange(MP, MP_SECRET, &code).await, -1);
-    assert_eq!(
-        errcode(&t.exchange(MP, MP_SECRET, &code).await),
-        0,
-        "the faulted call did not spend the code"
-    );
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0, "the faulted call did not spend the code");
 }
 
 #[tokio::test]
 async fn http_status_fault_answers_that_status() {
     let t = spawn().await;
-    t.sim
-        .inject(Endpoint::RefreshToken, Fault::HttpStatus(502), 1);
+    t.sim.inject(Endpoint::RefreshToken, Fault::HttpStatus(502), 1);
 
-    let response = t
-        .get(&format!("/sns/oauth2/refresh_token?appid={MP}"))
-        .await;
+    let response = t.get(&format!("/sns/oauth2/refresh_token?appid={MP}")).await;
 
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(response.text().await.unwrap(), "simulated HTTP 502");
@@ -987,8 +797,7 @@ async fn bad_json_fault_answers_a_truncated_body() {
 async fn delay_fault_waits_then_answers_normally() {
     let t = spawn().await;
     let token = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
-    t.sim
-        .inject(Endpoint::Auth, Fault::Delay(Duration::from_millis(150)), 1);
+    t.sim.inject(Endpoint::Auth, Fault::Delay(Duration::from_millis(150)), 1);
 
     let started = Instant::now();
     let answer = t.auth(&token).await;
@@ -1027,14 +836,11 @@ async fn clear_faults_drops_queued_faults() {
 #[tokio::test]
 async fn call_counter_counts_every_request_including_faulted_ones() {
     let t = spawn().await;
-    t.sim
-        .inject(Endpoint::AccessToken, Fault::HttpStatus(500), 1);
+    t.sim.inject(Endpoint::AccessToken, Fault::HttpStatus(500), 1);
 
     t.get(&oauth2(MP, CALLBACK, "snsapi_base", "s")).await;
-    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s"))
-        .await;
-    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s"))
-        .await;
+    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")).await;
+    t.get(&page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")).await;
     t.get("/sns/oauth2/access_token").await;
     t.get("/sns/oauth2/access_token?appid=x").await;
     t.get("/sns/userinfo").await;
@@ -1050,18 +856,10 @@ async fn control_api_advances_the_clock() {
     let t = spawn().await;
     let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
 
-    let response = t
-        .http
-        .post(format!("{}/sim/clock/advance?secs=301", t.base))
-        .send()
-        .await
-        .unwrap();
+    let response = t.http.post(format!("{}/sim/clock/advance?secs=301", t.base)).send().await.unwrap();
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({"advanced_secs": 301})
-    );
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"advanced_secs": 301}));
     assert_error(&t.exchange(MP, MP_SECRET, &code).await, 42003);
 }
 
@@ -1082,19 +880,10 @@ async fn control_api_injects_each_fault_kind_and_clears_them() {
         async move { request.send().await.unwrap().status() }
     };
 
-    assert_eq!(
-        inject(json!({"errcode": 45011})).await,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        inject(json!({"http_status": 502})).await,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(inject(json!({"errcode": 45011})).await, StatusCode::NO_CONTENT);
+    assert_eq!(inject(json!({"http_status": 502})).await, StatusCode::NO_CONTENT);
     assert_eq!(inject(json!("bad_json")).await, StatusCode::NO_CONTENT);
-    assert_eq!(
-        inject(json!({"delay_ms": 100})).await,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(inject(json!({"delay_ms": 100})).await, StatusCode::NO_CONTENT);
 
     assert_error(&t.json(&auth_path).await, 45011);
     assert_eq!(t.get(&auth_path).await.status(), StatusCode::BAD_GATEWAY);
@@ -1104,12 +893,7 @@ async fn control_api_injects_each_fault_kind_and_clears_them() {
     assert!(started.elapsed() >= Duration::from_millis(100));
 
     inject(json!({"errcode": -1})).await;
-    let cleared = t
-        .http
-        .delete(format!("{}/sim/faults", t.base))
-        .send()
-        .await
-        .unwrap();
+    let cleared = t.http.delete(format!("{}/sim/faults", t.base)).send().await.unwrap();
     assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
     assert_eq!(errcode(&t.json(&auth_path).await), 0);
 }
@@ -1132,26 +916,16 @@ async fn control_api_reports_calls_per_endpoint() {
 #[tokio::test]
 async fn control_api_switches_double_callback() {
     let t = spawn().await;
-    let switch = |on: &str| {
-        t.http
-            .post(format!("{}/sim/double_callback?on={on}", t.base))
-            .send()
-    };
+    let switch = |on: &str| t.http.post(format!("{}/sim/double_callback?on={on}", t.base)).send();
 
     let on = switch("true").await.unwrap();
     let double = t.decide("oauth2/authorize", "allow", CALLBACK).await;
     let off = switch("false").await.unwrap();
     let single = t.decide("oauth2/authorize", "allow", CALLBACK).await;
 
-    assert_eq!(
-        on.json::<Value>().await.unwrap(),
-        json!({"double_callback": true})
-    );
+    assert_eq!(on.json::<Value>().await.unwrap(), json!({"double_callback": true}));
     assert_eq!(double.status(), StatusCode::OK);
-    assert_eq!(
-        off.json::<Value>().await.unwrap(),
-        json!({"double_callback": false})
-    );
+    assert_eq!(off.json::<Value>().await.unwrap(), json!({"double_callback": false}));
     assert_eq!(single.status(), StatusCode::FOUND);
 }
 
@@ -1159,11 +933,7 @@ async fn control_api_switches_double_callback() {
 async fn control_api_rejects_what_it_cannot_act_on() {
     let t = spawn().await;
     let post = |path: &str, body: &str| {
-        t.http
-            .post(format!("{}{path}", t.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
+        t.http.post(format!("{}{path}", t.base)).header("content-type", "application/json").body(body.to_owned()).send()
     };
     let cases = [
         ("/sim/clock/advance", ""),
@@ -1172,10 +942,7 @@ async fn control_api_rejects_what_it_cannot_act_on() {
         ("/sim/double_callback?on=yes", ""),
         ("/sim/faults", "not json"),
         ("/sim/faults", r#"{"endpoint":"nope","fault":"bad_json"}"#),
-        (
-            "/sim/faults",
-            r#"{"endpoint":"auth","fault":{"http_status":42}}"#,
-        ),
+        ("/sim/faults", r#"{"endpoint":"auth","fault":{"http_status":42}}"#),
         ("/sim/faults", r#"{"endpoint":"auth","fault":"explode"}"#),
     ];
 
@@ -1193,32 +960,17 @@ async fn control_api_rejects_what_it_cannot_act_on() {
 async fn authorize_refuses_what_the_consent_page_refuses() {
     let t = spawn().await;
 
-    assert_eq!(
-        t.sim.authorize("wxnope", "alice", "snsapi_base"),
-        Err(SimError::UnknownApp("wxnope".into()))
-    );
-    assert_eq!(
-        t.sim.authorize(MP, "mallory", "snsapi_base"),
-        Err(SimError::UnknownUser("mallory".into()))
-    );
+    assert_eq!(t.sim.authorize("wxnope", "alice", "snsapi_base"), Err(SimError::UnknownApp("wxnope".into())));
+    assert_eq!(t.sim.authorize(MP, "mallory", "snsapi_base"), Err(SimError::UnknownUser("mallory".into())));
     assert_eq!(
         t.sim.authorize(MP, "alice", "snsapi_login"),
-        Err(SimError::ScopeNotAllowed {
-            appid: MP.into(),
-            scope: "snsapi_login".into()
-        })
+        Err(SimError::ScopeNotAllowed { appid: MP.into(), scope: "snsapi_login".into() })
     );
     assert_eq!(
         t.sim.authorize(WEB, "alice", "snsapi_userinfo"),
-        Err(SimError::ScopeNotAllowed {
-            appid: WEB.into(),
-            scope: "snsapi_userinfo".into()
-        })
+        Err(SimError::ScopeNotAllowed { appid: WEB.into(), scope: "snsapi_userinfo".into() })
     );
-    assert_eq!(
-        t.sim.authorize(MP, "snap", "snsapi_userinfo"),
-        Err(SimError::SnapshotNeedsBase("snap".into()))
-    );
+    assert_eq!(t.sim.authorize(MP, "snap", "snsapi_userinfo"), Err(SimError::SnapshotNeedsBase("snap".into())));
     let code = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
     assert_eq!(code.len(), 32);
 }
@@ -1262,50 +1014,21 @@ fn demo_config_has_the_documented_apps_and_users() {
     let apps: Vec<_> = config
         .apps
         .iter()
-        .map(|a| {
-            (
-                a.appid.as_str(),
-                a.secret.as_str(),
-                a.kind,
-                a.callback_domain.as_str(),
-                a.unionid_bound,
-            )
-        })
+        .map(|a| (a.appid.as_str(), a.secret.as_str(), a.kind, a.callback_domain.as_str(), a.unionid_bound))
         .collect();
-    let users: Vec<_> = config
-        .users
-        .iter()
-        .map(|u| (u.key.as_str(), u.sex, u.snapshot))
-        .collect();
+    let users: Vec<_> = config.users.iter().map(|u| (u.key.as_str(), u.sex, u.snapshot)).collect();
 
     assert_eq!(
         apps,
         [
-            (
-                "wxd0000000000000a1",
-                "demo-mp-secret",
-                SimAppKind::OfficialAccount,
-                "127.0.0.1:8080",
-                true
-            ),
-            (
-                "wxd0000000000000b2",
-                "demo-web-secret",
-                SimAppKind::Website,
-                "127.0.0.1:8080",
-                true
-            ),
+            ("wxd0000000000000a1", "demo-mp-secret", SimAppKind::OfficialAccount, "127.0.0.1:8080", true),
+            ("wxd0000000000000b2", "demo-web-secret", SimAppKind::Website, "127.0.0.1:8080", true),
         ]
     );
-    assert_eq!(
-        users,
-        [("alice", 2, false), ("bob", 1, false), ("snap", 0, true)]
-    );
+    assert_eq!(users, [("alice", 2, false), ("bob", 1, false), ("snap", 0, true)]);
     assert!(config.users[2].headimgurl.is_empty());
     assert!(
-        config.users[0]
-            .headimgurl
-            .starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")
+        config.users[0].headimgurl.starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")
             && config.users[0].headimgurl.ends_with("/132")
     );
 }
@@ -1316,9 +1039,7 @@ async fn garbage_input_gets_errcodes_not_failures() {
     let huge = "x".repeat(30_000);
     let paths = [
         "/sns/oauth2/access_token?%FF=%FE&appid=%00".to_owned(),
-        format!(
-            "/sns/oauth2/access_token?appid={MP}&secret={MP_SECRET}&code={huge}&grant_type=authorization_code"
-        ),
+        format!("/sns/oauth2/access_token?appid={MP}&secret={MP_SECRET}&code={huge}&grant_type=authorization_code"),
         format!("/sns/oauth2/refresh_token?appid={huge}&grant_type=refresh_token&refresh_token=a"),
         format!("/sns/userinfo?access_token={huge}&openid=%E4%B8&lang=%FF"),
         "/sns/auth?access_token&openid&&&==".to_owned(),
@@ -1328,14 +1049,7 @@ async fn garbage_input_gets_errcodes_not_failures() {
         let body = t.json(path).await;
         assert!(errcode(&body) > 0, "{body}");
     }
-    let page = t
-        .page(&oauth2(
-            MP,
-            &format!("http://127.0.0.1:8080/{huge}"),
-            "snsapi_base",
-            "s",
-        ))
-        .await;
+    let page = t.page(&oauth2(MP, &format!("http://127.0.0.1:8080/{huge}"), "snsapi_base", "s")).await;
     assert!(page.contains("id=\"allow\""));
 }
 

@@ -34,10 +34,17 @@ use crate::secrets::{AccessToken, AuthCode, RefreshToken};
 /// missing (and counted), never as an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis did not answer (down, timeout, connection refused, cluster down).
+    /// Redis answered with an error or the connection failed (refused, reset, cluster down).
     #[error("store unavailable")]
     Unavailable(#[source] ::redis::RedisError),
+    /// Redis did not answer within the operation timeout (also while reconnecting).
+    #[error("store did not answer within {0:?}")]
+    Timeout(Duration),
 }
+
+/// The longest any one store operation may take, reconnection included: a dead Redis must
+/// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A user's tokens as kept server-side. `Debug` shows no token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,7 +149,10 @@ macro_rules! call {
     ($self:expr, $method:ident ( $($arg:expr),* )) => {
         match &$self.inner.backend {
             Backend::Memory(b) => Ok(b.$method($($arg),*)),
-            Backend::Redis(b) => b.$method($($arg),*).await.map_err(StoreError::Unavailable),
+            Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, b.$method($($arg),*)).await {
+                Ok(result) => result.map_err(StoreError::Unavailable),
+                Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+            },
         }
     };
 }
@@ -155,7 +165,10 @@ impl Store {
 
     /// A Redis store: one URL for a single node, several for a Cluster.
     pub async fn redis(urls: &[String], keys: Keyring, prefix: &str) -> Result<Self, StoreError> {
-        let backend = RedisBackend::connect(urls).await.map_err(StoreError::Unavailable)?;
+        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect(urls))
+            .await
+            .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
+            .map_err(StoreError::Unavailable)?;
         Ok(Self::with(Backend::Redis(backend), keys, prefix))
     }
 
@@ -199,12 +212,7 @@ impl Store {
     }
 
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
-        let opened = self
-            .inner
-            .keys
-            .open(key, sealed)
-            .ok()
-            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        let opened = self.inner.keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok());
         if opened.is_none() {
             self.inner.unopenable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
@@ -251,7 +259,12 @@ impl Store {
     }
 
     /// Claims the exchange of `code` for `ttl`, or returns what another exchange left.
-    pub async fn claim_exchange(&self, app: &str, code: &AuthCode, ttl: Duration) -> Result<Option<ExchangeEntry>, StoreError> {
+    pub async fn claim_exchange(
+        &self,
+        app: &str,
+        code: &AuthCode,
+        ttl: Duration,
+    ) -> Result<Option<ExchangeEntry>, StoreError> {
         let key = self.code_key(app, code);
         let sealed = self.seal(&key, &ExchangeEntry::Pending);
         if call!(self, set_nx(&key, &sealed, ttl))? {
@@ -268,7 +281,13 @@ impl Store {
     }
 
     /// Records the result of the exchange of `code` for the rest of the code's life.
-    pub async fn finish_exchange(&self, app: &str, code: &AuthCode, outcome: &ExchangeOutcome, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn finish_exchange(
+        &self,
+        app: &str,
+        code: &AuthCode,
+        outcome: &ExchangeOutcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.code_key(app, code);
         let sealed = self.seal(&key, &ExchangeEntry::Done(outcome.clone()));
         call!(self, set(&key, &sealed, ttl))
@@ -294,8 +313,5 @@ impl Store {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock"]
-        .into_iter()
-        .find(|kind| key.contains(&format!(":{kind}:")))
-        .unwrap_or("other")
+    ["tok", "flow", "code", "lock"].into_iter().find(|kind| key.contains(&format!(":{kind}:"))).unwrap_or("other")
 }

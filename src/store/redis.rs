@@ -63,7 +63,12 @@ impl RedisBackend {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(RESPONSE_TIMEOUT)
                     .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_number_of_retries(2);
+                    // redis-rs passes `factor` to backon as the exponential base over a 1 s
+                    // minimum delay; its default (100) means a 100 s wait on the second retry,
+                    // which left a restarted Redis unused for minutes. Retry every second.
+                    .set_factor(2)
+                    .set_max_delay(1000)
+                    .set_number_of_retries(3);
                 Conn::Single(ConnectionManager::new_with_config(client, config).await?)
             }
             many => {
@@ -74,11 +79,7 @@ impl RedisBackend {
                 Conn::Cluster(client.get_async_connection().await?)
             }
         };
-        Ok(Self {
-            conn,
-            get_and_cut: Script::new(GET_AND_CUT_TTL),
-            del_if_eq: Script::new(DEL_IF_EQ),
-        })
+        Ok(Self { conn, get_and_cut: Script::new(GET_AND_CUT_TTL), del_if_eq: Script::new(DEL_IF_EQ) })
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
@@ -100,8 +101,7 @@ impl RedisBackend {
     }
 
     pub(super) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> RedisResult<()> {
-        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl)))
-            .await
+        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(millis(ttl))).await
     }
 
     pub(super) async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> RedisResult<bool> {

@@ -83,19 +83,14 @@ impl Keyring {
     /// Parses `<id>:<base64 key>` items, one per line or comma-separated; blank lines and
     /// `#` comments are skipped. This is the format of the sealing-keys Secret.
     pub fn parse(text: &str) -> Result<Self, KeyringError> {
-        let items = text
-            .split(['\n', ','])
-            .map(str::trim)
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        let items =
+            text.split(['\n', ',']).map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
         let mut keys = Vec::new();
         for (index, item) in items {
             let malformed = KeyringError::Malformed { line: index + 1 };
             let (id, b64) = item.split_once(':').ok_or(malformed.clone())?;
             let id: u8 = id.trim().parse().map_err(|_| malformed.clone())?;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|_| malformed.clone())?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| malformed.clone())?;
             let raw: [u8; 32] = raw.try_into().map_err(|_| malformed)?;
             keys.push(SealingKey::new(id, &raw));
         }
@@ -116,10 +111,7 @@ impl Keyring {
         rand::rng().fill_bytes(&mut nonce);
         let payload = Payload { msg: plain, aad: name.as_bytes() };
         // AES-GCM encryption fails only for inputs beyond 64 GiB; records are kilobytes.
-        let sealed = key
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), payload)
-            .unwrap_or_default();
+        let sealed = key.cipher.encrypt(Nonce::from_slice(&nonce), payload).unwrap_or_default();
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.push(key.id);
         out.extend_from_slice(&nonce);
@@ -176,7 +168,7 @@ mod tests {
     #[test]
     fn rotation_seals_with_the_first_key_and_opens_with_any() {
         let (old, new) = (Keyring::generate_line(1), Keyring::generate_line(2));
-        let before = ring(&[old.clone()]);
+        let before = ring(std::slice::from_ref(&old));
         let after = ring(&[new.clone(), old]);
         let sealed_before = before.seal("k", b"v1");
         let sealed_after = after.seal("k", b"v2");
@@ -189,15 +181,9 @@ mod tests {
     #[test]
     fn malformed_keyrings_are_refused_without_echoing_key_material() {
         assert_eq!(Keyring::parse("").map(|_| ()), Err(KeyringError::Empty));
-        assert_eq!(
-            Keyring::parse("1:c2hvcnQ=").map(|_| ()),
-            Err(KeyringError::Malformed { line: 1 })
-        );
+        assert_eq!(Keyring::parse("1:c2hvcnQ=").map(|_| ()), Err(KeyringError::Malformed { line: 1 }));
         let line = Keyring::generate_line(3);
-        assert_eq!(
-            Keyring::parse(&format!("{line}\n{line}")).map(|_| ()),
-            Err(KeyringError::DuplicateId(3))
-        );
+        assert_eq!(Keyring::parse(&format!("{line}\n{line}")).map(|_| ()), Err(KeyringError::DuplicateId(3)));
         let err = Keyring::parse("300:abc").map(|_| ()).unwrap_err().to_string();
         assert!(!err.contains("abc"));
     }

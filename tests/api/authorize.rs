@@ -5,7 +5,7 @@ use tonic_types::StatusExt as _;
 use wxauth::proto::{BuildAuthorizeUrlRequest, Device, Scope};
 
 use crate::both_backends;
-use crate::helpers::{Backend, CALLBACK_HOST, MP_APPID, TRADE_KEY, authed, reason, spawn_app, metadata};
+use crate::helpers::{Backend, CALLBACK_HOST, MP_APPID, TRADE_KEY, authed, metadata, reason, spawn_app};
 
 fn request(return_url: &str) -> BuildAuthorizeUrlRequest {
     BuildAuthorizeUrlRequest {
@@ -19,7 +19,13 @@ fn request(return_url: &str) -> BuildAuthorizeUrlRequest {
 
 async fn the_url_follows_wechats_order_and_the_simulator_accepts_it(backend: Backend) {
     let app = spawn_app(backend).await;
-    let response = app.grpc.clone().build_authorize_url(app.req(request("https://passport.example.com/login/done"))).await.expect("ok").into_inner();
+    let response = app
+        .grpc
+        .clone()
+        .build_authorize_url(app.req(request("https://passport.example.com/login/done")))
+        .await
+        .expect("ok")
+        .into_inner();
 
     let flow = &response.flow_id;
     assert_eq!(flow.len(), 22);
@@ -51,7 +57,11 @@ async fn device_picks_the_default_app_and_force_popup_is_passed(backend: Backend
     assert_eq!(response.app, "web");
     assert_eq!(response.scope, Scope::SnsapiLogin as i32);
     assert!(response.authorize_url.contains("/connect/qrconnect?appid=wxd0000000000000b2&"));
-    assert!(response.authorize_url.ends_with(&format!("&scope=snsapi_login&state={}&forcePopup=true#wechat_redirect", response.flow_id)));
+    assert!(
+        response
+            .authorize_url
+            .ends_with(&format!("&scope=snsapi_login&state={}&forcePopup=true#wechat_redirect", response.flow_id))
+    );
     let page = app.http.get(&response.authorize_url).send().await.expect("sim").text().await.expect("body");
     assert!(page.contains("id=\"allow\""), "{page}");
 }
@@ -67,7 +77,13 @@ async fn an_unspecified_scope_is_silent_for_official_accounts(backend: Backend) 
 
 async fn return_urls_off_the_allowlist_are_denied(backend: Backend) {
     let app = spawn_app(backend).await;
-    for url in ["https://evil.com/", "https://passport.example.com@evil.com/", "https://example.com/", "http://passport.example.com/login/", "//evil.com"] {
+    for url in [
+        "https://evil.com/",
+        "https://passport.example.com@evil.com/",
+        "https://example.com/",
+        "http://passport.example.com/login/",
+        "//evil.com",
+    ] {
         let status = app.grpc.clone().build_authorize_url(app.req(request(url))).await.expect_err(url);
         assert_eq!(status.code(), Code::PermissionDenied, "{url}");
         assert_eq!(reason(&status), "RETURN_URL_NOT_ALLOWED", "{url}");
@@ -75,7 +91,12 @@ async fn return_urls_off_the_allowlist_are_denied(backend: Backend) {
         assert!(!status.message().contains("evil"), "the message does not echo input");
     }
     // Another client's allowlist is its own.
-    let status = app.grpc.clone().build_authorize_url(authed(TRADE_KEY, request("https://passport.example.com/login/"))).await.expect_err("trade");
+    let status = app
+        .grpc
+        .clone()
+        .build_authorize_url(authed(TRADE_KEY, request("https://passport.example.com/login/")))
+        .await
+        .expect_err("trade");
     assert_eq!(reason(&status), "RETURN_URL_NOT_ALLOWED");
 }
 
@@ -114,7 +135,8 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
     let status = app.grpc.clone().build_authorize_url(app.req(req)).await.expect_err("invalid");
     assert_eq!((status.code(), reason(&status).as_str()), (Code::InvalidArgument, "INVALID_ARGUMENT"));
     let details = status.get_error_details();
-    let mut fields: Vec<_> = details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
+    let mut fields: Vec<_> =
+        details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
     fields.sort();
     assert_eq!(fields, ["app", "device", "return_url", "scope", "state"]);
 

@@ -31,7 +31,8 @@ async fn a_thousand_callers_on_two_replicas_make_one_refresh() {
     assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
     assert_eq!(sim.calls(Endpoint::RefreshToken), 1, "exactly one refresh reached WeChat");
     assert_eq!(sim.calls(Endpoint::UserInfo), 1000);
-    let upstream = |app: &crate::helpers::TestApp| app.tokens.stats.upstream_calls.load(std::sync::atomic::Ordering::Relaxed);
+    let upstream =
+        |app: &crate::helpers::TestApp| app.tokens.stats.upstream_calls.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(upstream(&a) + upstream(&b), 1);
 }
 

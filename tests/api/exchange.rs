@@ -36,7 +36,8 @@ async fn a_base_code_has_no_unionid_and_snapshot_users_are_flagged(backend: Back
 async fn include_user_info_returns_the_profile_in_the_asked_language(backend: Backend) {
     let app = spawn_app(backend).await;
     let code = app.code(WEB_APPID, "alice", "snsapi_login");
-    let request = ExchangeCodeRequest { app: "web".into(), code, include_user_info: true, lang: Lang::En as i32, device: 0 };
+    let request =
+        ExchangeCodeRequest { app: "web".into(), code, include_user_info: true, lang: Lang::En as i32, device: 0 };
     let got = app.grpc.clone().exchange_code(app.req(request)).await.expect("exchange").into_inner();
     let profile = got.user_info.expect("profile");
     assert_eq!(profile.openid, got.openid);

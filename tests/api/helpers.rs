@@ -188,7 +188,7 @@ pub struct TestApp {
     pub redis: Option<Arc<tokio::sync::Mutex<RedisServer>>>,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for TestApp {

@@ -26,7 +26,10 @@ async fn the_code_goes_to_the_stored_return_url_with_the_callers_state(backend: 
     let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
     let response = app.callback(&format!("code={code}&state={flow}")).await;
     assert_eq!(response.status(), 302);
-    assert_eq!(location(&response), format!("https://passport.example.com/login/done?from=app&code={code}&state=csrf+1%262"));
+    assert_eq!(
+        location(&response),
+        format!("https://passport.example.com/login/done?from=app&code={code}&state=csrf+1%262")
+    );
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(response.headers()["referrer-policy"], "no-referrer");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::Code;
 
-use crate::helpers::{RedisServer, TestApp, reason, spawn_app_with, spawn_settings, spawn_sim, settings, test_keyring};
+use crate::helpers::{RedisServer, TestApp, reason, settings, spawn_app_with, spawn_settings, spawn_sim, test_keyring};
 
 async fn raw(app: &TestApp, key: &str) -> Vec<u8> {
     let mut conn = app.redis.as_ref().expect("redis").lock().await.conn().await;
@@ -78,7 +78,11 @@ async fn a_rotated_keyring_opens_old_records_and_seals_new_ones_with_the_new_key
     new.user_info(&login.openid).await.expect("old record opens");
     new.grpc
         .clone()
-        .refresh_token(new.req(wxauth::proto::RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 }))
+        .refresh_token(new.req(wxauth::proto::RefreshTokenRequest {
+            app: "mp".into(),
+            openid: login.openid.clone(),
+            device: 0,
+        }))
         .await
         .expect("refresh rewrites the record");
     assert_eq!(raw(&new, &key).await[0], 2, "re-sealed with the new key");

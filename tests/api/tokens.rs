@@ -12,8 +12,10 @@ use crate::helpers::{Backend, metadata, reason, spawn_app};
 async fn get_user_info_uses_the_stored_token(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_userinfo").await;
-    let request = GetUserInfoRequest { app: "mp".into(), openid: login.openid.clone(), lang: Lang::ZhTw as i32, device: 0 };
-    let profile = app.grpc.clone().get_user_info(app.req(request)).await.expect("ok").into_inner().user_info.expect("profile");
+    let request =
+        GetUserInfoRequest { app: "mp".into(), openid: login.openid.clone(), lang: Lang::ZhTw as i32, device: 0 };
+    let profile =
+        app.grpc.clone().get_user_info(app.req(request)).await.expect("ok").into_inner().user_info.expect("profile");
     assert_eq!(profile.openid, login.openid);
     assert_eq!(profile.unionid, login.unionid);
     assert_eq!(profile.country, "中國");
