@@ -333,7 +333,13 @@ impl Settings {
     /// Parses TOML text layered with an env provider, then validates.
     pub fn from_sources(toml: &str, env: Env) -> Result<Self, ConfigError> {
         let raw: RawConfig = Figment::from(Toml::string(toml)).merge(env).extract().map_err(|e| {
-            let key = e.path.join(".");
+            let mut path = e.path.clone();
+            match &e.kind {
+                figment::error::Kind::MissingField(field) => path.push(field.to_string()),
+                figment::error::Kind::UnknownField(field, _) if path.last() != Some(field) => path.push(field.clone()),
+                _ => {}
+            }
+            let key = path.join(".");
             err(if key.is_empty() { "<root>".into() } else { key }, e.kind.to_string())
         })?;
         validate(raw)
@@ -563,4 +569,101 @@ fn load_keyring(inline: Option<String>, file: Option<PathBuf>, dev: bool) -> Res
         }
     };
     Keyring::parse(&text).map_err(|e| err("store.sealing_keys", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn base(overrides: &str) -> String {
+        format!(
+            r#"
+[server]
+callback_url = "https://auth.example.com/wechat/callback"
+[store]
+url = "redis://redis:6379/0"
+sealing_keys = "{keys}"
+[apps.mp]
+kind = "official_account"
+appid = "wx0123456789abcdef"
+secret = "s3cret"
+default_for = "MOBILE"
+[clients.passport]
+key_sha256 = "{KEY}"
+apps = ["mp"]
+return_urls = ["https://passport.example.com/login/"]
+{overrides}
+"#,
+            keys = Keyring::generate_line(1)
+        )
+    }
+
+    fn key_of(toml: &str) -> String {
+        Settings::from_toml(toml).map(|_| ()).expect_err("invalid").key
+    }
+
+    #[test]
+    fn a_production_config_validates_with_defaults() {
+        let settings = Settings::from_toml(&base("")).expect("valid");
+        assert_eq!(settings.mode, Mode::Production);
+        assert_eq!(settings.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(settings.flow_ttl, Duration::from_secs(600));
+        assert_eq!(settings.store, StoreBackend::Redis(vec!["redis://redis:6379/0".into()]));
+        assert_eq!(settings.resolve_app("", Some(Device::Mobile)).map(|a| a.name.as_str()), Some("mp"));
+        assert!(settings.resolve_app("", Some(Device::Pc)).is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key_at_fault() {
+        assert_eq!(
+            key_of(&base("").replace("callback_url = \"https://auth.example.com/wechat/callback\"", "")),
+            "server.callback_url"
+        );
+        assert_eq!(key_of(&base("").replace("wx0123456789abcdef", "nope")), "apps.mp.appid");
+        assert_eq!(key_of(&base("").replace("apps = [\"mp\"]", "apps = [\"web\"]")), "clients.passport.apps");
+        assert_eq!(
+            key_of(&base("").replace("passport.example.com/login/", "passport.example.com@evil")),
+            "clients.passport.return_urls"
+        );
+        assert_eq!(key_of(&base("").replace("secret = \"s3cret\"", "")), "apps.mp.secret");
+        assert_eq!(key_of(&base("[flow]\nttl = \"10s\"")), "flow.ttl");
+        assert_eq!(key_of(&base("[flow]\ngrace = \"forever\"")), "flow.grace");
+        assert_eq!(key_of(&base("").replacen("[server]\n", "[server]\nbogus = 1\n", 1)), "server.bogus");
+    }
+
+    #[test]
+    fn production_refuses_dev_settings() {
+        let demo_key = hex::encode(key_digest(DEV_CLIENT_KEY));
+        assert_eq!(key_of(&base("").replace(KEY, &demo_key)), "clients.passport.key_sha256");
+        let sim = base("[wechat]\napi_base = \"http://127.0.0.1:8081\"");
+        assert_eq!(key_of(&sim), "wechat.api_base");
+        let loopback = base("[wechat]\nopen_base = \"https://localhost:8081\"");
+        assert_eq!(key_of(&loopback), "wechat.open_base");
+        assert!(Settings::from_toml(&format!("mode = \"development\"\n{sim}")).is_ok());
+    }
+
+    #[test]
+    fn secret_values_never_reach_error_messages() {
+        let toml = base("").replace("secret = \"s3cret\"", "secret = \"s3cret\"\nsecret_file = \"/nonexistent\"");
+        let err = Settings::from_toml(&toml).map(|_| ()).expect_err("both");
+        assert!(!err.to_string().contains("s3cret"));
+        let debug = format!("{:?}", Settings::from_toml(&base("")).expect("valid"));
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn env_overrides_the_file_with_double_underscore_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXAUTH_STORE__URL", "redis://other:6380/1");
+            jail.set_env("WXAUTH_APPS__MP__SECRET", "from-env");
+            let settings = Settings::from_sources(&base(""), Env::prefixed("WXAUTH_").split("__").ignore(&["config"]))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(settings.store, StoreBackend::Redis(vec!["redis://other:6380/1".into()]));
+            assert_eq!(settings.apps["mp"].secret.secret(), "from-env");
+            Ok(())
+        });
+    }
 }
