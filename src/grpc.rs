@@ -17,6 +17,7 @@ use crate::error::{ApiError, FieldViolation};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
 use crate::store::{Flow, Store};
+use crate::telemetry::{self, Metrics};
 use crate::tokens::Tokens;
 use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
 
@@ -38,13 +39,21 @@ pub struct OAuthService {
     wechat: WechatClient,
     tokens: Arc<Tokens>,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl OAuthService {
     /// Builds the service over shared parts.
-    pub fn new(settings: Arc<Settings>, store: Store, wechat: WechatClient, tokens: Arc<Tokens>, clock: Clock) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        wechat: WechatClient,
+        tokens: Arc<Tokens>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let clients = settings.clients.iter().enumerate().map(|(i, c)| (c.key_sha256, i)).collect();
-        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock }
+        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock, metrics }
     }
 
     /// The client whose key the `authorization: Bearer <key>` metadata carries.
@@ -66,6 +75,8 @@ impl OAuthService {
         request: Request<Req>,
         body: impl AsyncFnOnce(&Self, &Client, Req) -> Result<Res, ApiError>,
     ) -> Result<Response<Res>, Status> {
+        telemetry::adopt_remote_parent(request.metadata());
+        let started = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata());
         let result = match self.authenticate(request.metadata()) {
             Ok(client) => {
@@ -77,13 +88,16 @@ impl OAuthService {
             }
             Err(e) => Err(e),
         };
-        match result {
-            Ok(response) => Ok(Response::new(response)),
+        let code = match &result {
+            Ok(_) => "OK",
             Err(error) => {
                 tracing::info!(method, reason = error.reason(), errcode = error.errcode(), "rpc failed");
-                Err(error.to_status())
+                code_name(error.code())
             }
-        }
+        };
+        self.metrics.rpc_requests.with_label_values(&[method, code]).inc();
+        self.metrics.rpc_duration.with_label_values(&[method, code]).observe(started.elapsed().as_secs_f64());
+        result.map(Response::new).map_err(|e| e.to_status())
     }
 
     /// The app a request names (or its device's default), if this client may use it.
@@ -356,6 +370,30 @@ impl Violations {
                 Lang::ZhCn
             }
         }
+    }
+}
+
+/// The canonical gRPC code name, as gRPC's own metrics spell it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -34,7 +34,8 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Settings::load(path)?,
         None => wxauth::dev::settings()?,
     };
-    wxauth::telemetry::init(settings.log_json);
+    // Kept to the end of `serve`: dropping it flushes buffered spans.
+    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log_json))?;
     if config.is_none() {
         start_dev_simulator().await?;
     }
@@ -62,7 +63,7 @@ async fn start_dev_simulator() -> anyhow::Result<()> {
 }
 
 async fn run_sim(addr: &str) -> anyhow::Result<()> {
-    wxauth::telemetry::init(false);
+    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(false))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
     tracing::info!(%addr, "WeChat simulator listening");
     wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo()).serve(listener, shutdown_signal()).await?;

@@ -16,6 +16,7 @@ use axum::routing::get;
 use crate::allowlist::ReturnUrl;
 use crate::config::Settings;
 use crate::store::{FlowUse, Store};
+use crate::telemetry::Metrics;
 
 /// The callback path, the only route of the public listener.
 pub const CALLBACK_PATH: &str = "/wechat/callback";
@@ -27,12 +28,14 @@ pub struct RelayState {
     pub store: Store,
     /// The grace window after a flow's first callback.
     pub grace: std::time::Duration,
+    /// Where outcomes are counted.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 impl RelayState {
     /// The relay's state from the settings.
-    pub fn new(store: Store, settings: &Settings) -> Self {
-        Self { store, grace: settings.grace }
+    pub fn new(store: Store, settings: &Settings, metrics: std::sync::Arc<Metrics>) -> Self {
+        Self { store, grace: settings.grace, metrics }
     }
 }
 
@@ -69,6 +72,7 @@ async fn callback(State(relay): State<RelayState>, RawQuery(query): RawQuery) ->
     };
     tracing::Span::current().record("outcome", outcome);
     tracing::info!(outcome, "callback");
+    relay.metrics.relay_callbacks.with_label_values(&[outcome]).inc();
     match result {
         Ok((location, _, _)) => redirect(&location),
         Err(refusal) => refusal_page(&refusal),

@@ -23,6 +23,7 @@ use crate::grpc::OAuthService;
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
 use crate::relay::{self, RelayState};
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 use crate::tokens::{TokenPolicy, Tokens};
 use crate::wechat::WechatClient;
 
@@ -62,6 +63,7 @@ pub struct Application {
     tokens: Arc<Tokens>,
     service: OAuthService,
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Application {
@@ -78,15 +80,24 @@ impl Application {
 
     /// Builds with a given clock (tests move it).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, BuildError> {
+        let metrics = Metrics::new();
+        let (keys, prefix) = (settings.keyring.clone(), settings.key_prefix.as_str());
         let store = match &settings.store {
-            StoreBackend::Memory => Store::memory(settings.keyring.clone(), &settings.key_prefix),
-            StoreBackend::Redis(urls) => Store::redis(urls, settings.keyring.clone(), &settings.key_prefix).await?,
+            StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics)),
+            StoreBackend::Redis(urls) => Store::redis(urls, keys, prefix, Arc::clone(&metrics)).await?,
         };
-        let wechat = WechatClient::new(settings.wechat.clone())?;
+        let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;
         let policy = TokenPolicy { refresh_margin: settings.refresh_margin, refresh_life: settings.refresh_life };
-        let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), policy);
+        let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), policy, Arc::clone(&metrics));
         let settings = Arc::new(settings);
-        let service = OAuthService::new(Arc::clone(&settings), store.clone(), wechat, Arc::clone(&tokens), clock);
+        let service = OAuthService::new(
+            Arc::clone(&settings),
+            store.clone(),
+            wechat,
+            Arc::clone(&tokens),
+            clock,
+            Arc::clone(&metrics),
+        );
         Ok(Self {
             grpc: bind(settings.grpc_addr).await?,
             public: bind(settings.public_addr).await?,
@@ -96,6 +107,7 @@ impl Application {
             tokens,
             service,
             ready: Arc::new(AtomicBool::new(false)),
+            metrics,
         })
     }
 
@@ -117,6 +129,11 @@ impl Application {
     /// The store (tests inspect and corrupt records through it).
     pub fn store(&self) -> Store {
         self.store.clone()
+    }
+
+    /// The metrics registry (served at the admin listener's `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The token service (tests read its refresh counters).
@@ -164,9 +181,13 @@ impl Application {
                     .max_encoding_message_size(256 * 1024),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stopped());
-        let public = axum::serve(self.public, relay::router(RelayState::new(self.store.clone(), &self.settings)))
+        let public = axum::serve(
+            self.public,
+            relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics))),
+        )
+        .with_graceful_shutdown(stopped());
+        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.ready), Arc::clone(&self.metrics)))
             .with_graceful_shutdown(stopped());
-        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.ready))).with_graceful_shutdown(stopped());
 
         let drain = self.settings.drain;
         let ready = Arc::clone(&self.ready);
@@ -237,9 +258,14 @@ async fn watch_store(
     }
 }
 
-fn admin_router(ready: Arc<AtomicBool>) -> Router {
+fn admin_router(ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Router {
+    let metrics = move || {
+        let metrics = Arc::clone(&metrics);
+        async move { ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], metrics.encode()) }
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/readyz",
             get(|State(ready): State<Arc<AtomicBool>>| async move {

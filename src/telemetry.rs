@@ -1,14 +1,250 @@
-//! Logging: a `tracing` subscriber, human-readable by default and JSON by config, filtered by
-//! `RUST_LOG` (default `info`).
+//! Telemetry: the `tracing` subscriber (human-readable or JSON logs), OpenTelemetry trace
+//! export over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables
+//! are honoured by the exporter), W3C trace-context propagation, and the Prometheus metrics the
+//! admin listener serves.
+//!
+//! Metric names and labels follow Prometheus conventions (`_total` counters, `_seconds`
+//! histograms, base units, bounded label values: no openid, code or URL is ever a label).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(json: bool) {
+/// Latency buckets (seconds) from 0.5 ms to 10 s: Redis calls sit at the low end, WeChat calls
+/// in the middle, timeouts at the top.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Where telemetry goes.
+#[derive(Clone, Debug, Default)]
+pub struct TelemetryConfig {
+    /// JSON log lines instead of human-readable ones.
+    pub json_logs: bool,
+    /// Export traces over OTLP/gRPC. `Some("")` uses the exporter's own `OTEL_*` settings.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryConfig {
+    /// From the standard environment: OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
+    /// traces-specific variable) is set and `OTEL_SDK_DISABLED` is not `true`.
+    pub fn from_env(json_logs: bool) -> Self {
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+        let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let otlp = !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
+        Self { json_logs, otlp_endpoint: otlp.then(String::new) }
+    }
+}
+
+/// Keeps the trace pipeline alive; flushes and stops it on [`TelemetryGuard::shutdown`] or drop.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports what is buffered now.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            if let Err(e) = provider.force_flush() {
+                tracing::debug!(error = %e, "trace flush failed");
+            }
+        }
+    }
+
+    /// Flushes and stops the exporter.
+    pub fn shutdown(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the OTLP trace exporter")]
+pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+
+/// Installs the global subscriber (filtered by `RUST_LOG`, default `info`) and, when
+/// configured, the OTLP trace pipeline and the W3C trace-context propagator. Call once.
+pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let installed = if json { builder.json().try_init() } else { builder.try_init() };
+    let provider = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if !endpoint.is_empty() {
+                use opentelemetry_otlp::WithExportConfig as _;
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name()).build();
+            Some(SdkTracerProvider::builder().with_batch_exporter(builder.build()?).with_resource(resource).build())
+        }
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("wxauth")));
+    let (json, text) = if config.json_logs {
+        (Some(tracing_subscriber::fmt::layer().json().with_target(false)), None)
+    } else {
+        (None, Some(tracing_subscriber::fmt::layer().with_target(false)))
+    };
+    let installed = tracing_subscriber::registry().with(filter).with(otel).with(json).with(text).try_init();
     if installed.is_err() {
         tracing::debug!("a tracing subscriber was already installed");
     }
+    Ok(TelemetryGuard { provider })
+}
+
+fn service_name() -> String {
+    std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "wxauth".into())
+}
+
+/// Reads W3C `traceparent`/`tracestate` from gRPC metadata.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Makes the current span a child of the caller's trace, when the request carries one.
+pub fn adopt_remote_parent(metadata: &tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
+    if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid() {
+        let _ = tracing::Span::current().set_parent(parent);
+    }
+}
+
+/// The service's Prometheus metrics, in a registry of their own (several apps in one test
+/// process do not collide).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// RPCs by method and gRPC code.
+    pub rpc_requests: IntCounterVec,
+    /// RPC latency by method and gRPC code.
+    pub rpc_duration: HistogramVec,
+    /// WeChat calls by endpoint, result and errcode.
+    pub wechat_requests: IntCounterVec,
+    /// WeChat call latency by endpoint.
+    pub wechat_duration: HistogramVec,
+    /// Relay callbacks by outcome.
+    pub relay_callbacks: IntCounterVec,
+    /// Store operation latency by operation.
+    pub store_duration: HistogramVec,
+    /// Store operation failures by operation.
+    pub store_errors: IntCounterVec,
+    /// Token refreshes by result: `upstream` (a WeChat call) or `coalesced` (a call saved).
+    pub refreshes: IntCounterVec,
+    /// Sealed records that did not open.
+    pub unopenable_records: IntCounter,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered, and `wxauth_build_info` set.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("{e}"));
+            registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| unreachable!("{e}"));
+            registry.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+            h
+        };
+        let unopenable = IntCounter::new(
+            "wxauth_sealed_records_unopenable_total",
+            "Sealed records that did not open (wrong key, tampered, moved); treated as missing.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        registry.register(Box::new(unopenable.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        let build_info = IntGaugeVec::new(Opts::new("wxauth_build_info", "Build information; always 1."), &["version"])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        registry.register(Box::new(build_info.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Arc::new(Self {
+            rpc_requests: counter(
+                "wxauth_grpc_requests_total",
+                "gRPC requests handled, by method and status code.",
+                &["grpc_method", "grpc_code"],
+            ),
+            rpc_duration: histogram(
+                "wxauth_grpc_request_duration_seconds",
+                "gRPC request latency, by method and status code.",
+                &["grpc_method", "grpc_code"],
+            ),
+            wechat_requests: counter(
+                "wxauth_wechat_requests_total",
+                "Calls to WeChat, by endpoint, result and errcode.",
+                &["endpoint", "result", "errcode"],
+            ),
+            wechat_duration: histogram(
+                "wxauth_wechat_request_duration_seconds",
+                "Latency of calls to WeChat, by endpoint.",
+                &["endpoint"],
+            ),
+            relay_callbacks: counter(
+                "wxauth_relay_callbacks_total",
+                "Callbacks at the relay, by outcome.",
+                &["outcome"],
+            ),
+            store_duration: histogram(
+                "wxauth_store_operation_duration_seconds",
+                "Store operation latency, by operation.",
+                &["operation"],
+            ),
+            store_errors: counter(
+                "wxauth_store_errors_total",
+                "Store operations that failed (unreachable, timeout), by operation.",
+                &["operation"],
+            ),
+            refreshes: counter(
+                "wxauth_token_refreshes_total",
+                "Token refreshes, by result: upstream (a WeChat call) or coalesced (a call saved).",
+                &["result"],
+            ),
+            unopenable_records: unopenable,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Seconds of a duration, for histograms.
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
 }

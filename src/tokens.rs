@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::secrets::{AccessToken, AuthCode};
 use crate::store::{ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
+use crate::telemetry::Metrics;
 use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
 
 /// How long a replica may hold a user's refresh lock (longer than any refresh call).
@@ -44,15 +45,6 @@ pub struct TokenPolicy {
     pub refresh_life: Duration,
 }
 
-/// Counters of the refresh machinery, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct RefreshStats {
-    /// Refresh calls made to WeChat.
-    pub upstream_calls: std::sync::atomic::AtomicU64,
-    /// Refreshes answered by another request's or replica's refresh.
-    pub coalesced: std::sync::atomic::AtomicU64,
-}
-
 /// Exchanges, refreshes and reads tokens. Cheap to share (`Arc`).
 pub struct Tokens {
     store: Store,
@@ -60,8 +52,7 @@ pub struct Tokens {
     clock: Clock,
     policy: TokenPolicy,
     flights: Mutex<HashMap<String, Flight>>,
-    /// Refresh counters.
-    pub stats: RefreshStats,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -72,8 +63,23 @@ impl std::fmt::Debug for Tokens {
 
 impl Tokens {
     /// Builds the token service.
-    pub fn new(store: Store, wechat: WechatClient, clock: Clock, policy: TokenPolicy) -> Arc<Self> {
-        Arc::new(Self { store, wechat, clock, policy, flights: Mutex::default(), stats: RefreshStats::default() })
+    pub fn new(
+        store: Store,
+        wechat: WechatClient,
+        clock: Clock,
+        policy: TokenPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self { store, wechat, clock, policy, flights: Mutex::default(), metrics })
+    }
+
+    /// Refreshes by result so far: `upstream` (WeChat calls) or `coalesced` (calls saved).
+    pub fn refreshes(&self, result: &str) -> u64 {
+        self.metrics.refreshes.with_label_values(&[result]).get()
+    }
+
+    fn count_refresh(&self, result: &str) {
+        self.metrics.refreshes.with_label_values(&[result]).inc();
     }
 
     /// Exchanges `code`, or returns the result of an earlier exchange of the same code within
@@ -157,7 +163,7 @@ impl Tokens {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(flight) = flights.get(&key) {
-                self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count_refresh("coalesced");
                 flight.clone()
             } else {
                 let (this, app, openid, key2) = (Arc::clone(self), app.clone(), openid.to_owned(), key.clone());
@@ -196,7 +202,7 @@ impl Tokens {
                 return Err(ApiError::ReauthorizationRequired(None));
             };
             if is_newer(&record, stale.as_ref()) {
-                self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count_refresh("coalesced");
                 return Ok(record);
             }
             if tokio::time::Instant::now() >= give_up {
@@ -213,10 +219,10 @@ impl Tokens {
     ) -> Result<TokenRecord, ApiError> {
         let record = self.stored(app, openid).await?;
         if is_newer(&record, stale) {
-            self.stats.coalesced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.count_refresh("coalesced");
             return Ok(record);
         }
-        self.stats.upstream_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_refresh("upstream");
         let grant = match self.wechat.refresh(app, &record.refresh_token).await {
             Ok(grant) => grant,
             Err(e) if e.errcode().is_some_and(|c| DEAD_REFRESH_TOKEN.contains(&c)) => {

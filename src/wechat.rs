@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::secrets::{AccessToken, AppSecret, AuthCode, RefreshToken};
+use crate::telemetry::Metrics;
 
 /// What kind of WeChat app, which decides the authorize page and the scopes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -252,6 +253,7 @@ pub struct WechatSettings {
 pub struct WechatClient {
     http: reqwest::Client,
     settings: WechatSettings,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 /// Parameters of one authorize URL.
@@ -271,13 +273,13 @@ pub struct AuthorizeParams<'a> {
 
 impl WechatClient {
     /// Builds the client.
-    pub fn new(settings: WechatSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(settings: WechatSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
             .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { http, settings })
+        Ok(Self { http, settings, metrics })
     }
 
     /// The authorize URL, parameters in WeChat's order: `appid, redirect_uri, response_type,
@@ -361,6 +363,23 @@ impl WechatClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
+        let started = std::time::Instant::now();
+        let reply = self.send(endpoint, query).await;
+        let (result, errcode) = match &reply {
+            Ok(_) => ("ok", String::from("0")),
+            Err(WechatError::Api { errcode, .. }) => ("errcode", errcode.to_string()),
+            Err(WechatError::Status(_)) => ("http_error", String::new()),
+            Err(WechatError::Transport(e)) if e.is_timeout() => ("timeout", String::new()),
+            Err(WechatError::Transport(_)) => ("transport_error", String::new()),
+            Err(WechatError::Decode(_)) => ("decode_error", String::new()),
+        };
+        let name = endpoint.path();
+        self.metrics.wechat_requests.with_label_values(&[name, result, &errcode]).inc();
+        self.metrics.wechat_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn send<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
         let url = format!("{}{}", base(&self.settings.api_base), endpoint.path());
         // `without_url`: the URL holds the secret, the code or a token.
         let response =
@@ -406,12 +425,15 @@ mod tests {
     use super::*;
 
     fn client() -> WechatClient {
-        WechatClient::new(WechatSettings {
-            open_base: Url::parse("https://open.weixin.qq.com").expect("url"),
-            api_base: Url::parse("https://api.weixin.qq.com").expect("url"),
-            timeout: Duration::from_secs(3),
-            attempts: 3,
-        })
+        WechatClient::new(
+            WechatSettings {
+                open_base: Url::parse("https://open.weixin.qq.com").expect("url"),
+                api_base: Url::parse("https://api.weixin.qq.com").expect("url"),
+                timeout: Duration::from_secs(3),
+                attempts: 3,
+            },
+            Metrics::new(),
+        )
         .expect("client")
     }
 

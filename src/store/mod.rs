@@ -19,16 +19,17 @@ mod redis;
 pub mod seal;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
 
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
 use self::seal::Keyring;
 use crate::secrets::{AccessToken, AuthCode, RefreshToken};
+use crate::telemetry::Metrics;
 
 /// A store failure. Only reachability is a failure: a record that does not open is treated as
 /// missing (and counted), never as an error.
@@ -142,45 +143,64 @@ struct Inner {
     keys: Keyring,
     prefix: String,
     replica: String,
-    unopenable: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
+/// Runs one backend primitive: bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and
+/// counted in the metrics.
 macro_rules! call {
-    ($self:expr, $method:ident ( $($arg:expr),* )) => {
-        match &$self.inner.backend {
-            Backend::Memory(b) => Ok(b.$method($($arg),*)),
-            Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, b.$method($($arg),*)).await {
-                Ok(result) => result.map_err(StoreError::Unavailable),
-                Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
-            },
+    ($self:expr, $method:ident ( $($arg:expr),* )) => {{
+        let operation = stringify!($method);
+        let started = Instant::now();
+        let result = async {
+            match &$self.inner.backend {
+                Backend::Memory(b) => Ok(b.$method($($arg),*)),
+                Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, b.$method($($arg),*)).await {
+                    Ok(result) => result.map_err(StoreError::Unavailable),
+                    Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+                },
+            }
         }
-    };
+        .instrument(tracing::info_span!("store", operation))
+        .await;
+        let metrics = &$self.inner.metrics;
+        metrics.store_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics.store_errors.with_label_values(&[operation]).inc();
+        }
+        result
+    }};
 }
 
 impl Store {
     /// An in-memory store (one process only).
-    pub fn memory(keys: Keyring, prefix: &str) -> Self {
-        Self::with(Backend::Memory(MemoryBackend::default()), keys, prefix)
+    pub fn memory(keys: Keyring, prefix: &str, metrics: Arc<Metrics>) -> Self {
+        Self::with(Backend::Memory(MemoryBackend::default()), keys, prefix, metrics)
     }
 
     /// A Redis store: one URL for a single node, several for a Cluster.
-    pub async fn redis(urls: &[String], keys: Keyring, prefix: &str) -> Result<Self, StoreError> {
+    pub async fn redis(
+        urls: &[String],
+        keys: Keyring,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect(urls))
             .await
             .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
             .map_err(StoreError::Unavailable)?;
-        Ok(Self::with(Backend::Redis(backend), keys, prefix))
+        Ok(Self::with(Backend::Redis(backend), keys, prefix, metrics))
     }
 
-    fn with(backend: Backend, keys: Keyring, prefix: &str) -> Self {
+    fn with(backend: Backend, keys: Keyring, prefix: &str, metrics: Arc<Metrics>) -> Self {
         let replica = crate::random_id(12);
-        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, unopenable: AtomicU64::new(0) };
+        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics };
         Self { inner: Arc::new(inner) }
     }
 
     /// Sealed records found that did not open (wrong key, tampering, a copy under another key).
     pub fn unopenable_records(&self) -> u64 {
-        self.inner.unopenable.load(Ordering::Relaxed)
+        self.inner.metrics.unopenable_records.get()
     }
 
     /// Answers when the backend is reachable.
@@ -214,7 +234,7 @@ impl Store {
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
         let opened = self.inner.keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok());
         if opened.is_none() {
-            self.inner.unopenable.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.unopenable_records.inc();
             tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
         }
         opened

@@ -5,6 +5,7 @@ mod authorize;
 mod concurrency;
 mod exchange;
 mod helpers;
+mod observability;
 mod operations;
 mod relay;
 mod sealing;
