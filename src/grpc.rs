@@ -10,6 +10,7 @@ use std::time::Duration;
 use prost_types::Timestamp;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::config::{self, Client, Settings};
@@ -75,26 +76,38 @@ impl OAuthService {
         request: Request<Req>,
         body: impl AsyncFnOnce(&Self, &Client, Req) -> Result<Res, ApiError>,
     ) -> Result<Response<Res>, Status> {
-        telemetry::adopt_remote_parent(request.metadata());
+        // The span is made here, not by `#[instrument]`, so it takes the caller's trace
+        // context (W3C `traceparent`) before it starts.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = format!("wxauth.v1.WeChatOAuthService/{method}"),
+            rpc.system = "grpc",
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        telemetry::adopt_remote_parent(&span, request.metadata());
         let started = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata());
-        let result = match self.authenticate(request.metadata()) {
-            Ok(client) => {
-                let work = body(self, client, request.into_inner());
-                match deadline {
-                    Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or(Err(ApiError::DeadlineExceeded)),
-                    None => work.await,
-                }
+        let result = async {
+            let client = self.authenticate(request.metadata())?;
+            let work = body(self, client, request.into_inner());
+            match deadline {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or(Err(ApiError::DeadlineExceeded)),
+                None => work.await,
             }
-            Err(e) => Err(e),
-        };
+        }
+        .instrument(span.clone())
+        .await;
         let code = match &result {
             Ok(_) => "OK",
             Err(error) => {
-                tracing::info!(method, reason = error.reason(), errcode = error.errcode(), "rpc failed");
+                span.in_scope(|| {
+                    tracing::info!(method, reason = error.reason(), errcode = error.errcode(), "rpc failed")
+                });
                 code_name(error.code())
             }
         };
+        span.record("rpc.grpc.status_code", code);
         self.metrics.rpc_requests.with_label_values(&[method, code]).inc();
         self.metrics.rpc_duration.with_label_values(&[method, code]).observe(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(|e| e.to_status())
@@ -268,7 +281,6 @@ impl OAuthService {
 
 #[tonic::async_trait]
 impl WeChatOAuthService for OAuthService {
-    #[tracing::instrument(name = "rpc.BuildAuthorizeUrl", skip_all)]
     async fn build_authorize_url(
         &self,
         request: Request<proto::BuildAuthorizeUrlRequest>,
@@ -276,7 +288,6 @@ impl WeChatOAuthService for OAuthService {
         self.run("BuildAuthorizeUrl", request, Self::build_authorize_url_inner).await
     }
 
-    #[tracing::instrument(name = "rpc.ExchangeCode", skip_all)]
     async fn exchange_code(
         &self,
         request: Request<proto::ExchangeCodeRequest>,
@@ -284,7 +295,6 @@ impl WeChatOAuthService for OAuthService {
         self.run("ExchangeCode", request, Self::exchange_code_inner).await
     }
 
-    #[tracing::instrument(name = "rpc.RefreshToken", skip_all)]
     async fn refresh_token(
         &self,
         request: Request<proto::RefreshTokenRequest>,
@@ -292,7 +302,6 @@ impl WeChatOAuthService for OAuthService {
         self.run("RefreshToken", request, Self::refresh_token_inner).await
     }
 
-    #[tracing::instrument(name = "rpc.GetUserInfo", skip_all)]
     async fn get_user_info(
         &self,
         request: Request<proto::GetUserInfoRequest>,
@@ -300,7 +309,6 @@ impl WeChatOAuthService for OAuthService {
         self.run("GetUserInfo", request, Self::get_user_info_inner).await
     }
 
-    #[tracing::instrument(name = "rpc.ValidateToken", skip_all)]
     async fn validate_token(
         &self,
         request: Request<proto::ValidateTokenRequest>,

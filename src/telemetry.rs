@@ -129,12 +129,15 @@ impl Extractor for MetadataExtractor<'_> {
     }
 }
 
-/// Makes the current span a child of the caller's trace, when the request carries one.
-pub fn adopt_remote_parent(metadata: &tonic::metadata::MetadataMap) {
+/// Makes `span` a child of the caller's trace, when the request carries one. Call it before
+/// the span is first entered.
+pub fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
     if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid() {
-        let _ = tracing::Span::current().set_parent(parent);
+        if let Err(e) = span.set_parent(parent) {
+            tracing::debug!(error = %e, "remote trace context not adopted");
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use rand::Rng as _;
+use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::error::ApiError;
@@ -97,7 +98,8 @@ impl Tokens {
                     // Detached: once sent, the exchange finishes and records its result even
                     // if this caller's deadline passes, so the caller's retry finds it.
                     let (this, app, code) = (Arc::clone(self), app.clone(), code.clone());
-                    let task = tokio::spawn(async move { this.exchange_claimed(&app, &code).await });
+                    let exchange = async move { this.exchange_claimed(&app, &code).await };
+                    let task = tokio::spawn(exchange.in_current_span());
                     return task.await.unwrap_or(Err(ApiError::Internal));
                 }
             }
@@ -167,11 +169,13 @@ impl Tokens {
                 flight.clone()
             } else {
                 let (this, app, openid, key2) = (Arc::clone(self), app.clone(), openid.to_owned(), key.clone());
-                let task = tokio::spawn(async move {
+                let refresh = async move {
                     let result = this.refresh_locked(&app, &openid, stale).await;
                     this.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key2);
                     result
-                });
+                };
+                // The leader's span parents the refresh; waiters join it.
+                let task = tokio::spawn(refresh.instrument(tracing::info_span!("token.refresh")));
                 let flight: Flight = async move { task.await.unwrap_or(Err(ApiError::Internal)) }.boxed().shared();
                 flights.insert(key, flight.clone());
                 flight
