@@ -1,0 +1,128 @@
+//! The store on a real Redis Cluster (three masters, slots spread): every operation touches one
+//! key, so flows, tokens, exchange records, locks and the Lua scripts all work there.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
+use wxauth::sim::Endpoint;
+
+use crate::helpers::{MP_APPID, settings, spawn_settings, spawn_sim};
+
+/// Three cluster-enabled redis-servers joined into one cluster; killed on drop.
+struct RedisCluster {
+    nodes: Vec<(u16, Child)>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+async fn start_cluster() -> RedisCluster {
+    let dir = std::env::temp_dir().join(format!("wxauth-cluster-{}", wxauth::random_id(8)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut cluster = RedisCluster { nodes: Vec::new(), dir: dir.clone() };
+    for _ in 0..3 {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        cluster.nodes.push((port, child));
+    }
+    for (port, _) in &cluster.nodes {
+        let mut up = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(up, "node {port} up");
+    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli (scripts/setup installs redis-tools with redis-server)");
+    assert!(created.success(), "cluster created");
+    for (port, _) in &cluster.nodes {
+        let mut ok = false;
+        for _ in 0..300 {
+            let info =
+                Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "info"]).output().expect("info");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "node {port} sees the cluster ok");
+    }
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_flow_works_on_a_redis_cluster() {
+    let cluster = start_cluster().await;
+    let (sim, sim_addr) = spawn_sim().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("\"redis://127.0.0.1:{p}\"")).collect();
+    let store = format!("kind = \"redis\"\nurls = [{}]", urls.join(", "));
+    let app = spawn_settings(sim, sim_addr, None, settings(sim_addr, &store, "")).await;
+
+    let mut flows = Vec::new();
+    for i in 0..20 {
+        let request = BuildAuthorizeUrlRequest {
+            app: "mp".into(),
+            return_url: format!("https://passport.example.com/login/{i}"),
+            scope: Scope::SnsapiUserinfo as i32,
+            state: format!("s{i}"),
+            ..Default::default()
+        };
+        flows.push(app.grpc.clone().build_authorize_url(app.req(request)).await.expect("flow").into_inner().flow_id);
+    }
+    for (i, flow) in flows.iter().enumerate() {
+        let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+        let relayed = app.callback(&format!("code={code}&state={flow}")).await;
+        let location = relayed.headers()["location"].to_str().expect("ascii");
+        assert_eq!(location, format!("https://passport.example.com/login/{i}?code={code}&state=s{i}"));
+        let login = app.exchange("mp", &code).await.expect("exchange");
+        assert_eq!(app.exchange("mp", &code).await.expect("idempotent"), login);
+    }
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), 20);
+
+    let login = app.login("bob", "snsapi_userinfo").await;
+    app.user_info(&login.openid).await.expect("profile");
+    let request = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    app.grpc.clone().refresh_token(app.req(request)).await.expect("refresh takes and releases the lock");
+    assert_eq!(app.sim.calls(Endpoint::RefreshToken), 1);
+
+    // The keys really are spread over the masters.
+    let mut masters_with_keys = 0;
+    for (port, _) in &cluster.nodes {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "dbsize"]).output().expect("dbsize");
+        let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        masters_with_keys += u64::from(keys > 0);
+    }
+    assert!(masters_with_keys >= 2, "keys on {masters_with_keys} masters");
+}
