@@ -6,6 +6,7 @@ mod cluster;
 mod concurrency;
 mod exchange;
 mod helpers;
+mod hostile;
 mod observability;
 mod operations;
 mod relay;
