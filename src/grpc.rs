@@ -198,7 +198,7 @@ impl OAuthService {
         }
         v.finish()?;
         let app = self.app_for(client, &req.app, device)?;
-        let outcome = self.tokens.exchange(app, AuthCode::new(req.code)).await?;
+        let outcome = self.tokens.exchange(app, AuthCode::new(req.code), &client.name).await?;
         let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
         let user_info = if req.include_user_info && grants_userinfo {
             Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang).await?))

@@ -85,10 +85,20 @@ impl Tokens {
 
     /// Exchanges `code`, or returns the result of an earlier exchange of the same code within
     /// the code's life. Concurrent exchanges of one code (a double submit, two replicas) make
-    /// one WeChat call; the others wait for its result.
-    pub async fn exchange(self: &Arc<Self>, app: &App, code: AuthCode) -> Result<ExchangeOutcome, ApiError> {
+    /// one WeChat call; the others wait for its result. The recorded result answers only the
+    /// client that made the exchange: another client presenting the same code gets `CODE_USED`.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        app: &App,
+        code: AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
         loop {
             match self.store.claim_exchange(&app.name, &code, CLAIM_TTL).await? {
+                Some(ExchangeEntry::Done(outcome)) if outcome.caller != caller => {
+                    tracing::warn!(app = %app.name, caller, "a code exchanged by another client was presented again");
+                    return Err(ApiError::CodeUsed(crate::error::Upstream { errcode: 40163, errmsg: String::new() }));
+                }
                 Some(ExchangeEntry::Done(outcome)) => {
                     tracing::info!(app = %app.name, "code exchanged before; returning the recorded result");
                     return Ok(outcome);
@@ -97,8 +107,8 @@ impl Tokens {
                 None => {
                     // Detached: once sent, the exchange finishes and records its result even
                     // if this caller's deadline passes, so the caller's retry finds it.
-                    let (this, app, code) = (Arc::clone(self), app.clone(), code.clone());
-                    let exchange = async move { this.exchange_claimed(&app, &code).await };
+                    let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
+                    let exchange = async move { this.exchange_claimed(&app, &code, caller).await };
                     let task = tokio::spawn(exchange.in_current_span());
                     return task.await.unwrap_or(Err(ApiError::Internal));
                 }
@@ -106,7 +116,7 @@ impl Tokens {
         }
     }
 
-    async fn exchange_claimed(&self, app: &App, code: &AuthCode) -> Result<ExchangeOutcome, ApiError> {
+    async fn exchange_claimed(&self, app: &App, code: &AuthCode, caller: String) -> Result<ExchangeOutcome, ApiError> {
         let grant = match self.wechat.exchange_code(app, code).await {
             Ok(grant) => grant,
             Err(e) => {
@@ -133,6 +143,7 @@ impl Tokens {
             is_snapshot_user: record.is_snapshot_user,
             access_expires_at: record.access_expires_at,
             refresh_expires_at: record.refresh_expires_at,
+            caller,
         };
         self.store.finish_exchange(&app.name, code, &outcome, app.kind.code_life()).await?;
         Ok(outcome)

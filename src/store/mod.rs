@@ -119,6 +119,9 @@ pub struct ExchangeOutcome {
     pub access_expires_at: i64,
     /// Refresh token expiry, Unix seconds.
     pub refresh_expires_at: i64,
+    /// The client that made the exchange; only it gets the recorded result again.
+    #[serde(default)]
+    pub caller: String,
 }
 
 /// A held refresh lock; pass it back to [`Store::unlock`].

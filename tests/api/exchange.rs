@@ -8,7 +8,7 @@ use wxauth::proto::{ExchangeCodeRequest, Lang, Scope, Sex};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{Backend, MP_APPID, WEB_APPID, metadata, reason, spawn_app};
+use crate::helpers::{Backend, MP_APPID, TRADE_KEY, WEB_APPID, authed, metadata, reason, spawn_app};
 
 async fn a_userinfo_code_yields_openid_unionid_and_expiries(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -63,6 +63,16 @@ async fn the_same_code_exchanged_again_returns_the_same_result(backend: Backend)
     // Still within the code's life (5 minutes).
     app.advance(Duration::from_secs(240));
     assert_eq!(app.exchange("mp", &code).await.expect("later"), first);
+}
+
+async fn a_recorded_result_answers_only_the_client_that_exchanged(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+    app.exchange("mp", &code).await.expect("passport exchanges");
+    let request = ExchangeCodeRequest { app: "mp".into(), code, ..Default::default() };
+    let status = app.grpc.clone().exchange_code(authed(TRADE_KEY, request)).await.expect_err("not trade's code");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::InvalidArgument, "CODE_USED"));
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), 1);
 }
 
 async fn concurrent_exchanges_of_one_code_make_one_wechat_call(backend: Backend) {
@@ -151,6 +161,7 @@ both_backends!(
     a_base_code_has_no_unionid_and_snapshot_users_are_flagged,
     include_user_info_returns_the_profile_in_the_asked_language,
     the_same_code_exchanged_again_returns_the_same_result,
+    a_recorded_result_answers_only_the_client_that_exchanged,
     concurrent_exchanges_of_one_code_make_one_wechat_call,
     wechat_code_errors_map_to_invalid_argument,
     upstream_failures_map_as_the_design_table_says,
