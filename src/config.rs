@@ -327,7 +327,7 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("WXAUTH_CONFIG", format!("cannot read {}: {e}", path.display())))?;
-        Self::from_sources(&text, Env::prefixed("WXAUTH_").split("__").ignore(&["config"]))
+        Self::from_sources(&text, env_overrides())
     }
 
     /// Parses TOML text layered with an env provider, then validates.
@@ -357,6 +357,14 @@ impl Settings {
         }
         self.apps.get(name)
     }
+}
+
+/// The `WXAUTH_*` environment overrides: `WXAUTH_<SECTION>__<KEY>` (and `WXAUTH_MODE`).
+/// Only names with the `__` separator count, so the variables Kubernetes injects for a Service
+/// named `wxauth` (`WXAUTH_SERVICE_HOST`, `WXAUTH_PORT_50051_TCP`, ...) and `WXAUTH_CONFIG`
+/// are not mistaken for config keys.
+pub fn env_overrides() -> Env {
+    Env::prefixed("WXAUTH_").filter(|key| key.as_str().contains("__") || key == "mode").split("__")
 }
 
 /// SHA-256 of a client key, as configured in `clients.<name>.key_sha256`.
@@ -659,8 +667,11 @@ return_urls = ["https://passport.example.com/login/"]
         figment::Jail::expect_with(|jail| {
             jail.set_env("WXAUTH_STORE__URL", "redis://other:6380/1");
             jail.set_env("WXAUTH_APPS__MP__SECRET", "from-env");
-            let settings = Settings::from_sources(&base(""), Env::prefixed("WXAUTH_").split("__").ignore(&["config"]))
-                .map_err(|e| e.to_string())?;
+            // What Kubernetes injects for a Service named `wxauth`, and the config path.
+            jail.set_env("WXAUTH_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("WXAUTH_PORT_50051_TCP_PORT", "50051");
+            jail.set_env("WXAUTH_CONFIG", "/etc/wxauth/config.toml");
+            let settings = Settings::from_sources(&base(""), env_overrides()).map_err(|e| e.to_string())?;
             assert_eq!(settings.store, StoreBackend::Redis(vec!["redis://other:6380/1".into()]));
             assert_eq!(settings.apps["mp"].secret.secret(), "from-env");
             Ok(())
