@@ -27,6 +27,10 @@ use crate::telemetry::Metrics;
 use crate::tokens::{TokenPolicy, Tokens};
 use crate::wechat::WechatClient;
 
+/// A gRPC health name that is SERVING while the process answers, whatever the store does: the
+/// target of liveness probes (restarting pods during a Redis outage would not help).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// How often the store is checked for the health status.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -164,6 +168,7 @@ impl Application {
             }
         };
 
+        reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
         let health_task =
             tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
 

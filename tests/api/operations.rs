@@ -58,6 +58,7 @@ async fn health_and_readiness_follow_the_store() {
     assert!(status.get_error_details().retry_info().is_some());
     assert!(eventually(async || health(&app, "wxauth.v1.WeChatOAuthService").await == ServingStatus::NotServing).await);
     assert_eq!(health(&app, "").await, ServingStatus::NotServing);
+    assert_eq!(health(&app, "liveness").await, ServingStatus::Serving, "liveness ignores the store");
     assert_eq!(readyz(&app).await, 503);
     let relay = app.callback("code=abc&state=SomeFlow123").await;
     assert_eq!(relay.status(), 503, "the relay says 'try again', not 'expired'");
