@@ -2,30 +2,63 @@
 //! on loopback against the WeChat simulator, with the documented demo apps, client and key.
 //! These values are a contract that scripts and docs rely on.
 
+use std::net::SocketAddr;
+
 use crate::config::{ConfigError, DEV_CLIENT_KEY, Settings, key_digest};
 
 /// The simulator's address in dev mode.
 pub const SIM_ADDR: &str = "127.0.0.1:8081";
 
+/// Where the pieces of the dev mode listen. [`DevAddrs::default`] holds the documented values;
+/// the browser test moves them all to free ports and keeps everything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevAddrs {
+    /// wxauth's gRPC listener.
+    pub grpc: SocketAddr,
+    /// wxauth's public listener: the callback URL WeChat (the simulator) redirects to.
+    pub public: SocketAddr,
+    /// wxauth's admin listener.
+    pub admin: SocketAddr,
+    /// The WeChat simulator.
+    pub sim: SocketAddr,
+    /// The demo product page, whose origin the `demo` client may return to.
+    pub demo: SocketAddr,
+}
+
+impl Default for DevAddrs {
+    fn default() -> Self {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self { grpc: at(50051), public: at(8080), admin: at(9090), sim: at(8081), demo: at(8082) }
+    }
+}
+
 /// The dev-mode settings: in-memory store, simulator URLs, the `demo` client.
 pub fn settings() -> Result<Settings, ConfigError> {
+    settings_at(&DevAddrs::default())
+}
+
+/// The dev-mode settings with the listeners at `addrs` (the callback URL and the `demo`
+/// client's return URLs follow them).
+pub fn settings_at(addrs: &DevAddrs) -> Result<Settings, ConfigError> {
+    let DevAddrs { grpc, public, admin, sim, demo } = addrs;
+    let demo_port = demo.port();
     Settings::from_toml(&format!(
         r#"
 mode = "development"
 
 [server]
-grpc_addr = "127.0.0.1:50051"
-public_addr = "127.0.0.1:8080"
-admin_addr = "127.0.0.1:9090"
-callback_url = "http://127.0.0.1:8080/wechat/callback"
+grpc_addr = "{grpc}"
+public_addr = "{public}"
+admin_addr = "{admin}"
+callback_url = "http://{public}/wechat/callback"
 drain = "2s"
 
 [store]
 kind = "memory"
 
 [wechat]
-open_base = "http://{SIM_ADDR}"
-api_base = "http://{SIM_ADDR}"
+open_base = "http://{sim}"
+api_base = "http://{sim}"
 
 [apps.demo-mp]
 kind = "official_account"
@@ -42,7 +75,7 @@ default_for = "PC"
 [clients.demo]
 key_sha256 = "{}"
 apps = ["demo-mp", "demo-web"]
-return_urls = ["http://127.0.0.1:8082/", "http://localhost:8082/"]
+return_urls = ["http://{demo}/", "http://localhost:{demo_port}/"]
 "#,
         hex::encode(key_digest(DEV_CLIENT_KEY))
     ))
@@ -56,5 +89,8 @@ mod tests {
         assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(settings.apps["demo-mp"].appid, "wxd0000000000000a1");
         assert_eq!(settings.clients[0].name, "demo");
+        assert_eq!(settings.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
+        assert_eq!(super::SIM_ADDR, super::DevAddrs::default().sim.to_string());
+        assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());
     }
 }

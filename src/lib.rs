@@ -6,6 +6,7 @@
 pub mod allowlist;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod dev;
 pub mod error;
 pub mod grpc;

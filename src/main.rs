@@ -42,10 +42,12 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let app = Application::build(settings).await.context("start-up")?;
     tracing::info!(grpc = %app.grpc_addr(), public = %app.public_addr(), admin = %app.admin_addr(), "wxauth listening");
     if config.is_none() {
+        start_dev_demo(app.grpc_addr()).await?;
         tracing::info!(
-            "dev mode: try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
+            "dev mode: open http://{}/ and sign in with WeChat (the simulator), or try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
              -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
              {} wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl\nthen open the authorize_url it returns",
+            wxauth::demo::DEMO_ADDR,
             app.grpc_addr()
         );
     }
@@ -59,6 +61,17 @@ async fn start_dev_simulator() -> anyhow::Result<()> {
     let sim = wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo());
     tokio::spawn(sim.serve(listener, std::future::pending()));
     tracing::info!(addr = wxauth::dev::SIM_ADDR, "WeChat simulator listening");
+    Ok(())
+}
+
+async fn start_dev_demo(grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(wxauth::demo::DEMO_ADDR).await.context("bind the demo page")?;
+    tokio::spawn(async move {
+        if let Err(error) = wxauth::demo::serve(listener, grpc_addr, std::future::pending()).await {
+            tracing::warn!(%error, "demo page stopped");
+        }
+    });
+    tracing::info!(addr = wxauth::demo::DEMO_ADDR, "demo product page listening");
     Ok(())
 }
 

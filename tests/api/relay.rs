@@ -1,9 +1,11 @@
 //! The relay: codes go to the flow's stored return URL and nowhere else.
 
+use std::time::Duration;
+
 use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
 use crate::both_backends;
-use crate::helpers::{Backend, MP_APPID, TestApp, spawn_app};
+use crate::helpers::{Backend, MP_APPID, RedisServer, TestApp, spawn_app, spawn_app_with, spawn_sim};
 
 async fn start(app: &TestApp, return_url: &str, state: &str) -> String {
     let request = BuildAuthorizeUrlRequest {
@@ -78,8 +80,78 @@ async fn unknown_flows_and_malformed_callbacks_get_a_page_not_a_redirect(backend
     }
 }
 
+async fn separators_and_line_breaks_are_percent_encoded_in_the_location(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let flow = start(&app, "https://passport.example.com/login/", "a&b=c#d\r\nSet-Cookie: x=1 é").await;
+    // WeChat's codes are alphanumeric, but whatever arrives is relayed as data, never as syntax.
+    let response = app.callback(&format!("code=a%2Bb%26c%3Dd&state={flow}")).await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        location(&response),
+        "https://passport.example.com/login/?code=a%2Bb%26c%3Dd&state=a%26b%3Dc%23d%0D%0ASet-Cookie%3A+x%3D1+%C3%A9"
+    );
+    assert!(response.headers().get("set-cookie").is_none());
+}
+
+async fn a_code_planted_in_the_return_url_is_replaced_by_the_real_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let flow = start(&app, "https://passport.example.com/login/?code=planted&next=%2Fhome&state=x", "s").await;
+    let response = app.callback(&format!("code=REAL&state={flow}")).await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(location(&response), "https://passport.example.com/login/?next=%2Fhome&code=REAL&state=s");
+}
+
+/// A flow's life is kept by the store (Redis `PX`, or the memory store's monotonic clock),
+/// which a test cannot move; so the grace window is made 50 ms and the test waits 150 ms of
+/// real time, the one wait in these tests.
+async fn after_the_grace_window_the_flow_is_refused(backend: Backend) {
+    let (sim, sim_addr) = spawn_sim().await;
+    let redis = match backend {
+        Backend::Redis => Some(std::sync::Arc::new(tokio::sync::Mutex::new(RedisServer::start().await))),
+        Backend::Memory => None,
+    };
+    let app = spawn_app_with(sim, sim_addr, redis, "[flow]\ngrace = \"50ms\"").await;
+    let flow = start(&app, "https://m.example.com/cb", "s").await;
+    let first = app.callback(&format!("code=CODE1&state={flow}")).await;
+    assert_eq!(location(&first), "https://m.example.com/cb?code=CODE1&state=s");
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let late = app.callback(&format!("code=CODE2&state={flow}")).await;
+    assert_eq!(late.status(), 400);
+    assert!(late.headers().get("location").is_none());
+    assert!(late.text().await.expect("body").contains("start the WeChat sign-in again"));
+}
+
+async fn simultaneous_callbacks_all_go_to_the_same_place_and_exactly_one_is_first(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let flow = start(&app, "https://m.example.com/cb?x=1", "s").await;
+    let callbacks = (0..8).map(|i| {
+        let (app, flow) = (&app, &flow);
+        async move { (i, app.callback(&format!("code=CODE{i}&state={flow}")).await) }
+    });
+    for (i, response) in futures::future::join_all(callbacks).await {
+        assert_eq!(response.status(), 302, "callback {i}");
+        assert_eq!(location(&response), format!("https://m.example.com/cb?x=1&code=CODE{i}&state=s"));
+    }
+    // The store's read-and-cut is atomic: one callback saw the fresh flow, the others its grace.
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let scrape = scrape.text().await.expect("metrics");
+    let count = |outcome: &str| {
+        scrape
+            .lines()
+            .find(|l| l.starts_with("wxauth_relay_callbacks_total{") && l.contains(&format!("outcome=\"{outcome}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(count("relayed"), Some(1.0), "{scrape}");
+    assert_eq!(count("relayed_again"), Some(7.0), "{scrape}");
+}
+
 both_backends!(
     the_code_goes_to_the_stored_return_url_with_the_callers_state,
+    separators_and_line_breaks_are_percent_encoded_in_the_location,
+    a_code_planted_in_the_return_url_is_replaced_by_the_real_one,
+    after_the_grace_window_the_flow_is_refused,
+    simultaneous_callbacks_all_go_to_the_same_place_and_exactly_one_is_first,
     a_denial_relays_the_state_alone,
     a_second_callback_in_the_grace_window_goes_to_the_same_place,
     unknown_flows_and_malformed_callbacks_get_a_page_not_a_redirect,

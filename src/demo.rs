@@ -1,0 +1,384 @@
+//! The demo product page of the dev mode (DESIGN.md §8): a stand-in for an internal service
+//! that signs its users in with WeChat through wxauth, the way a product team would.
+//!
+//! - `GET /` offers "Sign in with WeChat" for a phone (app `demo-mp`, `snsapi_userinfo`) and
+//!   for a PC (app `demo-web`, QR login).
+//! - `GET /login/mobile`, `GET /login/pc` call `BuildAuthorizeUrl` over gRPC with a fresh CSRF
+//!   `state`, bind that state to the browser with a cookie, and send the browser to WeChat.
+//! - `GET /callback?app=..&code=..&state=..` is where the relay brings the browser back: the
+//!   state must match the cookie, then `ExchangeCode` (with the profile) and `GetUserInfo`
+//!   (in English) give what the page shows. No `code` means the user declined. A reload calls
+//!   `ExchangeCode` again with the same code, which wxauth answers idempotently.
+//!
+//! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
+use crate::proto::{BuildAuthorizeUrlRequest, ExchangeCodeRequest, GetUserInfoRequest, Lang, Scope, UserInfo};
+
+/// The demo page's address in dev mode.
+pub const DEMO_ADDR: &str = "127.0.0.1:8082";
+
+/// The cookie that binds a login's CSRF `state` to the browser that started it.
+const STATE_COOKIE: &str = "wxauth_demo_state";
+
+/// How a login is started: which wxauth app and scope.
+#[derive(Clone, Copy, Debug)]
+enum Device {
+    /// Inside WeChat on a phone: the official account app, with the consent page.
+    Mobile,
+    /// A desktop browser: the website app's QR-code login.
+    Pc,
+}
+
+impl Device {
+    fn app(self) -> &'static str {
+        match self {
+            Self::Mobile => "demo-mp",
+            Self::Pc => "demo-web",
+        }
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            Self::Mobile => Scope::SnsapiUserinfo,
+            Self::Pc => Scope::SnsapiLogin,
+        }
+    }
+}
+
+/// What the handlers share: the gRPC client, the client key, and the page's own origin.
+#[derive(Clone)]
+struct Demo {
+    grpc: WeChatOAuthServiceClient<Channel>,
+    key: String,
+    /// `http://host:port` the browser uses; the return URL is `{origin}/callback`.
+    origin: String,
+}
+
+impl fmt::Debug for Demo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Demo").field("key", &"[redacted]").field("origin", &self.origin).finish_non_exhaustive()
+    }
+}
+
+impl Demo {
+    /// A request carrying the client key: the one place the key leaves.
+    fn authed<T>(&self, message: T) -> Result<tonic::Request<T>, PageError> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.key).parse().map_err(|_| PageError::Unavailable)?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+/// The demo page's routes, calling wxauth over `grpc` with the client `key`. `origin`
+/// (`http://127.0.0.1:8082`) is where browsers reach the page; it must be on the client's
+/// return-URL allowlist.
+pub fn router(grpc: Channel, key: String, origin: String) -> Router {
+    let demo = Demo { grpc: WeChatOAuthServiceClient::new(grpc), key, origin };
+    Router::new()
+        .route("/", get(home))
+        .route("/login/mobile", get(login_mobile))
+        .route("/login/pc", get(login_pc))
+        .route("/callback", get(callback))
+        .with_state(demo)
+}
+
+/// Serves the demo page on `listener` as the dev-mode client `demo` (key `dev-only-key`) of
+/// the wxauth gRPC service at `grpc_addr`, until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    grpc_addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let origin = format!("http://{}", listener.local_addr()?);
+    let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}")).map_err(std::io::Error::other)?;
+    let app = router(endpoint.connect_lazy(), crate::config::DEV_CLIENT_KEY.to_owned(), origin);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Why a page could not be shown as hoped; each becomes a small page with a retry link.
+#[derive(Debug)]
+enum PageError {
+    /// The callback's `state` is not the one this browser's cookie holds (CSRF, or cookies off).
+    StateMismatch,
+    /// The callback's query is not one the relay sends.
+    BadCallback,
+    /// wxauth refused, with its `ErrorInfo.reason`.
+    Refused(String),
+    /// wxauth could not be reached.
+    Unavailable,
+}
+
+impl From<tonic::Status> for PageError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic_types::StatusExt as _;
+        tracing::warn!(code = ?status.code(), "wxauth call failed");
+        match status.get_error_details().error_info() {
+            Some(info) => Self::Refused(info.reason.clone()),
+            None => Self::Unavailable,
+        }
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, title, text) = match &self {
+            Self::StateMismatch => (
+                StatusCode::BAD_REQUEST,
+                "This sign-in was not started here",
+                "The state in the link does not match this browser. Start again.".to_owned(),
+            ),
+            Self::BadCallback => {
+                (StatusCode::BAD_REQUEST, "Malformed sign-in link", "The link is not one wxauth sends.".to_owned())
+            }
+            Self::Refused(reason) => {
+                (StatusCode::BAD_GATEWAY, "Sign-in failed", format!("wxauth answered {}.", escape(reason)))
+            }
+            Self::Unavailable => {
+                (StatusCode::BAD_GATEWAY, "wxauth is unavailable", "Is wxauth running? Try again.".to_owned())
+            }
+        };
+        let body = format!("<p id=\"error\">{text}</p><p><a id=\"retry\" href=\"/\">Start again</a></p>");
+        (status, page(title, &body)).into_response()
+    }
+}
+
+async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
+    if let Some(redirect) = canonical_origin(&demo, &headers) {
+        return redirect;
+    }
+    page(
+        "Demo product",
+        "<p>This page stands in for an internal service. It signs you in with WeChat through \
+         wxauth; the WeChat here is the simulator.</p>\
+         <p><a class=\"button\" id=\"login-mobile\" href=\"/login/mobile\">Sign in with WeChat (phone)</a></p>\
+         <p><a class=\"button\" id=\"login-pc\" href=\"/login/pc\">Sign in with WeChat (PC, QR code)</a></p>",
+    )
+    .into_response()
+}
+
+async fn login_mobile(State(demo): State<Demo>) -> Result<Response, PageError> {
+    start_login(&demo, Device::Mobile).await
+}
+
+async fn login_pc(State(demo): State<Demo>) -> Result<Response, PageError> {
+    start_login(&demo, Device::Pc).await
+}
+
+/// Asks wxauth for the WeChat URL with a fresh CSRF state, remembers the state in a cookie,
+/// and sends the browser there.
+async fn start_login(demo: &Demo, device: Device) -> Result<Response, PageError> {
+    let state = crate::random_id(22);
+    let request = BuildAuthorizeUrlRequest {
+        app: device.app().into(),
+        return_url: format!("{}/callback?app={}", demo.origin, device.app()),
+        scope: device.scope() as i32,
+        state: state.clone(),
+        ..Default::default()
+    };
+    let started = demo.grpc.clone().build_authorize_url(demo.authed(request)?).await?.into_inner();
+    let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| PageError::Unavailable)?;
+    let cookie = format!("{STATE_COOKIE}={state}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| PageError::Unavailable)?;
+    let mut response = StatusCode::FOUND.into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Where the relay brings the browser back: checks the state, then shows the profile (or
+/// that the user declined).
+async fn callback(
+    State(demo): State<Demo>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let query = query.unwrap_or_default();
+    let state = param(&query, "state").ok_or(PageError::BadCallback)?;
+    if cookie(&headers, STATE_COOKIE).is_none_or(|expected| expected != state) {
+        return Err(PageError::StateMismatch);
+    }
+    let Some(code) = param(&query, "code") else {
+        return Ok(declined());
+    };
+    let device = match param(&query, "app").as_deref() {
+        Some("demo-mp") => Device::Mobile,
+        Some("demo-web") => Device::Pc,
+        _ => return Err(PageError::BadCallback),
+    };
+    let (profile, english) = sign_in(&demo, device, code).await?;
+    Ok(profile_page(&profile, &english).into_response())
+}
+
+/// `ExchangeCode` with the profile (zh_CN, WeChat's default), then `GetUserInfo` in English
+/// with the token wxauth now holds.
+async fn sign_in(demo: &Demo, device: Device, code: String) -> Result<(Exchanged, UserInfo), PageError> {
+    let request = ExchangeCodeRequest { app: device.app().into(), code, include_user_info: true, ..Default::default() };
+    let exchanged = demo.grpc.clone().exchange_code(demo.authed(request)?).await?.into_inner();
+    let profile = exchanged.user_info.clone().unwrap_or_default();
+    let request = GetUserInfoRequest {
+        app: device.app().into(),
+        openid: exchanged.openid.clone(),
+        lang: Lang::En as i32,
+        ..Default::default()
+    };
+    let english = demo.grpc.clone().get_user_info(demo.authed(request)?).await?.into_inner().user_info;
+    let exchanged = Exchanged { app: exchanged.app, openid: exchanged.openid, unionid: exchanged.unionid, profile };
+    Ok((exchanged, english.unwrap_or_default()))
+}
+
+/// What `ExchangeCode` told the product about the user.
+struct Exchanged {
+    app: String,
+    openid: String,
+    unionid: String,
+    profile: UserInfo,
+}
+
+fn profile_page(user: &Exchanged, english: &UserInfo) -> Html<String> {
+    let profile = &user.profile;
+    let initial = profile.nickname.chars().next().map(String::from).unwrap_or_else(|| "?".into());
+    let place = |u: &UserInfo| [&u.country, &u.province, &u.city].map(|s| s.as_str()).join(" ");
+    let rows = [
+        ("app", "app", user.app.clone()),
+        ("openid", "openid", user.openid.clone()),
+        ("unionid", "unionid", user.unionid.clone()),
+        ("sex", "sex", profile.sex().as_str_name().trim_start_matches("SEX_").to_lowercase()),
+        ("country / province / city", "place", place(profile)),
+        ("in English (GetUserInfo)", "place-en", place(english)),
+        ("avatar URL", "avatar", profile.head_image_url.clone()),
+    ];
+    let rows: String = rows
+        .iter()
+        .map(|(label, id, value)| format!("<tr><th>{label}</th><td id=\"{id}\">{}</td></tr>", escape(value)))
+        .collect();
+    let body = format!(
+        "<div class=\"user\"><span class=\"avatar\">{}</span><h2>Signed in as <span id=\"nickname\">{}</span></h2></div>\
+         <table>{rows}</table><p><a id=\"retry\" href=\"/\">Sign in again</a></p>",
+        escape(&initial),
+        escape(&profile.nickname),
+    );
+    page("Welcome", &body)
+}
+
+fn declined() -> Response {
+    page(
+        "You declined",
+        "<p id=\"declined\">You declined to sign in with WeChat. Nothing was shared.</p>\
+         <p><a id=\"retry\" href=\"/\">Try again</a></p>",
+    )
+    .into_response()
+}
+
+/// Redirects to the configured origin when the browser came by another name (`localhost`
+/// vs `127.0.0.1`): the state cookie must live where the relay will bring the browser back.
+fn canonical_origin(demo: &Demo, headers: &HeaderMap) -> Option<Response> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let expected = demo.origin.strip_prefix("http://")?;
+    (host != expected).then(|| {
+        let mut response = StatusCode::FOUND.into_response();
+        if let Ok(location) = HeaderValue::from_str(&format!("{}/", demo.origin)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    })
+}
+
+/// The first value of `name` in a query string, decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+/// The value of cookie `name`, if the browser sent it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The page frame. `body` is trusted HTML built here; every value in it was escaped.
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{title} · demo product</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}\
+         .button{{display:inline-block;padding:.6rem 1.2rem;border-radius:.4rem;background:#07c160;color:#fff;text-decoration:none}}\
+         .user{{display:flex;align-items:center;gap:1rem}}\
+         .avatar{{display:inline-flex;width:3rem;height:3rem;border-radius:50%;background:#07c160;color:#fff;\
+         align-items:center;justify-content:center;font-size:1.4rem}}\
+         table{{border-collapse:collapse;margin:1rem 0}}th,td{{text-align:left;padding:.3rem .8rem;border-bottom:1px solid #ddd;\
+         font-size:.9rem}}th{{white-space:nowrap}}td{{word-break:break-all}}header{{color:#888;font-size:.85rem}}</style></head>\
+         <body><header>demo product · signs in through wxauth</header><h1>{title}</h1>{body}</body></html>",
+        title = escape(title),
+    ))
+}
+
+/// HTML-escapes text for element content and quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_values_is_escaped() {
+        assert_eq!(escape("<img src=x onerror='a'>&\""), "&lt;img src=x onerror=&#39;a&#39;&gt;&amp;&quot;");
+    }
+
+    #[test]
+    fn the_state_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; wxauth_demo_state=Abc123; b=2"));
+        assert_eq!(cookie(&headers, STATE_COOKIE).as_deref(), Some("Abc123"));
+        assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(param("app=demo-mp&code=a%2Bb&state=s", "code").as_deref(), Some("a+b"));
+        assert_eq!(param("state=s", "code"), None);
+    }
+
+    #[test]
+    fn a_profile_page_escapes_what_wechat_sent() {
+        let user = Exchanged {
+            app: "demo-mp".into(),
+            openid: "o1".into(),
+            unionid: "u1".into(),
+            profile: UserInfo { nickname: "<script>x</script>".into(), ..Default::default() },
+        };
+        let Html(body) = profile_page(&user, &UserInfo::default());
+        assert!(body.contains("&lt;script&gt;x&lt;/script&gt;"));
+        assert!(!body.contains("<script>"));
+    }
+}

@@ -1,0 +1,349 @@
+//! The dev mode walked end to end in headless Chromium, as a developer does it by hand: the
+//! demo product page → the WeChat consent page (simulator) → Allow or Deny → the relay → back
+//! on the demo page, which has exchanged the code over gRPC and shows the profile.
+//!
+//! Each test runs the dev-mode settings (`wxauth::dev::settings_at`) with every listener on
+//! a free port: the public listener's port is picked first, because the callback URL and the
+//! simulator's callback domain must name it before anything starts (a lost race for that
+//! port is retried). A chromedriver is spawned on a free port with a fresh profile. Debian's
+//! `chromium` and `chromium-driver` must be installed (`scripts/setup`); without them the
+//! tests fail and say so. Override the binaries with `CHROMEDRIVER` and `CHROME_BIN`.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt as _;
+use wxauth::dev::DevAddrs;
+use wxauth::sim::{Endpoint, SimConfig, Simulator};
+use wxauth::startup::{Application, BuildError};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// wxauth (dev-mode settings), the simulator and the demo page, all on free loopback ports.
+struct DevMode {
+    sim: Simulator,
+    demo: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl DevMode {
+    /// Starts everything; `grace` replaces the relay's grace window when given.
+    async fn start(grace: Option<Duration>) -> Self {
+        for _ in 0..10 {
+            let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut config = SimConfig::demo();
+            for app in &mut config.apps {
+                app.callback_domain = public.to_string();
+            }
+            let (sim, sim_addr) = Simulator::spawn_local(config).await.expect("simulator");
+            let demo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind demo");
+            let demo = demo_listener.local_addr().expect("demo addr");
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let addrs = DevAddrs { grpc: any, public, admin: any, sim: sim_addr, demo };
+            let mut settings = wxauth::dev::settings_at(&addrs).expect("dev settings");
+            if let Some(grace) = grace {
+                settings.grace = grace;
+            }
+            let app = match Application::build(settings).await {
+                Ok(app) => app,
+                Err(BuildError::Bind { .. }) => continue, // the picked public port was taken meanwhile
+                Err(e) => panic!("wxauth start-up: {e}"),
+            };
+            let grpc = app.grpc_addr();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(app.run_until(async {
+                let _ = stopped.await;
+            }));
+            tokio::spawn(wxauth::demo::serve(demo_listener, grpc, std::future::pending()));
+            return Self { sim, demo, _stop: stop };
+        }
+        panic!("no free port for the public listener after 10 tries");
+    }
+
+    fn home(&self) -> String {
+        format!("http://{}/", self.demo)
+    }
+}
+
+/// A chromedriver process, its headless Chromium session, and the profile directory.
+struct Browser {
+    client: Client,
+    driver: Child,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = chromium_binary();
+        let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let profile = std::env::temp_dir().join(format!("wxauth-e2e-{}-{}", std::process::id(), wxauth::random_id(8)));
+        for _ in 0..5 {
+            let port = free_port();
+            let mut driver = Command::new(&driver_bin)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `{driver_bin}` ({e}). The browser test needs Debian's chromium and \
+                         chromium-driver: run scripts/setup, or `apt-get install chromium chromium-driver`"
+                    )
+                });
+            let url = format!("http://127.0.0.1:{port}");
+            if !driver_ready(&mut driver, &url).await {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                continue;
+            }
+            let capabilities = serde_json::json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": chromium,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--no-proxy-server", "--window-size=900,760",
+                        format!("--user-data-dir={}", profile.display()),
+                    ],
+                },
+            });
+            let serde_json::Value::Object(capabilities) = capabilities else { unreachable!("an object") };
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let client = ClientBuilder::new(connector).capabilities(capabilities).connect(&url).await;
+            match client {
+                Ok(client) => return Self { client, driver, profile },
+                Err(e) => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    panic!("chromedriver could not start Chromium ({chromium}): {e}");
+                }
+            }
+        }
+        panic!("chromedriver did not come up on a free port after 5 tries");
+    }
+
+    /// Runs `scenario` with the browser, then closes the browser whatever happened (so no
+    /// Chromium outlives a failed test) and passes a failure on.
+    async fn run<F: AsyncFnOnce(&Client)>(self, scenario: F) {
+        let outcome = AssertUnwindSafe(scenario(&self.client)).catch_unwind().await;
+        let Browser { client, mut driver, profile } = self;
+        let _ = client.close().await;
+        let _ = driver.kill();
+        let _ = driver.wait();
+        let _ = std::fs::remove_dir_all(profile);
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+fn chromium_binary() -> String {
+    if let Ok(bin) = std::env::var("CHROME_BIN") {
+        return bin;
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            panic!(
+                "no Chromium found (looked for /usr/bin/chromium, chromium-browser, google-chrome; set CHROME_BIN). \
+                 The browser test needs Debian's chromium and chromium-driver: run scripts/setup"
+            )
+        })
+}
+
+async fn driver_ready(driver: &mut Child, url: &str) -> bool {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(Some(_)) = driver.try_wait() {
+            return false; // exited: most likely the port was taken
+        }
+        if http.get(format!("{url}/status")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Waits for an element on the page the browser is on (or about to land on).
+async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
+    match client.wait().at_most(WAIT).for_element(Locator::Css(css)).await {
+        Ok(element) => element,
+        Err(e) => {
+            let url = client.current_url().await.map(String::from).unwrap_or_default();
+            let page = client.source().await.unwrap_or_default();
+            panic!("no `{css}` within {WAIT:?} ({e}); on {url}:\n{page}")
+        }
+    }
+}
+
+async fn click(client: &Client, css: &str) {
+    wait_for(client, css).await.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn text(client: &Client, css: &str) -> String {
+    wait_for(client, css).await.text().await.unwrap_or_else(|e| panic!("text of {css}: {e}"))
+}
+
+/// From the demo page to WeChat's consent page with a phone login.
+async fn start_mobile_login(client: &Client, dev: &DevMode) {
+    client.goto(&dev.home()).await.expect("open the demo page");
+    click(client, "#login-mobile").await;
+    wait_for(client, "#allow").await;
+}
+
+/// Picks `user` on the consent page and allows.
+async fn allow_as(client: &Client, user: &str) {
+    click(client, &format!("input[name=user][value={user}]")).await;
+    click(client, "#allow").await;
+}
+
+/// The page holds no trace of a used code (WeChat's 40163 as wxauth would name it).
+async fn assert_no_code_used(client: &Client) {
+    let page = client.source().await.expect("page source");
+    assert!(!page.contains("40163") && !page.contains("CODE_USED"), "a used code surfaced:\n{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in() {
+    let dev = DevMode::start(None).await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            allow_as(client, "bob").await;
+
+            assert_eq!(text(client, "#nickname").await, "Bob");
+            let openid = dev.sim.openid(crate::helpers::MP_APPID, "bob").expect("bob's openid");
+            assert_eq!(text(client, "#openid").await, openid);
+            assert_eq!(text(client, "#unionid").await, dev.sim.unionid("bob"));
+            assert_eq!(text(client, "#place-en").await, "CN Beijing Haidian");
+            let landed = client.current_url().await.expect("url");
+            assert_eq!(landed.path(), "/callback");
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1);
+
+            // The product page holds the code in its URL; a reload exchanges it again, and wxauth
+            // answers from its idempotency record without asking WeChat.
+            client.refresh().await.expect("reload");
+            assert_eq!(text(client, "#nickname").await, "Bob");
+            assert_eq!(client.current_url().await.expect("url"), landed);
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the reload did not reach WeChat");
+            assert_no_code_used(client).await;
+
+            save_screenshot(client).await;
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pc_qr_login_signs_in_through_the_website_app() {
+    let dev = DevMode::start(None).await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            client.goto(&dev.home()).await.expect("open the demo page");
+            click(client, "#login-pc").await;
+            assert_eq!(client.current_url().await.expect("url").path(), "/connect/qrconnect");
+            allow_as(client, "alice").await;
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+            assert_eq!(text(client, "#app").await, "demo-web");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
+    let dev = DevMode::start(None).await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            click(client, "#deny").await;
+            assert!(text(client, "#declined").await.contains("You declined"));
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 0);
+            click(client, "#retry").await;
+            wait_for(client, "#login-mobile").await;
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechats_double_callback_still_signs_the_user_in_without_code_used() {
+    let dev = DevMode::start(None).await;
+    dev.sim.set_double_callback(true);
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            allow_as(client, "alice").await;
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+            // Both callbacks went through the relay (the second in the grace window) to the
+            // product, which exchanged both codes.
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 2);
+            assert_no_code_used(client).await;
+            client.refresh().await.expect("reload");
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+            assert_no_code_used(client).await;
+        })
+        .await;
+}
+
+/// The flow's life is kept by the store (the memory store's monotonic clock here, Redis's
+/// `PX` in production), which a test cannot move; so the grace window is made 1 ms, which has
+/// surely passed by the time the user has landed on the product, and the user then goes back
+/// to WeChat's consent page and allows again — the back button after a finished sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
+    let dev = DevMode::start(Some(Duration::from_millis(1))).await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            allow_as(client, "alice").await;
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+
+            client.back().await.expect("back");
+            allow_as(client, "alice").await;
+            let title = text(client, "h1").await;
+            assert!(title.contains("This sign-in link has expired"), "{title}");
+            let url = client.current_url().await.expect("url");
+            assert_eq!(url.path(), "/wechat/callback", "the relay answered itself, no redirect");
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the second code never reached the product");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_whose_state_is_not_the_browsers_is_refused() {
+    let dev = DevMode::start(None).await;
+    let http = reqwest::Client::new();
+    let forged = format!("http://{}/callback?app=demo-mp&code=stolen&state=Forged1", dev.demo);
+    let response = http.get(&forged).header("cookie", "wxauth_demo_state=Mine1").send().await.expect("demo");
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.expect("body").contains("not started here"));
+    let response = http.get(&forged).send().await.expect("demo, no cookie");
+    assert_eq!(response.status(), 400);
+    assert_eq!(dev.sim.calls(Endpoint::AccessToken), 0, "no exchange was attempted");
+}
+
+/// Saves the page as the test's artifact, `target/e2e/logged-in.png`.
+async fn save_screenshot(client: &Client) {
+    let png = client.screenshot().await.expect("screenshot");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("e2e");
+    std::fs::create_dir_all(&dir).expect("target/e2e");
+    std::fs::write(dir.join("logged-in.png"), png).expect("write the screenshot");
+}
