@@ -114,6 +114,7 @@ struct RawStore {
     key_prefix: String,
     sealing_keys: Option<String>,
     sealing_keys_file: Option<PathBuf>,
+    sentinel_master: Option<String>,
 }
 
 impl Default for RawStore {
@@ -125,6 +126,7 @@ impl Default for RawStore {
             key_prefix: defaults::key_prefix(),
             sealing_keys: None,
             sealing_keys_file: None,
+            sentinel_master: None,
         }
     }
 }
@@ -266,6 +268,13 @@ pub enum StoreBackend {
     Memory,
     /// Redis: one URL for a single node, several for a Cluster.
     Redis(Vec<String>),
+    /// Redis behind Sentinel: the Sentinels' URLs and the master's name.
+    Sentinel {
+        /// `redis://host:26379` of each Sentinel.
+        urls: Vec<String>,
+        /// The monitored master's name (`mymaster`).
+        master: String,
+    },
 }
 
 /// A caller of the gRPC API.
@@ -391,7 +400,11 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     return Err(err(format!("store.urls[{i}]"), "must be a redis:// or rediss:// URL"));
                 }
             }
-            StoreBackend::Redis(urls)
+            match raw.store.sentinel_master {
+                Some(master) if master.is_empty() => return Err(err("store.sentinel_master", "is empty")),
+                Some(master) => StoreBackend::Sentinel { urls, master },
+                None => StoreBackend::Redis(urls),
+            }
         }
     };
     let prefix = raw.store.key_prefix;
@@ -639,6 +652,17 @@ return_urls = ["https://passport.example.com/login/"]
         assert_eq!(key_of(&base("[flow]\nttl = \"10s\"")), "flow.ttl");
         assert_eq!(key_of(&base("[flow]\ngrace = \"forever\"")), "flow.grace");
         assert_eq!(key_of(&base("").replacen("[server]\n", "[server]\nbogus = 1\n", 1)), "server.bogus");
+    }
+
+    #[test]
+    fn a_sentinel_master_makes_the_urls_sentinels() {
+        let toml = base("").replace(
+            "url = \"redis://redis:6379/0\"",
+            "urls = [\"redis://s1:26379\", \"redis://s2:26379\"]\nsentinel_master = \"mymaster\"",
+        );
+        let settings = Settings::from_toml(&toml).expect("valid");
+        let urls = vec!["redis://s1:26379".to_owned(), "redis://s2:26379".to_owned()];
+        assert_eq!(settings.store, StoreBackend::Sentinel { urls, master: "mymaster".into() });
     }
 
     #[test]

@@ -89,6 +89,9 @@ impl Application {
         let store = match &settings.store {
             StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics)),
             StoreBackend::Redis(urls) => Store::redis(urls, keys, prefix, Arc::clone(&metrics)).await?,
+            StoreBackend::Sentinel { urls, master } => {
+                Store::redis_sentinel(urls, master, keys, prefix, Arc::clone(&metrics)).await?
+            }
         };
         let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;
         let policy = TokenPolicy { refresh_margin: settings.refresh_margin, refresh_life: settings.refresh_life };

@@ -158,7 +158,8 @@ macro_rules! call {
         let result = async {
             match &$self.inner.backend {
                 Backend::Memory(b) => Ok(b.$method($($arg),*)),
-                Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, b.$method($($arg),*)).await {
+                // Boxed: the Redis futures are deep, and every caller would carry their layout.
+                Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(b.$method($($arg),*))).await {
                     Ok(result) => result.map_err(StoreError::Unavailable),
                     Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
                 },
@@ -189,6 +190,21 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect(urls))
+            .await
+            .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self::with(Backend::Redis(backend), keys, prefix, metrics))
+    }
+
+    /// A Redis store behind Sentinel: the Sentinels' URLs and the master's name.
+    pub async fn redis_sentinel(
+        urls: &[String],
+        master: &str,
+        keys: Keyring,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect_sentinel(urls, master))
             .await
             .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
             .map_err(StoreError::Unavailable)?;

@@ -1,13 +1,17 @@
 //! The Redis backend: single node, Sentinel-fronted or Cluster. Every operation touches one
 //! key, so no operation ever spans hash slots. Connections reconnect by themselves
-//! (`ConnectionManager`, `ClusterConnection`); each command has a response timeout so a dead
-//! Redis answers `STORE_UNAVAILABLE` quickly instead of hanging a request.
+//! (`ConnectionManager`, `ClusterConnection`, and for Sentinel a connection to the current
+//! master that is dropped and looked up again after a connection error or a `READONLY` reply,
+//! which is what a failover looks like from a client); each command has a response timeout so
+//! a dead Redis answers `STORE_UNAVAILABLE` quickly instead of hanging a request.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation};
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation};
 
 /// How long one Redis command may take before the store counts as unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -34,6 +38,54 @@ return 0
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelMaster>),
+}
+
+/// The master a set of Sentinels names, and a connection to it while it answers.
+struct SentinelMaster {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<Option<MultiplexedConnection>>,
+    config: AsyncConnectionConfig,
+}
+
+impl SentinelMaster {
+    /// The connection to the current master, asking the Sentinels when there is none.
+    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        // One lookup at a time; whoever waited finds the fresh connection.
+        let mut sentinels = self.sentinels.lock().await;
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
+        }
+        let conn = sentinels.get_async_connection_with_config(&self.config).await?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the connection after an error that means "not the master any more".
+    fn judge<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result {
+            if stale_master(e) {
+                tracing::info!(error = %e, "Redis master connection lost; asking the Sentinels again");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        result
+    }
+}
+
+fn stale_master(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::ReadOnly
 }
 
 /// A connection to Redis (single node or Cluster) and the two scripts the store needs.
@@ -49,6 +101,7 @@ impl std::fmt::Debug for RedisBackend {
         let kind = match self.conn {
             Conn::Single(_) => "single",
             Conn::Cluster(_) => "cluster",
+            Conn::Sentinel(_) => "sentinel",
         };
         write!(f, "RedisBackend({kind})")
     }
@@ -57,6 +110,25 @@ impl std::fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// Connects to one node (`redis://`, `rediss://`) or, given several URLs, to a Cluster.
     pub async fn connect(urls: &[String]) -> RedisResult<Self> {
+        Ok(Self::with(Self::connect_direct(urls).await?))
+    }
+
+    /// Connects to the master that the Sentinels at `urls` name `master`, following failovers.
+    pub async fn connect_sentinel(urls: &[String], master: &str) -> RedisResult<Self> {
+        let sentinels = SentinelClient::build(urls.to_vec(), master.to_owned(), None, SentinelServerType::Master)?;
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(RESPONSE_TIMEOUT).set_connection_timeout(CONNECT_TIMEOUT);
+        let master =
+            SentinelMaster { sentinels: tokio::sync::Mutex::new(sentinels), current: RwLock::new(None), config };
+        master.connection().await?;
+        Ok(Self::with(Conn::Sentinel(Arc::new(master))))
+    }
+
+    fn with(conn: Conn) -> Self {
+        Self { conn, get_and_cut: Script::new(GET_AND_CUT_TTL), del_if_eq: Script::new(DEL_IF_EQ) }
+    }
+
+    async fn connect_direct(urls: &[String]) -> RedisResult<Conn> {
         let conn = match urls {
             [one] => {
                 let client = redis::Client::open(one.as_str())?;
@@ -79,13 +151,17 @@ impl RedisBackend {
                 Conn::Cluster(client.get_async_connection().await?)
             }
         };
-        Ok(Self { conn, get_and_cut: Script::new(GET_AND_CUT_TTL), del_if_eq: Script::new(DEL_IF_EQ) })
+        Ok(conn)
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Sentinel(m) => {
+                let mut conn = m.connection().await?;
+                m.judge(cmd.query_async(&mut conn).await)
+            }
         }
     }
 
@@ -93,6 +169,10 @@ impl RedisBackend {
         match &self.conn {
             Conn::Single(c) => script.invoke_async(&mut c.clone()).await,
             Conn::Cluster(c) => script.invoke_async(&mut c.clone()).await,
+            Conn::Sentinel(m) => {
+                let mut conn = m.connection().await?;
+                m.judge(script.invoke_async(&mut conn).await)
+            }
         }
     }
 

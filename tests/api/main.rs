@@ -12,4 +12,5 @@ mod observability;
 mod operations;
 mod relay;
 mod sealing;
+mod sentinel;
 mod tokens;

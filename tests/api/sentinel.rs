@@ -1,0 +1,125 @@
+//! The store behind Redis Sentinel: flows and tokens work through the master the Sentinel
+//! names, and keep working after a failover promotes the replica.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tonic::Code;
+use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
+
+use crate::helpers::{settings, spawn_settings, spawn_sim};
+
+struct Processes(Vec<Child>, std::path::PathBuf);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn redis(dir: &std::path::Path, args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server")
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` every 100 ms for up to `secs` seconds.
+async fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn request(i: usize) -> BuildAuthorizeUrlRequest {
+    BuildAuthorizeUrlRequest {
+        app: "mp".into(),
+        return_url: "https://passport.example.com/login/".into(),
+        scope: Scope::SnsapiBase as i32,
+        state: format!("s{i}"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_survive_a_sentinel_failover() {
+    let dir = std::env::temp_dir().join(format!("wxauth-sentinel-{}", wxauth::random_id(8)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (master, replica, sentinel) = (free_port(), free_port(), free_port());
+    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    let mut procs = Processes(Vec::new(), dir.clone());
+    let master_port = master.to_string();
+    procs.0.push(redis(&dir, &[&["--port", &master_port][..], &common[..]].concat()));
+    let replica_port = replica.to_string();
+    let replica_of = ["--replicaof", "127.0.0.1", &master_port];
+    procs.0.push(redis(&dir, &[&["--port", &replica_port][..], &common[..], &replica_of[..]].concat()));
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\nsentinel monitor wxauth-master 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds wxauth-master 1000\nsentinel failover-timeout wxauth-master 5000\n"
+        ),
+    )
+    .expect("sentinel.conf");
+    procs.0.push(redis(&dir, &[conf.to_str().expect("utf-8"), "--sentinel"]));
+    assert!(wait_for(10, || cli(replica, &["info", "replication"]).contains("master_link_status:up")).await);
+    assert!(wait_for(20, || cli(sentinel, &["sentinel", "replicas", "wxauth-master"]).contains(&replica_port)).await);
+
+    let (sim, sim_addr) = spawn_sim().await;
+    let store =
+        format!("kind = \"redis\"\nurl = \"redis://127.0.0.1:{sentinel}\"\nsentinel_master = \"wxauth-master\"");
+    let app = spawn_settings(sim, sim_addr, None, settings(sim_addr, &store, "")).await;
+    let flow = app.grpc.clone().build_authorize_url(app.req(request(0))).await.expect("flow").into_inner().flow_id;
+    assert_eq!(cli(master, &["exists", &format!("wxauth:flow:{flow}")]).trim(), "1", "written to the master");
+
+    // Fail over: the replica becomes the master, the old master a replica (read-only).
+    assert!(cli(sentinel, &["sentinel", "failover", "wxauth-master"]).contains("OK"));
+    assert!(
+        wait_for(20, || cli(sentinel, &["sentinel", "get-master-addr-by-name", "wxauth-master"])
+            .contains(&replica_port))
+        .await
+    );
+    assert!(wait_for(20, || cli(master, &["info", "replication"]).contains("role:slave")).await);
+
+    // The first write after the failover may meet the old master (READONLY) and fail with
+    // STORE_UNAVAILABLE; the connection is dropped and the next call asks the Sentinel again.
+    let mut new_flow = None;
+    for i in 1..=20 {
+        match app.grpc.clone().build_authorize_url(app.req(request(i))).await {
+            Ok(response) => {
+                new_flow = Some(response.into_inner().flow_id);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let new_flow = new_flow.expect("writes resume after the failover");
+    assert_eq!(cli(replica, &["exists", &format!("wxauth:flow:{new_flow}")]).trim(), "1", "on the new master");
+    let relayed = app.callback(&format!("code=C&state={flow}")).await;
+    assert_eq!(relayed.status(), 302, "the flow written before the failover was replicated and still relays");
+    drop(procs);
+}
