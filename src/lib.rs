@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod allowlist;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;

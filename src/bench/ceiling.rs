@@ -1,0 +1,189 @@
+//! The ceilings: what the stack does for each operation when it does nothing but the one
+//! store operation the operation needs. A bare tonic unary handler (wxauth's own generated
+//! server trait, with no authentication, validation, sealing, metrics or tracing) doing one
+//! Redis `SET PX` of a ~200-byte value (`BuildAuthorizeUrl`) or one `GET` (`GetUserInfo`,
+//! `ValidateToken` before their upstream call), and a bare axum handler doing `GETDEL` + 302
+//! (the relay). Served by the bench binary in a child process (`wxauth-bench __ceiling`), so
+//! it has its own runtime and its own memory, as wxauth does. Accepted sockets get
+//! `TCP_NODELAY`, as a tuned server's do: without it, a response written in two pieces (tonic
+//! writes headers + data, then trailers) waits for the client's delayed ACK, ~40 ms.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use axum::serve::ListenerExt as _;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
+
+use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
+
+/// Where ceiling flows live in Redis (`{FLOW_PREFIX}{flow_id}`).
+pub const FLOW_PREFIX: &str = "ceiling:flow:";
+/// The one record the `GET` ceiling reads.
+pub const TOKEN_KEY: &str = "ceiling:tok";
+/// How long a ceiling flow lives, like a wxauth flow.
+const FLOW_TTL_MS: u64 = 600_000;
+
+/// The return URL stored with each ceiling flow: ~200 bytes, about a sealed wxauth flow.
+pub fn flow_value() -> String {
+    let mut url = String::from("https://passport.example.com/login/callback?from=bench&pad=");
+    while url.len() < 200 {
+        url.push('x');
+    }
+    url
+}
+
+/// The tonic ceiling: one Redis command per RPC.
+#[derive(Clone)]
+pub struct CeilingService {
+    redis: ConnectionManager,
+    value: std::sync::Arc<str>,
+}
+
+impl CeilingService {
+    /// The service over one (multiplexed, reconnecting) Redis connection, as wxauth's.
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self { redis, value: flow_value().into() }
+    }
+
+    async fn get_token(&self) -> Result<Vec<u8>, Status> {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(TOKEN_KEY)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        value.ok_or_else(|| Status::not_found("no token record"))
+    }
+}
+
+#[tonic::async_trait]
+impl WeChatOAuthService for CeilingService {
+    async fn build_authorize_url(
+        &self,
+        _request: Request<proto::BuildAuthorizeUrlRequest>,
+    ) -> Result<tonic::Response<proto::BuildAuthorizeUrlResponse>, Status> {
+        let flow_id = crate::random_id(22);
+        let () = redis::cmd("SET")
+            .arg(format!("{FLOW_PREFIX}{flow_id}"))
+            .arg(self.value.as_bytes())
+            .arg("PX")
+            .arg(FLOW_TTL_MS)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(proto::BuildAuthorizeUrlResponse { flow_id, ..Default::default() }))
+    }
+
+    async fn exchange_code(
+        &self,
+        _request: Request<proto::ExchangeCodeRequest>,
+    ) -> Result<tonic::Response<proto::ExchangeCodeResponse>, Status> {
+        Err(Status::unimplemented("the ExchangeCode ceilings are the SET handler and the simulator"))
+    }
+
+    async fn refresh_token(
+        &self,
+        _request: Request<proto::RefreshTokenRequest>,
+    ) -> Result<tonic::Response<proto::RefreshTokenResponse>, Status> {
+        Err(Status::unimplemented("no RefreshToken ceiling"))
+    }
+
+    async fn get_user_info(
+        &self,
+        request: Request<proto::GetUserInfoRequest>,
+    ) -> Result<tonic::Response<proto::GetUserInfoResponse>, Status> {
+        self.get_token().await?;
+        let user_info = proto::UserInfo { openid: request.into_inner().openid, ..Default::default() };
+        Ok(tonic::Response::new(proto::GetUserInfoResponse { user_info: Some(user_info) }))
+    }
+
+    async fn validate_token(
+        &self,
+        _request: Request<proto::ValidateTokenRequest>,
+    ) -> Result<tonic::Response<proto::ValidateTokenResponse>, Status> {
+        self.get_token().await?;
+        Ok(tonic::Response::new(proto::ValidateTokenResponse { valid: true, ..Default::default() }))
+    }
+}
+
+/// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the
+/// code appended; 400 when it is not there.
+async fn relay(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery) -> Response {
+    let (mut code, mut state) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "code" => code = Some(value.into_owned()),
+            "state" => state = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(state) = state else { return StatusCode::BAD_REQUEST.into_response() };
+    let found: redis::RedisResult<Option<String>> =
+        redis::cmd("GETDEL").arg(format!("{FLOW_PREFIX}{state}")).query_async(&mut redis.clone()).await;
+    match found {
+        Ok(Some(url)) => {
+            let location = format!("{url}&code={}", code.unwrap_or_default());
+            match HeaderValue::from_str(&location) {
+                Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }
+        Ok(None) => StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Why the ceiling server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CeilingError {
+    /// Redis was not reachable.
+    #[error("cannot connect to redis")]
+    Redis(#[from] redis::RedisError),
+    /// A listener could not bind, or serving failed.
+    #[error("cannot serve")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves both ceilings on loopback ports of its own, prints `ceiling <grpc addr> <http addr>`
+/// as its first stdout line, and serves until stdin closes (the bench process went away).
+pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
+    let client = redis::Client::open(redis_url)?;
+    let mut redis = ConnectionManager::new(client).await?;
+    let () = redis::cmd("SET").arg(TOKEN_KEY).arg(vec![7u8; 300]).query_async(&mut redis).await?;
+
+    let grpc = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let (grpc_addr, http_addr): (SocketAddr, SocketAddr) = (grpc.local_addr()?, http.local_addr()?);
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ceiling {grpc_addr} {http_addr}")?;
+    stdout.flush()?;
+
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        use std::io::Read as _;
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while stdin.read(&mut sink).is_ok_and(|n| n > 0) {}
+    });
+    let tonic_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(proto::we_chat_o_auth_service_server::WeChatOAuthServiceServer::new(CeilingService::new(
+            redis.clone(),
+        )))
+        .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true)));
+    let router = axum::Router::new().route(crate::relay::CALLBACK_PATH, axum::routing::get(relay)).with_state(redis);
+    let http = http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let axum_server = axum::serve(http, router);
+    tokio::select! {
+        served = tonic_server => served.map_err(std::io::Error::other)?,
+        served = axum_server => served?,
+        _ = stdin_closed => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The benchmark harness behind the `wxauth-bench` binary (issue 5, BENCHMARKS.md): it drives
+//! wxauth's RPCs and relay at a fixed concurrency for a fixed time, and the same load against
+//! *ceilings* — servers built from the same stack (tonic, axum, redis-rs, the simulator) doing
+//! only the one store or upstream operation each wxauth operation cannot avoid — so every
+//! wxauth figure is read as a fraction of what the stack allows on this machine.
+//!
+//! Layout:
+//! - `load`: the closed-loop driver (N workers, warm-up, timed window, HDR latency histograms,
+//!   errors by gRPC code / HTTP status / WeChat errcode).
+//! - `ceiling`: the ceiling servers: a bare tonic unary handler doing one Redis `SET PX` or
+//!   `GET`, and a bare axum handler doing `GETDEL` + 302; run in a child process like wxauth.
+//! - `procs`: the processes a run owns (a private `redis-server`, wxauth, the ceiling server),
+//!   free ports, and resident-memory readings from `/proc/<pid>/status`.
+//! - `report`: one JSON object per line, the readable table, ratios and the issue's targets.
+//!
+//! Nothing here is linked into the service's request path; the module lives in the library
+//! only so the binary stays short and the pieces carry docs and lints like the rest.
+
+pub mod ceiling;
+pub mod load;
+pub mod procs;
+pub mod report;

@@ -1,0 +1,315 @@
+//! What a run prints: one JSON object per line on stdout (`"kind"`: `result`, `ratio`,
+//! `check`, `memory`), and a readable table, the ratios and the issue's targets (PASS/MISS) on
+//! stderr, so `wxauth-bench > run.jsonl` keeps the machine-readable part clean.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::load::Sample;
+use super::procs::Memory;
+
+/// Which server a row measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// wxauth itself.
+    Wxauth,
+    /// A ceiling.
+    Ceiling,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Wxauth => "wxauth",
+            Side::Ceiling => "ceiling",
+        }
+    }
+}
+
+/// One measured phase.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// wxauth or a ceiling.
+    pub side: Side,
+    /// The operation (`BuildAuthorizeUrl`, `relay`) or the ceiling's name (`tonic SET`).
+    pub name: &'static str,
+    /// What the server does per request, in a few words.
+    pub work: &'static str,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// The measurement.
+    pub sample: Sample,
+    /// The serving process's peak resident memory during the phase, when it is a child.
+    pub memory: Option<Memory>,
+}
+
+impl Row {
+    /// The row as one JSON object.
+    pub fn json(&self) -> Value {
+        let s = &self.sample;
+        json!({
+            "kind": "result",
+            "side": self.side.name(),
+            "op": self.name,
+            "work": self.work,
+            "concurrency": self.concurrency,
+            "seconds": round(s.elapsed.as_secs_f64(), 3),
+            "requests": s.requests,
+            "rps": round(s.rps(), 1),
+            "p50_us": s.quantile_us(0.50),
+            "p99_us": s.quantile_us(0.99),
+            "max_us": s.max_us(),
+            "errors": s.errors,
+            "error_total": s.error_total(),
+            "pool_exhausted": s.exhausted,
+            "peak_rss_kib": self.memory.map(|m| m.peak_kib),
+        })
+    }
+}
+
+/// An operation against its ceilings, and the issue's targets for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    /// The wxauth operation.
+    pub op: &'static str,
+    /// Its ceilings; the slower one (lower throughput) is the reference.
+    pub ceilings: &'static [&'static str],
+    /// Throughput must reach this fraction of the reference.
+    pub min_throughput: f64,
+    /// p99 must stay under this multiple of the reference's, when set.
+    pub max_p99: Option<f64>,
+}
+
+/// What the issue asks of each operation (issue 5).
+pub const COMPARISONS: &[Comparison] = &[
+    Comparison { op: "BuildAuthorizeUrl", ceilings: &["tonic SET"], min_throughput: 0.7, max_p99: Some(1.5) },
+    Comparison { op: "relay", ceilings: &["axum GETDEL"], min_throughput: 0.8, max_p99: None },
+    Comparison { op: "ExchangeCode", ceilings: &["tonic SET", "sim access_token"], min_throughput: 0.6, max_p99: None },
+    Comparison { op: "GetUserInfo", ceilings: &["tonic GET", "sim userinfo"], min_throughput: 0.6, max_p99: None },
+    Comparison { op: "ValidateToken", ceilings: &["tonic GET", "sim auth"], min_throughput: 0.6, max_p99: None },
+];
+
+/// Peak RSS limit at 256 concurrent callers, KiB.
+pub const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
+/// Idle RSS limit after start-up, KiB.
+pub const IDLE_RSS_LIMIT_KIB: u64 = 20 * 1024;
+/// The concurrency at which the peak RSS target is set.
+pub const PEAK_RSS_CONCURRENCY: usize = 256;
+
+/// One target and how the run fared.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The target, in words.
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// The limit.
+    pub limit: f64,
+    /// PASS (`Some(true)`), MISS (`Some(false)`), or not measurable in this run (`None`).
+    pub pass: Option<bool>,
+    /// Why it is not measurable, or what it was measured against.
+    pub note: String,
+}
+
+impl Check {
+    /// The check as one JSON object.
+    pub fn json(&self) -> Value {
+        let result = match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
+        };
+        json!({
+            "kind": "check", "target": self.name, "value": round(self.value, 3),
+            "limit": self.limit, "result": result, "note": self.note,
+        })
+    }
+}
+
+/// A wxauth operation's ratios to its reference ceiling.
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    /// The operation.
+    pub op: &'static str,
+    /// The reference ceiling (the slower of the operation's ceilings).
+    pub ceiling: &'static str,
+    /// wxauth throughput ÷ the ceiling's.
+    pub throughput: f64,
+    /// wxauth p99 ÷ the ceiling's.
+    pub p99: f64,
+    /// The composed ceiling: the rate at which these cores serve both (all) ceilings' work for
+    /// every request, `1 / Σ 1/rps` — what an operation that must do each ceiling's work in
+    /// turn reaches at best when client, server, Redis and simulator share the cores.
+    pub composed_rps: f64,
+    /// wxauth throughput ÷ the composed ceiling.
+    pub vs_composed: f64,
+}
+
+impl Ratio {
+    /// The ratio as one JSON object.
+    pub fn json(&self) -> Value {
+        json!({
+            "kind": "ratio", "op": self.op, "ceiling": self.ceiling,
+            "throughput_ratio": round(self.throughput, 3), "p99_ratio": round(self.p99, 3),
+            "composed_ceiling_rps": round(self.composed_rps, 1), "vs_composed": round(self.vs_composed, 3),
+        })
+    }
+}
+
+fn find<'a>(rows: &'a [Row], side: Side, name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.side == side && r.name == name)
+}
+
+/// The ratios of every operation measured along with its ceilings.
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    COMPARISONS
+        .iter()
+        .filter_map(|c| {
+            let op = find(rows, Side::Wxauth, c.op)?;
+            let ceilings = c.ceilings.iter().map(|name| find(rows, Side::Ceiling, name)).collect::<Option<Vec<_>>>()?;
+            let reference = ceilings.iter().min_by(|a, b| a.sample.rps().total_cmp(&b.sample.rps()))?;
+            let composed_rps = 1.0 / ceilings.iter().map(|r| 1.0 / r.sample.rps().max(f64::MIN_POSITIVE)).sum::<f64>();
+            Some(Ratio {
+                op: c.op,
+                ceiling: reference.name,
+                throughput: op.sample.rps() / reference.sample.rps().max(f64::MIN_POSITIVE),
+                p99: op.sample.quantile_us(0.99) as f64 / (reference.sample.quantile_us(0.99).max(1)) as f64,
+                composed_rps,
+                vs_composed: op.sample.rps() / composed_rps.max(f64::MIN_POSITIVE),
+            })
+        })
+        .collect()
+}
+
+/// The issue's targets against this run.
+pub fn checks(rows: &[Row], ratios: &[Ratio], idle: Option<Memory>, concurrency: usize) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for c in COMPARISONS {
+        let Some(ratio) = ratios.iter().find(|r| r.op == c.op) else { continue };
+        checks.push(Check {
+            name: format!("{} throughput ≥ {}× {}", c.op, c.min_throughput, ratio.ceiling),
+            value: ratio.throughput,
+            limit: c.min_throughput,
+            pass: Some(ratio.throughput >= c.min_throughput),
+            note: String::new(),
+        });
+        if let Some(max) = c.max_p99 {
+            checks.push(Check {
+                name: format!("{} p99 ≤ {}× {}", c.op, max, ratio.ceiling),
+                value: ratio.p99,
+                limit: max,
+                pass: Some(ratio.p99 <= max),
+                note: String::new(),
+            });
+        }
+    }
+    let peak = rows.iter().filter(|r| r.side == Side::Wxauth).filter_map(|r| r.memory).map(|m| m.peak_kib).max();
+    if let Some(peak) = peak {
+        let measurable = concurrency >= PEAK_RSS_CONCURRENCY;
+        checks.push(Check {
+            name: format!("wxauth peak RSS ≤ 64 MiB at {PEAK_RSS_CONCURRENCY} callers"),
+            value: peak as f64 / 1024.0,
+            limit: 64.0,
+            pass: measurable.then_some(peak <= PEAK_RSS_LIMIT_KIB),
+            note: if measurable {
+                format!("measured at concurrency {concurrency}")
+            } else {
+                format!("run with --concurrency {PEAK_RSS_CONCURRENCY} (this run: {concurrency})")
+            },
+        });
+    }
+    if let Some(idle) = idle {
+        checks.push(Check {
+            name: "wxauth idle RSS after start-up ≤ 20 MiB".into(),
+            value: idle.rss_kib as f64 / 1024.0,
+            limit: 20.0,
+            pass: Some(idle.rss_kib <= IDLE_RSS_LIMIT_KIB),
+            note: String::new(),
+        });
+    }
+    let errors: u64 = rows.iter().map(|r| r.sample.error_total()).sum();
+    checks.push(Check {
+        name: "zero errors in every phase".into(),
+        value: errors as f64,
+        limit: 0.0,
+        pass: Some(errors == 0),
+        note: String::new(),
+    });
+    checks
+}
+
+/// The readable table of the rows, then the ratios and the checks.
+pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memory>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<18} {:>10} {:>9} {:>9} {:>9} {:>9}  {:<22} work",
+        "side", "operation", "req/s", "p50 ms", "p99 ms", "max ms", "peak MiB", "errors"
+    );
+    for r in rows {
+        let s = &r.sample;
+        let errors = if s.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            s.errors.iter().map(|(k, n)| format!("{k}×{n}")).collect::<Vec<_>>().join(" ")
+        };
+        let peak = r.memory.map_or_else(|| "-".to_owned(), |m| format!("{:.1}", m.peak_kib as f64 / 1024.0));
+        let exhausted = if s.exhausted {
+            format!(" (fresh flows ran out after {:.1} s)", s.elapsed.as_secs_f64())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}  {:<22} {}{}",
+            r.side.name(),
+            r.name,
+            s.rps(),
+            ms(s.quantile_us(0.5)),
+            ms(s.quantile_us(0.99)),
+            ms(s.max_us()),
+            peak,
+            errors,
+            r.work,
+            exhausted
+        );
+    }
+    if let Some(idle) = idle {
+        let _ = writeln!(out, "\nwxauth idle after start-up: RSS {:.1} MiB", idle.rss_kib as f64 / 1024.0);
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<18} {:<18} {:>12} {:>10} {:>15} {:>12}",
+            "operation", "vs ceiling", "throughput", "p99", "composed req/s", "vs composed"
+        );
+        for r in ratios {
+            let _ = writeln!(
+                out,
+                "{:<18} {:<18} {:>11.2}× {:>9.2}× {:>15.0} {:>11.2}×",
+                r.op, r.ceiling, r.throughput, r.p99, r.composed_rps, r.vs_composed
+            );
+        }
+    }
+    let _ = writeln!(out, "\ntargets (issue 5):");
+    for c in checks {
+        let result = match c.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a ",
+        };
+        let note = if c.note.is_empty() { String::new() } else { format!("  ({})", c.note) };
+        let _ = writeln!(out, "  {result}  {:<48} measured {:.2}, limit {}{note}", c.name, c.value, c.limit);
+    }
+    out
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}

@@ -1,0 +1,871 @@
+//! `wxauth-bench`: measured speed of wxauth against ceilings built from the same stack, in one
+//! run on one machine (issue 5; results and method in BENCHMARKS.md).
+//!
+//! ```text
+//! cargo run --release --bin wxauth-bench -- --concurrency 64 --duration 10s
+//! ```
+//!
+//! By default it starts everything itself: a private `redis-server` on a free port, the WeChat
+//! simulator (in this process, on its own runtime, so codes are minted without a browser),
+//! wxauth as a separate process (the real `wxauth` binary, built by the same `cargo run` if
+//! needed, with a generated config in a temp dir, so its memory is read from
+//! `/proc/<pid>/status`), and the ceiling server (this binary re-run as `__ceiling`). Then it
+//! drives each operation at `--concurrency` for `--duration` after `--warmup`, each wxauth
+//! operation followed by its ceilings, and prints one JSON object per line on stdout and a
+//! table, the ratios and the targets on stderr. `--help` lists the flags, among them those
+//! that point it at an already running wxauth and Redis instead.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use wxauth::bench::load::{self, Outcome, Plan, Pool};
+use wxauth::bench::procs::{self, Children, Memory, ScratchDir};
+use wxauth::bench::report::{self, Row, Side};
+use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
+use wxauth::sim::{SimConfig, Simulator};
+
+const USAGE: &str = "\
+usage: wxauth-bench [flags]
+
+load:
+  --concurrency N      requests in flight per operation (default 64)
+  --duration D         timed window per operation: 10s, 500ms, 1m (default 10s)
+  --warmup D           untimed load before each window (default 2s)
+  --channels N         HTTP/2 connections the gRPC load is spread over (default 4)
+  --ops LIST           comma-separated, of: build, relay, exchange, userinfo, validate, refresh
+                       (default: all but refresh, which coalesces on two users and has no ceiling)
+  --no-ceilings        measure wxauth only
+
+what runs:
+  --wxauth-bin PATH    the wxauth binary (default: next to this one, built first under cargo run)
+  --log-level FILTER   RUST_LOG for wxauth (default: info, the production default)
+  --redis URL          use this Redis (for wxauth and the ceilings) instead of a private one
+  --keep               keep the temp dir with wxauth's config and log
+
+a wxauth already running (its api_base must point at --sim-listen; app `mp` must have appid
+wxd0000000000000a1 and secret demo-mp-secret, as the simulator's demo app):
+  --grpc URL           its gRPC endpoint, e.g. http://127.0.0.1:50051
+  --relay URL          its public listener, e.g. http://127.0.0.1:8080
+  --pid PID            its pid, for memory readings
+  --key KEY            a client key that may use app `mp` (default: the generated config's)
+  --return-url URL     an allowlisted return URL of that client
+  --sim-listen ADDR    where the in-process simulator listens (default: a free port)
+";
+
+/// The simulator's demo official-account app, which wxauth's app `mp` is configured as.
+const MP_APPID: &str = "wxd0000000000000a1";
+const MP_SECRET: &str = "demo-mp-secret";
+const APP: &str = "mp";
+/// The two simulator users whose tokens the per-user RPCs read.
+const USERS: [&str; 2] = ["alice", "bob"];
+const CLIENT_KEY: &str = "bench-client-key";
+const RETURN_URL: &str = "https://passport.example.com/login/callback?from=bench";
+/// A product's CSRF state, 32 characters as a typical session-bound value.
+const CALLER_STATE: &str = "Ks8dP2qLx0Vn4RtY7uWb1ZcE5gHj9mAo";
+/// The code WeChat would append at the callback (the relay does not look at it).
+const RELAY_CODE: &str = "061Bench0000000000000000000000Cd";
+const CALLBACK_HOST: &str = "auth.wxauth.bench";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Build,
+    Relay,
+    Exchange,
+    UserInfo,
+    Validate,
+    Refresh,
+}
+
+impl Op {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "build" => Op::Build,
+            "relay" => Op::Relay,
+            "exchange" => Op::Exchange,
+            "userinfo" => Op::UserInfo,
+            "validate" => Op::Validate,
+            "refresh" => Op::Refresh,
+            other => bail!("--ops: unknown operation {other:?}\n\n{USAGE}"),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Args {
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+    channels: usize,
+    ops: BTreeSet<Op>,
+    ceilings: bool,
+    wxauth_bin: Option<PathBuf>,
+    log_level: String,
+    redis: Option<String>,
+    keep: bool,
+    grpc: Option<String>,
+    relay: Option<String>,
+    pid: Option<u32>,
+    key: String,
+    return_url: String,
+    sim_listen: Option<SocketAddr>,
+}
+
+impl Args {
+    fn parse(raw: &[String]) -> anyhow::Result<Self> {
+        let mut args = Args {
+            concurrency: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            channels: 4,
+            ops: [Op::Build, Op::Relay, Op::Exchange, Op::UserInfo, Op::Validate].into(),
+            ceilings: true,
+            wxauth_bin: None,
+            log_level: "info".into(),
+            redis: None,
+            keep: false,
+            grpc: None,
+            relay: None,
+            pid: None,
+            key: CLIENT_KEY.into(),
+            return_url: RETURN_URL.into(),
+            sim_listen: None,
+        };
+        let mut it = raw.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().cloned().ok_or_else(|| anyhow!("{flag} needs a value\n\n{USAGE}"));
+            match flag.as_str() {
+                "--concurrency" => args.concurrency = value()?.parse().context("--concurrency: a whole number")?,
+                "--duration" => args.duration = parse_duration(&value()?).context("--duration")?,
+                "--warmup" => args.warmup = parse_duration(&value()?).context("--warmup")?,
+                "--channels" => args.channels = value()?.parse().context("--channels: a whole number")?,
+                "--ops" => args.ops = value()?.split(',').map(|s| Op::parse(s.trim())).collect::<Result<_, _>>()?,
+                "--no-ceilings" => args.ceilings = false,
+                "--wxauth-bin" => args.wxauth_bin = Some(value()?.into()),
+                "--log-level" => args.log_level = value()?,
+                "--redis" => args.redis = Some(value()?),
+                "--keep" => args.keep = true,
+                "--grpc" => args.grpc = Some(value()?),
+                "--relay" => args.relay = Some(value()?),
+                "--pid" => args.pid = Some(value()?.parse().context("--pid: a process id")?),
+                "--key" => args.key = value()?,
+                "--return-url" => args.return_url = value()?,
+                "--sim-listen" => args.sim_listen = Some(value()?.parse().context("--sim-listen: host:port")?),
+                "-h" | "--help" => bail!("{USAGE}"),
+                other => bail!("unknown flag {other:?}\n\n{USAGE}"),
+            }
+        }
+        if args.concurrency == 0 || args.channels == 0 {
+            bail!("--concurrency and --channels must be at least 1");
+        }
+        if args.grpc.is_some() != args.relay.is_some() {
+            bail!("--grpc and --relay go together (a running wxauth has both)");
+        }
+        Ok(args)
+    }
+
+    fn plan(&self) -> Plan {
+        Plan { concurrency: self.concurrency, warmup: self.warmup, duration: self.duration }
+    }
+}
+
+/// `10s`, `500ms`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().with_context(|| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => bail!("{text:?}: unit must be ms, s or m"),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| anyhow!("{text:?}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("__ceiling") {
+        return ceiling_main(raw.get(1).map(String::as_str).unwrap_or_default());
+    }
+    let result = Args::parse(&raw).and_then(|args| {
+        let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+        runtime.block_on(run(args))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxauth-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The ceiling server child: a runtime like wxauth's (`#[tokio::main]`: one worker per core).
+fn ceiling_main(redis_url: &str) -> ExitCode {
+    let served = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+        let served = rt.block_on(wxauth::bench::ceiling::serve(redis_url));
+        // Not waiting for the blocking stdin reader: it ends only when the bench exits.
+        rt.shutdown_background();
+        served.map_err(anyhow::Error::from)
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxauth-bench ceiling: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything the phases share.
+struct Bench {
+    args: Args,
+    sim: Simulator,
+    sim_base: String,
+    wxauth: Vec<WeChatOAuthServiceClient<Channel>>,
+    wxauth_relay: String,
+    wxauth_pid: Option<u32>,
+    ceiling: Option<(Vec<WeChatOAuthServiceClient<Channel>>, String, u32)>,
+    /// Kept for the run: dropping it closes the pipe that keeps the ceiling server up.
+    _ceiling_process: Option<procs::CeilingProcess>,
+    http: reqwest::Client,
+    auth: MetadataValue<Ascii>,
+    rows: Vec<Row>,
+}
+
+type OpFn = Arc<dyn Fn(usize) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; numbers are meaningless without --release");
+    }
+    let children = Children::default();
+    {
+        let children = children.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                children.kill_all();
+                std::process::exit(130);
+            }
+        });
+    }
+    let result = run_with(args, &children).await;
+    children.kill_all();
+    result
+}
+
+async fn run_with(args: Args, children: &Children) -> anyhow::Result<()> {
+    let (sim, sim_addr) = start_sim(args.sim_listen)?;
+    let sim_base = format!("http://{sim_addr}");
+    let redis_url = match &args.redis {
+        Some(url) => url.clone(),
+        None if args.grpc.is_none() || args.ceilings => procs::start_redis(children).await?,
+        None => String::new(),
+    };
+
+    let mut scratch = ScratchDir::create()?;
+    scratch.keep = args.keep;
+    let (grpc_url, relay_url, pid) = match (&args.grpc, &args.relay) {
+        (Some(grpc), Some(relay)) => (grpc.clone(), relay.trim_end_matches('/').to_owned(), args.pid),
+        _ => {
+            let program = wxauth_binary(&args)?;
+            let addrs = (free_addr()?, free_addr()?, free_addr()?);
+            let config = scratch.write("wxauth.toml", &wxauth_config(addrs, &redis_url, sim_addr))?;
+            let log = scratch.path.join("wxauth.log");
+            let started = procs::start_wxauth(children, &program, &config, addrs, log, &args.log_level).await;
+            let wx = started.inspect_err(|_| scratch.keep = true)?;
+            eprintln!("wxauth pid {} (grpc {}, relay {}), log {}", wx.pid, wx.grpc, wx.public, wx.log.display());
+            (format!("http://{}", wx.grpc), format!("http://{}", wx.public), Some(wx.pid))
+        }
+    };
+    // Idle: after start-up and a moment's rest, before any load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = pid.and_then(procs::memory);
+    if let Some(m) = idle {
+        println!(
+            "{}",
+            serde_json::json!({"kind": "memory", "when": "idle after start-up", "rss_kib": m.rss_kib, "peak_kib": m.peak_kib})
+        );
+    }
+
+    let (ceiling, ceiling_process) = if args.ceilings {
+        let c = procs::start_ceiling(children, &redis_url)?;
+        let clients = grpc_clients(&format!("http://{}", c.grpc), args.channels).await?;
+        (Some((clients, format!("http://{}", c.http), c.pid)), Some(c))
+    } else {
+        (None, None)
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let auth = format!("Bearer {}", args.key).parse().context("--key must be printable ASCII")?;
+    let mut bench = Bench {
+        wxauth: grpc_clients(&grpc_url, args.channels).await?,
+        wxauth_relay: relay_url,
+        wxauth_pid: pid,
+        args,
+        sim,
+        sim_base,
+        ceiling,
+        _ceiling_process: ceiling_process,
+        http,
+        auth,
+        rows: Vec::new(),
+    };
+    bench.phases().await?;
+
+    let end = pid.and_then(procs::memory);
+    if let Some(m) = end {
+        println!(
+            "{}",
+            serde_json::json!({"kind": "memory", "when": "end of run", "rss_kib": m.rss_kib, "peak_kib": m.peak_kib})
+        );
+    }
+    let ratios = report::ratios(&bench.rows);
+    let checks = report::checks(&bench.rows, &ratios, idle, bench.args.concurrency);
+    for r in &ratios {
+        println!("{}", r.json());
+    }
+    for c in &checks {
+        println!("{}", c.json());
+    }
+    eprintln!(
+        "\nconcurrency {}, {} channels, warm-up {:?}, window {:?}, {} cores\n",
+        bench.args.concurrency,
+        bench.args.channels,
+        bench.args.warmup,
+        bench.args.duration,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    eprint!("{}", report::table(&bench.rows, &ratios, &checks, idle));
+    Ok(())
+}
+
+impl Bench {
+    async fn phases(&mut self) -> anyhow::Result<()> {
+        let ops = self.args.ops.clone();
+        let window = (self.args.warmup + self.args.duration).as_secs_f64();
+        let mut wx_flows = Vec::new();
+        let mut ceiling_flows = Vec::new();
+
+        if ops.contains(&Op::Build) {
+            let sink = Arc::new(Mutex::new(Vec::new()));
+            let op = build_op(self.wxauth.clone(), self.auth.clone(), &self.args.return_url, Arc::clone(&sink), None);
+            self.phase(Side::Wxauth, "BuildAuthorizeUrl", "auth, validate, allowlist, seal, SET NX PX", op).await;
+            wx_flows = take(&sink);
+            self.ceiling_set(&mut ceiling_flows).await;
+        }
+        if ops.contains(&Op::Relay) {
+            let build_rps = self.rps(Side::Ceiling, "tonic SET").unwrap_or(20_000.0).max(1000.0);
+            if let Some((clients, base, _)) = self.ceiling.clone() {
+                let want = (build_rps * window * 2.5) as usize;
+                let ids = self.fill(clients, std::mem::take(&mut ceiling_flows), want, "ceiling").await;
+                let op = relay_op(self.http.clone(), base, Arc::new(Pool::new(ids)));
+                self.phase(Side::Ceiling, "axum GETDEL", "GETDEL + 302", op).await;
+            }
+            let want = match self.rps(Side::Ceiling, "axum GETDEL").filter(|rps| *rps > 0.0) {
+                Some(ceiling_rps) => (ceiling_rps * window * 1.5) as usize,
+                None => {
+                    (self.rps(Side::Wxauth, "BuildAuthorizeUrl").unwrap_or(10_000.0).max(1000.0) * window * 2.5)
+                        as usize
+                }
+            };
+            let ids = self.fill(self.wxauth.clone(), std::mem::take(&mut wx_flows), want, "wxauth").await;
+            let op = relay_op(self.http.clone(), self.wxauth_relay.clone(), Arc::new(Pool::new(ids)));
+            self.phase(Side::Wxauth, "relay", "EVALSHA get+cut TTL, open, 302", op).await;
+        }
+        drop((wx_flows, ceiling_flows));
+        if ops.contains(&Op::Exchange) {
+            let op = exchange_op(self.wxauth.clone(), self.auth.clone(), self.sim.clone());
+            self.phase(Side::Wxauth, "ExchangeCode", "SET NX, sns access_token, SET, SET", op).await;
+            self.ceiling_set(&mut Vec::new()).await;
+            let op = sim_exchange_op(self.http.clone(), self.sim_base.clone(), self.sim.clone());
+            self.phase(Side::Ceiling, "sim access_token", "the simulator's code exchange alone", op).await;
+        }
+        let per_user = [Op::UserInfo, Op::Validate, Op::Refresh];
+        if !per_user.iter().any(|op| ops.contains(op)) {
+            return Ok(());
+        }
+        let openids = self.login_users().await?;
+        let sim_tokens = self.sim_tokens().await?;
+        if ops.contains(&Op::UserInfo) {
+            let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone());
+            self.phase(Side::Wxauth, "GetUserInfo", "GET, open, sns userinfo", op).await;
+            self.ceiling_get(&openids).await;
+            let op = sim_get_op(self.http.clone(), format!("{}/sns/userinfo", self.sim_base), sim_tokens.clone(), true);
+            self.phase(Side::Ceiling, "sim userinfo", "the simulator's userinfo alone", op).await;
+        }
+        if ops.contains(&Op::Validate) {
+            let op = validate_op(self.wxauth.clone(), self.auth.clone(), openids.clone());
+            self.phase(Side::Wxauth, "ValidateToken", "GET, open, sns auth", op).await;
+            self.ceiling_get(&openids).await;
+            let op = sim_get_op(self.http.clone(), format!("{}/sns/auth", self.sim_base), sim_tokens, false);
+            self.phase(Side::Ceiling, "sim auth", "the simulator's token check alone", op).await;
+        }
+        if ops.contains(&Op::Refresh) {
+            let op = refresh_op(self.wxauth.clone(), self.auth.clone(), openids);
+            self.phase(Side::Wxauth, "RefreshToken", "2 users: single-flight, lock, sns refresh, SET", op).await;
+        }
+        Ok(())
+    }
+
+    /// The `SET` ceiling, once per run; its flows go to `sink` for the relay ceiling.
+    async fn ceiling_set(&mut self, sink: &mut Vec<String>) {
+        let Some((clients, _, _)) = self.ceiling.clone() else { return };
+        if self.rps(Side::Ceiling, "tonic SET").is_some() {
+            return;
+        }
+        let collected = Arc::new(Mutex::new(Vec::new()));
+        let op = build_op(clients, self.auth.clone(), &self.args.return_url, Arc::clone(&collected), None);
+        self.phase(Side::Ceiling, "tonic SET", "SET PX of 200 bytes", op).await;
+        *sink = take(&collected);
+    }
+
+    /// The `GET` ceiling, once per run.
+    async fn ceiling_get(&mut self, openids: &[String]) {
+        let Some((clients, _, _)) = self.ceiling.clone() else { return };
+        if self.rps(Side::Ceiling, "tonic GET").is_some() {
+            return;
+        }
+        let op = userinfo_op(clients, self.auth.clone(), openids.to_vec());
+        self.phase(Side::Ceiling, "tonic GET", "GET of 300 bytes", op).await;
+    }
+
+    fn rps(&self, side: Side, name: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.side == side && r.name == name).map(|r| r.sample.rps())
+    }
+
+    /// Runs one timed phase, prints its JSON line, and keeps its row.
+    async fn phase(&mut self, side: Side, name: &'static str, work: &'static str, op: OpFn) {
+        let pid = match side {
+            Side::Wxauth => self.wxauth_pid,
+            Side::Ceiling if name.starts_with("sim ") => None,
+            Side::Ceiling => self.ceiling.as_ref().map(|c| c.2),
+        };
+        eprintln!("{:<8} {name}: {:?} warm-up, {:?} timed …", side_name(side), self.args.warmup, self.args.duration);
+        let reset = pid.is_some_and(procs::reset_peak);
+        let sample = load::run(self.args.plan(), move |worker| op(worker)).await;
+        let memory = pid.and_then(procs::memory).map(|m| if reset { m } else { Memory { peak_kib: m.peak_kib, ..m } });
+        let row = Row { side, name, work, concurrency: self.args.concurrency, sample, memory };
+        println!("{}", row.json());
+        if row.sample.error_total() > 0 {
+            eprintln!("         errors: {:?}", row.sample.errors);
+        }
+        self.rows.push(row);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Tops `ids` up to `want` fresh flows with untimed BuildAuthorizeUrl calls.
+    async fn fill(
+        &self,
+        clients: Vec<WeChatOAuthServiceClient<Channel>>,
+        mut ids: Vec<String>,
+        want: usize,
+        whose: &str,
+    ) -> Vec<String> {
+        if ids.len() >= want {
+            return ids;
+        }
+        eprintln!("{whose}: creating {} more fresh flows for the relay (untimed) …", want - ids.len());
+        let remaining = Arc::new(AtomicI64::new(i64::try_from(want - ids.len()).unwrap_or(i64::MAX)));
+        let sink = Arc::new(Mutex::new(Vec::with_capacity(want)));
+        let op = build_op(clients, self.auth.clone(), &self.args.return_url, Arc::clone(&sink), Some(remaining));
+        let plan =
+            Plan { concurrency: self.args.concurrency, warmup: Duration::ZERO, duration: Duration::from_secs(3600) };
+        let sample = load::run(plan, move |worker| op(worker)).await;
+        if sample.error_total() > 0 {
+            eprintln!("warning: {} errors while creating flows: {:?}", sample.error_total(), sample.errors);
+        }
+        ids.extend(take(&sink));
+        ids
+    }
+
+    /// Logs the users in through wxauth (`snsapi_userinfo`), so their token records exist and
+    /// are fresh (no refresh during the phases); returns their openids.
+    async fn login_users(&self) -> anyhow::Result<Vec<String>> {
+        let mut openids = Vec::new();
+        for user in USERS {
+            let code = self.sim.authorize(MP_APPID, user, "snsapi_userinfo").context("simulator authorize")?;
+            let request =
+                authed(&self.auth, proto::ExchangeCodeRequest { app: APP.into(), code, ..Default::default() });
+            let response =
+                self.wxauth[0].clone().exchange_code(request).await.context("log a user in through wxauth")?;
+            openids.push(response.into_inner().openid);
+        }
+        Ok(openids)
+    }
+
+    /// Access tokens straight from the simulator, for the simulator-alone ceilings.
+    async fn sim_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut tokens = Vec::new();
+        for user in USERS {
+            let code = self.sim.authorize(MP_APPID, user, "snsapi_userinfo").context("simulator authorize")?;
+            let url = format!(
+                "{}/sns/oauth2/access_token?appid={MP_APPID}&secret={MP_SECRET}&code={code}&grant_type=authorization_code",
+                self.sim_base
+            );
+            let body: serde_json::Value = self.http.get(url).send().await?.json().await.context("simulator token")?;
+            let token = body["access_token"].as_str().ok_or_else(|| anyhow!("simulator gave no token: {body}"))?;
+            let openid = body["openid"].as_str().unwrap_or_default();
+            tokens.push((token.to_owned(), openid.to_owned()));
+        }
+        Ok(tokens)
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Wxauth => "wxauth",
+        Side::Ceiling => "ceiling",
+    }
+}
+
+fn take(sink: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *sink.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+fn authed<T>(auth: &MetadataValue<Ascii>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+fn grpc_error(status: &tonic::Status) -> Outcome {
+    Outcome::Error(format!("grpc:{:?}", status.code()))
+}
+
+/// `BuildAuthorizeUrl`, collecting the flow ids; with `limit`, stops after that many.
+fn build_op(
+    clients: Vec<WeChatOAuthServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    return_url: &str,
+    sink: Arc<Mutex<Vec<String>>>,
+    limit: Option<Arc<AtomicI64>>,
+) -> OpFn {
+    let return_url: Arc<str> = return_url.into();
+    Arc::new(move |worker| {
+        if limit.as_ref().is_some_and(|l| l.fetch_sub(1, Ordering::Relaxed) <= 0) {
+            return async { Outcome::Exhausted }.boxed();
+        }
+        let mut client = clients[worker % clients.len()].clone();
+        let request = authed(
+            &auth,
+            proto::BuildAuthorizeUrlRequest {
+                app: APP.into(),
+                return_url: return_url.to_string(),
+                scope: proto::Scope::SnsapiUserinfo as i32,
+                state: CALLER_STATE.into(),
+                ..Default::default()
+            },
+        );
+        let sink = Arc::clone(&sink);
+        async move {
+            match client.build_authorize_url(request).await {
+                Ok(response) => {
+                    sink.lock().unwrap_or_else(PoisonError::into_inner).push(response.into_inner().flow_id);
+                    Outcome::Ok
+                }
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// The callback of a fresh flow (each relayed once); a 302 is the expected answer.
+fn relay_op(http: reqwest::Client, base: String, pool: Arc<Pool>) -> OpFn {
+    Arc::new(move |_| {
+        let Some(flow) = pool.take() else { return async { Outcome::Exhausted }.boxed() };
+        let request = http.get(format!("{base}/wechat/callback?code={RELAY_CODE}&state={flow}"));
+        async move {
+            match request.send().await {
+                Ok(response) if response.status() == reqwest::StatusCode::FOUND => Outcome::Ok,
+                Ok(response) => Outcome::Error(format!("http:{}", response.status().as_u16())),
+                Err(_) => Outcome::Error("http:transport".into()),
+            }
+        }
+        .boxed()
+    })
+}
+
+fn mint(sim: &Simulator, worker: usize) -> Result<String, Outcome> {
+    sim.authorize(MP_APPID, USERS[worker % USERS.len()], "snsapi_userinfo")
+        .map_err(|e| Outcome::Error(format!("sim:{e}")))
+}
+
+/// `ExchangeCode` of a code minted for this request.
+fn exchange_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>, sim: Simulator) -> OpFn {
+    Arc::new(move |worker| {
+        let code = match mint(&sim, worker) {
+            Ok(code) => code,
+            Err(outcome) => return async { outcome }.boxed(),
+        };
+        let mut client = clients[worker % clients.len()].clone();
+        let request = authed(&auth, proto::ExchangeCodeRequest { app: APP.into(), code, ..Default::default() });
+        async move {
+            match client.exchange_code(request).await {
+                Ok(_) => Outcome::Ok,
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// A WeChat JSON answer: HTTP 200 without a non-zero `errcode`.
+async fn wechat_outcome(sent: reqwest::Result<reqwest::Response>) -> Outcome {
+    let response = match sent {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => return Outcome::Error(format!("http:{}", r.status().as_u16())),
+        Err(_) => return Outcome::Error("http:transport".into()),
+    };
+    match response.json::<serde_json::Value>().await {
+        Ok(body) => match body.get("errcode").and_then(serde_json::Value::as_i64) {
+            None | Some(0) => Outcome::Ok,
+            Some(code) => Outcome::Error(format!("errcode:{code}")),
+        },
+        Err(_) => Outcome::Error("bad-json".into()),
+    }
+}
+
+/// The simulator's `sns/oauth2/access_token` alone, with a code minted for this request.
+fn sim_exchange_op(http: reqwest::Client, base: String, sim: Simulator) -> OpFn {
+    Arc::new(move |worker| {
+        let code = match mint(&sim, worker) {
+            Ok(code) => code,
+            Err(outcome) => return async { outcome }.boxed(),
+        };
+        let request = http.get(format!(
+            "{base}/sns/oauth2/access_token?appid={MP_APPID}&secret={MP_SECRET}&code={code}&grant_type=authorization_code"
+        ));
+        async move { wechat_outcome(request.send().await).await }.boxed()
+    })
+}
+
+/// `sns/userinfo` (with `lang`) or `sns/auth` alone, with live tokens.
+fn sim_get_op(http: reqwest::Client, url: String, tokens: Vec<(String, String)>, lang: bool) -> OpFn {
+    let lang = if lang { "&lang=zh_CN" } else { "" };
+    let urls: Vec<String> =
+        tokens.iter().map(|(token, openid)| format!("{url}?access_token={token}&openid={openid}{lang}")).collect();
+    Arc::new(move |worker| {
+        let request = http.get(&urls[worker % urls.len()]);
+        async move { wechat_outcome(request.send().await).await }.boxed()
+    })
+}
+
+/// `GetUserInfo` of a logged-in user (the `GET` ceiling serves it too).
+fn userinfo_op(
+    clients: Vec<WeChatOAuthServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    openids: Vec<String>,
+) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let openid = openids[worker % openids.len()].clone();
+        let request = authed(&auth, proto::GetUserInfoRequest { app: APP.into(), openid, ..Default::default() });
+        async move {
+            match client.get_user_info(request).await {
+                Ok(_) => Outcome::Ok,
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// `ValidateToken` of a logged-in user; `valid: false` counts as an error.
+fn validate_op(
+    clients: Vec<WeChatOAuthServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    openids: Vec<String>,
+) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let openid = openids[worker % openids.len()].clone();
+        let request = authed(&auth, proto::ValidateTokenRequest { app: APP.into(), openid, ..Default::default() });
+        async move {
+            match client.validate_token(request).await {
+                Ok(response) if response.get_ref().valid => Outcome::Ok,
+                Ok(response) => Outcome::Error(format!("invalid:errcode {}", response.get_ref().errcode)),
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// `RefreshToken` of a logged-in user.
+fn refresh_op(
+    clients: Vec<WeChatOAuthServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    openids: Vec<String>,
+) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let openid = openids[worker % openids.len()].clone();
+        let request = authed(&auth, proto::RefreshTokenRequest { app: APP.into(), openid, ..Default::default() });
+        async move {
+            match client.refresh_token(request).await {
+                Ok(_) => Outcome::Ok,
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// `n` clients, each on its own HTTP/2 connection.
+async fn grpc_clients(uri: &str, n: usize) -> anyhow::Result<Vec<WeChatOAuthServiceClient<Channel>>> {
+    let endpoint = Endpoint::from_shared(uri.to_owned()).with_context(|| format!("gRPC URL {uri}"))?.tcp_nodelay(true);
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = endpoint.connect().await.with_context(|| format!("connect to {uri}"))?;
+        clients.push(WeChatOAuthServiceClient::new(channel));
+    }
+    Ok(clients)
+}
+
+/// The simulator with its demo apps, on its own two-worker runtime and thread (as if it were
+/// another process), listening on `listen` or a free loopback port.
+fn start_sim(listen: Option<SocketAddr>) -> anyhow::Result<(Simulator, SocketAddr)> {
+    let mut config = SimConfig::demo();
+    for app in &mut config.apps {
+        app.callback_domain = CALLBACK_HOST.into();
+    }
+    let sim = Simulator::new(config);
+    let listener = std::net::TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
+        .context("bind the simulator")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sim")
+        .enable_all()
+        .build()
+        .context("simulator runtime")?;
+    let server = sim.clone();
+    std::thread::Builder::new().name("sim".into()).spawn(move || {
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    if let Err(e) = server.serve(listener, std::future::pending()).await {
+                        eprintln!("simulator stopped: {e}");
+                    }
+                }
+                Err(e) => eprintln!("simulator cannot listen: {e}"),
+            }
+        });
+    })?;
+    Ok((sim, addr))
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], procs::free_port().context("free port")?)))
+}
+
+/// The config wxauth runs with: app `mp` on the simulator, one client, Redis.
+fn wxauth_config(addrs: (SocketAddr, SocketAddr, SocketAddr), redis: &str, sim: SocketAddr) -> String {
+    let (grpc, public, admin) = addrs;
+    format!(
+        r#"mode = "development"
+[server]
+grpc_addr = "{grpc}"
+public_addr = "{public}"
+admin_addr = "{admin}"
+callback_url = "https://{CALLBACK_HOST}/wechat/callback"
+drain = "2s"
+[store]
+kind = "redis"
+url = "{redis}"
+sealing_keys = "{keys}"
+[wechat]
+open_base = "http://{sim}"
+api_base = "http://{sim}"
+timeout = "3s"
+[apps.mp]
+kind = "official_account"
+appid = "{MP_APPID}"
+secret = "{MP_SECRET}"
+default_for = "MOBILE"
+[clients.bench]
+key_sha256 = "{key}"
+apps = ["mp"]
+return_urls = ["https://passport.example.com/login/"]
+"#,
+        keys = wxauth::store::seal::Keyring::generate_line(1),
+        key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),
+    )
+}
+
+/// The `wxauth` binary: `--wxauth-bin`, else the one next to this binary — built first, with
+/// this binary's profile, when run by `cargo run` (which sets `CARGO`).
+fn wxauth_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.wxauth_bin {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().context("own path")?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("own binary has no directory"))?;
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "--bin", "wxauth", "--manifest-path"]);
+        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        eprintln!("building wxauth ({profile}) …");
+        let status = build.status().context("run cargo build for wxauth")?;
+        if !status.success() {
+            bail!("cargo build --bin wxauth failed ({status})");
+        }
+    }
+    let path = dir.join(format!("wxauth{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("{} not found: `cargo build --release --bin wxauth`, or pass --wxauth-bin", path.display());
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3").ok(), Some(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn flags_parse_and_ops_default_to_all_but_refresh() {
+        let raw: Vec<String> = ["--concurrency", "8", "--duration", "1s"].iter().map(|s| s.to_string()).collect();
+        let args = Args::parse(&raw).expect("valid flags");
+        assert_eq!(args.concurrency, 8);
+        assert!(!args.ops.contains(&Op::Refresh));
+        assert!(Args::parse(&["--bogus".to_owned()]).is_err());
+    }
+}
