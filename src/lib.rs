@@ -1,5 +1,23 @@
 //! wxauth: WeChat web authorization (公众号网页授权 and 开放平台 QR login) for a whole company
 //! behind one callback domain.
+//!
+//! # Layout
+//!
+//! The service, one layer per concern, wired once in [`startup::Application`]:
+//! - [`config`]: the typed config (TOML + `WXAUTH_*` env), validated at start-up.
+//! - [`grpc`]: the tonic service `wxauth.v1.WeChatOAuthService`: validation, caller
+//!   authentication, allowlists; [`error`] is the one mapping of failures to gRPC statuses.
+//! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
+//!   cross-replica refresh lock.
+//! - [`wechat`]: the upstream client: authorize URLs and the `sns` endpoints.
+//! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory.
+//! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
+//! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
+//! - [`secrets`], [`clock`], [`proto`]: credential newtypes, the service clock, generated types.
+//!
+//! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
+//! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), [`bench`]
+//! (the benchmark harness behind `wxauth-bench`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
