@@ -174,7 +174,7 @@ impl OAuthService {
             state: &flow_id,
             force_popup: req.force_popup,
         });
-        tracing::info!(client = %client.name, app = %app.name, scope = scope.as_str(), "flow created");
+        tracing::debug!(client = %client.name, app = %app.name, scope = scope.as_str(), "flow created");
         Ok(proto::BuildAuthorizeUrlResponse {
             authorize_url,
             flow_id,

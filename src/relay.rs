@@ -71,7 +71,7 @@ async fn callback(State(relay): State<RelayState>, RawQuery(query): RawQuery) ->
         Err(Refusal::StoreDown) => "store_unavailable",
     };
     tracing::Span::current().record("outcome", outcome);
-    tracing::info!(outcome, "callback");
+    tracing::debug!(outcome, "callback");
     relay.metrics.relay_callbacks.with_label_values(&[outcome]).inc();
     match result {
         Ok((location, _, _)) => redirect(&location),

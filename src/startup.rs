@@ -12,8 +12,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -87,7 +87,7 @@ impl Application {
         let metrics = Metrics::new();
         let (keys, prefix) = (settings.keyring.clone(), settings.key_prefix.as_str());
         let store = match &settings.store {
-            StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics)),
+            StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics), clock.clone()),
             StoreBackend::Redis(urls) => Store::redis(urls, keys, prefix, Arc::clone(&metrics)).await?,
             StoreBackend::Sentinel { urls, master } => {
                 Store::redis_sentinel(urls, master, keys, prefix, Arc::clone(&metrics)).await?
@@ -188,9 +188,19 @@ impl Application {
                     .max_decoding_message_size(64 * 1024)
                     .max_encoding_message_size(256 * 1024),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stopped());
+            // TCP_NODELAY on accepted sockets: `Server::tcp_nodelay` covers only listeners tonic
+            // binds itself, and without it each response's trailers wait ~40 ms for the
+            // client's delayed ACK (Nagle).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                stopped(),
+            );
         let public = axum::serve(
-            self.public,
+            self.public.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            }),
             relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics))),
         )
         .with_graceful_shutdown(stopped());

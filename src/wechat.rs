@@ -252,6 +252,8 @@ pub struct WechatSettings {
 #[derive(Clone, Debug)]
 pub struct WechatClient {
     http: reqwest::Client,
+    /// The sns endpoint URLs, parsed once (in [`Endpoint`] order).
+    endpoints: std::sync::Arc<[Url; 4]>,
     settings: WechatSettings,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -278,8 +280,26 @@ impl WechatClient {
             .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
             .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // The sns endpoints never redirect; a redirect would be an upstream fault.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, settings, metrics })
+        let endpoint = |e: Endpoint| {
+            Url::parse(&format!("{}{}", base(&settings.api_base), e.path()))
+                .unwrap_or_else(|_| settings.api_base.clone())
+        };
+        let endpoints =
+            [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth].map(endpoint);
+        Ok(Self { http, endpoints: std::sync::Arc::new(endpoints), settings, metrics })
+    }
+
+    fn endpoint_url(&self, endpoint: Endpoint) -> Url {
+        let index = match endpoint {
+            Endpoint::AccessToken => 0,
+            Endpoint::RefreshToken => 1,
+            Endpoint::UserInfo => 2,
+            Endpoint::Auth => 3,
+        };
+        self.endpoints[index].clone()
     }
 
     /// The authorize URL, parameters in WeChat's order: `appid, redirect_uri, response_type,
@@ -380,7 +400,7 @@ impl WechatClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
-        let url = format!("{}{}", base(&self.settings.api_base), endpoint.path());
+        let url = self.endpoint_url(endpoint);
         // `without_url`: the URL holds the secret, the code or a token.
         let response =
             self.http.get(url).query(query).send().await.map_err(|e| WechatError::Transport(e.without_url()))?;
@@ -406,12 +426,13 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
         #[serde(default)]
         errmsg: String,
     }
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(WechatError::Decode)?;
-    let error = ErrorReply::deserialize(&value).map_err(WechatError::Decode)?;
+    // Two typed passes over the bytes (errcode first, then the payload) cost less than building
+    // a `serde_json::Value` tree.
+    let error: ErrorReply = serde_json::from_slice(body).map_err(WechatError::Decode)?;
     if error.errcode != 0 {
         return Err(WechatError::Api { errcode: error.errcode, errmsg: error.errmsg });
     }
-    T::deserialize(value).map_err(WechatError::Decode)
+    serde_json::from_slice(body).map_err(WechatError::Decode)
 }
 
 /// The base URL as a prefix ending in `/`.

@@ -104,7 +104,8 @@ async fn a_flows_spans_reach_the_collector_under_the_callers_trace() {
     let build = find(&spans, "wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl");
     assert_eq!(build.trace_id, trace_id, "the caller's trace");
     assert_eq!(build.parent_span_id, parent_id, "the caller's span is the parent");
-    let build_store: Vec<_> = spans.iter().filter(|s| s.name == "store" && s.parent_span_id == build.span_id).collect();
+    let build_store: Vec<_> =
+        spans.iter().filter(|s| s.name.starts_with("store.") && s.parent_span_id == build.span_id).collect();
     assert!(!build_store.is_empty(), "the flow write is a child of the RPC");
     assert!(build_store.iter().all(|s| s.trace_id == trace_id));
 
@@ -116,7 +117,7 @@ async fn a_flows_spans_reach_the_collector_under_the_callers_trace() {
 
     let relay = find(&spans, "relay.callback");
     assert_ne!(relay.trace_id, trace_id, "the browser's callback starts its own trace");
-    assert!(spans.iter().any(|s| s.name == "store" && s.parent_span_id == relay.span_id));
+    assert!(spans.iter().any(|s| s.name == "store.get_and_cut_ttl" && s.parent_span_id == relay.span_id));
 
     // Nothing secret in any span attribute.
     let dump = format!("{spans:?}");

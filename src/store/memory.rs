@@ -1,10 +1,16 @@
 //! The in-memory backend: the embedded default for `cargo run` and unit tests. One process
 //! only (its locks and records are not shared), so production with several replicas uses
-//! Redis. Same semantics as the Redis backend, TTLs included.
+//! Redis. Same semantics as the Redis backend, TTLs included; expiry runs on the service
+//! [`Clock`], so tests move time instead of sleeping.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
+
+/// A point in time on the service clock, in milliseconds.
+type Instant = i64;
 
 /// Sweep expired entries every this many writes, so abandoned flows do not accumulate.
 const SWEEP_EVERY: u64 = 1024;
@@ -19,6 +25,7 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryBackend {
     inner: Mutex<Inner>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -40,11 +47,24 @@ impl Inner {
         if self.writes % SWEEP_EVERY == 0 {
             self.entries.retain(|_, (_, exp)| *exp > now);
         }
-        self.entries.insert(key.to_owned(), (value.to_vec(), now + ttl));
+        self.entries.insert(key.to_owned(), (value.to_vec(), now.saturating_add(millis(ttl))));
     }
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl MemoryBackend {
+    /// An empty store whose entries expire by `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self { inner: Mutex::default(), clock }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now_ms()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the map half-written (each operation
         // is one map call), so a poisoned lock is still safe to use.
@@ -52,15 +72,15 @@ impl MemoryBackend {
     }
 
     pub(super) fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.lock().live(key, Instant::now()).map(|(v, _)| v.clone())
+        self.lock().live(key, self.now()).map(|(v, _)| v.clone())
     }
 
     pub(super) fn set(&self, key: &str, value: &[u8], ttl: Duration) {
-        self.lock().insert(key, value, ttl, Instant::now());
+        self.lock().insert(key, value, ttl, self.now());
     }
 
     pub(super) fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
-        let now = Instant::now();
+        let now = self.now();
         let mut inner = self.lock();
         if inner.live(key, now).is_some() {
             return false;
@@ -75,7 +95,7 @@ impl MemoryBackend {
 
     pub(super) fn del_if_eq(&self, key: &str, value: &[u8]) -> bool {
         let mut inner = self.lock();
-        let matches = inner.live(key, Instant::now()).is_some_and(|(v, _)| v == value);
+        let matches = inner.live(key, self.now()).is_some_and(|(v, _)| v == value);
         if matches {
             inner.entries.remove(key);
         }
@@ -85,12 +105,12 @@ impl MemoryBackend {
     pub(super) fn ping(&self) {}
 
     pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, Duration)> {
-        let now = Instant::now();
+        let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?;
-        let left = expiry.saturating_duration_since(now);
+        let left = Duration::from_millis(u64::try_from(*expiry - now).unwrap_or(0));
         if left > cut_to {
-            *expiry = now + cut_to;
+            *expiry = now.saturating_add(millis(cut_to));
         }
         Some((value.clone(), left))
     }

@@ -26,13 +26,15 @@ const WAIT: Duration = Duration::from_secs(15);
 /// wxauth (dev-mode settings), the simulator and the demo page, all on free loopback ports.
 struct DevMode {
     sim: Simulator,
+    /// The service's clock (the memory store expires flows by it).
+    clock: wxauth::clock::Clock,
     demo: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl DevMode {
-    /// Starts everything; `grace` replaces the relay's grace window when given.
-    async fn start(grace: Option<Duration>) -> Self {
+    /// Starts everything: the simulator, wxauth in dev mode on free ports, the demo page.
+    async fn start() -> Self {
         for _ in 0..10 {
             let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let mut config = SimConfig::demo();
@@ -44,11 +46,9 @@ impl DevMode {
             let demo = demo_listener.local_addr().expect("demo addr");
             let any = SocketAddr::from(([127, 0, 0, 1], 0));
             let addrs = DevAddrs { grpc: any, public, admin: any, sim: sim_addr, demo };
-            let mut settings = wxauth::dev::settings_at(&addrs).expect("dev settings");
-            if let Some(grace) = grace {
-                settings.grace = grace;
-            }
-            let app = match Application::build(settings).await {
+            let settings = wxauth::dev::settings_at(&addrs).expect("dev settings");
+            let clock = wxauth::clock::Clock::system();
+            let app = match Application::build_with_clock(settings, clock.clone()).await {
                 Ok(app) => app,
                 Err(BuildError::Bind { .. }) => continue, // the picked public port was taken meanwhile
                 Err(e) => panic!("wxauth start-up: {e}"),
@@ -59,7 +59,7 @@ impl DevMode {
                 let _ = stopped.await;
             }));
             tokio::spawn(wxauth::demo::serve(demo_listener, grpc, std::future::pending()));
-            return Self { sim, demo, _stop: stop };
+            return Self { sim, clock, demo, _stop: stop };
         }
         panic!("no free port for the public listener after 10 tries");
     }
@@ -217,7 +217,7 @@ async fn assert_no_code_used(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in() {
-    let dev = DevMode::start(None).await;
+    let dev = DevMode::start().await;
     Browser::start()
         .await
         .run(async |client| {
@@ -248,7 +248,7 @@ async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pc_qr_login_signs_in_through_the_website_app() {
-    let dev = DevMode::start(None).await;
+    let dev = DevMode::start().await;
     Browser::start()
         .await
         .run(async |client| {
@@ -264,7 +264,7 @@ async fn pc_qr_login_signs_in_through_the_website_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
-    let dev = DevMode::start(None).await;
+    let dev = DevMode::start().await;
     Browser::start()
         .await
         .run(async |client| {
@@ -280,7 +280,7 @@ async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechats_double_callback_still_signs_the_user_in_without_code_used() {
-    let dev = DevMode::start(None).await;
+    let dev = DevMode::start().await;
     dev.sim.set_double_callback(true);
     Browser::start()
         .await
@@ -305,7 +305,7 @@ async fn wechats_double_callback_still_signs_the_user_in_without_code_used() {
 /// to WeChat's consent page and allows again — the back button after a finished sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
-    let dev = DevMode::start(Some(Duration::from_millis(1))).await;
+    let dev = DevMode::start().await;
     Browser::start()
         .await
         .run(async |client| {
@@ -313,6 +313,8 @@ async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
             allow_as(client, "alice").await;
             assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
 
+            // The grace window (60 s) passes on the service clock.
+            dev.clock.advance(Duration::from_secs(61));
             client.back().await.expect("back");
             allow_as(client, "alice").await;
             let title = text(client, "h1").await;
@@ -326,7 +328,7 @@ async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_whose_state_is_not_the_browsers_is_refused() {
-    let dev = DevMode::start(None).await;
+    let dev = DevMode::start().await;
     let http = reqwest::Client::new();
     let forged = format!("http://{}/callback?app=demo-mp&code=stolen&state=Forged1", dev.demo);
     let response = http.get(&forged).header("cookie", "wxauth_demo_state=Mine1").send().await.expect("demo");
