@@ -5,6 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+
+/// jemalloc: the request path allocates many small, short-lived buffers (h2 frames, protobuf
+/// messages, sealed records) across threads, where glibc's malloc showed ~10 % of the CPU time
+/// and arena-lock contention in profiles under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use wxauth::config::Settings;
 use wxauth::startup::Application;
 use wxauth::store::seal::Keyring;

@@ -193,6 +193,11 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|e| anyhow!("{text:?}: {e}"))
 }
 
+/// The same allocator as `wxauth`, so the ceilings (this binary, run as `__ceiling`) are built
+/// from the same stack.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().map(String::as_str) == Some("__ceiling") {
