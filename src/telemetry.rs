@@ -97,7 +97,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let (json, text) = if config.json_logs {
         (Some(tracing_subscriber::fmt::layer().json().with_target(false)), None)
     } else {
-        (None, Some(tracing_subscriber::fmt::layer().with_target(false)))
+        (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            ),
+        )
     };
     let installed = tracing_subscriber::registry().with(filter).with(otel).with(json).with(text).try_init();
     if installed.is_err() {
