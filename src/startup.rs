@@ -171,6 +171,9 @@ impl Application {
             }
         };
 
+        // NOT_SERVING until the first store check says otherwise (tonic-health starts "" as
+        // SERVING, and an unregistered service name would answer NOT_FOUND to probes).
+        set_status(&reporter, ServingStatus::NotServing).await;
         reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
         let health_task =
             tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));

@@ -189,7 +189,14 @@ return_urls = ["https://passport.example.com/"]
             tokio::spawn(async move { client.get_user_info(authed(PASSPORT_KEY, request)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // SIGTERM once every one of them is inside wxauth, waiting on WeChat.
+    for _ in 0..200 {
+        if sim.calls(Endpoint::UserInfo) >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.calls(Endpoint::UserInfo), 200, "all 200 reached WeChat before the signal");
     let pid = child.id().expect("pid").to_string();
     let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
     assert!(killed.success());

@@ -73,7 +73,7 @@ async fn health_and_readiness_follow_the_store() {
 async fn shutdown_lets_in_flight_requests_finish() {
     let mut app = spawn_app(Backend::Memory).await;
     let login = app.login("alice", "snsapi_userinfo").await;
-    app.sim.inject(wxauth::sim::Endpoint::UserInfo, wxauth::sim::Fault::Delay(Duration::from_millis(300)), 1);
+    app.sim.inject(wxauth::sim::Endpoint::UserInfo, wxauth::sim::Fault::Delay(Duration::from_millis(1000)), 1);
     let in_flight = {
         let mut client = app.grpc.clone();
         let request = app.req(wxauth::proto::GetUserInfoRequest {
@@ -83,7 +83,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
         });
         tokio::spawn(async move { client.get_user_info(request).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await; // let it reach the slow upstream
+    // Stop once the call is inside wxauth, waiting on the slow upstream.
+    assert!(eventually(async || app.sim.calls(wxauth::sim::Endpoint::UserInfo) == 1).await);
     app.stop().await.expect("clean exit");
     let answered = in_flight.await.expect("task");
     assert!(answered.is_ok(), "the in-flight call finished: {answered:?}");
