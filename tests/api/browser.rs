@@ -317,6 +317,16 @@ async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
             dev.clock.advance(Duration::from_secs(61));
             client.back().await.expect("back");
             allow_as(client, "alice").await;
+            // The consent page has an `h1` too: wait until the browser has left it.
+            let mut at_relay = false;
+            for _ in 0..(WAIT.as_millis() / 50) {
+                if client.current_url().await.is_ok_and(|url| url.path() == "/wechat/callback") {
+                    at_relay = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(at_relay, "the browser reached the relay");
             let title = text(client, "h1").await;
             assert!(title.contains("This sign-in link has expired"), "{title}");
             let url = client.current_url().await.expect("url");
