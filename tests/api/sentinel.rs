@@ -94,7 +94,14 @@ async fn flows_survive_a_sentinel_failover() {
     assert_eq!(cli(master, &["exists", &format!("wxauth:flow:{flow}")]).trim(), "1", "written to the master");
 
     // Fail over: the replica becomes the master, the old master a replica (read-only).
-    assert!(cli(sentinel, &["sentinel", "failover", "wxauth-master"]).contains("OK"));
+    // Sentinel refuses (NOGOODSLAVE) until its view of the replica is fresh; ask until it agrees.
+    let mut reply = String::new();
+    let agreed = wait_for(30, || {
+        reply = cli(sentinel, &["sentinel", "failover", "wxauth-master"]);
+        reply.contains("OK")
+    })
+    .await;
+    assert!(agreed, "SENTINEL FAILOVER: {reply}");
     assert!(
         wait_for(20, || cli(sentinel, &["sentinel", "get-master-addr-by-name", "wxauth-master"])
             .contains(&replica_port))
