@@ -5,6 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Whole seconds of a duration as a Unix-time offset (saturating).
+pub fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// System time plus an offset that only tests move. Clones share the offset.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {

@@ -516,7 +516,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     })
 }
 
-fn is_name(name: &str) -> bool {
+/// The rule for app and client names (config keys, Redis key parts, request fields).
+pub(crate) fn is_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -12,6 +12,7 @@
 //!
 //! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
 
+use crate::html::escape;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -328,22 +329,6 @@ fn page(title: &str, body: &str) -> Html<String> {
          <body><header>demo product · signs in through wxauth</header><h1>{title}</h1>{body}</body></html>",
         title = escape(title),
     ))
-}
-
-/// HTML-escapes text for element content and quoted attributes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

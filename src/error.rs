@@ -102,12 +102,15 @@ impl ApiError {
 
     /// The upstream errcode, when WeChat gave one.
     pub fn errcode(&self) -> Option<i64> {
+        self.upstream().map(|u| u.errcode)
+    }
+
+    /// What WeChat said, for the errors that come from WeChat.
+    fn upstream(&self) -> Option<&Upstream> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => {
-                Some(u.errcode)
-            }
-            ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref().map(|u| u.errcode),
+            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => Some(u),
+            ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
             _ => None,
         }
     }
@@ -156,19 +159,7 @@ impl ApiError {
     /// The status the caller receives.
     pub fn to_status(&self) -> Status {
         let mut metadata = HashMap::new();
-        let upstream = match self {
-            ApiError::InvalidCode(u)
-            | ApiError::CodeExpired(u)
-            | ApiError::CodeUsed(u)
-            | ApiError::RateLimited(u)
-            | ApiError::AppMisconfigured(u)
-            | ApiError::Wechat(u) => Some(u),
-            ApiError::ReauthorizationRequired(u) | ApiError::ScopeNotGranted(u) | ApiError::WechatUnavailable(u) => {
-                u.as_ref()
-            }
-            _ => None,
-        };
-        if let Some(u) = upstream {
+        if let Some(u) = self.upstream() {
             metadata.insert("errcode".to_owned(), u.errcode.to_string());
             if !u.errmsg.is_empty() {
                 metadata.insert("errmsg".to_owned(), u.errmsg.clone());

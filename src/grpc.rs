@@ -12,7 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, secs};
 use crate::config::{self, Client, Settings};
 use crate::error::{ApiError, FieldViolation};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
@@ -72,15 +72,17 @@ impl OAuthService {
     /// pass `grpc-timeout` on by itself), then map the error.
     async fn run<Req, Res>(
         &self,
-        method: &'static str,
+        rpc: &'static str,
         request: Request<Req>,
         body: impl AsyncFnOnce(&Self, &Client, Req) -> Result<Res, ApiError>,
     ) -> Result<Response<Res>, Status> {
+        // `rpc` is the full gRPC name, a static string: no per-request formatting.
+        let method = rpc.rsplit('/').next().unwrap_or(rpc);
         // The span is made here, not by `#[instrument]`, so it takes the caller's trace
         // context (W3C `traceparent`) before it starts.
         let span = tracing::info_span!(
             "rpc",
-            otel.name = format!("wxauth.v1.WeChatOAuthService/{method}"),
+            otel.name = rpc,
             rpc.system = "grpc",
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
@@ -285,35 +287,35 @@ impl WeChatOAuthService for OAuthService {
         &self,
         request: Request<proto::BuildAuthorizeUrlRequest>,
     ) -> Result<Response<proto::BuildAuthorizeUrlResponse>, Status> {
-        self.run("BuildAuthorizeUrl", request, Self::build_authorize_url_inner).await
+        self.run("wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl", request, Self::build_authorize_url_inner).await
     }
 
     async fn exchange_code(
         &self,
         request: Request<proto::ExchangeCodeRequest>,
     ) -> Result<Response<proto::ExchangeCodeResponse>, Status> {
-        self.run("ExchangeCode", request, Self::exchange_code_inner).await
+        self.run("wxauth.v1.WeChatOAuthService/ExchangeCode", request, Self::exchange_code_inner).await
     }
 
     async fn refresh_token(
         &self,
         request: Request<proto::RefreshTokenRequest>,
     ) -> Result<Response<proto::RefreshTokenResponse>, Status> {
-        self.run("RefreshToken", request, Self::refresh_token_inner).await
+        self.run("wxauth.v1.WeChatOAuthService/RefreshToken", request, Self::refresh_token_inner).await
     }
 
     async fn get_user_info(
         &self,
         request: Request<proto::GetUserInfoRequest>,
     ) -> Result<Response<proto::GetUserInfoResponse>, Status> {
-        self.run("GetUserInfo", request, Self::get_user_info_inner).await
+        self.run("wxauth.v1.WeChatOAuthService/GetUserInfo", request, Self::get_user_info_inner).await
     }
 
     async fn validate_token(
         &self,
         request: Request<proto::ValidateTokenRequest>,
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
-        self.run("ValidateToken", request, Self::validate_token_inner).await
+        self.run("wxauth.v1.WeChatOAuthService/ValidateToken", request, Self::validate_token_inner).await
     }
 }
 
@@ -331,9 +333,8 @@ impl Violations {
     }
 
     fn app(&mut self, app: &str) {
-        let valid = app.len() <= 64
-            && app.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !valid {
+        // Empty means "the device's default app".
+        if !app.is_empty() && !config::is_name(app) {
             self.add("app", "at most 64 of [a-z0-9_-]");
         }
     }
@@ -442,10 +443,6 @@ fn user_info(p: Profile) -> proto::UserInfo {
 
 fn timestamp(unix_secs: i64) -> Timestamp {
     Timestamp { seconds: unix_secs, nanos: 0 }
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The caller's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`).

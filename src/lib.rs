@@ -13,7 +13,8 @@
 //! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory.
 //! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
 //! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
-//! - [`secrets`], [`clock`], [`proto`]: credential newtypes, the service clock, generated types.
+//! - [`secrets`], [`clock`], [`proto`], [`html`]: credential newtypes, the service clock,
+//!   generated types, HTML escaping.
 //!
 //! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
 //! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), [`bench`]
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dev;
 pub mod error;
 pub mod grpc;
+pub mod html;
 pub mod proto;
 pub mod relay;
 pub mod secrets;

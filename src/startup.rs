@@ -52,9 +52,6 @@ pub enum BuildError {
     /// The HTTP client could not be built (TLS roots).
     #[error("cannot build the WeChat HTTP client")]
     Http(#[from] reqwest::Error),
-    /// The reflection service could not read the descriptor set.
-    #[error("cannot build gRPC reflection")]
-    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// A built, bound, not yet running wxauth.
@@ -152,16 +149,8 @@ impl Application {
     /// accepting and in-flight requests get `server.drain` to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(std::io::Error::other)?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(std::io::Error::other)?;
+        let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {
@@ -240,6 +229,13 @@ impl Application {
         health_task.abort();
         served
     }
+}
+
+/// Server reflection of wxauth's service and the health service (served as v1 and v1alpha).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {

@@ -7,7 +7,6 @@
 //! histograms, base units, bounded label values: no openid, code or URL is ever a label).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
@@ -252,9 +251,4 @@ impl Metrics {
         }
         out
     }
-}
-
-/// Seconds of a duration, for histograms.
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

@@ -17,7 +17,7 @@ use futures::future::{BoxFuture, Shared};
 use rand::Rng as _;
 use tracing::Instrument as _;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, secs};
 use crate::error::ApiError;
 use crate::secrets::{AccessToken, AuthCode};
 use crate::store::{ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
@@ -316,10 +316,6 @@ fn is_newer(record: &TokenRecord, stale: Option<&AccessToken>) -> bool {
 
 fn split_scopes(scope: &str) -> Vec<String> {
     scope.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn jittered(base: Duration) -> Duration {

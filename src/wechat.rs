@@ -224,6 +224,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (so `endpoint as usize` indexes it).
+    pub const ALL: [Endpoint; 4] = [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth];
+
     /// The path under the API base.
     pub fn path(self) -> &'static str {
         match self {
@@ -287,19 +290,12 @@ impl WechatClient {
             Url::parse(&format!("{}{}", base(&settings.api_base), e.path()))
                 .unwrap_or_else(|_| settings.api_base.clone())
         };
-        let endpoints =
-            [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth].map(endpoint);
+        let endpoints = Endpoint::ALL.map(endpoint);
         Ok(Self { http, endpoints: std::sync::Arc::new(endpoints), settings, metrics })
     }
 
     fn endpoint_url(&self, endpoint: Endpoint) -> Url {
-        let index = match endpoint {
-            Endpoint::AccessToken => 0,
-            Endpoint::RefreshToken => 1,
-            Endpoint::UserInfo => 2,
-            Endpoint::Auth => 3,
-        };
-        self.endpoints[index].clone()
+        self.endpoints[endpoint as usize].clone()
     }
 
     /// The authorize URL, parameters in WeChat's order: `appid, redirect_uri, response_type,

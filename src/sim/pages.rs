@@ -3,6 +3,7 @@
 //! redirect back with a code (or two, in double-callback mode), and WeChat's error pages.
 //! Everything is HTML with status 200, as WeChat answers, and every echoed value is escaped.
 
+use crate::html::escape;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -353,22 +354,6 @@ fn layout(title: &str, head: &str, body: &str) -> Html<String> {
          </head><body>{body}</body></html>",
         escape(title)
     ))
-}
-
-/// HTML-escapes text and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A JavaScript string literal that is also safe inside `<script>`.

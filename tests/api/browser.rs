@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::helpers::free_port;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt as _;
 use wxauth::dev::DevAddrs;
@@ -170,10 +171,6 @@ async fn driver_ready(driver: &mut Child, url: &str) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Waits for an element on the page the browser is on (or about to land on).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
 use wxauth::sim::Endpoint;
 
-use crate::helpers::{MP_APPID, settings, spawn_settings, spawn_sim};
+use crate::helpers::{MP_APPID, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
 
 /// Three cluster-enabled redis-servers joined into one cluster; killed on drop.
 struct RedisCluster {
@@ -25,24 +25,15 @@ impl Drop for RedisCluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 async fn start_cluster() -> RedisCluster {
     let dir = std::env::temp_dir().join(format!("wxauth-cluster-{}", wxauth::random_id(8)));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut cluster = RedisCluster { nodes: Vec::new(), dir: dir.clone() };
     for _ in 0..3 {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        let nodes_conf = format!("nodes-{port}.conf");
+        let extra = ["--cluster-enabled", "yes", "--cluster-config-file", &nodes_conf];
+        let child = spawn_redis_server(port, &extra, Some(&dir));
         cluster.nodes.push((port, child));
     }
     for (port, _) in &cluster.nodes {

@@ -43,12 +43,7 @@ impl RedisServer {
     pub async fn start() -> Self {
         for _ in 0..20 {
             let port = free_port();
-            let child = Command::new(redis_binary())
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (see README set-up)");
+            let child = spawn_redis_server(port, &[], None);
             let mut server = RedisServer { port, child };
             if server.wait_ready().await {
                 return server;
@@ -88,12 +83,7 @@ impl RedisServer {
 
     /// Starts a server again on the same port.
     pub async fn restart(&mut self) {
-        self.child = Command::new(redis_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        self.child = spawn_redis_server(self.port, &[], None);
         assert!(self.wait_ready().await, "redis restarted");
     }
 }
@@ -105,11 +95,25 @@ impl Drop for RedisServer {
     }
 }
 
-fn redis_binary() -> String {
-    std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
+/// A `redis-server` on loopback `port` that keeps nothing on disk, with `extra` arguments,
+/// run in `dir` (for files it writes, like a cluster's nodes.conf) when given.
+pub fn spawn_redis_server(port: u16, extra: &[&str], dir: Option<&std::path::Path>) -> Child {
+    let binary = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+    let mut command = Command::new(binary);
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    command
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (see README set-up)")
 }
 
-fn free_port() -> u16 {
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 

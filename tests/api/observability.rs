@@ -122,9 +122,7 @@ async fn sigterm_during_a_burst_loses_no_rpc() {
     let (sim, sim_addr) = spawn_sim().await;
     let dir = std::env::temp_dir().join(format!("wxauth-sigterm-{}", wxauth::random_id(8)));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let ports: Vec<u16> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port())
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| crate::helpers::free_port()).collect();
     let config = format!(
         r#"mode = "development"
 [server]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::Code;
 use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
-use crate::helpers::{settings, spawn_settings, spawn_sim};
+use crate::helpers::{free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
 
 struct Processes(Vec<Child>, std::path::PathBuf);
 
@@ -21,13 +21,11 @@ impl Drop for Processes {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn redis(dir: &std::path::Path, args: &[&str]) -> Child {
+/// The Sentinel: redis-server wants its config file as the first argument.
+fn sentinel_server(dir: &std::path::Path, conf: &std::path::Path) -> Child {
     Command::new("redis-server")
-        .args(args)
+        .arg(conf)
+        .arg("--sentinel")
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -66,13 +64,11 @@ async fn flows_survive_a_sentinel_failover() {
     let dir = std::env::temp_dir().join(format!("wxauth-sentinel-{}", wxauth::random_id(8)));
     std::fs::create_dir_all(&dir).expect("dir");
     let (master, replica, sentinel) = (free_port(), free_port(), free_port());
-    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
     let mut procs = Processes(Vec::new(), dir.clone());
     let master_port = master.to_string();
-    procs.0.push(redis(&dir, &[&["--port", &master_port][..], &common[..]].concat()));
+    procs.0.push(spawn_redis_server(master, &[], None));
     let replica_port = replica.to_string();
-    let replica_of = ["--replicaof", "127.0.0.1", &master_port];
-    procs.0.push(redis(&dir, &[&["--port", &replica_port][..], &common[..], &replica_of[..]].concat()));
+    procs.0.push(spawn_redis_server(replica, &["--replicaof", "127.0.0.1", &master_port], None));
     let conf = dir.join("sentinel.conf");
     std::fs::write(
         &conf,
@@ -82,7 +78,7 @@ async fn flows_survive_a_sentinel_failover() {
         ),
     )
     .expect("sentinel.conf");
-    procs.0.push(redis(&dir, &[conf.to_str().expect("utf-8"), "--sentinel"]));
+    procs.0.push(sentinel_server(&dir, &conf));
     assert!(wait_for(10, || cli(replica, &["info", "replication"]).contains("master_link_status:up")).await);
     assert!(wait_for(20, || cli(sentinel, &["sentinel", "replicas", "wxauth-master"]).contains(&replica_port)).await);
 
