@@ -66,9 +66,9 @@ async fn flows_survive_a_sentinel_failover() {
     let (master, replica, sentinel) = (free_port(), free_port(), free_port());
     let mut procs = Processes(Vec::new(), dir.clone());
     let master_port = master.to_string();
-    procs.0.push(spawn_redis_server(master, &[], None));
+    procs.0.push(spawn_redis_server(master, &[], Some(&dir)));
     let replica_port = replica.to_string();
-    procs.0.push(spawn_redis_server(replica, &["--replicaof", "127.0.0.1", &master_port], None));
+    procs.0.push(spawn_redis_server(replica, &["--replicaof", "127.0.0.1", &master_port], Some(&dir)));
     let conf = dir.join("sentinel.conf");
     std::fs::write(
         &conf,
