@@ -201,11 +201,17 @@ struct RawToken {
     refresh_margin: Duration,
     #[serde(default = "defaults::refresh_life", with = "humantime_serde")]
     refresh_life: Duration,
+    #[serde(default = "defaults::profile_cache", with = "humantime_serde")]
+    profile_cache: Duration,
 }
 
 impl Default for RawToken {
     fn default() -> Self {
-        Self { refresh_margin: defaults::refresh_margin(), refresh_life: defaults::refresh_life() }
+        Self {
+            refresh_margin: defaults::refresh_margin(),
+            refresh_life: defaults::refresh_life(),
+            profile_cache: defaults::profile_cache(),
+        }
     }
 }
 
@@ -258,6 +264,9 @@ mod defaults {
     }
     pub fn refresh_life() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn profile_cache() -> Duration {
+        Duration::from_secs(300)
     }
 }
 
@@ -327,6 +336,8 @@ pub struct Settings {
     pub refresh_margin: Duration,
     /// Life of a refresh token (and of the stored record).
     pub refresh_life: Duration,
+    /// How long a fetched profile answers `GetUserInfo` without a WeChat call (zero: off).
+    pub profile_cache: Duration,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -494,6 +505,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if raw.token.refresh_life < Duration::from_secs(3600) {
         return Err(err("token.refresh_life", "at least 1h"));
     }
+    if raw.token.profile_cache > Duration::from_secs(24 * 3600) {
+        return Err(err("token.profile_cache", "at most 24h (0s turns the cache off)"));
+    }
     Ok(Settings {
         mode: raw.mode,
         grpc_addr: raw.server.grpc_addr,
@@ -512,6 +526,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         grace,
         refresh_margin: raw.token.refresh_margin,
         refresh_life: raw.token.refresh_life,
+        profile_cache: raw.token.profile_cache,
         log_json: raw.log.json,
     })
 }
@@ -632,6 +647,7 @@ return_urls = ["https://passport.example.com/login/"]
         assert_eq!(settings.mode, Mode::Production);
         assert_eq!(settings.grpc_addr.to_string(), "0.0.0.0:50051");
         assert_eq!(settings.flow_ttl, Duration::from_secs(600));
+        assert_eq!(settings.profile_cache, Duration::from_secs(300));
         assert_eq!(settings.store, StoreBackend::Redis(vec!["redis://redis:6379/0".into()]));
         assert_eq!(settings.resolve_app("", Some(Device::Mobile)).map(|a| a.name.as_str()), Some("mp"));
         assert!(settings.resolve_app("", Some(Device::Pc)).is_none());
@@ -652,6 +668,8 @@ return_urls = ["https://passport.example.com/login/"]
         assert_eq!(key_of(&base("").replace("secret = \"s3cret\"", "")), "apps.mp.secret");
         assert_eq!(key_of(&base("[flow]\nttl = \"10s\"")), "flow.ttl");
         assert_eq!(key_of(&base("[flow]\ngrace = \"forever\"")), "flow.grace");
+        assert_eq!(key_of(&base("[token]\nprofile_cache = \"2d\"")), "token.profile_cache");
+        assert!(Settings::from_toml(&base("[token]\nprofile_cache = \"0s\"")).is_ok(), "0s turns it off");
         assert_eq!(key_of(&base("").replacen("[server]\n", "[server]\nbogus = 1\n", 1)), "server.bogus");
     }
 

@@ -203,7 +203,7 @@ impl OAuthService {
         let outcome = self.tokens.exchange(app, AuthCode::new(req.code), &client.name).await?;
         let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
         let user_info = if req.include_user_info && grants_userinfo {
-            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang).await?))
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, false).await?.profile))
         } else {
             None
         };
@@ -242,8 +242,11 @@ impl OAuthService {
         let mut lang = Lang::default();
         let (app, openid) =
             self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
-        let profile = self.tokens.userinfo(app, &openid, lang).await?;
-        Ok(proto::GetUserInfoResponse { user_info: Some(user_info(profile)) })
+        let fetched = self.tokens.userinfo(app, &openid, lang, req.fresh).await?;
+        Ok(proto::GetUserInfoResponse {
+            user_info: Some(user_info(fetched.profile)),
+            fetch_time: Some(timestamp(fetched.fetched_at)),
+        })
     }
 
     async fn validate_token_inner(

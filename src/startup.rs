@@ -91,7 +91,11 @@ impl Application {
             }
         };
         let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;
-        let policy = TokenPolicy { refresh_margin: settings.refresh_margin, refresh_life: settings.refresh_life };
+        let policy = TokenPolicy {
+            refresh_margin: settings.refresh_margin,
+            refresh_life: settings.refresh_life,
+            profile_cache: settings.profile_cache,
+        };
         let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), policy, Arc::clone(&metrics));
         let settings = Arc::new(settings);
         let service = OAuthService::new(

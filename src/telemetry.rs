@@ -168,6 +168,9 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Token refreshes by result: `upstream` (a WeChat call) or `coalesced` (a call saved).
     pub refreshes: IntCounterVec,
+    /// Profile lookups by result: `hit` (no WeChat call), `miss`, or `skipped` (caller asked for a
+    /// fresh one, or the cache is off).
+    pub profile_cache: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
 }
@@ -236,6 +239,11 @@ impl Metrics {
             refreshes: counter(
                 "wxauth_token_refreshes_total",
                 "Token refreshes, by result: upstream (a WeChat call) or coalesced (a call saved).",
+                &["result"],
+            ),
+            profile_cache: counter(
+                "wxauth_profile_cache_total",
+                "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
                 &["result"],
             ),
             unopenable_records: unopenable,

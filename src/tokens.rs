@@ -20,7 +20,7 @@ use tracing::Instrument as _;
 use crate::clock::{Clock, secs};
 use crate::error::ApiError;
 use crate::secrets::{AccessToken, AuthCode};
-use crate::store::{ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
+use crate::store::{CachedProfile, ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
 use crate::telemetry::Metrics;
 use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
 
@@ -44,6 +44,8 @@ pub struct TokenPolicy {
     pub refresh_margin: Duration,
     /// Life of a refresh token (WeChat: 30 days).
     pub refresh_life: Duration,
+    /// How long a fetched profile answers `GetUserInfo` without a WeChat call; zero: never.
+    pub profile_cache: Duration,
 }
 
 /// Exchanges, refreshes and reads tokens. Cheap to share (`Arc`).
@@ -241,7 +243,7 @@ impl Tokens {
         let grant = match self.wechat.refresh(app, &record.refresh_token).await {
             Ok(grant) => grant,
             Err(e) if e.errcode().is_some_and(|c| DEAD_REFRESH_TOKEN.contains(&c)) => {
-                self.store.delete_token(&app.name, openid).await?;
+                self.store.delete_user(&app.name, openid).await?;
                 tracing::info!(app = %app.name, errcode = e.errcode(), "refresh token dead; record deleted");
                 return Err(ApiError::from_wechat(&e));
             }
@@ -274,9 +276,48 @@ impl Tokens {
         }
     }
 
-    /// The user's profile with a fresh token; when WeChat calls a token dead that the record
+    /// The user's profile: from the profile cache while it is younger than the configured age
+    /// (unless `fresh`), else from WeChat, and then cached. WeChat allows 50,000 sns calls a
+    /// minute per app, so a product that shows the profile on every page needs the cache.
+    pub async fn userinfo(
+        self: &Arc<Self>,
+        app: &App,
+        openid: &str,
+        lang: Lang,
+        fresh: bool,
+    ) -> Result<CachedProfile, ApiError> {
+        let max_age = self.policy.profile_cache;
+        let use_cache = !fresh && !max_age.is_zero();
+        if use_cache {
+            let hit = self.store.get_profile(&app.name, openid, lang).await?;
+            if let Some(hit) = hit.filter(|hit| self.clock.now_secs() < hit.fetched_at + secs(max_age)) {
+                self.metrics.profile_cache.with_label_values(&["hit"]).inc();
+                return Ok(hit);
+            }
+        }
+        self.metrics.profile_cache.with_label_values(&[if use_cache { "miss" } else { "skipped" }]).inc();
+        let (profile, record) = self.userinfo_upstream(app, openid, lang).await?;
+        let now = self.clock.now_secs();
+        let fetched = CachedProfile { profile, fetched_at: now };
+        if !max_age.is_zero() {
+            // Never outlives the record: a user who must authorize again has no profile.
+            let left = Duration::from_secs(u64::try_from(record.refresh_expires_at - now).unwrap_or(0));
+            let ttl = max_age.min(left).max(Duration::from_secs(1));
+            if let Err(e) = self.store.put_profile(&app.name, openid, lang, &fetched, ttl).await {
+                tracing::warn!(error = %e, "profile not cached; the next GetUserInfo asks WeChat again");
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// The profile from WeChat with a fresh token; when WeChat calls a token dead that the record
     /// thought alive (clocks differ), refreshes once and asks again.
-    pub async fn userinfo(self: &Arc<Self>, app: &App, openid: &str, lang: Lang) -> Result<Profile, ApiError> {
+    async fn userinfo_upstream(
+        self: &Arc<Self>,
+        app: &App,
+        openid: &str,
+        lang: Lang,
+    ) -> Result<(Profile, TokenRecord), ApiError> {
         let record = self.current(app, openid).await?;
         if !record.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
             return Err(ApiError::ScopeNotGranted(None));
@@ -285,9 +326,10 @@ impl Tokens {
             Err(e) if is_dead_access_token(&e) => {
                 tracing::info!(app = %app.name, errcode = e.errcode(), "WeChat rejected a token thought alive; refreshing");
                 let record = self.refresh(app, openid, Some(record.access_token)).await?;
-                self.wechat.userinfo(&record.access_token, openid, lang).await.map_err(|e| ApiError::from_wechat(&e))
+                let profile = self.wechat.userinfo(&record.access_token, openid, lang).await;
+                Ok((profile.map_err(|e| ApiError::from_wechat(&e))?, record))
             }
-            other => other.map_err(|e| ApiError::from_wechat(&e)),
+            other => Ok((other.map_err(|e| ApiError::from_wechat(&e))?, record)),
         }
     }
 

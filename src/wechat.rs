@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use rand::Rng as _;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::secrets::{AccessToken, AppSecret, AuthCode, RefreshToken};
@@ -93,6 +93,9 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// Every language WeChat offers.
+    pub const ALL: [Lang; 3] = [Lang::ZhCn, Lang::ZhTw, Lang::En];
+
     /// WeChat's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -179,8 +182,8 @@ pub struct TokenGrant {
     pub is_snapshotuser: i64,
 }
 
-/// `sns/userinfo` reply.
-#[derive(Debug, Deserialize)]
+/// `sns/userinfo` reply (also what the profile cache keeps, sealed).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Profile {
     /// openid.
     pub openid: String,

@@ -99,7 +99,10 @@ impl WeChatOAuthService for CeilingService {
     ) -> Result<tonic::Response<proto::GetUserInfoResponse>, Status> {
         self.get_token().await?;
         let user_info = proto::UserInfo { openid: request.into_inner().openid, ..Default::default() };
-        Ok(tonic::Response::new(proto::GetUserInfoResponse { user_info: Some(user_info) }))
+        Ok(tonic::Response::new(proto::GetUserInfoResponse {
+            user_info: Some(user_info),
+            fetch_time: Some(Default::default()),
+        }))
     }
 
     async fn validate_token(

@@ -13,6 +13,7 @@
 //! | `{prefix}:flow:{flow_id}` | sealed [`Flow`]; TTL cut to the grace window at first use |
 //! | `{prefix}:{app}:code:{sha256(code)}` | sealed [`ExchangeEntry`] |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
+//! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
 
 mod memory;
 mod redis;
@@ -30,6 +31,7 @@ pub use self::redis::RedisBackend;
 use self::seal::Keyring;
 use crate::secrets::{AccessToken, AuthCode, RefreshToken};
 use crate::telemetry::Metrics;
+use crate::wechat::{Lang, Profile};
 
 /// A store failure. Only reachability is a failure: a record that does not open is treated as
 /// missing (and counted), never as an error.
@@ -122,6 +124,16 @@ pub struct ExchangeOutcome {
     /// The client that made the exchange; only it gets the recorded result again.
     #[serde(default)]
     pub caller: String,
+}
+
+/// A profile as `sns/userinfo` gave it, and when: answers `GetUserInfo` without a WeChat call
+/// while it is younger than the configured cache age.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CachedProfile {
+    /// The profile.
+    pub profile: Profile,
+    /// When WeChat gave it, Unix seconds (by the service clock).
+    pub fetched_at: i64,
 }
 
 /// A held refresh lock; pass it back to [`Store::unlock`].
@@ -245,6 +257,10 @@ impl Store {
         format!("{}:{app}:lock:{openid}", self.inner.prefix)
     }
 
+    fn profile_key(&self, app: &str, openid: &str, lang: Lang) -> String {
+        format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
+    }
+
     fn seal<T: Serialize>(&self, key: &str, value: &T) -> Vec<u8> {
         // Serializing these plain structs cannot fail (no maps with non-string keys).
         let plain = serde_json::to_vec(value).unwrap_or_default();
@@ -293,9 +309,34 @@ impl Store {
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Forgets the user's tokens (the refresh token died).
-    pub async fn delete_token(&self, app: &str, openid: &str) -> Result<(), StoreError> {
+    /// Forgets the user (the refresh token died): cached profiles first, then the tokens, so a
+    /// failure half-way leaves the record and the next refresh tries again.
+    pub async fn delete_user(&self, app: &str, openid: &str) -> Result<(), StoreError> {
+        for lang in Lang::ALL {
+            call!(self, del(&self.profile_key(app, openid, lang)))?;
+        }
         call!(self, del(&self.token_key(app, openid)))
+    }
+
+    /// The cached profile in `lang`, if one is stored.
+    pub async fn get_profile(&self, app: &str, openid: &str, lang: Lang) -> Result<Option<CachedProfile>, StoreError> {
+        let key = self.profile_key(app, openid, lang);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+    }
+
+    /// Caches a profile for `ttl`.
+    pub async fn put_profile(
+        &self,
+        app: &str,
+        openid: &str,
+        lang: Lang,
+        cached: &CachedProfile,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.profile_key(app, openid, lang);
+        let sealed = self.seal(&key, cached);
+        call!(self, set(&key, &sealed, ttl))
     }
 
     /// Claims the exchange of `code` for `ttl`, or returns what another exchange left.
@@ -353,5 +394,8 @@ impl Store {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock"].into_iter().find(|kind| key.contains(&format!(":{kind}:"))).unwrap_or("other")
+    ["tok", "flow", "code", "lock", "prof"]
+        .into_iter()
+        .find(|kind| key.contains(&format!(":{kind}:")))
+        .unwrap_or("other")
 }

@@ -205,12 +205,17 @@ impl Drop for TestApp {
 
 /// wxauth on a private redis-server (or in memory) with its own simulator.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_configured(backend, "").await
+}
+
+/// [`spawn_app`] with extra config appended.
+pub async fn spawn_app_configured(backend: Backend, extra: &str) -> TestApp {
     let (sim, sim_addr) = spawn_sim().await;
     let redis = match backend {
         Backend::Redis => Some(Arc::new(tokio::sync::Mutex::new(RedisServer::start().await))),
         Backend::Memory => None,
     };
-    spawn_app_with(sim, sim_addr, redis, "").await
+    spawn_app_with(sim, sim_addr, redis, extra).await
 }
 
 /// wxauth with a given simulator, redis and extra config (a second replica, other settings).
@@ -301,10 +306,27 @@ impl TestApp {
         self.grpc.clone().exchange_code(self.req(request)).await.map(tonic::Response::into_inner)
     }
 
+    /// GetUserInfo that skips the profile cache (`fresh`): every call uses the stored token and
+    /// asks WeChat. `profile` goes through the cache.
     pub async fn user_info(&self, openid: &str) -> Result<proto::UserInfo, tonic::Status> {
-        let request = proto::GetUserInfoRequest { app: "mp".into(), openid: openid.into(), ..Default::default() };
-        let response = self.grpc.clone().get_user_info(self.req(request)).await?;
-        Ok(response.into_inner().user_info.expect("user_info"))
+        self.profile(openid, proto::Lang::Unspecified, true).await.map(|r| r.user_info.expect("user_info"))
+    }
+
+    /// GetUserInfo in `lang`, through the profile cache unless `fresh`.
+    pub async fn profile(
+        &self,
+        openid: &str,
+        lang: proto::Lang,
+        fresh: bool,
+    ) -> Result<proto::GetUserInfoResponse, tonic::Status> {
+        let request = proto::GetUserInfoRequest {
+            app: "mp".into(),
+            openid: openid.into(),
+            lang: lang as i32,
+            fresh,
+            ..Default::default()
+        };
+        self.grpc.clone().get_user_info(self.req(request)).await.map(tonic::Response::into_inner)
     }
 
     /// Calls the relay with a raw query string.

@@ -97,7 +97,7 @@ async fn random_requests_get_clean_answers(backend: Backend) {
         acceptable(grpc.exchange_code(app.req(request)).await.map(|_| ()));
         let (a, o, d) = (nasty(&mut rng), nasty(&mut rng), enum_value(&mut rng));
         let lang = enum_value(&mut rng);
-        let request = GetUserInfoRequest { app: a.clone(), openid: o.clone(), lang, device: d };
+        let request = GetUserInfoRequest { app: a.clone(), openid: o.clone(), lang, device: d, fresh: rng.random() };
         acceptable(grpc.get_user_info(app.req(request)).await.map(|_| ()));
         let request = RefreshTokenRequest { app: a.clone(), openid: o.clone(), device: d };
         acceptable(grpc.refresh_token(app.req(request)).await.map(|_| ()));

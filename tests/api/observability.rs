@@ -36,6 +36,7 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     assert_eq!(app.callback("state=UnknownFlow1").await.status(), 400);
     let login = app.exchange("mp", &code).await.expect("exchange");
     app.user_info(&login.openid).await.expect("profile");
+    app.profile(&login.openid, wxauth::proto::Lang::Unspecified, false).await.expect("cached profile");
     app.exchange("mp", "bogusCode").await.expect_err("40029");
 
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
@@ -46,9 +47,12 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"BuildAuthorizeUrl\"", "grpc_code=\"OK\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"OK\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"InvalidArgument\""]), Some(1.0));
-    assert_eq!(sample(&scrape, rpc, &["grpc_method=\"GetUserInfo\"", "grpc_code=\"OK\""]), Some(1.0));
+    assert_eq!(sample(&scrape, rpc, &["grpc_method=\"GetUserInfo\"", "grpc_code=\"OK\""]), Some(2.0));
     let histogram = "wxauth_grpc_request_duration_seconds_count";
-    assert_eq!(sample(&scrape, histogram, &["grpc_method=\"GetUserInfo\""]), Some(1.0));
+    assert_eq!(sample(&scrape, histogram, &["grpc_method=\"GetUserInfo\""]), Some(2.0));
+    assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"skipped\""]), Some(1.0));
+    assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"hit\""]), Some(1.0));
+    assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"miss\""]), None, "none yet");
     let wechat = "wxauth_wechat_requests_total";
     assert_eq!(sample(&scrape, wechat, &["endpoint=\"sns/oauth2/access_token\"", "result=\"ok\""]), Some(1.0));
     assert_eq!(sample(&scrape, wechat, &["endpoint=\"sns/oauth2/access_token\"", "errcode=\"40029\""]), Some(1.0));

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tonic::Code;
+use wxauth::proto::Lang;
 
 use crate::helpers::{RedisServer, TestApp, reason, settings, spawn_app_with, spawn_settings, spawn_sim, test_keyring};
 
@@ -27,6 +28,12 @@ async fn stored_records_hold_nothing_in_clear() {
     assert_eq!(record[0], 1, "sealed with key id 1");
     for needle in [b"access_token".as_slice(), b"refresh_token", login.unionid.as_bytes(), b"snsapi"] {
         assert!(!record.windows(needle.len()).any(|w| w == needle));
+    }
+    let profile = app.profile(&login.openid, Lang::ZhCn, false).await.expect("profile").user_info.expect("user_info");
+    let cached = raw(&app, &format!("wxauth:mp:prof:{}:zh_CN", login.openid)).await;
+    assert_eq!(cached[0], 1, "the cached profile is sealed too");
+    for needle in [profile.nickname.as_bytes(), profile.head_image_url.as_bytes(), b"nickname"] {
+        assert!(!needle.is_empty() && !cached.windows(needle.len()).any(|w| w == needle));
     }
 }
 

@@ -3,17 +3,21 @@
 use std::time::Duration;
 
 use tonic::Code;
-use wxauth::proto::{GetUserInfoRequest, Lang, RefreshTokenRequest, ValidateTokenRequest};
+use wxauth::proto::{ExchangeCodeRequest, GetUserInfoRequest, Lang, RefreshTokenRequest, ValidateTokenRequest};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{Backend, metadata, reason, spawn_app};
+use crate::helpers::{Backend, MP_APPID, metadata, reason, spawn_app, spawn_app_configured};
 
 async fn get_user_info_uses_the_stored_token(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_userinfo").await;
-    let request =
-        GetUserInfoRequest { app: "mp".into(), openid: login.openid.clone(), lang: Lang::ZhTw as i32, device: 0 };
+    let request = GetUserInfoRequest {
+        app: "mp".into(),
+        openid: login.openid.clone(),
+        lang: Lang::ZhTw as i32,
+        ..Default::default()
+    };
     let profile =
         app.grpc.clone().get_user_info(app.req(request)).await.expect("ok").into_inner().user_info.expect("profile");
     assert_eq!(profile.openid, login.openid);
@@ -134,6 +138,75 @@ async fn validate_token_reports_wechats_verdict(backend: Backend) {
     assert_eq!(app.sim.calls(Endpoint::Auth), 2);
 }
 
+async fn get_user_info_answers_from_the_profile_cache_until_it_is_old(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    let first = app.profile(&login.openid, Lang::ZhCn, false).await.expect("first");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1);
+    app.advance(Duration::from_secs(60));
+    let cached = app.profile(&login.openid, Lang::ZhCn, false).await.expect("cached");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "answered without WeChat");
+    assert_eq!(cached, first, "same profile, same fetch time");
+    let fetched_at = first.fetch_time.expect("fetch_time").seconds;
+
+    // Place names depend on lang: another lang is another profile.
+    let english = app.profile(&login.openid, Lang::En, false).await.expect("en");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2);
+    assert_ne!(english.user_info.as_ref().map(|u| &u.country), first.user_info.as_ref().map(|u| &u.country));
+
+    // `fresh` asks WeChat, and what it answers is cached from then on.
+    let fresh = app.profile(&login.openid, Lang::ZhCn, true).await.expect("fresh");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 3);
+    assert_eq!(fresh.fetch_time.expect("fetch_time").seconds, fetched_at + 60);
+    assert_eq!(app.profile(&login.openid, Lang::ZhCn, false).await.expect("cached"), fresh);
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 3);
+
+    // Five minutes (the default) after it was fetched, the profile is asked for again.
+    app.advance(Duration::from_secs(299));
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("still cached");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 3);
+    app.advance(Duration::from_secs(1));
+    let renewed = app.profile(&login.openid, Lang::ZhCn, false).await.expect("renewed");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 4);
+    assert_eq!(renewed.fetch_time.expect("fetch_time").seconds, fetched_at + 360);
+}
+
+async fn exchange_with_the_profile_fills_the_cache(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+    let request = ExchangeCodeRequest { app: "mp".into(), code, include_user_info: true, ..Default::default() };
+    let exchanged = app.grpc.clone().exchange_code(app.req(request)).await.expect("exchange").into_inner();
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1);
+    let cached = app.profile(&exchanged.openid, Lang::Unspecified, false).await.expect("cached");
+    assert_eq!(cached.user_info, exchanged.user_info);
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "the product's usual ExchangeCode + GetUserInfo: one call");
+}
+
+async fn a_user_who_must_authorize_again_has_no_cached_profile(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("cached");
+    app.profile(&login.openid, Lang::En, false).await.expect("cached");
+    app.sim.inject(Endpoint::RefreshToken, Fault::Errcode(40030), 1);
+    let request = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let status = app.grpc.clone().refresh_token(app.req(request)).await.expect_err("revoked");
+    assert_eq!(reason(&status), "REAUTHORIZATION_REQUIRED");
+    for lang in [Lang::ZhCn, Lang::En] {
+        let status = app.profile(&login.openid, lang, false).await.expect_err("no profile either");
+        assert_eq!((status.code(), reason(&status).as_str()), (Code::NotFound, "TOKEN_NOT_FOUND"));
+    }
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2);
+}
+
+async fn the_profile_cache_can_be_turned_off(backend: Backend) {
+    let app = spawn_app_configured(backend, "[token]\nprofile_cache = \"0s\"").await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    for _ in 0..3 {
+        app.profile(&login.openid, Lang::ZhCn, false).await.expect("profile");
+    }
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 3);
+}
+
 both_backends!(
     get_user_info_uses_the_stored_token,
     a_token_about_to_expire_is_refreshed_first,
@@ -144,4 +217,8 @@ both_backends!(
     unknown_users_and_bad_openids_are_refused,
     transient_upstream_errors_are_retried_for_reads,
     validate_token_reports_wechats_verdict,
+    get_user_info_answers_from_the_profile_cache_until_it_is_old,
+    exchange_with_the_profile_fills_the_cache,
+    a_user_who_must_authorize_again_has_no_cached_profile,
+    the_profile_cache_can_be_turned_off,
 );
