@@ -104,14 +104,14 @@ impl MemoryBackend {
 
     pub(super) fn ping(&self) {}
 
-    pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, Duration)> {
+    pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool)> {
         let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?;
-        let left = Duration::from_millis(u64::try_from(*expiry - now).unwrap_or(0));
-        if left > cut_to {
+        let cut = *expiry - now > millis(cut_to);
+        if cut {
             *expiry = now.saturating_add(millis(cut_to));
         }
-        Some((value.clone(), left))
+        Some((value.clone(), cut))
     }
 }

@@ -288,9 +288,9 @@ impl Store {
     pub async fn use_flow(&self, flow_id: &str, grace: Duration) -> Result<Option<(Flow, FlowUse)>, StoreError> {
         let key = self.flow_key(flow_id);
         let found = call!(self, get_and_cut_ttl(&key, grace))?;
-        Ok(found.and_then(|(sealed, left)| {
+        Ok(found.and_then(|(sealed, cut)| {
             let flow = self.open(&key, &sealed)?;
-            let used = if left > grace { FlowUse::First } else { FlowUse::Repeat };
+            let used = if cut { FlowUse::First } else { FlowUse::Repeat };
             Some((flow, used))
         }))
     }

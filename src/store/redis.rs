@@ -5,13 +5,16 @@
 //! which is what a failover looks like from a client); each command has a response timeout so
 //! a dead Redis answers `STORE_UNAVAILABLE` quickly instead of hanging a request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, Script, ScriptInvocation,
+};
 
 /// How long one Redis command may take before the store counts as unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -19,7 +22,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Returns the value and its remaining TTL, and cuts the TTL to ARGV[1] ms when it is longer:
-/// the relay's "first use starts the grace window", atomic on one key.
+/// the relay's "first use starts the grace window", atomic on one key. Only for Redis before
+/// 7.0: newer servers do the same with `PEXPIRE .. LT` in a pipeline, which costs Redis less.
 const GET_AND_CUT_TTL: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -94,6 +98,8 @@ pub struct RedisBackend {
     conn: Conn,
     get_and_cut: Script,
     del_if_eq: Script,
+    /// `PEXPIRE` takes `LT` (Redis >= 7.0); cleared for good at the first server that refuses it.
+    expire_lt: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -125,7 +131,12 @@ impl RedisBackend {
     }
 
     fn with(conn: Conn) -> Self {
-        Self { conn, get_and_cut: Script::new(GET_AND_CUT_TTL), del_if_eq: Script::new(DEL_IF_EQ) }
+        Self {
+            conn,
+            get_and_cut: Script::new(GET_AND_CUT_TTL),
+            del_if_eq: Script::new(DEL_IF_EQ),
+            expire_lt: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     async fn connect_direct(urls: &[String]) -> RedisResult<Conn> {
@@ -161,6 +172,17 @@ impl RedisBackend {
             Conn::Sentinel(m) => {
                 let mut conn = m.connection().await?;
                 m.judge(cmd.query_async(&mut conn).await)
+            }
+        }
+    }
+
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
+        match &self.conn {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Sentinel(m) => {
+                let mut conn = m.connection().await?;
+                m.judge(pipe.query_async(&mut conn).await)
             }
         }
     }
@@ -201,15 +223,26 @@ impl RedisBackend {
         Ok(deleted == 1)
     }
 
-    pub(super) async fn get_and_cut_ttl(
-        &self,
-        key: &str,
-        cut_to: Duration,
-    ) -> RedisResult<Option<(Vec<u8>, Duration)>> {
+    /// The value, and whether this call cut its TTL to `cut_to` (false: it was that short
+    /// already, i.e. an earlier call cut it). One round trip: `GET` and `PEXPIRE .. LT`
+    /// pipelined; `LT` makes the cut atomic, so of simultaneous callers exactly one cuts.
+    pub(super) async fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> RedisResult<Option<(Vec<u8>, bool)>> {
+        if self.expire_lt.load(Ordering::Relaxed) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(key).cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+            match self.query_pipe::<(Option<Vec<u8>>, i64)>(&pipe).await {
+                Ok((value, cut)) => return Ok(value.map(|v| (v, cut == 1))),
+                Err(e) if refuses_expire_options(&e) => {
+                    self.expire_lt.store(false, Ordering::Relaxed);
+                    tracing::warn!("Redis before 7.0 (no PEXPIRE LT): the relay uses a Lua script instead");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut inv = self.get_and_cut.key(key);
         inv.arg(millis(cut_to));
         let reply: Option<(Vec<u8>, i64)> = self.invoke(inv).await?;
-        Ok(reply.map(|(v, ttl)| (v, Duration::from_millis(u64::try_from(ttl).unwrap_or(0)))))
+        Ok(reply.map(|(v, ttl)| (v, u64::try_from(ttl).is_ok_and(|ttl| ttl > millis(cut_to)))))
     }
 
     pub(super) async fn ping(&self) -> RedisResult<()> {
@@ -217,6 +250,94 @@ impl RedisBackend {
     }
 }
 
+/// Redis 6 answers `PEXPIRE key ms LT` with "wrong number of arguments for 'pexpire'".
+fn refuses_expire_options(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::ResponseError && e.to_string().to_ascii_lowercase().contains("pexpire")
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    /// A private redis-server (the integration tests cover the rest of the backend).
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn backend() -> (Server, RedisBackend) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let binary = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        // Owned by the guard at once: killed and waited for however the test ends.
+        let server = Server(
+            Command::new(binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (see README set-up)"),
+        );
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if let Ok(backend) = RedisBackend::connect(std::slice::from_ref(&url)).await {
+                return (server, backend);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on {port} did not come up");
+    }
+
+    #[tokio::test]
+    async fn the_pipeline_and_the_lua_script_start_the_grace_window_alike() {
+        let (_server, backend) = backend().await;
+        let grace = Duration::from_secs(60);
+        for pipelined in [true, false] {
+            backend.expire_lt.store(pipelined, Ordering::Relaxed);
+            let key = format!("flow:{pipelined}");
+            backend.set(&key, b"sealed", Duration::from_secs(600)).await.expect("set");
+            let first = backend.get_and_cut_ttl(&key, grace).await.expect("first");
+            assert_eq!(first, Some((b"sealed".to_vec(), true)), "pipelined: {pipelined}");
+            let left: i64 = backend.query(redis::cmd("PTTL").arg(&key)).await.expect("pttl");
+            assert!((59_000..=60_000).contains(&left), "cut to the window, pipelined: {pipelined}: {left}");
+            let again = backend.get_and_cut_ttl(&key, grace).await.expect("again");
+            assert_eq!(again, Some((b"sealed".to_vec(), false)), "a repeat, pipelined: {pipelined}");
+            assert_eq!(backend.get_and_cut_ttl("flow:none", grace).await.expect("missing"), None);
+        }
+        assert!(!backend.expire_lt.load(Ordering::Relaxed), "the test turned the pipeline off itself");
+    }
+
+    #[tokio::test]
+    async fn simultaneous_first_uses_cut_once() {
+        let (_server, backend) = backend().await;
+        backend.set("flow:race", b"sealed", Duration::from_secs(600)).await.expect("set");
+        let uses =
+            futures::future::join_all((0..16).map(|_| backend.get_and_cut_ttl("flow:race", Duration::from_secs(60))));
+        let firsts = uses.await.into_iter().map(|r| r.expect("use").expect("found")).filter(|(_, cut)| *cut).count();
+        assert_eq!(firsts, 1);
+    }
+
+    #[test]
+    fn redis_6s_refusal_of_pexpire_lt_is_recognised() {
+        let refusal = RedisError::from((
+            ErrorKind::ResponseError,
+            "An error was signalled by the server",
+            "wrong number of arguments for 'pexpire' command".to_owned(),
+        ));
+        assert!(refuses_expire_options(&refusal));
+        let failover = RedisError::from((
+            ErrorKind::ReadOnly,
+            "READONLY",
+            "You can't write against a read only replica.".to_owned(),
+        ));
+        assert!(!refuses_expire_options(&failover));
+    }
 }
