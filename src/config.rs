@@ -15,7 +15,8 @@ use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use crate::allowlist::Allowlist;
-use crate::secrets::AppSecret;
+use crate::secrets::{AppSecret, RedisClientKey};
+use crate::store::RedisTls;
 use crate::store::seal::Keyring;
 use crate::wechat::{App, AppKind, WechatSettings};
 
@@ -115,6 +116,9 @@ struct RawStore {
     sealing_keys: Option<String>,
     sealing_keys_file: Option<PathBuf>,
     sentinel_master: Option<String>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RawStore {
@@ -127,6 +131,9 @@ impl Default for RawStore {
             sealing_keys: None,
             sealing_keys_file: None,
             sentinel_master: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -316,6 +323,8 @@ pub struct Settings {
     pub drain: Duration,
     /// Store backend.
     pub store: StoreBackend,
+    /// What `rediss://` connections trust and present (`store.tls_*`); empty without TLS files.
+    pub redis_tls: RedisTls,
     /// Prefix of every store key.
     pub key_prefix: String,
     /// Sealing keys; the first seals.
@@ -399,16 +408,34 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         return Err(err("server.callback_url", "must not have a query or fragment"));
     }
     let store = match raw.store.kind {
-        StoreKind::Memory => StoreBackend::Memory,
+        StoreKind::Memory => {
+            if let Some(key) = tls_keys_set(&raw.store).first() {
+                return Err(err(format!("store.{key}"), "is set, but store.kind is \"memory\""));
+            }
+            StoreBackend::Memory
+        }
         StoreKind::Redis => {
             let urls: Vec<String> = raw.store.url.iter().cloned().chain(raw.store.urls.iter().cloned()).collect();
             if urls.is_empty() {
                 return Err(err("store.url", "required when store.kind = \"redis\" (or store.urls for a cluster)"));
             }
+            let mut over_tls = None;
             for (i, u) in urls.iter().enumerate() {
                 let parsed = Url::parse(u).map_err(|e| err(format!("store.urls[{i}]"), e.to_string()))?;
                 if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
                     return Err(err(format!("store.urls[{i}]"), "must be a redis:// or rediss:// URL"));
+                }
+                let tls = parsed.scheme() == "rediss";
+                if *over_tls.get_or_insert(tls) != tls {
+                    return Err(err(format!("store.urls[{i}]"), "mixes rediss:// and plain URLs; use one for all"));
+                }
+            }
+            if over_tls != Some(true) {
+                if let Some(key) = tls_keys_set(&raw.store).first() {
+                    return Err(err(
+                        format!("store.{key}"),
+                        "is set, but the store URLs are not rediss://: the connection would not use TLS",
+                    ));
                 }
             }
             match raw.store.sentinel_master {
@@ -418,6 +445,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             }
         }
     };
+    let redis_tls = load_redis_tls(raw.store.tls_ca_file, raw.store.tls_cert_file, raw.store.tls_key_file)?;
     let prefix = raw.store.key_prefix;
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
         return Err(err("store.key_prefix", "1+ characters of [A-Za-z0-9_.-]"));
@@ -516,6 +544,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         callback_url,
         drain: raw.server.drain,
         store,
+        redis_tls,
         key_prefix: prefix,
         keyring,
         wechat,
@@ -584,6 +613,98 @@ fn read_secret(
         return Err(err(format!("{key}.{field}"), "is empty"));
     }
     Ok(AppSecret::new(secret))
+}
+
+/// The `store.tls_*` keys that are set, in the order errors name them.
+fn tls_keys_set(store: &RawStore) -> Vec<&'static str> {
+    [
+        ("tls_ca_file", &store.tls_ca_file),
+        ("tls_cert_file", &store.tls_cert_file),
+        ("tls_key_file", &store.tls_key_file),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.as_ref().map(|_| key))
+    .collect()
+}
+
+/// Reads and checks the Redis TLS files: the CA bundle and the client certificate must hold
+/// PEM certificates that redis-rs accepts, the key one PEM private key, and the certificate
+/// and key come together. Errors name the key and the file, never a file's contents.
+fn load_redis_tls(
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> Result<RedisTls, ConfigError> {
+    let ca_pem = match ca_file {
+        Some(path) => {
+            let pem = read_pem_file("store.tls_ca_file", &path)?;
+            check_certificates("store.tls_ca_file", &path, &pem)?;
+            // redis-rs turns the bundle into trust anchors at each connection; do it once now
+            // so a certificate it cannot use stops start-up here, naming the key.
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+            redis::Client::build_with_tls("rediss://127.0.0.1/", certs).map_err(|e| {
+                err("store.tls_ca_file", format!("{}: not usable as CA certificates: {e}", path.display()))
+            })?;
+            Some(pem)
+        }
+        None => None,
+    };
+    let client = match (cert_file, key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem_file("store.tls_cert_file", &cert_path)?;
+            check_certificates("store.tls_cert_file", &cert_path, &cert)?;
+            let key = read_pem_file("store.tls_key_file", &key_path)?;
+            check_private_key("store.tls_key_file", &key_path, &key)?;
+            let key = String::from_utf8(key)
+                .map_err(|_| err("store.tls_key_file", format!("{}: not PEM text", key_path.display())))?;
+            Some((cert, RedisClientKey::new(key)))
+        }
+        (Some(_), None) => {
+            return Err(err("store.tls_key_file", "required with store.tls_cert_file (mutual TLS needs both)"));
+        }
+        (None, Some(_)) => {
+            return Err(err("store.tls_cert_file", "required with store.tls_key_file (mutual TLS needs both)"));
+        }
+        (None, None) => None,
+    };
+    Ok(RedisTls::new(ca_pem, client))
+}
+
+fn read_pem_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| err(key, format!("cannot read {}: {}", path.display(), e.kind())))
+}
+
+/// One or more PEM `CERTIFICATE` blocks, all well-formed.
+fn check_certificates(key: &str, path: &Path, pem: &[u8]) -> Result<(), ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| err(key, format!("{}: bad PEM: {e}", path.display())))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(err(key, format!("{}: no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it", path.display())));
+    }
+    Ok(())
+}
+
+/// A PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted). The parser's error text is not
+/// passed on: it could quote the key file.
+fn check_private_key(key: &str, path: &Path, pem: &[u8]) -> Result<(), ConfigError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    PrivateKeyDer::from_pem_slice(pem).map(|_| ()).map_err(|_| {
+        err(
+            key,
+            format!(
+                "{}: no unencrypted PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`) in it",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn load_keyring(inline: Option<String>, file: Option<PathBuf>, dev: bool) -> Result<Keyring, ConfigError> {
@@ -702,6 +823,134 @@ return_urls = ["https://passport.example.com/login/"]
         assert!(!err.to_string().contains("s3cret"));
         let debug = format!("{:?}", Settings::from_toml(&base("")).expect("valid"));
         assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    /// PEM files for the TLS keys in a fresh temp dir: a CA certificate, a leaf certificate and
+    /// its key, and a file that is not PEM. Removed on drop.
+    struct PemFiles {
+        dir: PathBuf,
+    }
+
+    impl PemFiles {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("wxauth-config-tls-{}", crate::random_id(8)));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let leaf_key = rcgen::KeyPair::generate().expect("key");
+            let leaf = rcgen::CertificateParams::new(vec!["wxauth".to_owned()]).expect("params");
+            let issuer = rcgen::Issuer::new(ca.clone(), &ca_key);
+            std::fs::write(dir.join("ca.crt"), ca.self_signed(&ca_key).expect("ca").pem()).expect("write");
+            std::fs::write(dir.join("tls.crt"), leaf.signed_by(&leaf_key, &issuer).expect("leaf").pem())
+                .expect("write");
+            std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).expect("write");
+            std::fs::write(dir.join("junk"), "not PEM at all\n").expect("write");
+            Self { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.join(name).display().to_string()
+        }
+
+        /// The base config on `rediss://` with `tls` lines added under `[store]`.
+        fn config(&self, tls: &str) -> String {
+            base("").replace("url = \"redis://redis:6379/0\"", &format!("url = \"rediss://redis:6380/0\"\n{tls}"))
+        }
+    }
+
+    impl Drop for PemFiles {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_load() {
+        let pem = PemFiles::new();
+        let tls = format!(
+            "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            pem.path("ca.crt"),
+            pem.path("tls.crt"),
+            pem.path("tls.key")
+        );
+
+        let settings = Settings::from_toml(&pem.config(&tls)).expect("valid");
+
+        let certs = settings.redis_tls.certificates().expect("configured");
+        assert!(certs.root_cert.is_some());
+        assert!(certs.client_tls.is_some());
+        let key = std::fs::read_to_string(pem.dir.join("tls.key")).expect("key");
+        let body = key.lines().nth(1).expect("a base64 line");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains(body) && !debug.contains("PRIVATE KEY"), "{debug}");
+    }
+
+    #[test]
+    fn no_tls_files_means_no_custom_certificates() {
+        let settings = Settings::from_toml(&base("")).expect("valid");
+        assert!(settings.redis_tls.certificates().is_none());
+    }
+
+    #[test]
+    fn tls_errors_name_the_key_at_fault() {
+        let pem = PemFiles::new();
+        let (cert, key, junk) = (pem.path("tls.crt"), pem.path("tls.key"), pem.path("junk"));
+        let cases = [
+            (format!("tls_cert_file = \"{cert}\""), "store.tls_key_file"),
+            (format!("tls_key_file = \"{key}\""), "store.tls_cert_file"),
+            (format!("tls_ca_file = \"{}\"", pem.path("missing.crt")), "store.tls_ca_file"),
+            (format!("tls_ca_file = \"{junk}\""), "store.tls_ca_file"),
+            (format!("tls_ca_file = \"{key}\""), "store.tls_ca_file"),
+            (format!("tls_cert_file = \"{junk}\"\ntls_key_file = \"{key}\""), "store.tls_cert_file"),
+            (format!("tls_cert_file = \"{cert}\"\ntls_key_file = \"{cert}\""), "store.tls_key_file"),
+            (format!("tls_cert_file = \"{cert}\"\ntls_key_file = \"{junk}\""), "store.tls_key_file"),
+        ];
+        for (tls, key_at_fault) in cases {
+            assert_eq!(key_of(&pem.config(&tls)), key_at_fault, "{tls}");
+        }
+    }
+
+    #[test]
+    fn tls_files_without_a_rediss_url_stop_start_up() {
+        let pem = PemFiles::new();
+        let ca = format!("tls_ca_file = \"{}\"", pem.path("ca.crt"));
+        let plain =
+            base("").replace("url = \"redis://redis:6379/0\"", &format!("url = \"redis://redis:6379/0\"\n{ca}"));
+        let error = Settings::from_toml(&plain).map(|_| ()).expect_err("plain URL");
+        assert_eq!(error.key, "store.tls_ca_file");
+        assert!(error.message.contains("not rediss://"), "{error}");
+        let memory = plain.replace("[store]\n", "[store]\nkind = \"memory\"\n");
+        assert_eq!(key_of(&memory), "store.tls_ca_file");
+        let mixed =
+            base("").replace("url = \"redis://redis:6379/0\"", "urls = [\"rediss://a:6380\", \"redis://b:6379\"]");
+        assert_eq!(key_of(&mixed), "store.urls[1]");
+    }
+
+    #[test]
+    fn key_file_errors_do_not_quote_the_file() {
+        let pem = PemFiles::new();
+        let cert_pem = std::fs::read_to_string(pem.dir.join("tls.crt")).expect("cert");
+        let body = cert_pem.lines().nth(1).expect("a base64 line");
+        let tls = format!("tls_cert_file = \"{0}\"\ntls_key_file = \"{0}\"", pem.path("tls.crt"));
+        let error = Settings::from_toml(&pem.config(&tls)).map(|_| ()).expect_err("a certificate is no key");
+        assert!(!error.to_string().contains(body), "{error}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn env_sets_the_tls_files() {
+        let pem = PemFiles::new();
+        let toml = pem.config("");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXAUTH_STORE__TLS_CA_FILE", pem.path("ca.crt"));
+            jail.set_env("WXAUTH_STORE__TLS_CERT_FILE", pem.path("tls.crt"));
+            jail.set_env("WXAUTH_STORE__TLS_KEY_FILE", pem.path("tls.key"));
+            let settings = Settings::from_sources(&toml, env_overrides()).map_err(|e| e.to_string())?;
+            let certs = settings.redis_tls.certificates().ok_or("no TLS from env")?;
+            assert!(certs.root_cert.is_some() && certs.client_tls.is_some());
+            Ok(())
+        });
     }
 
     #[test]

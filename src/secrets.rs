@@ -61,6 +61,11 @@ secret_type!(
     /// A caller's client key, as presented in `authorization: Bearer ...`.
     ClientKey
 );
+secret_type!(
+    /// The private key (PEM) of wxauth's own client certificate for Redis mutual TLS
+    /// (`store.tls_key_file`): handed to the TLS library and nowhere else.
+    RedisClientKey
+);
 
 #[cfg(test)]
 mod tests {

@@ -85,9 +85,11 @@ impl Application {
         let (keys, prefix) = (settings.keyring.clone(), settings.key_prefix.as_str());
         let store = match &settings.store {
             StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics), clock.clone()),
-            StoreBackend::Redis(urls) => Store::redis(urls, keys, prefix, Arc::clone(&metrics)).await?,
+            StoreBackend::Redis(urls) => {
+                Store::redis(urls, &settings.redis_tls, keys, prefix, Arc::clone(&metrics)).await?
+            }
             StoreBackend::Sentinel { urls, master } => {
-                Store::redis_sentinel(urls, master, keys, prefix, Arc::clone(&metrics)).await?
+                Store::redis_sentinel(urls, master, &settings.redis_tls, keys, prefix, Arc::clone(&metrics)).await?
             }
         };
         let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;

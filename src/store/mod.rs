@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
 pub use self::memory::MemoryBackend;
-pub use self::redis::RedisBackend;
+pub use self::redis::{RedisBackend, RedisTls};
 use self::seal::Keyring;
 use crate::secrets::{AccessToken, AuthCode, RefreshToken};
 use crate::telemetry::Metrics;
@@ -195,29 +195,32 @@ impl Store {
         Self::with(Backend::Memory(MemoryBackend::new(clock)), keys, prefix, metrics)
     }
 
-    /// A Redis store: one URL for a single node, several for a Cluster.
+    /// A Redis store: one URL for a single node, several for a Cluster; `tls` for `rediss://`.
     pub async fn redis(
         urls: &[String],
+        tls: &RedisTls,
         keys: Keyring,
         prefix: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect(urls))
+        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect(urls, tls))
             .await
             .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
             .map_err(StoreError::Unavailable)?;
         Ok(Self::with(Backend::Redis(backend), keys, prefix, metrics))
     }
 
-    /// A Redis store behind Sentinel: the Sentinels' URLs and the master's name.
+    /// A Redis store behind Sentinel: the Sentinels' URLs and the master's name; `tls` for
+    /// `rediss://`.
     pub async fn redis_sentinel(
         urls: &[String],
         master: &str,
+        tls: &RedisTls,
         keys: Keyring,
         prefix: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect_sentinel(urls, master))
+        let backend = tokio::time::timeout(OPERATION_TIMEOUT * 5, RedisBackend::connect_sentinel(urls, master, tls))
             .await
             .map_err(|_| StoreError::Timeout(OPERATION_TIMEOUT * 5))?
             .map_err(StoreError::Unavailable)?;

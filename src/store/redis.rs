@@ -4,6 +4,12 @@
 //! master that is dropped and looked up again after a connection error or a `READONLY` reply,
 //! which is what a failover looks like from a client); each command has a response timeout so
 //! a dead Redis answers `STORE_UNAVAILABLE` quickly instead of hanging a request.
+//!
+//! TLS (`rediss://`): [`RedisTls`] carries what the `store.tls_*` files hold, read and checked
+//! once at config load. Given a CA bundle, that bundle alone is trusted (redis-rs replaces the
+//! built-in web roots with it); given a client certificate and key, they are presented to
+//! Redis (mutual TLS). The same material serves every connection: the single node, each
+//! Cluster node, and for Sentinel both the Sentinels and the master they name.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,10 +17,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, Script, ScriptInvocation,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
+    IntoConnectionInfo as _, Pipeline, RedisError, RedisResult, Script, ScriptInvocation, TlsCertificates, TlsMode,
 };
+
+use crate::secrets::RedisClientKey;
 
 /// How long one Redis command may take before the store counts as unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -37,6 +46,55 @@ const DEL_IF_EQ: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// What `rediss://` connections trust and present (`store.tls_ca_file`, `store.tls_cert_file`
+/// and `store.tls_key_file`), as PEM read at config load. The default (nothing set) trusts
+/// the built-in web roots and presents no client certificate. `Debug` shows only which parts
+/// are set, never a certificate or the key.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates trusted instead of the web roots.
+    ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain and its key, for mutual TLS.
+    client: Option<(Vec<u8>, RedisClientKey)>,
+}
+
+impl RedisTls {
+    /// TLS material from PEM: a CA bundle to trust instead of the web roots, and a client
+    /// certificate chain with its private key for mutual TLS. The caller has checked the PEM
+    /// (the config does, naming the key at fault).
+    pub fn new(ca_pem: Option<Vec<u8>>, client: Option<(Vec<u8>, RedisClientKey)>) -> Self {
+        Self { ca_pem, client }
+    }
+
+    /// Whether any TLS file was configured.
+    pub fn is_configured(&self) -> bool {
+        self.ca_pem.is_some() || self.client.is_some()
+    }
+
+    /// The certificates in redis-rs's form, or `None` when nothing was configured (redis-rs
+    /// then uses its defaults: web roots, no client certificate).
+    pub fn certificates(&self) -> Option<TlsCertificates> {
+        if !self.is_configured() {
+            return None;
+        }
+        let client_tls = self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            // The one place the client key leaves its wrapper: to rustls, through redis-rs.
+            client_key: key.secret().as_bytes().to_vec(),
+        });
+        Some(TlsCertificates { client_tls, root_cert: self.ca_pem.clone() })
+    }
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "custom"))
+            .field("client_cert", &self.client.as_ref().map(|_| "set"))
+            .finish()
+    }
+}
 
 #[derive(Clone)]
 enum Conn {
@@ -84,6 +142,41 @@ impl SentinelMaster {
     }
 }
 
+/// A Sentinel client for `urls`. redis-rs takes custom TLS certificates only through its
+/// builder, which uses one username and password for all Sentinels (taken from the URLs, which
+/// must agree, as Cluster node URLs must) and TLS to the master exactly when the Sentinel URLs
+/// are `rediss://`.
+fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult<SentinelClient> {
+    let infos = urls.iter().map(|u| u.as_str().into_connection_info()).collect::<RedisResult<Vec<ConnectionInfo>>>()?;
+    let Some(first) = infos.first() else {
+        return Err(RedisError::from((ErrorKind::InvalidClientConfig, "no Sentinel URL")));
+    };
+    let (username, password) = (first.redis.username.clone(), first.redis.password.clone());
+    if infos.iter().any(|i| i.redis.username != username || i.redis.password != password) {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "the Sentinel URLs must share one username and password",
+        )));
+    }
+    let over_tls = matches!(first.addr, ConnectionAddr::TcpTls { .. });
+    let addrs = infos.into_iter().map(|i| i.addr);
+    let mut builder = SentinelClientBuilder::new(addrs, master.to_owned(), SentinelServerType::Master)?;
+    if let Some(username) = username {
+        builder = builder.set_client_to_sentinel_username(username);
+    }
+    if let Some(password) = password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if over_tls {
+        builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(certs) = tls.certificates() {
+            builder =
+                builder.set_client_to_sentinel_certificates(certs.clone()).set_client_to_redis_certificates(certs);
+        }
+    }
+    builder.build()
+}
+
 fn stale_master(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
@@ -114,14 +207,16 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to one node (`redis://`, `rediss://`) or, given several URLs, to a Cluster.
-    pub async fn connect(urls: &[String]) -> RedisResult<Self> {
-        Ok(Self::with(Self::connect_direct(urls).await?))
+    /// Connects to one node (`redis://`, `rediss://`) or, given several URLs, to a Cluster;
+    /// `rediss://` connections use `tls`.
+    pub async fn connect(urls: &[String], tls: &RedisTls) -> RedisResult<Self> {
+        Ok(Self::with(Self::connect_direct(urls, tls).await?))
     }
 
     /// Connects to the master that the Sentinels at `urls` name `master`, following failovers.
-    pub async fn connect_sentinel(urls: &[String], master: &str) -> RedisResult<Self> {
-        let sentinels = SentinelClient::build(urls.to_vec(), master.to_owned(), None, SentinelServerType::Master)?;
+    /// With `rediss://` Sentinel URLs the master is reached over TLS too, both with `tls`.
+    pub async fn connect_sentinel(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult<Self> {
+        let sentinels = sentinel_client(urls, master, tls)?;
         let config =
             AsyncConnectionConfig::new().set_response_timeout(RESPONSE_TIMEOUT).set_connection_timeout(CONNECT_TIMEOUT);
         let master =
@@ -139,10 +234,13 @@ impl RedisBackend {
         }
     }
 
-    async fn connect_direct(urls: &[String]) -> RedisResult<Conn> {
+    async fn connect_direct(urls: &[String], tls: &RedisTls) -> RedisResult<Conn> {
         let conn = match urls {
             [one] => {
-                let client = redis::Client::open(one.as_str())?;
+                let client = match tls.certificates() {
+                    Some(certs) => redis::Client::build_with_tls(one.as_str(), certs)?,
+                    None => redis::Client::open(one.as_str())?,
+                };
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(RESPONSE_TIMEOUT)
                     .set_connection_timeout(CONNECT_TIMEOUT)
@@ -155,10 +253,13 @@ impl RedisBackend {
                 Conn::Single(ConnectionManager::new_with_config(client, config).await?)
             }
             many => {
-                let client = redis::cluster::ClusterClientBuilder::new(many.to_vec())
+                let mut builder = redis::cluster::ClusterClientBuilder::new(many.to_vec())
                     .response_timeout(RESPONSE_TIMEOUT)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .build()?;
+                    .connection_timeout(CONNECT_TIMEOUT);
+                if let Some(certs) = tls.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 Conn::Cluster(client.get_async_connection().await?)
             }
         };
@@ -288,7 +389,7 @@ mod tests {
         );
         let url = format!("redis://127.0.0.1:{port}");
         for _ in 0..100 {
-            if let Ok(backend) = RedisBackend::connect(std::slice::from_ref(&url)).await {
+            if let Ok(backend) = RedisBackend::connect(std::slice::from_ref(&url), &RedisTls::default()).await {
                 return (server, backend);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,5 +1,6 @@
 //! The store on a real Redis Cluster (three masters, slots spread): every operation touches one
-//! key, so flows, tokens, exchange records, locks and the Lua scripts all work there.
+//! key, so flows, tokens, exchange records, locks and the Lua scripts all work there, over plain
+//! TCP and over TLS (`rediss://` node URLs, `store.tls_ca_file`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,11 +9,20 @@ use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
 use wxauth::sim::Endpoint;
 
 use crate::helpers::{MP_APPID, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
+use crate::tls::TestPki;
 
 /// Three cluster-enabled redis-servers joined into one cluster; killed on drop.
 struct RedisCluster {
     nodes: Vec<(u16, Child)>,
     dir: std::path::PathBuf,
+    /// redis-cli's arguments to reach a node (`--tls --cacert ...` for a TLS cluster).
+    cli_tls: Vec<String>,
+}
+
+impl RedisCluster {
+    fn cli(&self, port: u16, args: &[&str]) -> std::process::Output {
+        Command::new("redis-cli").args(&self.cli_tls).args(["-p", &port.to_string()]).args(args).output().expect("cli")
+    }
 }
 
 impl Drop for RedisCluster {
@@ -25,15 +35,30 @@ impl Drop for RedisCluster {
     }
 }
 
-async fn start_cluster() -> RedisCluster {
+/// A cluster on plain TCP, or with `tls` one that speaks TLS only: to clients, on the cluster
+/// bus and for replication (`--tls-cluster`, `--tls-replication`), so the node addresses
+/// CLUSTER SLOTS gives are TLS ports too.
+async fn start_cluster(tls: Option<&TestPki>) -> RedisCluster {
     let dir = std::env::temp_dir().join(format!("wxauth-cluster-{}", wxauth::random_id(8)));
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut cluster = RedisCluster { nodes: Vec::new(), dir: dir.clone() };
+    let cli_tls = match tls {
+        Some(pki) => vec!["--tls".to_owned(), "--cacert".to_owned(), pki.path("ca.crt")],
+        None => Vec::new(),
+    };
+    let mut cluster = RedisCluster { nodes: Vec::new(), dir: dir.clone(), cli_tls };
     for _ in 0..3 {
         let port = free_port();
         let nodes_conf = format!("nodes-{port}.conf");
-        let extra = ["--cluster-enabled", "yes", "--cluster-config-file", &nodes_conf];
-        let child = spawn_redis_server(port, &extra, Some(&dir));
+        let mut extra: Vec<String> =
+            ["--cluster-enabled", "yes", "--cluster-config-file", &nodes_conf].map(str::to_owned).to_vec();
+        let child = match tls {
+            Some(pki) => {
+                extra.extend(pki.redis_args(port, false));
+                extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));
+                spawn_redis_server(0, &extra.iter().map(String::as_str).collect::<Vec<_>>(), Some(&dir))
+            }
+            None => spawn_redis_server(port, &extra.iter().map(String::as_str).collect::<Vec<_>>(), Some(&dir)),
+        };
         cluster.nodes.push((port, child));
     }
     for (port, _) in &cluster.nodes {
@@ -49,6 +74,7 @@ async fn start_cluster() -> RedisCluster {
     }
     let addrs: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
     let created = Command::new("redis-cli")
+        .args(&cluster.cli_tls)
         .args(["--cluster", "create"])
         .args(&addrs)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -60,8 +86,7 @@ async fn start_cluster() -> RedisCluster {
     for (port, _) in &cluster.nodes {
         let mut ok = false;
         for _ in 0..300 {
-            let info =
-                Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "info"]).output().expect("info");
+            let info = cluster.cli(*port, &["cluster", "info"]);
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                 ok = true;
                 break;
@@ -75,11 +100,25 @@ async fn start_cluster() -> RedisCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_flow_works_on_a_redis_cluster() {
-    let cluster = start_cluster().await;
-    let (sim, sim_addr) = spawn_sim().await;
+    let cluster = start_cluster(None).await;
     let urls: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("\"redis://127.0.0.1:{p}\"")).collect();
     let store = format!("kind = \"redis\"\nurls = [{}]", urls.join(", "));
-    let app = spawn_settings(sim, sim_addr, None, settings(sim_addr, &store, "")).await;
+    a_whole_flow_on(&cluster, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_flow_works_on_a_redis_cluster_over_tls() {
+    let pki = TestPki::new();
+    let cluster = start_cluster(Some(&pki)).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("\"rediss://127.0.0.1:{p}\"")).collect();
+    let store = format!("kind = \"redis\"\nurls = [{}]\ntls_ca_file = \"{}\"", urls.join(", "), pki.path("ca.crt"));
+    a_whole_flow_on(&cluster, &store).await;
+}
+
+/// Twenty flows relayed and exchanged, a profile and a refresh, on `cluster` through `store`.
+async fn a_whole_flow_on(cluster: &RedisCluster, store: &str) {
+    let (sim, sim_addr) = spawn_sim().await;
+    let app = spawn_settings(sim, sim_addr, None, settings(sim_addr, store, "")).await;
 
     let mut flows = Vec::new();
     for i in 0..20 {
@@ -111,7 +150,7 @@ async fn a_whole_flow_works_on_a_redis_cluster() {
     // The keys really are spread over the masters.
     let mut masters_with_keys = 0;
     for (port, _) in &cluster.nodes {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "dbsize"]).output().expect("dbsize");
+        let out = cluster.cli(*port, &["dbsize"]);
         let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
         masters_with_keys += u64::from(keys > 0);
     }

@@ -54,16 +54,7 @@ impl RedisServer {
     }
 
     async fn wait_ready(&mut self) -> bool {
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
+        wait_listening(&mut self.child, self.port).await
     }
 
     pub fn url(&self) -> String {
@@ -110,6 +101,21 @@ pub fn spawn_redis_server(port: u16, extra: &[&str], dir: Option<&std::path::Pat
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (see README set-up)")
+}
+
+/// Waits (up to 2 s) until `child` accepts TCP on loopback `port`; false when it exited
+/// (the port was taken) or never listened.
+pub async fn wait_listening(child: &mut Child, port: u16) -> bool {
+    for _ in 0..200 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
 }
 
 /// A port free on loopback right now.

@@ -13,4 +13,5 @@ mod operations;
 mod relay;
 mod sealing;
 mod sentinel;
+mod tls;
 mod tokens;

@@ -1,5 +1,7 @@
 //! The store behind Redis Sentinel: flows and tokens work through the master the Sentinel
-//! names, and keep working after a failover promotes the replica.
+//! names, and keep working after a failover promotes the replica; over TLS (`rediss://`
+//! Sentinel URLs, `store.tls_ca_file`) both the Sentinel and the master are reached with the
+//! configured CA.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,6 +10,7 @@ use tonic::Code;
 use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
 use crate::helpers::{free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
+use crate::tls::TestPki;
 
 struct Processes(Vec<Child>, std::path::PathBuf);
 
@@ -124,5 +127,59 @@ async fn flows_survive_a_sentinel_failover() {
     assert_eq!(cli(replica, &["exists", &format!("wxauth:flow:{new_flow}")]).trim(), "1", "on the new master");
     let relayed = app.callback(&format!("code=C&state={flow}")).await;
     assert_eq!(relayed.status(), 302, "the flow written before the failover was replicated and still relays");
+    drop(procs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_work_through_a_sentinel_over_tls() {
+    let pki = TestPki::new();
+    let dir = std::env::temp_dir().join(format!("wxauth-sentinel-tls-{}", wxauth::random_id(8)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (master, sentinel) = (free_port(), free_port());
+    let mut procs = Processes(Vec::new(), dir.clone());
+    // Master and Sentinel listen on TLS only; the Sentinel reaches the master over TLS too.
+    let master_args = pki.redis_args(master, false);
+    procs.0.push(spawn_redis_server(0, &master_args.iter().map(String::as_str).collect::<Vec<_>>(), Some(&dir)));
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {sentinel}\nbind 127.0.0.1\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor wxauth-master 127.0.0.1 {master} 1\n",
+            cert = pki.path("server.crt"),
+            key = pki.path("server.key"),
+            ca = pki.path("ca.crt"),
+        ),
+    )
+    .expect("sentinel.conf");
+    procs.0.push(sentinel_server(&dir, &conf));
+    let tls_cli = |port: u16, args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &pki.path("ca.crt"), "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let master_port = master.to_string();
+    assert!(
+        wait_for(10, || tls_cli(sentinel, &["sentinel", "get-master-addr-by-name", "wxauth-master"])
+            .contains(&master_port))
+        .await,
+        "the Sentinel names the master"
+    );
+
+    let (sim, sim_addr) = spawn_sim().await;
+    let store = format!(
+        "kind = \"redis\"\nurl = \"rediss://127.0.0.1:{sentinel}\"\nsentinel_master = \"wxauth-master\"\n\
+         tls_ca_file = \"{}\"",
+        pki.path("ca.crt")
+    );
+    let app = spawn_settings(sim, sim_addr, None, settings(sim_addr, &store, "")).await;
+    let flow = app.grpc.clone().build_authorize_url(app.req(request(0))).await.expect("flow").into_inner().flow_id;
+    assert_eq!(tls_cli(master, &["exists", &format!("wxauth:flow:{flow}")]).trim(), "1", "written to the master");
+    let relayed = app.callback(&format!("code=C&state={flow}")).await;
+    assert_eq!(relayed.status(), 302);
     drop(procs);
 }

@@ -52,6 +52,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Where the Secret's files are mounted. */}}
 {{- define "wxauth.secretDir" -}}/etc/wxauth/secrets{{- end }}
 
+{{/* Where the Redis TLS files (redisTls) are mounted. */}}
+{{- define "wxauth.redisTlsDir" -}}/etc/wxauth/redis-tls{{- end }}
+
+{{/* "true" when redisTls names a Secret (a CA, a client certificate or both). */}}
+{{- define "wxauth.redisTls" -}}
+{{- if or .Values.redisTls.caSecretRef.name .Values.redisTls.clientSecretRef.name }}true{{ end }}
+{{- end }}
+
 {{/* Checks across values that the schema cannot express; fails the render with the key. */}}
 {{- define "wxauth.validate" -}}
 {{- $c := .Values.config }}
@@ -89,6 +97,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if regexMatch "^[a-z+]+://[^/]*@" (default "" $c.store.url) }}
 {{- fail "config.store.url: has credentials; put them in a Secret (redisAuth) instead of the ConfigMap" }}
 {{- end }}
+{{- if include "wxauth.redisTls" . }}
+{{- /* A URL from redisAuth.urlSecretRef is not seen here; wxauth checks it at start-up. */}}
+{{- range (compact (append (default (list) $c.store.urls) (default "" $c.store.url))) }}
+{{- if not (hasPrefix "rediss://" .) }}
+{{- fail (printf "redisTls: set, but the store URL %s is not rediss:// (the connection would not use TLS)" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq $c.store.kind "memory") (include "wxauth.redisTls" .) }}
+{{- fail "redisTls: set, but config.store.kind is memory" }}
 {{- end }}
 {{- if not .Values.secrets.existingSecret }}
 {{- range $name, $app := $c.apps }}
