@@ -411,8 +411,10 @@ impl Bench {
         let openids = self.login_users().await?;
         let sim_tokens = self.sim_tokens().await?;
         if ops.contains(&Op::UserInfo) {
-            let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone());
-            self.phase(Side::Wxauth, "GetUserInfo", "GET, open, sns userinfo", op).await;
+            let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone(), false);
+            self.phase(Side::Wxauth, "GetUserInfo", "GET cached profile, open", op).await;
+            let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone(), true);
+            self.phase(Side::Wxauth, "GetUserInfo fresh", "GET, open, sns userinfo, SET profile", op).await;
             self.ceiling_get(&openids).await;
             let op = sim_get_op(self.http.clone(), format!("{}/sns/userinfo", self.sim_base), sim_tokens.clone(), true);
             self.phase(Side::Ceiling, "sim userinfo", "the simulator's userinfo alone", op).await;
@@ -449,7 +451,7 @@ impl Bench {
         if self.rps(Side::Ceiling, "tonic GET").is_some() {
             return;
         }
-        let op = userinfo_op(clients, self.auth.clone(), openids.to_vec());
+        let op = userinfo_op(clients, self.auth.clone(), openids.to_vec(), false);
         self.phase(Side::Ceiling, "tonic GET", "GET of 300 bytes", op).await;
     }
 
@@ -675,16 +677,18 @@ fn sim_get_op(http: reqwest::Client, url: String, tokens: Vec<(String, String)>,
     })
 }
 
-/// `GetUserInfo` of a logged-in user (the `GET` ceiling serves it too).
+/// `GetUserInfo` of a logged-in user, through the profile cache or (`fresh`) from WeChat each
+/// time (the `GET` ceiling serves it too).
 fn userinfo_op(
     clients: Vec<WeChatOAuthServiceClient<Channel>>,
     auth: MetadataValue<Ascii>,
     openids: Vec<String>,
+    fresh: bool,
 ) -> OpFn {
     Arc::new(move |worker| {
         let mut client = clients[worker % clients.len()].clone();
         let openid = openids[worker % openids.len()].clone();
-        let request = authed(&auth, proto::GetUserInfoRequest { app: APP.into(), openid, ..Default::default() });
+        let request = authed(&auth, proto::GetUserInfoRequest { app: APP.into(), openid, fresh, ..Default::default() });
         async move {
             match client.get_user_info(request).await {
                 Ok(_) => Outcome::Ok,
