@@ -759,6 +759,9 @@ fn start_sim(listen: Option<SocketAddr>) -> anyhow::Result<(Simulator, SocketAdd
         app.callback_domain = CALLBACK_HOST.into();
     }
     let sim = Simulator::new(config);
+    // WeChat's 50,000 sns calls a minute per app would cap every upstream-bound phase at
+    // ~830 req/s: the benchmark measures software, not WeChat's quota.
+    sim.set_quota(None);
     let listener = std::net::TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
         .context("bind the simulator")?;
     listener.set_nonblocking(true)?;

@@ -35,6 +35,7 @@ pub(super) mod errcode {
     pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
     pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
     pub const CODE_EXPIRED: i64 = 42003;
+    pub const MINUTE_QUOTA: i64 = 45011;
     pub const API_UNAUTHORIZED: i64 = 48001;
 }
 
@@ -151,6 +152,7 @@ fn exchange(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_GRANT_TYPE);
     }
     let app = core.app(appid).ok_or(INVALID_APPID)?;
+    core.spend_quota(appid)?;
     if app.secret != secret {
         return Err(INVALID_SECRET);
     }
@@ -174,6 +176,7 @@ fn refresh(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_GRANT_TYPE);
     }
     core.app(appid).ok_or(INVALID_APPID)?;
+    core.spend_quota(appid)?;
     let issued = core.refresh(appid, refresh_token)?;
     Ok(token_body(core, &issued))
 }
@@ -224,10 +227,12 @@ fn check_token(core: &Core, p: &Params) -> Result<Value, i64> {
     Ok(json!({ "errcode": 0, "errmsg": "ok" }))
 }
 
-/// The grant of a live `access_token` whose user is `openid`: 41001, 40014, 42001, 41009, 40003.
+/// The grant of a live `access_token` whose user is `openid`: 41001, 40014, 42001, 45011
+/// (the app's minute quota), 41009, 40003.
 fn live_grant(core: &Core, p: &Params) -> Result<Grant, i64> {
     use errcode::*;
     let grant = core.access(p.require("access_token", MISSING_ACCESS_TOKEN)?)?;
+    core.spend_quota(&grant.appid)?;
     let openid = p.require("openid", MISSING_OPENID)?;
     if openid != core.openid_of(&grant) {
         return Err(INVALID_OPENID);

@@ -174,6 +174,7 @@ pub(super) fn routes() -> Router<Simulator> {
         .route("/sim/faults", post(inject).delete(clear))
         .route("/sim/calls", get(calls))
         .route("/sim/double_callback", post(double_callback))
+        .route("/sim/quota", post(quota))
 }
 
 /// A control request the simulator cannot act on: 400 with `{"error": ...}`.
@@ -271,5 +272,17 @@ async fn double_callback(State(sim): State<Simulator>, RawQuery(raw): RawQuery) 
             Json(json!({ "double_callback": on })).into_response()
         }
         None => bad_request("on must be true or false"),
+    }
+}
+
+/// `POST /sim/quota?per_minute=N`: sns calls each app may make a minute (0: no limit).
+async fn quota(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    match params.get("per_minute").and_then(|s| s.parse::<u32>().ok()) {
+        Some(per_minute) => {
+            sim.set_quota((per_minute > 0).then_some(per_minute));
+            Json(json!({ "per_minute": per_minute })).into_response()
+        }
+        None => bad_request("per_minute must be a whole number (0: no limit)"),
     }
 }

@@ -4,11 +4,12 @@
 //! It serves what the service reaches through its configured base URLs — the authorize pages
 //! (`/connect/oauth2/authorize`, `/connect/qrconnect`) and the `sns` JSON endpoints — with
 //! WeChat's rules, plus a `/sim/...` control API. Tests steer it in process through
-//! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser.
+//! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser,
+//! set the per-app sns quota (WeChat's 50,000 calls a minute by default; past it, 45011).
 //!
 //! Layout:
 //! - `config`: the apps and test users it knows ([`SimConfig::demo`] for the dev mode).
-//! - `state`: the clock, the issued codes and tokens, and the ids WeChat derives.
+//! - `state`: the clock, the issued codes and tokens, the quota, and the ids WeChat derives.
 //! - `pages`: the browser pages: query rules, consent page, redirects, error pages.
 //! - `api`: the `sns` JSON endpoints and WeChat's error JSON.
 //! - `control`: call counters, faults, the double-callback switch and the `/sim` API.
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub use self::config::{Localized, SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
+pub use self::state::SNS_CALLS_PER_MINUTE;
 
 use self::control::Controls;
 use self::state::Core;
@@ -131,6 +133,13 @@ impl Simulator {
     /// Drops every queued fault.
     pub fn clear_faults(&self) {
         self.controls().clear_faults();
+    }
+
+    /// The sns calls each app may make a minute before WeChat answers 45011 (default
+    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit (the benchmark does,
+    /// to measure the simulator itself). Minutes are the simulator's clock's.
+    pub fn set_quota(&self, per_minute: Option<u32>) {
+        self.core().set_quota(per_minute);
     }
 
     /// On: Allow answers a page that hits the callback twice with two codes, as WeChat's

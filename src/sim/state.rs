@@ -4,7 +4,7 @@
 //! request parameters are checked by the callers in `api.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ const REFRESH_LIFE: Duration = Duration::from_secs(30 * 24 * 3600);
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// A sweep of forgettable records runs once per this many issued records.
 const SWEEP_EVERY: u64 = 4096;
+/// WeChat's rate for the sns endpoints: calls a minute per app; past it, 45011.
+pub const SNS_CALLS_PER_MINUTE: u32 = 50_000;
 
 /// What one authorization granted: which user, in which app, with which scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,10 @@ pub(super) struct Core {
     started: Instant,
     offset_nanos: AtomicU64,
     records: Mutex<Records>,
+    /// sns calls allowed a minute per app; 0: no limit.
+    quota: AtomicU32,
+    /// Per appid: the minute (of the simulator's clock) and the calls spent in it.
+    spent: Mutex<HashMap<String, (u64, u32)>>,
 }
 
 impl Core {
@@ -95,6 +101,8 @@ impl Core {
             started: Instant::now(),
             offset_nanos: AtomicU64::new(0),
             records: Mutex::new(Records::default()),
+            quota: AtomicU32::new(SNS_CALLS_PER_MINUTE),
+            spent: Mutex::default(),
         }
     }
 
@@ -107,6 +115,33 @@ impl Core {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // The closure always returns Some, so this cannot fail.
         let _ = self.offset_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(by)));
+    }
+
+    /// Sets the sns calls allowed a minute per app (`None`: no limit, for benchmarks).
+    pub(super) fn set_quota(&self, per_minute: Option<u32>) {
+        self.quota.store(per_minute.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Counts one sns call of `appid` against its minute's quota: 45011 once it is spent.
+    pub(super) fn spend_quota(&self, appid: &str) -> Result<(), i64> {
+        let limit = self.quota.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(());
+        }
+        let minute = self.now().as_secs() / 60;
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, calls) = match spent.get_mut(appid) {
+            Some(entry) => entry,
+            None => spent.entry(appid.to_owned()).or_insert((minute, 0)),
+        };
+        if *at != minute {
+            (*at, *calls) = (minute, 0);
+        }
+        if *calls >= limit {
+            return Err(errcode::MINUTE_QUOTA);
+        }
+        *calls += 1;
+        Ok(())
     }
 
     pub(super) fn app(&self, appid: &str) -> Option<&SimApp> {

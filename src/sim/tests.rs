@@ -1085,3 +1085,38 @@ async fn thousands_of_concurrent_requests_are_answered() {
     assert_eq!(answered, REQUESTS);
     assert_eq!(t.sim.calls(Endpoint::AccessToken), REQUESTS);
 }
+
+// ---- the sns quota ----
+
+#[tokio::test]
+async fn each_app_gets_its_minute_quota_of_sns_calls_then_45011() {
+    let t = spawn().await;
+    // The default is WeChat's: 50,000 a minute per app.
+    assert_eq!(crate::sim::SNS_CALLS_PER_MINUTE, 50_000);
+    let answered = t.http.post(format!("{}/sim/quota?per_minute=4", t.base)).send().await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await; // the first call
+    let web = t.login(WEB, WEB_SECRET, "alice", "snsapi_login").await;
+
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝");
+    assert_eq!(t.auth(&token).await["errcode"], 0);
+    let refresh_token = token["refresh_token"].as_str().unwrap();
+    let refreshed = t.refresh(MP, refresh_token).await;
+    assert_eq!(errcode(&refreshed), 0, "the fourth call of the minute");
+    assert_error(&t.userinfo(&refreshed, "").await, 45011);
+    assert_error(&t.refresh(MP, refresh_token).await, 45011);
+    let code = t.sim.authorize(MP, "bob", "snsapi_base").unwrap();
+    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 45011);
+    assert_eq!(t.auth(&web).await["errcode"], 0, "another app has its own quota");
+
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(t.userinfo(&refreshed, "").await["nickname"], "Alice 爱丽丝", "a new minute");
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0, "the refused code was not spent");
+
+    t.sim.set_quota(None);
+    for _ in 0..10 {
+        assert_eq!(t.auth(&refreshed).await["errcode"], 0);
+    }
+    let refused = t.http.post(format!("{}/sim/quota?per_minute=lots", t.base)).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+}

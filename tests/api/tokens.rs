@@ -207,6 +207,21 @@ async fn the_profile_cache_can_be_turned_off(backend: Backend) {
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 3);
 }
 
+async fn the_profile_cache_keeps_answering_when_the_apps_quota_is_spent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.sim.set_quota(Some(3)); // WeChat's is 50,000 a minute per app
+    let login = app.login("alice", "snsapi_userinfo").await;
+    for _ in 0..20 {
+        app.profile(&login.openid, Lang::ZhCn, false).await.expect("from the cache after the first");
+    }
+    app.profile(&login.openid, Lang::ZhCn, true).await.expect("the quota's third call");
+    let status = app.profile(&login.openid, Lang::ZhCn, true).await.expect_err("quota spent");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "WECHAT_RATE_LIMITED"));
+    assert_eq!(metadata(&status, "errcode").as_deref(), Some("45011"));
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("the cached profile still answers");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 3, "45011 is not retried");
+}
+
 both_backends!(
     get_user_info_uses_the_stored_token,
     a_token_about_to_expire_is_refreshed_first,
@@ -221,4 +236,5 @@ both_backends!(
     exchange_with_the_profile_fills_the_cache,
     a_user_who_must_authorize_again_has_no_cached_profile,
     the_profile_cache_can_be_turned_off,
+    the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
 );
