@@ -137,17 +137,30 @@ impl Tokens {
             access_token: grant.access_token,
             refresh_token: grant.refresh_token,
         };
-        self.store.put_token(&app.name, &record, self.policy.refresh_life).await?;
         let outcome = ExchangeOutcome {
-            openid: record.openid,
-            unionid: record.unionid,
-            scopes: record.scopes,
+            openid: record.openid.clone(),
+            unionid: record.unionid.clone(),
+            scopes: record.scopes.clone(),
             is_snapshot_user: record.is_snapshot_user,
             access_expires_at: record.access_expires_at,
             refresh_expires_at: record.refresh_expires_at,
             caller,
         };
-        self.store.finish_exchange(&app.name, code, &outcome, app.kind.code_life()).await?;
+        // The two writes go out together (one round trip's wait, not two); different keys,
+        // so different Cluster slots: concurrent commands, not a pipeline.
+        let (stored, finished) = tokio::join!(
+            self.store.put_token(&app.name, &record, self.policy.refresh_life),
+            self.store.finish_exchange(&app.name, code, &outcome, app.kind.code_life()),
+        );
+        if let Err(e) = stored {
+            // A recorded result must never promise a token that was not stored: drop it, so a
+            // retry fails fast (WeChat will call the code used) instead of finding no record.
+            if let Err(e) = self.store.abandon_exchange(&app.name, code).await {
+                tracing::warn!(error = %e, "exchange result left without its token record");
+            }
+            return Err(e.into());
+        }
+        finished?;
         Ok(outcome)
     }
 

@@ -75,26 +75,33 @@ pub struct Comparison {
     pub op: &'static str,
     /// Its ceilings; the slower one (lower throughput) is the reference.
     pub ceilings: &'static [&'static str],
-    /// Throughput must reach this fraction of the reference.
-    pub min_throughput: f64,
+    /// Throughput must reach this fraction of the reference (`None`: measured, no target).
+    pub min_throughput: Option<f64>,
     /// p99 must stay under this multiple of the reference's, when set.
     pub max_p99: Option<f64>,
 }
 
 /// What the issue asks of each operation (issue 5).
 pub const COMPARISONS: &[Comparison] = &[
-    Comparison { op: "BuildAuthorizeUrl", ceilings: &["tonic SET"], min_throughput: 0.7, max_p99: Some(1.5) },
-    Comparison { op: "relay", ceilings: &["axum GETDEL"], min_throughput: 0.8, max_p99: None },
-    Comparison { op: "ExchangeCode", ceilings: &["tonic SET", "sim access_token"], min_throughput: 0.6, max_p99: None },
+    Comparison { op: "BuildAuthorizeUrl", ceilings: &["tonic SET"], min_throughput: Some(0.7), max_p99: Some(1.5) },
+    Comparison { op: "relay", ceilings: &["axum GETDEL"], min_throughput: Some(0.8), max_p99: None },
+    Comparison {
+        op: "ExchangeCode",
+        ceilings: &["tonic SET", "sim access_token"],
+        min_throughput: Some(0.6),
+        max_p99: None,
+    },
     // The usual GetUserInfo: the profile cache answers, so its one Redis read is the ceiling.
-    Comparison { op: "GetUserInfo", ceilings: &["tonic GET"], min_throughput: 0.6, max_p99: None },
+    Comparison { op: "GetUserInfo", ceilings: &["tonic GET"], min_throughput: Some(0.6), max_p99: None },
+    // `fresh: true` (a WeChat call each time): shown against its ceilings; the issue sets its
+    // GetUserInfo target on the read without upstream above.
     Comparison {
         op: "GetUserInfo fresh",
         ceilings: &["tonic GET", "sim userinfo"],
-        min_throughput: 0.6,
+        min_throughput: None,
         max_p99: None,
     },
-    Comparison { op: "ValidateToken", ceilings: &["tonic GET", "sim auth"], min_throughput: 0.6, max_p99: None },
+    Comparison { op: "ValidateToken", ceilings: &["tonic GET", "sim auth"], min_throughput: Some(0.6), max_p99: None },
 ];
 
 /// Peak RSS limit at 256 concurrent callers, KiB.
@@ -194,13 +201,15 @@ pub fn checks(rows: &[Row], ratios: &[Ratio], idle: Option<Memory>, concurrency:
     let mut checks = Vec::new();
     for c in COMPARISONS {
         let Some(ratio) = ratios.iter().find(|r| r.op == c.op) else { continue };
-        checks.push(Check {
-            name: format!("{} throughput ≥ {}× {}", c.op, c.min_throughput, ratio.ceiling),
-            value: ratio.throughput,
-            limit: c.min_throughput,
-            pass: Some(ratio.throughput >= c.min_throughput),
-            note: String::new(),
-        });
+        if let Some(min) = c.min_throughput {
+            checks.push(Check {
+                name: format!("{} throughput ≥ {}× {}", c.op, min, ratio.ceiling),
+                value: ratio.throughput,
+                limit: min,
+                pass: Some(ratio.throughput >= min),
+                note: String::new(),
+            });
+        }
         if let Some(max) = c.max_p99 {
             checks.push(Check {
                 name: format!("{} p99 ≤ {}× {}", c.op, max, ratio.ceiling),

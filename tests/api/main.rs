@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod observability;
 mod operations;
+mod polyglot;
 mod relay;
 mod sealing;
 mod sentinel;

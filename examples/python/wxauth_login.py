@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""A product backend in Python signing a user in through wxauth, end to end.
+
+What a non-Rust internal service does with wxauth's gRPC API: BuildAuthorizeUrl, send the
+browser to WeChat, take the code the relay hands back, ExchangeCode, GetUserInfo, and read
+wxauth's error details (google.rpc.ErrorInfo) when a call fails. The "browser" part (consent
+page, callback) is played by this script against the WeChat simulator, so it runs anywhere
+the dev mode or the test harness runs.
+
+    pip install -r examples/python/requirements.txt
+    cargo run   # the dev mode: wxauth on 50051/8080, simulator on 8081
+    python3 examples/python/wxauth_login.py
+
+Prints one JSON object with what it saw. Stubs are generated from proto/ at start (into a
+temporary directory), as a service's build would.
+"""
+
+import argparse
+import html
+import importlib
+import json
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
+
+
+def generate_stubs():
+    """Compiles wxauth.proto with grpc_tools into a temp dir and imports the modules."""
+    from grpc_tools import protoc
+
+    out = tempfile.mkdtemp(prefix="wxauth-py-")
+    well_known = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        str(PROTO_ROOT / "wxauth/v1/wxauth.proto"),
+    ]
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed on proto/wxauth/v1/wxauth.proto")
+    sys.path.insert(0, out)
+    return importlib.import_module("wxauth.v1.wxauth_pb2"), importlib.import_module("wxauth.v1.wxauth_pb2_grpc")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are what we want to look at, not follow."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+OPENER = urllib.request.build_opener(NoRedirect)
+
+
+def fetch(url, data=None):
+    """(status, headers, body) of one request, 3xx included."""
+    try:
+        with OPENER.open(url, data=data, timeout=10) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def consent(authorize_url, user):
+    """Plays the user on WeChat's consent page: picks `user`, presses Allow. Returns where
+    WeChat sends the browser (the callback URL with code and state)."""
+    page_url = authorize_url.split("#", 1)[0]  # `#wechat_redirect` is for WeChat's browser
+    status, _, page = fetch(page_url)
+    if status != 200:
+        sys.exit(f"consent page: HTTP {status}")
+    allow = re.search(r'<form method="post" action="([^"]+)">(.*?)</form>', page, re.S)
+    if not allow:
+        sys.exit("consent page: no form")
+    action, form = allow.groups()
+    fields = {name: html.unescape(value) for name, value in re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', form)}
+    fields["user"] = user
+    target = urllib.parse.urljoin(page_url, html.unescape(action))
+    status, headers, _ = fetch(target, urllib.parse.urlencode(fields).encode())
+    if status != 302:
+        sys.exit(f"consent: HTTP {status}, expected a redirect to the callback")
+    return headers["Location"]
+
+
+def relay(callback_url, relay_base):
+    """The callback reaches wxauth's relay (through the Ingress of the callback domain in
+    production); the relay answers with a redirect to the product's return URL."""
+    query = urllib.parse.urlsplit(callback_url).query
+    status, headers, _ = fetch(f"{relay_base}/wechat/callback?{query}")
+    if status != 302:
+        sys.exit(f"relay: HTTP {status}")
+    return headers["Location"]
+
+
+def error_reason(error):
+    """wxauth's machine-readable reason (google.rpc.ErrorInfo) of a failed call."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return None, {}
+
+
+def field_violations(error):
+    """The invalid fields (google.rpc.BadRequest) of an INVALID_ARGUMENT answer."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    return {}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grpc", default="127.0.0.1:50051", help="wxauth's gRPC address")
+    parser.add_argument("--relay", default="http://127.0.0.1:8080", help="wxauth's public listener")
+    parser.add_argument("--key", default="dev-only-key", help="this service's client key")
+    parser.add_argument("--app", default="demo-mp", help="the WeChat app's config name (dev mode: demo-mp)")
+    parser.add_argument("--return-url", default="http://127.0.0.1:8082/", help="an allowlisted return URL")
+    parser.add_argument("--user", default="alice", help="the simulator's test user to sign in")
+    args = parser.parse_args()
+
+    pb, pb_grpc = generate_stubs()
+    channel = grpc.insecure_channel(args.grpc)
+    wxauth = pb_grpc.WeChatOAuthServiceStub(channel)
+    auth = (("authorization", f"Bearer {args.key}"),)
+    seen = {}
+
+    # 1. The product's "Sign in with WeChat": a flow, bound to our return URL and CSRF state.
+    csrf = "py-csrf-1"
+    built = wxauth.BuildAuthorizeUrl(
+        pb.BuildAuthorizeUrlRequest(
+            app=args.app, return_url=args.return_url, scope=pb.SCOPE_SNSAPI_USERINFO, state=csrf
+        ),
+        metadata=auth,
+        timeout=5,
+    )
+    seen["authorize_url_ends_with"] = built.authorize_url[-16:]
+
+    # 2. The browser: WeChat's consent page, then the callback, which the relay answers.
+    back_to_product = relay(consent(built.authorize_url, args.user), args.relay)
+    returned = urllib.parse.urlsplit(back_to_product)
+    params = dict(urllib.parse.parse_qsl(returned.query))
+    seen["returned_to"] = f"{returned.scheme}://{returned.netloc}{returned.path}"
+    seen["state_matches"] = params.get("state") == csrf
+    code = params["code"]
+
+    # 3. The product's callback handler: exchange the code (twice, as a reload would).
+    exchange = pb.ExchangeCodeRequest(app=args.app, code=code, include_user_info=True)
+    first = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
+    again = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
+    seen["openid"] = first.openid
+    seen["same_result_again"] = again.openid == first.openid and again.user_info == first.user_info
+    seen["nickname"] = first.user_info.nickname
+
+    # 4. Later pages: the profile, answered from wxauth's cache.
+    profile = wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid=first.openid), metadata=auth, timeout=5)
+    seen["profile_nickname"] = profile.user_info.nickname
+    seen["profile_fetch_time"] = profile.fetch_time.seconds
+
+    # 5. Errors carry a reason to branch on.
+    try:
+        wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid="oNobodyLoggedInHere0000000"), metadata=auth, timeout=5)
+        seen["unknown_user"] = "answered"
+    except grpc.RpcError as e:
+        reason, _ = error_reason(e)
+        seen["unknown_user"] = {"code": e.code().name, "reason": reason}
+    try:
+        wxauth.ExchangeCode(pb.ExchangeCodeRequest(app=args.app, code="NotACodeWeChatGave"), metadata=auth, timeout=5)
+        seen["bad_code"] = "answered"
+    except grpc.RpcError as e:
+        reason, metadata = error_reason(e)
+        seen["bad_code"] = {"code": e.code().name, "reason": reason, "errcode": metadata.get("errcode")}
+
+    print(json.dumps(seen, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except grpc.RpcError as e:
+        reason, metadata = error_reason(e)
+        sys.exit(f"wxauth answered {e.code().name}: {reason} {metadata or ''} {field_violations(e) or ''}".rstrip())

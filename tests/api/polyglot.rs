@@ -1,0 +1,62 @@
+//! A service in another language: `examples/python/wxauth_login.py` (grpcio, stubs generated
+//! from `proto/` at run time) signs a user in through wxauth and reads its error details.
+
+use std::process::Command;
+
+use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, spawn_app};
+
+/// The Python with grpcio that `scripts/setup` prepares (or `WXAUTH_PYTHON`).
+fn python() -> String {
+    if let Ok(python) = std::env::var("WXAUTH_PYTHON") {
+        return python;
+    }
+    let venv = std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/wxauth/py-client-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python client env at {} (scripts/setup makes it from examples/python/requirements.txt; or set WXAUTH_PYTHON)",
+        venv.display()
+    );
+    venv.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_signs_a_user_in_and_reads_error_details() {
+    let app = spawn_app(Backend::Redis).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/wxauth_login.py");
+    let args = [
+        script.to_owned(),
+        "--grpc".into(),
+        app.grpc_addr.to_string(),
+        "--relay".into(),
+        format!("http://{}", app.public_addr),
+        "--app".into(),
+        "mp".into(),
+        "--key".into(),
+        PASSPORT_KEY.into(),
+        "--return-url".into(),
+        "https://passport.example.com/login/".into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || Command::new(python()).args(args).output())
+        .await
+        .expect("join")
+        .expect("python runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the Python client failed: {stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+
+    let openid = app.sim.openid(MP_APPID, "alice").expect("alice");
+    assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
+    assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
+    assert_eq!(seen["state_matches"], true);
+    assert_eq!(seen["openid"], openid.as_str());
+    assert_eq!(seen["same_result_again"], true, "no 40163 for a reload");
+    assert_eq!(seen["nickname"], "Alice 爱丽丝");
+    assert_eq!(seen["profile_nickname"], "Alice 爱丽丝");
+    assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
+    assert_eq!(seen["unknown_user"], serde_json::json!({"code": "NOT_FOUND", "reason": "TOKEN_NOT_FOUND"}));
+    assert_eq!(seen["bad_code"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(seen["bad_code"]["reason"], "INVALID_CODE");
+    assert_eq!(seen["bad_code"]["errcode"], "40029");
+    assert_eq!(app.sim.calls(wxauth::sim::Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
+}
