@@ -399,7 +399,7 @@ impl Bench {
         drop((wx_flows, ceiling_flows));
         if ops.contains(&Op::Exchange) {
             let op = exchange_op(self.wxauth.clone(), self.auth.clone(), self.sim.clone());
-            self.phase(Side::Wxauth, "ExchangeCode", "SET NX, sns access_token, SET, SET", op).await;
+            self.phase(Side::Wxauth, "ExchangeCode", "SET NX, sns access_token, SET + SET at once", op).await;
             self.ceiling_set(&mut Vec::new()).await;
             let op = sim_exchange_op(self.http.clone(), self.sim_base.clone(), self.sim.clone());
             self.phase(Side::Ceiling, "sim access_token", "the simulator's code exchange alone", op).await;
