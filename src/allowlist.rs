@@ -65,6 +65,11 @@ impl Allowlist {
         Ok(ReturnUrl(url))
     }
 
+    /// The patterns in normalized form (`https://*.example.com/`), for `wxauth check`.
+    pub fn patterns(&self) -> Vec<String> {
+        self.patterns.iter().map(Pattern::to_string).collect()
+    }
+
     /// Whether the allowlist has no pattern (and so allows nothing).
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
@@ -270,6 +275,24 @@ struct Pattern {
     port: u16,
     /// Normalized path, always starting with `/`.
     path: String,
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let default_port = match self.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        write!(f, "{}://", self.scheme.as_str())?;
+        match &self.host {
+            PatternHost::Exact(host) => write!(f, "{host}")?,
+            PatternHost::Subdomains { dot_parent } => write!(f, "*{dot_parent}")?,
+        }
+        if self.port != default_port {
+            write!(f, ":{}", self.port)?;
+        }
+        f.write_str(&self.path)
+    }
 }
 
 /// The two schemes a return URL may have.

@@ -352,6 +352,60 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What this config amounts to, for `wxauth check`: every setting that shapes behaviour and
+    /// no secret (no appsecret, key hash or sealing key; store URLs without their credentials).
+    pub fn summary(&self) -> serde_json::Value {
+        let humane = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
+        let store = match &self.store {
+            StoreBackend::Memory => serde_json::json!({ "kind": "memory" }),
+            StoreBackend::Redis(urls) => serde_json::json!({
+                "kind": if urls.len() > 1 { "redis cluster" } else { "redis" },
+                "urls": urls.iter().map(|u| without_credentials(u)).collect::<Vec<_>>(),
+            }),
+            StoreBackend::Sentinel { urls, master } => serde_json::json!({
+                "kind": "redis sentinel",
+                "urls": urls.iter().map(|u| without_credentials(u)).collect::<Vec<_>>(),
+                "master": master,
+            }),
+        };
+        let default_for = |app: &str| {
+            self.device_defaults
+                .iter()
+                .filter(|(_, name)| name.as_str() == app)
+                .map(|(d, _)| format!("{d:?}"))
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "mode": format!("{:?}", self.mode),
+            "listen": { "grpc": self.grpc_addr, "public": self.public_addr, "admin": self.admin_addr },
+            "callback_url": self.callback_url.as_str(),
+            "store": store,
+            "store_tls": format!("{:?}", self.redis_tls),
+            "key_prefix": self.key_prefix,
+            "sealing_key_ids": self.keyring.ids(),
+            "wechat": {
+                "open_base": self.wechat.open_base.as_str(),
+                "api_base": self.wechat.api_base.as_str(),
+                "timeout": humane(self.wechat.timeout),
+                "attempts": self.wechat.attempts,
+            },
+            "apps": self.apps.values().map(|app| serde_json::json!({
+                "name": app.name, "kind": format!("{:?}", app.kind), "appid": app.appid,
+                "default_for": default_for(&app.name),
+            })).collect::<Vec<_>>(),
+            "clients": self.clients.iter().map(|c| serde_json::json!({
+                "name": c.name, "apps": c.apps, "return_url_patterns": c.allowlist.patterns(),
+            })).collect::<Vec<_>>(),
+            "flow": { "ttl": humane(self.flow_ttl), "grace": humane(self.grace) },
+            "token": {
+                "refresh_margin": humane(self.refresh_margin),
+                "refresh_life": humane(self.refresh_life),
+                "profile_cache": humane(self.profile_cache),
+            },
+            "log_json": self.log_json,
+        })
+    }
+
     /// Loads `path` (TOML) layered with `WXAUTH_*` env overrides and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -558,6 +612,19 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         profile_cache: raw.token.profile_cache,
         log_json: raw.log.json,
     })
+}
+
+/// A store URL for display: user and password replaced by `***`.
+fn without_credentials(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("***");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(unparsable)".to_owned(),
+    }
 }
 
 /// The rule for app and client names (config keys, Redis key parts, request fields).

@@ -1,5 +1,6 @@
 //! The `wxauth` binary: `wxauth [--config FILE]` serves (no config: dev mode with the WeChat
-//! simulator); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]` runs
+//! simulator); `wxauth check [--config FILE]` validates a config and prints what it amounts to
+//! (no secrets); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]` runs
 //! the WeChat simulator alone.
 
 use std::path::PathBuf;
@@ -23,10 +24,26 @@ async fn main() -> anyhow::Result<()> {
         ["gen-key", id] => print_key(id.parse().context("key id: 0..=255")?),
         ["sim"] => run_sim(wxauth::dev::SIM_ADDR).await,
         ["sim", addr] => run_sim(addr).await,
+        ["check", "--config", path] => check(&PathBuf::from(path)),
+        ["check"] => match std::env::var_os("WXAUTH_CONFIG") {
+            Some(path) => check(&PathBuf::from(path)),
+            None => anyhow::bail!("wxauth check: give --config FILE (or set WXAUTH_CONFIG)"),
+        },
         ["--config", path] => serve(Some(PathBuf::from(path))).await,
         [] => serve(std::env::var_os("WXAUTH_CONFIG").map(PathBuf::from)).await,
-        _ => anyhow::bail!("usage: wxauth [--config FILE] | wxauth gen-key [ID] | wxauth sim [ADDR]"),
+        _ => anyhow::bail!(
+            "usage: wxauth [--config FILE] | wxauth check [--config FILE] | wxauth gen-key [ID] | wxauth sim [ADDR]"
+        ),
     }
+}
+
+/// Loads and validates the config as `serve` would (file, `WXAUTH_*` env, secret files, TLS
+/// files) without starting anything; prints the summary as JSON. Exit 1 names the key at fault.
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let settings = Settings::load(path)?;
+    println!("{}", serde_json::to_string_pretty(&settings.summary())?);
+    eprintln!("wxauth check: {} is valid", path.display());
+    Ok(())
 }
 
 fn print_key(id: u8) -> anyhow::Result<()> {

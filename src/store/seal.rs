@@ -97,6 +97,11 @@ impl Keyring {
         Self::new(keys)
     }
 
+    /// The key ids, the sealing one first.
+    pub fn ids(&self) -> Vec<u8> {
+        self.keys.iter().map(SealingKey::id).collect()
+    }
+
     /// A fresh random key as a keyring line, for `wxauth gen-key` and tests.
     pub fn generate_line(id: u8) -> String {
         let mut raw = [0u8; 32];

@@ -89,3 +89,75 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let answered = in_flight.await.expect("task");
     assert!(answered.is_ok(), "the in-flight call finished: {answered:?}");
 }
+
+/// A production config an operator would deploy (Redis with credentials in the URL).
+fn production_config(flow_ttl: &str) -> String {
+    format!(
+        r#"
+[server]
+callback_url = "https://auth.example.com/wechat/callback"
+[store]
+url = "redis://wxauth:hunter2@redis.example.internal:6379/0"
+sealing_keys = "{keys}"
+[apps.mp]
+kind = "official_account"
+appid = "wx0123456789abcdef"
+secret = "appsecret-never-printed"
+default_for = "MOBILE"
+[clients.passport]
+key_sha256 = "{digest}"
+apps = ["mp"]
+return_urls = ["https://passport.example.com/login/", "https://*.example.com:8443/"]
+[flow]
+ttl = "{flow_ttl}"
+"#,
+        keys = crate::helpers::test_keyring(),
+        digest = hex::encode(wxauth::config::key_digest("a-client-key")),
+    )
+}
+
+fn check(config: &str) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("wxauth-check-{}", wxauth::random_id(8)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("wxauth.toml");
+    std::fs::write(&path, config).expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wxauth"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("WXAUTH_CONFIG")
+        .output()
+        .expect("wxauth runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    output
+}
+
+#[test]
+fn check_validates_a_config_and_prints_it_without_secrets() {
+    let config = production_config("10m");
+    let output = check(&config);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(summary["mode"], "Production");
+    assert_eq!(summary["store"]["urls"][0], "redis://***@redis.example.internal:6379/0");
+    assert_eq!(summary["apps"][0]["appid"], "wx0123456789abcdef");
+    assert_eq!(summary["apps"][0]["default_for"], serde_json::json!(["Mobile"]));
+    assert_eq!(
+        summary["clients"][0]["return_url_patterns"],
+        serde_json::json!(["https://passport.example.com/login/", "https://*.example.com:8443/"])
+    );
+    assert_eq!(summary["token"]["profile_cache"], "5m");
+    assert_eq!(summary["sealing_key_ids"], serde_json::json!([1]));
+    let keyring = crate::helpers::test_keyring();
+    let sealing_key = keyring.split(':').nth(1).expect("key");
+    let digest = hex::encode(wxauth::config::key_digest("a-client-key"));
+    for secret in ["hunter2", "appsecret-never-printed", sealing_key, digest.as_str()] {
+        assert!(!stdout.contains(secret), "{secret} printed");
+    }
+
+    let broken = check(&production_config("10s"));
+    assert_eq!(broken.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains("flow.ttl"), "{stderr}");
+    assert!(broken.stdout.is_empty());
+}
