@@ -213,8 +213,8 @@ impl Metrics {
             ),
             wechat_requests: counter(
                 "wxauth_wechat_requests_total",
-                "Calls to WeChat, by endpoint, result and errcode.",
-                &["endpoint", "result", "errcode"],
+                "Calls to WeChat, by app (the config name; WeChat's quota is per app), endpoint, result and errcode.",
+                &["app", "endpoint", "result", "errcode"],
             ),
             wechat_duration: histogram(
                 "wxauth_wechat_request_duration_seconds",

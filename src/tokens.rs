@@ -335,11 +335,11 @@ impl Tokens {
         if !record.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
             return Err(ApiError::ScopeNotGranted(None));
         }
-        match self.wechat.userinfo(&record.access_token, openid, lang).await {
+        match self.wechat.userinfo(app, &record.access_token, openid, lang).await {
             Err(e) if is_dead_access_token(&e) => {
                 tracing::info!(app = %app.name, errcode = e.errcode(), "WeChat rejected a token thought alive; refreshing");
                 let record = self.refresh(app, openid, Some(record.access_token)).await?;
-                let profile = self.wechat.userinfo(&record.access_token, openid, lang).await;
+                let profile = self.wechat.userinfo(app, &record.access_token, openid, lang).await;
                 Ok((profile.map_err(|e| ApiError::from_wechat(&e))?, record))
             }
             other => Ok((other.map_err(|e| ApiError::from_wechat(&e))?, record)),
@@ -350,7 +350,7 @@ impl Tokens {
     /// `Ok(Some(errcode))` when WeChat rejects the token.
     pub async fn validate(&self, app: &App, openid: &str) -> Result<(TokenRecord, Option<i64>), ApiError> {
         let record = self.stored(app, openid).await?;
-        match self.wechat.auth(&record.access_token, openid).await {
+        match self.wechat.auth(app, &record.access_token, openid).await {
             Ok(()) => Ok((record, None)),
             Err(e) if is_dead_access_token(&e) || e.errcode() == Some(40003) => {
                 let errcode = e.errcode();

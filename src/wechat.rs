@@ -336,7 +336,7 @@ impl WechatClient {
             ("code", code.secret()),
             ("grant_type", "authorization_code"),
         ];
-        self.call(Endpoint::AccessToken, &query).await
+        self.call(app, Endpoint::AccessToken, &query).await
     }
 
     /// Refreshes an access token (no secret: WeChat's refresh takes none).
@@ -344,31 +344,38 @@ impl WechatClient {
     pub async fn refresh(&self, app: &App, refresh_token: &RefreshToken) -> Result<TokenGrant, WechatError> {
         let query =
             [("appid", app.appid.as_str()), ("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
-        self.call_retrying(Endpoint::RefreshToken, &query).await
+        self.call_retrying(app, Endpoint::RefreshToken, &query).await
     }
 
-    /// Reads the profile.
-    #[tracing::instrument(name = "wechat.userinfo", skip_all)]
-    pub async fn userinfo(&self, token: &AccessToken, openid: &str, lang: Lang) -> Result<Profile, WechatError> {
+    /// Reads the profile with a token of `app`.
+    #[tracing::instrument(name = "wechat.userinfo", skip_all, fields(app = %app.name))]
+    pub async fn userinfo(
+        &self,
+        app: &App,
+        token: &AccessToken,
+        openid: &str,
+        lang: Lang,
+    ) -> Result<Profile, WechatError> {
         let query = [("access_token", token.secret()), ("openid", openid), ("lang", lang.as_str())];
-        self.call_retrying(Endpoint::UserInfo, &query).await
+        self.call_retrying(app, Endpoint::UserInfo, &query).await
     }
 
-    /// Asks whether a token is valid (`sns/auth`).
-    #[tracing::instrument(name = "wechat.auth", skip_all)]
-    pub async fn auth(&self, token: &AccessToken, openid: &str) -> Result<(), WechatError> {
+    /// Asks whether a token of `app` is valid (`sns/auth`).
+    #[tracing::instrument(name = "wechat.auth", skip_all, fields(app = %app.name))]
+    pub async fn auth(&self, app: &App, token: &AccessToken, openid: &str) -> Result<(), WechatError> {
         let query = [("access_token", token.secret()), ("openid", openid)];
-        self.call_retrying::<serde_json::Value>(Endpoint::Auth, &query).await.map(|_| ())
+        self.call_retrying::<serde_json::Value>(app, Endpoint::Auth, &query).await.map(|_| ())
     }
 
     async fn call_retrying<T: DeserializeOwned>(
         &self,
+        app: &App,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<T, WechatError> {
         let mut attempt = 1;
         loop {
-            match self.call(endpoint, query).await {
+            match self.call(app, endpoint, query).await {
                 Err(e) if e.is_transient() && attempt < self.settings.attempts => {
                     let base_ms = 50u64 << attempt.min(6);
                     let jitter = rand::rng().random_range(0..=base_ms);
@@ -381,7 +388,13 @@ impl WechatClient {
         }
     }
 
-    async fn call<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
+    /// One call, counted by app (WeChat's quota is per app: 50,000 sns calls a minute).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        app: &App,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+    ) -> Result<T, WechatError> {
         let started = std::time::Instant::now();
         let reply = self.send(endpoint, query).await;
         let (result, errcode) = match &reply {
@@ -393,7 +406,7 @@ impl WechatClient {
             Err(WechatError::Decode(_)) => ("decode_error", String::new()),
         };
         let name = endpoint.path();
-        self.metrics.wechat_requests.with_label_values(&[name, result, &errcode]).inc();
+        self.metrics.wechat_requests.with_label_values(&[&app.name, name, result, &errcode]).inc();
         self.metrics.wechat_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         reply
     }

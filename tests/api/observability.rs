@@ -54,9 +54,15 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"hit\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"miss\""]), None, "none yet");
     let wechat = "wxauth_wechat_requests_total";
-    assert_eq!(sample(&scrape, wechat, &["endpoint=\"sns/oauth2/access_token\"", "result=\"ok\""]), Some(1.0));
-    assert_eq!(sample(&scrape, wechat, &["endpoint=\"sns/oauth2/access_token\"", "errcode=\"40029\""]), Some(1.0));
-    assert_eq!(sample(&scrape, wechat, &["endpoint=\"sns/userinfo\"", "result=\"ok\""]), Some(1.0));
+    assert_eq!(
+        sample(&scrape, wechat, &["app=\"mp\"", "endpoint=\"sns/oauth2/access_token\"", "result=\"ok\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, wechat, &["app=\"mp\"", "endpoint=\"sns/oauth2/access_token\"", "errcode=\"40029\""]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&scrape, wechat, &["app=\"mp\"", "endpoint=\"sns/userinfo\"", "result=\"ok\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"relayed\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"unknown_flow\""]), Some(1.0));
     assert!(sample(&scrape, "wxauth_store_operation_duration_seconds_count", &["operation=\"set_nx\""]) >= Some(2.0));
