@@ -282,6 +282,16 @@ impl OAuthService {
         v.finish()?;
         Ok((self.app_for(client, app, device)?, openid.to_owned()))
     }
+
+    async fn forget_user_inner(
+        &self,
+        client: &Client,
+        req: proto::ForgetUserRequest,
+    ) -> Result<proto::ForgetUserResponse, ApiError> {
+        let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        let had_token = self.tokens.forget(app, &openid).await?;
+        Ok(proto::ForgetUserResponse { had_token })
+    }
 }
 
 #[tonic::async_trait]
@@ -319,6 +329,13 @@ impl WeChatOAuthService for OAuthService {
         request: Request<proto::ValidateTokenRequest>,
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         self.run("wxauth.v1.WeChatOAuthService/ValidateToken", request, Self::validate_token_inner).await
+    }
+
+    async fn forget_user(
+        &self,
+        request: Request<proto::ForgetUserRequest>,
+    ) -> Result<Response<proto::ForgetUserResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/ForgetUser", request, Self::forget_user_inner).await
     }
 }
 

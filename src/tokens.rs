@@ -346,6 +346,36 @@ impl Tokens {
         }
     }
 
+    /// Deletes the user's token record and cached profiles, holding the user's refresh lock so
+    /// a refresh under way (here or on another replica) finishes first and cannot write the
+    /// record back. Returns whether a record existed.
+    pub async fn forget(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
+        let give_up = tokio::time::Instant::now() + LOCK_TTL + LOCK_TTL;
+        let lock = loop {
+            // A holder that died releases by TTL (LOCK_TTL), so this ends well before `give_up`.
+            if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
+                break lock;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(ApiError::Internal);
+            }
+            tokio::time::sleep(jittered(POLL)).await;
+        };
+        let forgotten = async {
+            let existed = self.store.get_token(&app.name, openid).await?.is_some();
+            self.store.delete_user(&app.name, openid).await?;
+            Ok::<_, ApiError>(existed)
+        }
+        .await;
+        if let Err(e) = self.store.unlock(&app.name, openid, lock).await {
+            tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
+        }
+        if forgotten.is_ok() {
+            tracing::info!(app = %app.name, "user forgotten: token record and cached profiles deleted");
+        }
+        forgotten
+    }
+
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
     /// `Ok(Some(errcode))` when WeChat rejects the token.
     pub async fn validate(&self, app: &App, openid: &str) -> Result<(TokenRecord, Option<i64>), ApiError> {

@@ -112,6 +112,13 @@ impl WeChatOAuthService for CeilingService {
         self.get_token().await?;
         Ok(tonic::Response::new(proto::ValidateTokenResponse { valid: true, ..Default::default() }))
     }
+
+    async fn forget_user(
+        &self,
+        _request: Request<proto::ForgetUserRequest>,
+    ) -> Result<tonic::Response<proto::ForgetUserResponse>, Status> {
+        Err(Status::unimplemented("no ForgetUser ceiling"))
+    }
 }
 
 /// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the

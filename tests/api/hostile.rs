@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 use wxauth::proto::{
-    BuildAuthorizeUrlRequest, ExchangeCodeRequest, GetUserInfoRequest, RefreshTokenRequest, ValidateTokenRequest,
+    BuildAuthorizeUrlRequest, ExchangeCodeRequest, ForgetUserRequest, GetUserInfoRequest, RefreshTokenRequest,
+    ValidateTokenRequest,
 };
 
 use crate::helpers::{Backend, spawn_app};
@@ -101,8 +102,10 @@ async fn random_requests_get_clean_answers(backend: Backend) {
         acceptable(grpc.get_user_info(app.req(request)).await.map(|_| ()));
         let request = RefreshTokenRequest { app: a.clone(), openid: o.clone(), device: d };
         acceptable(grpc.refresh_token(app.req(request)).await.map(|_| ()));
-        let request = ValidateTokenRequest { app: a, openid: o, device: d };
+        let request = ValidateTokenRequest { app: a.clone(), openid: o.clone(), device: d };
         acceptable(grpc.validate_token(app.req(request)).await.map(|_| ()));
+        let request = ForgetUserRequest { app: a, openid: o, device: d };
+        acceptable(grpc.forget_user(app.req(request)).await.map(|_| ()));
         let query = nasty(&mut rng);
         let relay = app.http.get(format!("http://{}/wechat/callback?{}", app.public_addr, query)).send().await;
         let response = relay.expect("the relay answers");

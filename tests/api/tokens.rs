@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tonic::Code;
-use wxauth::proto::{ExchangeCodeRequest, GetUserInfoRequest, Lang, RefreshTokenRequest, ValidateTokenRequest};
+use wxauth::proto::{
+    ExchangeCodeRequest, ForgetUserRequest, GetUserInfoRequest, Lang, RefreshTokenRequest, ValidateTokenRequest,
+};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
@@ -222,6 +224,47 @@ async fn the_profile_cache_keeps_answering_when_the_apps_quota_is_spent(backend:
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 3, "45011 is not retried");
 }
 
+async fn forget_user_deletes_the_record_and_the_cached_profiles(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("cached");
+    app.profile(&login.openid, Lang::En, false).await.expect("cached");
+    let forget = || ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let forgotten = app.grpc.clone().forget_user(app.req(forget())).await.expect("forgotten").into_inner();
+    assert!(forgotten.had_token);
+    for lang in [Lang::ZhCn, Lang::En] {
+        let status = app.profile(&login.openid, lang, false).await.expect_err("no cached profile either");
+        assert_eq!((status.code(), reason(&status).as_str()), (Code::NotFound, "TOKEN_NOT_FOUND"));
+    }
+    let again = app.grpc.clone().forget_user(app.req(forget())).await.expect("idempotent").into_inner();
+    assert!(!again.had_token, "nothing left to forget");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2);
+    // The user can sign in again afterwards.
+    app.login("alice", "snsapi_userinfo").await;
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("a new record");
+}
+
+async fn a_refresh_under_way_cannot_bring_a_forgotten_user_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(300)), 1);
+    let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let refreshing = tokio::spawn({
+        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
+        async move { grpc.refresh_token(request).await }
+    });
+    // The refresh holds the user's lock once WeChat has its call.
+    while app.sim.calls(Endpoint::RefreshToken) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let forgotten = app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten").into_inner();
+    assert!(forgotten.had_token);
+    refreshing.await.expect("join").expect("the refresh finished before the deletion");
+    let status = app.profile(&login.openid, Lang::ZhCn, true).await.expect_err("forgotten");
+    assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "the refresh did not write the record back");
+}
+
 both_backends!(
     get_user_info_uses_the_stored_token,
     a_token_about_to_expire_is_refreshed_first,
@@ -237,4 +280,6 @@ both_backends!(
     a_user_who_must_authorize_again_has_no_cached_profile,
     the_profile_cache_can_be_turned_off,
     the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
+    forget_user_deletes_the_record_and_the_cached_profiles,
+    a_refresh_under_way_cannot_bring_a_forgotten_user_back,
 );
