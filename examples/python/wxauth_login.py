@@ -2,8 +2,8 @@
 """A product backend in Python signing a user in through wxauth, end to end.
 
 What a non-Rust internal service does with wxauth's gRPC API: BuildAuthorizeUrl, send the
-browser to WeChat, take the code the relay hands back, ExchangeCode, GetUserInfo, and read
-wxauth's error details (google.rpc.ErrorInfo) when a call fails. The "browser" part (consent
+browser to WeChat, take the code the relay hands back, ExchangeCode, GetUserInfo, read wxauth's
+error details (google.rpc.ErrorInfo) when a call fails, and ForgetUser. The "browser" part (consent
 page, callback) is played by this script against the WeChat simulator, so it runs anywhere
 the dev mode or the test harness runs.
 
@@ -186,6 +186,15 @@ def main():
     except grpc.RpcError as e:
         reason, metadata = error_reason(e)
         seen["bad_code"] = {"code": e.code().name, "reason": reason, "errcode": metadata.get("errcode")}
+
+    # 6. The user closes their account: wxauth forgets them.
+    forget = pb.ForgetUserRequest(app=args.app, openid=first.openid)
+    seen["forgot_a_token"] = wxauth.ForgetUser(forget, metadata=auth, timeout=5).had_token
+    try:
+        wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid=first.openid), metadata=auth, timeout=5)
+        seen["after_forget"] = "answered"
+    except grpc.RpcError as e:
+        seen["after_forget"] = error_reason(e)[0]
 
     print(json.dumps(seen, ensure_ascii=False))
 

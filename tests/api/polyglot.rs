@@ -58,5 +58,7 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_eq!(seen["bad_code"]["code"], "INVALID_ARGUMENT");
     assert_eq!(seen["bad_code"]["reason"], "INVALID_CODE");
     assert_eq!(seen["bad_code"]["errcode"], "40029");
+    assert_eq!(seen["forgot_a_token"], true);
+    assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
     assert_eq!(app.sim.calls(wxauth::sim::Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
 }
