@@ -318,6 +318,9 @@ impl Tokens {
             let ttl = max_age.min(left).max(Duration::from_secs(1));
             if let Err(e) = self.store.put_profile(&app.name, openid, lang, &fetched, ttl).await {
                 tracing::warn!(error = %e, "profile not cached; the next GetUserInfo asks WeChat again");
+            } else if self.store.get_token(&app.name, openid).await?.is_none() {
+                // A ForgetUser ran while WeChat answered: it must not leave this copy behind.
+                self.store.delete_user(&app.name, openid).await?;
             }
         }
         Ok(fetched)

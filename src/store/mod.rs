@@ -312,8 +312,8 @@ impl Store {
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Forgets the user (the refresh token died): cached profiles first, then the tokens, so a
-    /// failure half-way leaves the record and the next refresh tries again.
+    /// Forgets the user (the refresh token died, or `ForgetUser`): cached profiles first, then
+    /// the tokens, so a failure half-way leaves the record and a retry deletes the rest.
     pub async fn delete_user(&self, app: &str, openid: &str) -> Result<(), StoreError> {
         for lang in Lang::ALL {
             call!(self, del(&self.profile_key(app, openid, lang)))?;

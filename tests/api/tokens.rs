@@ -265,6 +265,26 @@ async fn a_refresh_under_way_cannot_bring_a_forgotten_user_back(backend: Backend
     assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "the refresh did not write the record back");
 }
 
+async fn a_profile_fetched_while_the_user_is_forgotten_is_not_cached(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.sim.inject(Endpoint::UserInfo, Fault::Delay(Duration::from_millis(300)), 1);
+    let fetching = tokio::spawn({
+        let (mut grpc, openid) = (app.grpc.clone(), login.openid.clone());
+        let request = GetUserInfoRequest { app: "mp".into(), openid, fresh: true, ..Default::default() };
+        let request = app.req(request);
+        async move { grpc.get_user_info(request).await }
+    });
+    while app.sim.calls(Endpoint::UserInfo) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten");
+    fetching.await.expect("join").expect("asked before the user was forgotten");
+    let status = app.profile(&login.openid, Lang::Unspecified, false).await.expect_err("nothing cached");
+    assert_eq!(reason(&status), "TOKEN_NOT_FOUND");
+}
+
 both_backends!(
     get_user_info_uses_the_stored_token,
     a_token_about_to_expire_is_refreshed_first,
@@ -282,4 +302,5 @@ both_backends!(
     the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
     forget_user_deletes_the_record_and_the_cached_profiles,
     a_refresh_under_way_cannot_bring_a_forgotten_user_back,
+    a_profile_fetched_while_the_user_is_forgotten_is_not_cached,
 );
