@@ -200,10 +200,12 @@ impl OAuthService {
         }
         v.finish()?;
         let app = self.app_for(client, &req.app, device)?;
-        let outcome = self.tokens.exchange(app, AuthCode::new(req.code), &client.name).await?;
+        let (outcome, new) = self.tokens.exchange(app, AuthCode::new(req.code), &client.name).await?;
         let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
         let user_info = if req.include_user_info && grants_userinfo {
-            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, false).await?.profile))
+            // A new sign-in shows the profile as WeChat has it now (the user may just have
+            // changed it); a replay of the same code answers from the profile cache.
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new).await?.profile))
         } else {
             None
         };

@@ -89,12 +89,14 @@ impl Tokens {
     /// the code's life. Concurrent exchanges of one code (a double submit, two replicas) make
     /// one WeChat call; the others wait for its result. The recorded result answers only the
     /// client that made the exchange: another client presenting the same code gets `CODE_USED`.
+    /// The flag is true when this call made the exchange (false: the recorded result of an
+    /// earlier one).
     pub async fn exchange(
         self: &Arc<Self>,
         app: &App,
         code: AuthCode,
         caller: &str,
-    ) -> Result<ExchangeOutcome, ApiError> {
+    ) -> Result<(ExchangeOutcome, bool), ApiError> {
         loop {
             match self.store.claim_exchange(&app.name, &code, CLAIM_TTL).await? {
                 Some(ExchangeEntry::Done(outcome)) if outcome.caller != caller => {
@@ -103,7 +105,7 @@ impl Tokens {
                 }
                 Some(ExchangeEntry::Done(outcome)) => {
                     tracing::info!(app = %app.name, "code exchanged before; returning the recorded result");
-                    return Ok(outcome);
+                    return Ok((outcome, false));
                 }
                 Some(ExchangeEntry::Pending) => tokio::time::sleep(jittered(POLL)).await,
                 None => {
@@ -112,7 +114,7 @@ impl Tokens {
                     let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
                     let exchange = async move { this.exchange_claimed(&app, &code, caller).await };
                     let task = tokio::spawn(exchange.in_current_span());
-                    return task.await.unwrap_or(Err(ApiError::Internal));
+                    return task.await.unwrap_or(Err(ApiError::Internal)).map(|outcome| (outcome, true));
                 }
             }
         }

@@ -184,6 +184,21 @@ async fn exchange_with_the_profile_fills_the_cache(backend: Backend) {
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "the product's usual ExchangeCode + GetUserInfo: one call");
 }
 
+async fn a_new_sign_in_fetches_the_profile_anew_and_a_replay_does_not(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.profile(&login.openid, Lang::Unspecified, false).await.expect("cached");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1);
+    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+    let request =
+        || ExchangeCodeRequest { app: "mp".into(), code: code.clone(), include_user_info: true, ..Default::default() };
+    let signed_in = app.grpc.clone().exchange_code(app.req(request())).await.expect("exchange").into_inner();
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2, "a new sign-in asks WeChat despite the cached profile");
+    let replayed = app.grpc.clone().exchange_code(app.req(request())).await.expect("replay").into_inner();
+    assert_eq!(replayed.user_info, signed_in.user_info);
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2, "the replay answers from the cache");
+}
+
 async fn a_user_who_must_authorize_again_has_no_cached_profile(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_userinfo").await;
@@ -297,6 +312,7 @@ both_backends!(
     validate_token_reports_wechats_verdict,
     get_user_info_answers_from_the_profile_cache_until_it_is_old,
     exchange_with_the_profile_fills_the_cache,
+    a_new_sign_in_fetches_the_profile_anew_and_a_replay_does_not,
     a_user_who_must_authorize_again_has_no_cached_profile,
     the_profile_cache_can_be_turned_off,
     the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
