@@ -222,9 +222,7 @@ impl Tokens {
         loop {
             if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
                 let result = self.refresh_holding_lock(app, openid, stale.as_ref()).await;
-                if let Err(e) = self.store.unlock(&app.name, openid, lock).await {
-                    tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
-                }
+                self.release(app, openid, lock).await;
                 return result;
             }
             // Another replica is refreshing this user: wait for its result.
@@ -366,19 +364,24 @@ impl Tokens {
             }
             tokio::time::sleep(jittered(POLL)).await;
         };
-        let forgotten = async {
-            let existed = self.store.get_token(&app.name, openid).await?.is_some();
-            self.store.delete_user(&app.name, openid).await?;
-            Ok::<_, ApiError>(existed)
-        }
-        .await;
+        let forgotten = self.forget_holding_lock(app, openid).await;
+        self.release(app, openid, lock).await;
+        forgotten
+    }
+
+    async fn forget_holding_lock(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
+        let existed = self.store.get_token(&app.name, openid).await?.is_some();
+        self.store.delete_user(&app.name, openid).await?;
+        tracing::info!(app = %app.name, "user forgotten: token record and cached profiles deleted");
+        Ok(existed)
+    }
+
+    /// Releases the user's refresh lock; a failed release only delays the next holder until
+    /// the lock's TTL ends, so it is logged, not returned.
+    async fn release(&self, app: &App, openid: &str, lock: crate::store::LockToken) {
         if let Err(e) = self.store.unlock(&app.name, openid, lock).await {
             tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
         }
-        if forgotten.is_ok() {
-            tracing::info!(app = %app.name, "user forgotten: token record and cached profiles deleted");
-        }
-        forgotten
     }
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,

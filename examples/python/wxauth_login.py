@@ -103,26 +103,27 @@ def relay(callback_url, relay_base):
     return headers["Location"]
 
 
-def error_reason(error):
-    """wxauth's machine-readable reason (google.rpc.ErrorInfo) of a failed call."""
+def status_detail(error, message_type):
+    """The `message_type` detail (google.rpc) of a failed call's status, or None."""
     status = rpc_status.from_call(error)
     for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
-    return None, {}
+        if detail.Is(message_type.DESCRIPTOR):
+            message = message_type()
+            detail.Unpack(message)
+            return message
+    return None
+
+
+def error_reason(error):
+    """wxauth's machine-readable reason (google.rpc.ErrorInfo) of a failed call."""
+    info = status_detail(error, error_details_pb2.ErrorInfo)
+    return (info.reason, dict(info.metadata)) if info else (None, {})
 
 
 def field_violations(error):
     """The invalid fields (google.rpc.BadRequest) of an INVALID_ARGUMENT answer."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    return {}
+    bad = status_detail(error, error_details_pb2.BadRequest)
+    return {v.field: v.description for v in bad.field_violations} if bad else {}
 
 
 def main():

@@ -118,6 +118,18 @@ pub async fn wait_listening(child: &mut Child, port: u16) -> bool {
     false
 }
 
+/// Polls `check` until it holds (true) or 5 s pass (false): for states another task reaches,
+/// such as a call that has arrived at the simulator. Polling, never waiting for time to pass.
+pub async fn eventually<F: AsyncFn() -> bool>(check: F) -> bool {
+    for _ in 0..500 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// A port free on loopback right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

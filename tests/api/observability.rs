@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use wxauth::proto::{BuildAuthorizeUrlRequest, GetUserInfoRequest, Scope};
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, authed, spawn_app, spawn_sim};
+use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, authed, eventually, spawn_app, spawn_sim};
 
 /// The value of the sample of `name` whose labels include every one of `labels`.
 fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -198,13 +198,10 @@ return_urls = ["https://passport.example.com/"]
         })
         .collect();
     // SIGTERM once every one of them is inside wxauth, waiting on WeChat.
-    for _ in 0..200 {
-        if sim.calls(Endpoint::UserInfo) >= 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(sim.calls(Endpoint::UserInfo), 200, "all 200 reached WeChat before the signal");
+    assert!(
+        eventually(async || sim.calls(Endpoint::UserInfo) == 200).await,
+        "all 200 reached WeChat before the signal"
+    );
     let pid = child.id().expect("pid").to_string();
     let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
     assert!(killed.success());

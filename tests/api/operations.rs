@@ -9,7 +9,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
-use crate::helpers::{Backend, TestApp, reason, spawn_app};
+use crate::helpers::{Backend, TestApp, eventually, reason, spawn_app};
 
 async fn health(app: &TestApp, service: &str) -> ServingStatus {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr)).expect("uri");
@@ -24,16 +24,6 @@ async fn readyz(app: &TestApp) -> u16 {
 }
 
 /// Polls until `check` holds (the health task checks the store every second); bounded.
-async fn eventually<F: AsyncFn() -> bool>(check: F) -> bool {
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 fn flow_request() -> BuildAuthorizeUrlRequest {
     BuildAuthorizeUrlRequest {
         app: "mp".into(),

@@ -9,7 +9,7 @@ use wxauth::proto::{
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{Backend, MP_APPID, metadata, reason, spawn_app, spawn_app_configured};
+use crate::helpers::{Backend, MP_APPID, eventually, metadata, reason, spawn_app, spawn_app_configured};
 
 async fn get_user_info_uses_the_stored_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -269,9 +269,7 @@ async fn a_refresh_under_way_cannot_bring_a_forgotten_user_back(backend: Backend
         async move { grpc.refresh_token(request).await }
     });
     // The refresh holds the user's lock once WeChat has its call.
-    while app.sim.calls(Endpoint::RefreshToken) == 0 {
-        tokio::task::yield_now().await;
-    }
+    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
     let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     let forgotten = app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten").into_inner();
     assert!(forgotten.had_token);
@@ -290,9 +288,7 @@ async fn a_profile_fetched_while_the_user_is_forgotten_is_not_cached(backend: Ba
         let request = app.req(request);
         async move { grpc.get_user_info(request).await }
     });
-    while app.sim.calls(Endpoint::UserInfo) == 0 {
-        tokio::task::yield_now().await;
-    }
+    assert!(eventually(async || app.sim.calls(Endpoint::UserInfo) == 1).await);
     let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten");
     fetching.await.expect("join").expect("asked before the user was forgotten");
