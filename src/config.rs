@@ -184,6 +184,21 @@ struct RawClient {
     key_sha256: String,
     apps: Vec<String>,
     return_urls: Vec<String>,
+    #[serde(default)]
+    users: Users,
+}
+
+/// Which users of its apps a client may reach with the per-user RPCs (GetUserInfo,
+/// ValidateToken, RefreshToken, ForgetUser).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Users {
+    /// Only users for whom this client exchanged a code itself; any other openid answers as an
+    /// unknown user does (no oracle). The default: one product cannot read another's users.
+    #[default]
+    Own,
+    /// Every user of the client's apps (a trusted back office, an account service).
+    App,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +319,8 @@ pub struct Client {
     pub apps: BTreeSet<String>,
     /// Where it may send codes.
     pub allowlist: Allowlist,
+    /// Which users it may reach.
+    pub users: Users,
 }
 
 /// The validated configuration the service runs with.
@@ -395,6 +412,7 @@ impl Settings {
             })).collect::<Vec<_>>(),
             "clients": self.clients.iter().map(|c| serde_json::json!({
                 "name": c.name, "apps": c.apps, "return_url_patterns": c.allowlist.patterns(),
+                "users": format!("{:?}", c.users).to_lowercase(),
             })).collect::<Vec<_>>(),
             "flow": { "ttl": humane(self.flow_ttl), "grace": humane(self.grace) },
             "token": {
@@ -568,7 +586,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         let allowlist =
             Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
-        clients.push(Client { name, key_sha256: digest, apps: client.apps.into_iter().collect(), allowlist });
+        let apps = client.apps.into_iter().collect();
+        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users });
     }
     if clients.is_empty() {
         return Err(err("clients", "at least one client"));

@@ -4,11 +4,14 @@
 //! - `GET /` offers "Sign in with WeChat" for a phone (app `demo-mp`, `snsapi_userinfo`) and
 //!   for a PC (app `demo-web`, QR login).
 //! - `GET /login/mobile`, `GET /login/pc` call `BuildAuthorizeUrl` over gRPC with a fresh CSRF
-//!   `state`, bind that state to the browser with a cookie, and send the browser to WeChat.
+//!   `state`, bind that state and the flow id wxauth returns to the browser with cookies, and
+//!   send the browser to WeChat.
 //! - `GET /callback?app=..&code=..&state=..` is where the relay brings the browser back: the
-//!   state must match the cookie, then `ExchangeCode` (with the profile) and `GetUserInfo`
-//!   (in English) give what the page shows. No `code` means the user declined. A reload calls
-//!   `ExchangeCode` again with the same code, which wxauth answers idempotently.
+//!   state must match the cookie, then `ExchangeCode` with the code and this browser's flow id
+//!   (a code is bound to the flow it came through: one pasted into another browser's sign-in
+//!   is refused) and `GetUserInfo` (in English) give what the page shows. No `code` means the
+//!   user declined. A reload calls `ExchangeCode` again with the same code and flow, which
+//!   wxauth answers idempotently.
 //!
 //! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
 
@@ -32,6 +35,9 @@ pub const DEMO_ADDR: &str = "127.0.0.1:8082";
 
 /// The cookie that binds a login's CSRF `state` to the browser that started it.
 const STATE_COOKIE: &str = "wxauth_demo_state";
+/// The cookie that keeps the login's flow id (`BuildAuthorizeUrlResponse.flow_id`) for
+/// `ExchangeCode`.
+const FLOW_COOKIE: &str = "wxauth_demo_flow";
 
 /// How a login is started: which wxauth app and scope.
 #[derive(Clone, Copy, Debug)]
@@ -191,11 +197,13 @@ async fn start_login(demo: &Demo, device: Device) -> Result<Response, PageError>
     };
     let started = demo.grpc.clone().build_authorize_url(demo.authed(request)?).await?.into_inner();
     let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| PageError::Unavailable)?;
-    let cookie = format!("{STATE_COOKIE}={state}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
-    let cookie = HeaderValue::from_str(&cookie).map_err(|_| PageError::Unavailable)?;
     let mut response = StatusCode::FOUND.into_response();
     response.headers_mut().insert(header::LOCATION, location);
-    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    for (name, value) in [(STATE_COOKIE, &state), (FLOW_COOKIE, &started.flow_id)] {
+        let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
+        let cookie = HeaderValue::from_str(&cookie).map_err(|_| PageError::Unavailable)?;
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     Ok(response)
 }
 
@@ -219,14 +227,21 @@ async fn callback(
         Some("demo-web") => Device::Pc,
         _ => return Err(PageError::BadCallback),
     };
-    let (profile, english) = sign_in(&demo, device, code).await?;
+    let flow_id = cookie(&headers, FLOW_COOKIE).ok_or(PageError::StateMismatch)?;
+    let (profile, english) = sign_in(&demo, device, flow_id, code).await?;
     Ok(profile_page(&profile, &english).into_response())
 }
 
 /// `ExchangeCode` with the profile (zh_CN, WeChat's default), then `GetUserInfo` in English
 /// with the token wxauth now holds.
-async fn sign_in(demo: &Demo, device: Device, code: String) -> Result<(Exchanged, UserInfo), PageError> {
-    let request = ExchangeCodeRequest { app: device.app().into(), code, include_user_info: true, ..Default::default() };
+async fn sign_in(
+    demo: &Demo,
+    device: Device,
+    flow_id: String,
+    code: String,
+) -> Result<(Exchanged, UserInfo), PageError> {
+    let request =
+        ExchangeCodeRequest { app: device.app().into(), flow_id, code, include_user_info: true, ..Default::default() };
     let exchanged = demo.grpc.clone().exchange_code(demo.authed(request)?).await?.into_inner();
     let profile = exchanged.user_info.clone().unwrap_or_default();
     let request = GetUserInfoRequest {

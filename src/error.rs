@@ -53,7 +53,11 @@ pub enum ApiError {
     /// WeChat: 40163, and no exchange result of ours for the code.
     #[error("code already used")]
     CodeUsed(Upstream),
-    /// No token record for (app, openid).
+    /// The code was not relayed through the flow named (or the flow is another client's, or
+    /// of another app): refused before WeChat is called.
+    #[error("code not relayed through this flow")]
+    CodeNotFromFlow,
+    /// No token record for (app, openid), or a user this client may not reach.
     #[error("no token for this openid")]
     TokenNotFound,
     /// The refresh token is dead (42002, 40030): the user must authorize again.
@@ -126,6 +130,7 @@ impl ApiError {
             InvalidCode(_) => "INVALID_CODE",
             CodeExpired(_) => "CODE_EXPIRED",
             CodeUsed(_) => "CODE_USED",
+            CodeNotFromFlow => "CODE_NOT_FROM_FLOW",
             TokenNotFound => "TOKEN_NOT_FOUND",
             ReauthorizationRequired(_) => "REAUTHORIZATION_REQUIRED",
             ScopeNotGranted(_) => "SCOPE_NOT_GRANTED",
@@ -145,7 +150,7 @@ impl ApiError {
         match self {
             InvalidArgument(_) | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => Code::InvalidArgument,
             Unauthenticated => Code::Unauthenticated,
-            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) => Code::PermissionDenied,
+            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow => Code::PermissionDenied,
             TokenNotFound => Code::NotFound,
             ReauthorizationRequired(_) | AppMisconfigured(_) => Code::FailedPrecondition,
             RateLimited(_) => Code::ResourceExhausted,

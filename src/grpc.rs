@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
-use crate::config::{self, Client, Settings};
+use crate::config::{self, Client, Settings, Users};
 use crate::error::{ApiError, FieldViolation};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
@@ -193,16 +193,24 @@ impl OAuthService {
     ) -> Result<proto::ExchangeCodeResponse, ApiError> {
         let mut v = Violations::default();
         v.app(&req.app);
-        let device = v.device(req.device, &req.app);
         let lang = v.lang(req.lang);
+        if !is_flow_id(&req.flow_id) {
+            v.add("flow_id", format!("{FLOW_ID_LEN}..128 of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
+        }
         if req.code.is_empty() || req.code.len() > MAX_CODE || !req.code.bytes().all(|b| b.is_ascii_graphic()) {
             v.add("code", format!("1..{MAX_CODE} printable ASCII characters"));
         }
         v.finish()?;
-        let app = self.app_for(client, &req.app, device)?;
-        let (outcome, new) = self.tokens.exchange(app, AuthCode::new(req.code), &client.name).await?;
-        let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
-        let user_info = if req.include_user_info && grants_userinfo {
+        let code = AuthCode::new(req.code);
+        // The flow names the app; `app`, when given, must be the flow's (a code is looked up
+        // under the app it was relayed in, so another app's finds nothing).
+        let app = if req.app.is_empty() {
+            self.app_of_code(client, &code).await?
+        } else {
+            self.app_for(client, &req.app, None)?
+        };
+        let (outcome, new) = self.tokens.exchange(app, &req.flow_id, code, &client.name).await?;
+        let user_info = if req.include_user_info && outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
             // changed it); a replay of the same code answers from the profile cache.
             Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new).await?.profile))
@@ -221,12 +229,36 @@ impl OAuthService {
         })
     }
 
+    /// The app (of the client's) in which the relay recorded `code`; an exchange that names no
+    /// app uses its flow's. The look-ups go out together: one round trip's wait.
+    async fn app_of_code(&self, client: &Client, code: &AuthCode) -> Result<&App, ApiError> {
+        let apps: Vec<&App> = client.apps.iter().filter_map(|name| self.settings.apps.get(name)).collect();
+        let found = futures::future::join_all(apps.iter().map(|app| self.store.get_code(&app.name, code))).await;
+        for (app, record) in apps.into_iter().zip(found) {
+            if record?.is_some() {
+                return Ok(app);
+            }
+        }
+        Err(ApiError::CodeNotFromFlow)
+    }
+
+    /// Whether `client` may reach this user: with `users = "own"`, only one it exchanged a code
+    /// for; otherwise it gets exactly what an unknown openid gets (`TOKEN_NOT_FOUND`), so a
+    /// client learns nothing of other products' users.
+    async fn reach(&self, client: &Client, app: &App, openid: &str) -> Result<(), ApiError> {
+        if client.users == Users::App || self.store.has_reach(&app.name, openid, &client.name).await? {
+            return Ok(());
+        }
+        Err(ApiError::TokenNotFound)
+    }
+
     async fn refresh_token_inner(
         &self,
         client: &Client,
         req: proto::RefreshTokenRequest,
     ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        self.reach(client, app, &openid).await?;
         let stored = self.tokens.stored(app, &openid).await?;
         let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
         Ok(proto::RefreshTokenResponse {
@@ -244,6 +276,7 @@ impl OAuthService {
         let mut lang = Lang::default();
         let (app, openid) =
             self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
+        self.reach(client, app, &openid).await?;
         let fetched = self.tokens.userinfo(app, &openid, lang, req.fresh).await?;
         Ok(proto::GetUserInfoResponse {
             user_info: Some(user_info(fetched.profile)),
@@ -257,6 +290,7 @@ impl OAuthService {
         req: proto::ValidateTokenRequest,
     ) -> Result<proto::ValidateTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        self.reach(client, app, &openid).await?;
         let (record, rejected) = self.tokens.validate(app, &openid).await?;
         Ok(proto::ValidateTokenResponse {
             valid: rejected.is_none(),
@@ -291,7 +325,17 @@ impl OAuthService {
         req: proto::ForgetUserRequest,
     ) -> Result<proto::ForgetUserResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
+        match self.reach(client, app, &openid).await {
+            // Another product's user: answered as an unknown one is, and left alone.
+            Err(ApiError::TokenNotFound) => return Ok(proto::ForgetUserResponse { had_token: false }),
+            other => other?,
+        }
         let had_token = self.tokens.forget(app, &openid).await?;
+        // After the record (a failure here leaves the claims, so a retry still reaches the
+        // user): the user is forgotten for every client of the app.
+        let clients: Vec<&str> =
+            self.settings.clients.iter().filter(|c| c.apps.contains(&app.name)).map(|c| c.name.as_str()).collect();
+        self.store.forget_reach(&app.name, &openid, &clients).await?;
         Ok(proto::ForgetUserResponse { had_token })
     }
 }
@@ -426,6 +470,10 @@ fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
     }
+}
+
+fn is_flow_id(flow_id: &str) -> bool {
+    (FLOW_ID_LEN..=128).contains(&flow_id.len()) && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn is_openid(openid: &str) -> bool {

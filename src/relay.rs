@@ -5,7 +5,13 @@
 //! it. That URL was allowlisted then; nothing in the callback's query can change where a code
 //! goes. Unknown, expired or malformed callbacks get a small HTML page (400), never a redirect.
 //! The first callback of a flow starts a grace window in which WeChat's double callback and a
-//! user's reload still reach the product (the store cuts the flow's life atomically).
+//! user's reload still reach the product (the store cuts the flow's life atomically), at most
+//! [`MAX_CALLBACKS`] callbacks in all.
+//!
+//! Every code relayed is bound to its flow for the code's life (DESIGN.md §2 step 3): the first
+//! flow to relay a code owns it, `ExchangeCode` accepts it only with that flow's id, and a code
+//! that arrives with another flow's id (a leaked code replayed into an attacker's own sign-in)
+//! is refused here. `HEAD` (link checkers, previews) never uses a flow up.
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -15,11 +21,20 @@ use axum::routing::get;
 
 use crate::allowlist::ReturnUrl;
 use crate::config::Settings;
-use crate::store::{FlowUse, Store};
+use crate::secrets::AuthCode;
+use crate::store::{CodeRelay, FlowUse, Store};
 use crate::telemetry::Metrics;
 
 /// The callback path, the only route of the public listener.
 pub const CALLBACK_PATH: &str = "/wechat/callback";
+
+/// Callbacks a flow relays in all: WeChat's double callback (a second code) and a reload or
+/// two of the page holding the code; a 4th is refused.
+pub const MAX_CALLBACKS: u64 = 3;
+
+/// How long a code is bound to its flow when the flow's app is no longer configured: the
+/// longest code life WeChat has (website apps, 10 minutes).
+const LONGEST_CODE_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What the relay needs.
 #[derive(Clone, Debug)]
@@ -30,18 +45,29 @@ pub struct RelayState {
     pub grace: std::time::Duration,
     /// Where outcomes are counted.
     pub metrics: std::sync::Arc<Metrics>,
+    /// Each app's code life (how long a relayed code stays bound to its flow).
+    code_lives: std::sync::Arc<std::collections::HashMap<String, std::time::Duration>>,
 }
 
 impl RelayState {
     /// The relay's state from the settings.
     pub fn new(store: Store, settings: &Settings, metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { store, grace: settings.grace, metrics }
+        let code_lives = settings.apps.values().map(|app| (app.name.clone(), app.kind.code_life())).collect();
+        Self { store, grace: settings.grace, metrics, code_lives: std::sync::Arc::new(code_lives) }
     }
 }
 
 /// The public router: the callback and nothing else.
 pub fn router(state: RelayState) -> Router {
-    Router::new().route(CALLBACK_PATH, get(callback)).with_state(state)
+    Router::new().route(CALLBACK_PATH, get(callback).head(head)).with_state(state)
+}
+
+/// `HEAD` of the callback (link checkers, chat previews, security scanners): answered without
+/// touching the store, so it never uses up a flow nor binds a code.
+async fn head() -> Response {
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    response
 }
 
 /// Why a callback is not relayed.
@@ -49,6 +75,8 @@ pub fn router(state: RelayState) -> Router {
 enum Refusal {
     Malformed,
     UnknownFlow,
+    TooManyCallbacks,
+    CodeOfAnotherFlow,
     StoreDown,
 }
 
@@ -68,6 +96,8 @@ async fn callback(State(relay): State<RelayState>, RawQuery(query): RawQuery) ->
         Ok((_, FlowUse::Repeat, _)) => "relayed_again",
         Err(Refusal::Malformed) => "malformed",
         Err(Refusal::UnknownFlow) => "unknown_flow",
+        Err(Refusal::TooManyCallbacks) => "too_many_callbacks",
+        Err(Refusal::CodeOfAnotherFlow) => "code_of_another_flow",
         Err(Refusal::StoreDown) => "store_unavailable",
     };
     tracing::Span::current().record("outcome", outcome);
@@ -82,21 +112,32 @@ async fn callback(State(relay): State<RelayState>, RawQuery(query): RawQuery) ->
 /// The URL to send the browser to, how the flow was used, and whether a code was relayed.
 async fn relay_target(relay: &RelayState, query: &str) -> Result<(String, FlowUse, bool), Refusal> {
     let callback = parse_query(query)?;
-    let (flow, used) = relay
-        .store
-        .use_flow(&callback.state, relay.grace)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "store unavailable at callback");
-            Refusal::StoreDown
-        })?
-        .ok_or(Refusal::UnknownFlow)?;
+    let (flow, used, uses) =
+        relay.store.use_flow(&callback.state, relay.grace).await.map_err(store_down)?.ok_or(Refusal::UnknownFlow)?;
+    if uses > MAX_CALLBACKS {
+        tracing::warn!(uses, "callback refused: the flow has relayed its last callback");
+        return Err(Refusal::TooManyCallbacks);
+    }
     let return_url = ReturnUrl::from_stored(&flow.return_url).map_err(|_| Refusal::UnknownFlow)?;
     let location = match &callback.code {
-        Some(code) => return_url.with_params(&[("code", code), ("state", &flow.caller_state)]),
+        Some(code) => {
+            let life = relay.code_lives.get(&flow.app).copied().unwrap_or(LONGEST_CODE_LIFE);
+            let code_secret = AuthCode::new(code.clone());
+            let bound = relay.store.relay_code(&flow.app, &code_secret, &callback.state, &flow.caller, life).await;
+            if bound.map_err(store_down)? == CodeRelay::OtherFlow {
+                tracing::warn!(app = %flow.app, "callback refused: the code came through another flow first");
+                return Err(Refusal::CodeOfAnotherFlow);
+            }
+            return_url.with_params(&[("code", code), ("state", &flow.caller_state)])
+        }
         None => return_url.with_params(&[("state", &flow.caller_state)]),
     };
     Ok((location.into(), used, callback.code.is_some()))
+}
+
+fn store_down(e: crate::store::StoreError) -> Refusal {
+    tracing::warn!(error = %e, "store unavailable at callback");
+    Refusal::StoreDown
 }
 
 /// Parses `code` (optional: absent when the user refused) and `state` (the flow id, 1..128 of

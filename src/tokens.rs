@@ -1,5 +1,6 @@
-//! The token lifecycle: exchanging codes (idempotently, so a reload or a retry never meets
-//! WeChat's 40163), keeping tokens fresh, and refreshing each user's token with ONE call to
+//! The token lifecycle: exchanging codes (only through the flow that relayed them, and
+//! idempotently per flow, so a reload or a retry never meets WeChat's 40163 while a leaked
+//! code signs no one in elsewhere), keeping tokens fresh, and refreshing each user's token with ONE call to
 //! WeChat however many requests and replicas ask at once.
 //!
 //! Coalescing has two levels. In a process, concurrent refreshes of one user share one task
@@ -20,13 +21,14 @@ use tracing::Instrument as _;
 use crate::clock::{Clock, secs};
 use crate::error::ApiError;
 use crate::secrets::{AccessToken, AuthCode};
-use crate::store::{CachedProfile, ExchangeEntry, ExchangeOutcome, Store, TokenRecord};
+use crate::store::{CachedProfile, CodeRecord, CodeState, ExchangeOutcome, ReadCode, Store, TokenRecord};
 use crate::telemetry::Metrics;
 use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
 
 /// How long a replica may hold a user's refresh lock (longer than any refresh call).
 const LOCK_TTL: Duration = Duration::from_secs(10);
-/// How long an exchange claim lives if its replica dies mid-exchange.
+/// How long an exchange's claim on a code holds: past it (its replica died mid-exchange),
+/// another exchange of the same `(flow, code)` may take the claim over.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How often a waiter looks again at a record another replica is refreshing.
 const POLL: Duration = Duration::from_millis(20);
@@ -85,34 +87,47 @@ impl Tokens {
         self.metrics.refreshes.with_label_values(&[result]).inc();
     }
 
-    /// Exchanges `code`, or returns the result of an earlier exchange of the same code within
-    /// the code's life. Concurrent exchanges of one code (a double submit, two replicas) make
-    /// one WeChat call; the others wait for its result. The recorded result answers only the
-    /// client that made the exchange: another client presenting the same code gets `CODE_USED`.
-    /// The flag is true when this call made the exchange (false: the recorded result of an
-    /// earlier one).
+    /// Exchanges `code`, which must have been relayed through `flow_id`, a flow `caller`
+    /// created in `app`; or returns the result of an earlier exchange of the same `(flow,
+    /// code)` within the code's life. Anything else is refused before WeChat is called
+    /// (`CODE_NOT_FROM_FLOW`): a code the relay never saw, one relayed through another flow,
+    /// another client's flow, a code of another app. Concurrent exchanges of one code (a double
+    /// submit, two replicas) make one WeChat call; the others wait for its result. The flag is
+    /// true when this call made the exchange (false: the recorded result of an earlier one).
     pub async fn exchange(
         self: &Arc<Self>,
         app: &App,
+        flow_id: &str,
         code: AuthCode,
         caller: &str,
     ) -> Result<(ExchangeOutcome, bool), ApiError> {
         loop {
-            match self.store.claim_exchange(&app.name, &code, CLAIM_TTL).await? {
-                Some(ExchangeEntry::Done(outcome)) if outcome.caller != caller => {
-                    tracing::warn!(app = %app.name, caller, "a code exchanged by another client was presented again");
-                    return Err(ApiError::CodeUsed(crate::error::Upstream { errcode: 40163, errmsg: String::new() }));
+            let Some(read) = self.store.get_code(&app.name, &code).await? else {
+                tracing::warn!(app = %app.name, caller, "exchange refused: the relay never relayed this code in this app");
+                return Err(ApiError::CodeNotFromFlow);
+            };
+            if read.record.flow_id != flow_id || read.record.client != caller {
+                tracing::warn!(app = %app.name, caller, "exchange refused: the code came through another flow");
+                return Err(ApiError::CodeNotFromFlow);
+            }
+            let now_ms = self.clock.now_ms();
+            match &read.record.state {
+                CodeState::Done(outcome) => {
+                    tracing::info!(app = %app.name, "code exchanged before through this flow; returning the recorded result");
+                    return Ok((outcome.clone(), false));
                 }
-                Some(ExchangeEntry::Done(outcome)) => {
-                    tracing::info!(app = %app.name, "code exchanged before; returning the recorded result");
-                    return Ok((outcome, false));
+                CodeState::Pending(since) if now_ms - since < millis(CLAIM_TTL) => {
+                    tokio::time::sleep(jittered(POLL)).await;
                 }
-                Some(ExchangeEntry::Pending) => tokio::time::sleep(jittered(POLL)).await,
-                None => {
+                CodeState::Relayed | CodeState::Pending(_) => {
+                    let claim = CodeRecord { state: CodeState::Pending(now_ms), ..read.record.clone() };
+                    if !self.store.swap_code(&app.name, &code, &read, &claim, app.kind.code_life()).await? {
+                        continue; // another exchange claimed it first: wait for its result
+                    }
                     // Detached: once sent, the exchange finishes and records its result even
                     // if this caller's deadline passes, so the caller's retry finds it.
-                    let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
-                    let exchange = async move { this.exchange_claimed(&app, &code, caller).await };
+                    let (this, app, code) = (Arc::clone(self), app.clone(), code.clone());
+                    let exchange = async move { this.exchange_claimed(&app, &code, claim, read).await };
                     let task = tokio::spawn(exchange.in_current_span());
                     return task.await.unwrap_or(Err(ApiError::Internal)).map(|outcome| (outcome, true));
                 }
@@ -120,11 +135,26 @@ impl Tokens {
         }
     }
 
-    async fn exchange_claimed(&self, app: &App, code: &AuthCode, caller: String) -> Result<ExchangeOutcome, ApiError> {
+    async fn exchange_claimed(
+        &self,
+        app: &App,
+        code: &AuthCode,
+        claim: CodeRecord,
+        relayed: ReadCode,
+    ) -> Result<ExchangeOutcome, ApiError> {
+        let life = app.kind.code_life();
+        let unclaim = || async {
+            // Back to "relayed": the failure is not remembered as a result, and a retry
+            // through the same flow may try again.
+            let relayed = CodeRecord { state: CodeState::Relayed, ..relayed.record.clone() };
+            if let Err(e) = self.store.put_code(&app.name, code, &relayed, life).await {
+                tracing::warn!(error = %e, "exchange claim not released; it lapses by itself");
+            }
+        };
         let grant = match self.wechat.exchange_code(app, code).await {
             Ok(grant) => grant,
             Err(e) => {
-                self.store.abandon_exchange(&app.name, code).await?;
+                unclaim().await;
                 return Err(ApiError::from_wechat(&e));
             }
         };
@@ -139,31 +169,60 @@ impl Tokens {
             access_token: grant.access_token,
             refresh_token: grant.refresh_token,
         };
-        let outcome = ExchangeOutcome {
-            openid: record.openid.clone(),
-            unionid: record.unionid.clone(),
-            scopes: record.scopes.clone(),
-            is_snapshot_user: record.is_snapshot_user,
-            access_expires_at: record.access_expires_at,
-            refresh_expires_at: record.refresh_expires_at,
-            caller,
-        };
-        // The two writes go out together (one round trip's wait, not two); different keys,
-        // so different Cluster slots: concurrent commands, not a pipeline.
-        let (stored, finished) = tokio::join!(
-            self.store.put_token(&app.name, &record, self.policy.refresh_life),
-            self.store.finish_exchange(&app.name, code, &outcome, app.kind.code_life()),
-        );
-        if let Err(e) = stored {
-            // A recorded result must never promise a token that was not stored: drop it, so a
-            // retry fails fast (WeChat will call the code used) instead of finding no record.
-            if let Err(e) = self.store.abandon_exchange(&app.name, code).await {
-                tracing::warn!(error = %e, "exchange result left without its token record");
+        let kept = match self.keep_token(app, record).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                // A result must never promise a token that was not stored.
+                unclaim().await;
+                return Err(e);
             }
-            return Err(e.into());
-        }
+        };
+        let outcome = ExchangeOutcome {
+            openid: grant.openid,
+            unionid: grant.unionid.filter(|u| !u.is_empty()),
+            scopes: split_scopes(&grant.scope),
+            is_snapshot_user: grant.is_snapshotuser == 1,
+            access_expires_at: kept.access_expires_at,
+            refresh_expires_at: kept.refresh_expires_at,
+        };
+        let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
+        // Different keys, so different Cluster slots: concurrent commands, not a pipeline.
+        let (reach, finished) = tokio::join!(
+            self.store.put_reach(&app.name, &outcome.openid, &done.client, now, self.policy.refresh_life),
+            self.store.put_code(&app.name, code, &done, life),
+        );
+        reach?;
         finished?;
         Ok(outcome)
+    }
+
+    /// Stores the token record of a new sign-in and returns the record the user now has. A
+    /// `snsapi_base` sign-in never takes away a token that can read the profile and still
+    /// works (its refresh token lives): product A's silent sign-in must not break product B's
+    /// GetUserInfo. The check and the write are one compare-and-set, so a write in between
+    /// (a refresh, another sign-in) is seen, never overwritten blindly.
+    async fn keep_token(&self, app: &App, record: TokenRecord) -> Result<TokenRecord, ApiError> {
+        let life = self.policy.refresh_life;
+        if grants_userinfo(&record.scopes) {
+            self.store.put_token(&app.name, &record, life).await?;
+            return Ok(record);
+        }
+        // A record that does not open reads as none yet blocks `SET NX`: after a few tries it
+        // is overwritten, as a missing record would be.
+        for _ in 0..3 {
+            let read = self.store.read_token(&app.name, &record.openid).await?;
+            if let Some(held) = read.as_ref().filter(|r| {
+                grants_userinfo(&r.record.scopes) && r.record.refresh_expires_at > self.clock.now_secs()
+            }) {
+                tracing::info!(app = %app.name, "snsapi_base sign-in keeps the user's snsapi_userinfo token");
+                return Ok(held.record.clone());
+            }
+            if self.store.swap_token(&app.name, read.as_ref(), &record, life).await? {
+                return Ok(record);
+            }
+        }
+        self.store.put_token(&app.name, &record, life).await?;
+        Ok(record)
     }
 
     /// The stored record, as is (no refresh).
@@ -335,7 +394,7 @@ impl Tokens {
         lang: Lang,
     ) -> Result<(Profile, TokenRecord), ApiError> {
         let record = self.current(app, openid).await?;
-        if !record.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
+        if !grants_userinfo(&record.scopes) {
             return Err(ApiError::ScopeNotGranted(None));
         }
         match self.wechat.userinfo(app, &record.access_token, openid, lang).await {
@@ -397,6 +456,14 @@ impl Tokens {
             Err(e) => Err(ApiError::from_wechat(&e)),
         }
     }
+}
+
+fn grants_userinfo(scopes: &[String]) -> bool {
+    scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn is_dead_access_token(e: &WechatError) -> bool {

@@ -57,6 +57,7 @@ async fn a_whole_flow_logs_no_secret() {
     let flow = app.grpc.clone().build_authorize_url(app.req(request)).await.expect("flow").into_inner().flow_id;
     let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
     assert_eq!(app.callback(&format!("code={code}&state={flow}")).await.status(), 302);
+    let code = helpers::Relayed { flow_id: flow, code };
     let login = app.exchange("mp", &code).await.expect("exchange");
     let first = app.store.get_token("mp", &login.openid).await.expect("store").expect("record");
     app.user_info(&login.openid).await.expect("profile");
@@ -66,7 +67,9 @@ async fn a_whole_flow_logs_no_secret() {
     let validate = ValidateTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     app.grpc.clone().validate_token(app.req(validate)).await.expect("validate");
     app.exchange("mp", &code).await.expect("idempotent repeat");
-    app.exchange("mp", "AnotherBogusCode123").await.expect_err("40029");
+    let bogus = app.relayed("mp", "alice", "snsapi_userinfo").await.flow_id;
+    app.relay(&bogus, "AnotherBogusCode123").await;
+    app.exchange_as(PASSPORT_KEY, "mp", &bogus, "AnotherBogusCode123").await.expect_err("40029");
     let wrong_key = helpers::authed("wrong-client-key-value", wxauth::proto::GetUserInfoRequest::default());
     app.grpc.clone().get_user_info(wrong_key).await.expect_err("unauthenticated");
 
@@ -77,7 +80,7 @@ async fn a_whole_flow_logs_no_secret() {
         ("appsecret", "demo-mp-secret"),
         ("client key", PASSPORT_KEY),
         ("wrong client key", "wrong-client-key-value"),
-        ("code", code.as_str()),
+        ("code", code.code.as_str()),
         ("bogus code", "AnotherBogusCode123"),
         ("access token", first.access_token.secret()),
         ("refreshed access token", second.access_token.secret()),

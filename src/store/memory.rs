@@ -104,7 +104,30 @@ impl MemoryBackend {
 
     pub(super) fn ping(&self) {}
 
-    pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool)> {
+    pub(super) fn set_if_eq(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> bool {
+        let now = self.now();
+        let mut inner = self.lock();
+        let matches = inner.live(key, now).is_some_and(|(v, _)| v == expected);
+        if matches {
+            inner.insert(key, value, ttl, now);
+        }
+        matches
+    }
+
+    /// A flow and its callback counter: the counter lives under a key of its own that no
+    /// store key can take (the NUL), with the flow's expiry.
+    pub(super) fn create_flow(&self, key: &str, sealed: &[u8], ttl: Duration) -> bool {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.live(key, now).is_some() {
+            return false;
+        }
+        inner.insert(key, sealed, ttl, now);
+        inner.insert(&uses_key(key), &0u64.to_be_bytes(), ttl, now);
+        true
+    }
+
+    pub(super) fn use_flow(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool, u64)> {
         let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?;
@@ -112,6 +135,14 @@ impl MemoryBackend {
         if cut {
             *expiry = now.saturating_add(millis(cut_to));
         }
-        Some((value.clone(), cut))
+        let (value, expiry) = (value.clone(), *expiry);
+        let counter = inner.entries.entry(uses_key(key)).or_insert_with(|| (0u64.to_be_bytes().to_vec(), expiry));
+        let uses = counter.0.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1;
+        *counter = (uses.to_be_bytes().to_vec(), expiry);
+        Some((value, cut, uses))
     }
+}
+
+fn uses_key(flow_key: &str) -> String {
+    format!("{flow_key}\u{0}uses")
 }

@@ -1,4 +1,4 @@
-//! Where flows, token records, exchange results and refresh locks live: Redis in production,
+//! Where flows, token records, code records and refresh locks live: Redis in production,
 //! memory for the dev mode and unit tests. Every record is sealed (AES-256-GCM, [`seal`])
 //! before it reaches a backend, so a Redis dump holds no token, code or return URL in clear.
 //!
@@ -10,10 +10,11 @@
 //! | key | value |
 //! |---|---|
 //! | `{prefix}:{app}:tok:{openid}` | sealed [`TokenRecord`] |
-//! | `{prefix}:flow:{flow_id}` | sealed [`Flow`]; TTL cut to the grace window at first use |
-//! | `{prefix}:{app}:code:{sha256(code)}` | sealed [`ExchangeEntry`] |
+//! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`], `n` its callbacks so far; TTL cut to the grace window at first use |
+//! | `{prefix}:{app}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
+//! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
 
 mod memory;
 mod redis;
@@ -96,14 +97,56 @@ pub enum FlowUse {
     Repeat,
 }
 
-/// What an `ExchangeCode` for one code left behind: a claim while the exchange is under way,
-/// then its result, kept for the code's life so a repeat returns the same answer.
+/// What wxauth knows of one WeChat code, kept for the code's life under its hash: the relay
+/// records the flow it came through, `ExchangeCode` claims it (one WeChat call however many
+/// exchanges run at once) and then records the result, so a repeat of the same `(flow, code)`
+/// gets the same answer and the same code with any other flow is refused (DESIGN.md §2).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub enum ExchangeEntry {
-    /// A replica is exchanging this code with WeChat now.
-    Pending,
-    /// The exchange succeeded with this result.
+pub struct CodeRecord {
+    /// The flow the relay sent the code through.
+    pub flow_id: String,
+    /// The client that created that flow: the only one that may exchange the code.
+    pub client: String,
+    /// How far the exchange has come.
+    pub state: CodeState,
+}
+
+/// The life of a relayed code.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CodeState {
+    /// Relayed to the product; not exchanged yet.
+    Relayed,
+    /// A replica is exchanging it with WeChat now (since this time, Unix ms).
+    Pending(i64),
+    /// Exchanged, with this result.
     Done(ExchangeOutcome),
+}
+
+/// What the relay made of a code it was handed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeRelay {
+    /// First seen: now bound to this flow.
+    Bound,
+    /// Seen before through the same flow (a reload, WeChat's double callback).
+    Again,
+    /// Already bound to another flow: never relayed through this one.
+    OtherFlow,
+}
+
+/// A sealed code record as read, with the bytes it was read as (for compare-and-set).
+#[derive(Debug)]
+pub struct ReadCode {
+    /// The record.
+    pub record: CodeRecord,
+    sealed: Vec<u8>,
+}
+
+/// A token record as read, with the bytes it was read as (for compare-and-set).
+#[derive(Debug)]
+pub struct ReadToken {
+    /// The record.
+    pub record: TokenRecord,
+    sealed: Vec<u8>,
 }
 
 /// The result of a successful exchange (no tokens: those are in the token record).
@@ -121,9 +164,14 @@ pub struct ExchangeOutcome {
     pub access_expires_at: i64,
     /// Refresh token expiry, Unix seconds.
     pub refresh_expires_at: i64,
-    /// The client that made the exchange; only it gets the recorded result again.
-    #[serde(default)]
-    pub caller: String,
+}
+
+/// A client's claim on a user: it exchanged one of the user's codes (at this time, Unix
+/// seconds). Clients with `users = "own"` reach only users they hold one for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reach {
+    /// When the client last exchanged a code of the user.
+    pub since: i64,
 }
 
 /// A profile as `sns/userinfo` gave it, and when: answers `GetUserInfo` without a WeChat call
@@ -256,6 +304,10 @@ impl Store {
         format!("{}:{app}:code:{}", self.inner.prefix, hex::encode(digest))
     }
 
+    fn reach_key(&self, app: &str, openid: &str, client: &str) -> String {
+        format!("{}:{app}:reach:{openid}:{client}", self.inner.prefix)
+    }
+
     fn lock_key(&self, app: &str, openid: &str) -> String {
         format!("{}:{app}:lock:{openid}", self.inner.prefix)
     }
@@ -283,18 +335,20 @@ impl Store {
     pub async fn put_flow(&self, flow_id: &str, flow: &Flow, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.flow_key(flow_id);
         let sealed = self.seal(&key, flow);
-        call!(self, set_nx(&key, &sealed, ttl))
+        call!(self, create_flow(&key, &sealed, ttl))
     }
 
-    /// Reads a flow for the relay and, atomically, cuts its remaining life to `grace`: the
-    /// first callback starts the grace window, later ones within it read the same flow.
-    pub async fn use_flow(&self, flow_id: &str, grace: Duration) -> Result<Option<(Flow, FlowUse)>, StoreError> {
+    /// Reads a flow for the relay, counts the callback and, atomically, cuts the flow's
+    /// remaining life to `grace`: the first callback starts the grace window, later ones
+    /// within it read the same flow. Returns the flow, whether this was its first use, and
+    /// how many callbacks it has had, this one included.
+    pub async fn use_flow(&self, flow_id: &str, grace: Duration) -> Result<Option<(Flow, FlowUse, u64)>, StoreError> {
         let key = self.flow_key(flow_id);
-        let found = call!(self, get_and_cut_ttl(&key, grace))?;
-        Ok(found.and_then(|(sealed, cut)| {
+        let found = call!(self, use_flow(&key, grace))?;
+        Ok(found.and_then(|(sealed, cut, uses)| {
             let flow = self.open(&key, &sealed)?;
             let used = if cut { FlowUse::First } else { FlowUse::Repeat };
-            Some((flow, used))
+            Some((flow, used, uses))
         }))
     }
 
@@ -342,44 +396,104 @@ impl Store {
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Claims the exchange of `code` for `ttl`, or returns what another exchange left.
-    pub async fn claim_exchange(
+    /// Binds `code` to the flow that relays it, for `ttl` (the code's life): the first flow to
+    /// relay a code owns it; the same flow may relay it again, no other flow can.
+    pub async fn relay_code(
         &self,
         app: &str,
         code: &AuthCode,
+        flow_id: &str,
+        client: &str,
         ttl: Duration,
-    ) -> Result<Option<ExchangeEntry>, StoreError> {
+    ) -> Result<CodeRelay, StoreError> {
         let key = self.code_key(app, code);
-        let sealed = self.seal(&key, &ExchangeEntry::Pending);
-        if call!(self, set_nx(&key, &sealed, ttl))? {
-            return Ok(None);
+        let record = CodeRecord { flow_id: flow_id.to_owned(), client: client.to_owned(), state: CodeState::Relayed };
+        if call!(self, set_nx(&key, &self.seal(&key, &record), ttl))? {
+            return Ok(CodeRelay::Bound);
         }
-        self.get_exchange(app, code).await.map(|e| Some(e.unwrap_or(ExchangeEntry::Pending)))
+        Ok(match self.get_code(app, code).await? {
+            Some(read) if read.record.flow_id == flow_id => CodeRelay::Again,
+            // A record that does not open (another sealing key, tampering) binds nothing we
+            // can check: refuse rather than guess.
+            _ => CodeRelay::OtherFlow,
+        })
     }
 
-    /// What the exchange of `code` left, if anything.
-    pub async fn get_exchange(&self, app: &str, code: &AuthCode) -> Result<Option<ExchangeEntry>, StoreError> {
+    /// What wxauth knows of `code` in `app`, if anything.
+    pub async fn get_code(&self, app: &str, code: &AuthCode) -> Result<Option<ReadCode>, StoreError> {
         let key = self.code_key(app, code);
         let found = call!(self, get(&key))?;
-        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+        Ok(found.and_then(|sealed| Some(ReadCode { record: self.open(&key, &sealed)?, sealed })))
     }
 
-    /// Records the result of the exchange of `code` for the rest of the code's life.
-    pub async fn finish_exchange(
+    /// Replaces the code record `read` with `next` for `ttl`, only if no one changed it since it
+    /// was read (one atomic compare-and-set). False: someone did; read again.
+    pub async fn swap_code(
         &self,
         app: &str,
         code: &AuthCode,
-        outcome: &ExchangeOutcome,
+        read: &ReadCode,
+        next: &CodeRecord,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let key = self.code_key(app, code);
-        let sealed = self.seal(&key, &ExchangeEntry::Done(outcome.clone()));
+        let sealed = self.seal(&key, next);
+        call!(self, set_if_eq(&key, &read.sealed, &sealed, ttl))
+    }
+
+    /// Writes a code record for `ttl`, whatever was there (only the holder of the exchange's
+    /// claim does this).
+    pub async fn put_code(&self, app: &str, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.code_key(app, code);
+        let sealed = self.seal(&key, record);
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Drops a claim whose exchange failed, so the failure is not remembered as a result.
-    pub async fn abandon_exchange(&self, app: &str, code: &AuthCode) -> Result<(), StoreError> {
-        call!(self, del(&self.code_key(app, code)))
+    /// The user's token record with the bytes it was read as, for [`Store::swap_token`].
+    pub async fn read_token(&self, app: &str, openid: &str) -> Result<Option<ReadToken>, StoreError> {
+        let key = self.token_key(app, openid);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| Some(ReadToken { record: self.open(&key, &sealed)?, sealed })))
+    }
+
+    /// Stores `record` only if the user's record is still what `read` saw (`None`: that there
+    /// was none): one atomic compare-and-set, so a sign-in never overwrites a record someone
+    /// wrote in between. False: someone did; read again.
+    pub async fn swap_token(
+        &self,
+        app: &str,
+        read: Option<&ReadToken>,
+        record: &TokenRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.token_key(app, &record.openid);
+        let sealed = self.seal(&key, record);
+        match read {
+            Some(read) => call!(self, set_if_eq(&key, &read.sealed, &sealed, ttl)),
+            None => call!(self, set_nx(&key, &sealed, ttl)),
+        }
+    }
+
+    /// Records that `client` exchanged a code of this user, for `ttl` (the record's life).
+    pub async fn put_reach(&self, app: &str, openid: &str, client: &str, since: i64, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.reach_key(app, openid, client);
+        let sealed = self.seal(&key, &Reach { since });
+        call!(self, set(&key, &sealed, ttl))
+    }
+
+    /// Whether `client` exchanged a code of this user (within the record's life).
+    pub async fn has_reach(&self, app: &str, openid: &str, client: &str) -> Result<bool, StoreError> {
+        let key = self.reach_key(app, openid, client);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open::<Reach>(&key, &sealed)).is_some())
+    }
+
+    /// Forgets which of `clients` reached this user.
+    pub async fn forget_reach(&self, app: &str, openid: &str, clients: &[&str]) -> Result<(), StoreError> {
+        for client in clients {
+            call!(self, del(&self.reach_key(app, openid, client)))?;
+        }
+        Ok(())
     }
 
     /// Takes the refresh lock of one user for `ttl`; `None` when another holder has it.
@@ -397,7 +511,7 @@ impl Store {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock", "prof"]
+    ["tok", "flow", "code", "lock", "prof", "reach"]
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")

@@ -30,15 +30,28 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a (re)connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Returns the value and its remaining TTL, and cuts the TTL to ARGV[1] ms when it is longer:
-/// the relay's "first use starts the grace window", atomic on one key. Only for Redis before
-/// 7.0: newer servers do the same with `PEXPIRE .. LT` in a pipeline, which costs Redis less.
-const GET_AND_CUT_TTL: &str = r"
-local v = redis.call('GET', KEYS[1])
+/// The relay's step on a flow (a hash: `f` the sealed flow, `n` its callbacks) for Redis
+/// before 7.0: returns the flow, whether this call cut the TTL to ARGV[1] ms (the first use
+/// starts the grace window) and the callback count. Newer servers do the same with a pipeline
+/// (`HGET`, `HINCRBY`, `PEXPIRE .. LT`), which costs Redis less.
+const USE_FLOW: &str = r"
+local v = redis.call('HGET', KEYS[1], 'f')
 if not v then return false end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {v, ttl}
+local cut = 0
+if ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) cut = 1 end
+return {v, cut, n}
+";
+
+/// Sets KEYS[1] to ARGV[2] for ARGV[3] ms only when it still holds ARGV[1]: a compare-and-set
+/// on one key (sealed values carry a random nonce, so equal bytes mean no one wrote since).
+const SET_IF_EQ: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
 ";
 
 /// Deletes the key only when it still holds ARGV[1]: releasing a lock we own, never another's.
@@ -189,8 +202,9 @@ fn stale_master(e: &RedisError) -> bool {
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: Conn,
-    get_and_cut: Script,
+    use_flow: Script,
     del_if_eq: Script,
+    set_if_eq: Script,
     /// `PEXPIRE` takes `LT` (Redis >= 7.0); cleared for good at the first server that refuses it.
     expire_lt: Arc<AtomicBool>,
 }
@@ -228,8 +242,9 @@ impl RedisBackend {
     fn with(conn: Conn) -> Self {
         Self {
             conn,
-            get_and_cut: Script::new(GET_AND_CUT_TTL),
+            use_flow: Script::new(USE_FLOW),
             del_if_eq: Script::new(DEL_IF_EQ),
+            set_if_eq: Script::new(SET_IF_EQ),
             expire_lt: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -324,15 +339,39 @@ impl RedisBackend {
         Ok(deleted == 1)
     }
 
-    /// The value, and whether this call cut its TTL to `cut_to` (false: it was that short
-    /// already, i.e. an earlier call cut it). One round trip: `GET` and `PEXPIRE .. LT`
-    /// pipelined; `LT` makes the cut atomic, so of simultaneous callers exactly one cuts.
-    pub(super) async fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> RedisResult<Option<(Vec<u8>, bool)>> {
+    pub(super) async fn set_if_eq(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> RedisResult<bool> {
+        let mut inv = self.set_if_eq.key(key);
+        inv.arg(expected).arg(value).arg(millis(ttl));
+        let set: i64 = self.invoke(inv).await?;
+        Ok(set == 1)
+    }
+
+    /// A new flow hash (`f` = the sealed flow) living `ttl`; false when the key exists. One
+    /// `MULTI` so the flow never exists without its TTL.
+    pub(super) async fn create_flow(&self, key: &str, sealed: &[u8], ttl: Duration) -> RedisResult<bool> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSETNX").arg(key).arg("f").arg(sealed).cmd("PEXPIRE").arg(key).arg(millis(ttl)).ignore();
+        let (created,): (i64,) = self.query_pipe(&pipe).await?;
+        Ok(created == 1)
+    }
+
+    /// The sealed flow, whether this call cut its TTL to `cut_to` (false: it was that short
+    /// already, i.e. an earlier callback cut it), and its callback count with this one. One
+    /// round trip: `HGET`, `HINCRBY` and `PEXPIRE .. LT` pipelined; `LT` makes the cut atomic,
+    /// so of simultaneous callbacks exactly one cuts.
+    pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<(Vec<u8>, bool, u64)>> {
         if self.expire_lt.load(Ordering::Relaxed) {
             let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(key).cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
-            match self.query_pipe::<(Option<Vec<u8>>, i64)>(&pipe).await {
-                Ok((value, cut)) => return Ok(value.map(|v| (v, cut == 1))),
+            pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
+            pipe.cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+            match self.query_pipe::<(Option<Vec<u8>>, u64, i64)>(&pipe).await {
+                Ok((Some(value), uses, cut)) => return Ok(Some((value, cut == 1, uses))),
+                Ok((None, _, _)) => {
+                    // No such flow: HINCRBY made a counter-only key (PEXPIRE LT gave it the
+                    // grace TTL); drop it now rather than let unknown ids leave keys behind.
+                    self.del(key).await?;
+                    return Ok(None);
+                }
                 Err(e) if refuses_expire_options(&e) => {
                     self.expire_lt.store(false, Ordering::Relaxed);
                     tracing::warn!("Redis before 7.0 (no PEXPIRE LT): the relay uses a Lua script instead");
@@ -340,10 +379,10 @@ impl RedisBackend {
                 Err(e) => return Err(e),
             }
         }
-        let mut inv = self.get_and_cut.key(key);
+        let mut inv = self.use_flow.key(key);
         inv.arg(millis(cut_to));
-        let reply: Option<(Vec<u8>, i64)> = self.invoke(inv).await?;
-        Ok(reply.map(|(v, ttl)| (v, u64::try_from(ttl).is_ok_and(|ttl| ttl > millis(cut_to)))))
+        let reply: Option<(Vec<u8>, i64, u64)> = self.invoke(inv).await?;
+        Ok(reply.map(|(v, cut, uses)| (v, cut == 1, uses)))
     }
 
     pub(super) async fn ping(&self) -> RedisResult<()> {
@@ -398,32 +437,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_pipeline_and_the_lua_script_start_the_grace_window_alike() {
+    async fn the_pipeline_and_the_lua_script_use_a_flow_alike() {
         let (_server, backend) = backend().await;
         let grace = Duration::from_secs(60);
         for pipelined in [true, false] {
             backend.expire_lt.store(pipelined, Ordering::Relaxed);
             let key = format!("flow:{pipelined}");
-            backend.set(&key, b"sealed", Duration::from_secs(600)).await.expect("set");
-            let first = backend.get_and_cut_ttl(&key, grace).await.expect("first");
-            assert_eq!(first, Some((b"sealed".to_vec(), true)), "pipelined: {pipelined}");
+            assert!(backend.create_flow(&key, b"sealed", Duration::from_secs(600)).await.expect("create"));
+            assert!(!backend.create_flow(&key, b"other", Duration::from_secs(600)).await.expect("taken"));
+            let first = backend.use_flow(&key, grace).await.expect("first");
+            assert_eq!(first, Some((b"sealed".to_vec(), true, 1)), "pipelined: {pipelined}");
             let left: i64 = backend.query(redis::cmd("PTTL").arg(&key)).await.expect("pttl");
             assert!((59_000..=60_000).contains(&left), "cut to the window, pipelined: {pipelined}: {left}");
-            let again = backend.get_and_cut_ttl(&key, grace).await.expect("again");
-            assert_eq!(again, Some((b"sealed".to_vec(), false)), "a repeat, pipelined: {pipelined}");
-            assert_eq!(backend.get_and_cut_ttl("flow:none", grace).await.expect("missing"), None);
+            let again = backend.use_flow(&key, grace).await.expect("again");
+            assert_eq!(again, Some((b"sealed".to_vec(), false, 2)), "a repeat, pipelined: {pipelined}");
+            assert_eq!(backend.use_flow("flow:none", grace).await.expect("missing"), None);
+            let left: bool = backend.query(redis::cmd("EXISTS").arg("flow:none")).await.expect("exists");
+            assert!(!left, "an unknown flow id leaves no key behind, pipelined: {pipelined}");
         }
         assert!(!backend.expire_lt.load(Ordering::Relaxed), "the test turned the pipeline off itself");
     }
 
     #[tokio::test]
-    async fn simultaneous_first_uses_cut_once() {
+    async fn simultaneous_first_uses_cut_once_and_count_each() {
         let (_server, backend) = backend().await;
-        backend.set("flow:race", b"sealed", Duration::from_secs(600)).await.expect("set");
-        let uses =
-            futures::future::join_all((0..16).map(|_| backend.get_and_cut_ttl("flow:race", Duration::from_secs(60))));
-        let firsts = uses.await.into_iter().map(|r| r.expect("use").expect("found")).filter(|(_, cut)| *cut).count();
-        assert_eq!(firsts, 1);
+        backend.create_flow("flow:race", b"sealed", Duration::from_secs(600)).await.expect("create");
+        let uses = futures::future::join_all((0..16).map(|_| backend.use_flow("flow:race", Duration::from_secs(60))));
+        let uses: Vec<_> = uses.await.into_iter().map(|r| r.expect("use").expect("found")).collect();
+        assert_eq!(uses.iter().filter(|(_, cut, _)| *cut).count(), 1);
+        let mut counts: Vec<u64> = uses.iter().map(|(_, _, n)| *n).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=16).collect::<Vec<u64>>(), "each callback gets its own count");
+    }
+
+    #[tokio::test]
+    async fn set_if_eq_writes_only_over_what_was_read() {
+        let (_server, backend) = backend().await;
+        let ttl = Duration::from_secs(60);
+        backend.set("code", b"relayed", ttl).await.expect("set");
+        assert!(backend.set_if_eq("code", b"relayed", b"pending", ttl).await.expect("swap"));
+        assert!(!backend.set_if_eq("code", b"relayed", b"pending-2", ttl).await.expect("lost"));
+        assert_eq!(backend.get("code").await.expect("get"), Some(b"pending".to_vec()));
+        assert!(!backend.set_if_eq("gone", b"relayed", b"pending", ttl).await.expect("absent"), "never creates");
+        assert_eq!(backend.get("gone").await.expect("get"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
 use wxauth::sim::Endpoint;
 
-use crate::helpers::{MP_APPID, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
+use crate::helpers::{MP_APPID, Relayed, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
 use crate::tls::TestPki;
 
 /// Three cluster-enabled redis-servers joined into one cluster; killed on drop.
@@ -131,11 +131,12 @@ async fn a_whole_flow_on(cluster: &RedisCluster, store: &str) {
         };
         flows.push(app.grpc.clone().build_authorize_url(app.req(request)).await.expect("flow").into_inner().flow_id);
     }
-    for (i, flow) in flows.iter().enumerate() {
+    for (i, flow) in flows.into_iter().enumerate() {
         let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
         let relayed = app.callback(&format!("code={code}&state={flow}")).await;
         let location = relayed.headers()["location"].to_str().expect("ascii");
         assert_eq!(location, format!("https://passport.example.com/login/{i}?code={code}&state=s{i}"));
+        let code = Relayed { flow_id: flow.clone(), code };
         let login = app.exchange("mp", &code).await.expect("exchange");
         assert_eq!(app.exchange("mp", &code).await.expect("idempotent"), login);
     }

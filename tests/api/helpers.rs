@@ -26,6 +26,13 @@ pub const WEB_APPID: &str = "wxd0000000000000b2";
 pub const PASSPORT_KEY: &str = "passport-test-key";
 pub const TRADE_KEY: &str = "trade-test-key";
 
+/// A code as a product's return URL receives it, with the flow id the product kept.
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    pub flow_id: String,
+    pub code: String,
+}
+
 /// Which store backend a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -308,20 +315,73 @@ impl TestApp {
         }
     }
 
-    /// A code for `user`, as if they consented in WeChat.
+    /// A code for `user`, as if they consented in WeChat (not relayed: the relay never saw it).
     pub fn code(&self, appid: &str, user: &str, scope: &str) -> String {
         self.sim.authorize(appid, user, scope).expect("sim authorize")
     }
 
+    /// What a product's return URL receives when `user` signs in to `app` (`mp` or `web`)
+    /// through a flow the `passport` client started: the flow id it kept and the relayed code.
+    pub async fn relayed(&self, app: &str, user: &str, scope: &str) -> Relayed {
+        self.relayed_as(PASSPORT_KEY, app, user, scope).await
+    }
+
+    /// [`TestApp::relayed`] for the client with `key`.
+    pub async fn relayed_as(&self, key: &str, app: &str, user: &str, scope: &str) -> Relayed {
+        let flow_id = self.flow_as(key, app, scope).await;
+        let appid = if app == "web" { WEB_APPID } else { MP_APPID };
+        let code = self.code(appid, user, scope);
+        self.relay(&flow_id, &code).await;
+        Relayed { flow_id, code }
+    }
+
+    /// A new flow of `app` started by the client with `key` (its first allowed return URL).
+    pub async fn flow_as(&self, key: &str, app: &str, scope: &str) -> String {
+        let return_url =
+            if key == TRADE_KEY { "https://trade.example.com/" } else { "https://passport.example.com/login/" };
+        let scope = match scope {
+            "snsapi_base" => proto::Scope::SnsapiBase,
+            "snsapi_login" => proto::Scope::SnsapiLogin,
+            _ => proto::Scope::SnsapiUserinfo,
+        };
+        let request = proto::BuildAuthorizeUrlRequest {
+            app: app.into(),
+            return_url: return_url.into(),
+            scope: scope as i32,
+            ..Default::default()
+        };
+        let response = self.grpc.clone().build_authorize_url(authed(key, request)).await.expect("flow");
+        response.into_inner().flow_id
+    }
+
+    /// WeChat calling back with `code` for `flow_id`; the relay must send it on.
+    pub async fn relay(&self, flow_id: &str, code: &str) {
+        let response = self.callback(&format!("code={code}&state={flow_id}")).await;
+        assert_eq!(response.status(), 302, "the relay sends the code on");
+    }
+
     /// Logs `user` in to app `mp` with `scope` and returns the exchange result.
     pub async fn login(&self, user: &str, scope: &str) -> ExchangeCodeResponse {
-        let code = self.code(MP_APPID, user, scope);
+        let code = self.relayed("mp", user, scope).await;
         self.exchange("mp", &code).await.expect("exchange")
     }
 
-    pub async fn exchange(&self, app: &str, code: &str) -> Result<ExchangeCodeResponse, tonic::Status> {
-        let request = ExchangeCodeRequest { app: app.into(), code: code.into(), ..Default::default() };
-        self.grpc.clone().exchange_code(self.req(request)).await.map(tonic::Response::into_inner)
+    /// ExchangeCode of a relayed code, as the `passport` client.
+    pub async fn exchange(&self, app: &str, code: &Relayed) -> Result<ExchangeCodeResponse, tonic::Status> {
+        self.exchange_as(PASSPORT_KEY, app, &code.flow_id, &code.code).await
+    }
+
+    /// ExchangeCode of any `(flow_id, code)` by the client with `key`.
+    pub async fn exchange_as(
+        &self,
+        key: &str,
+        app: &str,
+        flow_id: &str,
+        code: &str,
+    ) -> Result<ExchangeCodeResponse, tonic::Status> {
+        let request =
+            ExchangeCodeRequest { app: app.into(), flow_id: flow_id.into(), code: code.into(), ..Default::default() };
+        self.grpc.clone().exchange_code(authed(key, request)).await.map(tonic::Response::into_inner)
     }
 
     /// GetUserInfo that skips the profile cache (`fresh`): every call uses the stored token and

@@ -89,12 +89,13 @@ async fn random_requests_get_clean_answers(backend: Backend) {
         acceptable(grpc.build_authorize_url(app.req(request)).await.map(|_| ()));
         let request = ExchangeCodeRequest {
             app: nasty(&mut rng),
+            flow_id: nasty(&mut rng),
             code: nasty(&mut rng),
             include_user_info: rng.random_bool(0.5),
             lang: enum_value(&mut rng),
             device: enum_value(&mut rng),
         };
-        // A well-formed unknown code reaches WeChat, which answers 40029: INVALID_ARGUMENT.
+        // A well-formed code the relay never saw is refused: PERMISSION_DENIED.
         acceptable(grpc.exchange_code(app.req(request)).await.map(|_| ()));
         let (a, o, d) = (nasty(&mut rng), nasty(&mut rng), enum_value(&mut rng));
         let lang = enum_value(&mut rng);

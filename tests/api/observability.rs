@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use wxauth::proto::{BuildAuthorizeUrlRequest, GetUserInfoRequest, Scope};
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, authed, eventually, spawn_app, spawn_sim};
+use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, Relayed, authed, eventually, spawn_app, spawn_sim};
 
 /// The value of the sample of `name` whose labels include every one of `labels`.
 fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -34,10 +34,11 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
     assert_eq!(app.callback(&format!("code={code}&state={flow}")).await.status(), 302);
     assert_eq!(app.callback("state=UnknownFlow1").await.status(), 400);
-    let login = app.exchange("mp", &code).await.expect("exchange");
+    let login = app.exchange("mp", &Relayed { flow_id: flow, code: code.clone() }).await.expect("exchange");
     app.user_info(&login.openid).await.expect("profile");
     app.profile(&login.openid, wxauth::proto::Lang::Unspecified, false).await.expect("cached profile");
-    app.exchange("mp", "bogusCode").await.expect_err("40029");
+    let bogus = app.relayed("mp", "alice", "snsapi_userinfo").await;
+    app.exchange_as(PASSPORT_KEY, "mp", &bogus.flow_id, "bogusCode").await.expect_err("never relayed");
 
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
     assert_eq!(scrape.status(), 200);
@@ -183,8 +184,18 @@ return_urls = ["https://passport.example.com/"]
     }
     let client = wxauth::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient::new(channel.expect("up"));
 
-    let code = sim.authorize(MP_APPID, "alice", "snsapi_userinfo").expect("code");
-    let request = wxauth::proto::ExchangeCodeRequest { app: "mp".into(), code, ..Default::default() };
+    let request = wxauth::proto::BuildAuthorizeUrlRequest {
+        app: "mp".into(),
+        return_url: "https://passport.example.com/login/".into(),
+        ..Default::default()
+    };
+    let flow_id = client.clone().build_authorize_url(authed(PASSPORT_KEY, request)).await.expect("flow");
+    let flow_id = flow_id.into_inner().flow_id;
+    let code = sim.authorize(MP_APPID, "alice", "snsapi_base").expect("code");
+    let relay = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    let relayed = relay.get(format!("http://127.0.0.1:{}/wechat/callback?code={code}&state={flow_id}", ports[1])).send().await;
+    assert_eq!(relayed.expect("relay").status(), 302);
+    let request = wxauth::proto::ExchangeCodeRequest { flow_id, code, ..Default::default() };
     let openid =
         client.clone().exchange_code(authed(PASSPORT_KEY, request)).await.expect("exchange").into_inner().openid;
 

@@ -17,7 +17,7 @@ use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 use wxauth::startup::Application;
 
 use crate::helpers::{
-    MP_APPID, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim, test_keyring, wait_listening,
+    MP_APPID, Relayed, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim, test_keyring, wait_listening,
 };
 
 /// A throwaway PKI in its own temp dir: a CA, a server certificate for 127.0.0.1 and a client
@@ -170,6 +170,7 @@ async fn a_whole_flow(app: &crate::helpers::TestApp) {
     let location = relayed.headers()["location"].to_str().expect("ascii");
     assert_eq!(location, format!("https://passport.example.com/login/?code={code}&state=csrf-1"));
 
+    let code = Relayed { flow_id: flow, code };
     let login = app.exchange("mp", &code).await.expect("exchange");
     assert_eq!(app.exchange("mp", &code).await.expect("the same code again"), login);
     let profile = app.user_info(&login.openid).await.expect("profile");

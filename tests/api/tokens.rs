@@ -9,7 +9,7 @@ use wxauth::proto::{
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{Backend, MP_APPID, eventually, metadata, reason, spawn_app, spawn_app_configured};
+use crate::helpers::{Backend, Relayed, eventually, metadata, reason, spawn_app, spawn_app_configured};
 
 async fn get_user_info_uses_the_stored_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -177,8 +177,8 @@ async fn get_user_info_answers_from_the_profile_cache_until_it_is_old(backend: B
 
 async fn exchange_with_the_profile_fills_the_cache(backend: Backend) {
     let app = spawn_app(backend).await;
-    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
-    let request = ExchangeCodeRequest { app: "mp".into(), code, include_user_info: true, ..Default::default() };
+    let Relayed { flow_id, code } = app.relayed("mp", "alice", "snsapi_userinfo").await;
+    let request = ExchangeCodeRequest { flow_id, code, include_user_info: true, ..Default::default() };
     let exchanged = app.grpc.clone().exchange_code(app.req(request)).await.expect("exchange").into_inner();
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 1);
     let cached = app.profile(&exchanged.openid, Lang::Unspecified, false).await.expect("cached");
@@ -191,9 +191,13 @@ async fn a_new_sign_in_fetches_the_profile_anew_and_a_replay_does_not(backend: B
     let login = app.login("alice", "snsapi_userinfo").await;
     app.profile(&login.openid, Lang::Unspecified, false).await.expect("cached");
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 1);
-    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
-    let request =
-        || ExchangeCodeRequest { app: "mp".into(), code: code.clone(), include_user_info: true, ..Default::default() };
+    let code = app.relayed("mp", "alice", "snsapi_userinfo").await;
+    let request = || ExchangeCodeRequest {
+        flow_id: code.flow_id.clone(),
+        code: code.code.clone(),
+        include_user_info: true,
+        ..Default::default()
+    };
     let signed_in = app.grpc.clone().exchange_code(app.req(request())).await.expect("exchange").into_inner();
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 2, "a new sign-in asks WeChat despite the cached profile");
     let replayed = app.grpc.clone().exchange_code(app.req(request())).await.expect("replay").into_inner();
