@@ -210,7 +210,9 @@ impl OAuthService {
             self.app_for(client, &req.app, None)?
         };
         let (outcome, new) = self.tokens.exchange(app, &req.flow_id, code, &client.name).await?;
-        let user_info = if req.include_user_info && outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo) {
+        let user_info = if req.include_user_info
+            && outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo)
+        {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
             // changed it); a replay of the same code answers from the profile cache.
             Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new).await?.profile))

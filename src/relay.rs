@@ -121,7 +121,8 @@ async fn relay_target(relay: &RelayState, query: &str) -> Result<(String, FlowUs
     let return_url = ReturnUrl::from_stored(&flow.return_url).map_err(|_| Refusal::UnknownFlow)?;
     let location = match &callback.code {
         Some(code) => {
-            let life = relay.code_lives.get(&flow.app).copied().unwrap_or(LONGEST_CODE_LIFE);
+            let life =
+                crate::store::code_record_ttl(relay.code_lives.get(&flow.app).copied().unwrap_or(LONGEST_CODE_LIFE));
             let code_secret = AuthCode::new(code.clone());
             let bound = relay.store.relay_code(&flow.app, &code_secret, &callback.state, &flow.caller, life).await;
             if bound.map_err(store_down)? == CodeRelay::OtherFlow {

@@ -21,7 +21,9 @@ use tracing::Instrument as _;
 use crate::clock::{Clock, secs};
 use crate::error::ApiError;
 use crate::secrets::{AccessToken, AuthCode};
-use crate::store::{CachedProfile, CodeRecord, CodeState, ExchangeOutcome, ReadCode, Store, TokenRecord};
+use crate::store::{
+    CachedProfile, CodeRecord, CodeState, ExchangeOutcome, ReadCode, Store, TokenRecord, code_record_ttl,
+};
 use crate::telemetry::Metrics;
 use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
 
@@ -121,7 +123,8 @@ impl Tokens {
                 }
                 CodeState::Relayed | CodeState::Pending(_) => {
                     let claim = CodeRecord { state: CodeState::Pending(now_ms), ..read.record.clone() };
-                    if !self.store.swap_code(&app.name, &code, &read, &claim, app.kind.code_life()).await? {
+                    let life = code_record_ttl(app.kind.code_life());
+                    if !self.store.swap_code(&app.name, &code, &read, &claim, life).await? {
                         continue; // another exchange claimed it first: wait for its result
                     }
                     // Detached: once sent, the exchange finishes and records its result even
@@ -142,7 +145,7 @@ impl Tokens {
         claim: CodeRecord,
         relayed: ReadCode,
     ) -> Result<ExchangeOutcome, ApiError> {
-        let life = app.kind.code_life();
+        let life = code_record_ttl(app.kind.code_life());
         let unclaim = || async {
             // Back to "relayed": the failure is not remembered as a result, and a retry
             // through the same flow may try again.
@@ -211,9 +214,10 @@ impl Tokens {
         // is overwritten, as a missing record would be.
         for _ in 0..3 {
             let read = self.store.read_token(&app.name, &record.openid).await?;
-            if let Some(held) = read.as_ref().filter(|r| {
-                grants_userinfo(&r.record.scopes) && r.record.refresh_expires_at > self.clock.now_secs()
-            }) {
+            if let Some(held) = read
+                .as_ref()
+                .filter(|r| grants_userinfo(&r.record.scopes) && r.record.refresh_expires_at > self.clock.now_secs())
+            {
                 tracing::info!(app = %app.name, "snsapi_base sign-in keeps the user's snsapi_userinfo token");
                 return Ok(held.record.clone());
             }

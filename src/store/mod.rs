@@ -46,6 +46,13 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+/// How long wxauth keeps a code's record: the code's life at WeChat and a minute more, so that
+/// clocks that differ never make wxauth forget a code WeChat still honours (past its life,
+/// WeChat itself gives the answer: the code is expired).
+pub fn code_record_ttl(code_life: Duration) -> Duration {
+    code_life + Duration::from_secs(60)
+}
+
 /// The longest any one store operation may take, reconnection included: a dead Redis must
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -443,7 +450,13 @@ impl Store {
 
     /// Writes a code record for `ttl`, whatever was there (only the holder of the exchange's
     /// claim does this).
-    pub async fn put_code(&self, app: &str, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn put_code(
+        &self,
+        app: &str,
+        code: &AuthCode,
+        record: &CodeRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.code_key(app, code);
         let sealed = self.seal(&key, record);
         call!(self, set(&key, &sealed, ttl))
@@ -475,7 +488,14 @@ impl Store {
     }
 
     /// Records that `client` exchanged a code of this user, for `ttl` (the record's life).
-    pub async fn put_reach(&self, app: &str, openid: &str, client: &str, since: i64, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn put_reach(
+        &self,
+        app: &str,
+        openid: &str,
+        client: &str,
+        since: i64,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.reach_key(app, openid, client);
         let sealed = self.seal(&key, &Reach { since });
         call!(self, set(&key, &sealed, ttl))

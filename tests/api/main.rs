@@ -11,6 +11,7 @@ mod hostile;
 mod observability;
 mod operations;
 mod polyglot;
+mod reach;
 mod relay;
 mod sealing;
 mod sentinel;

@@ -34,11 +34,12 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
     assert_eq!(app.callback(&format!("code={code}&state={flow}")).await.status(), 302);
     assert_eq!(app.callback("state=UnknownFlow1").await.status(), 400);
-    let login = app.exchange("mp", &Relayed { flow_id: flow, code: code.clone() }).await.expect("exchange");
+    let login = app.exchange("mp", &Relayed { flow_id: flow.clone(), code: code.clone() }).await.expect("exchange");
     app.user_info(&login.openid).await.expect("profile");
     app.profile(&login.openid, wxauth::proto::Lang::Unspecified, false).await.expect("cached profile");
-    let bogus = app.relayed("mp", "alice", "snsapi_userinfo").await;
-    app.exchange_as(PASSPORT_KEY, "mp", &bogus.flow_id, "bogusCode").await.expect_err("never relayed");
+    app.exchange_as(PASSPORT_KEY, "mp", &flow, "bogusCode").await.expect_err("never relayed");
+    app.relay(&flow, "bogusCode").await;
+    app.exchange_as(PASSPORT_KEY, "mp", &flow, "bogusCode").await.expect_err("40029");
 
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
     assert_eq!(scrape.status(), 200);
@@ -47,6 +48,7 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     let rpc = "wxauth_grpc_requests_total";
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"BuildAuthorizeUrl\"", "grpc_code=\"OK\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"OK\""]), Some(1.0));
+    assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"PermissionDenied\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"InvalidArgument\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"GetUserInfo\"", "grpc_code=\"OK\""]), Some(2.0));
     let histogram = "wxauth_grpc_request_duration_seconds_count";
@@ -187,13 +189,15 @@ return_urls = ["https://passport.example.com/"]
     let request = wxauth::proto::BuildAuthorizeUrlRequest {
         app: "mp".into(),
         return_url: "https://passport.example.com/login/".into(),
+        scope: Scope::SnsapiUserinfo as i32,
         ..Default::default()
     };
     let flow_id = client.clone().build_authorize_url(authed(PASSPORT_KEY, request)).await.expect("flow");
     let flow_id = flow_id.into_inner().flow_id;
-    let code = sim.authorize(MP_APPID, "alice", "snsapi_base").expect("code");
+    let code = sim.authorize(MP_APPID, "alice", "snsapi_userinfo").expect("code");
     let relay = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
-    let relayed = relay.get(format!("http://127.0.0.1:{}/wechat/callback?code={code}&state={flow_id}", ports[1])).send().await;
+    let relayed =
+        relay.get(format!("http://127.0.0.1:{}/wechat/callback?code={code}&state={flow_id}", ports[1])).send().await;
     assert_eq!(relayed.expect("relay").status(), 302);
     let request = wxauth::proto::ExchangeCodeRequest { flow_id, code, ..Default::default() };
     let openid =
