@@ -143,6 +143,7 @@ def main():
     seen = {}
 
     # 1. The product's "Sign in with WeChat": a flow, bound to our return URL and CSRF state.
+    #    A real product keeps `csrf` and `built.flow_id` in the browser's session (a cookie).
     csrf = "py-csrf-1"
     built = wxauth.BuildAuthorizeUrl(
         pb.BuildAuthorizeUrlRequest(
@@ -161,8 +162,10 @@ def main():
     seen["state_matches"] = params.get("state") == csrf
     code = params["code"]
 
-    # 3. The product's callback handler: exchange the code (twice, as a reload would).
-    exchange = pb.ExchangeCodeRequest(app=args.app, code=code, include_user_info=True)
+    # 3. The product's callback handler: check the state against the session, then exchange the
+    #    code with the session's flow id (twice, as a reload would). wxauth refuses a code that did
+    #    not come through that flow, so a code leaked from someone else's sign-in signs no one in.
+    exchange = pb.ExchangeCodeRequest(flow_id=built.flow_id, code=code, include_user_info=True)
     first = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
     again = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
     seen["openid"] = first.openid
@@ -182,11 +185,13 @@ def main():
         reason, _ = error_reason(e)
         seen["unknown_user"] = {"code": e.code().name, "reason": reason}
     try:
-        wxauth.ExchangeCode(pb.ExchangeCodeRequest(app=args.app, code="NotACodeWeChatGave"), metadata=auth, timeout=5)
-        seen["bad_code"] = "answered"
+        # A code pasted into this session that the relay never brought here (code injection).
+        injected = pb.ExchangeCodeRequest(flow_id=built.flow_id, code="NotACodeThisFlowRelayed")
+        wxauth.ExchangeCode(injected, metadata=auth, timeout=5)
+        seen["injected_code"] = "answered"
     except grpc.RpcError as e:
-        reason, metadata = error_reason(e)
-        seen["bad_code"] = {"code": e.code().name, "reason": reason, "errcode": metadata.get("errcode")}
+        reason, _ = error_reason(e)
+        seen["injected_code"] = {"code": e.code().name, "reason": reason}
 
     # 6. The user closes their account: wxauth forgets them.
     forget = pb.ForgetUserRequest(app=args.app, openid=first.openid)

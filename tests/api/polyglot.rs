@@ -55,9 +55,7 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_eq!(seen["profile_nickname"], "Alice 爱丽丝");
     assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
     assert_eq!(seen["unknown_user"], serde_json::json!({"code": "NOT_FOUND", "reason": "TOKEN_NOT_FOUND"}));
-    assert_eq!(seen["bad_code"]["code"], "INVALID_ARGUMENT");
-    assert_eq!(seen["bad_code"]["reason"], "INVALID_CODE");
-    assert_eq!(seen["bad_code"]["errcode"], "40029");
+    assert_eq!(seen["injected_code"], serde_json::json!({"code": "PERMISSION_DENIED", "reason": "CODE_NOT_FROM_FLOW"}));
     assert_eq!(seen["forgot_a_token"], true);
     assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
     assert_eq!(app.sim.calls(wxauth::sim::Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
