@@ -333,6 +333,38 @@ async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
         .await;
 }
 
+/// The attack of the code-binding issue, as an attacker would run it: Bob signs in; his code
+/// leaks (the URL of the page holding it: history, a Referer, an access log); in a fresh
+/// browser session the attacker starts a sign-in of their own at the same product and hands it
+/// Bob's code with their own, valid `state`. The product's state check passes — and wxauth
+/// refuses the code, which came through Bob's flow. Bob's own reload still signs him in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_code_in_another_browser_session_signs_no_one_in() {
+    let dev = DevMode::start().await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            allow_as(client, "bob").await;
+            assert_eq!(text(client, "#nickname").await, "Bob");
+            let leaked = client.current_url().await.expect("the URL holding Bob's code");
+            let code = leaked.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("code");
+
+            // The attacker: a fresh session, a sign-in of their own, stopped at WeChat's page.
+            client.delete_all_cookies().await.expect("fresh session");
+            start_mobile_login(client, &dev).await;
+            let state = client.get_named_cookie("wxauth_demo_state").await.expect("attacker's state cookie");
+            let injected = format!("{}callback?app=demo-mp&code={code}&state={}", dev.home(), state.value());
+            client.goto(&injected).await.expect("the product's callback with Bob's code");
+            let refused = text(client, "#error").await;
+            assert!(refused.contains("CODE_NOT_FROM_FLOW"), "{refused}");
+            let page = client.source().await.expect("page source");
+            assert!(!page.contains("Bob"), "the attacker's session shows nothing of Bob:\n{page}");
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the injected code never reached WeChat");
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_whose_state_is_not_the_browsers_is_refused() {
     let dev = DevMode::start().await;
