@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::FutureExt as _;
+use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -72,8 +73,9 @@ const CLIENT_KEY: &str = "bench-client-key";
 const RETURN_URL: &str = "https://passport.example.com/login/callback?from=bench";
 /// A product's CSRF state, 32 characters as a typical session-bound value.
 const CALLER_STATE: &str = "Ks8dP2qLx0Vn4RtY7uWb1ZcE5gHj9mAo";
-/// The code WeChat would append at the callback (the relay does not look at it).
-const RELAY_CODE: &str = "061Bench0000000000000000000000Cd";
+/// The start of the code WeChat would append at the callback: the relay binds each code to
+/// its flow, so each callback carries its own (this prefix and the flow id).
+const RELAY_CODE: &str = "061Bench";
 const CALLBACK_HOST: &str = "auth.wxauth.bench";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -394,12 +396,18 @@ impl Bench {
             };
             let ids = self.fill(self.wxauth.clone(), std::mem::take(&mut wx_flows), want, "wxauth").await;
             let op = relay_op(self.http.clone(), self.wxauth_relay.clone(), Arc::new(Pool::new(ids)));
-            self.phase(Side::Wxauth, "relay", "GET + PEXPIRE LT piped, open, 302", op).await;
+            let work = "HGET + HINCRBY + PEXPIRE LT piped, open, SET NX code record, 302";
+            self.phase(Side::Wxauth, "relay", work, op).await;
         }
         drop((wx_flows, ceiling_flows));
         if ops.contains(&Op::Exchange) {
-            let op = exchange_op(self.wxauth.clone(), self.auth.clone(), self.sim.clone());
-            self.phase(Side::Wxauth, "ExchangeCode", "SET NX, sns access_token, SET + SET at once", op).await;
+            // Each request exchanges its own code, relayed through its own flow beforehand
+            // (untimed), as a product's callback would.
+            let want = (self.rps(Side::Wxauth, "ExchangeCode").unwrap_or(20_000.0) * window * 1.5) as usize;
+            let pairs = self.relayed_codes(want).await;
+            let op = exchange_op(self.wxauth.clone(), self.auth.clone(), Arc::new(Pool::new(pairs)));
+            let work = "GET code record, CAS claim, sns access_token, SET token + SET reach + SET result at once";
+            self.phase(Side::Wxauth, "ExchangeCode", work, op).await;
             self.ceiling_set(&mut Vec::new()).await;
             let op = sim_exchange_op(self.http.clone(), self.sim_base.clone(), self.sim.clone());
             self.phase(Side::Ceiling, "sim access_token", "the simulator's code exchange alone", op).await;
@@ -504,17 +512,42 @@ impl Bench {
         ids
     }
 
+    /// `want` codes, each minted for one of the users and relayed through a flow of its own,
+    /// as `flow_id code` pairs (untimed).
+    async fn relayed_codes(&self, want: usize) -> Vec<String> {
+        let flows = self.fill(self.wxauth.clone(), Vec::new(), want, "wxauth").await;
+        eprintln!("wxauth: relaying {} codes through their flows (untimed) …", flows.len());
+        let relayed = futures::stream::iter(flows.into_iter().enumerate())
+            .map(|(i, flow)| async move {
+                let code = self.sim.authorize(MP_APPID, USERS[i % USERS.len()], "snsapi_userinfo").ok()?;
+                let callback = format!("{}/wechat/callback?code={code}&state={flow}", self.wxauth_relay);
+                let response = self.http.get(callback).send().await.ok()?;
+                (response.status() == reqwest::StatusCode::FOUND).then(|| format!("{flow} {code}"))
+            })
+            .buffer_unordered(self.args.concurrency.max(1))
+            .filter_map(|pair| async move { pair })
+            .collect::<Vec<String>>()
+            .await;
+        if relayed.len() < want {
+            eprintln!("warning: {} of {want} codes could not be relayed", want - relayed.len());
+        }
+        relayed
+    }
+
     /// Logs the users in through wxauth (`snsapi_userinfo`), so their token records exist and
     /// are fresh (no refresh during the phases); returns their openids.
     async fn login_users(&self) -> anyhow::Result<Vec<String>> {
         let mut openids = Vec::new();
-        for user in USERS {
-            let code = self.sim.authorize(MP_APPID, user, "snsapi_userinfo").context("simulator authorize")?;
-            let request =
-                authed(&self.auth, proto::ExchangeCodeRequest { app: APP.into(), code, ..Default::default() });
+        for pair in self.relayed_codes(USERS.len()).await {
+            let (flow_id, code) = pair.split_once(' ').context("a relayed code")?;
+            let (flow_id, code) = (flow_id.to_owned(), code.to_owned());
+            let request = authed(&self.auth, proto::ExchangeCodeRequest { flow_id, code, ..Default::default() });
             let response =
                 self.wxauth[0].clone().exchange_code(request).await.context("log a user in through wxauth")?;
             openids.push(response.into_inner().openid);
+        }
+        if openids.len() < USERS.len() {
+            bail!("only {} of the {} users could sign in", openids.len(), USERS.len());
         }
         Ok(openids)
     }
@@ -600,7 +633,7 @@ fn build_op(
 fn relay_op(http: reqwest::Client, base: String, pool: Arc<Pool>) -> OpFn {
     Arc::new(move |_| {
         let Some(flow) = pool.take() else { return async { Outcome::Exhausted }.boxed() };
-        let request = http.get(format!("{base}/wechat/callback?code={RELAY_CODE}&state={flow}"));
+        let request = http.get(format!("{base}/wechat/callback?code={RELAY_CODE}{flow}&state={flow}"));
         async move {
             match request.send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::FOUND => Outcome::Ok,
@@ -617,15 +650,15 @@ fn mint(sim: &Simulator, worker: usize) -> Result<String, Outcome> {
         .map_err(|e| Outcome::Error(format!("sim:{e}")))
 }
 
-/// `ExchangeCode` of a code minted for this request.
-fn exchange_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>, sim: Simulator) -> OpFn {
+/// `ExchangeCode` of a code relayed for this request (a `flow_id code` pair from the pool).
+fn exchange_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>, pool: Arc<Pool>) -> OpFn {
     Arc::new(move |worker| {
-        let code = match mint(&sim, worker) {
-            Ok(code) => code,
-            Err(outcome) => return async { outcome }.boxed(),
+        let Some((flow_id, code)) = pool.take().and_then(|pair| pair.split_once(' ')) else {
+            return async { Outcome::Exhausted }.boxed();
         };
+        let (flow_id, code) = (flow_id.to_owned(), code.to_owned());
         let mut client = clients[worker % clients.len()].clone();
-        let request = authed(&auth, proto::ExchangeCodeRequest { app: APP.into(), code, ..Default::default() });
+        let request = authed(&auth, proto::ExchangeCodeRequest { flow_id, code, ..Default::default() });
         async move {
             match client.exchange_code(request).await {
                 Ok(_) => Outcome::Ok,
