@@ -263,6 +263,16 @@ mod tests {
     }
 
     #[test]
+    fn a_code_from_another_flow_is_permission_denied_with_nothing_to_retry() {
+        let status = ApiError::CodeNotFromFlow.to_status();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("CODE_NOT_FROM_FLOW", DOMAIN));
+        assert!(info.metadata.is_empty(), "WeChat was never asked: no errcode");
+        assert!(status.get_error_details().retry_info().is_none());
+    }
+
+    #[test]
     fn transient_failures_carry_retry_info() {
         let status = ApiError::from_wechat(&WechatError::Status(502)).to_status();
         assert_eq!(status.code(), Code::Unavailable);
