@@ -19,7 +19,7 @@ use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
 use crate::store::{Flow, Store};
 use crate::telemetry::{self, Metrics};
-use crate::tokens::Tokens;
+use crate::tokens::{Reach, Tokens};
 use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
 
 /// Longest `return_url` accepted.
@@ -215,7 +215,7 @@ impl OAuthService {
         {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
             // changed it); a replay of the same code answers from the profile cache.
-            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new).await?.profile))
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new, Reach::Any).await?.profile))
         } else {
             None
         };
@@ -244,24 +244,13 @@ impl OAuthService {
         Err(ApiError::CodeNotFromFlow)
     }
 
-    /// Whether `client` may reach this user: with `users = "own"`, only one it exchanged a code
-    /// for; otherwise it gets exactly what an unknown openid gets (`TOKEN_NOT_FOUND`), so a
-    /// client learns nothing of other products' users.
-    async fn reach(&self, client: &Client, app: &App, openid: &str) -> Result<(), ApiError> {
-        if client.users == Users::App || self.store.has_reach(&app.name, openid, &client.name).await? {
-            return Ok(());
-        }
-        Err(ApiError::TokenNotFound)
-    }
-
     async fn refresh_token_inner(
         &self,
         client: &Client,
         req: proto::RefreshTokenRequest,
     ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        self.reach(client, app, &openid).await?;
-        let stored = self.tokens.stored(app, &openid).await?;
+        let stored = self.tokens.reachable(app, &openid, reach(client), self.tokens.stored(app, &openid)).await?;
         let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
         Ok(proto::RefreshTokenResponse {
             access_token_expire_time: Some(timestamp(record.access_expires_at)),
@@ -278,8 +267,7 @@ impl OAuthService {
         let mut lang = Lang::default();
         let (app, openid) =
             self.user_request(client, &req.app, req.device, &req.openid, |v| lang = v.lang(req.lang))?;
-        self.reach(client, app, &openid).await?;
-        let fetched = self.tokens.userinfo(app, &openid, lang, req.fresh).await?;
+        let fetched = self.tokens.userinfo(app, &openid, lang, req.fresh, reach(client)).await?;
         Ok(proto::GetUserInfoResponse {
             user_info: Some(user_info(fetched.profile)),
             fetch_time: Some(timestamp(fetched.fetched_at)),
@@ -292,8 +280,7 @@ impl OAuthService {
         req: proto::ValidateTokenRequest,
     ) -> Result<proto::ValidateTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        self.reach(client, app, &openid).await?;
-        let (record, rejected) = self.tokens.validate(app, &openid).await?;
+        let (record, rejected) = self.tokens.validate(app, &openid, reach(client)).await?;
         Ok(proto::ValidateTokenResponse {
             valid: rejected.is_none(),
             errcode: rejected.and_then(|c| i32::try_from(c).ok()).unwrap_or(0),
@@ -327,7 +314,7 @@ impl OAuthService {
         req: proto::ForgetUserRequest,
     ) -> Result<proto::ForgetUserResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        match self.reach(client, app, &openid).await {
+        match self.tokens.reachable(app, &openid, reach(client), async { Ok(()) }).await {
             // Another product's user: answered as an unknown one is, and left alone.
             Err(ApiError::TokenNotFound) => return Ok(proto::ForgetUserResponse { had_token: false }),
             other => other?,
@@ -471,6 +458,14 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "Unavailable",
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Whose users `client` reaches (`clients.<name>.users`).
+fn reach(client: &Client) -> Reach<'_> {
+    match client.users {
+        Users::Own => Reach::Own(&client.name),
+        Users::App => Reach::Any,
     }
 }
 

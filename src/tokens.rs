@@ -41,6 +41,16 @@ const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
 
 type Flight = Shared<BoxFuture<'static, Result<TokenRecord, ApiError>>>;
 
+/// Whose request reaches a user's record (config `clients.<name>.users`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach<'a> {
+    /// Any user of the app (`users = "app"`).
+    Any,
+    /// Only a user for whom this client exchanged a code (`users = "own"`); any other answers
+    /// `TOKEN_NOT_FOUND`, exactly as an unknown user does.
+    Own(&'a str),
+}
+
 /// Token policy.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenPolicy {
@@ -234,10 +244,34 @@ impl Tokens {
         self.store.get_token(&app.name, openid).await?.ok_or(ApiError::TokenNotFound)
     }
 
+    /// `read` (a store read of this user's, without side effects), answered only if `who` may
+    /// reach the user. The claim is looked up at the same time as the read, so the check costs
+    /// no round trip of its own.
+    pub async fn reachable<T>(
+        &self,
+        app: &App,
+        openid: &str,
+        who: Reach<'_>,
+        read: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let Reach::Own(client) = who else { return read.await };
+        let (reached, value) = tokio::join!(self.store.has_reach(&app.name, openid, client), read);
+        if !reached? {
+            return Err(ApiError::TokenNotFound);
+        }
+        value
+    }
+
     /// The record with an access token that outlives the refresh margin, refreshing first
     /// when it does not.
     pub async fn current(self: &Arc<Self>, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
-        let record = self.stored(app, openid).await?;
+        self.current_of(app, openid, Reach::Any).await
+    }
+
+    /// [`Tokens::current`] for `who`: the record is read with the reach check, before any
+    /// refresh.
+    async fn current_of(self: &Arc<Self>, app: &App, openid: &str, who: Reach<'_>) -> Result<TokenRecord, ApiError> {
+        let record = self.reachable(app, openid, who, self.stored(app, openid)).await?;
         if record.access_expires_at > self.clock.now_secs() + secs(self.policy.refresh_margin) {
             return Ok(record);
         }
@@ -361,18 +395,23 @@ impl Tokens {
         openid: &str,
         lang: Lang,
         fresh: bool,
+        who: Reach<'_>,
     ) -> Result<CachedProfile, ApiError> {
         let max_age = self.policy.profile_cache;
         let use_cache = !fresh && !max_age.is_zero();
-        if use_cache {
-            let hit = self.store.get_profile(&app.name, openid, lang).await?;
+        let who = if use_cache {
+            let cached = async { Ok(self.store.get_profile(&app.name, openid, lang).await?) };
+            let hit = self.reachable(app, openid, who, cached).await?;
             if let Some(hit) = hit.filter(|hit| self.clock.now_secs() < hit.fetched_at + secs(max_age)) {
                 self.metrics.profile_cache.with_label_values(&["hit"]).inc();
                 return Ok(hit);
             }
-        }
+            Reach::Any // checked with the cache read
+        } else {
+            who
+        };
         self.metrics.profile_cache.with_label_values(&[if use_cache { "miss" } else { "skipped" }]).inc();
-        let (profile, record) = self.userinfo_upstream(app, openid, lang).await?;
+        let (profile, record) = self.userinfo_upstream(app, openid, lang, who).await?;
         let now = self.clock.now_secs();
         let fetched = CachedProfile { profile, fetched_at: now };
         if !max_age.is_zero() {
@@ -396,8 +435,9 @@ impl Tokens {
         app: &App,
         openid: &str,
         lang: Lang,
+        who: Reach<'_>,
     ) -> Result<(Profile, TokenRecord), ApiError> {
-        let record = self.current(app, openid).await?;
+        let record = self.current_of(app, openid, who).await?;
         if !grants_userinfo(&record.scopes) {
             return Err(ApiError::ScopeNotGranted(None));
         }
@@ -449,8 +489,13 @@ impl Tokens {
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
     /// `Ok(Some(errcode))` when WeChat rejects the token.
-    pub async fn validate(&self, app: &App, openid: &str) -> Result<(TokenRecord, Option<i64>), ApiError> {
-        let record = self.stored(app, openid).await?;
+    pub async fn validate(
+        &self,
+        app: &App,
+        openid: &str,
+        who: Reach<'_>,
+    ) -> Result<(TokenRecord, Option<i64>), ApiError> {
+        let record = self.reachable(app, openid, who, self.stored(app, openid)).await?;
         match self.wechat.auth(app, &record.access_token, openid).await {
             Ok(()) => Ok((record, None)),
             Err(e) if is_dead_access_token(&e) || e.errcode() == Some(40003) => {
