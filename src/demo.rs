@@ -9,7 +9,7 @@
 //! - `GET /callback?app=..&code=..&state=..` is where the relay brings the browser back: the
 //!   state must match the cookie, then `ExchangeCode` with the code and this browser's flow id
 //!   (a code is bound to the flow it came through: one pasted into another browser's sign-in
-//!   is refused) and `GetUserInfo` (in English) give what the page shows. No `code` means the
+//!   is refused) and `GetUserInfo` (from wxauth's profile cache) give what the page shows. No `code` means the
 //!   user declined. A reload calls `ExchangeCode` again with the same code and flow, which
 //!   wxauth answers idempotently.
 //!
@@ -28,7 +28,7 @@ use axum::routing::get;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
-use crate::proto::{BuildAuthorizeUrlRequest, ExchangeCodeRequest, GetUserInfoRequest, Lang, Scope, UserInfo};
+use crate::proto::{BuildAuthorizeUrlRequest, ExchangeCodeRequest, GetUserInfoRequest, Scope, UserInfo};
 
 /// The demo page's address in dev mode.
 pub const DEMO_ADDR: &str = "127.0.0.1:8082";
@@ -228,11 +228,11 @@ async fn callback(
         _ => return Err(PageError::BadCallback),
     };
     let flow_id = cookie(&headers, FLOW_COOKIE).ok_or(PageError::StateMismatch)?;
-    let (profile, english) = sign_in(&demo, device, flow_id, code).await?;
-    Ok(profile_page(&profile, &english).into_response())
+    let (profile, again) = sign_in(&demo, device, flow_id, code).await?;
+    Ok(profile_page(&profile, &again).into_response())
 }
 
-/// `ExchangeCode` with the profile (zh_CN, WeChat's default), then `GetUserInfo` in English
+/// `ExchangeCode` with the profile (zh_CN, WeChat's default), then `GetUserInfo` (answered from the profile cache the exchange filled)
 /// with the token wxauth now holds.
 async fn sign_in(
     demo: &Demo,
@@ -244,15 +244,11 @@ async fn sign_in(
         ExchangeCodeRequest { app: device.app().into(), flow_id, code, include_user_info: true, ..Default::default() };
     let exchanged = demo.grpc.clone().exchange_code(demo.authed(request)?).await?.into_inner();
     let profile = exchanged.user_info.clone().unwrap_or_default();
-    let request = GetUserInfoRequest {
-        app: device.app().into(),
-        openid: exchanged.openid.clone(),
-        lang: Lang::En as i32,
-        ..Default::default()
-    };
-    let english = demo.grpc.clone().get_user_info(demo.authed(request)?).await?.into_inner().user_info;
+    let request =
+        GetUserInfoRequest { app: device.app().into(), openid: exchanged.openid.clone(), ..Default::default() };
+    let again = demo.grpc.clone().get_user_info(demo.authed(request)?).await?.into_inner().user_info;
     let exchanged = Exchanged { app: exchanged.app, openid: exchanged.openid, unionid: exchanged.unionid, profile };
-    Ok((exchanged, english.unwrap_or_default()))
+    Ok((exchanged, again.unwrap_or_default()))
 }
 
 /// What `ExchangeCode` told the product about the user.
@@ -263,17 +259,16 @@ struct Exchanged {
     profile: UserInfo,
 }
 
-fn profile_page(user: &Exchanged, english: &UserInfo) -> Html<String> {
+fn profile_page(user: &Exchanged, again: &UserInfo) -> Html<String> {
     let profile = &user.profile;
     let initial = profile.nickname.chars().next().map(String::from).unwrap_or_else(|| "?".into());
-    let place = |u: &UserInfo| [&u.country, &u.province, &u.city].map(|s| s.as_str()).join(" ");
+    // No sex or region: WeChat answers sex 0 and empty province, city and country for every
+    // user since 2021-10-20, so a product must not build on them.
     let rows = [
         ("app", "app", user.app.clone()),
         ("openid", "openid", user.openid.clone()),
         ("unionid", "unionid", user.unionid.clone()),
-        ("sex", "sex", profile.sex().as_str_name().trim_start_matches("SEX_").to_lowercase()),
-        ("country / province / city", "place", place(profile)),
-        ("in English (GetUserInfo)", "place-en", place(english)),
+        ("nickname again (GetUserInfo: wxauth's profile cache)", "nickname-again", again.nickname.clone()),
         ("avatar URL", "avatar", profile.head_image_url.clone()),
     ];
     let rows: String = rows

@@ -210,9 +210,9 @@ impl OAuthService {
             self.app_for(client, &req.app, None)?
         };
         let (outcome, new) = self.tokens.exchange(app, &req.flow_id, code, &client.name).await?;
-        let user_info = if req.include_user_info
-            && outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo)
-        {
+        let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
+        // A snapshot-page user has no profile (WeChat answers 48001) and no stored token.
+        let user_info = if req.include_user_info && grants_userinfo && !outcome.is_snapshot_user {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
             // changed it); a replay of the same code answers from the profile cache.
             Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new, Reach::Any).await?.profile))
@@ -225,8 +225,9 @@ impl OAuthService {
             unionid: outcome.unionid.unwrap_or_default(),
             scopes: scopes_to_proto(&outcome.scopes),
             is_snapshot_user: outcome.is_snapshot_user,
-            access_token_expire_time: Some(timestamp(outcome.access_expires_at)),
-            refresh_token_expire_time: Some(timestamp(outcome.refresh_expires_at)),
+            // Unset for a snapshot-page user: no token is kept.
+            access_token_expire_time: (!outcome.is_snapshot_user).then(|| timestamp(outcome.access_expires_at)),
+            refresh_token_expire_time: (!outcome.is_snapshot_user).then(|| timestamp(outcome.refresh_expires_at)),
             user_info,
         })
     }

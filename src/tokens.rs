@@ -172,6 +172,9 @@ impl Tokens {
             }
         };
         let now = self.clock.now_secs();
+        if grant.is_snapshotuser == 1 {
+            return self.snapshot_user(app, code, claim, grant, life).await;
+        }
         let record = TokenRecord {
             openid: grant.openid.clone(),
             unionid: grant.unionid.clone().filter(|u| !u.is_empty()),
@@ -206,6 +209,33 @@ impl Tokens {
         );
         reach?;
         finished?;
+        Ok(outcome)
+    }
+
+    /// A snapshot-page virtual user (`is_snapshotuser: 1`: a `snsapi_userinfo` page opened from
+    /// Moments or a chat, not tapped through): not a real identity, so nothing is stored — no
+    /// token record, no client claim — and the product gets the flag, the virtual openid to
+    /// show a limited page with, no unionid (never an identity to link by) and no profile
+    /// (WeChat answers such users 48001). It must ask the user to open the full page to sign in.
+    async fn snapshot_user(
+        &self,
+        app: &App,
+        code: &AuthCode,
+        claim: CodeRecord,
+        grant: TokenGrant,
+        life: Duration,
+    ) -> Result<ExchangeOutcome, ApiError> {
+        tracing::info!(app = %app.name, "snapshot-page virtual user signed in: nothing stored");
+        let outcome = ExchangeOutcome {
+            openid: grant.openid,
+            unionid: None,
+            scopes: split_scopes(&grant.scope),
+            is_snapshot_user: true,
+            access_expires_at: 0,
+            refresh_expires_at: 0,
+        };
+        let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
+        self.store.put_code(&app.name, code, &done, life).await?;
         Ok(outcome)
     }
 

@@ -10,7 +10,6 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Simulator;
-use super::config::Localized;
 use super::control::{Answer, Endpoint};
 use super::state::{self, Core, Grant, Issued};
 
@@ -191,27 +190,30 @@ fn token_body(core: &Core, issued: &Issued) -> Value {
     })
 }
 
-/// `/sns/userinfo`: the profile, for userinfo/login scopes only, in the asked language.
+/// `/sns/userinfo`: the profile, for userinfo/login scopes only, as WeChat gives it since
+/// 2021-10-20: `sex` 0 and empty `province`, `city` and `country` for everyone, whatever the
+/// `lang` (WeChat's announcement of 2021-09-26, 关于网页授权获取用户基本信息接口调整; WxJava
+/// #2331, EasyWeChat #2675). A snapshot-page virtual user gets 48001.
 fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
     use errcode::*;
     let grant = live_grant(core, p)?;
     if grant.scope == "snsapi_base" {
         return Err(API_UNAUTHORIZED);
     }
-    let pick: fn(&Localized) -> &str = match p.get("lang").unwrap_or("zh_CN") {
-        "zh_CN" => |l| &l.zh_cn,
-        "zh_TW" => |l| &l.zh_tw,
-        "en" => |l| &l.en,
-        _ => return Err(INVALID_LANG),
-    };
+    if !matches!(p.get("lang").unwrap_or("zh_CN"), "zh_CN" | "zh_TW" | "en") {
+        return Err(INVALID_LANG);
+    }
     let user = core.user(grant.user).ok_or(INVALID_ACCESS_TOKEN)?;
+    if user.snapshot {
+        return Err(API_UNAUTHORIZED);
+    }
     let mut body = json!({
         "openid": core.openid_of(&grant),
         "nickname": user.nickname,
-        "sex": user.sex,
-        "province": pick(&user.province),
-        "city": pick(&user.city),
-        "country": pick(&user.country),
+        "sex": 0,
+        "province": "",
+        "city": "",
+        "country": "",
         "headimgurl": user.headimgurl,
         "privilege": [],
     });

@@ -16,7 +16,6 @@ impl SimConfig {
     /// The apps and users of the dev mode (DESIGN.md §8), so `cargo run`, the demo page and the
     /// docs all walk the flow against the same known values.
     pub fn demo() -> Self {
-        let china = || Localized::new("中国", "中國", "CN");
         Self {
             apps: vec![
                 SimApp {
@@ -38,30 +37,18 @@ impl SimConfig {
                 SimUser {
                     key: "alice".into(),
                     nickname: "Alice 爱丽丝".into(),
-                    sex: 2,
-                    province: Localized::new("广东", "廣東", "Guangdong"),
-                    city: Localized::new("深圳", "深圳", "Shenzhen"),
-                    country: china(),
                     headimgurl: "https://thirdwx.qlogo.cn/mmopen/vi_32/Q0j4TwGTfTKx8ib2bK3ciaEHq9nGcDvh1ZiaQhyWbL7vXWoZicS9Jp2Nrt1hYk0mVqCIC4ypuFLk8jMq7AHvD3ibgaw/132".into(),
                     snapshot: false,
                 },
                 SimUser {
                     key: "bob".into(),
                     nickname: "Bob".into(),
-                    sex: 1,
-                    province: Localized::new("北京", "北京", "Beijing"),
-                    city: Localized::new("海淀", "海澱", "Haidian"),
-                    country: china(),
                     headimgurl: "https://thirdwx.qlogo.cn/mmopen/vi_32/DYAIOgq83eoT4RZ1Hh8k7Bw0ibq2ZIsX9Nxv6f5MicUiaBYLqkE0jzR1p3ibsqN9gOYcJ2hUHvLwTx0kRiaQvmPbK5A/132".into(),
                     snapshot: false,
                 },
                 SimUser {
                     key: "snap".into(),
                     nickname: "微信用户".into(),
-                    sex: 0,
-                    province: Localized::default(),
-                    city: Localized::default(),
-                    country: Localized::default(),
                     headimgurl: String::new(),
                     snapshot: true,
                 },
@@ -134,34 +121,16 @@ pub struct SimUser {
     pub key: String,
     /// The WeChat nickname, also the label on the consent page.
     pub nickname: String,
-    /// 0 unknown, 1 male, 2 female, as WeChat encodes it.
-    pub sex: u8,
-    /// Province in the three languages `lang` can ask for.
-    pub province: Localized,
-    /// City in the three languages `lang` can ask for.
-    pub city: Localized,
-    /// Country in the three languages `lang` can ask for.
-    pub country: Localized,
     /// Avatar URL (last path segment is the size), empty when the user has none.
     pub headimgurl: String,
-    /// A 朋友圈 snapshot-page virtual user: only `snsapi_base`, answered with `is_snapshotuser: 1`.
+    /// A snapshot-page virtual user (快照页, since 2022-07): someone who opened a
+    /// `snsapi_userinfo` page from Moments or a chat and did not tap through to the full page.
+    /// Only `snsapi_userinfo` pages offer it; its code answers `is_snapshotuser: 1` with a
+    /// virtual openid and unionid, and `sns/userinfo` answers it 48001 (WxJava #2828,
+    /// Senparc #3100).
+    ///
+    /// There is no sex or region: WeChat answers `sex` 0 and empty `province`, `city` and
+    /// `country` for every user since 2021-10-20 (its announcement of 2021-09-26; WxJava #2331,
+    /// EasyWeChat #2675), so the simulator has none to give.
     pub snapshot: bool,
-}
-
-/// A profile text in the languages `sns/userinfo` offers through `lang`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Localized {
-    /// Simplified Chinese (`lang=zh_CN`, the default).
-    pub zh_cn: String,
-    /// Traditional Chinese (`lang=zh_TW`).
-    pub zh_tw: String,
-    /// English (`lang=en`).
-    pub en: String,
-}
-
-impl Localized {
-    /// Builds the three variants at once, for compact user tables.
-    pub fn new(zh_cn: &str, zh_tw: &str, en: &str) -> Self {
-        Self { zh_cn: zh_cn.into(), zh_tw: zh_tw.into(), en: en.into() }
-    }
 }

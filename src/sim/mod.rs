@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::config::{Localized, SimApp, SimAppKind, SimConfig, SimUser};
+pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
 pub use self::state::SNS_CALLS_PER_MINUTE;
 
@@ -52,9 +52,9 @@ pub enum SimError {
         /// The scope it does not have.
         scope: String,
     },
-    /// Snapshot-page virtual users only ever get `snsapi_base`.
-    #[error("snapshot user {0} can only authorize snsapi_base")]
-    SnapshotNeedsBase(String),
+    /// Snapshot-page virtual users come only from `snsapi_userinfo` pages.
+    #[error("snapshot user {0} comes only from snsapi_userinfo pages")]
+    SnapshotNeedsUserinfo(String),
 }
 
 /// A running simulated WeChat: cheap to clone, every clone steers the same instance.

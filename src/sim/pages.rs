@@ -236,7 +236,7 @@ fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html
     let users: String = core
         .users()
         .iter()
-        .filter(|u| !u.snapshot || request.scope == "snsapi_base")
+        .filter(|u| !u.snapshot || request.scope == "snsapi_userinfo")
         .enumerate()
         .map(|(i, u)| {
             format!(

@@ -172,8 +172,8 @@ impl Core {
             .find(|s| *s == scope)
             .ok_or_else(|| SimError::ScopeNotAllowed { appid: appid.to_owned(), scope: scope.to_owned() })?;
         let index = self.user_index(user).ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
-        if self.users[index].snapshot && scope != "snsapi_base" {
-            return Err(SimError::SnapshotNeedsBase(user.to_owned()));
+        if self.users[index].snapshot && scope != "snsapi_userinfo" {
+            return Err(SimError::SnapshotNeedsUserinfo(user.to_owned()));
         }
         Ok(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope })
     }
@@ -197,8 +197,10 @@ impl Core {
         code
     }
 
-    /// Spends a code of `appid` and issues the token pair: 40029 unknown or another app's,
-    /// 40163 already used, 42003 expired.
+    /// Spends a code of `appid` and issues the token pair: 40029 unknown, another app's or
+    /// expired, 40163 already used. WeChat's global errcode table describes 40029 as
+    /// "不合法或已过期的code" and that is what an expired code gets in practice; 42003 ("code
+    /// expired") is documented but rarely seen (WECHAT.md, "as it behaves today").
     pub(super) fn redeem_code(&self, appid: &str, code: &str) -> Result<Issued, i64> {
         let now = self.now();
         let mut records = self.lock();
@@ -208,7 +210,7 @@ impl Core {
         }
         let life = Duration::from_secs(record.grant.kind.code_life_secs());
         if now.saturating_sub(record.issued) > life {
-            return Err(errcode::CODE_EXPIRED);
+            return Err(errcode::INVALID_CODE);
         }
         record.used = true;
         let grant = record.grant.clone();

@@ -179,7 +179,7 @@ async fn consent_page_offers_users_with_allow_and_deny_forms() {
     assert_eq!(page.matches("<form method=\"post\" action=\"/connect/oauth2/authorize/confirm\">").count(), 2);
     assert!(page.contains("<input type=\"radio\" name=\"user\" value=\"alice\" checked> Alice 爱丽丝</label>"));
     assert!(page.contains("<input type=\"radio\" name=\"user\" value=\"bob\"> Bob</label>"));
-    assert!(!page.contains("value=\"snap\""), "snapshot users only get snsapi_base");
+    assert!(page.contains("value=\"snap\"> 微信用户</label>"), "snapshot users come from snsapi_userinfo pages");
     assert!(
         page.contains("<input type=\"hidden\" name=\"redirect_uri\" value=\"http://127.0.0.1:8080/wechat/callback\">")
     );
@@ -187,12 +187,12 @@ async fn consent_page_offers_users_with_allow_and_deny_forms() {
 }
 
 #[tokio::test]
-async fn snapshot_user_is_offered_for_snsapi_base() {
+async fn snapshot_user_is_not_offered_for_snsapi_base() {
     let t = spawn().await;
 
     let page = t.page(&oauth2(MP, CALLBACK, "snsapi_base", "s")).await;
 
-    assert!(page.contains("value=\"snap\"> 微信用户</label>"), "{page}");
+    assert!(!page.contains("value=\"snap\""), "a silent snsapi_base page has no snapshot mode: {page}");
 }
 
 #[tokio::test]
@@ -388,7 +388,7 @@ async fn consent_forms_are_checked_again() {
 
     let evil = t.post_form(confirm, &form("https://evil.com/", "snsapi_base", "alice", "allow")).await;
     let nobody = t.post_form(confirm, &form(CALLBACK, "snsapi_base", "mallory", "allow")).await;
-    let snap = t.post_form(confirm, &form(CALLBACK, "snsapi_userinfo", "snap", "allow")).await;
+    let snap = t.post_form(confirm, &form(CALLBACK, "snsapi_base", "snap", "allow")).await;
     let login = t.post_form(confirm, &form(CALLBACK, "snsapi_login", "alice", "allow")).await;
     let undecided = t.post_form(confirm, &form(CALLBACK, "snsapi_base", "alice", "maybe")).await;
     let website = t.post_form("/connect/qrconnect/confirm", &form(CALLBACK, "snsapi_base", "alice", "allow")).await;
@@ -516,7 +516,7 @@ async fn official_account_code_expires_after_300_seconds() {
 
     t.sim.advance(Duration::from_secs(2));
 
-    assert_error(&t.exchange(MP, MP_SECRET, &late).await, 42003);
+    assert_error(&t.exchange(MP, MP_SECRET, &late).await, 40029);
 }
 
 #[tokio::test]
@@ -531,7 +531,7 @@ async fn website_code_lives_600_seconds() {
     let at_601 = t.exchange(WEB, WEB_SECRET, &late).await;
 
     assert_eq!(errcode(&at_301), 0, "{at_301}");
-    assert_error(&at_601, 42003);
+    assert_error(&at_601, 40029);
 }
 
 #[tokio::test]
@@ -579,16 +579,19 @@ async fn unionid_comes_only_with_userinfo_or_login_scopes_of_bound_apps() {
 }
 
 #[tokio::test]
-async fn snapshot_user_is_flagged_is_snapshotuser() {
+async fn snapshot_user_is_flagged_is_snapshotuser_and_has_no_profile() {
     let t = spawn().await;
 
-    let snap = t.login(MP, MP_SECRET, "snap", "snsapi_base").await;
-    let alice = t.login(MP, MP_SECRET, "alice", "snsapi_base").await;
+    let snap = t.login(MP, MP_SECRET, "snap", "snsapi_userinfo").await;
+    let alice = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
 
     assert_eq!(snap["is_snapshotuser"], 1);
+    assert_eq!(snap["scope"], "snsapi_userinfo");
     assert_eq!(snap["openid"], json!(t.sim.openid(MP, "snap").unwrap()));
-    assert!(snap.get("unionid").is_none());
+    assert_eq!(snap["unionid"], json!(t.sim.unionid("snap")), "a virtual unionid");
     assert!(alice.get("is_snapshotuser").is_none());
+    assert_error(&t.userinfo(&snap, "").await, 48001);
+    assert_eq!(errcode(&t.auth(&snap).await), 0, "its token itself is valid");
 }
 
 // ---- tokens ----
@@ -692,28 +695,28 @@ async fn userinfo_with_a_base_scope_token_answers_48001() {
     assert_eq!(errcode(&t.auth(&token).await), 0);
 }
 
+/// Since 2021-10-20 WeChat answers `sex` 0 and empty `province`, `city` and `country` for
+/// every user, in every `lang` (its announcement of 2021-09-26; WxJava #2331, EasyWeChat
+/// #2675): only nickname, headimgurl, openid, unionid and privilege carry data.
 #[tokio::test]
-async fn userinfo_speaks_the_asked_language() {
+async fn userinfo_has_no_sex_or_region_in_any_language() {
     let t = spawn().await;
     let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
-    let profile = |province: &str, city: &str, country: &str| {
-        json!({
-            "openid": token["openid"],
-            "nickname": "Alice 爱丽丝",
-            "sex": 2,
-            "province": province,
-            "city": city,
-            "country": country,
-            "headimgurl": SimConfig::demo().users[0].headimgurl,
-            "privilege": [],
-            "unionid": t.sim.unionid("alice"),
-        })
-    };
+    let profile = json!({
+        "openid": token["openid"],
+        "nickname": "Alice 爱丽丝",
+        "sex": 0,
+        "province": "",
+        "city": "",
+        "country": "",
+        "headimgurl": SimConfig::demo().users[0].headimgurl,
+        "privilege": [],
+        "unionid": t.sim.unionid("alice"),
+    });
 
-    assert_eq!(t.userinfo(&token, "").await, profile("广东", "深圳", "中国"));
-    assert_eq!(t.userinfo(&token, "&lang=zh_CN").await, profile("广东", "深圳", "中国"));
-    assert_eq!(t.userinfo(&token, "&lang=zh_TW").await, profile("廣東", "深圳", "中國"));
-    assert_eq!(t.userinfo(&token, "&lang=en").await, profile("Guangdong", "Shenzhen", "CN"));
+    for lang in ["", "&lang=zh_CN", "&lang=zh_TW", "&lang=en"] {
+        assert_eq!(t.userinfo(&token, lang).await, profile, "{lang}");
+    }
     assert_error(&t.userinfo(&token, "&lang=fr").await, 40033);
 }
 
@@ -860,7 +863,7 @@ async fn control_api_advances_the_clock() {
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap(), json!({"advanced_secs": 301}));
-    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 42003);
+    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 40029);
 }
 
 #[tokio::test]
@@ -970,7 +973,7 @@ async fn authorize_refuses_what_the_consent_page_refuses() {
         t.sim.authorize(WEB, "alice", "snsapi_userinfo"),
         Err(SimError::ScopeNotAllowed { appid: WEB.into(), scope: "snsapi_userinfo".into() })
     );
-    assert_eq!(t.sim.authorize(MP, "snap", "snsapi_userinfo"), Err(SimError::SnapshotNeedsBase("snap".into())));
+    assert_eq!(t.sim.authorize(MP, "snap", "snsapi_base"), Err(SimError::SnapshotNeedsUserinfo("snap".into())));
     let code = t.sim.authorize(WEB, "alice", "snsapi_login").unwrap();
     assert_eq!(code.len(), 32);
 }
@@ -1016,7 +1019,7 @@ fn demo_config_has_the_documented_apps_and_users() {
         .iter()
         .map(|a| (a.appid.as_str(), a.secret.as_str(), a.kind, a.callback_domain.as_str(), a.unionid_bound))
         .collect();
-    let users: Vec<_> = config.users.iter().map(|u| (u.key.as_str(), u.sex, u.snapshot)).collect();
+    let users: Vec<_> = config.users.iter().map(|u| (u.key.as_str(), u.snapshot)).collect();
 
     assert_eq!(
         apps,
@@ -1025,7 +1028,7 @@ fn demo_config_has_the_documented_apps_and_users() {
             ("wxd0000000000000b2", "demo-web-secret", SimAppKind::Website, "127.0.0.1:8080", true),
         ]
     );
-    assert_eq!(users, [("alice", 2, false), ("bob", 1, false), ("snap", 0, true)]);
+    assert_eq!(users, [("alice", false), ("bob", false), ("snap", true)]);
     assert!(config.users[2].headimgurl.is_empty());
     assert!(
         config.users[0].headimgurl.starts_with("https://thirdwx.qlogo.cn/mmopen/vi_32/")

@@ -225,7 +225,12 @@ async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in(
             let openid = dev.sim.openid(crate::helpers::MP_APPID, "bob").expect("bob's openid");
             assert_eq!(text(client, "#openid").await, openid);
             assert_eq!(text(client, "#unionid").await, dev.sim.unionid("bob"));
-            assert_eq!(text(client, "#place-en").await, "CN Beijing Haidian");
+            assert_eq!(text(client, "#nickname-again").await, "Bob", "GetUserInfo from the profile cache");
+            let page = client.source().await.expect("page source");
+            assert!(
+                !page.contains("id=\"sex\"") && !page.contains("id=\"place"),
+                "no sex or region: WeChat gives none"
+            );
             let landed = client.current_url().await.expect("url");
             assert_eq!(landed.path(), "/callback");
             assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1);
