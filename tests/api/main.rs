@@ -9,6 +9,7 @@ mod exchange;
 mod helpers;
 mod hostile;
 mod listeners;
+mod maxmemory;
 mod observability;
 mod operations;
 mod polyglot;
