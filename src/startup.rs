@@ -187,13 +187,13 @@ impl Application {
             tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
 
         let limits = self.settings.listener_limits;
-        let streams = limits.grpc_max_concurrent_streams;
         let grpc = tonic::transport::Server::builder()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
             .timeout(GRPC_REQUEST_TIMEOUT)
-            // Advertised in SETTINGS (clients queue beyond it) and enforced per connection.
-            .max_concurrent_streams(streams)
-            .concurrency_limit_per_connection(usize::try_from(streams).unwrap_or(usize::MAX))
+            // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
+            // by the HTTP/2 layer itself (it refuses excess streams), so no per-request
+            // `concurrency_limit_per_connection` layer is needed on top.
+            .max_concurrent_streams(limits.grpc_max_concurrent_streams)
             .max_connection_age(limits.grpc_max_connection_age)
             .max_connection_age_grace(GRPC_REQUEST_TIMEOUT)
             .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
