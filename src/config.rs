@@ -93,6 +93,16 @@ struct RawServer {
     callback_url: String,
     #[serde(default = "defaults::drain", with = "humantime_serde")]
     drain: Duration,
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    header_timeout: Duration,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: usize,
+    #[serde(default = "defaults::max_concurrent_requests")]
+    max_concurrent_requests: usize,
+    #[serde(default = "defaults::grpc_max_concurrent_streams")]
+    grpc_max_concurrent_streams: u32,
+    #[serde(default = "defaults::grpc_max_connection_age", with = "humantime_serde")]
+    grpc_max_connection_age: Duration,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -260,6 +270,21 @@ mod defaults {
     pub fn drain() -> Duration {
         Duration::from_secs(20)
     }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn max_concurrent_requests() -> usize {
+        1024
+    }
+    pub fn grpc_max_concurrent_streams() -> u32 {
+        256
+    }
+    pub fn grpc_max_connection_age() -> Duration {
+        Duration::from_secs(600)
+    }
     pub fn key_prefix() -> String {
         "wxauth".into()
     }
@@ -308,6 +333,25 @@ pub enum StoreBackend {
     },
 }
 
+/// Timeouts and caps of the three listeners (`server.*`): what keeps slow, idle and greedy
+/// clients from holding connections, tasks and memory (DESIGN.md §6, docs/operations.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// HTTP listeners: a request's headers must arrive within this, counted from the connection's
+    /// start or from the end of the previous response (so it also closes idle keep-alive
+    /// connections). gRPC: the HTTP/2 connection preface must arrive within it.
+    pub header_timeout: Duration,
+    /// Open connections per listener; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Requests in progress per listener; further requests wait for a slot.
+    pub max_concurrent_requests: usize,
+    /// gRPC: concurrent streams (RPCs) per HTTP/2 connection, advertised to the client.
+    pub grpc_max_concurrent_streams: u32,
+    /// gRPC: a connection older than this is sent GOAWAY (the client reconnects, which also
+    /// spreads callers over new replicas), then closed once its RPCs finish.
+    pub grpc_max_connection_age: Duration,
+}
+
 /// A caller of the gRPC API.
 #[derive(Debug)]
 pub struct Client {
@@ -338,6 +382,8 @@ pub struct Settings {
     pub callback_url: Url,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain: Duration,
+    /// Timeouts and caps of the listeners.
+    pub listener_limits: ListenerLimits,
     /// Store backend.
     pub store: StoreBackend,
     /// What `rediss://` connections trust and present (`store.tls_*`); empty without TLS files.
@@ -396,6 +442,14 @@ impl Settings {
             "mode": format!("{:?}", self.mode),
             "listen": { "grpc": self.grpc_addr, "public": self.public_addr, "admin": self.admin_addr },
             "callback_url": self.callback_url.as_str(),
+            "drain": humane(self.drain),
+            "listener_limits": {
+                "header_timeout": humane(self.listener_limits.header_timeout),
+                "max_connections": self.listener_limits.max_connections,
+                "max_concurrent_requests": self.listener_limits.max_concurrent_requests,
+                "grpc_max_concurrent_streams": self.listener_limits.grpc_max_concurrent_streams,
+                "grpc_max_connection_age": humane(self.listener_limits.grpc_max_connection_age),
+            },
             "store": store,
             "store_tls": format!("{:?}", self.redis_tls),
             "key_prefix": self.key_prefix,
@@ -479,6 +533,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if callback_url.query().is_some() || callback_url.fragment().is_some() {
         return Err(err("server.callback_url", "must not have a query or fragment"));
     }
+    let listener_limits = listener_limits(&raw.server)?;
     let store = match raw.store.kind {
         StoreKind::Memory => {
             if let Some(key) = tls_keys_set(&raw.store).first() {
@@ -616,6 +671,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         admin_addr: raw.server.admin_addr,
         callback_url,
         drain: raw.server.drain,
+        listener_limits,
         store,
         redis_tls,
         key_prefix: prefix,
@@ -630,6 +686,35 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         refresh_life: raw.token.refresh_life,
         profile_cache: raw.token.profile_cache,
         log_json: raw.log.json,
+    })
+}
+
+/// The `server.*` timeouts and caps, each within a range that keeps the service both usable and
+/// protected (docs/operations.md says why each default is what it is).
+fn listener_limits(server: &RawServer) -> Result<ListenerLimits, ConfigError> {
+    if server.header_timeout < Duration::from_millis(100) || server.header_timeout > Duration::from_secs(60) {
+        return Err(err("server.header_timeout", "between 100ms and 60s"));
+    }
+    if !(1..=1_000_000).contains(&server.max_connections) {
+        return Err(err("server.max_connections", "between 1 and 1000000"));
+    }
+    if !(1..=1_000_000).contains(&server.max_concurrent_requests) {
+        return Err(err("server.max_concurrent_requests", "between 1 and 1000000"));
+    }
+    if !(1..=100_000).contains(&server.grpc_max_concurrent_streams) {
+        return Err(err("server.grpc_max_concurrent_streams", "between 1 and 100000"));
+    }
+    if server.grpc_max_connection_age < Duration::from_secs(10)
+        || server.grpc_max_connection_age > Duration::from_secs(7 * 24 * 3600)
+    {
+        return Err(err("server.grpc_max_connection_age", "between 10s and 7days"));
+    }
+    Ok(ListenerLimits {
+        header_timeout: server.header_timeout,
+        max_connections: server.max_connections,
+        max_concurrent_requests: server.max_concurrent_requests,
+        grpc_max_concurrent_streams: server.grpc_max_concurrent_streams,
+        grpc_max_connection_age: server.grpc_max_connection_age,
     })
 }
 
@@ -878,6 +963,34 @@ return_urls = ["https://passport.example.com/login/"]
         assert_eq!(key_of(&base("[token]\nprofile_cache = \"2d\"")), "token.profile_cache");
         assert!(Settings::from_toml(&base("[token]\nprofile_cache = \"0s\"")).is_ok(), "0s turns it off");
         assert_eq!(key_of(&base("").replacen("[server]\n", "[server]\nbogus = 1\n", 1)), "server.bogus");
+    }
+
+    #[test]
+    fn listener_limits_have_protective_defaults_and_named_errors() {
+        let settings = Settings::from_toml(&base("")).expect("valid");
+        let limits = settings.listener_limits;
+        assert_eq!(limits.header_timeout, Duration::from_secs(10));
+        assert_eq!((limits.max_connections, limits.max_concurrent_requests), (4096, 1024));
+        assert_eq!(limits.grpc_max_concurrent_streams, 256);
+        assert_eq!(limits.grpc_max_connection_age, Duration::from_secs(600));
+        let server = |line: &str| base("").replacen("[server]\n", &format!("[server]\n{line}\n"), 1);
+        let set = Settings::from_toml(&server("header_timeout = \"1s\"")).expect("valid");
+        assert_eq!(set.listener_limits.header_timeout, Duration::from_secs(1));
+        let summary = set.summary();
+        assert_eq!(summary["listener_limits"]["header_timeout"], "1s");
+        assert_eq!(summary["listener_limits"]["max_connections"], 4096);
+        assert_eq!(summary["listener_limits"]["grpc_max_connection_age"], "10m");
+        for (line, key) in [
+            ("header_timeout = \"0s\"", "server.header_timeout"),
+            ("header_timeout = \"5m\"", "server.header_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_concurrent_requests = 0", "server.max_concurrent_requests"),
+            ("grpc_max_concurrent_streams = 0", "server.grpc_max_concurrent_streams"),
+            ("grpc_max_connection_age = \"1s\"", "server.grpc_max_connection_age"),
+            ("max_connections = -1", "server.max_connections"),
+        ] {
+            assert_eq!(key_of(&server(line)), key, "{line}");
+        }
     }
 
     #[test]

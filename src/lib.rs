@@ -12,6 +12,7 @@
 //! - [`wechat`]: the upstream client: authorize URLs and the `sns` endpoints.
 //! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory.
 //! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
+//! - [`listener`]: the listeners' timeouts and caps against slow, idle and greedy clients.
 //! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
 //! - [`secrets`], [`clock`], [`proto`], [`html`]: credential newtypes, the service clock,
 //!   generated types, HTML escaping.
@@ -31,6 +32,7 @@ pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod html;
+pub mod listener;
 pub mod proto;
 pub mod relay;
 pub mod secrets;

@@ -1,6 +1,8 @@
 //! Wiring: [`Application::build`] binds the three listeners (port 0 works, for tests), builds
 //! the store, the WeChat client and the services once, and [`Application::run_until`] serves
-//! until the shutdown future completes, then drains. `main` and the tests both use it.
+//! until the shutdown future completes, then drains. `main` and the tests both use it. The
+//! listeners' timeouts and caps (`server.header_timeout`, `server.max_connections`, ...) are
+//! [`crate::listener`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +14,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -20,6 +21,7 @@ use tonic_health::server::HealthReporter;
 use crate::clock::Clock;
 use crate::config::{Settings, StoreBackend};
 use crate::grpc::OAuthService;
+use crate::listener;
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
 use crate::relay::{self, RelayState};
 use crate::store::{Store, StoreError};
@@ -33,6 +35,17 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// How often the store is checked for the health status.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest an RPC may run (tonic answers `CANCELLED` after it); also how long a gRPC
+/// connection past `server.grpc_max_connection_age` may take to finish its RPCs before it is
+/// closed.
+const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// gRPC HTTP/2 keepalive: a ping after this long without a frame from the client...
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed when the ping is not answered within this (a peer that
+/// vanished without a FIN or RST).
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -173,11 +186,18 @@ impl Application {
         let health_task =
             tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
 
+        let limits = self.settings.listener_limits;
         let grpc = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+            .timeout(GRPC_REQUEST_TIMEOUT)
+            // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
+            // by the HTTP/2 layer itself (it refuses excess streams), so no per-request
+            // `concurrency_limit_per_connection` layer is needed on top.
+            .max_concurrent_streams(limits.grpc_max_concurrent_streams)
+            .max_connection_age(limits.grpc_max_connection_age)
+            .max_connection_age_grace(GRPC_REQUEST_TIMEOUT)
+            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -186,24 +206,13 @@ impl Application {
                     .max_decoding_message_size(64 * 1024)
                     .max_encoding_message_size(256 * 1024),
             )
-            // TCP_NODELAY on accepted sockets: `Server::tcp_nodelay` covers only listeners tonic
-            // binds itself, and without it each response's trailers wait ~40 ms for the
-            // client's delayed ACK (Nagle).
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-                stopped(),
-            );
-        let public = axum::serve(
-            self.public.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            }),
-            relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics))),
-        )
-        .with_graceful_shutdown(stopped());
-        let admin = axum::serve(self.admin, admin_router(Arc::clone(&self.ready), Arc::clone(&self.metrics)))
-            .with_graceful_shutdown(stopped());
+            // The incoming connections carry TCP_NODELAY, the connection cap and the preface
+            // deadline (`Server::tcp_nodelay` covers only listeners tonic binds itself).
+            .serve_with_incoming_shutdown(listener::grpc_incoming(self.grpc, limits), stopped());
+        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics)));
+        let public = listener::serve_http(self.public, relay, limits, stopped());
+        let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(&self.metrics));
+        let admin = listener::serve_http(self.admin, admin_router, limits, stopped());
 
         let drain = self.settings.drain;
         let ready = Arc::clone(&self.ready);
@@ -215,10 +224,8 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         let servers = async {
-            let (g, p, a) = tokio::join!(grpc, public, admin);
-            g.map_err(std::io::Error::other)?;
-            p?;
-            a
+            let (grpc, (), ()) = tokio::join!(grpc, public, admin);
+            grpc.map_err(std::io::Error::other)
         };
         tokio::pin!(servers, trigger);
         let served = tokio::select! {

@@ -8,6 +8,8 @@ mod concurrency;
 mod exchange;
 mod helpers;
 mod hostile;
+mod listeners;
+mod maxmemory;
 mod observability;
 mod operations;
 mod polyglot;

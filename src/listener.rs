@@ -1,0 +1,218 @@
+//! The listeners' defences against slow, idle and greedy clients (DESIGN.md §6), used by
+//! [`crate::startup`] for all three listeners:
+//! - every accepted socket gets `TCP_NODELAY` (without it each response waits ~40 ms for the
+//!   client's delayed ACK) and holds one of `server.max_connections` permits per listener: with
+//!   none left, the listener stops accepting and new clients wait in the kernel's accept queue
+//!   (mini-redis's `MAX_CONNECTIONS` pattern);
+//! - HTTP (public relay, admin) is served by hyper-util's connection builder, HTTP/1 only, with
+//!   hyper's header-read timeout (which starts again when a keep-alive connection goes idle, so
+//!   it also closes idle connections), a bounded read buffer, a cap on requests in progress
+//!   (tower's `GlobalConcurrencyLimit`) and hyper-util's graceful shutdown;
+//! - gRPC connections must deliver the 24-byte HTTP/2 preface within the same header timeout
+//!   ([`GrpcConnection`]): hyper's HTTP/2 server waits for it forever, and tonic has no option
+//!   for it. The rest (streams per connection, keepalive, connection age) is tonic's builder.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use futures::Stream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::config::ListenerLimits;
+
+/// The largest read buffer of an HTTP/1 connection: a request line and headers that do not fit
+/// are refused (431). It bounds what a client trickling headers can make the process hold;
+/// browsers' cookies for the callback domain stay far below it (ingress-nginx's own default,
+/// `large-client-header-buffers 4 8k`, is 32 KiB).
+const HTTP1_MAX_BUF: usize = 64 * 1024;
+
+/// Length of the HTTP/2 client connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`
+/// (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
+
+/// How long accepting pauses after an error that is not about one connection (out of file
+/// descriptors): retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Serves `router` over HTTP/1 on `listener` until `shutdown` completes, then stops accepting
+/// and lets open connections finish the request in progress (idle ones close at once). The
+/// caller bounds that drain (`server.drain`).
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(HTTP1_MAX_BUF);
+    let service = TowerToHyperService::new(
+        tower::ServiceBuilder::new()
+            .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+            .service(router),
+    );
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, permit) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &permits) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
+            },
+        };
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service.clone()).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Header timeouts, resets and malformed requests: the client's doing.
+                tracing::debug!(error = %e, "HTTP connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The gRPC listener's accepted connections, for tonic's `serve_with_incoming_shutdown`: each
+/// with `TCP_NODELAY`, a connection permit and the preface deadline.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    limits: ListenerLimits,
+) -> impl Stream<Item = io::Result<GrpcConnection>> + Send + 'static {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
+        loop {
+            if let Some((tcp, permit)) = accept(&listener, &permits).await {
+                let connection = GrpcConnection::new(tcp, permit, limits.header_timeout);
+                return Some((Ok(connection), (listener, permits)));
+            }
+        }
+    })
+}
+
+/// Waits for a connection permit, then for a connection; `None` after an accept error (logged,
+/// and paused on when it is not about that one connection). Cancel-safe: dropping it while it
+/// waits loses no connection.
+async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    // The semaphore is never closed.
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((tcp, _)) => {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            Some((tcp, permit))
+        }
+        Err(e) if is_connection_error(&e) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "accept failed; pausing");
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            None
+        }
+    }
+}
+
+/// Errors about one connection that went away before it was accepted.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An accepted gRPC socket that must deliver the HTTP/2 preface within the header timeout:
+/// until it has, a read that is still waiting when the deadline passes fails with `TimedOut`,
+/// which ends the connection. Afterwards it is the plain socket (no per-read work beyond a
+/// branch). It holds the listener's connection permit until dropped, with the connection.
+#[derive(Debug)]
+pub struct GrpcConnection {
+    tcp: TcpStream,
+    /// Set until the preface has arrived.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Preface bytes still to come.
+    preface_left: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl GrpcConnection {
+    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+        Self {
+            tcp,
+            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
+            preface_left: H2_PREFACE_LEN,
+            _permit: permit,
+        }
+    }
+}
+
+impl AsyncRead for GrpcConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        let Some(deadline) = &mut this.deadline else { return polled };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
+                if this.preface_left == 0 {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within server.header_timeout",
+            ))),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for GrpcConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connected for GrpcConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tcp.connect_info()
+    }
+}
