@@ -227,8 +227,7 @@ impl OAuthService {
         req: proto::RefreshTokenRequest,
     ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        let stored = self.tokens.stored(app, &openid).await?;
-        let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
+        let record = self.tokens.force_refresh(app, &openid).await?;
         Ok(proto::RefreshTokenResponse {
             access_token_expire_time: Some(timestamp(record.access_expires_at)),
             refresh_token_expire_time: Some(timestamp(record.refresh_expires_at)),

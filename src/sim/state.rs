@@ -245,7 +245,11 @@ impl Core {
         {
             alive.issued = now;
             let grant = record.grant.clone();
-            return Ok(Issued { access_token: record.access_token.clone(), refresh_token: refresh_token.to_owned(), grant });
+            return Ok(Issued {
+                access_token: record.access_token.clone(),
+                refresh_token: refresh_token.to_owned(),
+                grant,
+            });
         }
         let access_token = random_token();
         let old = std::mem::replace(&mut record.access_token, access_token.clone());

@@ -102,6 +102,17 @@ impl MemoryBackend {
         matches
     }
 
+    /// Writes `value` for `ttl` only when the key holds exactly `expected` (compare-and-set).
+    pub(super) fn set_if_eq(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> bool {
+        let now = self.now();
+        let mut inner = self.lock();
+        let matches = inner.live(key, now).is_some_and(|(v, _)| v == expected);
+        if matches {
+            inner.insert(key, value, ttl, now);
+        }
+        matches
+    }
+
     pub(super) fn ping(&self) {}
 
     pub(super) fn get_and_cut_ttl(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool)> {
@@ -113,5 +124,29 @@ impl MemoryBackend {
             *expiry = now.saturating_add(millis(cut_to));
         }
         Some((value.clone(), cut))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_if_eq_writes_only_over_the_expected_value() {
+        let clock = Clock::system();
+        let backend = MemoryBackend::new(clock.clone());
+        let ttl = Duration::from_secs(60);
+        backend.set("tok:a", b"read", ttl);
+        assert!(!backend.set_if_eq("tok:a", b"other", b"lost", ttl), "another value");
+        assert!(backend.set_if_eq("tok:a", b"read", b"won", ttl));
+        assert_eq!(backend.get("tok:a"), Some(b"won".to_vec()));
+        assert!(!backend.set_if_eq("tok:a", b"read", b"late", ttl), "already replaced");
+        backend.del("tok:a");
+        assert!(!backend.set_if_eq("tok:a", b"won", b"late", ttl), "deleted");
+        assert_eq!(backend.get("tok:a"), None, "a deleted key stays deleted");
+        backend.set("tok:b", b"read", ttl);
+        clock.advance(Duration::from_secs(61));
+        assert!(!backend.set_if_eq("tok:b", b"read", b"late", ttl), "expired counts as deleted");
+        assert_eq!(backend.get("tok:b"), None);
     }
 }

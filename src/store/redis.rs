@@ -47,6 +47,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// Sets the key to ARGV[2] for ARGV[3] ms only when it still holds ARGV[1]: a token record
+/// written back only over exactly the sealed bytes its writer read (sealed values carry a random
+/// nonce, so equal bytes mean no one wrote, and a missing key means someone deleted). One key,
+/// so it works on Cluster.
+const SET_IF_EQ: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// What `rediss://` connections trust and present (`store.tls_ca_file`, `store.tls_cert_file`
 /// and `store.tls_key_file`), as PEM read at config load. The default (nothing set) trusts
 /// the built-in web roots and presents no client certificate. `Debug` shows only which parts
@@ -185,12 +197,13 @@ fn stale_master(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::ReadOnly
 }
 
-/// A connection to Redis (single node or Cluster) and the two scripts the store needs.
+/// A connection to Redis (single node or Cluster) and the scripts the store needs.
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: Conn,
     get_and_cut: Script,
     del_if_eq: Script,
+    set_if_eq: Script,
     /// `PEXPIRE` takes `LT` (Redis >= 7.0); cleared for good at the first server that refuses it.
     expire_lt: Arc<AtomicBool>,
 }
@@ -230,6 +243,7 @@ impl RedisBackend {
             conn,
             get_and_cut: Script::new(GET_AND_CUT_TTL),
             del_if_eq: Script::new(DEL_IF_EQ),
+            set_if_eq: Script::new(SET_IF_EQ),
             expire_lt: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -322,6 +336,13 @@ impl RedisBackend {
         inv.arg(value);
         let deleted: i64 = self.invoke(inv).await?;
         Ok(deleted == 1)
+    }
+
+    pub(super) async fn set_if_eq(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> RedisResult<bool> {
+        let mut inv = self.set_if_eq.key(key);
+        inv.arg(expected).arg(value).arg(millis(ttl));
+        let written: i64 = self.invoke(inv).await?;
+        Ok(written == 1)
     }
 
     /// The value, and whether this call cut its TTL to `cut_to` (false: it was that short
@@ -424,6 +445,22 @@ mod tests {
             futures::future::join_all((0..16).map(|_| backend.get_and_cut_ttl("flow:race", Duration::from_secs(60))));
         let firsts = uses.await.into_iter().map(|r| r.expect("use").expect("found")).filter(|(_, cut)| *cut).count();
         assert_eq!(firsts, 1);
+    }
+
+    #[tokio::test]
+    async fn set_if_eq_writes_only_over_the_expected_value() {
+        let (_server, backend) = backend().await;
+        let ttl = Duration::from_secs(60);
+        backend.set("tok:a", b"read", ttl).await.expect("set");
+        assert!(!backend.set_if_eq("tok:a", b"other", b"lost", ttl).await.expect("cas"), "another value");
+        assert!(backend.set_if_eq("tok:a", b"read", b"won", ttl).await.expect("cas"));
+        assert_eq!(backend.get("tok:a").await.expect("get"), Some(b"won".to_vec()));
+        let left: i64 = backend.query(redis::cmd("PTTL").arg("tok:a")).await.expect("pttl");
+        assert!((59_000..=60_000).contains(&left), "the new TTL: {left}");
+        assert!(!backend.set_if_eq("tok:a", b"read", b"late", ttl).await.expect("cas"), "already replaced");
+        backend.del("tok:a").await.expect("del");
+        assert!(!backend.set_if_eq("tok:a", b"won", b"late", ttl).await.expect("cas"), "deleted");
+        assert_eq!(backend.get("tok:a").await.expect("get"), None, "a deleted key stays deleted");
     }
 
     #[test]
