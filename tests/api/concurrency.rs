@@ -10,6 +10,10 @@ use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, RedisServer, TestApp, reason, spawn_app, spawn_app_with, spawn_sim};
 
+/// The tests here that send a thousand calls at once take turns: two at a time are more than a
+/// loaded 2-core test machine answers within the store's and WeChat's timeouts.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two wxauth replicas over one Redis and one simulator, with alice signed in.
 async fn two_replicas() -> (TestApp, TestApp, String) {
     let (sim, sim_addr) = spawn_sim().await;
@@ -18,6 +22,18 @@ async fn two_replicas() -> (TestApp, TestApp, String) {
     let b = spawn_app_with(sim, sim_addr, redis, "").await;
     let openid = a.login("alice", "snsapi_userinfo").await.openid;
     (a, b, openid)
+}
+
+/// `sns/userinfo` calls of one replica by result (`ok`, `errcode`, `timeout`, ...), from its
+/// `/metrics`.
+async fn wechat_userinfo(app: &TestApp, result: &str) -> u64 {
+    let metrics = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let text = metrics.text().await.expect("metrics text");
+    let wanted = format!("result=\"{result}\"}}");
+    text.lines()
+        .filter(|l| l.starts_with("wxauth_wechat_requests_total{") && l.contains("sns/userinfo") && l.contains(&wanted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Moves WeChat's clock and both replicas' clocks forward.
@@ -42,24 +58,27 @@ async fn a_thousand_callers_on_two_replicas_make_one_refresh(age: Duration) {
     let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
     assert_eq!(a.sim.calls(Endpoint::RefreshToken), 1, "exactly one refresh reached WeChat");
-    assert_eq!(a.sim.calls(Endpoint::UserInfo), 1000);
+    // One good answer per caller and never a rejected token (no refresh-and-retry). Under a
+    // loaded machine a userinfo call may time out and be retried: those extra calls are not
+    // what this test is about, so only answers are counted, not calls.
+    let (ok, rejected) = (wechat_userinfo(&a, "ok").await, wechat_userinfo(&a, "errcode").await);
+    let (ok_b, rejected_b) = (wechat_userinfo(&b, "ok").await, wechat_userinfo(&b, "errcode").await);
+    assert_eq!((ok + ok_b, rejected + rejected_b), (1000, 0));
     assert_eq!(a.tokens.refreshes("upstream") + b.tokens.refreshes("upstream"), 1);
     assert!(a.tokens.refreshes("coalesced") + b.tokens.refreshes("coalesced") >= 1, "the other replica waited");
     let after = a.store.get_token("mp", &openid).await.expect("store").expect("record");
     // Test-side look at the tokens, to show which WeChat behaviour was exercised.
     let renewed = after.access_token == before.access_token;
     assert_eq!(renewed, age.as_secs() < 7200, "before expiry WeChat keeps the token, after it a new one");
-    assert!(after.access_expires_at > before.access_expires_at + i64::try_from(age.as_secs()).unwrap_or(0));
+    assert!(after.access_expires_at >= before.access_expires_at + i64::try_from(age.as_secs()).unwrap_or(0), "renewed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_callers_on_two_replicas_make_one_refresh_before_expiry() {
+async fn a_thousand_callers_on_two_replicas_make_one_refresh_before_and_after_expiry() {
+    let _turn = HEAVY.lock().await;
     // Inside the default 5-minute margin: WeChat renews the same token.
     a_thousand_callers_on_two_replicas_make_one_refresh(Duration::from_secs(7200 - 120)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_callers_on_two_replicas_make_one_refresh_after_expiry() {
+    // Past its expiry: WeChat gives a new one.
     a_thousand_callers_on_two_replicas_make_one_refresh(Duration::from_secs(7300)).await;
 }
 
@@ -68,6 +87,7 @@ async fn a_thousand_callers_on_two_replicas_make_one_refresh_after_expiry() {
 /// One arriving more than 5 s (the reuse window) after it refreshes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_hundred_forced_refreshes_on_two_replicas_make_one_refresh() {
+    let _turn = HEAVY.lock().await;
     let (a, b, openid) = two_replicas().await;
     advance_all(&a, &b, Duration::from_secs(1000));
     a.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(300)), 1);
@@ -100,12 +120,14 @@ async fn four_hundred_forced_refreshes_on_two_replicas_make_one_refresh() {
 /// The in-memory store coalesces the same way within its one process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_callers_on_one_memory_replica_make_one_refresh() {
+    let _turn = HEAVY.lock().await;
     let app = spawn_app(Backend::Memory).await;
     let login = app.login("alice", "snsapi_userinfo").await;
     app.advance(Duration::from_secs(7300));
     app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(200)), 1);
     let results = futures::future::join_all((0..1000).map(|_| app.user_info(&login.openid))).await;
-    assert!(results.iter().all(Result::is_ok));
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
     assert_eq!(app.sim.calls(Endpoint::RefreshToken), 1);
 }
 
