@@ -251,8 +251,9 @@ impl OAuthService {
         req: proto::RefreshTokenRequest,
     ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        let stored = self.tokens.reachable(app, &openid, reach(client), self.tokens.stored(app, &openid)).await?;
-        let record = self.tokens.refresh(app, &openid, Some(stored.access_token)).await?;
+        // The claim check rides along a read; the forced refresh reads the record itself.
+        self.tokens.reachable(app, &openid, reach(client), self.tokens.stored(app, &openid)).await?;
+        let record = self.tokens.force_refresh(app, &openid).await?;
         Ok(proto::RefreshTokenResponse {
             access_token_expire_time: Some(timestamp(record.access_expires_at)),
             refresh_token_expire_time: Some(timestamp(record.refresh_expires_at)),

@@ -166,7 +166,8 @@ pub struct Metrics {
     pub store_duration: HistogramVec,
     /// Store operation failures by operation.
     pub store_errors: IntCounterVec,
-    /// Token refreshes by result: `upstream` (a WeChat call) or `coalesced` (a call saved).
+    /// Token refreshes by result: `upstream` (a WeChat call), `coalesced` (a call saved) or
+    /// `superseded` (a result not stored: the record changed while WeChat answered).
     pub refreshes: IntCounterVec,
     /// Profile lookups by result: `hit` (no WeChat call), `miss`, or `skipped` (caller asked for a
     /// fresh one, or the cache is off).
@@ -238,7 +239,7 @@ impl Metrics {
             ),
             refreshes: counter(
                 "wxauth_token_refreshes_total",
-                "Token refreshes, by result: upstream (a WeChat call) or coalesced (a call saved).",
+                "Token refreshes, by result: upstream (a WeChat call), coalesced (a call saved) or superseded (a result not stored: the record changed meanwhile).",
                 &["result"],
             ),
             profile_cache: counter(

@@ -5,11 +5,24 @@
 //!
 //! Coalescing has two levels. In a process, concurrent refreshes of one user share one task
 //! (single-flight); the task runs detached, so a caller's cancelled deadline never leaves a
-//! refresh half-done. Across replicas, the task holds the user's Redis lock (`SET NX PX`,
-//! compare-and-delete release) and, once it has it, re-reads the record: if another replica
-//! already replaced the stale token, it uses that token instead of calling WeChat.
+//! refresh half-done, and a drop guard takes its entry out of the map however it ends (return,
+//! panic, abort). Across replicas, the task holds the user's Redis lock (`SET NX PX`,
+//! compare-and-delete release) and, once it has it, re-reads the record: if someone refreshed
+//! since the caller looked, it uses that record instead of calling WeChat.
+//!
+//! "Someone refreshed" is judged by the record's refresh stamp ([`TokenRecord::refreshed_at_ms`]),
+//! never by comparing tokens: WeChat's refresh returns the *same* access token with a renewed
+//! expiry while it is alive (WECHAT.md), and with the default 5-minute margin every refresh comes
+//! before expiry.
+//!
+//! The lock only saves WeChat calls; the record's safety does not depend on it. A refresh writes
+//! its result with a compare-and-write on the token key (only over the exact sealed bytes it
+//! read), so a refresh that outlived its lock can neither bring back a user `ForgetUser` removed
+//! nor overwrite a newer refresh or a new sign-in. The lock's life is computed from the WeChat
+//! settings ([`lock_ttl`]), so normally it never runs out under the work.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,15 +33,20 @@ use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
 use crate::error::ApiError;
-use crate::secrets::{AccessToken, AuthCode};
+use crate::secrets::AuthCode;
 use crate::store::{
-    CachedProfile, CodeRecord, CodeState, ExchangeOutcome, ReadCode, Store, TokenRecord, code_record_ttl,
+    CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, OPERATION_TIMEOUT, ReadCode, Store, TokenRecord,
+    code_record_ttl,
 };
 use crate::telemetry::Metrics;
-use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError};
+use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError, WechatSettings};
 
-/// How long a replica may hold a user's refresh lock (longer than any refresh call).
-const LOCK_TTL: Duration = Duration::from_secs(10);
+/// Added to the refresh lock's computed life: scheduling, clock drift between Redis and us.
+const LOCK_MARGIN: Duration = Duration::from_secs(1);
+/// A forced refresh (`RefreshToken`) is answered by a refresh that finished at most this long
+/// before it was asked for (or after): that token's expiry is within this of a new refresh's,
+/// and WeChat would return the same token anyway, so a second call would buy nothing.
+pub const FORCED_REFRESH_REUSE: Duration = Duration::from_secs(5);
 /// How long an exchange's claim on a code holds: past it (its replica died mid-exchange),
 /// another exchange of the same `(flow, code)` may take the claim over.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
@@ -39,7 +57,43 @@ const DEAD_ACCESS_TOKEN: [i64; 3] = [42001, 40001, 40014];
 /// WeChat codes that mean "this refresh token is dead".
 const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
 
-type Flight = Shared<BoxFuture<'static, Result<TokenRecord, ApiError>>>;
+/// The longest any refresh lock is held: the work under it. A refresh, holding the lock, makes
+/// one retried WeChat call ([`WechatSettings::longest_retrying_call`]: every attempt up to the
+/// timeout, with the longest backoffs) and at most `4 + Lang::ALL.len()` store calls of up to
+/// [`OPERATION_TIMEOUT`] each: the reply to the lock's own `SET`, the read, then either the
+/// compare-and-write or, for a dead refresh token, the cached profiles' and the record's
+/// deletions, then a re-read when the record changed meanwhile (`ForgetUser` under the lock makes
+/// fewer: the reply, a read, the deletions). Plus [`LOCK_MARGIN`]. With the defaults (3 s
+/// timeout, 3 attempts, 3 langs, 2 s store timeout): 9.6 s + 7 x 2 s + 1 s = 24.6 s.
+pub fn lock_ttl(wechat: &WechatSettings) -> Duration {
+    let store_calls = 4 + u32::try_from(Lang::ALL.len()).unwrap_or(u32::MAX);
+    wechat.longest_retrying_call() + OPERATION_TIMEOUT * store_calls + LOCK_MARGIN
+}
+
+type FlightResult = Shared<BoxFuture<'static, Result<TokenRecord, ApiError>>>;
+
+/// One user's refresh under way in this process; concurrent refreshes join its result.
+struct Flight {
+    result: FlightResult,
+    /// Tells this flight from a later one of the same user, so a guard removes only its own.
+    id: u64,
+    /// Ends the task the hard way (tests show the map forgets an aborted flight).
+    #[cfg(test)]
+    abort: tokio::task::AbortHandle,
+}
+
+/// Why a refresh is asked for: it decides whether a refresh someone else made answers it.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// The access token of the record stamped `seen` (its `refreshed_at_ms`) expires within the
+    /// margin: any refresh since answers it, as does a record that outlives the margin.
+    Expiring { seen: i64 },
+    /// WeChat rejected the access token of the record stamped `seen`: any refresh since answers.
+    Rejected { seen: i64 },
+    /// `RefreshToken`, asked at `asked_at_ms`: a refresh that finished after that, or at most
+    /// [`FORCED_REFRESH_REUSE`] before, answers it.
+    Forced { asked_at_ms: i64 },
+}
 
 /// Whose request reaches a user's record (config `clients.<name>.users`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +123,13 @@ pub struct Tokens {
     clock: Clock,
     policy: TokenPolicy,
     flights: Mutex<HashMap<String, Flight>>,
+    next_flight: AtomicU64,
+    /// The refresh lock's life ([`lock_ttl`]), in ms; tests may shorten it.
+    lock_ttl_ms: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Makes the next refresh task panic (tests show the map forgets a panicked flight).
+    #[cfg(test)]
+    panic_next_refresh: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -87,10 +147,36 @@ impl Tokens {
         policy: TokenPolicy,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, wechat, clock, policy, flights: Mutex::default(), metrics })
+        let lock_ttl_ms = u64::try_from(lock_ttl(wechat.settings()).as_millis()).unwrap_or(u64::MAX);
+        Arc::new(Self {
+            store,
+            wechat,
+            clock,
+            policy,
+            flights: Mutex::default(),
+            next_flight: AtomicU64::new(0),
+            lock_ttl_ms: AtomicU64::new(lock_ttl_ms),
+            metrics,
+            #[cfg(test)]
+            panic_next_refresh: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
-    /// Refreshes by result so far: `upstream` (WeChat calls) or `coalesced` (calls saved).
+    /// How long a refresh (or `ForgetUser`) holds a user's lock at most: [`lock_ttl`] of the
+    /// WeChat settings.
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// For tests only: a lock shorter than the work under it, to show that the
+    /// compare-and-write, not the lock, keeps the record right when a refresh outlives its lock.
+    #[doc(hidden)]
+    pub fn set_lock_ttl(&self, ttl: Duration) {
+        self.lock_ttl_ms.store(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+    }
+
+    /// Refreshes by result so far: `upstream` (WeChat calls), `coalesced` (calls saved) or
+    /// `superseded` (a refresh whose result was not stored: the record changed meanwhile).
     pub fn refreshes(&self, result: &str) -> u64 {
         self.metrics.refreshes.with_label_values(&[result]).get()
     }
@@ -184,6 +270,7 @@ impl Tokens {
             refresh_expires_at: now + secs(self.policy.refresh_life),
             access_token: grant.access_token,
             refresh_token: grant.refresh_token,
+            refreshed_at_ms: 0, // a new sign-in: no refresh yet
         };
         let kept = match self.keep_token(app, record).await {
             Ok(kept) => kept,
@@ -253,15 +340,15 @@ impl Tokens {
         // A record that does not open reads as none yet blocks `SET NX`: after a few tries it
         // is overwritten, as a missing record would be.
         for _ in 0..3 {
-            let read = self.store.read_token(&app.name, &record.openid).await?;
-            if let Some(held) = read
-                .as_ref()
-                .filter(|r| grants_userinfo(&r.record.scopes) && r.record.refresh_expires_at > self.clock.now_secs())
-            {
-                tracing::info!(app = %app.name, "snsapi_base sign-in keeps the user's snsapi_userinfo token");
-                return Ok(held.record.clone());
-            }
-            if self.store.swap_token(&app.name, read.as_ref(), &record, life).await? {
+            let written = match self.store.read_token(&app.name, &record.openid).await? {
+                Some((held, _)) if grants_userinfo(&held.scopes) && held.refresh_expires_at > self.clock.now_secs() => {
+                    tracing::info!(app = %app.name, "snsapi_base sign-in keeps the user's snsapi_userinfo token");
+                    return Ok(held);
+                }
+                Some((_, version)) => self.store.replace_token(&app.name, &version, &record, life).await?,
+                None => self.store.create_token(&app.name, &record, life).await?,
+            };
+            if written {
                 return Ok(record);
             }
         }
@@ -302,54 +389,99 @@ impl Tokens {
     /// refresh.
     async fn current_of(self: &Arc<Self>, app: &App, openid: &str, who: Reach<'_>) -> Result<TokenRecord, ApiError> {
         let record = self.reachable(app, openid, who, self.stored(app, openid)).await?;
-        if record.access_expires_at > self.clock.now_secs() + secs(self.policy.refresh_margin) {
+        if !self.expiring(&record) {
             return Ok(record);
         }
-        self.refresh(app, openid, Some(record.access_token)).await
+        self.refresh(app, openid, Need::Expiring { seen: record.refreshed_at_ms }).await
     }
 
-    /// Refreshes the user's token. `stale` is the token the caller saw: if the stored token
-    /// already differs, someone refreshed since and that result is used instead.
-    pub async fn refresh(
-        self: &Arc<Self>,
-        app: &App,
-        openid: &str,
-        stale: Option<AccessToken>,
-    ) -> Result<TokenRecord, ApiError> {
+    /// `RefreshToken`: refreshes the user's token unless a refresh finished after this call
+    /// arrived or at most [`FORCED_REFRESH_REUSE`] before (a brand-new token needs no second
+    /// refresh). So any number of concurrent forced refreshes, on any number of replicas, make
+    /// one WeChat call, the ones arriving just after it finished included.
+    pub async fn force_refresh(self: &Arc<Self>, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
+        let need = Need::Forced { asked_at_ms: self.clock.now_ms() };
+        let record = self.stored(app, openid).await?;
+        if self.answers(need, &record) {
+            self.count_refresh("coalesced");
+            return Ok(record);
+        }
+        self.refresh(app, openid, need).await
+    }
+
+    fn expiring(&self, record: &TokenRecord) -> bool {
+        record.access_expires_at <= self.clock.now_secs() + secs(self.policy.refresh_margin)
+    }
+
+    /// Whether `record` already answers `need`, so no WeChat call is needed. Judged by the
+    /// refresh stamp (and, for an expiring token, the expiry), never by comparing tokens.
+    fn answers(&self, need: Need, record: &TokenRecord) -> bool {
+        match need {
+            Need::Expiring { seen } => record.refreshed_at_ms != seen || !self.expiring(record),
+            Need::Rejected { seen } => record.refreshed_at_ms != seen,
+            Need::Forced { asked_at_ms } => {
+                let reuse = i64::try_from(FORCED_REFRESH_REUSE.as_millis()).unwrap_or(i64::MAX);
+                record.refreshed_at_ms != 0 && record.refreshed_at_ms >= asked_at_ms.saturating_sub(reuse)
+            }
+        }
+    }
+
+    /// Refreshes the user's token for `need`, sharing one task with every concurrent refresh of
+    /// the user in this process. The task runs for the first caller's `need`; a caller joining
+    /// it gets a record refreshed after it asked, or one the first caller's check found fresh,
+    /// which was refreshed while it asked.
+    async fn refresh(self: &Arc<Self>, app: &App, openid: &str, need: Need) -> Result<TokenRecord, ApiError> {
         let key = format!("{}\u{0}{openid}", app.name);
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(flight) = flights.get(&key) {
                 self.count_refresh("coalesced");
-                flight.clone()
+                flight.result.clone()
             } else {
-                let (this, app, openid, key2) = (Arc::clone(self), app.clone(), openid.to_owned(), key.clone());
+                let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+                // Moved into the task before it is spawned: dropped with the task's future
+                // however it ends, even aborted before its first poll. Its removal waits for
+                // this lock, so it cannot run before the entry is inserted.
+                let guard = FlightGuard { tokens: Arc::clone(self), key: key.clone(), id };
+                let (this, app, openid) = (Arc::clone(self), app.clone(), openid.to_owned());
                 let refresh = async move {
-                    let result = this.refresh_locked(&app, &openid, stale).await;
-                    this.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key2);
-                    result
+                    let _guard = guard;
+                    this.refresh_locked(&app, &openid, need).await
                 };
                 // The leader's span parents the refresh; waiters join it.
                 let task = tokio::spawn(refresh.instrument(tracing::info_span!("token.refresh")));
-                let flight: Flight = async move { task.await.unwrap_or(Err(ApiError::Internal)) }.boxed().shared();
-                flights.insert(key, flight.clone());
-                flight
+                #[cfg(test)]
+                let abort = task.abort_handle();
+                let result: FlightResult =
+                    async move { task.await.unwrap_or(Err(ApiError::Internal)) }.boxed().shared();
+                flights.insert(
+                    key,
+                    Flight {
+                        result: result.clone(),
+                        id,
+                        #[cfg(test)]
+                        abort,
+                    },
+                );
+                result
             }
         };
         flight.await
     }
 
-    async fn refresh_locked(
-        &self,
-        app: &App,
-        openid: &str,
-        stale: Option<AccessToken>,
-    ) -> Result<TokenRecord, ApiError> {
-        let give_up = tokio::time::Instant::now() + LOCK_TTL;
+    async fn refresh_locked(&self, app: &App, openid: &str, need: Need) -> Result<TokenRecord, ApiError> {
+        #[cfg(test)]
+        if self.panic_next_refresh.swap(false, Ordering::Relaxed) {
+            panic!("a refresh task panics (test)");
+        }
+        let lock_ttl = self.lock_ttl();
+        // A holder finishes, or its lock expires, within one lock life; the second lets this
+        // waiter take its turn.
+        let give_up = tokio::time::Instant::now() + lock_ttl * 2;
         loop {
-            if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
-                let result = self.refresh_holding_lock(app, openid, stale.as_ref()).await;
-                self.release(app, openid, lock).await;
+            if let Some(lock) = self.lock(app, openid, lock_ttl).await? {
+                let result = self.refresh_holding_lock(app, openid, need).await;
+                lock.release().await;
                 return result;
             }
             // Another replica is refreshing this user: wait for its result.
@@ -358,7 +490,7 @@ impl Tokens {
                 // It found the refresh token dead and deleted the record.
                 return Err(ApiError::ReauthorizationRequired(None));
             };
-            if is_newer(&record, stale.as_ref()) {
+            if self.answers(need, &record) {
                 self.count_refresh("coalesced");
                 return Ok(record);
             }
@@ -368,14 +500,11 @@ impl Tokens {
         }
     }
 
-    async fn refresh_holding_lock(
-        &self,
-        app: &App,
-        openid: &str,
-        stale: Option<&AccessToken>,
-    ) -> Result<TokenRecord, ApiError> {
-        let record = self.stored(app, openid).await?;
-        if is_newer(&record, stale) {
+    async fn refresh_holding_lock(&self, app: &App, openid: &str, need: Need) -> Result<TokenRecord, ApiError> {
+        let Some((record, read)) = self.store.read_token(&app.name, openid).await? else {
+            return Err(ApiError::TokenNotFound);
+        };
+        if self.answers(need, &record) {
             self.count_refresh("coalesced");
             return Ok(record);
         }
@@ -383,7 +512,10 @@ impl Tokens {
         let grant = match self.wechat.refresh(app, &record.refresh_token).await {
             Ok(grant) => grant,
             Err(e) if e.errcode().is_some_and(|c| DEAD_REFRESH_TOKEN.contains(&c)) => {
-                self.store.delete_user(&app.name, openid).await?;
+                // Only the record whose refresh token died: a new sign-in meanwhile stays.
+                if !self.store.delete_token_if(&app.name, openid, &read).await? {
+                    return self.superseded(app, openid).await;
+                }
                 tracing::info!(app = %app.name, errcode = e.errcode(), "refresh token dead; record deleted");
                 return Err(ApiError::from_wechat(&e));
             }
@@ -392,8 +524,31 @@ impl Tokens {
         let updated = self.apply_grant(record, grant);
         let ttl =
             Duration::from_secs(u64::try_from(updated.refresh_expires_at - self.clock.now_secs()).unwrap_or(1).max(1));
-        self.store.put_token(&app.name, &updated, ttl).await?;
-        Ok(updated)
+        // Written only over the record this refresh read: never after a ForgetUser, a newer
+        // refresh or a new sign-in, even if WeChat answered after the lock expired.
+        if self.store.replace_token(&app.name, &read, &updated, ttl).await? {
+            return Ok(updated);
+        }
+        self.superseded(app, openid).await
+    }
+
+    /// The record as someone else left it while this refresh waited for WeChat (its lock ran
+    /// out): theirs stands, and answers this refresh; none left: `TOKEN_NOT_FOUND`.
+    async fn superseded(&self, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
+        self.count_refresh("superseded");
+        tracing::warn!(app = %app.name, "the record changed while WeChat answered a refresh; the newer record stands");
+        self.stored(app, openid).await
+    }
+
+    /// Takes the user's refresh lock for `ttl`, if free.
+    async fn lock(&self, app: &App, openid: &str, ttl: Duration) -> Result<Option<HeldLock>, ApiError> {
+        let token = self.store.try_lock(&app.name, openid, ttl).await?;
+        Ok(token.map(|token| HeldLock {
+            store: self.store.clone(),
+            app: app.name.clone(),
+            openid: openid.to_owned(),
+            token: Some(token),
+        }))
     }
 
     fn apply_grant(&self, old: TokenRecord, grant: TokenGrant) -> TokenRecord {
@@ -413,6 +568,7 @@ impl Tokens {
             access_expires_at: now + grant.expires_in,
             refresh_token: grant.refresh_token,
             refresh_expires_at,
+            refreshed_at_ms: self.clock.now_ms(),
         }
     }
 
@@ -474,7 +630,7 @@ impl Tokens {
         match self.wechat.userinfo(app, &record.access_token, openid, lang).await {
             Err(e) if is_dead_access_token(&e) => {
                 tracing::info!(app = %app.name, errcode = e.errcode(), "WeChat rejected a token thought alive; refreshing");
-                let record = self.refresh(app, openid, Some(record.access_token)).await?;
+                let record = self.refresh(app, openid, Need::Rejected { seen: record.refreshed_at_ms }).await?;
                 let profile = self.wechat.userinfo(app, &record.access_token, openid, lang).await;
                 Ok((profile.map_err(|e| ApiError::from_wechat(&e))?, record))
             }
@@ -483,13 +639,16 @@ impl Tokens {
     }
 
     /// Deletes the user's token record and cached profiles, holding the user's refresh lock so
-    /// a refresh under way (here or on another replica) finishes first and cannot write the
-    /// record back. Returns whether a record existed.
+    /// a refresh under way (here or on another replica) finishes first. (A refresh that
+    /// outlived its lock could not write the record back either: it writes only over the
+    /// record it read.) Returns whether a record existed.
     pub async fn forget(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
-        let give_up = tokio::time::Instant::now() + LOCK_TTL + LOCK_TTL;
+        let lock_ttl = self.lock_ttl();
+        // A holder finishes, or its lock expires, within one lock life; the second lets this
+        // call take its turn.
+        let give_up = tokio::time::Instant::now() + lock_ttl * 2;
         let lock = loop {
-            // A holder that died releases by TTL (LOCK_TTL), so this ends well before `give_up`.
-            if let Some(lock) = self.store.try_lock(&app.name, openid, LOCK_TTL).await? {
+            if let Some(lock) = self.lock(app, openid, lock_ttl).await? {
                 break lock;
             }
             if tokio::time::Instant::now() >= give_up {
@@ -498,7 +657,7 @@ impl Tokens {
             tokio::time::sleep(jittered(POLL)).await;
         };
         let forgotten = self.forget_holding_lock(app, openid).await;
-        self.release(app, openid, lock).await;
+        lock.release().await;
         forgotten
     }
 
@@ -507,14 +666,6 @@ impl Tokens {
         self.store.delete_user(&app.name, openid).await?;
         tracing::info!(app = %app.name, "user forgotten: token record and cached profiles deleted");
         Ok(existed)
-    }
-
-    /// Releases the user's refresh lock; a failed release only delays the next holder until
-    /// the lock's TTL ends, so it is logged, not returned.
-    async fn release(&self, app: &App, openid: &str, lock: crate::store::LockToken) {
-        if let Err(e) = self.store.unlock(&app.name, openid, lock).await {
-            tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
-        }
     }
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
@@ -549,8 +700,59 @@ fn is_dead_access_token(e: &WechatError) -> bool {
     e.errcode().is_some_and(|c| DEAD_ACCESS_TOKEN.contains(&c))
 }
 
-fn is_newer(record: &TokenRecord, stale: Option<&AccessToken>) -> bool {
-    stale.is_some_and(|s| &record.access_token != s)
+/// Takes a flight out of the map when its task ends in any way: returns, panics or is aborted
+/// (the task's future, and this guard with it, is dropped). Without it a dead flight would stay
+/// in the map and every later refresh of the user would join it instead of refreshing.
+struct FlightGuard {
+    tokens: Arc<Tokens>,
+    key: String,
+    id: u64,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = self.tokens.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(&self.key).is_some_and(|flight| flight.id == self.id) {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+/// A held refresh lock. [`HeldLock::release`] frees it when the work under it is done; if that
+/// work ends otherwise (a panic, an aborted task), dropping the guard frees it from a spawned
+/// task, so the next refresh need not wait out the lock's life.
+struct HeldLock {
+    store: Store,
+    app: String,
+    openid: String,
+    token: Option<LockToken>,
+}
+
+impl HeldLock {
+    /// Releases the lock (compare-and-delete); a failed release only delays the next holder
+    /// until the lock's TTL ends, so it is logged, not returned.
+    async fn release(mut self) {
+        if let Some(token) = self.token.take() {
+            if let Err(e) = self.store.unlock(&self.app, &self.openid, token).await {
+                tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
+            }
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let (Some(token), Ok(runtime)) = (self.token.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (store, app, openid) =
+            (self.store.clone(), std::mem::take(&mut self.app), std::mem::take(&mut self.openid));
+        runtime.spawn(async move {
+            if let Err(e) = store.unlock(&app, &openid, token).await {
+                tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
+            }
+        });
+    }
 }
 
 fn split_scopes(scope: &str) -> Vec<String> {
@@ -560,4 +762,111 @@ fn split_scopes(scope: &str) -> Vec<String> {
 fn jittered(base: Duration) -> Duration {
     let ms = u64::try_from(base.as_millis()).unwrap_or(20);
     Duration::from_millis(ms + rand::rng().random_range(0..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::AppSecret;
+    use crate::sim::{Endpoint, Fault, SimConfig, Simulator};
+    use crate::store::seal::Keyring;
+    use crate::wechat::AppKind;
+
+    /// The token service on the in-memory store, a simulator, and alice signed in to `mp`.
+    struct Setup {
+        tokens: Arc<Tokens>,
+        sim: Simulator,
+        app: App,
+        openid: String,
+    }
+
+    async fn setup() -> Setup {
+        let (sim, addr) = Simulator::spawn_local(SimConfig::demo()).await.expect("simulator");
+        let (metrics, clock) = (Metrics::new(), Clock::system());
+        let keys = Keyring::parse(&Keyring::generate_line(1)).expect("keyring");
+        let store = Store::memory(keys, "wxauth", Arc::clone(&metrics), clock.clone());
+        let base = url::Url::parse(&format!("http://{addr}")).expect("url");
+        let settings =
+            WechatSettings { open_base: base.clone(), api_base: base, timeout: Duration::from_secs(30), attempts: 1 };
+        let wechat = WechatClient::new(settings, Arc::clone(&metrics)).expect("client");
+        let policy = TokenPolicy {
+            refresh_margin: Duration::from_secs(300),
+            refresh_life: Duration::from_secs(30 * 86400),
+            profile_cache: Duration::ZERO,
+        };
+        let tokens = Tokens::new(store.clone(), wechat, clock, policy, metrics);
+        let app = App {
+            name: "mp".into(),
+            appid: "wxd0000000000000a1".into(),
+            secret: AppSecret::new("demo-mp-secret"),
+            kind: AppKind::OfficialAccount,
+        };
+        let code = sim.authorize(&app.appid, "alice", "snsapi_userinfo").expect("code");
+        // As the relay would: the code bound to a flow of client `test`.
+        let flow_id = "F".repeat(22);
+        let code = AuthCode::new(code);
+        store.relay_code(&app.name, &code, &flow_id, "test", Duration::from_secs(360)).await.expect("relay");
+        let (outcome, _) = tokens.exchange(&app, &flow_id, code, "test").await.expect("exchange");
+        Setup { tokens, sim, app, openid: outcome.openid }
+    }
+
+    fn flights(tokens: &Tokens) -> usize {
+        tokens.flights.lock().map(|f| f.len()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_lock_outlives_every_attempt_backoff_and_store_call_under_it() {
+        let defaults = WechatSettings {
+            open_base: url::Url::parse("https://open.weixin.qq.com").expect("url"),
+            api_base: url::Url::parse("https://api.weixin.qq.com").expect("url"),
+            timeout: Duration::from_secs(3),
+            attempts: 3,
+        };
+        // 3 x 3 s + 200 ms + 400 ms of backoff, 7 store calls of 2 s, 1 s of margin.
+        assert_eq!(lock_ttl(&defaults), Duration::from_millis(24_600));
+        let quick = WechatSettings { timeout: Duration::from_millis(500), attempts: 1, ..defaults };
+        assert_eq!(lock_ttl(&quick), Duration::from_millis(15_500));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_refresh_leaves_no_flight_and_no_lock_behind() {
+        let Setup { tokens, sim, app, openid } = setup().await;
+        sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_secs(60)), 1);
+        let stuck = tokio::spawn({
+            let (tokens, app, openid) = (Arc::clone(&tokens), app.clone(), openid.clone());
+            async move { tokens.force_refresh(&app, &openid).await }
+        });
+        for _ in 0..500 {
+            if sim.calls(Endpoint::RefreshToken) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 1, "the refresh is waiting for WeChat");
+
+        let abort = tokens.flights.lock().expect("flights").values().next().map(|f| f.abort.clone());
+        abort.expect("a flight under way").abort();
+
+        assert!(matches!(stuck.await.expect("join"), Err(ApiError::Internal)));
+        assert_eq!(flights(&tokens), 0, "the aborted flight left the map");
+        // A new refresh proceeds at once: no dead flight to join, no lock to wait out (24.6 s).
+        let next = tokio::time::timeout(Duration::from_secs(5), tokens.force_refresh(&app, &openid)).await;
+        next.expect("not stuck behind the dead refresh's lock").expect("refreshed");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 2);
+        assert_eq!(flights(&tokens), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicked_refresh_leaves_no_flight_behind() {
+        let Setup { tokens, sim, app, openid } = setup().await;
+        tokens.panic_next_refresh.store(true, Ordering::Relaxed);
+
+        let panicked = tokens.force_refresh(&app, &openid).await;
+
+        assert!(matches!(panicked, Err(ApiError::Internal)));
+        assert_eq!(flights(&tokens), 0, "the panicked flight left the map");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 0);
+        tokens.force_refresh(&app, &openid).await.expect("a new refresh, not the dead flight's error");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 1);
+    }
 }

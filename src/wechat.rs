@@ -254,6 +254,20 @@ pub struct WechatSettings {
     pub attempts: u32,
 }
 
+impl WechatSettings {
+    /// The longest a retried call (refresh, userinfo, auth) can take: every attempt up to the
+    /// timeout, with the longest jittered backoff between them. The refresh lock is sized by it.
+    pub fn longest_retrying_call(&self) -> Duration {
+        let backoffs: u64 = (1..self.attempts).map(|attempt| 2 * backoff_base_ms(attempt)).sum();
+        self.timeout * self.attempts + Duration::from_millis(backoffs)
+    }
+}
+
+/// Backoff before retry `attempt + 1`, in ms: this plus a jitter of up to as much again.
+fn backoff_base_ms(attempt: u32) -> u64 {
+    50u64 << attempt.min(6)
+}
+
 /// The one HTTP client to WeChat (rustls, pooled, timeouts set).
 #[derive(Clone, Debug)]
 pub struct WechatClient {
@@ -295,6 +309,11 @@ impl WechatClient {
         };
         let endpoints = Endpoint::ALL.map(endpoint);
         Ok(Self { http, endpoints: std::sync::Arc::new(endpoints), settings, metrics })
+    }
+
+    /// How the upstream is reached (timeouts and attempts size the refresh lock).
+    pub fn settings(&self) -> &WechatSettings {
+        &self.settings
     }
 
     fn endpoint_url(&self, endpoint: Endpoint) -> Url {
@@ -377,7 +396,7 @@ impl WechatClient {
         loop {
             match self.call(app, endpoint, query).await {
                 Err(e) if e.is_transient() && attempt < self.settings.attempts => {
-                    let base_ms = 50u64 << attempt.min(6);
+                    let base_ms = backoff_base_ms(attempt);
                     let jitter = rand::rng().random_range(0..=base_ms);
                     tracing::debug!(attempt, error = %e, "retrying WeChat call");
                     tokio::time::sleep(Duration::from_millis(base_ms + jitter)).await;
@@ -472,6 +491,14 @@ mod tests {
 
     fn app(kind: AppKind) -> App {
         App { name: "mp".into(), appid: "wx0123456789abcdef".into(), secret: AppSecret::new("s"), kind }
+    }
+
+    #[test]
+    fn the_longest_retried_call_is_every_attempt_and_the_longest_backoffs() {
+        // 3 attempts of 3 s, and backoffs of at most 2 x 100 ms and 2 x 200 ms between them.
+        assert_eq!(client().settings().longest_retrying_call(), Duration::from_millis(9_600));
+        let once = WechatSettings { attempts: 1, ..client().settings().clone() };
+        assert_eq!(once.longest_retrying_call(), Duration::from_secs(3));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The simulator's memory: its movable clock, the codes and tokens it has issued with their
 //! lifetimes, and the ids WeChat derives for each user. Each record-level WeChat rule (code
-//! single use and expiry, token expiry, refresh replacing the access token) lives here once;
-//! request parameters are checked by the callers in `api.rs`.
+//! single use and expiry, token expiry, refresh renewing or replacing the access token) lives
+//! here once; request parameters are checked by the callers in `api.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -225,24 +225,39 @@ impl Core {
         Ok(Issued { access_token, refresh_token, grant })
     }
 
-    /// Replaces the access token of a refresh token of `appid`: 40030 unknown or another
-    /// app's, 42002 older than 30 days. The old access token stops working.
+    /// Refreshes the access token of a refresh token of `appid`: 40030 unknown or another
+    /// app's, 42002 older than 30 days.
+    ///
+    /// WeChat's open-platform doc for 刷新access_token: "若access_token已超时，那么进行
+    /// refresh_token会获取一个新的access_token，新的超时时间；若access_token未超时，那么进行
+    /// refresh_token不会改变access_token，但超时时间会刷新，相当于续期access_token". So while
+    /// the current access token is alive it is kept and its 7200 s start again (renewed); once
+    /// it has expired a new one replaces it and the old one stops working.
     pub(super) fn refresh(&self, appid: &str, refresh_token: &str) -> Result<Issued, i64> {
         let now = self.now();
         let mut records = self.lock();
-        let record = records
-            .refresh
-            .get_mut(refresh_token)
-            .filter(|r| r.grant.appid == appid)
-            .ok_or(errcode::INVALID_REFRESH_TOKEN)?;
+        let Records { refresh, access, .. } = &mut *records;
+        let record =
+            refresh.get_mut(refresh_token).filter(|r| r.grant.appid == appid).ok_or(errcode::INVALID_REFRESH_TOKEN)?;
         if now.saturating_sub(record.issued) > REFRESH_LIFE {
             return Err(errcode::REFRESH_TOKEN_EXPIRED);
+        }
+        if let Some(alive) =
+            access.get_mut(&record.access_token).filter(|a| now.saturating_sub(a.issued) <= ACCESS_LIFE)
+        {
+            alive.issued = now;
+            let grant = record.grant.clone();
+            return Ok(Issued {
+                access_token: record.access_token.clone(),
+                refresh_token: refresh_token.to_owned(),
+                grant,
+            });
         }
         let access_token = random_token();
         let old = std::mem::replace(&mut record.access_token, access_token.clone());
         let grant = record.grant.clone();
-        records.access.remove(&old);
-        records.access.insert(access_token.clone(), AccessRecord { grant: grant.clone(), issued: now });
+        access.remove(&old);
+        access.insert(access_token.clone(), AccessRecord { grant: grant.clone(), issued: now });
         records.note_issued(now);
         Ok(Issued { access_token, refresh_token: refresh_token.to_owned(), grant })
     }

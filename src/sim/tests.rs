@@ -610,7 +610,7 @@ async fn access_token_expires_after_7200_seconds() {
 }
 
 #[tokio::test]
-async fn refresh_gives_a_working_new_token_and_kills_the_old() {
+async fn refresh_after_expiry_gives_a_working_new_token_and_kills_the_old() {
     let t = spawn().await;
     let old = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
     let refresh_token = old["refresh_token"].as_str().unwrap();
@@ -632,9 +632,43 @@ async fn refresh_gives_a_working_new_token_and_kills_the_old() {
     );
     assert_eq!(t.userinfo(&new, "").await["nickname"], "Alice 爱丽丝");
     assert_error(&t.userinfo(&old, "").await, 40014);
+    t.sim.advance(Duration::from_secs(7201));
     let newer = t.refresh(MP, refresh_token).await;
+    assert_ne!(newer["access_token"], new["access_token"]);
     assert_error(&t.auth(&new).await, 40014);
     assert_eq!(t.auth(&newer).await, json!({"errcode": 0, "errmsg": "ok"}));
+}
+
+/// WeChat's doc (刷新access_token): "若access_token未超时，那么进行refresh_token不会改变
+/// access_token，但超时时间会刷新，相当于续期access_token".
+#[tokio::test]
+async fn refresh_before_expiry_keeps_the_token_and_renews_its_expiry() {
+    let t = spawn().await;
+    let old = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    let refresh_token = old["refresh_token"].as_str().unwrap();
+    t.sim.advance(Duration::from_secs(7000));
+
+    let renewed = t.refresh(MP, refresh_token).await;
+
+    assert_eq!(
+        renewed,
+        json!({
+            "access_token": old["access_token"],
+            "expires_in": 7200,
+            "refresh_token": refresh_token,
+            "openid": old["openid"],
+            "scope": "snsapi_userinfo",
+        }),
+        "the same access token"
+    );
+    // Renewed: alive 7,000 s + 7,199 s after the sign-in, well past its first 7,200 s.
+    t.sim.advance(Duration::from_secs(7199));
+    assert_eq!(t.auth(&old).await, json!({"errcode": 0, "errmsg": "ok"}));
+    t.sim.advance(Duration::from_secs(2));
+    assert_error(&t.auth(&old).await, 42001);
+    let fresh = t.refresh(MP, refresh_token).await;
+    assert_ne!(fresh["access_token"], old["access_token"], "expired: a new one");
+    assert_eq!(errcode(&t.auth(&fresh).await), 0);
 }
 
 #[tokio::test]

@@ -102,8 +102,7 @@ impl MemoryBackend {
         matches
     }
 
-    pub(super) fn ping(&self) {}
-
+    /// Writes `value` for `ttl` only when the key holds exactly `expected` (compare-and-set).
     pub(super) fn set_if_eq(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> bool {
         let now = self.now();
         let mut inner = self.lock();
@@ -113,6 +112,8 @@ impl MemoryBackend {
         }
         matches
     }
+
+    pub(super) fn ping(&self) {}
 
     /// A flow and its callback counter: the counter lives under a key of its own that no
     /// store key can take (the NUL), with the flow's expiry.
@@ -145,4 +146,28 @@ impl MemoryBackend {
 
 fn uses_key(flow_key: &str) -> String {
     format!("{flow_key}\u{0}uses")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_if_eq_writes_only_over_the_expected_value() {
+        let clock = Clock::system();
+        let backend = MemoryBackend::new(clock.clone());
+        let ttl = Duration::from_secs(60);
+        backend.set("tok:a", b"read", ttl);
+        assert!(!backend.set_if_eq("tok:a", b"other", b"lost", ttl), "another value");
+        assert!(backend.set_if_eq("tok:a", b"read", b"won", ttl));
+        assert_eq!(backend.get("tok:a"), Some(b"won".to_vec()));
+        assert!(!backend.set_if_eq("tok:a", b"read", b"late", ttl), "already replaced");
+        backend.del("tok:a");
+        assert!(!backend.set_if_eq("tok:a", b"won", b"late", ttl), "deleted");
+        assert_eq!(backend.get("tok:a"), None, "a deleted key stays deleted");
+        backend.set("tok:b", b"read", ttl);
+        clock.advance(Duration::from_secs(61));
+        assert!(!backend.set_if_eq("tok:b", b"read", b"late", ttl), "expired counts as deleted");
+        assert_eq!(backend.get("tok:b"), None);
+    }
 }

@@ -3,7 +3,7 @@
 //! before it reaches a backend, so a Redis dump holds no token, code or return URL in clear.
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
-//! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement six
+//! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement seven
 //! one-key primitives with identical semantics, so the two cannot drift. Keys
 //! (DESIGN.md §4, a wire contract):
 //!
@@ -76,6 +76,25 @@ pub struct TokenRecord {
     pub refresh_token: RefreshToken,
     /// When the refresh token expires, Unix seconds.
     pub refresh_expires_at: i64,
+    /// When a refresh last renewed or replaced the access token, Unix milliseconds by the
+    /// service clock; 0 when none has since the code exchange (and in records sealed before the
+    /// field existed). WeChat's refresh returns the *same* access token while it is alive, so
+    /// this stamp, never a token comparison, tells a waiter that someone refreshed.
+    #[serde(default)]
+    pub refreshed_at_ms: i64,
+}
+
+/// The sealed bytes a token record was read as. [`Store::replace_token`] and
+/// [`Store::delete_token_if`] act only while the key still holds exactly these bytes: every
+/// seal draws a random nonce, so equal bytes mean no one wrote since the read. `Debug` shows
+/// only the length.
+#[derive(Clone)]
+pub struct TokenVersion(Vec<u8>);
+
+impl std::fmt::Debug for TokenVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenVersion({} bytes)", self.0.len())
+    }
 }
 
 /// One authorization in progress, created by `BuildAuthorizeUrl` and read by the relay.
@@ -145,14 +164,6 @@ pub enum CodeRelay {
 pub struct ReadCode {
     /// The record.
     pub record: CodeRecord,
-    sealed: Vec<u8>,
-}
-
-/// A token record as read, with the bytes it was read as (for compare-and-set).
-#[derive(Debug)]
-pub struct ReadToken {
-    /// The record.
-    pub record: TokenRecord,
     sealed: Vec<u8>,
 }
 
@@ -366,6 +377,40 @@ impl Store {
         Ok(found.and_then(|sealed| self.open(&key, &sealed)))
     }
 
+    /// The user's token record and the version it was read at, for a compare-and-write.
+    pub async fn read_token(&self, app: &str, openid: &str) -> Result<Option<(TokenRecord, TokenVersion)>, StoreError> {
+        let key = self.token_key(app, openid);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed).map(|record| (record, TokenVersion(sealed)))))
+    }
+
+    /// Stores `record` for `ttl` only if the record is still at `read` (one atomic step on the
+    /// token key): false when someone wrote or deleted it since. A refresh that outlived its
+    /// lock can then neither bring back a user `ForgetUser` removed nor overwrite a newer
+    /// refresh or a new sign-in.
+    pub async fn replace_token(
+        &self,
+        app: &str,
+        read: &TokenVersion,
+        record: &TokenRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.token_key(app, &record.openid);
+        let sealed = self.seal(&key, record);
+        call!(self, set_if_eq(&key, &read.0, &sealed, ttl))
+    }
+
+    /// Forgets the user (a dead refresh token) only if the record is still at `read`: false
+    /// when a new sign-in (or a newer refresh) replaced it, which then stays. Cached profiles
+    /// go first, as in [`Store::delete_user`]; losing them to a replaced record only costs a
+    /// profile fetch.
+    pub async fn delete_token_if(&self, app: &str, openid: &str, read: &TokenVersion) -> Result<bool, StoreError> {
+        for lang in Lang::ALL {
+            call!(self, del(&self.profile_key(app, openid, lang)))?;
+        }
+        call!(self, del_if_eq(&self.token_key(app, openid), &read.0))
+    }
+
     /// Stores the user's token record until its refresh token dies.
     pub async fn put_token(&self, app: &str, record: &TokenRecord, ttl: Duration) -> Result<(), StoreError> {
         let key = self.token_key(app, &record.openid);
@@ -462,29 +507,12 @@ impl Store {
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// The user's token record with the bytes it was read as, for [`Store::swap_token`].
-    pub async fn read_token(&self, app: &str, openid: &str) -> Result<Option<ReadToken>, StoreError> {
-        let key = self.token_key(app, openid);
-        let found = call!(self, get(&key))?;
-        Ok(found.and_then(|sealed| Some(ReadToken { record: self.open(&key, &sealed)?, sealed })))
-    }
-
-    /// Stores `record` only if the user's record is still what `read` saw (`None`: that there
-    /// was none): one atomic compare-and-set, so a sign-in never overwrites a record someone
-    /// wrote in between. False: someone did; read again.
-    pub async fn swap_token(
-        &self,
-        app: &str,
-        read: Option<&ReadToken>,
-        record: &TokenRecord,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    /// Stores `record` only if the user has no record (one atomic `SET NX`): false when
+    /// someone wrote one since the caller found none.
+    pub async fn create_token(&self, app: &str, record: &TokenRecord, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.token_key(app, &record.openid);
         let sealed = self.seal(&key, record);
-        match read {
-            Some(read) => call!(self, set_if_eq(&key, &read.sealed, &sealed, ttl)),
-            None => call!(self, set_nx(&key, &sealed, ttl)),
-        }
+        call!(self, set_nx(&key, &sealed, ttl))
     }
 
     /// Records that `client` exchanged a code of this user, for `ttl` (the record's life).

@@ -198,7 +198,7 @@ fn stale_master(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::ReadOnly
 }
 
-/// A connection to Redis (single node or Cluster) and the two scripts the store needs.
+/// A connection to Redis (single node or Cluster) and the scripts the store needs.
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: Conn,
@@ -480,6 +480,22 @@ mod tests {
         assert_eq!(backend.get("code").await.expect("get"), Some(b"pending".to_vec()));
         assert!(!backend.set_if_eq("gone", b"relayed", b"pending", ttl).await.expect("absent"), "never creates");
         assert_eq!(backend.get("gone").await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn set_if_eq_writes_only_over_the_expected_value() {
+        let (_server, backend) = backend().await;
+        let ttl = Duration::from_secs(60);
+        backend.set("tok:a", b"read", ttl).await.expect("set");
+        assert!(!backend.set_if_eq("tok:a", b"other", b"lost", ttl).await.expect("cas"), "another value");
+        assert!(backend.set_if_eq("tok:a", b"read", b"won", ttl).await.expect("cas"));
+        assert_eq!(backend.get("tok:a").await.expect("get"), Some(b"won".to_vec()));
+        let left: i64 = backend.query(redis::cmd("PTTL").arg("tok:a")).await.expect("pttl");
+        assert!((59_000..=60_000).contains(&left), "the new TTL: {left}");
+        assert!(!backend.set_if_eq("tok:a", b"read", b"late", ttl).await.expect("cas"), "already replaced");
+        backend.del("tok:a").await.expect("del");
+        assert!(!backend.set_if_eq("tok:a", b"won", b"late", ttl).await.expect("cas"), "deleted");
+        assert_eq!(backend.get("tok:a").await.expect("get"), None, "a deleted key stays deleted");
     }
 
     #[test]

@@ -285,6 +285,57 @@ async fn a_refresh_under_way_cannot_bring_a_forgotten_user_back(backend: Backend
     assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "the refresh did not write the record back");
 }
 
+/// A refresh slower than its lock's life (the lock made short here): ForgetUser takes the
+/// expired lock and deletes the user while WeChat still works on the refresh, and the refresh's
+/// compare-and-write then finds the record gone and writes nothing.
+async fn a_refresh_that_outlives_its_lock_cannot_bring_a_forgotten_user_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.tokens.set_lock_ttl(Duration::from_millis(300));
+    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(1500)), 1);
+    let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let refreshing = tokio::spawn({
+        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
+        async move { grpc.refresh_token(request).await }
+    });
+    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
+
+    let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let forgotten = app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten").into_inner();
+    assert!(forgotten.had_token);
+    assert_eq!(app.sim.calls(Endpoint::RefreshToken), 1, "forgotten while WeChat still worked on the refresh");
+    let status = refreshing.await.expect("join").expect_err("nothing left to refresh");
+
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::NotFound, "TOKEN_NOT_FOUND"));
+    assert_eq!(app.store.get_token("mp", &login.openid).await.expect("store"), None, "the record stays gone");
+    assert_eq!(app.tokens.refreshes("superseded"), 1);
+}
+
+/// A refresh slower than its lock's life cannot overwrite a new sign-in made meanwhile: here
+/// the user signed in again with more scope, which the old refresh token's result would undo.
+async fn a_refresh_that_outlives_its_lock_cannot_overwrite_a_new_sign_in(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let login = app.login("alice", "snsapi_base").await;
+    app.tokens.set_lock_ttl(Duration::from_millis(300));
+    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(1500)), 1);
+    let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
+    let refreshing = tokio::spawn({
+        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
+        async move { grpc.refresh_token(request).await }
+    });
+    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
+
+    app.login("alice", "snsapi_userinfo").await;
+    let signed_in = app.store.get_token("mp", &login.openid).await.expect("store").expect("record");
+    let answered = refreshing.await.expect("join").expect("answered with the new sign-in's record").into_inner();
+
+    let stored = app.store.get_token("mp", &login.openid).await.expect("store").expect("record");
+    assert_eq!(stored, signed_in, "the old refresh token's result did not overwrite the new sign-in");
+    assert_eq!(answered.access_token_expire_time.map(|t| t.seconds), Some(signed_in.access_expires_at));
+    app.user_info(&login.openid).await.expect("the userinfo scope of the new sign-in still works");
+    assert_eq!(app.tokens.refreshes("superseded"), 1);
+}
+
 async fn a_profile_fetched_while_the_user_is_forgotten_is_not_cached(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_userinfo").await;
@@ -321,5 +372,7 @@ both_backends!(
     the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
     forget_user_deletes_the_record_and_the_cached_profiles,
     a_refresh_under_way_cannot_bring_a_forgotten_user_back,
+    a_refresh_that_outlives_its_lock_cannot_bring_a_forgotten_user_back,
+    a_refresh_that_outlives_its_lock_cannot_overwrite_a_new_sign_in,
     a_profile_fetched_while_the_user_is_forgotten_is_not_cached,
 );
