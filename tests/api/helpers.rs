@@ -182,6 +182,17 @@ return_urls = ["https://passport.example.com/login/", "https://*.example.com/"]
 key_sha256 = "{trade}"
 apps = ["mp"]
 return_urls = ["https://trade.example.com/"]
+
+# No rate limits for the two test clients: most tests make calls faster than any production
+# default allows. Tests of the limits add clients of their own (see `limits.rs`).
+[clients.passport.rate_limits]
+authorize = "off"
+exchange = "off"
+user = "off"
+[clients.trade.rate_limits]
+authorize = "off"
+exchange = "off"
+user = "off"
 {extra}
 "#,
         sealing = test_keyring(),
