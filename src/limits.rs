@@ -69,14 +69,16 @@ impl Family {
     }
 
     /// The default rate, per replica. Sized so that a product with real traffic is not
-    /// throttled (per replica: 100 flows, 20 sign-ins and 50 user calls a second), while one
-    /// runaway client on three replicas at every default at once makes at most
-    /// (20 × 2 + 50 × 2) × 3 = 420 WeChat calls a second, about half of an app's 50,000 a minute.
+    /// throttled (per replica: 100 flows, 20 sign-ins and 100 user calls a second, the latter
+    /// mostly profile-cache reads), while one runaway client on three replicas at every default
+    /// at once makes about (20 × 2 + 100 × 1) × 3 = 420 WeChat calls a second: an exchange is
+    /// up to two sns calls, a user call at most one once its user's token is fresh (refreshes are
+    /// coalesced, once per token life). That is about half of an app's 50,000 a minute.
     pub fn default_rate(self) -> Rate {
         let per_second = match self {
             Family::Authorize => 100,
             Family::Exchange => 20,
-            Family::User => 50,
+            Family::User => 100,
         };
         let count = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         Rate { count, per: Duration::from_secs(1), burst: count }
