@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use crate::allowlist::Allowlist;
+use crate::limits::{ClientLimits, Family, MAX_OPEN_FLOWS, Rate};
 use crate::secrets::{AppSecret, RedisClientKey};
 use crate::store::RedisTls;
 use crate::store::seal::Keyring;
@@ -196,6 +197,33 @@ struct RawClient {
     return_urls: Vec<String>,
     #[serde(default)]
     users: Users,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default = "defaults::max_open_flows")]
+    max_open_flows: u32,
+}
+
+/// `clients.<name>.rate_limits`: a rate per RPC family (`"200/s"`, `"off"`; unset: the
+/// default of [`Family::default_rate`]) and optionally its bucket size.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    authorize: Option<String>,
+    authorize_burst: Option<u32>,
+    exchange: Option<String>,
+    exchange_burst: Option<u32>,
+    user: Option<String>,
+    user_burst: Option<u32>,
+}
+
+impl RawRateLimits {
+    fn get(&self, family: Family) -> (Option<&str>, Option<u32>) {
+        match family {
+            Family::Authorize => (self.authorize.as_deref(), self.authorize_burst),
+            Family::Exchange => (self.exchange.as_deref(), self.exchange_burst),
+            Family::User => (self.user.as_deref(), self.user_burst),
+        }
+    }
 }
 
 /// Which users of its apps a client may reach with the per-user RPCs (GetUserInfo,
@@ -315,6 +343,9 @@ mod defaults {
     pub fn profile_cache() -> Duration {
         Duration::from_secs(300)
     }
+    pub fn max_open_flows() -> u32 {
+        crate::limits::DEFAULT_MAX_OPEN_FLOWS
+    }
 }
 
 /// Where records live.
@@ -365,6 +396,8 @@ pub struct Client {
     pub allowlist: Allowlist,
     /// Which users it may reach.
     pub users: Users,
+    /// Its rate limits and open-flow cap.
+    pub limits: ClientLimits,
 }
 
 /// The validated configuration the service runs with.
@@ -467,6 +500,10 @@ impl Settings {
             "clients": self.clients.iter().map(|c| serde_json::json!({
                 "name": c.name, "apps": c.apps, "return_url_patterns": c.allowlist.patterns(),
                 "users": format!("{:?}", c.users).to_lowercase(),
+                "rate_limits": Family::ALL.iter().map(|f| {
+                    (f.as_str(), c.limits.rate(*f).map_or_else(|| "off".to_owned(), Rate::describe))
+                }).collect::<BTreeMap<_, _>>(),
+                "max_open_flows": c.limits.max_open_flows,
             })).collect::<Vec<_>>(),
             "flow": { "ttl": humane(self.flow_ttl), "grace": humane(self.grace) },
             "token": {
@@ -641,8 +678,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         let allowlist =
             Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
+        let limits = client_limits(&key, &client.rate_limits, client.max_open_flows)?;
         let apps = client.apps.into_iter().collect();
-        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users });
+        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users, limits });
     }
     if clients.is_empty() {
         return Err(err("clients", "at least one client"));
@@ -716,6 +754,33 @@ fn listener_limits(server: &RawServer) -> Result<ListenerLimits, ConfigError> {
         grpc_max_concurrent_streams: server.grpc_max_concurrent_streams,
         grpc_max_connection_age: server.grpc_max_connection_age,
     })
+}
+
+/// A client's limits from `clients.<name>.rate_limits` and `max_open_flows` (`key` is
+/// `clients.<name>`): unset families take their default, errors name the key at fault.
+fn client_limits(key: &str, raw: &RawRateLimits, max_open_flows: u32) -> Result<ClientLimits, ConfigError> {
+    let mut limits = ClientLimits::default();
+    for (slot, family) in limits.rates.iter_mut().zip(Family::ALL) {
+        let name = family.as_str();
+        *slot = match raw.get(family) {
+            (Some(spec), burst) => Rate::parse(spec, burst).map_err(|message| {
+                let at = if message.starts_with("burst") { format!("{name}_burst") } else { name.to_owned() };
+                err(format!("{key}.rate_limits.{at}"), message)
+            })?,
+            (None, Some(_)) => {
+                return Err(err(
+                    format!("{key}.rate_limits.{name}_burst"),
+                    format!("set only with `{name}` (a rate such as \"200/s\")"),
+                ));
+            }
+            (None, None) => *slot,
+        };
+    }
+    if !(1..=MAX_OPEN_FLOWS).contains(&max_open_flows) {
+        return Err(err(format!("{key}.max_open_flows"), format!("between 1 and {MAX_OPEN_FLOWS}")));
+    }
+    limits.max_open_flows = max_open_flows;
+    Ok(limits)
 }
 
 /// A store URL for display: user and password replaced by `***`.
@@ -991,6 +1056,36 @@ return_urls = ["https://passport.example.com/login/"]
         ] {
             assert_eq!(key_of(&server(line)), key, "{line}");
         }
+    }
+
+    #[test]
+    fn clients_get_default_limits_and_configured_ones() {
+        let settings = Settings::from_toml(&base("")).expect("valid");
+        assert_eq!(settings.clients[0].limits, ClientLimits::default());
+
+        let limited = base(
+            "max_open_flows = 200\n[clients.passport.rate_limits]\nauthorize = \"5/s\"\nauthorize_burst = 9\nuser = \"off\"",
+        );
+        let limits = &Settings::from_toml(&limited).expect("valid").clients[0].limits;
+        let authorize = limits.rate(Family::Authorize).expect("on");
+        assert_eq!((authorize.count.get(), authorize.burst.get()), (5, 9));
+        assert_eq!(limits.rate(Family::Exchange), Family::Exchange.default_rate().into());
+        assert_eq!(limits.rate(Family::User), None);
+        assert_eq!(limits.max_open_flows, 200);
+    }
+
+    #[test]
+    fn limit_errors_name_the_key_at_fault() {
+        let at = |lines: &str| key_of(&base(&format!("[clients.passport.rate_limits]\n{lines}")));
+        assert_eq!(at("exchange = \"fast\""), "clients.passport.rate_limits.exchange");
+        assert_eq!(at("user = \"0/s\""), "clients.passport.rate_limits.user");
+        assert_eq!(at("authorize = \"5/s\"\nauthorize_burst = 0"), "clients.passport.rate_limits.authorize_burst");
+        assert_eq!(at("user_burst = 10"), "clients.passport.rate_limits.user_burst");
+        assert_eq!(at("refresh = \"5/s\""), "clients.passport.rate_limits.refresh");
+        assert_eq!(at("exchange = 5"), "clients.passport.rate_limits.exchange");
+        assert_eq!(key_of(&base("max_open_flows = 0")), "clients.passport.max_open_flows");
+        assert_eq!(key_of(&base("max_open_flows = 20000000")), "clients.passport.max_open_flows");
+        assert_eq!(key_of(&base("max_open_flows = -1")), "clients.passport.max_open_flows");
     }
 
     #[test]

@@ -76,6 +76,13 @@ default_for = "PC"
 key_sha256 = "{}"
 apps = ["demo-mp", "demo-web"]
 return_urls = ["http://{demo}/", "http://localhost:{demo_port}/"]
+
+# Dev mode: no rate limits for the demo client (a developer clicking and scripting against
+# it should never meet CLIENT_RATE_LIMITED); the open-flow cap keeps its default.
+[clients.demo.rate_limits]
+authorize = "off"
+exchange = "off"
+user = "off"
 "#,
         hex::encode(key_digest(DEV_CLIENT_KEY))
     ))
@@ -89,6 +96,7 @@ mod tests {
         assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(settings.apps["demo-mp"].appid, "wxd0000000000000a1");
         assert_eq!(settings.clients[0].name, "demo");
+        assert!(crate::limits::Family::ALL.iter().all(|f| settings.clients[0].limits.rate(*f).is_none()), "no limits");
         assert_eq!(settings.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
         assert_eq!(super::SIM_ADDR, super::DevAddrs::default().sim.to_string());
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());

@@ -81,6 +81,24 @@ pub enum ApiError {
     /// Any other errcode.
     #[error("WeChat error")]
     Wechat(Upstream),
+    /// The client is over its rate limit for this RPC family (`clients.<name>.rate_limits`):
+    /// governor's wait until its bucket has room again.
+    #[error("client rate limit exceeded")]
+    ClientRateLimited {
+        /// The RPC family (`authorize`, `exchange`, `user`).
+        family: &'static str,
+        /// How long until a call would be let through.
+        retry_after: Duration,
+    },
+    /// The client has `clients.<name>.max_open_flows` flows open: the oldest expires after
+    /// `retry_after`.
+    #[error("too many open flows")]
+    TooManyOpenFlows {
+        /// The configured cap.
+        limit: u32,
+        /// How long until the oldest open flow expires.
+        retry_after: Duration,
+    },
     /// The caller's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
@@ -139,6 +157,8 @@ impl ApiError {
             WechatUnavailable(_) => "WECHAT_UNAVAILABLE",
             StoreUnavailable => "STORE_UNAVAILABLE",
             Wechat(_) => "WECHAT_ERROR",
+            ClientRateLimited { .. } => "CLIENT_RATE_LIMITED",
+            TooManyOpenFlows { .. } => "TOO_MANY_OPEN_FLOWS",
             DeadlineExceeded => "DEADLINE_EXCEEDED",
             Internal => "INTERNAL",
         }
@@ -153,7 +173,7 @@ impl ApiError {
             AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow => Code::PermissionDenied,
             TokenNotFound => Code::NotFound,
             ReauthorizationRequired(_) | AppMisconfigured(_) => Code::FailedPrecondition,
-            RateLimited(_) => Code::ResourceExhausted,
+            RateLimited(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => Code::ResourceExhausted,
             WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
             Wechat(_) => Code::Unknown,
             DeadlineExceeded => Code::DeadlineExceeded,
@@ -170,8 +190,17 @@ impl ApiError {
                 metadata.insert("errmsg".to_owned(), u.errmsg.clone());
             }
         }
-        if let ApiError::ReturnUrlNotAllowed(rejection) = self {
-            metadata.insert("rejection".to_owned(), (*rejection).to_owned());
+        match self {
+            ApiError::ReturnUrlNotAllowed(rejection) => {
+                metadata.insert("rejection".to_owned(), (*rejection).to_owned());
+            }
+            ApiError::ClientRateLimited { family, .. } => {
+                metadata.insert("family".to_owned(), (*family).to_owned());
+            }
+            ApiError::TooManyOpenFlows { limit, .. } => {
+                metadata.insert("max_open_flows".to_owned(), limit.to_string());
+            }
+            _ => {}
         }
         let mut details = ErrorDetails::with_error_info(self.reason(), DOMAIN, metadata);
         if let ApiError::InvalidArgument(violations) = self {
@@ -179,8 +208,15 @@ impl ApiError {
                 details.add_bad_request_violation(v.field, v.description.clone());
             }
         }
-        if matches!(self, ApiError::RateLimited(_) | ApiError::WechatUnavailable(_) | ApiError::StoreUnavailable) {
-            details.set_retry_info(Some(RETRY_AFTER));
+        match self {
+            ApiError::RateLimited(_) | ApiError::WechatUnavailable(_) | ApiError::StoreUnavailable => {
+                details.set_retry_info(Some(RETRY_AFTER));
+            }
+            // The limiter's own wait, never zero (a zero delay reads as "retry at once").
+            ApiError::ClientRateLimited { retry_after, .. } | ApiError::TooManyOpenFlows { retry_after, .. } => {
+                details.set_retry_info(Some((*retry_after).max(Duration::from_millis(1))));
+            }
+            _ => {}
         }
         Status::with_error_details(self.code(), self.to_string(), details)
     }
@@ -279,6 +315,26 @@ mod tests {
         assert!(status.get_error_details().retry_info().is_some());
         assert!(ApiError::StoreUnavailable.to_status().get_error_details().retry_info().is_some());
         assert!(api(40029).to_status().get_error_details().retry_info().is_none());
+    }
+
+    #[test]
+    fn client_limits_are_resource_exhausted_with_their_own_reason_and_delay() {
+        let limited = ApiError::ClientRateLimited { family: "exchange", retry_after: Duration::from_millis(250) };
+        let flows = ApiError::TooManyOpenFlows { limit: 10, retry_after: Duration::from_secs(90) };
+        for (error, reason, key, value, delay) in [
+            (limited, "CLIENT_RATE_LIMITED", "family", "exchange", Duration::from_millis(250)),
+            (flows, "TOO_MANY_OPEN_FLOWS", "max_open_flows", "10", Duration::from_secs(90)),
+        ] {
+            let status = error.to_status();
+            assert_eq!(status.code(), Code::ResourceExhausted, "{reason}");
+            let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.metadata.get(key).map(String::as_str), Some(value));
+            let retry = status.get_error_details().retry_info().cloned().expect("RetryInfo");
+            assert_eq!(retry.retry_delay, Some(delay), "{reason}");
+        }
+        let zero = ApiError::ClientRateLimited { family: "user", retry_after: Duration::ZERO }.to_status();
+        assert!(zero.get_error_details().retry_info().and_then(|r| r.retry_delay).is_some_and(|d| !d.is_zero()));
     }
 
     #[test]

@@ -15,9 +15,10 @@ use tracing::Instrument as _;
 use crate::clock::{Clock, secs};
 use crate::config::{self, Client, Settings, Users};
 use crate::error::{ApiError, FieldViolation};
+use crate::limits::{Family, RateLimiters};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
-use crate::store::{Flow, Store};
+use crate::store::{Admission, Flow, Store};
 use crate::telemetry::{self, Metrics};
 use crate::tokens::{Reach, Tokens};
 use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
@@ -41,6 +42,7 @@ pub struct OAuthService {
     tokens: Arc<Tokens>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    limiters: Arc<RateLimiters>,
 }
 
 impl OAuthService {
@@ -54,7 +56,8 @@ impl OAuthService {
         metrics: Arc<Metrics>,
     ) -> Self {
         let clients = settings.clients.iter().enumerate().map(|(i, c)| (c.key_sha256, i)).collect();
-        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock, metrics }
+        let limiters = Arc::new(RateLimiters::new(&settings.clients, Arc::clone(&metrics)));
+        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock, metrics, limiters }
     }
 
     /// The client whose key the `authorization: Bearer <key>` metadata carries.
@@ -92,6 +95,8 @@ impl OAuthService {
         let deadline = grpc_timeout(request.metadata());
         let result = async {
             let client = self.authenticate(request.metadata())?;
+            // The client's own rate limit, before any store or WeChat work.
+            self.limiters.check(client, method)?;
             let work = body(self, client, request.into_inner());
             match deadline {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or(Err(ApiError::DeadlineExceeded)),
@@ -166,9 +171,7 @@ impl OAuthService {
             caller: client.name.clone(),
             created_at: now,
         };
-        if !self.store.put_flow(&flow_id, &flow, self.settings.flow_ttl).await? {
-            return Err(ApiError::Internal);
-        }
+        self.start_flow(client, &flow_id, &flow).await?;
         let authorize_url = self.wechat.authorize_url(&AuthorizeParams {
             app,
             redirect_uri: self.settings.callback_url.as_str(),
@@ -184,6 +187,34 @@ impl OAuthService {
             app: app.name.clone(),
             scope: scope_to_proto(scope) as i32,
         })
+    }
+
+    /// Stores a new flow and counts it against the client's `max_open_flows`. The two go out
+    /// together (one round trip's wait, not two; different keys, so concurrent commands, not a
+    /// pipeline): on the rare refusal the flow just written is deleted again.
+    async fn start_flow(&self, client: &Client, flow_id: &str, flow: &Flow) -> Result<(), ApiError> {
+        let ttl = self.settings.flow_ttl;
+        let cap = client.limits.max_open_flows;
+        let (stored, admission) = tokio::join!(
+            self.store.put_flow(flow_id, flow, ttl),
+            self.store.admit_flow(&client.name, cap, ttl, self.clock.now_ms()),
+        );
+        if let Admission::Refused { retry_after } = admission? {
+            if matches!(stored, Ok(true)) {
+                if let Err(e) = self.store.delete_flow(flow_id).await {
+                    // It expires by itself; it was never handed to the caller.
+                    tracing::warn!(error = %e, "refused flow left to expire");
+                }
+            }
+            let error = ApiError::TooManyOpenFlows { limit: cap, retry_after };
+            let labels = [client.name.as_str(), Family::Authorize.as_str(), error.reason()];
+            self.metrics.client_refusals.with_label_values(&labels).inc();
+            return Err(error);
+        }
+        if !stored? {
+            return Err(ApiError::Internal);
+        }
+        Ok(())
     }
 
     async fn exchange_code_inner(

@@ -7,6 +7,8 @@
 //! - [`config`]: the typed config (TOML + `WXAUTH_*` env), validated at start-up.
 //! - [`grpc`]: the tonic service `wxauth.v1.WeChatOAuthService`: validation, caller
 //!   authentication, allowlists; [`error`] is the one mapping of failures to gRPC statuses.
+//! - [`limits`]: per-client rate limits (governor token buckets per client and RPC family)
+//!   and the open-flow cap's sizes.
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
 //!   cross-replica refresh lock.
 //! - [`wechat`]: the upstream client: authorize URLs and the `sns` endpoints.
@@ -32,6 +34,7 @@ pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod html;
+pub mod limits;
 pub mod listener;
 pub mod proto;
 pub mod relay;

@@ -172,6 +172,9 @@ pub struct Metrics {
     /// Profile lookups by result: `hit` (no WeChat call), `miss`, or `skipped` (caller asked for a
     /// fresh one, or the cache is off).
     pub profile_cache: IntCounterVec,
+    /// Requests refused by a client's own limits, by client, RPC family and reason
+    /// (`CLIENT_RATE_LIMITED`, `TOO_MANY_OPEN_FLOWS`).
+    pub client_refusals: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
 }
@@ -246,6 +249,11 @@ impl Metrics {
                 "wxauth_profile_cache_total",
                 "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
                 &["result"],
+            ),
+            client_refusals: counter(
+                "wxauth_client_refusals_total",
+                "Requests refused by the client's own limits, by client, RPC family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
+                &["client", "family", "reason"],
             ),
             unopenable_records: unopenable,
             registry,

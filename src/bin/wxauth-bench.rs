@@ -853,6 +853,13 @@ default_for = "MOBILE"
 key_sha256 = "{key}"
 apps = ["mp"]
 return_urls = ["https://passport.example.com/login/"]
+# The benchmark measures the service, not its limits: no rate limits, and a cap the runs
+# never reach (the cap step itself still runs on every BuildAuthorizeUrl).
+max_open_flows = 10000000
+[clients.bench.rate_limits]
+authorize = "off"
+exchange = "off"
+user = "off"
 "#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),

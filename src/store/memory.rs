@@ -3,7 +3,7 @@
 //! Redis. Same semantics as the Redis backend, TTLs included; expiry runs on the service
 //! [`Clock`], so tests move time instead of sleeping.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ const SWEEP_EVERY: u64 = 1024;
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, (Vec<u8>, Instant)>,
+    /// Sorted sets (the open-flow cap): members ordered by (expiry, member), and the set's own
+    /// expiry. One per client, so never swept.
+    sets: HashMap<String, (BTreeSet<(Instant, String)>, Instant)>,
     writes: u64,
 }
 
@@ -114,6 +117,25 @@ impl MemoryBackend {
     }
 
     pub(super) fn ping(&self) {}
+
+    /// The open-flow cap step, as the Redis backend's script does it: drop members whose expiry
+    /// is at or before `now_ms`, refuse with the oldest member's expiry at `cap`, else add
+    /// `member` expiring at `now_ms + ttl` and keep the set alive for `ttl`.
+    pub(super) fn admit(&self, key: &str, member: &str, now_ms: Instant, ttl: Duration, cap: u32) -> Option<i64> {
+        let mut inner = self.lock();
+        if inner.sets.get(key).is_some_and(|(_, exp)| *exp <= self.now()) {
+            inner.sets.remove(key);
+        }
+        let (members, expiry) = inner.sets.entry(key.to_owned()).or_default();
+        *members = members.split_off(&(now_ms.saturating_add(1), String::new()));
+        if members.len() >= usize::try_from(cap).unwrap_or(usize::MAX) {
+            return members.first().map(|(oldest, _)| *oldest);
+        }
+        let until = now_ms.saturating_add(millis(ttl));
+        members.insert((until, member.to_owned()));
+        *expiry = self.now().saturating_add(millis(ttl));
+        None
+    }
 
     /// A flow and its callback counter: the counter lives under a key of its own that no
     /// store key can take (the NUL), with the flow's expiry.

@@ -3,8 +3,8 @@
 //! before it reaches a backend, so a Redis dump holds no token, code or return URL in clear.
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
-//! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement seven
-//! one-key primitives with identical semantics, so the two cannot drift. Keys
+//! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
+//! a few one-key primitives with identical semantics, so the two cannot drift. Keys
 //! (DESIGN.md §4, a wire contract):
 //!
 //! | key | value |
@@ -15,6 +15,7 @@
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
+//! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
 
 mod memory;
 mod redis;
@@ -202,6 +203,18 @@ pub struct CachedProfile {
     pub fetched_at: i64,
 }
 
+/// Whether a client may start one more flow ([`Store::admit_flow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted: the client had fewer open flows than its cap.
+    Admitted,
+    /// Refused: the client is at its cap; its oldest open flow expires after `retry_after`.
+    Refused {
+        /// Until the oldest open flow expires (and frees a place).
+        retry_after: Duration,
+    },
+}
+
 /// A held refresh lock; pass it back to [`Store::unlock`].
 #[derive(Debug)]
 pub struct LockToken(Vec<u8>);
@@ -334,6 +347,10 @@ impl Store {
         format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
     }
 
+    fn client_flows_key(&self, client: &str) -> String {
+        format!("{}:client:{client}:flows", self.inner.prefix)
+    }
+
     fn seal<T: Serialize>(&self, key: &str, value: &T) -> Vec<u8> {
         // Serializing these plain structs cannot fail (no maps with non-string keys).
         let plain = serde_json::to_vec(value).unwrap_or_default();
@@ -354,6 +371,36 @@ impl Store {
         let key = self.flow_key(flow_id);
         let sealed = self.seal(&key, flow);
         call!(self, create_flow(&key, &sealed, ttl))
+    }
+
+    /// Deletes a flow (one whose start the open-flow cap refused after it was written).
+    pub async fn delete_flow(&self, flow_id: &str) -> Result<(), StoreError> {
+        call!(self, del(&self.flow_key(flow_id)))
+    }
+
+    /// Counts one more open flow of `client` for `ttl`, unless it already has `cap` open:
+    /// one atomic step on the client's one key (Cluster-safe). Flows whose `ttl` has passed by
+    /// `now_ms` (the service clock) stop counting on their own, with no cleanup job: each call
+    /// first drops the members whose expiry is past. The members are random ids, not flow ids,
+    /// so a flow used early still counts until its `ttl` ends (the cap bounds flows started in
+    /// any `flow.ttl` window).
+    pub async fn admit_flow(
+        &self,
+        client: &str,
+        cap: u32,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        let key = self.client_flows_key(client);
+        let member = crate::random_id(16);
+        let refused = call!(self, admit(&key, &member, now_ms, ttl, cap))?;
+        Ok(match refused {
+            None => Admission::Admitted,
+            Some(oldest_expiry_ms) => {
+                let wait = u64::try_from(oldest_expiry_ms.saturating_sub(now_ms)).unwrap_or(0).max(1);
+                Admission::Refused { retry_after: Duration::from_millis(wait) }
+            }
+        })
     }
 
     /// Reads a flow for the relay, counts the callback and, atomically, cuts the flow's
@@ -559,7 +606,7 @@ impl Store {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock", "prof", "reach"]
+    ["tok", "flow", "code", "lock", "prof", "reach", "client"]
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")

@@ -60,6 +60,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// The open-flow cap on the client's one sorted set (KEYS[1]); ARGV: now (ms), the new
+/// flow's expiry (ms), the cap, a random member, the set's TTL (ms). Drops the members whose
+/// expiry has passed, then refuses (returning the oldest member's expiry) when the client is at
+/// its cap, else adds the member and keeps the set alive as long as its newest flow. Returns
+/// false when admitted.
+const ADMIT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2])
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return false
+";
+
 /// What `rediss://` connections trust and present (`store.tls_ca_file`, `store.tls_cert_file`
 /// and `store.tls_key_file`), as PEM read at config load. The default (nothing set) trusts
 /// the built-in web roots and presents no client certificate. `Debug` shows only which parts
@@ -205,6 +221,7 @@ pub struct RedisBackend {
     use_flow: Script,
     del_if_eq: Script,
     set_if_eq: Script,
+    admit: Script,
     /// `PEXPIRE` takes `LT` (Redis >= 7.0); cleared for good at the first server that refuses it.
     expire_lt: Arc<AtomicBool>,
 }
@@ -245,6 +262,7 @@ impl RedisBackend {
             use_flow: Script::new(USE_FLOW),
             del_if_eq: Script::new(DEL_IF_EQ),
             set_if_eq: Script::new(SET_IF_EQ),
+            admit: Script::new(ADMIT),
             expire_lt: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -383,6 +401,23 @@ impl RedisBackend {
         inv.arg(millis(cut_to));
         let reply: Option<(Vec<u8>, i64, u64)> = self.invoke(inv).await?;
         Ok(reply.map(|(v, cut, uses)| (v, cut == 1, uses)))
+    }
+
+    /// The open-flow cap step ([`ADMIT`]): `None` when admitted, else the expiry (ms) of the
+    /// oldest open flow.
+    pub(super) async fn admit(
+        &self,
+        key: &str,
+        member: &str,
+        now_ms: i64,
+        ttl: Duration,
+        cap: u32,
+    ) -> RedisResult<Option<i64>> {
+        let ttl_ms = millis(ttl);
+        let mut inv = self.admit.key(key);
+        inv.arg(now_ms).arg(now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX))).arg(cap).arg(member);
+        inv.arg(ttl_ms);
+        self.invoke(inv).await
     }
 
     pub(super) async fn ping(&self) -> RedisResult<()> {

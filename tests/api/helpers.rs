@@ -181,14 +181,19 @@ kind = "website"
 appid = "{WEB_APPID}"
 secret = "demo-web-secret"
 default_for = "PC"
+# No rate limits for the two test clients: most tests make calls faster than any production
+# default allows. Tests of the limits add clients of their own (see `limits.rs`). `extra`
+# lands in [clients.trade] until it opens a table of its own.
 [clients.passport]
 key_sha256 = "{passport}"
 apps = ["mp", "web"]
 return_urls = ["https://passport.example.com/login/", "https://*.example.com/"]
+rate_limits = {{ authorize = "off", exchange = "off", user = "off" }}
 [clients.trade]
 key_sha256 = "{trade}"
 apps = ["mp"]
 return_urls = ["https://trade.example.com/"]
+rate_limits = {{ authorize = "off", exchange = "off", user = "off" }}
 {extra}
 "#,
         sealing = test_keyring(),

@@ -8,6 +8,7 @@ mod concurrency;
 mod exchange;
 mod helpers;
 mod hostile;
+mod limits;
 mod listeners;
 mod maxmemory;
 mod observability;

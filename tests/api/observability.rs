@@ -158,6 +158,9 @@ secret = "demo-mp-secret"
 key_sha256 = "{}"
 apps = ["mp"]
 return_urls = ["https://passport.example.com/"]
+# The burst below is 200 reads at once: more than the user family's default bucket.
+[clients.passport.rate_limits]
+user = "off"
 "#,
         ports[0],
         ports[1],

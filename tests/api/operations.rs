@@ -136,6 +136,10 @@ fn check_validates_a_config_and_prints_it_without_secrets() {
         summary["clients"][0]["return_url_patterns"],
         serde_json::json!(["https://passport.example.com/login/", "https://*.example.com:8443/"])
     );
+    let defaults =
+        serde_json::json!({"authorize": "100/s, burst 100", "exchange": "20/s, burst 20", "user": "100/s, burst 100"});
+    assert_eq!(summary["clients"][0]["rate_limits"], defaults, "production defaults, per replica");
+    assert_eq!(summary["clients"][0]["max_open_flows"], 50_000);
     assert_eq!(summary["token"]["profile_cache"], "5m");
     assert_eq!(summary["sealing_key_ids"], serde_json::json!([1]));
     let keyring = crate::helpers::test_keyring();
