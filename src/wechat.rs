@@ -190,8 +190,9 @@ pub struct Profile {
     /// Nickname.
     #[serde(default)]
     pub nickname: String,
-    /// 0 unknown, 1 male, 2 female.
-    #[serde(default)]
+    /// 0 unknown, 1 male, 2 female. WeChat sends a number; its older web-authorization doc (and
+    /// SDK fixtures copied from it) show the string `"1"`, which is read as the same number.
+    #[serde(default, deserialize_with = "number_or_numeric_string")]
     pub sex: i64,
     /// Province.
     #[serde(default)]
@@ -466,6 +467,20 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
     serde_json::from_slice(body).map_err(WechatError::Decode)
 }
 
+/// Reads `1` or `"1"` as 1: a profile field that drifted to a string must not fail the whole reply.
+fn number_or_numeric_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrString {
+        Number(i64),
+        String(String),
+    }
+    match NumberOrString::deserialize(deserializer)? {
+        NumberOrString::Number(n) => Ok(n),
+        NumberOrString::String(s) => s.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
 /// The base URL as a prefix ending in `/`.
 fn base(url: &Url) -> String {
     let s = url.as_str();
@@ -544,6 +559,16 @@ mod tests {
         assert!(!err.is_transient());
         assert!(decode::<TokenGrant>(br#"{"errcode":-1,"errmsg":"busy"}"#).unwrap_err().is_transient());
         assert!(matches!(decode::<TokenGrant>(b"{\"access_tok"), Err(WechatError::Decode(_))));
+    }
+
+    #[test]
+    fn a_profile_reads_sex_as_a_number_or_a_numeric_string() {
+        let number: Profile = decode(br#"{"openid":"o","sex":2}"#).expect("number");
+        let string: Profile = decode(br#"{"openid":"o","sex":"1"}"#).expect("numeric string");
+        assert_eq!((number.sex, string.sex), (2, 1));
+        assert!(matches!(decode::<Profile>(br#"{"openid":"o","sex":"male"}"#), Err(WechatError::Decode(_))));
+        let cached = serde_json::to_vec(&string).expect("serialize");
+        assert_eq!(decode::<Profile>(&cached).expect("round trip"), string, "the sealed cache reads its own JSON");
     }
 
     #[test]
