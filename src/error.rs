@@ -57,6 +57,9 @@ pub enum ApiError {
     /// of another app): refused before WeChat is called.
     #[error("code not relayed through this flow")]
     CodeNotFromFlow,
+    /// 50001, 50002: the user is restricted or the account frozen (WECHAT.md).
+    #[error("user restricted")]
+    UserRestricted(Upstream),
     /// No token record for (app, openid), or a user this client may not reach.
     #[error("no token for this openid")]
     TokenNotFound,
@@ -131,7 +134,8 @@ impl ApiError {
     fn upstream(&self) -> Option<&Upstream> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | RateLimited(u) | AppMisconfigured(u) | Wechat(u) => Some(u),
+            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | UserRestricted(u) | RateLimited(u)
+            | AppMisconfigured(u) | Wechat(u) => Some(u),
             ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
             _ => None,
         }
@@ -149,6 +153,7 @@ impl ApiError {
             CodeExpired(_) => "CODE_EXPIRED",
             CodeUsed(_) => "CODE_USED",
             CodeNotFromFlow => "CODE_NOT_FROM_FLOW",
+            UserRestricted(_) => "USER_RESTRICTED",
             TokenNotFound => "TOKEN_NOT_FOUND",
             ReauthorizationRequired(_) => "REAUTHORIZATION_REQUIRED",
             ScopeNotGranted(_) => "SCOPE_NOT_GRANTED",
@@ -170,7 +175,9 @@ impl ApiError {
         match self {
             InvalidArgument(_) | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => Code::InvalidArgument,
             Unauthenticated => Code::Unauthenticated,
-            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow => Code::PermissionDenied,
+            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow | UserRestricted(_) => {
+                Code::PermissionDenied
+            }
             TokenNotFound => Code::NotFound,
             ReauthorizationRequired(_) | AppMisconfigured(_) => Code::FailedPrecondition,
             RateLimited(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => Code::ResourceExhausted,
@@ -234,6 +241,7 @@ impl ApiError {
                     40163 => ApiError::CodeUsed(u),
                     42002 | 40030 => ApiError::ReauthorizationRequired(Some(u)),
                     48001 | 10005 => ApiError::ScopeNotGranted(Some(u)),
+                    50001 | 50002 => ApiError::UserRestricted(u),
                     45009 | 45011 | 10009 => ApiError::RateLimited(u),
                     40013 | 40125 | 41002 | 41004 => ApiError::AppMisconfigured(u),
                     -1 => ApiError::WechatUnavailable(Some(u)),
@@ -286,6 +294,8 @@ mod tests {
             (40125, Code::FailedPrecondition, "APP_MISCONFIGURED"),
             (41002, Code::FailedPrecondition, "APP_MISCONFIGURED"),
             (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            (50001, Code::PermissionDenied, "USER_RESTRICTED"),
+            (50002, Code::PermissionDenied, "USER_RESTRICTED"),
             (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
             (40003, Code::Unknown, "WECHAT_ERROR"),
         ];
