@@ -60,6 +60,11 @@ pub enum ApiError {
     /// 50001, 50002: the user is restricted or the account frozen (WECHAT.md).
     #[error("user restricted")]
     UserRestricted(Upstream),
+    /// The code exchange was sent but its answer was lost (a timeout, HTTP 5xx, -1, a reply not
+    /// understood): WeChat may have spent the code, so a retry could only meet 40163. The
+    /// product must start a new sign-in; no RetryInfo.
+    #[error("the sign-in must start again")]
+    SignInAgain(Upstream),
     /// No token record for (app, openid), or a user this client may not reach.
     #[error("no token for this openid")]
     TokenNotFound,
@@ -134,7 +139,7 @@ impl ApiError {
     fn upstream(&self) -> Option<&Upstream> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | UserRestricted(u) | RateLimited(u)
+            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | UserRestricted(u) | SignInAgain(u) | RateLimited(u)
             | AppMisconfigured(u) | Wechat(u) => Some(u),
             ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
             _ => None,
@@ -154,6 +159,7 @@ impl ApiError {
             CodeUsed(_) => "CODE_USED",
             CodeNotFromFlow => "CODE_NOT_FROM_FLOW",
             UserRestricted(_) => "USER_RESTRICTED",
+            SignInAgain(_) => "SIGN_IN_AGAIN",
             TokenNotFound => "TOKEN_NOT_FOUND",
             ReauthorizationRequired(_) => "REAUTHORIZATION_REQUIRED",
             ScopeNotGranted(_) => "SCOPE_NOT_GRANTED",
@@ -179,7 +185,7 @@ impl ApiError {
                 Code::PermissionDenied
             }
             TokenNotFound => Code::NotFound,
-            ReauthorizationRequired(_) | AppMisconfigured(_) => Code::FailedPrecondition,
+            ReauthorizationRequired(_) | AppMisconfigured(_) | SignInAgain(_) => Code::FailedPrecondition,
             RateLimited(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => Code::ResourceExhausted,
             WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
             Wechat(_) => Code::Unknown,
@@ -226,6 +232,18 @@ impl ApiError {
             _ => {}
         }
         Status::with_error_details(self.code(), self.to_string(), details)
+    }
+
+    /// This failure as the answer to a code exchange that was sent: an answer that was lost
+    /// (`WECHAT_UNAVAILABLE`: timeout, 5xx, -1, a reply not understood) becomes
+    /// `SIGN_IN_AGAIN`, since WeChat may have spent the code; anything else stays.
+    pub fn spent_code(self) -> Self {
+        match self {
+            ApiError::WechatUnavailable(u) => {
+                ApiError::SignInAgain(u.unwrap_or(Upstream { errcode: 0, errmsg: String::new() }))
+            }
+            other => other,
+        }
     }
 
     /// Maps a WeChat failure by its errcode (the table of DESIGN.md §3). Token-expiry codes
@@ -316,6 +334,16 @@ mod tests {
         assert_eq!((info.reason.as_str(), info.domain.as_str()), ("CODE_NOT_FROM_FLOW", DOMAIN));
         assert!(info.metadata.is_empty(), "WeChat was never asked: no errcode");
         assert!(status.get_error_details().retry_info().is_none());
+    }
+
+    #[test]
+    fn a_lost_exchange_answer_asks_for_a_new_sign_in_without_retry_info() {
+        let lost = ApiError::WechatUnavailable(Some(Upstream { errcode: 0, errmsg: "timeout".into() }));
+        let status = lost.spent_code().to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("SIGN_IN_AGAIN"));
+        assert!(status.get_error_details().retry_info().is_none(), "the code may be spent: never retry");
+        assert_eq!(api(40029).spent_code(), api(40029), "a definite answer stays what it is");
     }
 
     #[test]

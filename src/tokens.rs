@@ -32,7 +32,7 @@ use rand::Rng as _;
 use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
-use crate::error::ApiError;
+use crate::error::{ApiError, Upstream};
 use crate::secrets::AuthCode;
 use crate::store::{
     CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, OPERATION_TIMEOUT, ReadCode, Store, TokenRecord,
@@ -210,6 +210,10 @@ impl Tokens {
             }
             let now_ms = self.clock.now_ms();
             match &read.record.state {
+                CodeState::Lost => {
+                    let lost = Upstream { errcode: 0, errmsg: "the first exchange's answer was lost".into() };
+                    return Err(ApiError::SignInAgain(lost));
+                }
                 CodeState::Done(outcome) => {
                     tracing::info!(app = %app.name, "code exchanged before through this flow; returning the recorded result");
                     return Ok((outcome.clone(), false));
@@ -252,6 +256,16 @@ impl Tokens {
         };
         let grant = match self.wechat.exchange_code(app, code).await {
             Ok(grant) => grant,
+            Err(e) if e.may_have_acted() => {
+                // Never retried, here or by the caller: the code may be spent (a retry would
+                // meet 40163). Remembered, so a repeat gets the same answer.
+                let lost = CodeRecord { state: CodeState::Lost, ..relayed.record.clone() };
+                if let Err(e) = self.store.put_code(&app.name, code, &lost, life).await {
+                    tracing::warn!(error = %e, "lost exchange not recorded; its claim lapses by itself");
+                }
+                tracing::warn!(app = %app.name, "code exchange sent, answer lost: the user must sign in again");
+                return Err(ApiError::from_wechat(&e).spent_code());
+            }
             Err(e) => {
                 unclaim().await;
                 return Err(ApiError::from_wechat(&e));

@@ -159,6 +159,16 @@ impl WechatError {
             WechatError::Status(s) => *s >= 500,
         }
     }
+
+    /// Whether WeChat may have acted on the request though its answer was lost: a transient
+    /// failure once the request could have arrived (everything but a failed connection). For a
+    /// code exchange that means the code may be spent (WECHAT.md, "as it behaves today").
+    pub fn may_have_acted(&self) -> bool {
+        match self {
+            WechatError::Transport(e) => !e.is_connect(),
+            other => other.is_transient(),
+        }
+    }
 }
 
 /// `sns/oauth2/access_token` and `sns/oauth2/refresh_token` replies.

@@ -124,9 +124,10 @@ async fn auth(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response
 
 /// Counts the call, applies an injected fault, else runs the endpoint's rule.
 async fn answer(sim: &Simulator, endpoint: Endpoint, raw: Option<String>, rule: Rule) -> Response {
-    if let Some(faulted) = sim.enter(endpoint, Answer::Json).await {
-        return faulted;
-    }
+    let after_work = match sim.enter(endpoint, Answer::Json).await {
+        Ok(after_work) => after_work,
+        Err(faulted) => return faulted,
+    };
     let params = Params::parse(raw.unwrap_or_default().as_bytes());
     let result = rule(sim.core(), &params);
     tracing::debug!(
@@ -135,9 +136,14 @@ async fn answer(sim: &Simulator, endpoint: Endpoint, raw: Option<String>, rule: 
         errcode = result.as_ref().err().copied().unwrap_or(0),
         "simulated sns call"
     );
-    match result {
+    let response = match result {
         Ok(body) => Json(body).into_response(),
         Err(code) => error_response(code),
+    };
+    match after_work {
+        // The work is done (a code spent); the answer that reaches the caller is the fault's.
+        Some(fault) => sim.fault_answer(fault, Answer::Json).await.unwrap_or(response),
+        None => response,
     }
 }
 

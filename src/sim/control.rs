@@ -76,6 +76,11 @@ pub enum Fault {
     BadJson,
     /// Waits this long, then answers normally.
     Delay(Duration),
+    /// Does the endpoint's work — a code exchange spends the code — and then answers as the
+    /// inner fault instead: WeChat acted, its answer was lost (a timeout, a 5xx, -1 after the
+    /// request was received). cordova-plugin-wechat #522 shows a code that answered 40029 and
+    /// then 40163: the first attempt had spent it.
+    AfterWork(Box<Fault>),
 }
 
 /// How an endpoint answers, so a fault answers in the same shape.
@@ -139,14 +144,27 @@ impl Controls {
 impl Simulator {
     /// Every endpoint starts here: the call is counted, then an injected fault answers in its
     /// place (`Some`), or, after any delay, the endpoint goes on (`None`).
-    pub(super) async fn enter(&self, endpoint: Endpoint, answer: Answer) -> Option<Response> {
-        let fault = self.controls().take(endpoint)?;
+    ///
+    /// `Ok(Some(fault))`: an [`Fault::AfterWork`]; the endpoint does its work and then answers
+    /// through [`Simulator::fault_answer`].
+    pub(super) async fn enter(&self, endpoint: Endpoint, answer: Answer) -> Result<Option<Fault>, Response> {
+        let Some(fault) = self.controls().take(endpoint) else { return Ok(None) };
         tracing::debug!(endpoint = endpoint.name(), ?fault, "injected fault");
+        match fault {
+            Fault::AfterWork(inner) => Ok(Some(*inner)),
+            fault => self.fault_answer(fault, answer).await.map_or(Ok(None), Err),
+        }
+    }
+
+    /// How `fault` answers in the endpoint's shape; `None` for a delay, after it (the endpoint
+    /// then answers normally).
+    pub(super) async fn fault_answer(&self, fault: Fault, answer: Answer) -> Option<Response> {
         Some(match (fault, answer) {
             (Fault::Delay(by), _) => {
                 tokio::time::sleep(by).await;
                 return None;
             }
+            (Fault::AfterWork(inner), answer) => return Box::pin(self.fault_answer(*inner, answer)).await,
             (Fault::Errcode(code), Answer::Json) => error_response(code),
             (Fault::Errcode(code), Answer::Html) => PageError::Upstream(code).into_response(),
             (Fault::HttpStatus(status), _) => {
@@ -208,7 +226,8 @@ fn one() -> u32 {
     1
 }
 
-/// `{"errcode":45011}`, `{"http_status":502}`, `"bad_json"` or `{"delay_ms":200}`.
+/// `{"errcode":45011}`, `{"http_status":502}`, `"bad_json"`, `{"delay_ms":200}` or
+/// `{"after_work": <one of those>}`.
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FaultSpec {
@@ -216,11 +235,14 @@ enum FaultSpec {
     HttpStatus(u16),
     BadJson,
     DelayMs(u64),
+    /// `{"after_work": {"http_status": 502}}`: the work is done, then that fault answers.
+    AfterWork(Box<FaultSpec>),
 }
 
 impl FaultSpec {
     fn into_fault(self) -> Result<Fault, &'static str> {
         Ok(match self {
+            Self::AfterWork(inner) => Fault::AfterWork(Box::new(inner.into_fault()?)),
             Self::Errcode(code) => Fault::Errcode(code),
             Self::HttpStatus(status) => {
                 StatusCode::from_u16(status).map_err(|_| "http_status must be 100..=999")?;

@@ -148,7 +148,7 @@ async fn qrconnect_confirm(State(sim): State<Simulator>, body: Bytes) -> Respons
 
 /// `GET` of an authorize page: the consent page, or WeChat's error page.
 async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
-    if let Some(faulted) = sim.enter(page.endpoint(), Answer::Html).await {
+    if let Err(faulted) = sim.enter(page.endpoint(), Answer::Html).await {
         return faulted;
     }
     match check_query(sim.core(), page, raw.as_deref().unwrap_or("")) {

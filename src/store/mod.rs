@@ -147,6 +147,9 @@ pub enum CodeState {
     Pending(i64),
     /// Exchanged, with this result.
     Done(ExchangeOutcome),
+    /// The exchange was sent and its answer lost: WeChat may have spent the code, so every
+    /// later exchange of it is told to start a new sign-in, without asking WeChat.
+    Lost,
 }
 
 /// What the relay made of a code it was handed.

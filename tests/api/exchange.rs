@@ -228,31 +228,66 @@ async fn wechat_code_errors_map_to_invalid_argument(backend: Backend) {
 
 async fn upstream_failures_map_as_the_design_table_says(backend: Backend) {
     let app = spawn_app(backend).await;
-    let cases = [
+    // WeChat answered: nothing was spent, the caller may retry (RetryInfo where waiting helps).
+    let answered = [
         (Fault::Errcode(45011), Code::ResourceExhausted, "WECHAT_RATE_LIMITED", true),
         (Fault::Errcode(45009), Code::ResourceExhausted, "WECHAT_RATE_LIMITED", true),
         (Fault::Errcode(40125), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
         (Fault::Errcode(40013), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
         (Fault::Errcode(41004), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
-        (Fault::Errcode(-1), Code::Unavailable, "WECHAT_UNAVAILABLE", true),
-        (Fault::HttpStatus(502), Code::Unavailable, "WECHAT_UNAVAILABLE", true),
-        (Fault::BadJson, Code::Unavailable, "WECHAT_UNAVAILABLE", true),
-        (Fault::Delay(Duration::from_secs(3)), Code::Unavailable, "WECHAT_UNAVAILABLE", true),
+        (Fault::Errcode(50001), Code::PermissionDenied, "USER_RESTRICTED", false),
         (Fault::Errcode(40003), Code::Unknown, "WECHAT_ERROR", false),
     ];
-    for (fault, code, expected_reason, retry) in cases {
+    for (fault, code, expected_reason, retry) in answered {
         let label = format!("{fault:?}");
         let wechat_code = app.relayed("mp", "alice", "snsapi_base").await;
         app.sim.inject(Endpoint::AccessToken, fault.clone(), 1);
         let status = app.exchange("mp", &wechat_code).await.expect_err(&label);
         assert_eq!((status.code(), reason(&status).as_str()), (code, expected_reason), "{label}");
         assert_eq!(status.get_error_details().retry_info().is_some(), retry, "{label}");
-        // The fault came before WeChat used the code: the failed exchange left no claim
-        // behind, so the caller's retry goes through.
-        if !matches!(fault, Fault::Delay(_)) {
-            app.exchange("mp", &wechat_code).await.expect(&label);
-        }
+        // The failed exchange left no claim behind: the caller's retry goes through.
+        app.exchange("mp", &wechat_code).await.expect(&label);
     }
+}
+
+/// An exchange that was sent but whose answer was lost (a timeout, a 5xx, -1, a reply not
+/// understood) may have spent the code at WeChat: the product is told to start a new sign-in
+/// (FAILED_PRECONDITION / SIGN_IN_AGAIN, no RetryInfo), never to retry, and a repeat gets the
+/// same answer without asking WeChat.
+async fn a_lost_exchange_answer_asks_for_a_new_sign_in(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let lost = [
+        Fault::Errcode(-1),
+        Fault::HttpStatus(502),
+        Fault::BadJson,
+        Fault::Delay(Duration::from_secs(3)),
+        Fault::AfterWork(Box::new(Fault::HttpStatus(504))),
+    ];
+    let mut last = None;
+    for fault in lost {
+        let label = format!("{fault:?}");
+        let wechat_code = app.relayed("mp", "alice", "snsapi_base").await;
+        last = Some(wechat_code.code.clone());
+        app.sim.inject(Endpoint::AccessToken, fault.clone(), 1);
+        let calls = app.sim.calls(Endpoint::AccessToken);
+        let status = app.exchange("mp", &wechat_code).await.expect_err(&label);
+        assert_eq!((status.code(), reason(&status).as_str()), (Code::FailedPrecondition, "SIGN_IN_AGAIN"), "{label}");
+        assert!(status.get_error_details().retry_info().is_none(), "{label}: no RetryInfo");
+        let again = app.exchange("mp", &wechat_code).await.expect_err(&label);
+        assert_eq!(reason(&again), "SIGN_IN_AGAIN", "{label}: the repeat too");
+        assert_eq!(app.sim.calls(Endpoint::AccessToken), calls + 1, "{label}: the repeat did not reach WeChat");
+    }
+    // WeChat really spent the code in the last case: asked directly, it says 40163. A new
+    // sign-in works.
+    let url = format!(
+        "http://{}/sns/oauth2/access_token?appid={MP_APPID}&secret=demo-mp-secret&code={}&grant_type=authorization_code",
+        app.sim_addr,
+        last.expect("a code")
+    );
+    let direct: serde_json::Value = app.http.get(url).send().await.expect("sim").json().await.expect("json");
+    assert_eq!(direct["errcode"], 40163, "the lost exchange had spent the code");
+    let fresh = app.relayed("mp", "alice", "snsapi_base").await;
+    app.exchange("mp", &fresh).await.expect("a new sign-in");
 }
 
 async fn invalid_code_and_flow_fields_are_refused_before_any_call(backend: Backend) {
@@ -287,5 +322,6 @@ both_backends!(
     concurrent_exchanges_of_one_code_make_one_wechat_call,
     wechat_code_errors_map_to_invalid_argument,
     upstream_failures_map_as_the_design_table_says,
+    a_lost_exchange_answer_asks_for_a_new_sign_in,
     invalid_code_and_flow_fields_are_refused_before_any_call,
 );
