@@ -80,7 +80,7 @@ async fn a_flows_spans_reach_the_collector_under_the_callers_trace() {
     let flow = app.grpc.clone().build_authorize_url(traced(request)).await.expect("flow").into_inner().flow_id;
     let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
     assert_eq!(app.callback(&format!("code={code}&state={flow}")).await.status(), 302);
-    let request = ExchangeCodeRequest { app: "mp".into(), code, ..Default::default() };
+    let request = ExchangeCodeRequest { flow_id: flow, code, ..Default::default() };
     app.grpc.clone().exchange_code(traced(request)).await.expect("exchange");
 
     let wanted = [
