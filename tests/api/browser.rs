@@ -342,7 +342,8 @@ async fn a_flow_past_its_grace_window_gets_the_start_again_page() {
 /// leaks (the URL of the page holding it: history, a Referer, an access log); in a fresh
 /// browser session the attacker starts a sign-in of their own at the same product and hands it
 /// Bob's code with their own, valid `state`. The product's state check passes — and wxauth
-/// refuses the code, which came through Bob's flow. Bob's own reload still signs him in.
+/// refuses the code, which came through Bob's flow. (Bob's own reload of the same code and flow
+/// still signs him in: `allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaked_code_in_another_browser_session_signs_no_one_in() {
     let dev = DevMode::start().await;

@@ -9,7 +9,7 @@ use wxauth::proto::{
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{Backend, Relayed, eventually, metadata, reason, spawn_app, spawn_app_configured};
+use crate::helpers::{Backend, Relayed, TestApp, eventually, metadata, reason, spawn_app, spawn_app_configured};
 
 async fn get_user_info_uses_the_stored_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -285,20 +285,30 @@ async fn a_refresh_under_way_cannot_bring_a_forgotten_user_back(backend: Backend
     assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "the refresh did not write the record back");
 }
 
+/// A RefreshToken that outlives its lock: the lock made 300 ms, WeChat's answer held 1.5 s;
+/// returns once the refresh has reached WeChat.
+async fn slow_refresh(
+    app: &TestApp,
+    openid: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<wxauth::proto::RefreshTokenResponse>, tonic::Status>> {
+    app.tokens.set_lock_ttl(Duration::from_millis(300));
+    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(1500)), 1);
+    let refresh = RefreshTokenRequest { app: "mp".into(), openid: openid.to_owned(), device: 0 };
+    let refreshing = tokio::spawn({
+        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
+        async move { grpc.refresh_token(request).await }
+    });
+    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
+    refreshing
+}
+
 /// A refresh slower than its lock's life (the lock made short here): ForgetUser takes the
 /// expired lock and deletes the user while WeChat still works on the refresh, and the refresh's
 /// compare-and-write then finds the record gone and writes nothing.
 async fn a_refresh_that_outlives_its_lock_cannot_bring_a_forgotten_user_back(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_userinfo").await;
-    app.tokens.set_lock_ttl(Duration::from_millis(300));
-    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(1500)), 1);
-    let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
-    let refreshing = tokio::spawn({
-        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
-        async move { grpc.refresh_token(request).await }
-    });
-    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
+    let refreshing = slow_refresh(&app, &login.openid).await;
 
     let forget = ForgetUserRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     let forgotten = app.grpc.clone().forget_user(app.req(forget)).await.expect("forgotten").into_inner();
@@ -316,14 +326,7 @@ async fn a_refresh_that_outlives_its_lock_cannot_bring_a_forgotten_user_back(bac
 async fn a_refresh_that_outlives_its_lock_cannot_overwrite_a_new_sign_in(backend: Backend) {
     let app = spawn_app(backend).await;
     let login = app.login("alice", "snsapi_base").await;
-    app.tokens.set_lock_ttl(Duration::from_millis(300));
-    app.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(1500)), 1);
-    let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
-    let refreshing = tokio::spawn({
-        let (mut grpc, request) = (app.grpc.clone(), app.req(refresh));
-        async move { grpc.refresh_token(request).await }
-    });
-    assert!(eventually(async || app.sim.calls(Endpoint::RefreshToken) == 1).await);
+    let refreshing = slow_refresh(&app, &login.openid).await;
 
     app.login("alice", "snsapi_userinfo").await;
     let signed_in = app.store.get_token("mp", &login.openid).await.expect("store").expect("record");
