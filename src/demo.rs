@@ -3,6 +3,8 @@
 //!
 //! - `GET /` offers "Sign in with WeChat" for a phone (app `demo-mp`, `snsapi_userinfo`) and
 //!   for a PC (app `demo-web`, QR login).
+//! - `GET /login` picks the app by User-Agent, as real products do: inside WeChat's in-app
+//!   browser the official account, elsewhere the website app's QR code.
 //! - `GET /login/mobile`, `GET /login/pc` call `BuildAuthorizeUrl` over gRPC with a fresh CSRF
 //!   `state`, bind that state and the flow id wxauth returns to the browser with cookies, and
 //!   send the browser to WeChat.
@@ -96,6 +98,7 @@ pub fn router(grpc: Channel, key: String, origin: String) -> Router {
     let demo = Demo { grpc: WeChatOAuthServiceClient::new(grpc), key, origin };
     Router::new()
         .route("/", get(home))
+        .route("/login", get(login))
         .route("/login/mobile", get(login_mobile))
         .route("/login/pc", get(login_pc))
         .route("/callback", get(callback))
@@ -170,10 +173,20 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
         "Demo product",
         "<p>This page stands in for an internal service. It signs you in with WeChat through \
          wxauth; the WeChat here is the simulator.</p>\
-         <p><a class=\"button\" id=\"login-mobile\" href=\"/login/mobile\">Sign in with WeChat (phone)</a></p>\
-         <p><a class=\"button\" id=\"login-pc\" href=\"/login/pc\">Sign in with WeChat (PC, QR code)</a></p>",
+         <p><a class=\"button\" id=\"login\" href=\"/login\">Sign in with WeChat</a></p>\
+         <p>Or pick: <a id=\"login-mobile\" href=\"/login/mobile\">inside WeChat (official account)</a> · \
+         <a id=\"login-pc\" href=\"/login/pc\">QR code (website app)</a></p>",
     )
     .into_response()
+}
+
+/// "Sign in with WeChat" as real products do it: inside WeChat's in-app browser the official
+/// account (its authorize page opens nowhere else), in any other browser the website app's QR
+/// code.
+async fn login(State(demo): State<Demo>, headers: HeaderMap) -> Result<Response, PageError> {
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let device = if user_agent.contains(crate::sim::WECHAT_BROWSER_MARK) { Device::Mobile } else { Device::Pc };
+    start_login(&demo, device).await
 }
 
 async fn login_mobile(State(demo): State<Demo>) -> Result<Response, PageError> {

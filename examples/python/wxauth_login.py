@@ -64,10 +64,19 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 OPENER = urllib.request.build_opener(NoRedirect)
 
 
+# WeChat's in-app browser: an official account's authorize page opens nowhere else (elsewhere
+# WeChat shows "请在微信客户端打开链接"), so the browser this script plays is inside WeChat.
+WECHAT_BROWSER_UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Mobile/15E148 MicroMessenger/8.0.50(0x1800323b) NetType/WIFI Language/zh_CN"
+)
+
+
 def fetch(url, data=None):
     """(status, headers, body) of one request, 3xx included."""
+    request = urllib.request.Request(url, data=data, headers={"User-Agent": WECHAT_BROWSER_UA})
     try:
-        with OPENER.open(url, data=data, timeout=10) as response:
+        with OPENER.open(request, timeout=10) as response:
             return response.status, response.headers, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read().decode()

@@ -7,7 +7,7 @@ use crate::html::escape;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use url::Url;
@@ -130,8 +130,29 @@ pub(super) fn routes() -> Router<Simulator> {
         .route(Page::QrConnect.confirm_path(), post(qrconnect_confirm))
 }
 
-async fn oauth2_page(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+/// What an official-account page needs in the User-Agent: WeChat's in-app browser.
+pub const WECHAT_BROWSER_MARK: &str = "MicroMessenger";
+
+/// A User-Agent of WeChat's in-app browser (iOS), for tests and scripts that walk an
+/// official-account flow.
+pub const WECHAT_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
+     (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50(0x1800323b) NetType/WIFI Language/zh_CN";
+
+/// An official account's authorize page opens only in WeChat's in-app browser: elsewhere
+/// WeChat shows "请在微信客户端打开链接" and no consent (WECHAT.md, "as it behaves today";
+/// desktop browsers use website apps and `qrconnect`).
+async fn oauth2_page(State(sim): State<Simulator>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !user_agent.contains(WECHAT_BROWSER_MARK) {
+        return outside_wechat();
+    }
     show(&sim, Page::OAuth2, raw).await
+}
+
+/// WeChat's page for an official-account link opened outside its browser.
+fn outside_wechat() -> Response {
+    let title = "请在微信客户端打开链接";
+    layout(title, "", &format!("<h1 id=\"outside-wechat\">{title}</h1>")).into_response()
 }
 
 async fn qrconnect_page(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {

@@ -28,7 +28,12 @@ async fn spawn() -> TestSim {
 
 async fn spawn_with(config: SimConfig) -> TestSim {
     let (sim, addr) = Simulator::spawn_local(config).await.unwrap();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // A browser inside WeChat: official-account pages open nowhere else.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(super::WECHAT_BROWSER_UA)
+        .build()
+        .unwrap();
     TestSim { sim, base: format!("http://{addr}"), http }
 }
 
@@ -184,6 +189,28 @@ async fn consent_page_offers_users_with_allow_and_deny_forms() {
         page.contains("<input type=\"hidden\" name=\"redirect_uri\" value=\"http://127.0.0.1:8080/wechat/callback\">")
     );
     assert!(page.contains("<input type=\"hidden\" name=\"state\" value=\"abc123\">"));
+}
+
+/// Outside WeChat's in-app browser an official account's page shows "请在微信客户端打开链接" and
+/// no consent; the website QR page opens in any browser.
+#[tokio::test]
+async fn official_account_pages_open_only_inside_wechat() {
+    let t = spawn().await;
+    let desktop = reqwest::Client::builder()
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36")
+        .build()
+        .unwrap();
+
+    let outside =
+        desktop.get(format!("{}{}", t.base, oauth2(MP, CALLBACK, "snsapi_userinfo", "s"))).send().await.unwrap();
+    let qr = desktop.get(format!("{}{}", t.base, page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")));
+
+    assert_eq!(outside.status(), StatusCode::OK);
+    let page = outside.text().await.unwrap();
+    assert!(page.contains("请在微信客户端打开链接"), "{page}");
+    assert!(!page.contains("id=\"allow\""), "no consent outside WeChat");
+    assert!(qr.send().await.unwrap().text().await.unwrap().contains("id=\"allow\""));
+    assert!(t.page(&oauth2(MP, CALLBACK, "snsapi_userinfo", "s")).await.contains("id=\"allow\""), "inside WeChat");
 }
 
 #[tokio::test]

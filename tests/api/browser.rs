@@ -109,6 +109,9 @@ impl Browser {
                         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                         "--no-first-run", "--disable-background-networking", "--disable-component-update",
                         "--disable-sync", "--no-proxy-server", "--window-size=900,760",
+                        // WeChat's in-app browser: official-account pages open nowhere else,
+                        // and the demo page picks its app by it.
+                        format!("--user-agent={}", wxauth::sim::WECHAT_BROWSER_UA),
                         format!("--user-data-dir={}", profile.display()),
                     ],
                 },
@@ -369,6 +372,29 @@ async fn a_leaked_code_in_another_browser_session_signs_no_one_in() {
             assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the injected code never reached WeChat");
         })
         .await;
+}
+
+/// "Sign in with WeChat" picks the app by User-Agent, as real products do: WeChat's in-app
+/// browser gets the official account, any other browser the website app's QR code (an
+/// official-account page would only say "请在微信客户端打开链接" there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_picks_the_app_by_user_agent() {
+    let dev = DevMode::start().await;
+    let location = |ua: &'static str| {
+        let home = dev.home();
+        async move {
+            let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).user_agent(ua).build();
+            let response = http.expect("http").get(format!("{home}login")).send().await.expect("demo");
+            assert_eq!(response.status(), 302);
+            response.headers()["location"].to_str().expect("ascii").to_owned()
+        }
+    };
+    let inside = location(wxauth::sim::WECHAT_BROWSER_UA).await;
+    assert!(inside.contains("/connect/oauth2/authorize?appid="), "{inside}");
+    let desktop = location("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36").await;
+    assert!(desktop.contains("/connect/qrconnect?appid="), "{desktop}");
+    let outside = reqwest::get(&inside).await.expect("sim").text().await.expect("page");
+    assert!(outside.contains("请在微信客户端打开链接") && !outside.contains("id=\"allow\""), "{outside}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,7 +278,12 @@ pub async fn spawn_settings(
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{grpc_addr}")).expect("uri").connect().await.expect("connect");
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    // The test's "browser" is inside WeChat: official-account pages open nowhere else.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(wxauth::sim::WECHAT_BROWSER_UA)
+        .build()
+        .expect("http");
     TestApp {
         grpc: WeChatOAuthServiceClient::new(channel),
         grpc_addr,
