@@ -27,6 +27,8 @@ use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
 pub const MAX_RETURN_URL: usize = 2048;
 /// Longest caller `state` (kept server-side, never sent to WeChat).
 pub const MAX_STATE: usize = 512;
+/// Longest browser User-Agent accepted.
+pub const MAX_USER_AGENT: usize = 1024;
 /// Longest code accepted (WeChat's are 32 characters).
 pub const MAX_CODE: usize = 256;
 /// Length of a flow id: 22 alphanumerics ≈ 131 bits, well inside WeChat's 128-byte `state`.
@@ -142,7 +144,14 @@ impl OAuthService {
     ) -> Result<proto::BuildAuthorizeUrlResponse, ApiError> {
         let mut v = Violations::default();
         v.app(&req.app);
-        let device = v.device(req.device, &req.app);
+        let device = if req.app.is_empty() && req.device == 0 && !req.user_agent.is_empty() {
+            Some(device_of_browser(&req.user_agent))
+        } else {
+            v.device(req.device, &req.app)
+        };
+        if req.user_agent.len() > MAX_USER_AGENT {
+            v.add("user_agent", format!("at most {MAX_USER_AGENT} bytes"));
+        }
         let scope = v.scope(req.scope);
         if req.return_url.is_empty() {
             v.add("return_url", "required");
@@ -492,6 +501,12 @@ fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
     }
+}
+
+/// The device whose default app suits a browser: WeChat's in-app browser (`MicroMessenger` in
+/// its User-Agent) opens official-account pages and nothing else does (WECHAT.md).
+fn device_of_browser(user_agent: &str) -> config::Device {
+    if user_agent.contains("MicroMessenger") { config::Device::Mobile } else { config::Device::Pc }
 }
 
 /// Whose users `client` reaches (`clients.<name>.users`).

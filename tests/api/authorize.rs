@@ -66,6 +66,25 @@ async fn device_picks_the_default_app_and_force_popup_is_passed(backend: Backend
     assert!(page.contains("id=\"allow\""), "{page}");
 }
 
+/// With neither app nor device, the browser's User-Agent picks the app as WeChat requires:
+/// WeChat's in-app browser the official account, any other browser the website QR app.
+async fn the_browsers_user_agent_picks_the_app(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let pick = |user_agent: &str| {
+        let mut req = request("https://www.example.com/");
+        (req.app, req.scope, req.user_agent) = (String::new(), 0, user_agent.to_owned());
+        let mut grpc = app.grpc.clone();
+        let req = app.req(req);
+        async move { grpc.build_authorize_url(req).await.expect("ok").into_inner() }
+    };
+    let inside = pick(wxauth::sim::WECHAT_BROWSER_UA).await;
+    assert_eq!((inside.app.as_str(), inside.scope), ("mp", Scope::SnsapiBase as i32));
+    assert!(inside.authorize_url.contains("/connect/oauth2/authorize?"));
+    let desktop = pick("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15").await;
+    assert_eq!((desktop.app.as_str(), desktop.scope), ("web", Scope::SnsapiLogin as i32));
+    assert!(desktop.authorize_url.contains("/connect/qrconnect?"));
+}
+
 async fn an_unspecified_scope_is_silent_for_official_accounts(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut req = request("https://passport.example.com/login/");
@@ -131,6 +150,7 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
         state: "s".repeat(513),
         device: 7,
         force_popup: false,
+        user_agent: "u".repeat(1025),
     };
     let status = app.grpc.clone().build_authorize_url(app.req(req)).await.expect_err("invalid");
     assert_eq!((status.code(), reason(&status).as_str()), (Code::InvalidArgument, "INVALID_ARGUMENT"));
@@ -138,7 +158,7 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
     let mut fields: Vec<_> =
         details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
     fields.sort();
-    assert_eq!(fields, ["app", "device", "return_url", "scope", "state"]);
+    assert_eq!(fields, ["app", "device", "return_url", "scope", "state", "user_agent"]);
 
     let mut wrong_scope = request("https://passport.example.com/login/");
     wrong_scope.scope = Scope::SnsapiLogin as i32;
@@ -168,6 +188,7 @@ async fn long_and_unusual_caller_state_is_kept_verbatim(backend: Backend) {
 both_backends!(
     the_url_follows_wechats_order_and_the_simulator_accepts_it,
     device_picks_the_default_app_and_force_popup_is_passed,
+    the_browsers_user_agent_picks_the_app,
     an_unspecified_scope_is_silent_for_official_accounts,
     return_urls_off_the_allowlist_are_denied,
     callers_without_a_valid_key_are_unauthenticated,

@@ -85,6 +85,7 @@ async fn random_requests_get_clean_answers(backend: Backend) {
             state: nasty(&mut rng),
             device: enum_value(&mut rng),
             force_popup: rng.random_bool(0.5),
+            user_agent: nasty(&mut rng),
         };
         acceptable(grpc.build_authorize_url(app.req(request)).await.map(|_| ()));
         let request = ExchangeCodeRequest {
