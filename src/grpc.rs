@@ -181,6 +181,7 @@ impl OAuthService {
             created_at: now,
         };
         self.start_flow(client, &flow_id, &flow).await?;
+        self.metrics.flows_started.with_label_values(&[app.name.as_str()]).inc();
         let authorize_url = self.wechat.authorize_url(&AuthorizeParams {
             app,
             redirect_uri: self.settings.callback_url.as_str(),

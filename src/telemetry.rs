@@ -162,6 +162,10 @@ pub struct Metrics {
     pub wechat_duration: HistogramVec,
     /// Relay callbacks by outcome.
     pub relay_callbacks: IntCounterVec,
+    /// Flows started, by app: with the relay's first callbacks (`relayed`, `denied_relayed`),
+    /// the flows that ended without a callback (a user who closed WeChat's page, or denied on an
+    /// official account, which may not call back) are their difference, once `flow.ttl` passed.
+    pub flows_started: IntCounterVec,
     /// Store operation latency by operation.
     pub store_duration: HistogramVec,
     /// Store operation failures by operation.
@@ -229,6 +233,11 @@ impl Metrics {
                 "wxauth_relay_callbacks_total",
                 "Callbacks at the relay, by outcome.",
                 &["outcome"],
+            ),
+            flows_started: counter(
+                "wxauth_flows_started_total",
+                "Flows started by BuildAuthorizeUrl, by app (minus first callbacks: flows that never came back).",
+                &["app"],
             ),
             store_duration: histogram(
                 "wxauth_store_operation_duration_seconds",

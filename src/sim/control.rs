@@ -96,6 +96,8 @@ pub(super) struct Controls {
     calls: [AtomicU64; 6],
     faults: Mutex<[VecDeque<(Fault, u32)>; 6]>,
     double_callback: AtomicBool,
+    /// Deny on an official account's page leaves the user on WeChat's page, no callback.
+    deny_stays: AtomicBool,
 }
 
 impl Controls {
@@ -116,6 +118,14 @@ impl Controls {
 
     pub(super) fn set_double_callback(&self, on: bool) {
         self.double_callback.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_deny_stays(&self, on: bool) {
+        self.deny_stays.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn deny_stays(&self) -> bool {
+        self.deny_stays.load(Ordering::Relaxed)
     }
 
     pub(super) fn double_callback(&self) -> bool {

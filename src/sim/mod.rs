@@ -149,6 +149,14 @@ impl Simulator {
         self.controls().set_double_callback(on);
     }
 
+    /// On: Deny on an official account's consent page leaves the user on WeChat's page and
+    /// never calls back (WeChat does this today; products must treat a flow that never returns
+    /// as a normal ending). Off (the default): Deny calls back with `state` only, as the docs
+    /// say and website apps do.
+    pub fn set_deny_stays(&self, on: bool) {
+        self.controls().set_deny_stays(on);
+    }
+
     /// Issues a code as if `user` had consented to `scope` for `appid`, for tests without a
     /// browser; refuses what the consent page would refuse.
     pub fn authorize(&self, appid: &str, user: &str, scope: &str) -> Result<String, SimError> {

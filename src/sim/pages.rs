@@ -303,10 +303,17 @@ fn confirm(sim: &Simulator, page: Page, body: &[u8]) -> Response {
         Err(error) => return error.into_response(),
     };
     match field("decision") {
+        "deny" if page == Page::OAuth2 && sim.controls().deny_stays() => denied_here(),
         "deny" => found(&back(&request, None)),
         "allow" => allow(sim, &request, field("user")),
         _ => PageError::BadLink.into_response(),
     }
+}
+
+/// WeChat's page after Deny when it does not call back: the user stays on WeChat.
+fn denied_here() -> Response {
+    let title = "你已拒绝授权";
+    layout(title, "", &format!("<h1 id=\"denied\">{title}</h1>")).into_response()
 }
 
 fn allow(sim: &Simulator, request: &AuthorizeRequest<'_>, user: &str) -> Response {

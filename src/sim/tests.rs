@@ -398,6 +398,22 @@ async fn deny_redirects_with_state_only() {
     assert_eq!(location(&response), format!("{CALLBACK}?state=st8"));
 }
 
+/// WeChat today: Deny on an official account's page may leave the user there, no callback.
+#[tokio::test]
+async fn deny_on_an_official_account_can_stay_on_wechats_page() {
+    let t = spawn().await;
+    t.sim.set_deny_stays(true);
+
+    let stays = t.decide("oauth2/authorize", "deny", CALLBACK).await;
+    t.sim.set_deny_stays(false);
+    let calls_back = t.decide("oauth2/authorize", "deny", CALLBACK).await;
+
+    assert_eq!(stays.status(), StatusCode::OK);
+    assert!(stays.headers().get("location").is_none(), "no callback");
+    assert!(stays.text().await.unwrap().contains("你已拒绝授权"));
+    assert_eq!(calls_back.status(), StatusCode::FOUND, "the other ending: a callback with state only");
+}
+
 #[tokio::test]
 async fn consent_forms_are_checked_again() {
     let t = spawn().await;

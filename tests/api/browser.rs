@@ -283,6 +283,25 @@ async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
         .await;
 }
 
+/// WeChat today: Deny on an official account may leave the user on WeChat's page, with no
+/// callback at all. Nothing reaches the relay or the product; the flow just expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_without_a_callback_ends_on_wechats_page() {
+    let dev = DevMode::start().await;
+    dev.sim.set_deny_stays(true);
+    Browser::start()
+        .await
+        .run(async |client| {
+            start_mobile_login(client, &dev).await;
+            click(client, "#deny").await;
+            assert!(text(client, "#denied").await.contains("你已拒绝授权"));
+            let url = client.current_url().await.expect("url");
+            assert!(url.path().starts_with("/connect/oauth2/authorize"), "still on WeChat: {url}");
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 0);
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechats_double_callback_still_signs_the_user_in_without_code_used() {
     let dev = DevMode::start().await;

@@ -51,6 +51,7 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"PermissionDenied\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"ExchangeCode\"", "grpc_code=\"InvalidArgument\""]), Some(1.0));
     assert_eq!(sample(&scrape, rpc, &["grpc_method=\"GetUserInfo\"", "grpc_code=\"OK\""]), Some(2.0));
+    assert_eq!(sample(&scrape, "wxauth_flows_started_total", &["app=\"mp\""]), Some(1.0));
     let histogram = "wxauth_grpc_request_duration_seconds_count";
     assert_eq!(sample(&scrape, histogram, &["grpc_method=\"GetUserInfo\""]), Some(2.0));
     assert_eq!(sample(&scrape, "wxauth_profile_cache_total", &["result=\"skipped\""]), Some(1.0));
