@@ -52,12 +52,24 @@ impl Page {
         }
     }
 
-    /// The parameters allowed after the required ones, once each, in any order, with their
-    /// only accepted value.
-    fn optional_params(self) -> &'static [(&'static str, &'static str)] {
+    /// The parameters real links carry after the required ones, once each, in any order, with
+    /// the values accepted (`None`: any value): `forcePopup` and `connect_redirect` on
+    /// official-account links; on QR links those `wxLogin.js` builds (`self_redirect`, `style`,
+    /// `href`, `login_type=jssdk`, `stylelite`, `fast_login`) — the service itself emits only
+    /// WeChat's documented ones, in WeChat's order.
+    fn optional_params(self) -> &'static [(&'static str, Option<&'static [&'static str]>)] {
+        const BOOL: Option<&[&str]> = Some(&["true", "false"]);
         match self {
-            Self::OAuth2 => &[("forcePopup", "true"), ("connect_redirect", "1")],
-            Self::QrConnect => &[("forcePopup", "true")],
+            Self::OAuth2 => &[("forcePopup", BOOL), ("connect_redirect", Some(&["1"]))],
+            Self::QrConnect => &[
+                ("forcePopup", BOOL),
+                ("self_redirect", BOOL),
+                ("style", Some(&["black", "white"])),
+                ("href", None),
+                ("login_type", Some(&["jssdk"])),
+                ("stylelite", Some(&["0", "1"])),
+                ("fast_login", Some(&["0", "1"])),
+            ],
         }
     }
 }
@@ -67,8 +79,11 @@ impl Page {
 pub(super) enum PageError {
     /// Malformed link: parameter order, names, `response_type`, `state`.
     BadLink,
-    /// 10016: no app with that appid.
+    /// No app with that appid.
     UnknownAppid,
+    /// 10016: an open-platform (website) appid on the official-account page ("不支持微信开放平台
+    /// 的Appid，请使用公众号Appid").
+    OpenPlatformAppid,
     /// 10003: `redirect_uri` is not on the app's callback domain.
     RedirectUriMismatch,
     /// 10005: the app (or this page) does not have that scope.
@@ -81,7 +96,8 @@ impl PageError {
     fn errcode(self) -> Option<i64> {
         match self {
             Self::BadLink => None,
-            Self::UnknownAppid => Some(10016),
+            Self::UnknownAppid => None,
+            Self::OpenPlatformAppid => Some(10016),
             Self::RedirectUriMismatch => Some(10003),
             Self::ScopeNotAllowed => Some(10005),
             Self::Upstream(code) => Some(code),
@@ -92,6 +108,7 @@ impl PageError {
         match self {
             Self::BadLink => "请检查链接参数是否完整、顺序是否正确",
             Self::UnknownAppid => "appid参数错误",
+            Self::OpenPlatformAppid => "不支持微信开放平台的Appid，请使用公众号Appid",
             Self::RedirectUriMismatch => "redirect_uri域名与后台配置不一致",
             Self::ScopeNotAllowed => "scope参数错误或没有scope权限",
             Self::Upstream(code) => errmsg(code),
@@ -189,7 +206,10 @@ fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<AuthorizeReq
         return Err(PageError::BadLink);
     }
     for (i, (key, value)) in optional.iter().enumerate() {
-        let known = page.optional_params().contains(&(key.as_str(), value.as_str()));
+        let known = page
+            .optional_params()
+            .iter()
+            .any(|(k, values)| k == key && values.is_none_or(|values| values.contains(&value.as_str())));
         let repeated = optional[..i].iter().any(|(k, _)| k == key);
         if !known || repeated {
             return Err(PageError::BadLink);
@@ -199,8 +219,8 @@ fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<AuthorizeReq
     check(core, page, value(0), value(1), value(3), value(4))
 }
 
-/// The value rules, shared by the page and its forms: state, appid (10016), redirect_uri
-/// domain (10003), scope (10005).
+/// The value rules, shared by the page and its forms: state, appid (unknown; 10016 for a
+/// website appid on the official-account page), redirect_uri domain (10003), scope (10005).
 fn check<'a>(
     core: &'a Core,
     page: Page,
@@ -217,6 +237,9 @@ fn check<'a>(
         .ok()
         .filter(|url| on_callback_domain(url, &app.callback_domain))
         .ok_or(PageError::RedirectUriMismatch)?;
+    if page == Page::OAuth2 && app.kind == SimAppKind::Website {
+        return Err(PageError::OpenPlatformAppid);
+    }
     if app.kind != page.kind() {
         return Err(PageError::ScopeNotAllowed);
     }

@@ -251,7 +251,10 @@ async fn malformed_authorize_links_show_the_unreachable_link_page() {
             "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&connect_redirect=1&connect_redirect=1"
         ),
         format!(
-            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&forcePopup=false"
+            "/connect/oauth2/authorize?appid={MP}&redirect_uri={cb}&response_type=code&scope=snsapi_base&state=s&forcePopup=maybe"
+        ),
+        format!(
+            "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&login_type=other"
         ),
         format!(
             "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&connect_redirect=1"
@@ -277,6 +280,11 @@ async fn optional_parameters_are_accepted_in_either_order_after_state() {
         format!("{base}&forcePopup=true&connect_redirect=1"),
         format!("{base}&connect_redirect=1&forcePopup=true"),
         page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&forcePopup=true",
+        format!("{base}&forcePopup=false"),
+        // What wxLogin.js puts on the QR link it frames (WeChat accepts these).
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")
+            + "&login_type=jssdk&self_redirect=false&style=black&href=https%3A%2F%2Fa.example%2Fqr.css",
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&self_redirect=true&stylelite=1&fast_login=0",
         page_path("qrconnect", WEB, CALLBACK, "snsapi_login", &"Z9".repeat(64)),
     ];
 
@@ -287,12 +295,23 @@ async fn optional_parameters_are_accepted_in_either_order_after_state() {
 }
 
 #[tokio::test]
-async fn unknown_appid_shows_10016() {
+async fn unknown_appid_shows_an_error_page() {
     let t = spawn().await;
 
     let page = t.page(&oauth2("wx0000000000000000", CALLBACK, "snsapi_base", "s")).await;
 
-    assert!(page.contains("10016 appid参数错误"), "{page}");
+    assert!(page.contains("appid参数错误"), "{page}");
+    assert!(!page.contains("id=\"allow\""));
+}
+
+/// WeChat's 10016: a website (open-platform) appid on the official-account authorize page.
+#[tokio::test]
+async fn a_website_appid_on_the_official_account_page_shows_10016() {
+    let t = spawn().await;
+
+    let page = t.page(&oauth2(WEB, CALLBACK, "snsapi_login", "s")).await;
+
+    assert!(page.contains("10016 不支持微信开放平台的Appid，请使用公众号Appid"), "{page}");
     assert!(!page.contains("id=\"allow\""));
 }
 
@@ -349,7 +368,6 @@ async fn scope_the_app_or_page_lacks_shows_10005() {
         page_path("qrconnect", WEB, CALLBACK, "snsapi_base", "s"),
         page_path("qrconnect", MP, CALLBACK, "snsapi_userinfo", "s"),
         page_path("qrconnect", MP, CALLBACK, "snsapi_login", "s"),
-        oauth2(WEB, CALLBACK, "snsapi_login", "s"),
     ];
 
     for path in &cases {
@@ -443,7 +461,7 @@ async fn consent_forms_are_checked_again() {
     assert!(login.text().await.unwrap().contains("10005"));
     assert!(is_bad_link(&undecided.text().await.unwrap()));
     assert!(website.text().await.unwrap().contains("10005"));
-    assert!(empty.text().await.unwrap().contains("10016"));
+    assert!(empty.text().await.unwrap().contains("appid参数错误"));
 }
 
 #[tokio::test]
