@@ -185,7 +185,7 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
 /// code.
 async fn login(State(demo): State<Demo>, headers: HeaderMap) -> Result<Response, PageError> {
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let device = if user_agent.contains(crate::sim::WECHAT_BROWSER_MARK) { Device::Mobile } else { Device::Pc };
+    let device = if crate::wechat::is_in_app_browser(user_agent) { Device::Mobile } else { Device::Pc };
     start_login(&demo, device).await
 }
 

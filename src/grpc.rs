@@ -504,10 +504,10 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// The device whose default app suits a browser: WeChat's in-app browser (`MicroMessenger` in
-/// its User-Agent) opens official-account pages and nothing else does (WECHAT.md).
+/// The device whose default app suits a browser: only WeChat's in-app browser opens
+/// official-account pages (WECHAT.md).
 fn device_of_browser(user_agent: &str) -> config::Device {
-    if user_agent.contains("MicroMessenger") { config::Device::Mobile } else { config::Device::Pc }
+    if crate::wechat::is_in_app_browser(user_agent) { config::Device::Mobile } else { config::Device::Pc }
 }
 
 /// Whose users `client` reaches (`clients.<name>.users`).

@@ -171,6 +171,14 @@ impl WechatError {
     }
 }
 
+/// Whether a browser is WeChat's in-app browser (`MicroMessenger` in its User-Agent): the only
+/// one that opens an official account's authorize page (elsewhere WeChat shows
+/// "请在微信客户端打开链接"); desktop browsers sign in with a website app's QR code. The one
+/// place this rule lives: the service, the demo page and the simulator all ask it.
+pub fn is_in_app_browser(user_agent: &str) -> bool {
+    user_agent.contains("MicroMessenger")
+}
+
 /// `sns/oauth2/access_token` and `sns/oauth2/refresh_token` replies.
 #[derive(Debug, Deserialize)]
 pub struct TokenGrant {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
-pub use self::pages::{WECHAT_BROWSER_MARK, WECHAT_BROWSER_UA};
+pub use self::pages::WECHAT_BROWSER_UA;
 pub use self::state::SNS_CALLS_PER_MINUTE;
 
 use self::control::Controls;

@@ -147,9 +147,6 @@ pub(super) fn routes() -> Router<Simulator> {
         .route(Page::QrConnect.confirm_path(), post(qrconnect_confirm))
 }
 
-/// What an official-account page needs in the User-Agent: WeChat's in-app browser.
-pub const WECHAT_BROWSER_MARK: &str = "MicroMessenger";
-
 /// A User-Agent of WeChat's in-app browser (iOS), for tests and scripts that walk an
 /// official-account flow.
 pub const WECHAT_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
@@ -160,7 +157,7 @@ pub const WECHAT_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 lik
 /// desktop browsers use website apps and `qrconnect`).
 async fn oauth2_page(State(sim): State<Simulator>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !user_agent.contains(WECHAT_BROWSER_MARK) {
+    if !crate::wechat::is_in_app_browser(user_agent) {
         return outside_wechat();
     }
     show(&sim, Page::OAuth2, raw).await

@@ -26,6 +26,16 @@ pub const WEB_APPID: &str = "wxd0000000000000b2";
 pub const PASSPORT_KEY: &str = "passport-test-key";
 pub const TRADE_KEY: &str = "trade-test-key";
 
+/// A BuildAuthorizeUrl request of app `mp` for the `passport` client's return URL.
+pub fn flow_request() -> proto::BuildAuthorizeUrlRequest {
+    proto::BuildAuthorizeUrlRequest {
+        app: "mp".into(),
+        return_url: "https://passport.example.com/login/".into(),
+        scope: proto::Scope::SnsapiBase as i32,
+        ..Default::default()
+    }
+}
+
 /// A code as a product's return URL receives it, with the flow id the product kept.
 #[derive(Clone, Debug)]
 pub struct Relayed {

@@ -8,18 +8,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
-use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
-use crate::helpers::{Backend, TestApp, reason, spawn_app};
-
-fn flow_request() -> BuildAuthorizeUrlRequest {
-    BuildAuthorizeUrlRequest {
-        app: "mp".into(),
-        return_url: "https://passport.example.com/login/".into(),
-        scope: Scope::SnsapiBase as i32,
-        ..Default::default()
-    }
-}
+use crate::helpers::{Backend, TestApp, flow_request, reason, spawn_app};
 
 async fn health(app: &TestApp) -> ServingStatus {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr)).expect("uri");

@@ -7,9 +7,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
-use wxauth::proto::{BuildAuthorizeUrlRequest, Scope};
 
-use crate::helpers::{Backend, TestApp, eventually, reason, spawn_app};
+use crate::helpers::{Backend, TestApp, eventually, flow_request, reason, spawn_app};
 
 async fn health(app: &TestApp, service: &str) -> ServingStatus {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr)).expect("uri");
@@ -24,14 +23,6 @@ async fn readyz(app: &TestApp) -> u16 {
 }
 
 /// Polls until `check` holds (the health task checks the store every second); bounded.
-fn flow_request() -> BuildAuthorizeUrlRequest {
-    BuildAuthorizeUrlRequest {
-        app: "mp".into(),
-        return_url: "https://passport.example.com/login/".into(),
-        scope: Scope::SnsapiBase as i32,
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_follow_the_store() {
