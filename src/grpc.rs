@@ -31,8 +31,9 @@ pub const MAX_STATE: usize = 512;
 pub const MAX_USER_AGENT: usize = 1024;
 /// Longest code accepted (WeChat's are 32 characters).
 pub const MAX_CODE: usize = 256;
-/// Length of a flow id: 22 alphanumerics ≈ 131 bits, well inside WeChat's 128-byte `state`.
-pub const FLOW_ID_LEN: usize = 22;
+/// Length of a flow id: 22 random alphanumerics (≈ 131 bits) and a 128-bit tag naming its
+/// client and app, well inside WeChat's 128-byte `state`.
+pub use crate::store::FLOW_ID_LEN;
 
 /// The gRPC service.
 #[derive(Clone, Debug)]
@@ -170,7 +171,7 @@ impl OAuthService {
         let return_url =
             client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
 
-        let flow_id = crate::random_id(FLOW_ID_LEN);
+        let flow_id = self.store.new_flow_id(&client.name, &app.name);
         let now = self.clock.now_secs();
         let flow = Flow {
             app: app.name.clone(),
@@ -236,17 +237,16 @@ impl OAuthService {
         v.app(&req.app);
         let lang = v.lang(req.lang);
         if !is_flow_id(&req.flow_id) {
-            v.add("flow_id", format!("{FLOW_ID_LEN}..128 of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
+            v.add("flow_id", format!("{FLOW_ID_LEN} characters of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
         }
         if req.code.is_empty() || req.code.len() > MAX_CODE || !req.code.bytes().all(|b| b.is_ascii_graphic()) {
             v.add("code", format!("1..{MAX_CODE} printable ASCII characters"));
         }
         v.finish()?;
         let code = AuthCode::new(req.code);
-        // The flow names the app; `app`, when given, must be the flow's (a code is looked up
-        // under the app it was relayed in, so another app's finds nothing).
+        // The flow id names its client and app; `app`, when given, must be the flow's.
         let app = if req.app.is_empty() {
-            self.app_of_code(client, &code).await?
+            self.app_of_flow(client, &req.flow_id)?
         } else {
             self.app_for(client, &req.app, None)?
         };
@@ -273,17 +273,11 @@ impl OAuthService {
         })
     }
 
-    /// The app (of the client's) in which the relay recorded `code`; an exchange that names no
-    /// app uses its flow's. The look-ups go out together: one round trip's wait.
-    async fn app_of_code(&self, client: &Client, code: &AuthCode) -> Result<&App, ApiError> {
-        let apps: Vec<&App> = client.apps.iter().filter_map(|name| self.settings.apps.get(name)).collect();
-        let found = futures::future::join_all(apps.iter().map(|app| self.store.get_code(&app.name, code))).await;
-        for (app, record) in apps.into_iter().zip(found) {
-            if record?.is_some() {
-                return Ok(app);
-            }
-        }
-        Err(ApiError::CodeNotFromFlow)
+    /// The app (of the client's) that `flow_id` was started in, from the id's tag alone; an
+    /// exchange that names no app uses its flow's. Another client's flow names none of them.
+    fn app_of_flow(&self, client: &Client, flow_id: &str) -> Result<&App, ApiError> {
+        let mut apps = client.apps.iter().filter_map(|name| self.settings.apps.get(name));
+        apps.find(|app| self.store.flow_is_of(flow_id, &client.name, &app.name)).ok_or(ApiError::CodeNotFromFlow)
     }
 
     async fn refresh_token_inner(
@@ -519,7 +513,7 @@ fn reach(client: &Client) -> Reach<'_> {
 }
 
 fn is_flow_id(flow_id: &str) -> bool {
-    (FLOW_ID_LEN..=128).contains(&flow_id.len()) && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    flow_id.len() == FLOW_ID_LEN && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn is_openid(openid: &str) -> bool {

@@ -166,6 +166,32 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// [`MemoryBackend::use_flow`] and, with it, `SET code_key NX GET`: `None` when the code
+    /// was bound now, else the record already there.
+    pub(super) fn use_flow_binding(
+        &self,
+        key: &str,
+        cut_to: Duration,
+        code_key: &str,
+        code_value: &[u8],
+        code_ttl: Duration,
+    ) -> (Option<(Vec<u8>, bool, u64)>, Option<Vec<u8>>) {
+        let now = self.now();
+        let existing = {
+            let mut inner = self.lock();
+            match inner.live(code_key, now) {
+                Some((value, _)) => Some(value.clone()),
+                None => {
+                    inner.insert(code_key, code_value, code_ttl, now);
+                    None
+                }
+            }
+        };
+        (self.use_flow(key, cut_to), existing)
+    }
+}
+
 fn uses_key(flow_key: &str) -> String {
     format!("{flow_key}\u{0}uses")
 }

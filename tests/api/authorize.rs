@@ -28,7 +28,7 @@ async fn the_url_follows_wechats_order_and_the_simulator_accepts_it(backend: Bac
         .into_inner();
 
     let flow = &response.flow_id;
-    assert_eq!(flow.len(), 22);
+    assert_eq!(flow.len(), 54, "22 random characters and the hex of a 128-bit tag");
     assert!(flow.bytes().all(|b| b.is_ascii_alphanumeric()));
     let expected = format!(
         "http://{}/connect/oauth2/authorize?appid={MP_APPID}&redirect_uri=https%3A%2F%2F{CALLBACK_HOST}%2Fwechat%2Fcallback\
