@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::FlowRead;
 use crate::clock::Clock;
 
 /// A point in time on the service clock, in milliseconds.
@@ -150,7 +151,7 @@ impl MemoryBackend {
         true
     }
 
-    pub(super) fn use_flow(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool, u64)> {
+    pub(super) fn use_flow(&self, key: &str, cut_to: Duration) -> Option<FlowRead> {
         let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?;
@@ -176,7 +177,7 @@ impl MemoryBackend {
         code_key: &str,
         code_value: &[u8],
         code_ttl: Duration,
-    ) -> (Option<(Vec<u8>, bool, u64)>, Option<Vec<u8>>) {
+    ) -> (Option<FlowRead>, Option<Vec<u8>>) {
         let now = self.now();
         let existing = {
             let mut inner = self.lock();

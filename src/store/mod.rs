@@ -42,6 +42,10 @@ pub const FLOW_ID_LEN: usize = FLOW_ID_RANDOM + 2 * seal::TAG_LEN;
 /// What a flow id's tag is made for (tags of other purposes never verify as flow ids).
 const FLOW_ID_PURPOSE: &str = "flow id";
 
+/// A flow as a backend's relay step reads it: the sealed flow, whether this call cut its life
+/// to the grace window (its first use), and its callbacks so far.
+type FlowRead = (Vec<u8>, bool, u64);
+
 /// A store failure. Only reachability is a failure: a record that does not open is treated as
 /// missing (and counted), never as an error.
 #[derive(Debug, thiserror::Error)]

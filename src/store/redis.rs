@@ -23,6 +23,7 @@ use redis::{
     IntoConnectionInfo as _, Pipeline, RedisError, RedisResult, Script, ScriptInvocation, TlsCertificates, TlsMode,
 };
 
+use super::FlowRead;
 use crate::secrets::RedisClientKey;
 
 /// How long one Redis command may take before the store counts as unavailable.
@@ -377,7 +378,7 @@ impl RedisBackend {
     /// already, i.e. an earlier callback cut it), and its callback count with this one. One
     /// round trip: `HGET`, `HINCRBY` and `PEXPIRE .. LT` pipelined; `LT` makes the cut atomic,
     /// so of simultaneous callbacks exactly one cuts.
-    pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<(Vec<u8>, bool, u64)>> {
+    pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<FlowRead>> {
         if self.expire_lt.load(Ordering::Relaxed) {
             let mut pipe = redis::pipe();
             pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
@@ -414,7 +415,7 @@ impl RedisBackend {
         code_key: &str,
         code_value: &[u8],
         code_ttl: Duration,
-    ) -> RedisResult<(Option<(Vec<u8>, bool, u64)>, Option<Vec<u8>>)> {
+    ) -> RedisResult<(Option<FlowRead>, Option<Vec<u8>>)> {
         let bind = || {
             redis::cmd("SET").arg(code_key).arg(code_value).arg("NX").arg("GET").arg("PX").arg(millis(code_ttl)).clone()
         };
