@@ -3,6 +3,7 @@
 
 mod authorize;
 mod browser;
+mod cli;
 mod cluster;
 mod concurrency;
 mod exchange;
