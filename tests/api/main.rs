@@ -4,6 +4,7 @@
 mod authorize;
 mod browser;
 mod cli;
+mod docs;
 mod cluster;
 mod concurrency;
 mod exchange;
