@@ -4,9 +4,9 @@
 mod authorize;
 mod browser;
 mod cli;
-mod docs;
 mod cluster;
 mod concurrency;
+mod docs;
 mod exchange;
 mod helpers;
 mod hostile;

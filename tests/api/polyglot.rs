@@ -52,7 +52,8 @@ fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value)
     let sent = sent.as_array().expect("the example reports the calls it made");
     assert!(sent.len() >= 5, "{sent:?}");
     for call in sent {
-        let (method, traceparent) = (call["method"].as_str().expect("method"), call["traceparent"].as_str().expect("tp"));
+        let (method, traceparent) =
+            (call["method"].as_str().expect("method"), call["traceparent"].as_str().expect("tp"));
         let [version, trace_id, parent_id, flags] = traceparent.split('-').collect::<Vec<_>>()[..] else {
             panic!("not a traceparent: {traceparent}")
         };
@@ -166,7 +167,8 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
     assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
     assert_eq!(seen["state_matches"], true);
-    let sign_in_again = serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "SIGN_IN_AGAIN", "action": "sign_in_again"});
+    let sign_in_again =
+        serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "SIGN_IN_AGAIN", "action": "sign_in_again"});
     assert_eq!(seen["exchange_failed"], sign_in_again);
     assert_eq!(seen["sign_ins"], 2, "a new sign-in after the lost answer");
     assert_eq!(seen["openid"], openid.as_str());
@@ -175,8 +177,7 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     assert_eq!(seen["profile_nickname"], "Alice 爱丽丝");
     assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
 
-    let reauthorize =
-        serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "REAUTHORIZATION_REQUIRED", "action": "reauthorize"});
+    let reauthorize = serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "REAUTHORIZATION_REQUIRED", "action": "reauthorize"});
     assert_eq!(seen["refresh"], reauthorize);
     assert_eq!(seen["reauthorized_same_user"], true);
     assert_eq!(seen["refresh_after_reauthorization"], "ok");
