@@ -3,8 +3,10 @@
 
 mod authorize;
 mod browser;
+mod cli;
 mod cluster;
 mod concurrency;
+mod docs;
 mod exchange;
 mod helpers;
 mod hostile;
