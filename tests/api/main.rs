@@ -20,3 +20,4 @@ mod sealing;
 mod sentinel;
 mod tls;
 mod tokens;
+mod wx_login;
