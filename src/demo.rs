@@ -364,7 +364,8 @@ fn break_out() -> Response {
 
 /// Loads this page in the whole window when it is in a frame (an embedded QR code with
 /// `self_redirect`). Same origin as the top window, so no browser blocks it.
-const BREAK_OUT: &str = "<script>if (window.top !== window.self) { window.top.location.replace(window.location.href); }</script>";
+const BREAK_OUT: &str =
+    "<script>if (window.top !== window.self) { window.top.location.replace(window.location.href); }</script>";
 
 fn declined() -> Response {
     page(

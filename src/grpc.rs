@@ -195,7 +195,8 @@ impl OAuthService {
         };
         let authorize_url = self.wechat.authorize_url(&params);
         // Only website apps have the embedded QR code (wxLogin.js frames `qrconnect`).
-        let wx_login = (app.kind == AppKind::Website).then(|| wx_login(self.wechat.wx_login(&params, wx_login_options)));
+        let wx_login =
+            (app.kind == AppKind::Website).then(|| wx_login(self.wechat.wx_login(&params, wx_login_options)));
         tracing::debug!(client = %client.name, app = %app.name, scope = scope.as_str(), "flow created");
         Ok(proto::BuildAuthorizeUrlResponse {
             authorize_url,

@@ -661,8 +661,10 @@ mod tests {
 
     #[test]
     fn wx_login_js_comes_from_the_simulator_when_the_pages_do() {
-        let settings =
-            WechatSettings { open_base: Url::parse("http://127.0.0.1:8081").expect("url"), ..client().settings().clone() };
+        let settings = WechatSettings {
+            open_base: Url::parse("http://127.0.0.1:8081").expect("url"),
+            ..client().settings().clone()
+        };
         let sim = WechatClient::new(settings, Metrics::new()).expect("client");
         assert_eq!(sim.wx_login_script_url(), "http://127.0.0.1:8081/connect/zh_CN/htmledition/js/wxLogin.js");
     }

@@ -1239,7 +1239,9 @@ async fn wx_login_js_frames_the_qr_page_of_this_simulator() {
     let script = response.text().await.unwrap();
     assert!(script.contains("window.WxLogin = function (e)"), "{script}");
     assert!(script.contains("\"/connect/qrconnect?appid=\" + e.appid + \"&scope=\" + e.scope + \"&redirect_uri=\""));
-    assert!(script.contains("&login_type=jssdk&self_redirect=") && script.contains("document.createElement(\"iframe\")"));
+    assert!(
+        script.contains("&login_type=jssdk&self_redirect=") && script.contains("document.createElement(\"iframe\")")
+    );
 }
 
 #[tokio::test]

@@ -165,7 +165,16 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
     fields.sort();
     assert_eq!(
         fields,
-        ["app", "device", "return_url", "scope", "state", "user_agent", "wx_login_options.href", "wx_login_options.style"]
+        [
+            "app",
+            "device",
+            "return_url",
+            "scope",
+            "state",
+            "user_agent",
+            "wx_login_options.href",
+            "wx_login_options.style"
+        ]
     );
 
     let mut wrong_scope = request("https://passport.example.com/login/");

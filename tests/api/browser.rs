@@ -282,7 +282,10 @@ async fn sign_in_through_the_embedded_qr_code(link: &str, self_redirect: &str) {
             click(client, link).await;
             let frame = wait_for(client, "#wx-qr iframe").await;
             let src = frame.attr("src").await.expect("src").expect("the iframe has a src");
-            assert!(src.contains("/connect/qrconnect?appid=wxd0000000000000b2&scope=snsapi_login&redirect_uri="), "{src}");
+            assert!(
+                src.contains("/connect/qrconnect?appid=wxd0000000000000b2&scope=snsapi_login&redirect_uri="),
+                "{src}"
+            );
             assert!(src.contains(&format!("&login_type=jssdk&self_redirect={self_redirect}&")), "{src}");
             let product = client.current_url().await.expect("url");
             assert_eq!(product.path(), "/login/qr", "the QR code is on the product's own page");

@@ -119,7 +119,10 @@ async fn the_relay_answers_an_embedded_callback_in_either_window(backend: Backen
         }
         let relayed = crate::helpers::Relayed { flow_id: wx.state, code };
         let exchanged = app.exchange("", &relayed).await.expect("exchange");
-        assert_eq!((exchanged.app.as_str(), exchanged.openid), ("web", app.sim.openid(WEB_APPID, "bob").expect("openid")));
+        assert_eq!(
+            (exchanged.app.as_str(), exchanged.openid),
+            ("web", app.sim.openid(WEB_APPID, "bob").expect("openid"))
+        );
     }
     // The start-again page shows in the iframe too (it has nothing to click: no clickjacking).
     let refused = app.callback("code=x&state=UnknownFlow1").await;
