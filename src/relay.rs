@@ -177,6 +177,10 @@ fn redirect(location: &str) -> Response {
     }
 }
 
+/// Headers of every relay answer. Deliberately no `X-Frame-Options` or CSP `frame-ancestors`:
+/// an embedded QR code with `self_redirect` (wxLogin.js) loads the callback, so the relay's
+/// redirect and its "start again" page, inside the QR code's iframe on the product's page.
+/// Neither has anything to click, so framing offers no clickjacking target.
 fn no_store(headers: &mut axum::http::HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

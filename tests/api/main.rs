@@ -22,3 +22,4 @@ mod sealing;
 mod sentinel;
 mod tls;
 mod tokens;
+mod wx_login;
