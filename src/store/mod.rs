@@ -17,6 +17,7 @@
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
 //! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
 
+mod breaker;
 mod memory;
 mod redis;
 pub mod seal;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
+pub use self::breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_AFTER};
 pub use self::memory::MemoryBackend;
 pub use self::redis::{RedisBackend, RedisTls};
 use self::seal::Keyring;
@@ -45,6 +47,31 @@ pub enum StoreError {
     /// Redis did not answer within the operation timeout (also while reconnecting).
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),
+    /// Not tried: the circuit breaker knows the store is down ([`breaker`]).
+    #[error("store known down (circuit breaker open)")]
+    KnownDown,
+}
+
+impl StoreError {
+    /// Whether this says the store cannot be reached (what the circuit breaker counts), as
+    /// opposed to Redis answering with an error (a full Redis refusing a write, a script error):
+    /// refused, reset or dropped connections, timeouts, a Redis still loading its data, a
+    /// cluster or master down, a failed authentication.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::KnownDown => true,
+            StoreError::Unavailable(e) => {
+                e.is_io_error()
+                    || e.is_unrecoverable_error()
+                    || matches!(
+                        e.kind(),
+                        ::redis::ErrorKind::ClusterDown
+                            | ::redis::ErrorKind::MasterDown
+                            | ::redis::ErrorKind::BusyLoadingError
+                    )
+            }
+        }
+    }
 }
 
 /// How long wxauth keeps a code's record: the code's life at WeChat and a minute more, so that
@@ -57,6 +84,10 @@ pub fn code_record_ttl(code_life: Duration) -> Duration {
 /// The longest any one store operation may take, reconnection included: a dead Redis must
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest the health ping ([`Store::ping`]) may take: a Redis that does not answer it
+/// within this opens the circuit breaker (health NOT_SERVING within a second of the loss).
+pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A user's tokens as kept server-side. `Debug` shows no token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -241,10 +272,12 @@ struct Inner {
     prefix: String,
     replica: String,
     metrics: Arc<Metrics>,
+    breaker: Breaker,
 }
 
-/// Runs one backend primitive: bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and
-/// counted in the metrics.
+/// Runs one backend primitive: through the circuit breaker (Redis only; refused at once while
+/// the store is known down), bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and
+/// counted in the metrics. Refusals are counted by the breaker, not here.
 macro_rules! call {
     ($self:expr, $method:ident ( $($arg:expr),* )) => {{
         let operation = stringify!($method);
@@ -252,20 +285,29 @@ macro_rules! call {
         let result = async {
             match &$self.inner.backend {
                 Backend::Memory(b) => Ok(b.$method($($arg),*)),
-                // Boxed: the Redis futures are deep, and every caller would carry their layout.
-                Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(b.$method($($arg),*))).await {
-                    Ok(result) => result.map_err(StoreError::Unavailable),
-                    Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
-                },
+                Backend::Redis(b) => {
+                    let Some(permit) = $self.inner.breaker.admit() else {
+                        return Err(StoreError::KnownDown);
+                    };
+                    // Boxed: the Redis futures are deep, and every caller would carry their layout.
+                    let result = match tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(b.$method($($arg),*))).await {
+                        Ok(result) => result.map_err(StoreError::Unavailable),
+                        Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+                    };
+                    permit.record(!result.as_ref().is_err_and(StoreError::is_connection_failure));
+                    result
+                }
             }
         }
         // A static name and no fields: the span costs next to nothing when nothing logs in it.
         .instrument(tracing::info_span!(concat!("store.", stringify!($method))))
         .await;
-        let metrics = &$self.inner.metrics;
-        metrics.store_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            metrics.store_errors.with_label_values(&[operation]).inc();
+        if !matches!(result, Err(StoreError::KnownDown)) {
+            let metrics = &$self.inner.metrics;
+            metrics.store_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                metrics.store_errors.with_label_values(&[operation]).inc();
+            }
         }
         result
     }};
@@ -311,8 +353,20 @@ impl Store {
 
     fn with(backend: Backend, keys: Keyring, prefix: &str, metrics: Arc<Metrics>) -> Self {
         let replica = crate::random_id(12);
-        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics };
+        // Real time, never the clock tests move: the breaker's waits are short and real.
+        let breaker = Breaker::new(crate::clock::Clock::system(), Arc::clone(&metrics));
+        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics, breaker };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Where the circuit breaker stands (always closed for the in-memory store).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// The circuit breaker's transitions as they happen (health follows them).
+    pub fn breaker_changes(&self) -> tokio::sync::watch::Receiver<BreakerState> {
+        self.inner.breaker.subscribe()
     }
 
     /// Sealed records found that did not open (wrong key, tampering, a copy under another key).
@@ -320,9 +374,29 @@ impl Store {
         self.inner.metrics.unopenable_records.get()
     }
 
-    /// Answers when the backend is reachable.
+    /// Answers when the backend is reachable, within [`PING_TIMEOUT`]. The health task's ping:
+    /// it goes to Redis whatever the circuit breaker says, and its outcome decides the breaker
+    /// (an answer closes it, a connection-class failure opens it at once).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        call!(self, ping())
+        let Backend::Redis(backend) = &self.inner.backend else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = match tokio::time::timeout(PING_TIMEOUT, backend.ping()).await {
+            Ok(result) => result.map_err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout(PING_TIMEOUT)),
+        };
+        let metrics = &self.inner.metrics;
+        metrics.store_duration.with_label_values(&["ping"]).observe(started.elapsed().as_secs_f64());
+        match &result {
+            Err(e) if e.is_connection_failure() => {
+                metrics.store_errors.with_label_values(&["ping"]).inc();
+                self.inner.breaker.open("health ping failed");
+            }
+            Err(_) => metrics.store_errors.with_label_values(&["ping"]).inc(),
+            Ok(()) => self.inner.breaker.answered(),
+        }
+        result
     }
 
     fn flow_key(&self, flow_id: &str) -> String {

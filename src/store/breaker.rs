@@ -1,0 +1,360 @@
+//! The store's circuit breaker: once Redis is known down, store calls answer
+//! `STORE_UNAVAILABLE` at once instead of each waiting on a dead connection until the caller's
+//! deadline (DESIGN.md §6).
+//!
+//! - **Closed** (Redis answers): every call goes through. [`FAILURES_TO_OPEN`] connection-class
+//!   failures in a row (refused, reset, timed out, `LOADING`, cluster down; never a logical
+//!   error such as a full Redis refusing a write), or one failed health ping, open it.
+//! - **Open**: calls are refused without touching Redis. After [`PROBE_AFTER`] it turns
+//!   half-open.
+//! - **Half-open**: one call at a time goes through as a probe; the others are still refused.
+//!   The probe's answer (or the health ping's) closes it; its failure opens it again.
+//!
+//! Any answer from Redis closes it, whoever got it: the health task pings every
+//! [`HEALTH_INTERVAL`](crate::startup) whatever the state, so the breaker closes within one
+//! ping of Redis's return even with no traffic. The closed path costs one atomic load per call
+//! (and one more per answer); transitions take a lock. Transitions are logged, counted
+//! (`wxauth_store_breaker_transitions_total`), shown as a gauge (`wxauth_store_breaker_state`)
+//! and published on a watch channel the health task listens to, so readiness flips with it.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::telemetry::Metrics;
+
+/// Connection-class failures in a row that open a closed breaker.
+pub const FAILURES_TO_OPEN: u32 = 5;
+/// How long an open breaker refuses every call before it lets a probe through.
+pub const PROBE_AFTER: Duration = Duration::from_millis(250);
+
+/// Where the breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Redis answers: calls go through.
+    Closed,
+    /// Redis is known down: calls are refused at once.
+    Open,
+    /// One probe call may go through; its answer decides.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The label of the transitions metric and of logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the `wxauth_store_breaker_state` gauge.
+    fn gauge(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
+/// The lock-held part: the state and when it last opened.
+#[derive(Debug)]
+struct Core {
+    state: BreakerState,
+    /// When the breaker last opened, ms by the service clock.
+    opened_at_ms: i64,
+    /// When it first opened in this outage (for the "down for" of the closing log line).
+    down_since_ms: i64,
+    /// A half-open probe is in flight.
+    probing: bool,
+}
+
+/// The breaker. One per store, shared by every call.
+#[derive(Debug)]
+pub struct Breaker {
+    /// [`BreakerState::code`] of `core.state`, read without the lock on every call.
+    mirror: AtomicU8,
+    /// Connection-class failures in a row while closed.
+    failures: AtomicU32,
+    core: Mutex<Core>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    changes: watch::Sender<BreakerState>,
+}
+
+/// Leave to make one store call. A probe that is dropped unanswered (its caller gave up) hands
+/// the probe back, so the next call may probe at once.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+}
+
+impl Permit<'_> {
+    /// Reports the call's outcome: `answered` unless it failed for a connection-class reason.
+    pub fn record(mut self, answered: bool) {
+        // Taken, so the drop below does not hand back a probe that `failed` already settled.
+        let probe = std::mem::take(&mut self.probe);
+        if answered {
+            self.breaker.answered();
+        } else {
+            self.breaker.failed(probe);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.core().probing = false;
+        }
+    }
+}
+
+impl Breaker {
+    /// A closed breaker timed by `clock`.
+    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
+        metrics.store_breaker_state.set(BreakerState::Closed.gauge());
+        let core = Core { state: BreakerState::Closed, opened_at_ms: 0, down_since_ms: 0, probing: false };
+        Self {
+            mirror: AtomicU8::new(BreakerState::Closed.code()),
+            failures: AtomicU32::new(0),
+            core: Mutex::new(core),
+            clock,
+            metrics,
+            changes: watch::channel(BreakerState::Closed).0,
+        }
+    }
+
+    /// The state now.
+    pub fn state(&self) -> BreakerState {
+        self.core().state
+    }
+
+    /// Every transition, as it happens (the health task follows it).
+    pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
+        self.changes.subscribe()
+    }
+
+    /// Leave for one call, or `None`: the store is known down, answer at once.
+    pub fn admit(&self) -> Option<Permit<'_>> {
+        if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
+            return Some(Permit { breaker: self, probe: false });
+        }
+        let mut core = self.core();
+        let probe = match core.state {
+            BreakerState::Closed => false,
+            BreakerState::Open if self.clock.now_ms() - core.opened_at_ms >= millis(PROBE_AFTER) => {
+                self.transition(&mut core, BreakerState::HalfOpen, "probe");
+                core.probing = true;
+                true
+            }
+            BreakerState::HalfOpen if !core.probing => {
+                core.probing = true;
+                true
+            }
+            BreakerState::Open | BreakerState::HalfOpen => {
+                drop(core);
+                self.metrics.store_breaker_rejections.inc();
+                return None;
+            }
+        };
+        Some(Permit { breaker: self, probe })
+    }
+
+    /// Redis answered (a value or a logical error): closes the breaker.
+    pub fn answered(&self) {
+        if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut core = self.core();
+        if core.state != BreakerState::Closed {
+            self.failures.store(0, Ordering::Relaxed);
+            core.probing = false;
+            let down_for_ms = self.clock.now_ms() - core.down_since_ms;
+            self.transition(&mut core, BreakerState::Closed, "Redis answers");
+            tracing::info!(down_for_ms, "store circuit breaker closed: Redis answers again");
+        }
+    }
+
+    /// A call failed for a connection-class reason; `probe` when it was the half-open probe.
+    fn failed(&self, probe: bool) {
+        if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
+            let run = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            if run >= FAILURES_TO_OPEN {
+                self.open("consecutive failures");
+            }
+            return;
+        }
+        let mut core = self.core();
+        if probe {
+            core.probing = false;
+        }
+        // A failure that was in flight when the breaker opened changes nothing; a failed probe
+        // (or any failure while half-open) opens it again for another wait.
+        if core.state == BreakerState::HalfOpen {
+            core.opened_at_ms = self.clock.now_ms();
+            self.transition(&mut core, BreakerState::Open, "probe failed");
+        }
+    }
+
+    /// Opens the breaker now (a failed health ping, or a run of failed calls).
+    pub fn open(&self, cause: &'static str) {
+        let mut core = self.core();
+        let now = self.clock.now_ms();
+        core.opened_at_ms = now;
+        match core.state {
+            BreakerState::Open => {}
+            BreakerState::HalfOpen => self.transition(&mut core, BreakerState::Open, cause),
+            BreakerState::Closed => {
+                core.down_since_ms = now;
+                self.transition(&mut core, BreakerState::Open, cause);
+                tracing::warn!(
+                    cause,
+                    "store circuit breaker open: store calls answer STORE_UNAVAILABLE at once until Redis answers"
+                );
+            }
+        }
+    }
+
+    fn transition(&self, core: &mut Core, to: BreakerState, cause: &'static str) {
+        tracing::debug!(from = core.state.as_str(), to = to.as_str(), cause, "store circuit breaker");
+        core.state = to;
+        self.mirror.store(to.code(), Ordering::Release);
+        self.metrics.store_breaker_state.set(to.gauge());
+        self.metrics.store_breaker_transitions.with_label_values(&[to.as_str()]).inc();
+        self.changes.send_replace(to);
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> (Breaker, Clock, Arc<Metrics>) {
+        let (clock, metrics) = (Clock::system(), Metrics::new());
+        (Breaker::new(clock.clone(), Arc::clone(&metrics)), clock, metrics)
+    }
+
+    fn fail(breaker: &Breaker) {
+        breaker.admit().expect("admitted").record(false);
+    }
+
+    #[test]
+    fn a_run_of_connection_failures_opens_it_and_an_answer_in_between_resets_the_run() {
+        let (breaker, _, _) = breaker();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            fail(&breaker);
+        }
+        breaker.admit().expect("admitted").record(true);
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            fail(&breaker);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed, "the answer reset the run");
+        fail(&breaker);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(breaker.admit().is_none(), "an open breaker refuses at once");
+    }
+
+    #[test]
+    fn an_open_breaker_lets_one_probe_through_after_the_wait_and_closes_on_its_answer() {
+        let (breaker, clock, metrics) = breaker();
+        breaker.open("ping failed");
+        assert!(breaker.admit().is_none());
+        clock.advance(PROBE_AFTER);
+        let probe = breaker.admit().expect("the probe");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.admit().is_none(), "one probe at a time");
+        probe.record(true);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.admit().is_some());
+        assert_eq!(metrics.store_breaker_state.get(), 0);
+        let opened = metrics.store_breaker_transitions.with_label_values(&["open"]).get();
+        let closed = metrics.store_breaker_transitions.with_label_values(&["closed"]).get();
+        assert_eq!((opened, closed), (1, 1));
+        assert_eq!(metrics.store_breaker_rejections.get(), 2);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_for_another_wait() {
+        let (breaker, clock, metrics) = breaker();
+        breaker.open("ping failed");
+        clock.advance(PROBE_AFTER);
+        breaker.admit().expect("the probe").record(false);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(metrics.store_breaker_state.get(), 2);
+        assert!(breaker.admit().is_none(), "the wait starts again");
+        clock.advance(PROBE_AFTER);
+        assert!(breaker.admit().is_some(), "the next probe");
+    }
+
+    #[test]
+    fn a_probe_dropped_unanswered_lets_the_next_call_probe() {
+        let (breaker, clock, _) = breaker();
+        breaker.open("ping failed");
+        clock.advance(PROBE_AFTER);
+        drop(breaker.admit().expect("the probe"));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        breaker.admit().expect("another probe").record(true);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn any_answer_from_redis_closes_it_even_without_a_probe() {
+        let (breaker, _, _) = breaker();
+        breaker.open("ping failed");
+        breaker.answered();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            fail(&breaker);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed, "a closed breaker starts a new run");
+    }
+
+    #[test]
+    fn a_failure_that_was_in_flight_when_it_opened_changes_nothing() {
+        let (breaker, clock, _) = breaker();
+        let in_flight = breaker.admit().expect("admitted while closed");
+        breaker.open("ping failed");
+        in_flight.record(false);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        clock.advance(PROBE_AFTER);
+        assert!(breaker.admit().is_some(), "the wait was not restarted by the old failure");
+    }
+
+    #[test]
+    fn watchers_see_every_transition() {
+        let (breaker, clock, _) = breaker();
+        let mut changes = breaker.subscribe();
+        breaker.open("ping failed");
+        assert!(changes.has_changed().expect("sender alive"));
+        assert_eq!(*changes.borrow_and_update(), BreakerState::Open);
+        clock.advance(PROBE_AFTER);
+        breaker.admit().expect("probe").record(true);
+        assert_eq!(*changes.borrow_and_update(), BreakerState::Closed);
+    }
+}
