@@ -11,7 +11,7 @@
 //!   The probe's answer (or the health ping's) closes it; its failure opens it again.
 //!
 //! Any answer from Redis closes it, whoever got it: the health task pings every
-//! [`HEALTH_INTERVAL`](crate::startup) whatever the state, so the breaker closes within one
+//! [`HEALTH_INTERVAL`](crate::startup::HEALTH_INTERVAL) whatever the state, so the breaker closes within one
 //! ping of Redis's return even with no traffic. The closed path costs one atomic load per call
 //! (and one more per answer); transitions take a lock. Transitions are logged, counted
 //! (`wxauth_store_breaker_transitions_total`), shown as a gauge (`wxauth_store_breaker_state`)

@@ -4,7 +4,8 @@
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
 //! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
-//! a few one-key primitives with identical semantics, so the two cannot drift. Keys
+//! a few one-key primitives with identical semantics, so the two cannot drift. Every Redis call
+//! goes through the [`breaker`], which answers at once while Redis is known down. Keys
 //! (DESIGN.md §4, a wire contract):
 //!
 //! | key | value |
@@ -17,7 +18,7 @@
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
 //! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
 
-mod breaker;
+pub mod breaker;
 mod memory;
 mod redis;
 pub mod seal;
