@@ -4,7 +4,9 @@
 //!
 //! - **Closed** (Redis answers): every call goes through. [`FAILURES_TO_OPEN`] connection-class
 //!   failures in a row (refused, reset, timed out, `LOADING`, cluster down; never a logical
-//!   error such as a full Redis refusing a write), or one failed health ping, open it.
+//!   error such as a full Redis refusing a write), or one failed health ping, open it. A ping
+//!   that merely times out opens it only if Redis answered no other call meanwhile: under
+//!   load the ping queues behind the calls, and a slow Redis that answers is not down.
 //! - **Open**: calls are refused without touching Redis. After [`PROBE_AFTER`] it turns
 //!   half-open.
 //! - **Half-open**: one call at a time goes through as a probe; the others are still refused.
@@ -17,7 +19,7 @@
 //! (`wxauth_store_breaker_transitions_total`), shown as a gauge (`wxauth_store_breaker_state`)
 //! and published on a watch channel the health task listens to, so readiness flips with it.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +91,9 @@ pub struct Breaker {
     mirror: AtomicU8,
     /// Connection-class failures in a row while closed.
     failures: AtomicU32,
+    /// When Redis last answered anyone, ms by the service clock: a slow health ping is no
+    /// outage while other calls are answered.
+    last_answer_ms: AtomicI64,
     core: Mutex<Core>,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -132,6 +137,7 @@ impl Breaker {
         Self {
             mirror: AtomicU8::new(BreakerState::Closed.code()),
             failures: AtomicU32::new(0),
+            last_answer_ms: AtomicI64::new(0),
             core: Mutex::new(core),
             clock,
             metrics,
@@ -142,6 +148,11 @@ impl Breaker {
     /// The state now.
     pub fn state(&self) -> BreakerState {
         self.core().state
+    }
+
+    /// The breaker's clock, ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Every transition, as it happens (the health task follows it).
@@ -177,6 +188,10 @@ impl Breaker {
 
     /// Redis answered (a value or a logical error): closes the breaker.
     pub fn answered(&self) {
+        let now = self.clock.now_ms();
+        if self.last_answer_ms.load(Ordering::Relaxed) != now {
+            self.last_answer_ms.store(now, Ordering::Relaxed);
+        }
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
@@ -211,6 +226,15 @@ impl Breaker {
         if core.state == BreakerState::HalfOpen {
             core.opened_at_ms = self.clock.now_ms();
             self.transition(&mut core, BreakerState::Open, "probe failed");
+        }
+    }
+
+    /// A health ping sent at `sent_at_ms` got no answer in time: the breaker opens unless
+    /// Redis answered some other call since (then Redis is slow, under load, not gone; a run of
+    /// failed calls still opens it).
+    pub fn ping_timed_out(&self, sent_at_ms: i64) {
+        if self.last_answer_ms.load(Ordering::Relaxed) < sent_at_ms {
+            self.open("health ping timed out");
         }
     }
 
@@ -344,6 +368,19 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
         assert!(breaker.admit().is_some(), "the wait was not restarted by the old failure");
+    }
+
+    #[test]
+    fn a_slow_ping_opens_it_only_when_redis_answered_no_one_meanwhile() {
+        let (breaker, clock, _) = breaker();
+        let sent = clock.now_ms();
+        clock.advance(Duration::from_millis(100));
+        breaker.admit().expect("admitted").record(true);
+        breaker.ping_timed_out(sent);
+        assert_eq!(breaker.state(), BreakerState::Closed, "Redis is slow, not gone");
+        clock.advance(Duration::from_millis(100));
+        breaker.ping_timed_out(clock.now_ms());
+        assert_eq!(breaker.state(), BreakerState::Open, "no answer since the ping was sent");
     }
 
     #[test]

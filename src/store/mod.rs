@@ -382,20 +382,23 @@ impl Store {
         let Backend::Redis(backend) = &self.inner.backend else {
             return Ok(());
         };
-        let started = Instant::now();
+        let (started, breaker) = (Instant::now(), &self.inner.breaker);
+        let sent_at_ms = breaker.now_ms();
         let result = match tokio::time::timeout(PING_TIMEOUT, backend.ping()).await {
             Ok(result) => result.map_err(StoreError::Unavailable),
             Err(_) => Err(StoreError::Timeout(PING_TIMEOUT)),
         };
         let metrics = &self.inner.metrics;
         metrics.store_duration.with_label_values(&["ping"]).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics.store_errors.with_label_values(&["ping"]).inc();
+        }
         match &result {
-            Err(e) if e.is_connection_failure() => {
-                metrics.store_errors.with_label_values(&["ping"]).inc();
-                self.inner.breaker.open("health ping failed");
-            }
-            Err(_) => metrics.store_errors.with_label_values(&["ping"]).inc(),
-            Ok(()) => self.inner.breaker.answered(),
+            Ok(()) => breaker.answered(),
+            Err(StoreError::Timeout(_)) => breaker.ping_timed_out(sent_at_ms),
+            Err(e) if e.is_connection_failure() => breaker.open("health ping failed"),
+            // Redis answered, with an error: reachable.
+            Err(_) => breaker.answered(),
         }
         result
     }
