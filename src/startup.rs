@@ -35,7 +35,7 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// How often the store is pinged for the health status (and the circuit breaker). With the
 /// ping's own bound ([`crate::store::PING_TIMEOUT`]), a lost Redis turns health NOT_SERVING
-/// within 0.75 s, and a returned one SERVING within one interval and a round trip.
+/// within 0.65 s, and a returned one SERVING within one interval and a round trip.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The longest an RPC may run (tonic answers `CANCELLED` after it); also how long a gRPC

@@ -7,10 +7,11 @@
 //!   error such as a full Redis refusing a write), or one failed health ping, open it. A ping
 //!   that merely times out opens it only if Redis answered no other call meanwhile: under
 //!   load the ping queues behind the calls, and a slow Redis that answers is not down.
-//! - **Open**: calls are refused without touching Redis. After [`PROBE_AFTER`] it turns
-//!   half-open.
-//! - **Half-open**: one call at a time goes through as a probe; the others are still refused.
-//!   The probe's answer (or the health ping's) closes it; its failure opens it again.
+//! - **Open**: calls are refused without touching Redis. The first call refused after
+//!   [`PROBE_AFTER`] starts a probe and turns it half-open.
+//! - **Half-open**: one probe (a `PING` in the background, bounded like the health ping) is in
+//!   flight; calls are still refused at once, so no caller ever waits on a probe. The probe's
+//!   answer (or the health ping's) closes it; its failure opens it again.
 //!
 //! Any answer from Redis closes it, whoever got it: the health task pings every
 //! [`HEALTH_INTERVAL`](crate::startup::HEALTH_INTERVAL) whatever the state, so the breaker closes within one
@@ -40,7 +41,7 @@ pub enum BreakerState {
     Closed,
     /// Redis is known down: calls are refused at once.
     Open,
-    /// One probe call may go through; its answer decides.
+    /// A probe is in flight; its answer decides.
     HalfOpen,
 }
 
@@ -100,33 +101,17 @@ pub struct Breaker {
     changes: watch::Sender<BreakerState>,
 }
 
-/// Leave to make one store call. A probe that is dropped unanswered (its caller gave up) hands
-/// the probe back, so the next call may probe at once.
-#[derive(Debug)]
-pub struct Permit<'a> {
-    breaker: &'a Breaker,
-    probe: bool,
-}
-
-impl Permit<'_> {
-    /// Reports the call's outcome: `answered` unless it failed for a connection-class reason.
-    pub fn record(mut self, answered: bool) {
-        // Taken, so the drop below does not hand back a probe that `failed` already settled.
-        let probe = std::mem::take(&mut self.probe);
-        if answered {
-            self.breaker.answered();
-        } else {
-            self.breaker.failed(probe);
-        }
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if self.probe {
-            self.breaker.core().probing = false;
-        }
-    }
+/// What [`Breaker::admit`] says to one call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go to Redis, then [`Breaker::record`] the outcome.
+    Go,
+    /// Answer `STORE_UNAVAILABLE` at once; with `probe`, first start the probe (in the
+    /// background) and report it with [`Breaker::probed`].
+    Refused {
+        /// This call starts the half-open probe.
+        probe: bool,
+    },
 }
 
 impl Breaker {
@@ -160,30 +145,54 @@ impl Breaker {
         self.changes.subscribe()
     }
 
-    /// Leave for one call, or `None`: the store is known down, answer at once.
-    pub fn admit(&self) -> Option<Permit<'_>> {
+    /// Completes when the breaker is open (at once if it is now): calls waiting on Redis give
+    /// up then.
+    pub async fn opened(&self) {
+        let mut changes = self.changes.subscribe();
+        if changes.wait_for(|state| *state == BreakerState::Open).await.is_err() {
+            // The breaker is gone (never while a store call runs): nothing will open it.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether one call may go to Redis.
+    pub fn admit(&self) -> Admission {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
-            return Some(Permit { breaker: self, probe: false });
+            return Admission::Go;
         }
         let mut core = self.core();
         let probe = match core.state {
-            BreakerState::Closed => false,
-            BreakerState::Open if self.clock.now_ms() - core.opened_at_ms >= millis(PROBE_AFTER) => {
+            BreakerState::Closed => return Admission::Go,
+            BreakerState::Open if !core.probing && self.clock.now_ms() - core.opened_at_ms >= millis(PROBE_AFTER) => {
                 self.transition(&mut core, BreakerState::HalfOpen, "probe");
                 core.probing = true;
                 true
             }
-            BreakerState::HalfOpen if !core.probing => {
-                core.probing = true;
-                true
-            }
-            BreakerState::Open | BreakerState::HalfOpen => {
-                drop(core);
-                self.metrics.store_breaker_rejections.inc();
-                return None;
-            }
+            BreakerState::Open | BreakerState::HalfOpen => false,
         };
-        Some(Permit { breaker: self, probe })
+        drop(core);
+        self.metrics.store_breaker_rejections.inc();
+        Admission::Refused { probe }
+    }
+
+    /// Reports an admitted call's outcome: `answered` unless it failed for a connection-class
+    /// reason.
+    pub fn record(&self, answered: bool) {
+        if answered { self.answered() } else { self.failed() }
+    }
+
+    /// Reports the half-open probe's outcome: an answer closes the breaker, anything else opens
+    /// it for another [`PROBE_AFTER`].
+    pub fn probed(&self, answered: bool) {
+        if answered {
+            self.answered();
+        }
+        let mut core = self.core();
+        core.probing = false;
+        if !answered && core.state == BreakerState::HalfOpen {
+            core.opened_at_ms = self.clock.now_ms();
+            self.transition(&mut core, BreakerState::Open, "probe failed");
+        }
     }
 
     /// Redis answered (a value or a logical error): closes the breaker.
@@ -201,31 +210,20 @@ impl Breaker {
         let mut core = self.core();
         if core.state != BreakerState::Closed {
             self.failures.store(0, Ordering::Relaxed);
-            core.probing = false;
             let down_for_ms = self.clock.now_ms() - core.down_since_ms;
             self.transition(&mut core, BreakerState::Closed, "Redis answers");
             tracing::info!(down_for_ms, "store circuit breaker closed: Redis answers again");
         }
     }
 
-    /// A call failed for a connection-class reason; `probe` when it was the half-open probe.
-    fn failed(&self, probe: bool) {
+    /// A call failed for a connection-class reason. While not closed, only the probe decides:
+    /// a failure that was in flight when the breaker opened changes nothing.
+    fn failed(&self) {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
             let run = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
             if run >= FAILURES_TO_OPEN {
                 self.open("consecutive failures");
             }
-            return;
-        }
-        let mut core = self.core();
-        if probe {
-            core.probing = false;
-        }
-        // A failure that was in flight when the breaker opened changes nothing; a failed probe
-        // (or any failure while half-open) opens it again for another wait.
-        if core.state == BreakerState::HalfOpen {
-            core.opened_at_ms = self.clock.now_ms();
-            self.transition(&mut core, BreakerState::Open, "probe failed");
         }
     }
 
@@ -285,7 +283,8 @@ mod tests {
     }
 
     fn fail(breaker: &Breaker) {
-        breaker.admit().expect("admitted").record(false);
+        assert_eq!(breaker.admit(), Admission::Go);
+        breaker.record(false);
     }
 
     #[test]
@@ -294,63 +293,67 @@ mod tests {
         for _ in 0..FAILURES_TO_OPEN - 1 {
             fail(&breaker);
         }
-        breaker.admit().expect("admitted").record(true);
+        breaker.record(true);
         for _ in 0..FAILURES_TO_OPEN - 1 {
             fail(&breaker);
         }
         assert_eq!(breaker.state(), BreakerState::Closed, "the answer reset the run");
         fail(&breaker);
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(breaker.admit().is_none(), "an open breaker refuses at once");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "an open breaker refuses at once");
     }
 
     #[test]
-    fn an_open_breaker_lets_one_probe_through_after_the_wait_and_closes_on_its_answer() {
+    fn an_open_breaker_starts_one_probe_after_the_wait_and_closes_on_its_answer() {
         let (breaker, clock, metrics) = breaker();
-        breaker.open("ping failed");
-        assert!(breaker.admit().is_none());
+        breaker.open("health ping failed");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: false });
         clock.advance(PROBE_AFTER);
-        let probe = breaker.admit().expect("the probe");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "this call starts the probe");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(breaker.admit().is_none(), "one probe at a time");
-        probe.record(true);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "one probe at a time");
+        breaker.probed(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert!(breaker.admit().is_some());
+        assert_eq!(breaker.admit(), Admission::Go);
         assert_eq!(metrics.store_breaker_state.get(), 0);
         let opened = metrics.store_breaker_transitions.with_label_values(&["open"]).get();
         let closed = metrics.store_breaker_transitions.with_label_values(&["closed"]).get();
         assert_eq!((opened, closed), (1, 1));
-        assert_eq!(metrics.store_breaker_rejections.get(), 2);
+        assert_eq!(metrics.store_breaker_rejections.get(), 3);
     }
 
     #[test]
     fn a_failed_probe_opens_it_for_another_wait() {
         let (breaker, clock, metrics) = breaker();
-        breaker.open("ping failed");
+        breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        breaker.admit().expect("the probe").record(false);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        breaker.probed(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(metrics.store_breaker_state.get(), 2);
-        assert!(breaker.admit().is_none(), "the wait starts again");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the wait starts again");
         clock.advance(PROBE_AFTER);
-        assert!(breaker.admit().is_some(), "the next probe");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the next probe");
     }
 
     #[test]
-    fn a_probe_dropped_unanswered_lets_the_next_call_probe() {
+    fn no_second_probe_starts_while_one_is_in_flight_even_if_a_ping_reopened_it() {
         let (breaker, clock, _) = breaker();
-        breaker.open("ping failed");
+        breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        drop(breaker.admit().expect("the probe"));
-        assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        breaker.admit().expect("another probe").record(true);
-        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        breaker.open("health ping failed");
+        clock.advance(PROBE_AFTER);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the first probe is still out");
+        breaker.probed(false);
+        clock.advance(PROBE_AFTER);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
     }
 
     #[test]
     fn any_answer_from_redis_closes_it_even_without_a_probe() {
         let (breaker, _, _) = breaker();
-        breaker.open("ping failed");
+        breaker.open("health ping failed");
         breaker.answered();
         assert_eq!(breaker.state(), BreakerState::Closed);
         for _ in 0..FAILURES_TO_OPEN - 1 {
@@ -362,12 +365,12 @@ mod tests {
     #[test]
     fn a_failure_that_was_in_flight_when_it_opened_changes_nothing() {
         let (breaker, clock, _) = breaker();
-        let in_flight = breaker.admit().expect("admitted while closed");
-        breaker.open("ping failed");
-        in_flight.record(false);
+        assert_eq!(breaker.admit(), Admission::Go);
+        breaker.open("health ping failed");
+        breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        assert!(breaker.admit().is_some(), "the wait was not restarted by the old failure");
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the wait was not restarted");
     }
 
     #[test]
@@ -375,7 +378,7 @@ mod tests {
         let (breaker, clock, _) = breaker();
         let sent = clock.now_ms();
         clock.advance(Duration::from_millis(100));
-        breaker.admit().expect("admitted").record(true);
+        breaker.record(true);
         breaker.ping_timed_out(sent);
         assert_eq!(breaker.state(), BreakerState::Closed, "Redis is slow, not gone");
         clock.advance(Duration::from_millis(100));
@@ -383,15 +386,32 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open, "no answer since the ping was sent");
     }
 
+    #[tokio::test]
+    async fn calls_waiting_on_redis_learn_at_once_that_it_opened() {
+        let (breaker, _, _) = breaker();
+        let breaker = Arc::new(breaker);
+        let waiting = tokio::spawn({
+            let breaker = Arc::clone(&breaker);
+            async move { breaker.opened().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "closed: nothing to learn");
+        breaker.open("health ping timed out");
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
+        tokio::time::timeout(Duration::from_secs(5), breaker.opened()).await.expect("already open: at once");
+    }
+
     #[test]
     fn watchers_see_every_transition() {
         let (breaker, clock, _) = breaker();
         let mut changes = breaker.subscribe();
-        breaker.open("ping failed");
+        breaker.open("health ping failed");
         assert!(changes.has_changed().expect("sender alive"));
         assert_eq!(*changes.borrow_and_update(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        breaker.admit().expect("probe").record(true);
+        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(*changes.borrow_and_update(), BreakerState::HalfOpen);
+        breaker.probed(true);
         assert_eq!(*changes.borrow_and_update(), BreakerState::Closed);
     }
 }

@@ -86,9 +86,10 @@ pub fn code_record_ttl(code_life: Duration) -> Duration {
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The longest the health ping ([`Store::ping`]) may take: a Redis that does not answer it
-/// within this opens the circuit breaker (health NOT_SERVING within a second of the loss).
-pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest the health ping ([`Store::ping`]) may take: a Redis that answers neither it nor
+/// any other call within this opens the circuit breaker (health NOT_SERVING, and the calls
+/// waiting on it answered, within 0.65 s of the loss with the 250 ms ping interval).
+pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A user's tokens as kept server-side. `Debug` shows no token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -277,8 +278,9 @@ struct Inner {
 }
 
 /// Runs one backend primitive: through the circuit breaker (Redis only; refused at once while
-/// the store is known down), bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and
-/// counted in the metrics. Refusals are counted by the breaker, not here.
+/// the store is known down, and given up at once when the breaker opens while it waits),
+/// bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and counted in the metrics.
+/// Refusals are counted by the breaker, not here.
 macro_rules! call {
     ($self:expr, $method:ident ( $($arg:expr),* )) => {{
         let operation = stringify!($method);
@@ -287,15 +289,21 @@ macro_rules! call {
             match &$self.inner.backend {
                 Backend::Memory(b) => Ok(b.$method($($arg),*)),
                 Backend::Redis(b) => {
-                    let Some(permit) = $self.inner.breaker.admit() else {
+                    let breaker = &$self.inner.breaker;
+                    if let breaker::Admission::Refused { probe } = breaker.admit() {
+                        if probe {
+                            $self.probe();
+                        }
                         return Err(StoreError::KnownDown);
-                    };
-                    // Boxed: the Redis futures are deep, and every caller would carry their layout.
-                    let result = match tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(b.$method($($arg),*))).await {
-                        Ok(result) => result.map_err(StoreError::Unavailable),
-                        Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
-                    };
-                    permit.record(!result.as_ref().is_err_and(StoreError::is_connection_failure));
+                    }
+                    // Boxed and type-erased: the Redis futures are deep, and every caller would
+                    // carry their layout.
+                    let result = bounded(breaker, Box::pin(b.$method($($arg),*))).await;
+                    if matches!(result, Err(StoreError::KnownDown)) {
+                        // Given up because the breaker opened: nothing to tell it.
+                        return result;
+                    }
+                    breaker.record(!result.as_ref().is_err_and(StoreError::is_connection_failure));
                     result
                 }
             }
@@ -312,6 +320,22 @@ macro_rules! call {
         }
         result
     }};
+}
+
+/// One Redis call, bounded by [`OPERATION_TIMEOUT`], given up as soon as the breaker opens
+/// (Redis stopped answering everyone: this call answers now too, not at its timeout).
+async fn bounded<T>(
+    breaker: &Breaker,
+    call: futures::future::BoxFuture<'_, ::redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::select! {
+        biased;
+        answer = tokio::time::timeout(OPERATION_TIMEOUT, call) => match answer {
+            Ok(result) => result.map_err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+        },
+        () = breaker.opened() => Err(StoreError::KnownDown),
+    }
 }
 
 impl Store {
@@ -377,13 +401,37 @@ impl Store {
 
     /// Answers when the backend is reachable, within [`PING_TIMEOUT`]. The health task's ping:
     /// it goes to Redis whatever the circuit breaker says, and its outcome decides the breaker
-    /// (an answer closes it, a connection-class failure opens it at once).
+    /// (an answer closes it, a connection-class failure opens it at once, a timeout opens it
+    /// when Redis answered no other call meanwhile).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let breaker = &self.inner.breaker;
+        let sent_at_ms = breaker.now_ms();
+        let result = self.timed_ping().await;
+        match &result {
+            Ok(()) => breaker.answered(),
+            Err(StoreError::Timeout(_)) => breaker.ping_timed_out(sent_at_ms),
+            Err(e) if e.is_connection_failure() => breaker.open("health ping failed"),
+            // Redis answered, with an error: reachable.
+            Err(_) => breaker.answered(),
+        }
+        result
+    }
+
+    /// The half-open probe: a `PING` in the background, so that no caller waits on it.
+    fn probe(&self) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let answered = !store.timed_ping().await.as_ref().is_err_and(StoreError::is_connection_failure);
+            store.inner.breaker.probed(answered);
+        });
+    }
+
+    /// `PING` within [`PING_TIMEOUT`], timed and counted like every store operation.
+    async fn timed_ping(&self) -> Result<(), StoreError> {
         let Backend::Redis(backend) = &self.inner.backend else {
             return Ok(());
         };
-        let (started, breaker) = (Instant::now(), &self.inner.breaker);
-        let sent_at_ms = breaker.now_ms();
+        let started = Instant::now();
         let result = match tokio::time::timeout(PING_TIMEOUT, backend.ping()).await {
             Ok(result) => result.map_err(StoreError::Unavailable),
             Err(_) => Err(StoreError::Timeout(PING_TIMEOUT)),
@@ -392,13 +440,6 @@ impl Store {
         metrics.store_duration.with_label_values(&["ping"]).observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             metrics.store_errors.with_label_values(&["ping"]).inc();
-        }
-        match &result {
-            Ok(()) => breaker.answered(),
-            Err(StoreError::Timeout(_)) => breaker.ping_timed_out(sent_at_ms),
-            Err(e) if e.is_connection_failure() => breaker.open("health ping failed"),
-            // Redis answered, with an error: reachable.
-            Err(_) => breaker.answered(),
         }
         result
     }

@@ -1,5 +1,5 @@
 //! A Redis outage as an operator meets it (issue 11): SIGKILL under load, started again on the
-//! same port. While the store is known down, calls that need it answer `UNAVAILABLE` /
+//! same port, or frozen (SIGSTOP: open connections that answer nothing) and let go again. While the store is known down, calls that need it answer `UNAVAILABLE` /
 //! `STORE_UNAVAILABLE` with RetryInfo at once (the circuit breaker), never at the caller's
 //! deadline; health goes NOT_SERVING within a second; and wxauth recovers by itself, with no
 //! restart. A replica that dies holding a user's refresh lock holds that user no longer than the
@@ -21,10 +21,12 @@ use crate::helpers::{Backend, TestApp, eventually, flow_request, reason, spawn_a
 
 /// The callers' deadline, as in the issue.
 const DEADLINE: Duration = Duration::from_secs(1);
-/// How fast a call must be answered once the store is known down: "at once", with room for a
-/// debug build on a shared 2-core machine, where the gRPC round trip alone takes a median of
-/// 10-20 ms under load; far below the 1 s deadline the calls used to run into.
-const FAIL_FAST: Duration = Duration::from_millis(200);
+/// How fast calls are answered once the store is known down: "at once" is a median under
+/// 100 ms and none slower than half the deadline. Loose bounds for a debug build on a shared
+/// 2-core machine (there, the gRPC round trip alone has a median of 3-40 ms, under `nice`);
+/// before the circuit breaker these calls took the whole 1 s deadline.
+const FAIL_FAST_MEDIAN: Duration = Duration::from_millis(100);
+const FAIL_FAST_MAX: Duration = Duration::from_millis(500);
 
 /// One answer a caller got.
 #[derive(Debug)]
@@ -90,8 +92,20 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_under_load_answers_ok_or_unavailable_at_once_and_recovers_alone() {
+/// How Redis goes away in [`outage_under_load`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// SIGKILL, then a new server on the same port: connections reset, then refused.
+    Killed,
+    /// SIGSTOP, then SIGCONT: connections stay open and nothing answers (a partition).
+    Frozen,
+}
+
+/// Redis lost for 4 s under a steady load of BuildAuthorizeUrl from 8 callers with 1 s
+/// deadlines, then back: every answer is OK or `STORE_UNAVAILABLE` with RetryInfo, none as slow
+/// as the deadline; once the store is known down calls answer at once; health NOT_SERVING within
+/// 1 s of the loss, SERVING and calls succeeding within 2 s of the return, with no restart.
+async fn outage_under_load(loss: Loss) {
     let app = spawn_app(Backend::Redis).await;
     let probe = health_client(&app).await;
     assert!(eventually(async || health(&mut probe.clone()).await == ServingStatus::Serving).await);
@@ -101,11 +115,17 @@ async fn a_redis_outage_under_load_answers_ok_or_unavailable_at_once_and_recover
     tokio::time::sleep(Duration::from_millis(500)).await; // load before the outage
 
     let redis = app.redis.as_ref().expect("redis");
-    redis.lock().await.kill();
+    match loss {
+        Loss::Killed => redis.lock().await.kill(),
+        Loss::Frozen => redis.lock().await.freeze(),
+    }
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await; // the outage, as in the issue
-    redis.lock().await.restart().await;
-    let back = Instant::now(); // Redis accepts connections again
+    match loss {
+        Loss::Killed => redis.lock().await.restart().await,
+        Loss::Frozen => redis.lock().await.thaw(),
+    }
+    let back = Instant::now(); // Redis accepts connections and answers again
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -135,7 +155,7 @@ async fn a_redis_outage_under_load_answers_ok_or_unavailable_at_once_and_recover
     let ok = answers.iter().filter(|a| a.error.is_none()).count();
     let unavailable = answers.iter().filter(|a| a.error.as_ref().is_some_and(|e| e.0 == Code::Unavailable)).count();
     println!(
-        "outage figures: {} answers ({ok} OK, {unavailable} UNAVAILABLE); NOT_SERVING {} ms after the kill; \
+        "outage figures ({loss:?}): {} answers ({ok} OK, {unavailable} UNAVAILABLE); NOT_SERVING {} ms after the loss; \
          {} calls while known down, median {} µs, slowest {} ms; slowest call overall {} ms; SERVING {} ms and first OK call \
          {} ms after Redis returned",
         answers.len(),
@@ -159,7 +179,8 @@ async fn a_redis_outage_under_load_answers_ok_or_unavailable_at_once_and_recover
     assert!(unavailable > 0 && ok > 0, "the outage was seen, and calls worked around it");
     assert!(not_serving - killed < Duration::from_secs(1), "NOT_SERVING {:?} after the kill", not_serving - killed);
     assert!(!known_down.is_empty(), "calls were made while the store was known down");
-    assert!(slowest_known_down < FAIL_FAST, "known down, yet a call took {slowest_known_down:?}");
+    assert!(median_known_down < FAIL_FAST_MEDIAN, "known down, yet calls took {median_known_down:?} (median)");
+    assert!(slowest_known_down < FAIL_FAST_MAX, "known down, yet a call took {slowest_known_down:?}");
     assert!(serving - back < Duration::from_secs(2), "SERVING {:?} after Redis returned", serving - back);
     assert!(first_ok - back < Duration::from_secs(2), "first OK {:?} after Redis returned", first_ok - back);
     let metrics = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
@@ -167,6 +188,16 @@ async fn a_redis_outage_under_load_answers_ok_or_unavailable_at_once_and_recover
     assert!(metrics.contains("wxauth_store_breaker_state 0"), "closed again");
     assert!(metrics.contains("wxauth_store_breaker_transitions_total{state=\"open\"}"));
     assert!(!metrics.contains("wxauth_store_breaker_rejections_total 0\n"), "the open breaker answered calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_under_load_answers_ok_or_unavailable_at_once_and_recovers_alone() {
+    outage_under_load(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_under_load_answers_ok_or_unavailable_at_once_and_recovers_alone() {
+    outage_under_load(Loss::Frozen).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +214,7 @@ async fn the_relay_answers_its_503_page_at_once_while_the_store_is_down() {
         let response = app.callback(&format!("code=abc&state={flow}")).await;
         let took = started.elapsed();
         assert_eq!(response.status(), 503, "'try again in a moment', not 'expired'");
-        assert!(took < FAIL_FAST, "the relay's 503 took {took:?}");
+        assert!(took < FAIL_FAST_MAX, "the relay's 503 took {took:?}");
     }
 
     app.redis.as_ref().expect("redis").lock().await.restart().await;
