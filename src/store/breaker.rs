@@ -4,9 +4,9 @@
 //!
 //! - **Closed** (Redis answers): every call goes through. [`FAILURES_TO_OPEN`] connection-class
 //!   failures in a row (refused, reset, timed out, `LOADING`, cluster down; never a logical
-//!   error such as a full Redis refusing a write), or one failed health ping, open it. A ping
-//!   that merely times out opens it only if Redis answered no other call meanwhile: under
-//!   load the ping queues behind the calls, and a slow Redis that answers is not down.
+//!   error such as a full Redis refusing a write), or one failed health ping, open it. A failed
+//!   ping opens it only if Redis answered no other call meanwhile: under load the ping queues
+//!   behind the calls, and a slow Redis that answers others is not down.
 //! - **Open**: calls are refused without touching Redis. The first call refused after
 //!   [`PROBE_AFTER`] starts a probe and turns it half-open.
 //! - **Half-open**: one probe (a `PING` in the background, bounded like the health ping) is in
@@ -227,12 +227,13 @@ impl Breaker {
         }
     }
 
-    /// A health ping sent at `sent_at_ms` got no answer in time: the breaker opens unless
-    /// Redis answered some other call since (then Redis is slow, under load, not gone; a run of
-    /// failed calls still opens it).
-    pub fn ping_timed_out(&self, sent_at_ms: i64) {
+    /// A health ping sent at `sent_at_ms` failed (no answer in time, or a connection-class
+    /// error): the breaker opens unless Redis answered some other call since. Then Redis is
+    /// slow under load, or only the ping's connection was lost (a failover's old master), not
+    /// Redis; a run of failed calls still opens it.
+    pub fn ping_failed(&self, sent_at_ms: i64, cause: &'static str) {
         if self.last_answer_ms.load(Ordering::Relaxed) < sent_at_ms {
-            self.open("health ping timed out");
+            self.open(cause);
         }
     }
 
@@ -379,10 +380,10 @@ mod tests {
         let sent = clock.now_ms();
         clock.advance(Duration::from_millis(100));
         breaker.record(true);
-        breaker.ping_timed_out(sent);
+        breaker.ping_failed(sent, "health ping timed out");
         assert_eq!(breaker.state(), BreakerState::Closed, "Redis is slow, not gone");
         clock.advance(Duration::from_millis(100));
-        breaker.ping_timed_out(clock.now_ms());
+        breaker.ping_failed(clock.now_ms(), "health ping timed out");
         assert_eq!(breaker.state(), BreakerState::Open, "no answer since the ping was sent");
     }
 

@@ -401,16 +401,16 @@ impl Store {
 
     /// Answers when the backend is reachable, within [`PING_TIMEOUT`]. The health task's ping:
     /// it goes to Redis whatever the circuit breaker says, and its outcome decides the breaker
-    /// (an answer closes it, a connection-class failure opens it at once, a timeout opens it
-    /// when Redis answered no other call meanwhile).
+    /// (an answer closes it; a timeout or a connection-class failure opens it, unless Redis
+    /// answered another call meanwhile).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let breaker = &self.inner.breaker;
         let sent_at_ms = breaker.now_ms();
         let result = self.timed_ping().await;
         match &result {
             Ok(()) => breaker.answered(),
-            Err(StoreError::Timeout(_)) => breaker.ping_timed_out(sent_at_ms),
-            Err(e) if e.is_connection_failure() => breaker.open("health ping failed"),
+            Err(StoreError::Timeout(_)) => breaker.ping_failed(sent_at_ms, "health ping timed out"),
+            Err(e) if e.is_connection_failure() => breaker.ping_failed(sent_at_ms, "health ping failed"),
             // Redis answered, with an error: reachable.
             Err(_) => breaker.answered(),
         }
