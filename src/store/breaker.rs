@@ -227,12 +227,11 @@ impl Breaker {
         }
     }
 
-    /// A health ping sent at `sent_at_ms` failed (no answer in time, or a connection-class
-    /// error): the breaker opens unless Redis answered some other call since. Then Redis is
-    /// slow under load, or only the ping's connection was lost (a failover's old master), not
-    /// Redis; a run of failed calls still opens it.
-    pub fn ping_failed(&self, sent_at_ms: i64, cause: &'static str) {
-        if self.last_answer_ms.load(Ordering::Relaxed) < sent_at_ms {
+    /// A health ping failed: the breaker opens unless Redis answered some other call at or
+    /// after `since_ms` (then Redis is slow under load, or only the ping's connection was lost,
+    /// as when a failover closes it; a run of failed calls still opens it).
+    pub fn ping_failed(&self, since_ms: i64, cause: &'static str) {
+        if self.last_answer_ms.load(Ordering::Relaxed) < since_ms {
             self.open(cause);
         }
     }

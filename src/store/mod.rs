@@ -86,10 +86,19 @@ pub fn code_record_ttl(code_life: Duration) -> Duration {
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The longest the health ping ([`Store::ping`]) may take: a Redis that answers neither it nor
-/// any other call within this opens the circuit breaker (health NOT_SERVING, and the calls
-/// waiting on it answered, within 0.65 s of the loss with the 250 ms ping interval).
-pub const PING_TIMEOUT: Duration = Duration::from_millis(400);
+/// The longest the health ping ([`Store::ping`]) may take. A Redis that refuses or resets the
+/// connection opens the circuit breaker at the first failed ping (health NOT_SERVING within
+/// 0.3 s of the loss with the 250 ms ping interval); one that answers nothing at all opens it
+/// after [`SILENCE_TO_OPEN`] (within about 1.5 s), and the calls waiting on it answer then.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(450);
+
+/// How long Redis must have answered nothing (no call, no ping) before a timed-out ping opens
+/// the breaker: a stall under load or a fork is not an outage. Refused or reset connections
+/// (a killed Redis) open it at the first failed ping.
+pub const SILENCE_TO_OPEN: Duration = Duration::from_secs(1);
+
+/// How long a failed ping waits, before it judges, for other calls' answers to be read.
+const PING_GRACE: Duration = Duration::from_millis(50);
 
 /// A user's tokens as kept server-side. `Debug` shows no token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -407,9 +416,20 @@ impl Store {
         let breaker = &self.inner.breaker;
         let sent_at_ms = breaker.now_ms();
         let result = self.timed_ping().await;
+        if result.as_ref().is_err_and(StoreError::is_connection_failure) {
+            // Answers already on the wire get a moment to be read: in a process starved of CPU
+            // the ping's timer can fire before the connection task has read any of them, and a
+            // Redis that answered is not down.
+            tokio::time::sleep(PING_GRACE).await;
+        }
         match &result {
             Ok(()) => breaker.answered(),
-            Err(StoreError::Timeout(_)) => breaker.ping_failed(sent_at_ms, "health ping timed out"),
+            // Silence alone is ambiguous (a frozen Redis, or one stalled by load or a fork):
+            // it must last SILENCE_TO_OPEN, across pings, before the breaker opens.
+            Err(StoreError::Timeout(_)) => {
+                let since = breaker.now_ms().saturating_sub(i64::try_from(SILENCE_TO_OPEN.as_millis()).unwrap_or(0));
+                breaker.ping_failed(since, "Redis answered nothing for a second");
+            }
             Err(e) if e.is_connection_failure() => breaker.ping_failed(sent_at_ms, "health ping failed"),
             // Redis answered, with an error: reachable.
             Err(_) => breaker.answered(),
