@@ -276,7 +276,13 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "store call failed");
+        if matches!(error, StoreError::KnownDown) {
+            // The breaker logged the outage once when it opened; one line per refused call would
+            // flood the logs under load.
+            tracing::debug!("store call refused: store known down");
+        } else {
+            tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "store call failed");
+        }
         ApiError::StoreUnavailable
     }
 }

@@ -12,7 +12,8 @@
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
 //!   cross-replica refresh lock.
 //! - [`wechat`]: the upstream client: authorize URLs and the `sns` endpoints.
-//! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory.
+//! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory;
+//!   a circuit breaker answers at once while Redis is known down.
 //! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
 //! - [`listener`]: the listeners' timeouts and caps against slow, idle and greedy clients.
 //! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.

@@ -132,7 +132,11 @@ async fn relay_target(relay: &RelayState, query: &str) -> Result<(String, FlowUs
 }
 
 fn store_down(e: crate::store::StoreError) -> Refusal {
-    tracing::warn!(error = %e, "store unavailable at callback");
+    if matches!(e, crate::store::StoreError::KnownDown) {
+        tracing::debug!("store known down at callback");
+    } else {
+        tracing::warn!(error = %e, "store unavailable at callback");
+    }
     Refusal::StoreDown
 }
 

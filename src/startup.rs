@@ -24,7 +24,7 @@ use crate::grpc::OAuthService;
 use crate::listener;
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
 use crate::relay::{self, RelayState};
-use crate::store::{Store, StoreError};
+use crate::store::{BreakerState, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::tokens::{TokenPolicy, Tokens};
 use crate::wechat::WechatClient;
@@ -33,8 +33,11 @@ use crate::wechat::WechatClient;
 /// target of liveness probes (restarting pods during a Redis outage would not help).
 pub const LIVENESS_SERVICE: &str = "liveness";
 
-/// How often the store is checked for the health status.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the store is pinged for the health status (and the circuit breaker). With the
+/// ping's own bound ([`crate::store::PING_TIMEOUT`]), a killed Redis turns health NOT_SERVING
+/// within 0.3 s (a silent one after [`crate::store::SILENCE_TO_OPEN`]), and a returned one
+/// SERVING within one interval and a round trip.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The longest an RPC may run (tonic answers `CANCELLED` after it); also how long a gRPC
 /// connection past `server.grpc_max_connection_age` may take to finish its RPCs before it is
@@ -264,7 +267,9 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Keeps health and readiness in step with the store: SERVING while it answers.
+/// Keeps health and readiness in step with the store: SERVING while the circuit breaker is
+/// closed. Pings every [`HEALTH_INTERVAL`] (the ping opens or closes the breaker), and at once
+/// when calls open the breaker, so readiness never lags it.
 async fn watch_store(
     store: Store,
     reporter: HealthReporter,
@@ -272,9 +277,15 @@ async fn watch_store(
     stopped: impl Future<Output = ()>,
 ) {
     tokio::pin!(stopped);
+    let mut changes = store.breaker_changes();
     let mut last = None;
     loop {
-        let serving = tokio::time::timeout(HEALTH_INTERVAL * 2, store.ping()).await.is_ok_and(|r| r.is_ok());
+        // The ping's outcome goes to the breaker, which decides: one slow ping under load is
+        // no reason to leave the Service endpoints.
+        let _ = store.ping().await;
+        // Transitions the ping itself made need no second look.
+        changes.mark_unchanged();
+        let serving = store.breaker_state() == BreakerState::Closed;
         if last != Some(serving) {
             tracing::info!(serving, "store health changed");
             ready.store(serving, Ordering::SeqCst);
@@ -284,6 +295,8 @@ async fn watch_store(
         tokio::select! {
             () = &mut stopped => return,
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            // Calls opened the breaker (or a probe closed it): look again now.
+            Ok(()) = changes.changed() => {}
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -181,6 +181,12 @@ pub struct Metrics {
     pub client_refusals: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
+    /// The store's circuit breaker: 0 closed, 1 half-open, 2 open.
+    pub store_breaker_state: IntGauge,
+    /// The breaker's transitions, by the state entered (`closed`, `open`, `half_open`).
+    pub store_breaker_transitions: IntCounterVec,
+    /// Store calls the open breaker answered at once, without touching Redis.
+    pub store_breaker_rejections: IntCounter,
 }
 
 impl Metrics {
@@ -208,6 +214,18 @@ impl Metrics {
             .unwrap_or_else(|e| unreachable!("{e}"));
         registry.register(Box::new(build_info.clone())).unwrap_or_else(|e| unreachable!("{e}"));
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let breaker_state = IntGauge::new(
+            "wxauth_store_breaker_state",
+            "The store's circuit breaker: 0 closed (Redis answers), 1 half-open (probing), 2 open (calls refused at once).",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        registry.register(Box::new(breaker_state.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        let breaker_rejections = IntCounter::new(
+            "wxauth_store_breaker_rejections_total",
+            "Store calls answered STORE_UNAVAILABLE at once by the open circuit breaker, without touching Redis.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        registry.register(Box::new(breaker_rejections.clone())).unwrap_or_else(|e| unreachable!("{e}"));
         Arc::new(Self {
             rpc_requests: counter(
                 "wxauth_grpc_requests_total",
@@ -265,6 +283,13 @@ impl Metrics {
                 &["client", "family", "reason"],
             ),
             unopenable_records: unopenable,
+            store_breaker_state: breaker_state,
+            store_breaker_transitions: counter(
+                "wxauth_store_breaker_transitions_total",
+                "Transitions of the store's circuit breaker, by the state entered (closed, open, half_open).",
+                &["state"],
+            ),
+            store_breaker_rejections: breaker_rejections,
             registry,
         })
     }

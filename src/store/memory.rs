@@ -117,8 +117,6 @@ impl MemoryBackend {
         matches
     }
 
-    pub(super) fn ping(&self) {}
-
     /// The open-flow cap step, as the Redis backend's script does it: drop members whose expiry
     /// is at or before `now_ms`, refuse with the oldest member's expiry at `cap`, else add
     /// `member` expiring at `now_ms + ttl` and keep the set alive for `ttl`.

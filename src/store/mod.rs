@@ -4,7 +4,8 @@
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
 //! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
-//! a few one-key primitives with identical semantics, so the two cannot drift. Keys
+//! a few one-key primitives with identical semantics, so the two cannot drift. Every Redis call
+//! goes through the [`breaker`], which answers at once while Redis is known down. Keys
 //! (DESIGN.md §4, a wire contract):
 //!
 //! | key | value |
@@ -17,6 +18,7 @@
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
 //! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
 
+pub mod breaker;
 mod memory;
 mod redis;
 pub mod seal;
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
+pub use self::breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_AFTER};
 pub use self::memory::MemoryBackend;
 pub use self::redis::{RedisBackend, RedisTls};
 use self::seal::Keyring;
@@ -56,6 +59,31 @@ pub enum StoreError {
     /// Redis did not answer within the operation timeout (also while reconnecting).
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),
+    /// Not tried: the circuit breaker knows the store is down ([`breaker`]).
+    #[error("store known down (circuit breaker open)")]
+    KnownDown,
+}
+
+impl StoreError {
+    /// Whether this says the store cannot be reached (what the circuit breaker counts), as
+    /// opposed to Redis answering with an error (a full Redis refusing a write, a script error):
+    /// refused, reset or dropped connections, timeouts, a Redis still loading its data, a
+    /// cluster or master down, a failed authentication.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::KnownDown => true,
+            StoreError::Unavailable(e) => {
+                e.is_io_error()
+                    || e.is_unrecoverable_error()
+                    || matches!(
+                        e.kind(),
+                        ::redis::ErrorKind::ClusterDown
+                            | ::redis::ErrorKind::MasterDown
+                            | ::redis::ErrorKind::BusyLoadingError
+                    )
+            }
+        }
+    }
 }
 
 /// How long wxauth keeps a code's record: the code's life at WeChat and a minute more, so that
@@ -68,6 +96,20 @@ pub fn code_record_ttl(code_life: Duration) -> Duration {
 /// The longest any one store operation may take, reconnection included: a dead Redis must
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest the health ping ([`Store::ping`]) may take. A Redis that refuses or resets the
+/// connection opens the circuit breaker at the first failed ping (health NOT_SERVING within
+/// 0.3 s of the loss with the 250 ms ping interval); one that answers nothing at all opens it
+/// after [`SILENCE_TO_OPEN`] (within about 1.5 s), and the calls waiting on it answer then.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(450);
+
+/// How long Redis must have answered nothing (no call, no ping) before a timed-out ping opens
+/// the breaker: a stall under load or a fork is not an outage. Refused or reset connections
+/// (a killed Redis) open it at the first failed ping.
+pub const SILENCE_TO_OPEN: Duration = Duration::from_secs(1);
+
+/// How long a failed ping waits, before it judges, for other calls' answers to be read.
+const PING_GRACE: Duration = Duration::from_millis(50);
 
 /// A user's tokens as kept server-side. `Debug` shows no token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -264,10 +306,13 @@ struct Inner {
     prefix: String,
     replica: String,
     metrics: Arc<Metrics>,
+    breaker: Breaker,
 }
 
-/// Runs one backend primitive: bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and
-/// counted in the metrics.
+/// Runs one backend primitive: through the circuit breaker (Redis only; refused at once while
+/// the store is known down, and given up at once when the breaker opens while it waits),
+/// bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and counted in the metrics.
+/// Refusals are counted by the breaker, not here.
 macro_rules! call {
     ($self:expr, $method:ident ( $($arg:expr),* )) => {{
         let operation = stringify!($method);
@@ -275,23 +320,54 @@ macro_rules! call {
         let result = async {
             match &$self.inner.backend {
                 Backend::Memory(b) => Ok(b.$method($($arg),*)),
-                // Boxed: the Redis futures are deep, and every caller would carry their layout.
-                Backend::Redis(b) => match tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(b.$method($($arg),*))).await {
-                    Ok(result) => result.map_err(StoreError::Unavailable),
-                    Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
-                },
+                Backend::Redis(b) => {
+                    let breaker = &$self.inner.breaker;
+                    if let breaker::Admission::Refused { probe } = breaker.admit() {
+                        if probe {
+                            $self.probe();
+                        }
+                        return Err(StoreError::KnownDown);
+                    }
+                    // Boxed and type-erased: the Redis futures are deep, and every caller would
+                    // carry their layout.
+                    let result = bounded(breaker, Box::pin(b.$method($($arg),*))).await;
+                    if matches!(result, Err(StoreError::KnownDown)) {
+                        // Given up because the breaker opened: nothing to tell it.
+                        return result;
+                    }
+                    breaker.record(!result.as_ref().is_err_and(StoreError::is_connection_failure));
+                    result
+                }
             }
         }
         // A static name and no fields: the span costs next to nothing when nothing logs in it.
         .instrument(tracing::info_span!(concat!("store.", stringify!($method))))
         .await;
-        let metrics = &$self.inner.metrics;
-        metrics.store_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            metrics.store_errors.with_label_values(&[operation]).inc();
+        if !matches!(result, Err(StoreError::KnownDown)) {
+            let metrics = &$self.inner.metrics;
+            metrics.store_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                metrics.store_errors.with_label_values(&[operation]).inc();
+            }
         }
         result
     }};
+}
+
+/// One Redis call, bounded by [`OPERATION_TIMEOUT`], given up as soon as the breaker opens
+/// (Redis stopped answering everyone: this call answers now too, not at its timeout).
+async fn bounded<T>(
+    breaker: &Breaker,
+    call: futures::future::BoxFuture<'_, ::redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::select! {
+        biased;
+        answer = tokio::time::timeout(OPERATION_TIMEOUT, call) => match answer {
+            Ok(result) => result.map_err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+        },
+        () = breaker.opened() => Err(StoreError::KnownDown),
+    }
 }
 
 impl Store {
@@ -334,8 +410,20 @@ impl Store {
 
     fn with(backend: Backend, keys: Keyring, prefix: &str, metrics: Arc<Metrics>) -> Self {
         let replica = crate::random_id(12);
-        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics };
+        // Real time, never the clock tests move: the breaker's waits are short and real.
+        let breaker = Breaker::new(crate::clock::Clock::system(), Arc::clone(&metrics));
+        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics, breaker };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Where the circuit breaker stands (always closed for the in-memory store).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// The circuit breaker's transitions as they happen (health follows them).
+    pub fn breaker_changes(&self) -> tokio::sync::watch::Receiver<BreakerState> {
+        self.inner.breaker.subscribe()
     }
 
     /// Sealed records found that did not open (wrong key, tampering, a copy under another key).
@@ -343,9 +431,60 @@ impl Store {
         self.inner.metrics.unopenable_records.get()
     }
 
-    /// Answers when the backend is reachable.
+    /// Answers when the backend is reachable, within [`PING_TIMEOUT`]. The health task's ping:
+    /// it goes to Redis whatever the circuit breaker says, and its outcome decides the breaker
+    /// (an answer closes it; a timeout or a connection-class failure opens it, unless Redis
+    /// answered another call meanwhile).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        call!(self, ping())
+        let breaker = &self.inner.breaker;
+        let sent_at_ms = breaker.now_ms();
+        let result = self.timed_ping().await;
+        if result.as_ref().is_err_and(StoreError::is_connection_failure) {
+            // Answers already on the wire get a moment to be read: in a process starved of CPU
+            // the ping's timer can fire before the connection task has read any of them, and a
+            // Redis that answered is not down.
+            tokio::time::sleep(PING_GRACE).await;
+        }
+        match &result {
+            Ok(()) => breaker.answered(),
+            // Silence alone is ambiguous (a frozen Redis, or one stalled by load or a fork):
+            // it must last SILENCE_TO_OPEN, across pings, before the breaker opens.
+            Err(StoreError::Timeout(_)) => {
+                let since = breaker.now_ms().saturating_sub(i64::try_from(SILENCE_TO_OPEN.as_millis()).unwrap_or(0));
+                breaker.ping_failed(since, "Redis answered nothing for a second");
+            }
+            Err(e) if e.is_connection_failure() => breaker.ping_failed(sent_at_ms, "health ping failed"),
+            // Redis answered, with an error: reachable.
+            Err(_) => breaker.answered(),
+        }
+        result
+    }
+
+    /// The half-open probe: a `PING` in the background, so that no caller waits on it.
+    fn probe(&self) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let answered = !store.timed_ping().await.as_ref().is_err_and(StoreError::is_connection_failure);
+            store.inner.breaker.probed(answered);
+        });
+    }
+
+    /// `PING` within [`PING_TIMEOUT`], timed and counted like every store operation.
+    async fn timed_ping(&self) -> Result<(), StoreError> {
+        let Backend::Redis(backend) = &self.inner.backend else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = match tokio::time::timeout(PING_TIMEOUT, backend.ping()).await {
+            Ok(result) => result.map_err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout(PING_TIMEOUT)),
+        };
+        let metrics = &self.inner.metrics;
+        metrics.store_duration.with_label_values(&["ping"]).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics.store_errors.with_label_values(&["ping"]).inc();
+        }
+        result
     }
 
     fn flow_key(&self, flow_id: &str) -> String {

@@ -30,6 +30,9 @@ use crate::secrets::RedisClientKey;
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a (re)connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connection attempts at start-up (single node), this far apart.
+const STARTUP_ATTEMPTS: u32 = 4;
+const STARTUP_RETRY: Duration = Duration::from_secs(1);
 
 /// The relay's step on a flow (a hash: `f` the sealed flow, `n` its callbacks) for Redis
 /// before 7.0: returns the flow, whether this call cut the TTL to ARGV[1] ms (the first use
@@ -275,16 +278,30 @@ impl RedisBackend {
                     Some(certs) => redis::Client::build_with_tls(one.as_str(), certs)?,
                     None => redis::Client::open(one.as_str())?,
                 };
+                // One connection attempt per reconnection, no backoff: redis-rs makes every
+                // command wait on a reconnection in progress, and its backoff sleeps at least
+                // a second (backon's minimum delay) between attempts, which held calls until
+                // their deadline while Redis was down and left a restarted Redis unused for a
+                // second or two. Failing at once instead lets the circuit breaker open; the next
+                // call, or the health ping, starts the next attempt.
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(RESPONSE_TIMEOUT)
                     .set_connection_timeout(CONNECT_TIMEOUT)
-                    // redis-rs passes `factor` to backon as the exponential base over a 1 s
-                    // minimum delay; its default (100) means a 100 s wait on the second retry,
-                    // which left a restarted Redis unused for minutes. Retry every second.
-                    .set_factor(2)
-                    .set_max_delay(1000)
-                    .set_number_of_retries(3);
-                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+                    .set_number_of_retries(0);
+                // At start-up, a few attempts: Redis may be starting alongside.
+                let mut attempt = 1;
+                let manager = loop {
+                    match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                        Ok(manager) => break manager,
+                        Err(e) if attempt < STARTUP_ATTEMPTS && e.is_io_error() => {
+                            tracing::info!(error = %e, attempt, "Redis not reachable yet; trying again");
+                            attempt += 1;
+                            tokio::time::sleep(STARTUP_RETRY).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                Conn::Single(manager)
             }
             many => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(many.to_vec())
@@ -467,8 +484,14 @@ impl RedisBackend {
         self.invoke(inv).await
     }
 
+    /// `PING`, once more at once after a connection-class failure: the failure started a new
+    /// connection attempt (the connection manager does, and Sentinel looks the master up again),
+    /// which the second `PING` waits for, so a Redis that is back answers this very ping.
     pub(super) async fn ping(&self) -> RedisResult<()> {
-        self.query(&redis::cmd("PING")).await
+        match self.query(&redis::cmd("PING")).await {
+            Err(e) if e.is_io_error() || e.is_unrecoverable_error() => self.query(&redis::cmd("PING")).await,
+            answered => answered,
+        }
     }
 }
 

@@ -89,6 +89,22 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing is answered, as
+    /// with a network partition or a stalled host.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill {signal}");
+    }
+
     /// Starts a server again on the same port.
     pub async fn restart(&mut self) {
         self.child = spawn_redis_server(self.port, &[], None);

@@ -2,6 +2,7 @@
 //! store where it applies) and the WeChat simulator, through a real gRPC client and real HTTP.
 
 mod authorize;
+mod breaker;
 mod browser;
 mod cli;
 mod cluster;

@@ -22,8 +22,6 @@ async fn readyz(app: &TestApp) -> u16 {
     app.http.get(format!("http://{}/readyz", app.admin_addr)).send().await.expect("admin").status().as_u16()
 }
 
-/// Polls until `check` holds (the health task checks the store every second); bounded.
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_follow_the_store() {
     let app = spawn_app(Backend::Redis).await;
