@@ -3,6 +3,7 @@
 
 mod authorize;
 mod browser;
+mod chaos;
 mod cluster;
 mod concurrency;
 mod exchange;
@@ -14,6 +15,7 @@ mod maxmemory;
 mod observability;
 mod operations;
 mod polyglot;
+mod proxy;
 mod reach;
 mod relay;
 mod sealing;
