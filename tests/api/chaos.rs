@@ -579,3 +579,85 @@ async fn chaos_a_redis_partition_during_a_refresh_leaves_the_record_as_it_was() 
         "the user's profile is served from the intact record"
     );
 }
+
+// ---- Redis failing between an exchange's WeChat call and its write ----------------------
+
+/// An ExchangeCode that WeChat receives and answers 800 ms later, running in the background;
+/// returns once WeChat has it.
+async fn exchange_held_at_wechat(
+    app: &TestApp,
+    relayed: &Relayed,
+    deadline: Duration,
+) -> tokio::task::JoinHandle<Answered> {
+    app.sim.inject(Endpoint::AccessToken, Fault::Delay(Duration::from_millis(800)), 1);
+    let calls = app.sim.calls(Endpoint::AccessToken);
+    let message = ExchangeCodeRequest {
+        app: "mp".into(),
+        flow_id: relayed.flow_id.clone(),
+        code: relayed.code.clone(),
+        ..Default::default()
+    };
+    let (request, mut client) = (with_deadline(app, message, deadline), app.grpc.clone());
+    let exchanging =
+        tokio::spawn(async move { grpc_within("ExchangeCode", deadline, client.exchange_code(request)).await });
+    assert!(eventually(async || app.sim.calls(Endpoint::AccessToken) > calls).await, "the exchange reached WeChat");
+    exchanging
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_token_write_refused_after_wechat_granted_an_exchange_asks_for_a_new_sign_in() {
+    // wxauth signs in to Redis as a user of its own, so the test can take away its right to
+    // write token records (and only that) between WeChat's grant and the write.
+    let (sim, sim_addr) = crate::helpers::spawn_sim().await;
+    let redis = RedisServer::start().await;
+    let mut admin = redis.conn().await;
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("wxauth").arg(rules);
+        cmd
+    };
+    let _: () = acl(&["on", ">chaos-pw", "~*", "+@all"]).query_async(&mut admin).await.expect("ACL");
+    let url = format!("redis://wxauth:chaos-pw@127.0.0.1:{}/0", redis.port);
+    let settings = chaos_settings(sim_addr, &redis_store(&url));
+    let app = spawn_settings(sim, sim_addr, Some(Arc::new(tokio::sync::Mutex::new(redis))), settings).await;
+    let relayed = app.relayed("mp", "alice", "snsapi_userinfo").await;
+    let exchanges = app.sim.calls(Endpoint::AccessToken);
+
+    let no_tokens = ["resetkeys", "~wxauth:flow:*", "~wxauth:*:code:*", "~wxauth:client:*"];
+    let _: () = acl(&no_tokens).query_async(&mut admin).await.expect("ACL");
+    let first = exchange(&app, &relayed).await;
+    assert_eq!(first.answer, "STORE_UNAVAILABLE", "the token could not be kept");
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), exchanges + 1, "WeChat granted: the code is spent");
+
+    let _: () = acl(&["allkeys"]).query_async(&mut admin).await.expect("ACL");
+    let again = exchange(&app, &relayed).await;
+    assert_eq!(again.answer, "SIGN_IN_AGAIN", "a repeat is told to start again, not CODE_USED");
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), exchanges + 1, "the spent code was not sent again");
+    assert!(keys(&app, "wxauth:*:tok:*").await.is_empty(), "no token record was written");
+    app.login("alice", "snsapi_userinfo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_an_exchange_cut_off_from_redis_after_wechat_answered_is_never_a_code_used() {
+    let (app, proxy) = behind_redis_proxy().await;
+    let relayed = app.relayed("mp", "user1", "snsapi_userinfo").await;
+    // Cut off after WeChat answered, the token write and then the "lost" record each wait out
+    // the store's timeout: a longer deadline than the rest.
+    let exchanging = exchange_held_at_wechat(&app, &relayed, Duration::from_secs(6)).await;
+    let exchanges = app.sim.calls(Endpoint::AccessToken);
+    proxy.set(LinkFault::Partition);
+    let first = exchanging.await.expect("task");
+    assert_eq!(first.answer, "STORE_UNAVAILABLE", "{first:?}");
+    proxy.clear();
+    assert!(eventually(async || build(&app).await.answer == "OK").await, "works again");
+
+    // The claim the cut-off exchange left lapses (30 s); a repeat then takes it over, and
+    // WeChat's 40163 means the first exchange spent the code.
+    app.advance(Duration::from_secs(31));
+    let again = exchange(&app, &relayed).await;
+    assert_eq!(again.answer, "SIGN_IN_AGAIN", "never CODE_USED for the product's own retry");
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), exchanges + 1, "the takeover asked WeChat once");
+    assert_eq!(exchange(&app, &relayed).await.answer, "SIGN_IN_AGAIN", "and it is remembered");
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), exchanges + 1, "without asking again");
+    assert!(keys(&app, "wxauth:*:tok:*").await.is_empty(), "no token record was written");
+}
