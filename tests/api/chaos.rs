@@ -250,7 +250,7 @@ async fn work_resumes(app: &TestApp, signed_in: &str, exchanging: &str) {
 
 /// Starts a round over a slow link, and once its calls are on the wire applies `fault`.
 async fn round_hit_mid_stream(app: &TestApp, proxy: &FaultProxy, work: &Round, fault: impl FnOnce()) -> Vec<Answered> {
-    proxy.set(LinkFault::Latency(Duration::from_millis(250)));
+    proxy.set(LinkFault::Latency(Duration::from_millis(400)));
     let (answers, ()) = tokio::join!(round(app, work), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         fault();
