@@ -135,7 +135,9 @@ impl Soak {
                                 let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
                                 let _ = latency.record(us.clamp(1, 60_000_000));
                             }
-                            Err(kind) => *errors.lock().unwrap_or_else(PoisonError::into_inner).entry(kind).or_default() += 1,
+                            Err(kind) => {
+                                *errors.lock().unwrap_or_else(PoisonError::into_inner).entry(kind).or_default() += 1
+                            }
                         }
                         let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if finished % (sign_ins / 4).max(1) == 0 {
@@ -500,16 +502,8 @@ mod tests {
         ] {
             census.count("wxauth", key);
         }
-        let one = Census {
-            flows: 1,
-            codes: 1,
-            tokens: 1,
-            reach: 1,
-            profiles: 1,
-            locks: 1,
-            open_flow_sets: 1,
-            other: 1,
-        };
+        let one =
+            Census { flows: 1, codes: 1, tokens: 1, reach: 1, profiles: 1, locks: 1, open_flow_sets: 1, other: 1 };
         assert_eq!(census, one);
         assert_eq!(Census::settled(3).total(), 9);
     }

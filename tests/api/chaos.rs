@@ -226,7 +226,12 @@ async fn round(app: &TestApp, work: &Round) -> Vec<Answered> {
 fn expect(answers: &[Answered], allowed: &[(&str, &[&str])]) {
     for a in answers {
         let (_, ok) = allowed.iter().find(|(call, _)| *call == a.call).expect("an expectation for every call");
-        assert!(ok.contains(&a.answer.as_str()), "{} answered {} (allowed: {ok:?}); all: {answers:?}", a.call, a.answer);
+        assert!(
+            ok.contains(&a.answer.as_str()),
+            "{} answered {} (allowed: {ok:?}); all: {answers:?}",
+            a.call,
+            a.answer
+        );
     }
 }
 
@@ -337,7 +342,10 @@ async fn chaos_a_slow_redis_slows_every_call_and_each_succeeds() {
             ("RefreshToken", &["OK"]),
         ],
     );
-    assert!(answers.iter().all(|a| a.took >= Duration::from_millis(100)), "every call crossed the slow link: {answers:?}");
+    assert!(
+        answers.iter().all(|a| a.took >= Duration::from_millis(100)),
+        "every call crossed the slow link: {answers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
