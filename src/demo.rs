@@ -8,6 +8,10 @@
 //! - `GET /login/mobile`, `GET /login/pc` call `BuildAuthorizeUrl` over gRPC with a fresh CSRF
 //!   `state`, bind that state and the flow id wxauth returns to the browser with cookies, and
 //!   send the browser to WeChat.
+//! - `GET /login/qr` ("QR on this page") shows the website app's QR code on the demo's own page
+//!   with WeChat's `wxLogin.js` (the simulator's stand-in in dev mode), from the `wx_login`
+//!   parameters `BuildAuthorizeUrl` returns; `?self_redirect=true` makes the callback land inside
+//!   the QR code's iframe, from which the callback page breaks out to the whole window.
 //! - `GET /callback?app=..&code=..&state=..` is where the relay brings the browser back: the
 //!   state must match the cookie, then `ExchangeCode` with the code and this browser's flow id
 //!   (a code is bound to the flow it came through: one pasted into another browser's sign-in
@@ -17,7 +21,7 @@
 //!
 //! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
 
-use crate::html::escape;
+use crate::html::{escape, js_string};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +34,10 @@ use axum::routing::get;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
-use crate::proto::{BuildAuthorizeUrlRequest, ExchangeCodeRequest, GetUserInfoRequest, Scope, UserInfo};
+use crate::proto::{
+    BuildAuthorizeUrlRequest, BuildAuthorizeUrlResponse, ExchangeCodeRequest, GetUserInfoRequest, Scope, UserInfo,
+    WxLoginOptions,
+};
 
 /// The demo page's address in dev mode.
 pub const DEMO_ADDR: &str = "127.0.0.1:8082";
@@ -101,6 +108,7 @@ pub fn router(grpc: Channel, key: String, origin: String) -> Router {
         .route("/login", get(login))
         .route("/login/mobile", get(login_mobile))
         .route("/login/pc", get(login_pc))
+        .route("/login/qr", get(login_qr))
         .route("/callback", get(callback))
         .with_state(demo)
 }
@@ -175,7 +183,9 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
          wxauth; the WeChat here is the simulator.</p>\
          <p><a class=\"button\" id=\"login\" href=\"/login\">Sign in with WeChat</a></p>\
          <p>Or pick: <a id=\"login-mobile\" href=\"/login/mobile\">inside WeChat (official account)</a> · \
-         <a id=\"login-pc\" href=\"/login/pc\">QR code (website app)</a></p>",
+         <a id=\"login-pc\" href=\"/login/pc\">QR code (website app)</a> · \
+         <a id=\"login-qr\" href=\"/login/qr\">QR on this page</a> \
+         (<a id=\"login-qr-self\" href=\"/login/qr?self_redirect=true\">callback in the QR frame</a>)</p>",
     )
     .into_response()
 }
@@ -197,22 +207,65 @@ async fn login_pc(State(demo): State<Demo>) -> Result<Response, PageError> {
     start_login(&demo, Device::Pc).await
 }
 
+/// "QR on this page": the website app's QR code in `wxLogin.js`'s iframe on this page.
+async fn login_qr(State(demo): State<Demo>, RawQuery(query): RawQuery) -> Result<Response, PageError> {
+    let self_redirect = param(query.as_deref().unwrap_or(""), "self_redirect").as_deref() == Some("true");
+    let options = WxLoginOptions { self_redirect, ..Default::default() };
+    let (started, state) = start_flow(&demo, Device::Pc, Some(options)).await?;
+    let wx = started.wx_login.ok_or(PageError::Unavailable)?;
+    // The values go into a script: as JavaScript string literals, never spliced raw.
+    let body = format!(
+        "<p>Scan the QR code with WeChat (in the simulator: pick a user and confirm).</p>\
+         <div id=\"wx-qr\"></div>\
+         <script src=\"{script}\"></script>\
+         <script>new WxLogin({{id: \"wx-qr\", appid: {appid}, scope: {scope}, redirect_uri: {redirect_uri}, \
+         state: {state}, self_redirect: {self_redirect}, style: {style}, href: {href}}});</script>\
+         <p><a id=\"retry\" href=\"/\">Back</a></p>",
+        script = escape(&wx.script_url),
+        appid = js_string(&wx.appid),
+        scope = js_string(&wx.scope),
+        redirect_uri = js_string(&wx.redirect_uri),
+        state = js_string(&wx.state),
+        self_redirect = wx.self_redirect,
+        style = js_string(&wx.style),
+        href = js_string(&wx.href),
+    );
+    with_flow_cookies(page("Sign in with WeChat", &body).into_response(), &state, &started.flow_id)
+}
+
 /// Asks wxauth for the WeChat URL with a fresh CSRF state, remembers the state in a cookie,
 /// and sends the browser there.
 async fn start_login(demo: &Demo, device: Device) -> Result<Response, PageError> {
+    let (started, state) = start_flow(demo, device, None).await?;
+    let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| PageError::Unavailable)?;
+    let mut response = StatusCode::FOUND.into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    with_flow_cookies(response, &state, &started.flow_id)
+}
+
+/// `BuildAuthorizeUrl` for `device`'s app with a fresh CSRF state; returns wxauth's answer and
+/// the state.
+async fn start_flow(
+    demo: &Demo,
+    device: Device,
+    wx_login_options: Option<WxLoginOptions>,
+) -> Result<(BuildAuthorizeUrlResponse, String), PageError> {
     let state = crate::random_id(22);
     let request = BuildAuthorizeUrlRequest {
         app: device.app().into(),
         return_url: format!("{}/callback?app={}", demo.origin, device.app()),
         scope: device.scope() as i32,
         state: state.clone(),
+        wx_login_options,
         ..Default::default()
     };
     let started = demo.grpc.clone().build_authorize_url(demo.authed(request)?).await?.into_inner();
-    let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| PageError::Unavailable)?;
-    let mut response = StatusCode::FOUND.into_response();
-    response.headers_mut().insert(header::LOCATION, location);
-    for (name, value) in [(STATE_COOKIE, &state), (FLOW_COOKIE, &started.flow_id)] {
+    Ok((started, state))
+}
+
+/// Binds the login's state and flow id to this browser.
+fn with_flow_cookies(mut response: Response, state: &str, flow_id: &str) -> Result<Response, PageError> {
+    for (name, value) in [(STATE_COOKIE, state), (FLOW_COOKIE, flow_id)] {
         let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
         let cookie = HeaderValue::from_str(&cookie).map_err(|_| PageError::Unavailable)?;
         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -227,6 +280,11 @@ async fn callback(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PageError> {
+    // An embedded QR code with `self_redirect` brings the browser back inside its iframe:
+    // break out first, and sign in in the whole window (the code is exchanged once, there).
+    if headers.get("sec-fetch-dest").is_some_and(|dest| dest == "iframe") {
+        return Ok(break_out());
+    }
     let query = query.unwrap_or_default();
     let state = param(&query, "state").ok_or(PageError::BadCallback)?;
     if cookie(&headers, STATE_COOKIE).is_none_or(|expected| expected != state) {
@@ -290,12 +348,24 @@ fn profile_page(user: &Exchanged, again: &UserInfo) -> Html<String> {
         .collect();
     let body = format!(
         "<div class=\"user\"><span class=\"avatar\">{}</span><h2>Signed in as <span id=\"nickname\">{}</span></h2></div>\
-         <table>{rows}</table><p><a id=\"retry\" href=\"/\">Sign in again</a></p>",
+         <table>{rows}</table><p><a id=\"retry\" href=\"/\">Sign in again</a></p>{BREAK_OUT}",
         escape(&initial),
         escape(&profile.nickname),
     );
     page("Welcome", &body)
 }
+
+/// The callback page loaded inside the QR code's iframe: it loads itself in the whole window.
+/// (The same script suits any product; browsers without `Sec-Fetch-Dest` get the profile page,
+/// which carries it too.)
+fn break_out() -> Response {
+    page("Signing in…", &format!("<p id=\"breaking-out\">Signing in…</p>{BREAK_OUT}")).into_response()
+}
+
+/// Loads this page in the whole window when it is in a frame (an embedded QR code with
+/// `self_redirect`). Same origin as the top window, so no browser blocks it.
+const BREAK_OUT: &str =
+    "<script>if (window.top !== window.self) { window.top.location.replace(window.location.href); }</script>";
 
 fn declined() -> Response {
     page(
@@ -387,6 +457,6 @@ mod tests {
         };
         let Html(body) = profile_page(&user, &UserInfo::default());
         assert!(body.contains("&lt;script&gt;x&lt;/script&gt;"));
-        assert!(!body.contains("<script>"));
+        assert!(!body.contains("<script>x"));
     }
 }

@@ -21,7 +21,7 @@ use crate::secrets::AuthCode;
 use crate::store::{Admission, Flow, Store};
 use crate::telemetry::{self, Metrics};
 use crate::tokens::{Reach, Tokens};
-use crate::wechat::{App, AuthorizeParams, Lang, Profile, Scope, WechatClient};
+use crate::wechat::{App, AppKind, AuthorizeParams, Lang, Profile, Scope, WechatClient, WxLoginOptions, WxLoginParams};
 
 /// Longest `return_url` accepted.
 pub const MAX_RETURN_URL: usize = 2048;
@@ -31,8 +31,11 @@ pub const MAX_STATE: usize = 512;
 pub const MAX_USER_AGENT: usize = 1024;
 /// Longest code accepted (WeChat's are 32 characters).
 pub const MAX_CODE: usize = 256;
-/// Length of a flow id: 22 alphanumerics ≈ 131 bits, well inside WeChat's 128-byte `state`.
-pub const FLOW_ID_LEN: usize = 22;
+/// Longest `wx_login_options.href` (a stylesheet URL on WeChat's QR link) accepted.
+pub const MAX_HREF: usize = 1024;
+/// Length of a flow id: 22 random alphanumerics (≈ 131 bits) and a 128-bit tag naming its
+/// client and app, well inside WeChat's 128-byte `state`.
+pub use crate::store::FLOW_ID_LEN;
 
 /// The gRPC service.
 #[derive(Clone, Debug)]
@@ -161,6 +164,7 @@ impl OAuthService {
         if req.state.len() > MAX_STATE {
             v.add("state", format!("at most {MAX_STATE} bytes"));
         }
+        let wx_login_options = v.wx_login_options(req.wx_login_options.unwrap_or_default());
         v.finish()?;
         let app = self.app_for(client, &req.app, device)?;
         let scope = scope.unwrap_or_else(|| app.kind.default_scope());
@@ -170,7 +174,7 @@ impl OAuthService {
         let return_url =
             client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
 
-        let flow_id = crate::random_id(FLOW_ID_LEN);
+        let flow_id = self.store.new_flow_id(&client.name, &app.name);
         let now = self.clock.now_secs();
         let flow = Flow {
             app: app.name.clone(),
@@ -182,13 +186,17 @@ impl OAuthService {
         };
         self.start_flow(client, &flow_id, &flow).await?;
         self.metrics.flows_started.with_label_values(&[app.name.as_str()]).inc();
-        let authorize_url = self.wechat.authorize_url(&AuthorizeParams {
+        let params = AuthorizeParams {
             app,
             redirect_uri: self.settings.callback_url.as_str(),
             scope,
             state: &flow_id,
             force_popup: req.force_popup,
-        });
+        };
+        let authorize_url = self.wechat.authorize_url(&params);
+        // Only website apps have the embedded QR code (wxLogin.js frames `qrconnect`).
+        let wx_login =
+            (app.kind == AppKind::Website).then(|| wx_login(self.wechat.wx_login(&params, wx_login_options)));
         tracing::debug!(client = %client.name, app = %app.name, scope = scope.as_str(), "flow created");
         Ok(proto::BuildAuthorizeUrlResponse {
             authorize_url,
@@ -196,6 +204,7 @@ impl OAuthService {
             expire_time: Some(timestamp(now + secs(self.settings.flow_ttl))),
             app: app.name.clone(),
             scope: scope_to_proto(scope) as i32,
+            wx_login,
         })
     }
 
@@ -236,17 +245,16 @@ impl OAuthService {
         v.app(&req.app);
         let lang = v.lang(req.lang);
         if !is_flow_id(&req.flow_id) {
-            v.add("flow_id", format!("{FLOW_ID_LEN}..128 of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
+            v.add("flow_id", format!("{FLOW_ID_LEN} characters of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
         }
         if req.code.is_empty() || req.code.len() > MAX_CODE || !req.code.bytes().all(|b| b.is_ascii_graphic()) {
             v.add("code", format!("1..{MAX_CODE} printable ASCII characters"));
         }
         v.finish()?;
         let code = AuthCode::new(req.code);
-        // The flow names the app; `app`, when given, must be the flow's (a code is looked up
-        // under the app it was relayed in, so another app's finds nothing).
+        // The flow id names its client and app; `app`, when given, must be the flow's.
         let app = if req.app.is_empty() {
-            self.app_of_code(client, &code).await?
+            self.app_of_flow(client, &req.flow_id)?
         } else {
             self.app_for(client, &req.app, None)?
         };
@@ -273,17 +281,11 @@ impl OAuthService {
         })
     }
 
-    /// The app (of the client's) in which the relay recorded `code`; an exchange that names no
-    /// app uses its flow's. The look-ups go out together: one round trip's wait.
-    async fn app_of_code(&self, client: &Client, code: &AuthCode) -> Result<&App, ApiError> {
-        let apps: Vec<&App> = client.apps.iter().filter_map(|name| self.settings.apps.get(name)).collect();
-        let found = futures::future::join_all(apps.iter().map(|app| self.store.get_code(&app.name, code))).await;
-        for (app, record) in apps.into_iter().zip(found) {
-            if record?.is_some() {
-                return Ok(app);
-            }
-        }
-        Err(ApiError::CodeNotFromFlow)
+    /// The app (of the client's) that `flow_id` was started in, from the id's tag alone; an
+    /// exchange that names no app uses its flow's. Another client's flow names none of them.
+    fn app_of_flow(&self, client: &Client, flow_id: &str) -> Result<&App, ApiError> {
+        let mut apps = client.apps.iter().filter_map(|name| self.settings.apps.get(name));
+        apps.find(|app| self.store.flow_is_of(flow_id, &client.name, &app.name)).ok_or(ApiError::CodeNotFromFlow)
     }
 
     async fn refresh_token_inner(
@@ -467,6 +469,22 @@ impl Violations {
         }
     }
 
+    /// `style`: one of WeChat's; `href`: an https stylesheet URL that wxLogin.js can put on
+    /// its QR link verbatim (no `&`, `#`, whitespace or control characters, which would add
+    /// or cut parameters of that link).
+    fn wx_login_options(&mut self, options: proto::WxLoginOptions) -> WxLoginOptions {
+        if !matches!(options.style.as_str(), "" | "black" | "white") {
+            self.add("wx_login_options.style", "\"black\", \"white\" or empty");
+        }
+        if !options.href.is_empty() && !is_stylesheet_href(&options.href) {
+            self.add(
+                "wx_login_options.href",
+                format!("an absolute https URL of at most {MAX_HREF} bytes, without '&', '#' or whitespace"),
+            );
+        }
+        WxLoginOptions { self_redirect: options.self_redirect, style: options.style, href: options.href }
+    }
+
     fn lang(&mut self, lang: i32) -> Lang {
         match proto::Lang::try_from(lang) {
             Ok(proto::Lang::Unspecified | proto::Lang::ZhCn) => Lang::ZhCn,
@@ -519,7 +537,31 @@ fn reach(client: &Client) -> Reach<'_> {
 }
 
 fn is_flow_id(flow_id: &str) -> bool {
-    (FLOW_ID_LEN..=128).contains(&flow_id.len()) && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    flow_id.len() == FLOW_ID_LEN && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// An https URL with a host, no credentials, and nothing that would change the QR link
+/// wxLogin.js appends it to.
+fn is_stylesheet_href(href: &str) -> bool {
+    let plain = href.len() <= MAX_HREF && href.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'#');
+    plain
+        && url::Url::parse(href).is_ok_and(|url| {
+            url.scheme() == "https" && url.host_str().is_some() && url.username().is_empty() && url.password().is_none()
+        })
+}
+
+/// The proto form of [`WxLoginParams`].
+fn wx_login(p: WxLoginParams) -> proto::WxLogin {
+    proto::WxLogin {
+        appid: p.appid,
+        scope: p.scope.to_owned(),
+        redirect_uri: p.redirect_uri,
+        state: p.state,
+        self_redirect: p.options.self_redirect,
+        style: p.options.style,
+        href: p.options.href,
+        script_url: p.script_url,
+    }
 }
 
 fn is_openid(openid: &str) -> bool {
@@ -592,6 +634,42 @@ mod tests {
         let mut bad = MetadataMap::new();
         bad.insert("grpc-timeout", "xS".parse().expect("ascii"));
         assert_eq!(grpc_timeout(&bad), None);
+    }
+
+    #[test]
+    fn wx_login_styles_are_wechats_and_hrefs_plain_https_urls() {
+        let mut v = Violations::default();
+        for style in ["", "black", "white"] {
+            v.wx_login_options(proto::WxLoginOptions { style: style.into(), ..Default::default() });
+        }
+        for href in ["https://cdn.example.com/qr.css", "https://cdn.example.com/a/qr.css?v=2"] {
+            v.wx_login_options(proto::WxLoginOptions { href: href.into(), ..Default::default() });
+        }
+        assert!(v.0.is_empty(), "{:?}", v.0.iter().map(|f| f.field).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_bad_wx_login_style_or_href_is_a_field_violation() {
+        let too_long = format!("https://cdn.example.com/{}.css", "a".repeat(MAX_HREF));
+        let bad_hrefs = [
+            "http://cdn.example.com/qr.css",
+            "javascript:alert(1)",
+            "data:text/css;base64,Ym9keXt9",
+            "//cdn.example.com/qr.css",
+            "https://cdn.example.com/qr.css&redirect_uri=https%3A%2F%2Fevil.example",
+            "https://cdn.example.com/qr.css#x",
+            "https://cdn.example.com/q r.css",
+            "https://user:pw@cdn.example.com/qr.css",
+            too_long.as_str(),
+        ];
+        for href in bad_hrefs {
+            let mut v = Violations::default();
+            v.wx_login_options(proto::WxLoginOptions { href: href.into(), ..Default::default() });
+            assert_eq!(v.0.iter().map(|f| f.field).collect::<Vec<_>>(), ["wx_login_options.href"], "{href}");
+        }
+        let mut v = Violations::default();
+        v.wx_login_options(proto::WxLoginOptions { style: "red".into(), ..Default::default() });
+        assert_eq!(v.0.iter().map(|f| f.field).collect::<Vec<_>>(), ["wx_login_options.style"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! HTML escaping for the few pages wxauth and its dev-mode companions render (the simulator's
+//! HTML and JavaScript escaping for the few pages wxauth and its dev-mode companions render (the simulator's
 //! consent page, the demo product page): one rule, in one place.
 
 /// Escapes text for element content and quoted attribute values.
@@ -15,6 +15,11 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// A JavaScript string literal that is also safe inside `<script>` (no `</script>` can end it).
+pub fn js_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string().replace('<', "\\u003c").replace('>', "\\u003e")
 }
 
 #[cfg(test)]

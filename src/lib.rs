@@ -17,7 +17,7 @@
 //! - [`listener`]: the listeners' timeouts and caps against slow, idle and greedy clients.
 //! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
 //! - [`secrets`], [`clock`], [`proto`], [`html`]: credential newtypes, the service clock,
-//!   generated types, HTML escaping.
+//!   generated types, HTML and script-literal escaping.
 //!
 //! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
 //! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), [`bench`]

@@ -1,11 +1,13 @@
-//! The `wxauth` binary: `wxauth [--config FILE]` serves (no config: dev mode with the WeChat
-//! simulator); `wxauth check [--config FILE]` validates a config and prints what it amounts to
-//! (no secrets); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]` runs
-//! the WeChat simulator alone.
+//! The `wxauth` binary: `wxauth [serve] [--config FILE]` serves (no config: dev mode with the
+//! WeChat simulator); `wxauth check --config FILE` validates a config and prints what it amounts
+//! to (no secrets); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]`
+//! runs the WeChat simulator alone. `wxauth --help` lists them.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 
 /// jemalloc: the request path allocates many small, short-lived buffers (h2 frames, protobuf
 /// messages, sealed records) across threads, where glibc's malloc showed ~10 % of the CPU time
@@ -16,25 +18,100 @@ use wxauth::config::Settings;
 use wxauth::startup::Application;
 use wxauth::store::seal::Keyring;
 
+/// WeChat web authorization for a whole company behind one callback domain: a gRPC API, the
+/// callback relay, tokens kept server-side.
+#[derive(Debug, Parser)]
+#[command(name = "wxauth", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// `--config FILE`, of `wxauth` itself (`wxauth --config FILE` serves), `serve` and `check`.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The config file (TOML); any key can be overridden as WXAUTH_<SECTION>__<KEY>. None: the
+    /// dev mode.
+    #[arg(long, env = "WXAUTH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API, the relay and the admin listener (the default)
+    ///
+    /// Without a config: the dev mode, on loopback, with the WeChat simulator and a demo
+    /// product page (README, "Quick start"). Stops, draining requests, at SIGTERM or ctrl-c.
+    Serve(ConfigArg),
+    /// Validate a config and print what it amounts to as JSON, without secrets
+    ///
+    /// Loads the file, the WXAUTH_* env, the secret and TLS files as `serve` would, starts
+    /// nothing. Exit 1 names the key at fault.
+    Check(ConfigArg),
+    /// Print a new sealing-key line for `store.sealing_keys`
+    ///
+    /// The line is `<id>:<base64 of 32 random bytes>`; put it first in the keyring to seal
+    /// with it (docs/operations.md, "Key rotation").
+    GenKey {
+        /// The key's id, 0..=255: a new id for each rotation.
+        #[arg(default_value_t = 1)]
+        id: u8,
+    },
+    /// Run the WeChat simulator alone
+    ///
+    /// Consent pages with test users, the sns endpoints and the /sim control API, for
+    /// benchmarks and browser tests.
+    Sim {
+        /// The address to listen on.
+        #[arg(default_value = wxauth::dev::SIM_ADDR)]
+        addr: String,
+    },
+}
+
+/// Runs the command; a failure is one line on stderr (the cause chain, no backtrace), exit 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["gen-key"] => print_key(1),
-        ["gen-key", id] => print_key(id.parse().context("key id: 0..=255")?),
-        ["sim"] => run_sim(wxauth::dev::SIM_ADDR).await,
-        ["sim", addr] => run_sim(addr).await,
-        ["check", "--config", path] => check(&PathBuf::from(path)),
-        ["check"] => match std::env::var_os("WXAUTH_CONFIG") {
-            Some(path) => check(&PathBuf::from(path)),
-            None => anyhow::bail!("wxauth check: give --config FILE (or set WXAUTH_CONFIG)"),
-        },
-        ["--config", path] => serve(Some(PathBuf::from(path))).await,
-        [] => serve(std::env::var_os("WXAUTH_CONFIG").map(PathBuf::from)).await,
-        _ => anyhow::bail!(
-            "usage: wxauth [--config FILE] | wxauth check [--config FILE] | wxauth gen-key [ID] | wxauth sim [ADDR]"
-        ),
+async fn main() -> ExitCode {
+    let cli = parse_args();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wxauth: {error:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+async fn run(Cli { config, command }: Cli) -> anyhow::Result<()> {
+    match command {
+        None => serve(config.config).await,
+        Some(Command::Serve(own)) => serve(own.config.or(config.config)).await,
+        Some(Command::Check(own)) => match own.config.or(config.config) {
+            Some(path) => check(&path),
+            None => usage_error("check needs --config FILE (or WXAUTH_CONFIG)"),
+        },
+        Some(Command::GenKey { id }) => print_key(id),
+        Some(Command::Sim { addr }) => run_sim(&addr).await,
+    }
+}
+
+/// The command line, or exit: help and version on stdout (exit 0); a usage error as one line
+/// on stderr, exit 2.
+fn parse_args() -> Cli {
+    Cli::try_parse().unwrap_or_else(|error| {
+        if !error.use_stderr() {
+            error.exit();
+        }
+        let rendered = error.render().to_string();
+        usage_error(rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: "))
+    })
+}
+
+/// Prints `wxauth: <message> (see wxauth --help)` and exits 2, the usual code for bad usage.
+fn usage_error(message: &str) -> ! {
+    eprintln!("wxauth: {message} (see wxauth --help)");
+    std::process::exit(2)
 }
 
 /// Loads and validates the config as `serve` would (file, `WXAUTH_*` env, secret files, TLS

@@ -22,7 +22,7 @@ use axum::routing::get;
 use crate::allowlist::ReturnUrl;
 use crate::config::Settings;
 use crate::secrets::AuthCode;
-use crate::store::{CodeRelay, FlowUse, Store};
+use crate::store::{CodeRelay, FlowUse, Relayed, Store};
 use crate::telemetry::Metrics;
 
 /// The callback path, the only route of the public listener.
@@ -32,8 +32,8 @@ pub const CALLBACK_PATH: &str = "/wechat/callback";
 /// two of the page holding the code; a 4th is refused.
 pub const MAX_CALLBACKS: u64 = 3;
 
-/// How long a code is bound to its flow when the flow's app is no longer configured: the
-/// longest code life WeChat has (website apps, 10 minutes).
+/// How long a relayed code is bound to its flow: the longest code life WeChat has (website
+/// apps, 10 minutes), as the binding is written before the flow (and its app) is read.
 const LONGEST_CODE_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What the relay needs.
@@ -45,15 +45,12 @@ pub struct RelayState {
     pub grace: std::time::Duration,
     /// Where outcomes are counted.
     pub metrics: std::sync::Arc<Metrics>,
-    /// Each app's code life (how long a relayed code stays bound to its flow).
-    code_lives: std::sync::Arc<std::collections::HashMap<String, std::time::Duration>>,
 }
 
 impl RelayState {
     /// The relay's state from the settings.
     pub fn new(store: Store, settings: &Settings, metrics: std::sync::Arc<Metrics>) -> Self {
-        let code_lives = settings.apps.values().map(|app| (app.name.clone(), app.kind.code_life())).collect();
-        Self { store, grace: settings.grace, metrics, code_lives: std::sync::Arc::new(code_lives) }
+        Self { store, grace: settings.grace, metrics }
     }
 }
 
@@ -112,25 +109,23 @@ async fn callback(State(relay): State<RelayState>, RawQuery(query): RawQuery) ->
 /// The URL to send the browser to, how the flow was used, and whether a code was relayed.
 async fn relay_target(relay: &RelayState, query: &str) -> Result<(String, FlowUse, bool), Refusal> {
     let callback = parse_query(query)?;
-    let (flow, used, uses) =
-        relay.store.use_flow(&callback.state, relay.grace).await.map_err(store_down)?.ok_or(Refusal::UnknownFlow)?;
+    let code = callback.code.as_ref().map(|code| AuthCode::new(code.clone()));
+    // The flow's app (and so its code life) is known only once the flow is read, and the
+    // code is bound in the same round trip: bound for the longest code life WeChat has.
+    let bound_for = crate::store::code_record_ttl(LONGEST_CODE_LIFE);
+    let relayed = relay.store.relay(&callback.state, relay.grace, code.as_ref(), bound_for).await;
+    let Relayed { flow, used, uses, code: bound } = relayed.map_err(store_down)?.ok_or(Refusal::UnknownFlow)?;
     if uses > MAX_CALLBACKS {
         tracing::warn!(uses, "callback refused: the flow has relayed its last callback");
         return Err(Refusal::TooManyCallbacks);
     }
+    if bound == Some(CodeRelay::OtherFlow) {
+        tracing::warn!(app = %flow.app, "callback refused: the code came through another flow first");
+        return Err(Refusal::CodeOfAnotherFlow);
+    }
     let return_url = ReturnUrl::from_stored(&flow.return_url).map_err(|_| Refusal::UnknownFlow)?;
     let location = match &callback.code {
-        Some(code) => {
-            let life =
-                crate::store::code_record_ttl(relay.code_lives.get(&flow.app).copied().unwrap_or(LONGEST_CODE_LIFE));
-            let code_secret = AuthCode::new(code.clone());
-            let bound = relay.store.relay_code(&flow.app, &code_secret, &callback.state, &flow.caller, life).await;
-            if bound.map_err(store_down)? == CodeRelay::OtherFlow {
-                tracing::warn!(app = %flow.app, "callback refused: the code came through another flow first");
-                return Err(Refusal::CodeOfAnotherFlow);
-            }
-            return_url.with_params(&[("code", code), ("state", &flow.caller_state)])
-        }
+        Some(code) => return_url.with_params(&[("code", code), ("state", &flow.caller_state)]),
         None => return_url.with_params(&[("state", &flow.caller_state)]),
     };
     Ok((location.into(), used, callback.code.is_some()))
@@ -182,6 +177,10 @@ fn redirect(location: &str) -> Response {
     }
 }
 
+/// Headers of every relay answer. Deliberately no `X-Frame-Options` or CSP `frame-ancestors`:
+/// an embedded QR code with `self_redirect` (wxLogin.js) loads the callback, so the relay's
+/// redirect and its "start again" page, inside the QR code's iframe on the product's page.
+/// Neither has anything to click, so framing offers no clickjacking target.
 fn no_store(headers: &mut axum::http::HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

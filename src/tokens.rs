@@ -201,11 +201,15 @@ impl Tokens {
         caller: &str,
     ) -> Result<(ExchangeOutcome, bool), ApiError> {
         loop {
-            let Some(read) = self.store.get_code(&app.name, &code).await? else {
-                tracing::warn!(app = %app.name, caller, "exchange refused: the relay never relayed this code in this app");
+            if !self.store.flow_is_of(flow_id, caller, &app.name) {
+                tracing::warn!(app = %app.name, caller, "exchange refused: the flow is not this client's in this app");
+                return Err(ApiError::CodeNotFromFlow);
+            }
+            let Some(read) = self.store.get_code(&code).await? else {
+                tracing::warn!(app = %app.name, caller, "exchange refused: the relay never relayed this code");
                 return Err(ApiError::CodeNotFromFlow);
             };
-            if read.record.flow_id != flow_id || read.record.client != caller {
+            if read.record.flow_id != flow_id {
                 tracing::warn!(app = %app.name, caller, "exchange refused: the code came through another flow");
                 return Err(ApiError::CodeNotFromFlow);
             }
@@ -225,7 +229,7 @@ impl Tokens {
                 CodeState::Relayed | CodeState::Pending(_) => {
                     let claim = CodeRecord { state: CodeState::Pending(now_ms), ..read.record.clone() };
                     let life = code_record_ttl(app.kind.code_life());
-                    if !self.store.swap_code(&app.name, &code, &read, &claim, life).await? {
+                    if !self.store.swap_code(&code, &read, &claim, life).await? {
                         continue; // another exchange claimed it first: wait for its result
                     }
                     // A lapsed claim: an earlier exchange of this code stopped half-way (its
@@ -233,8 +237,9 @@ impl Tokens {
                     let took_over = matches!(read.record.state, CodeState::Pending(_));
                     // Detached: once sent, the exchange finishes and records its result even
                     // if this caller's deadline passes, so the caller's retry finds it.
-                    let (this, app, code) = (Arc::clone(self), app.clone(), code.clone());
-                    let exchange = async move { this.exchange_claimed(&app, &code, claim, read, took_over).await };
+                    let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
+                    let exchange =
+                        async move { this.exchange_claimed(&app, &code, &caller, claim, read, took_over).await };
                     let task = tokio::spawn(exchange.in_current_span());
                     return task.await.unwrap_or(Err(ApiError::Internal)).map(|outcome| (outcome, true));
                 }
@@ -246,6 +251,7 @@ impl Tokens {
         &self,
         app: &App,
         code: &AuthCode,
+        caller: &str,
         claim: CodeRecord,
         relayed: ReadCode,
         took_over: bool,
@@ -255,7 +261,7 @@ impl Tokens {
             // Back to "relayed": the failure is not remembered as a result, and a retry
             // through the same flow may try again.
             let relayed = CodeRecord { state: CodeState::Relayed, ..relayed.record.clone() };
-            if let Err(e) = self.store.put_code(&app.name, code, &relayed, life).await {
+            if let Err(e) = self.store.put_code(code, &relayed, life).await {
                 tracing::warn!(error = %e, "exchange claim not released; it lapses by itself");
             }
         };
@@ -264,7 +270,7 @@ impl Tokens {
         // answer 40163).
         let spent = || async {
             let lost = CodeRecord { state: CodeState::Lost, ..relayed.record.clone() };
-            if let Err(e) = self.store.put_code(&app.name, code, &lost, life).await {
+            if let Err(e) = self.store.put_code(code, &lost, life).await {
                 tracing::warn!(error = %e, "lost exchange not recorded; its claim lapses by itself");
             }
         };
@@ -323,8 +329,8 @@ impl Tokens {
         let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
         // Different keys, so different Cluster slots: concurrent commands, not a pipeline.
         let (reach, finished) = tokio::join!(
-            self.store.put_reach(&app.name, &outcome.openid, &done.client, now, self.policy.refresh_life),
-            self.store.put_code(&app.name, code, &done, life),
+            self.store.put_reach(&app.name, &outcome.openid, caller, now, self.policy.refresh_life),
+            self.store.put_code(code, &done, life),
         );
         reach?;
         finished?;
@@ -354,7 +360,7 @@ impl Tokens {
             refresh_expires_at: 0,
         };
         let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
-        self.store.put_code(&app.name, code, &done, life).await?;
+        self.store.put_code(code, &done, life).await?;
         Ok(outcome)
     }
 
@@ -835,9 +841,20 @@ mod tests {
         };
         let code = sim.authorize(&app.appid, "alice", "snsapi_userinfo").expect("code");
         // As the relay would: the code bound to a flow of client `test`.
-        let flow_id = "F".repeat(22);
+        let flow_id = store.new_flow_id("test", &app.name);
+        let flow = crate::store::Flow {
+            app: app.name.clone(),
+            return_url: "https://product.example.com/cb".into(),
+            caller_state: "s".into(),
+            scope: "snsapi_userinfo".into(),
+            caller: "test".into(),
+            created_at: 0,
+        };
+        let ttl = Duration::from_secs(360);
+        assert!(store.put_flow(&flow_id, &flow, ttl).await.expect("flow"));
         let code = AuthCode::new(code);
-        store.relay_code(&app.name, &code, &flow_id, "test", Duration::from_secs(360)).await.expect("relay");
+        let relayed = store.relay(&flow_id, Duration::from_secs(60), Some(&code), ttl).await.expect("relay");
+        assert_eq!(relayed.and_then(|r| r.code), Some(crate::store::CodeRelay::Bound));
         let (outcome, _) = tokens.exchange(&app, &flow_id, code, "test").await.expect("exchange");
         Setup { tokens, sim, app, openid: outcome.openid }
     }

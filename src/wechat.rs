@@ -287,6 +287,48 @@ fn backoff_base_ms(attempt: u32) -> u64 {
     50u64 << attempt.min(6)
 }
 
+/// Where WeChat serves `wxLogin.js` (WeChat's 网站应用微信登录 doc).
+const WX_LOGIN_JS_ORIGIN: &str = "https://res.wx.qq.com";
+/// The path of `wxLogin.js` on WeChat's resource host; the simulator serves its stand-in there.
+pub const WX_LOGIN_JS_PATH: &str = "connect/zh_CN/htmledition/js/wxLogin.js";
+/// The host of WeChat's authorize pages.
+const WECHAT_OPEN_HOST: &str = "open.weixin.qq.com";
+
+/// The product's choices for its embedded QR code, validated (`style` one of WeChat's,
+/// `href` an https stylesheet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WxLoginOptions {
+    /// true: the callback lands inside the iframe; false: the whole window goes.
+    pub self_redirect: bool,
+    /// `black`, `white` or empty.
+    pub style: String,
+    /// An https stylesheet URL, or empty.
+    pub href: String,
+}
+
+/// The parameters of `new WxLogin({...})` for one flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WxLoginParams {
+    /// The website app's appid.
+    pub appid: String,
+    /// `snsapi_login`.
+    pub scope: &'static str,
+    /// wxauth's callback URL, URL-encoded.
+    pub redirect_uri: String,
+    /// The flow id.
+    pub state: String,
+    /// As requested.
+    pub options: WxLoginOptions,
+    /// The `wxLogin.js` to load.
+    pub script_url: String,
+}
+
+/// `redirect_uri` as WeChat's links carry it: form-URL-encoded. One rule for the authorize URL
+/// and `wxLogin.js`.
+fn encode_redirect_uri(redirect_uri: &str) -> String {
+    url::form_urlencoded::byte_serialize(redirect_uri.as_bytes()).collect()
+}
+
 /// The one HTTP client to WeChat (rustls, pooled, timeouts set).
 #[derive(Clone, Debug)]
 pub struct WechatClient {
@@ -347,7 +389,7 @@ impl WechatClient {
             AppKind::OfficialAccount => "connect/oauth2/authorize",
             AppKind::Website => "connect/qrconnect",
         };
-        let redirect: String = url::form_urlencoded::byte_serialize(p.redirect_uri.as_bytes()).collect();
+        let redirect = encode_redirect_uri(p.redirect_uri);
         let mut out = format!(
             "{}{page}?appid={}&redirect_uri={redirect}&response_type=code&scope={}&state={}",
             base(&self.settings.open_base),
@@ -363,6 +405,32 @@ impl WechatClient {
         }
         out.push_str("#wechat_redirect");
         out
+    }
+
+    /// What `new WxLogin({...})` needs to show the QR code of a website-app flow on the
+    /// product's own page: the same app, scope, callback and state as [`Self::authorize_url`],
+    /// so the embedded QR code and the redirect are two doors into one flow.
+    pub fn wx_login(&self, p: &AuthorizeParams<'_>, options: WxLoginOptions) -> WxLoginParams {
+        WxLoginParams {
+            appid: p.app.appid.clone(),
+            scope: p.scope.as_str(),
+            // wxLogin.js puts `redirect_uri` on the QR link verbatim: WeChat's docs ask for it
+            // URL-encoded.
+            redirect_uri: encode_redirect_uri(p.redirect_uri),
+            state: p.state.to_owned(),
+            options,
+            script_url: self.wx_login_script_url(),
+        }
+    }
+
+    /// WeChat's `wxLogin.js`, or, when the authorize pages are not WeChat's (the simulator), the
+    /// same path under their base, where the simulator serves its stand-in.
+    fn wx_login_script_url(&self) -> String {
+        if self.settings.open_base.host_str() == Some(WECHAT_OPEN_HOST) {
+            format!("{WX_LOGIN_JS_ORIGIN}/{WX_LOGIN_JS_PATH}")
+        } else {
+            format!("{}{WX_LOGIN_JS_PATH}", base(&self.settings.open_base))
+        }
     }
 
     /// Exchanges a code. Sent once, never retried: a code works once.
@@ -568,6 +636,37 @@ mod tests {
              &redirect_uri=https%3A%2F%2Fauth.example.com%2Fwechat%2Fcallback&response_type=code\
              &scope=snsapi_login&state=F&forcePopup=true#wechat_redirect"
         );
+    }
+
+    #[test]
+    fn wx_login_params_name_the_same_flow_as_the_qrconnect_url() {
+        let app = app(AppKind::Website);
+        let params = AuthorizeParams {
+            app: &app,
+            redirect_uri: "https://auth.example.com/wechat/callback",
+            scope: Scope::Login,
+            state: "Flow123",
+            force_popup: false,
+        };
+        let options = WxLoginOptions { self_redirect: true, style: "white".into(), href: String::new() };
+        let wx = client().wx_login(&params, options.clone());
+        assert_eq!(wx.appid, "wx0123456789abcdef");
+        assert_eq!(wx.scope, "snsapi_login");
+        assert_eq!(wx.redirect_uri, "https%3A%2F%2Fauth.example.com%2Fwechat%2Fcallback");
+        assert!(client().authorize_url(&params).contains(&format!("&redirect_uri={}&", wx.redirect_uri)));
+        assert_eq!(wx.state, "Flow123");
+        assert_eq!(wx.options, options);
+        assert_eq!(wx.script_url, "https://res.wx.qq.com/connect/zh_CN/htmledition/js/wxLogin.js");
+    }
+
+    #[test]
+    fn wx_login_js_comes_from_the_simulator_when_the_pages_do() {
+        let settings = WechatSettings {
+            open_base: Url::parse("http://127.0.0.1:8081").expect("url"),
+            ..client().settings().clone()
+        };
+        let sim = WechatClient::new(settings, Metrics::new()).expect("client");
+        assert_eq!(sim.wx_login_script_url(), "http://127.0.0.1:8081/connect/zh_CN/htmledition/js/wxLogin.js");
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn a_flows_spans_reach_the_collector_under_the_callers_trace() {
 
     let relay = find(&spans, "relay.callback");
     assert_ne!(relay.trace_id, trace_id, "the browser's callback starts its own trace");
-    assert!(spans.iter().any(|s| s.name == "store.use_flow" && s.parent_span_id == relay.span_id));
+    assert!(spans.iter().any(|s| s.name == "store.use_flow_binding" && s.parent_span_id == relay.span_id));
 
     // Nothing secret in any span attribute.
     let dump = format!("{spans:?}");

@@ -3,7 +3,8 @@
 
 What a non-Rust internal service does with wxauth's gRPC API: BuildAuthorizeUrl, send the
 browser to WeChat, take the code the relay hands back, ExchangeCode, GetUserInfo, read wxauth's
-error details (google.rpc.ErrorInfo) when a call fails, and ForgetUser. The "browser" part (consent
+error details (google.rpc.ErrorInfo) when a call fails, and ForgetUser. Every call has a
+deadline and carries the caller's W3C `traceparent`. The "browser" part (consent
 page, callback) is played by this script against the WeChat simulator, so it runs anywhere
 the dev mode or the test harness runs.
 
@@ -20,6 +21,7 @@ import html
 import importlib
 import json
 import re
+import secrets
 import sys
 import tempfile
 import urllib.error
@@ -135,6 +137,39 @@ def field_violations(error):
     return {v.field: v.description for v in bad.field_violations} if bad else {}
 
 
+# Every call's deadline (seconds). wxauth honours `grpc-timeout` and stops work the caller gave up on.
+DEADLINE = 5
+
+
+class Trace:
+    """The product's own trace for one of its request handlers. A service instrumented with
+    OpenTelemetry gets this from its SDK (opentelemetry-instrumentation-grpc injects the header);
+    it is written out here so the example needs no tracing set-up. Each gRPC call is a client
+    span of the handler's trace, and its id is the `traceparent` parent wxauth sees."""
+
+    def __init__(self):
+        self.trace_id = secrets.token_hex(16)
+
+    def child_traceparent(self):
+        """A W3C `traceparent` for one outgoing call: a new span id under this trace, sampled."""
+        return f"00-{self.trace_id}-{secrets.token_hex(8)}-01"
+
+
+class Wxauth:
+    """wxauth's gRPC API for one client key: every call authenticated, traced and bounded."""
+
+    def __init__(self, stub, key):
+        self.stub = stub
+        self.key = key
+        self.sent = []  # every (method, traceparent) sent, for the test to find wxauth's spans by
+
+    def call(self, method, request, trace):
+        traceparent = trace.child_traceparent()
+        self.sent.append({"method": method, "traceparent": traceparent})
+        metadata = (("authorization", f"Bearer {self.key}"), ("traceparent", traceparent))
+        return getattr(self.stub, method)(request, metadata=metadata, timeout=DEADLINE)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grpc", default="127.0.0.1:50051", help="wxauth's gRPC address")
@@ -147,20 +182,16 @@ def main():
 
     pb, pb_grpc = generate_stubs()
     channel = grpc.insecure_channel(args.grpc)
-    wxauth = pb_grpc.WeChatOAuthServiceStub(channel)
-    auth = (("authorization", f"Bearer {args.key}"),)
+    wxauth = Wxauth(pb_grpc.WeChatOAuthServiceStub(channel), args.key)
     seen = {}
 
     # 1. The product's "Sign in with WeChat": a flow, bound to our return URL and CSRF state.
     #    A real product keeps `csrf` and `built.flow_id` in the browser's session (a cookie).
     csrf = "py-csrf-1"
-    built = wxauth.BuildAuthorizeUrl(
-        pb.BuildAuthorizeUrlRequest(
-            app=args.app, return_url=args.return_url, scope=pb.SCOPE_SNSAPI_USERINFO, state=csrf
-        ),
-        metadata=auth,
-        timeout=5,
+    request = pb.BuildAuthorizeUrlRequest(
+        app=args.app, return_url=args.return_url, scope=pb.SCOPE_SNSAPI_USERINFO, state=csrf
     )
+    built = wxauth.call("BuildAuthorizeUrl", request, Trace())
     seen["authorize_url_ends_with"] = built.authorize_url[-16:]
 
     # 2. The browser: WeChat's consent page, then the callback, which the relay answers.
@@ -174,21 +205,23 @@ def main():
     # 3. The product's callback handler: check the state against the session, then exchange the
     #    code with the session's flow id (twice, as a reload would). wxauth refuses a code that did
     #    not come through that flow, so a code leaked from someone else's sign-in signs no one in.
+    callback = Trace()
     exchange = pb.ExchangeCodeRequest(flow_id=built.flow_id, code=code, include_user_info=True)
-    first = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
-    again = wxauth.ExchangeCode(exchange, metadata=auth, timeout=5)
+    first = wxauth.call("ExchangeCode", exchange, callback)
+    again = wxauth.call("ExchangeCode", exchange, callback)
     seen["openid"] = first.openid
     seen["same_result_again"] = again.openid == first.openid and again.user_info == first.user_info
     seen["nickname"] = first.user_info.nickname
 
     # 4. Later pages: the profile, answered from wxauth's cache.
-    profile = wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid=first.openid), metadata=auth, timeout=5)
+    page = Trace()
+    profile = wxauth.call("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid=first.openid), page)
     seen["profile_nickname"] = profile.user_info.nickname
     seen["profile_fetch_time"] = profile.fetch_time.seconds
 
     # 5. Errors carry a reason to branch on.
     try:
-        wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid="oNobodyLoggedInHere0000000"), metadata=auth, timeout=5)
+        wxauth.call("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid="oNobodyLoggedInHere0000000"), page)
         seen["unknown_user"] = "answered"
     except grpc.RpcError as e:
         reason, _ = error_reason(e)
@@ -196,7 +229,7 @@ def main():
     try:
         # A code pasted into this session that the relay never brought here (code injection).
         injected = pb.ExchangeCodeRequest(flow_id=built.flow_id, code="NotACodeThisFlowRelayed")
-        wxauth.ExchangeCode(injected, metadata=auth, timeout=5)
+        wxauth.call("ExchangeCode", injected, page)
         seen["injected_code"] = "answered"
     except grpc.RpcError as e:
         reason, _ = error_reason(e)
@@ -204,13 +237,14 @@ def main():
 
     # 6. The user closes their account: wxauth forgets them.
     forget = pb.ForgetUserRequest(app=args.app, openid=first.openid)
-    seen["forgot_a_token"] = wxauth.ForgetUser(forget, metadata=auth, timeout=5).had_token
+    seen["forgot_a_token"] = wxauth.call("ForgetUser", forget, page).had_token
     try:
-        wxauth.GetUserInfo(pb.GetUserInfoRequest(app=args.app, openid=first.openid), metadata=auth, timeout=5)
+        wxauth.call("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid=first.openid), page)
         seen["after_forget"] = "answered"
     except grpc.RpcError as e:
         seen["after_forget"] = error_reason(e)[0]
 
+    seen["sent"] = wxauth.sent
     print(json.dumps(seen, ensure_ascii=False))
 
 

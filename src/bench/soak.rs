@@ -293,7 +293,7 @@ fn quarters(readings: &[(usize, u64)], ends: [u64; 4], sign_ins: usize) -> Vec<Q
 pub struct Census {
     /// `{prefix}:flow:{id}`: flows not yet expired.
     pub flows: u64,
-    /// `{prefix}:{app}:code:{hash}`: code records (relayed, pending, results).
+    /// `{prefix}:code:{hash}`: code records (relayed, pending, results).
     pub codes: u64,
     /// `{prefix}:{app}:tok:{openid}`: token records.
     pub tokens: u64,
@@ -334,8 +334,8 @@ impl Census {
         let mut parts = rest.split(':');
         let slot = match (parts.next(), parts.next()) {
             (Some("flow"), _) => &mut self.flows,
+            (Some("code"), _) => &mut self.codes,
             (Some("client"), _) => &mut self.open_flow_sets,
-            (_, Some("code")) => &mut self.codes,
             (_, Some("tok")) => &mut self.tokens,
             (_, Some("reach")) => &mut self.reach,
             (_, Some("prof")) => &mut self.profiles,
@@ -492,7 +492,7 @@ mod tests {
         let mut census = Census::default();
         for key in [
             "wxauth:flow:AbC123",
-            "wxauth:mp:code:9f86d0",
+            "wxauth:code:9f86d0",
             "wxauth:mp:tok:oUser1",
             "wxauth:mp:reach:oUser1:bench",
             "wxauth:mp:prof:oUser1:zh_CN",

@@ -2,7 +2,8 @@
 //! itself is unreachable from tests, benchmarks and the dev mode.
 //!
 //! It serves what the service reaches through its configured base URLs — the authorize pages
-//! (`/connect/oauth2/authorize`, `/connect/qrconnect`) and the `sns` JSON endpoints — with
+//! (`/connect/oauth2/authorize`, `/connect/qrconnect`, also framed by its stand-in `wxLogin.js`
+//! at [`WX_LOGIN_JS`] with `login_type=jssdk`) and the `sns` JSON endpoints — with
 //! WeChat's rules, plus a `/sim/...` control API. Tests steer it in process through
 //! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser,
 //! set the per-app sns quota (WeChat's 50,000 calls a minute by default; past it, 45011).
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
-pub use self::pages::WECHAT_BROWSER_UA;
+pub use self::pages::{WECHAT_BROWSER_UA, WX_LOGIN_JS};
 pub use self::state::SNS_CALLS_PER_MINUTE;
 
 use self::control::Controls;

@@ -3,7 +3,7 @@
 //! redirect back with a code (or two, in double-callback mode), and WeChat's error pages.
 //! Everything is HTML with status 200, as WeChat answers, and every echoed value is escaped.
 
-use crate::html::escape;
+use crate::html::{escape, js_string};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -29,6 +29,25 @@ enum Page {
 
 /// The parameters WeChat requires, in the only order it accepts.
 const REQUIRED_KEYS: [&str; 5] = ["appid", "redirect_uri", "response_type", "scope", "state"];
+
+/// The QR link `wxLogin.js` frames starts with these, in this order, and has no
+/// `response_type`; it is accepted only with `login_type=jssdk`.
+const JSSDK_KEYS: [&str; 4] = ["appid", "scope", "redirect_uri", "state"];
+
+/// Where WeChat serves `wxLogin.js` (on `res.wx.qq.com`); the simulator serves its stand-in at
+/// the same path.
+pub const WX_LOGIN_JS: &str = "/connect/zh_CN/htmledition/js/wxLogin.js";
+
+/// How the QR page was opened: as WeChat's own page, or framed by `wxLogin.js`
+/// (`login_type=jssdk`) on a product's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// The whole window is WeChat's page.
+    Window,
+    /// In the product's iframe; `self_redirect` true: the callback loads in the iframe, false
+    /// (or wxLogin.js's `default`): the iframe sends the whole window (`top.location`).
+    Embedded { self_redirect: bool },
+}
 
 impl Page {
     fn kind(self) -> SimAppKind {
@@ -63,10 +82,15 @@ impl Page {
             Self::OAuth2 => &[("forcePopup", BOOL), ("connect_redirect", Some(&["1"]))],
             Self::QrConnect => &[
                 ("forcePopup", BOOL),
-                ("self_redirect", BOOL),
-                ("style", Some(&["black", "white"])),
+                ("self_redirect", Some(&["true", "false", "default"])),
+                ("style", Some(&["black", "white", ""])),
                 ("href", None),
                 ("login_type", Some(&["jssdk"])),
+                ("styletype", None),
+                ("sizetype", None),
+                ("bgcolor", None),
+                ("rst", None),
+                ("lang", Some(&["en"])),
                 ("stylelite", Some(&["0", "1"])),
                 ("fast_login", Some(&["0", "1"])),
             ],
@@ -145,6 +169,43 @@ pub(super) fn routes() -> Router<Simulator> {
         .route(Page::OAuth2.confirm_path(), post(oauth2_confirm))
         .route("/connect/qrconnect", get(qrconnect_page))
         .route(Page::QrConnect.confirm_path(), post(qrconnect_confirm))
+        .route(WX_LOGIN_JS, get(wx_login_js))
+}
+
+/// A stand-in for WeChat's `wxLogin.js`: `new WxLogin({id, appid, scope, redirect_uri, state,
+/// self_redirect, style, href, ...})` replaces the element `id`'s content with an iframe of the
+/// QR page, its link built as WeChat's script builds it (parameters in its order, values put
+/// on verbatim: `redirect_uri` comes URL-encoded), on this simulator's origin.
+async fn wx_login_js() -> Response {
+    const SCRIPT: &str = r#"// wxauth's WeChat simulator: a stand-in for https://res.wx.qq.com/connect/zh_CN/htmledition/js/wxLogin.js
+(function (window, document) {
+  var me = document.currentScript;
+  var origin = me ? new URL(me.src).origin : "";
+  window.WxLogin = function (e) {
+    var r = "default";
+    if (e.self_redirect === true) { r = "true"; } else if (e.self_redirect === false) { r = "false"; }
+    var src = origin + "/connect/qrconnect?appid=" + e.appid + "&scope=" + e.scope + "&redirect_uri=" + e.redirect_uri +
+      "&state=" + e.state + "&login_type=jssdk&self_redirect=" + r + "&styletype=" + (e.styletype || "") +
+      "&sizetype=" + (e.sizetype || "") + "&bgcolor=" + (e.bgcolor || "") + "&rst=" + (e.rst || "");
+    src += e.style ? "&style=" + e.style : "";
+    src += e.href ? "&href=" + e.href : "";
+    src += e.lang === "en" ? "&lang=en" : "";
+    src += e.stylelite === 1 ? "&stylelite=1" : "";
+    src += e.fast_login === 0 ? "&fast_login=0" : "";
+    var frame = document.createElement("iframe");
+    frame.src = src;
+    frame.frameBorder = "0";
+    frame.allowTransparency = "true";
+    frame.scrolling = "no";
+    frame.width = "300px";
+    frame.height = "400px";
+    var box = document.getElementById(e.id);
+    box.innerHTML = "";
+    box.appendChild(frame);
+  };
+})(window, document);
+"#;
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], SCRIPT).into_response()
 }
 
 /// A User-Agent of WeChat's in-app browser (iOS), for tests and scripts that walk an
@@ -187,21 +248,23 @@ async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
         return faulted;
     }
     match check_query(sim.core(), page, raw.as_deref().unwrap_or("")) {
-        Ok(request) => consent_page(sim.core(), page, &request).into_response(),
+        Ok((request, frame)) => consent_page(sim.core(), page, frame, &request).into_response(),
         Err(error) => error.into_response(),
     }
 }
 
-/// The raw query's shape, as strictly as WeChat matches it, then the values.
-fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<AuthorizeRequest<'a>, PageError> {
+/// The raw query's shape, as strictly as WeChat matches it, then the values; and whether
+/// `wxLogin.js` framed the page (`login_type=jssdk`, whose link has its own order and no
+/// `response_type`).
+fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<(AuthorizeRequest<'a>, Frame), PageError> {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
-    if pairs.len() < REQUIRED_KEYS.len() {
+    let keys = |n: usize| pairs.iter().take(n).map(|(k, _)| k.as_str());
+    let jssdk_link = page == Page::QrConnect && keys(JSSDK_KEYS.len()).eq(JSSDK_KEYS);
+    let documented = keys(REQUIRED_KEYS.len()).eq(REQUIRED_KEYS) && pairs[2].1 == "code";
+    if !jssdk_link && !documented {
         return Err(PageError::BadLink);
     }
-    let (required, optional) = pairs.split_at(REQUIRED_KEYS.len());
-    if !required.iter().map(|(k, _)| k.as_str()).eq(REQUIRED_KEYS) || required[2].1 != "code" {
-        return Err(PageError::BadLink);
-    }
+    let (required, optional) = pairs.split_at(if jssdk_link { JSSDK_KEYS.len() } else { REQUIRED_KEYS.len() });
     for (i, (key, value)) in optional.iter().enumerate() {
         let known = page
             .optional_params()
@@ -212,8 +275,19 @@ fn check_query<'a>(core: &'a Core, page: Page, raw: &str) -> Result<AuthorizeReq
             return Err(PageError::BadLink);
         }
     }
+    let optional_value = |name: &str| optional.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let frame = match optional_value("login_type") {
+        Some("jssdk") => Frame::Embedded { self_redirect: optional_value("self_redirect") == Some("true") },
+        _ if jssdk_link => return Err(PageError::BadLink),
+        _ => Frame::Window,
+    };
     let value = |i: usize| required[i].1.as_str();
-    check(core, page, value(0), value(1), value(3), value(4))
+    let request = if jssdk_link {
+        check(core, page, value(0), value(2), value(1), value(3))
+    } else {
+        check(core, page, value(0), value(1), value(3), value(4))
+    }?;
+    Ok((request, frame))
 }
 
 /// The value rules, shared by the page and its forms: state, appid (unknown; 10016 for a
@@ -259,8 +333,11 @@ fn on_callback_domain(url: &Url, domain: &str) -> bool {
         && port.is_none_or(|p| url.port_or_known_default() == Some(p))
 }
 
-/// The consent page: pick a test user and Allow, or Deny.
-fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html<String> {
+/// The consent page: pick a test user and Allow, or Deny. Framed by `wxLogin.js`, it is the
+/// QR code with the simulator's "scan and confirm" (the same forms): with `self_redirect` the
+/// forms answer inside the iframe, without it they target the whole window (`_top`), as
+/// WeChat's iframe moves `top.location` to the callback.
+fn consent_page(core: &Core, page: Page, frame: Frame, request: &AuthorizeRequest<'_>) -> Html<String> {
     tracing::debug!(appid = %request.app.appid, scope = request.scope, "simulated consent page");
     let hidden = |decision: &str| {
         [
@@ -294,6 +371,23 @@ fn consent_page(core: &Core, page: Page, request: &AuthorizeRequest<'_>) -> Html
         _ => "使用你的微信帐号登录",
     };
     let action = page.confirm_path();
+    if let Frame::Embedded { self_redirect } = frame {
+        let target = if self_redirect { "_self" } else { "_top" };
+        return layout(
+            "微信登录",
+            "<style>body{margin:0 auto;font-size:.8em}#qrcode{width:8em;height:8em;margin:.5em auto;\
+             background:repeating-conic-gradient(#000 0 25%,#fff 0 50%) 0 0/1em 1em;border:.5em solid #fff}\
+             h1{font-size:1em;text-align:center}button{padding:.3em 1em}label{display:inline;margin:0 .4em}</style>",
+            &format!(
+                "<h1>微信扫码登录（模拟器）</h1><div id=\"qrcode\" data-self-redirect=\"{self_redirect}\"></div>\
+                 <form method=\"post\" action=\"{action}\" target=\"{target}\">{allow}<fieldset><legend>扫码的测试用户</legend>\
+                 {users}</fieldset><button type=\"submit\" id=\"allow\">扫码并确认</button></form>\
+                 <form method=\"post\" action=\"{action}\" target=\"{target}\">{deny}<button type=\"submit\" id=\"deny\">取消</button></form>",
+                allow = hidden("allow"),
+                deny = hidden("deny"),
+            ),
+        );
+    }
     layout(
         "微信授权",
         "",
@@ -402,9 +496,4 @@ fn layout(title: &str, head: &str, body: &str) -> Html<String> {
          </head><body>{body}</body></html>",
         escape(title)
     ))
-}
-
-/// A JavaScript string literal that is also safe inside `<script>`.
-fn js_string(text: &str) -> String {
-    serde_json::Value::from(text).to_string().replace('<', "\\u003c").replace('>', "\\u003e")
 }

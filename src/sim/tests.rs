@@ -1218,3 +1218,67 @@ async fn each_app_gets_its_minute_quota_of_sns_calls_then_45011() {
     let refused = t.http.post(format!("{}/sim/quota?per_minute=lots", t.base)).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The QR link `wxLogin.js` frames, in its order (no `response_type`), `redirect_uri` encoded.
+fn jssdk_path(redirect_uri: &str, state: &str, self_redirect: &str) -> String {
+    format!(
+        "/connect/qrconnect?appid={WEB}&scope=snsapi_login&redirect_uri={}&state={state}&login_type=jssdk\
+         &self_redirect={self_redirect}&styletype=&sizetype=&bgcolor=&rst=&style=white",
+        enc(redirect_uri)
+    )
+}
+
+#[tokio::test]
+async fn wx_login_js_frames_the_qr_page_of_this_simulator() {
+    let t = spawn().await;
+
+    let response = t.get(WX_LOGIN_JS).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/javascript; charset=utf-8");
+    let script = response.text().await.unwrap();
+    assert!(script.contains("window.WxLogin = function (e)"), "{script}");
+    assert!(script.contains("\"/connect/qrconnect?appid=\" + e.appid + \"&scope=\" + e.scope + \"&redirect_uri=\""));
+    assert!(
+        script.contains("&login_type=jssdk&self_redirect=") && script.contains("document.createElement(\"iframe\")")
+    );
+}
+
+#[tokio::test]
+async fn the_framed_qr_page_confirms_in_the_iframe_or_the_whole_window() {
+    let t = spawn().await;
+    for (self_redirect, target) in [("true", "_self"), ("false", "_top"), ("default", "_top")] {
+        let page = t.page(&jssdk_path(CALLBACK, "Flow1", self_redirect)).await;
+
+        assert!(page.contains("id=\"qrcode\"") && page.contains("id=\"allow\""), "{page}");
+        let form = format!("<form method=\"post\" action=\"/connect/qrconnect/confirm\" target=\"{target}\">");
+        assert_eq!(page.matches(&form).count(), 2, "{self_redirect}: {page}");
+    }
+    let fields = [
+        ("appid", WEB),
+        ("redirect_uri", CALLBACK),
+        ("scope", "snsapi_login"),
+        ("state", "Flow1"),
+        ("decision", "allow"),
+        ("user", "alice"),
+    ];
+    let confirmed = t.post_form("/connect/qrconnect/confirm", &fields).await;
+    assert_eq!(confirmed.status(), StatusCode::FOUND);
+    let location = confirmed.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("{CALLBACK}?code=")) && location.ends_with("&state=Flow1"), "{location}");
+}
+
+#[tokio::test]
+async fn a_framed_qr_link_keeps_wechats_rules() {
+    let t = spawn().await;
+    // Without login_type=jssdk, wxLogin.js's order is not a valid link.
+    let no_jssdk = format!("/connect/qrconnect?appid={WEB}&scope=snsapi_login&redirect_uri={}&state=s", enc(CALLBACK));
+    assert!(t.page(&no_jssdk).await.contains("该链接无法访问"));
+    // The callback domain and the scope are checked as on the QR page itself.
+    let elsewhere = t.page(&jssdk_path("https://evil.example/cb", "s", "false")).await;
+    assert!(elsewhere.contains("10003"), "{elsewhere}");
+    let bad_style = jssdk_path(CALLBACK, "s", "false").replace("style=white", "style=red");
+    assert!(t.page(&bad_style).await.contains("该链接无法访问"));
+    let official = jssdk_path(CALLBACK, "s", "true").replace(WEB, MP);
+    assert!(t.page(&official).await.contains("10005"));
+}

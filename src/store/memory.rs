@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::FlowRead;
 use crate::clock::Clock;
 
 /// A point in time on the service clock, in milliseconds.
@@ -150,7 +151,7 @@ impl MemoryBackend {
         true
     }
 
-    pub(super) fn use_flow(&self, key: &str, cut_to: Duration) -> Option<(Vec<u8>, bool, u64)> {
+    pub(super) fn use_flow(&self, key: &str, cut_to: Duration) -> Option<FlowRead> {
         let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?;
@@ -163,6 +164,32 @@ impl MemoryBackend {
         let uses = counter.0.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1;
         *counter = (uses.to_be_bytes().to_vec(), expiry);
         Some((value, cut, uses))
+    }
+}
+
+impl MemoryBackend {
+    /// [`MemoryBackend::use_flow`] and, with it, `SET code_key NX GET`: `None` when the code
+    /// was bound now, else the record already there.
+    pub(super) fn use_flow_binding(
+        &self,
+        key: &str,
+        cut_to: Duration,
+        code_key: &str,
+        code_value: &[u8],
+        code_ttl: Duration,
+    ) -> (Option<FlowRead>, Option<Vec<u8>>) {
+        let now = self.now();
+        let existing = {
+            let mut inner = self.lock();
+            match inner.live(code_key, now) {
+                Some((value, _)) => Some(value.clone()),
+                None => {
+                    inner.insert(code_key, code_value, code_ttl, now);
+                    None
+                }
+            }
+        };
+        (self.use_flow(key, cut_to), existing)
     }
 }
 

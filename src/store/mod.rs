@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `{prefix}:{app}:tok:{openid}` | sealed [`TokenRecord`] |
 //! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`], `n` its callbacks so far; TTL cut to the grace window at first use |
-//! | `{prefix}:{app}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result |
+//! | `{prefix}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result. Not under the app: the relay binds a code in the same round trip that reads its flow, before it knows the app; the flow id's tag names the app (see [`Store::new_flow_id`]) |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
@@ -34,6 +34,17 @@ use self::seal::Keyring;
 use crate::secrets::{AccessToken, AuthCode, RefreshToken};
 use crate::telemetry::Metrics;
 use crate::wechat::{Lang, Profile};
+
+/// Random characters of a flow id (≥ 128 bits): what makes it unguessable.
+const FLOW_ID_RANDOM: usize = 22;
+/// Length of a flow id: [`FLOW_ID_RANDOM`] random characters and the hex of a 128-bit tag.
+pub const FLOW_ID_LEN: usize = FLOW_ID_RANDOM + 2 * seal::TAG_LEN;
+/// What a flow id's tag is made for (tags of other purposes never verify as flow ids).
+const FLOW_ID_PURPOSE: &str = "flow id";
+
+/// A flow as a backend's relay step reads it: the sealed flow, whether this call cut its life
+/// to the grace window (its first use), and its callbacks so far.
+type FlowRead = (Vec<u8>, bool, u64);
 
 /// A store failure. Only reachability is a failure: a record that does not open is treated as
 /// missing (and counted), never as an error.
@@ -130,10 +141,9 @@ pub enum FlowUse {
 /// gets the same answer and the same code with any other flow is refused (DESIGN.md §2).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CodeRecord {
-    /// The flow the relay sent the code through.
+    /// The flow the relay sent the code through; its id names the client that created it and
+    /// the app ([`Store::flow_is_of`]), the only ones that may exchange the code.
     pub flow_id: String,
-    /// The client that created that flow: the only one that may exchange the code.
-    pub client: String,
     /// How far the exchange has come.
     pub state: CodeState,
 }
@@ -161,6 +171,19 @@ pub enum CodeRelay {
     Again,
     /// Already bound to another flow: never relayed through this one.
     OtherFlow,
+}
+
+/// What the relay read and bound in its one round trip ([`Store::relay`]).
+#[derive(Debug)]
+pub struct Relayed {
+    /// The flow.
+    pub flow: Flow,
+    /// Whether this callback was the flow's first.
+    pub used: FlowUse,
+    /// The flow's callbacks so far, this one included.
+    pub uses: u64,
+    /// What became of the callback's code, when it carried one.
+    pub code: Option<CodeRelay>,
 }
 
 /// A sealed code record as read, with the bytes it was read as (for compare-and-set).
@@ -333,9 +356,9 @@ impl Store {
         format!("{}:{app}:tok:{openid}", self.inner.prefix)
     }
 
-    fn code_key(&self, app: &str, code: &AuthCode) -> String {
+    fn code_key(&self, code: &AuthCode) -> String {
         let digest = Sha256::digest(code.secret().as_bytes());
-        format!("{}:{app}:code:{}", self.inner.prefix, hex::encode(digest))
+        format!("{}:code:{}", self.inner.prefix, hex::encode(digest))
     }
 
     fn reach_key(&self, app: &str, openid: &str, client: &str) -> String {
@@ -406,18 +429,69 @@ impl Store {
         })
     }
 
-    /// Reads a flow for the relay, counts the callback and, atomically, cuts the flow's
-    /// remaining life to `grace`: the first callback starts the grace window, later ones
-    /// within it read the same flow. Returns the flow, whether this was its first use, and
-    /// how many callbacks it has had, this one included.
-    pub async fn use_flow(&self, flow_id: &str, grace: Duration) -> Result<Option<(Flow, FlowUse, u64)>, StoreError> {
+    /// A new flow id for `client` in `app`: random characters and a tag of them, the client
+    /// and the app under the sealing key. The id alone then proves which client and app a flow
+    /// was started for, long after the flow itself has expired, without a read.
+    pub fn new_flow_id(&self, client: &str, app: &str) -> String {
+        let random = crate::random_id(FLOW_ID_RANDOM);
+        let tag = self.inner.keys.tag(&[FLOW_ID_PURPOSE, &random, client, app]);
+        format!("{random}{}", hex::encode(tag))
+    }
+
+    /// Whether `flow_id` was made by [`Store::new_flow_id`] for `client` in `app` (under any
+    /// configured sealing key).
+    pub fn flow_is_of(&self, flow_id: &str, client: &str, app: &str) -> bool {
+        if flow_id.len() != FLOW_ID_LEN || !flow_id.is_ascii() {
+            return false;
+        }
+        let (random, tag) = flow_id.split_at(FLOW_ID_RANDOM);
+        hex::decode(tag).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_ID_PURPOSE, random, client, app], &tag))
+    }
+
+    /// The relay's one round trip: reads the flow, counts the callback and, atomically, cuts
+    /// the flow's remaining life to `grace` (the first callback starts the grace window,
+    /// later ones within it read the same flow); and, together with that, binds `code` (if
+    /// the callback has one) to the flow for `code_ttl`: the first flow to relay a code owns
+    /// it, the same flow may relay it again, no other flow can. `None`: no such flow (and
+    /// nothing is left behind for it).
+    pub async fn relay(
+        &self,
+        flow_id: &str,
+        grace: Duration,
+        code: Option<&AuthCode>,
+        code_ttl: Duration,
+    ) -> Result<Option<Relayed>, StoreError> {
         let key = self.flow_key(flow_id);
-        let found = call!(self, use_flow(&key, grace))?;
-        Ok(found.and_then(|(sealed, cut, uses)| {
-            let flow = self.open(&key, &sealed)?;
-            let used = if cut { FlowUse::First } else { FlowUse::Repeat };
-            Some((flow, used, uses))
-        }))
+        let Some(code) = code else {
+            let found = call!(self, use_flow(&key, grace))?;
+            return Ok(found.and_then(|(sealed, cut, uses)| self.relayed(&key, &sealed, cut, uses, None)));
+        };
+        let code_key = self.code_key(code);
+        let record = CodeRecord { flow_id: flow_id.to_owned(), state: CodeState::Relayed };
+        let (found, existing) =
+            call!(self, use_flow_binding(&key, grace, &code_key, &self.seal(&code_key, &record), code_ttl))?;
+        let bound = match existing {
+            None => CodeRelay::Bound,
+            Some(sealed) => match self.open::<CodeRecord>(&code_key, &sealed) {
+                Some(read) if read.flow_id == flow_id => CodeRelay::Again,
+                // A record that does not open (another sealing key, tampering) binds nothing
+                // we can check: refuse rather than guess.
+                _ => CodeRelay::OtherFlow,
+            },
+        };
+        let relayed = found.and_then(|(sealed, cut, uses)| self.relayed(&key, &sealed, cut, uses, Some(bound)));
+        if relayed.is_none() && bound == CodeRelay::Bound {
+            // No such flow: the code was bound to nothing; unbind it rather than let made-up
+            // flow ids leave records behind (or hold a code a real flow may still bring).
+            call!(self, del(&code_key))?;
+        }
+        Ok(relayed)
+    }
+
+    fn relayed(&self, key: &str, sealed: &[u8], cut: bool, uses: u64, code: Option<CodeRelay>) -> Option<Relayed> {
+        let flow = self.open(key, sealed)?;
+        let used = if cut { FlowUse::First } else { FlowUse::Repeat };
+        Some(Relayed { flow, used, uses, code })
     }
 
     /// The user's token record, if any (a record that does not open counts as none).
@@ -498,32 +572,9 @@ impl Store {
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Binds `code` to the flow that relays it, for `ttl` (the code's life): the first flow to
-    /// relay a code owns it; the same flow may relay it again, no other flow can.
-    pub async fn relay_code(
-        &self,
-        app: &str,
-        code: &AuthCode,
-        flow_id: &str,
-        client: &str,
-        ttl: Duration,
-    ) -> Result<CodeRelay, StoreError> {
-        let key = self.code_key(app, code);
-        let record = CodeRecord { flow_id: flow_id.to_owned(), client: client.to_owned(), state: CodeState::Relayed };
-        if call!(self, set_nx(&key, &self.seal(&key, &record), ttl))? {
-            return Ok(CodeRelay::Bound);
-        }
-        Ok(match self.get_code(app, code).await? {
-            Some(read) if read.record.flow_id == flow_id => CodeRelay::Again,
-            // A record that does not open (another sealing key, tampering) binds nothing we
-            // can check: refuse rather than guess.
-            _ => CodeRelay::OtherFlow,
-        })
-    }
-
-    /// What wxauth knows of `code` in `app`, if anything.
-    pub async fn get_code(&self, app: &str, code: &AuthCode) -> Result<Option<ReadCode>, StoreError> {
-        let key = self.code_key(app, code);
+    /// What wxauth knows of `code`, if anything.
+    pub async fn get_code(&self, code: &AuthCode) -> Result<Option<ReadCode>, StoreError> {
+        let key = self.code_key(code);
         let found = call!(self, get(&key))?;
         Ok(found.and_then(|sealed| Some(ReadCode { record: self.open(&key, &sealed)?, sealed })))
     }
@@ -532,27 +583,20 @@ impl Store {
     /// was read (one atomic compare-and-set). False: someone did; read again.
     pub async fn swap_code(
         &self,
-        app: &str,
         code: &AuthCode,
         read: &ReadCode,
         next: &CodeRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.code_key(app, code);
+        let key = self.code_key(code);
         let sealed = self.seal(&key, next);
         call!(self, set_if_eq(&key, &read.sealed, &sealed, ttl))
     }
 
     /// Writes a code record for `ttl`, whatever was there (only the holder of the exchange's
     /// claim does this).
-    pub async fn put_code(
-        &self,
-        app: &str,
-        code: &AuthCode,
-        record: &CodeRecord,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let key = self.code_key(app, code);
+    pub async fn put_code(&self, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.code_key(code);
         let sealed = self.seal(&key, record);
         call!(self, set(&key, &sealed, ttl))
     }
@@ -613,4 +657,74 @@ fn key_kind(key: &str) -> &'static str {
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+
+    fn store_with(lines: &[String]) -> Store {
+        let keys = Keyring::parse(&lines.join("\n")).expect("keyring");
+        Store::memory(keys, "wxauth", Metrics::new(), Clock::system())
+    }
+
+    #[test]
+    fn a_flow_id_names_its_client_and_app_and_nothing_else() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let id = store.new_flow_id("passport", "mp");
+        assert_eq!(id.len(), FLOW_ID_LEN);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(store.flow_is_of(&id, "passport", "mp"));
+        assert!(!store.flow_is_of(&id, "trade", "mp"), "another client");
+        assert!(!store.flow_is_of(&id, "passport", "web"), "another app");
+        assert!(!store.flow_is_of(&id, "passportm", "p"), "the parts are length-prefixed");
+        let mut forged = id.clone().into_bytes();
+        forged[0] = if forged[0] == b'a' { b'b' } else { b'a' };
+        assert!(!store.flow_is_of(&String::from_utf8(forged).expect("ascii"), "passport", "mp"), "another random part");
+        assert!(!store.flow_is_of(&id[..FLOW_ID_LEN - 2], "passport", "mp"), "truncated");
+        assert!(!store.flow_is_of(&format!("{}zz", &id[..FLOW_ID_LEN - 2]), "passport", "mp"), "not hex");
+        assert!(!store.flow_is_of("", "passport", "mp"));
+        assert_ne!(store.new_flow_id("passport", "mp"), id, "random");
+    }
+
+    #[test]
+    fn flow_ids_verify_across_a_key_rotation_and_not_under_other_keys() {
+        let (old, new) = (Keyring::generate_line(1), Keyring::generate_line(2));
+        let id = store_with(std::slice::from_ref(&old)).new_flow_id("passport", "mp");
+        assert!(store_with(&[new.clone(), old]).flow_is_of(&id, "passport", "mp"), "the old key still configured");
+        assert!(!store_with(&[new]).flow_is_of(&id, "passport", "mp"), "another deployment's key");
+    }
+
+    #[tokio::test]
+    async fn a_code_is_bound_to_the_first_flow_that_relays_it() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let flow = |app: &str| Flow {
+            app: app.into(),
+            return_url: "https://passport.example.com/cb".into(),
+            caller_state: "s".into(),
+            scope: "snsapi_base".into(),
+            caller: "passport".into(),
+            created_at: 0,
+        };
+        let (ttl, grace) = (Duration::from_secs(600), Duration::from_secs(60));
+        let (first, second) = (store.new_flow_id("passport", "mp"), store.new_flow_id("passport", "mp"));
+        for id in [&first, &second] {
+            assert!(store.put_flow(id, &flow("mp"), ttl).await.expect("put"));
+        }
+        let code = AuthCode::new("CODE".to_owned());
+        let relay = |id: &str| {
+            let (store, id, code) = (store.clone(), id.to_owned(), code.clone());
+            async move { store.relay(&id, grace, Some(&code), ttl).await.expect("relay").map(|r| (r.used, r.uses, r.code)) }
+        };
+        assert_eq!(relay(&first).await, Some((FlowUse::First, 1, Some(CodeRelay::Bound))));
+        assert_eq!(relay(&first).await, Some((FlowUse::Repeat, 2, Some(CodeRelay::Again))));
+        assert_eq!(relay(&second).await, Some((FlowUse::First, 1, Some(CodeRelay::OtherFlow))));
+        let unknown = store.new_flow_id("passport", "mp");
+        assert_eq!(relay(&unknown).await, None);
+        assert_eq!(store.get_code(&code).await.expect("get").map(|r| r.record.flow_id), Some(first.clone()));
+        let fresh = AuthCode::new("FRESH".to_owned());
+        assert_eq!(store.relay(&unknown, grace, Some(&fresh), ttl).await.expect("relay").map(|r| r.uses), None);
+        assert!(store.get_code(&fresh).await.expect("get").is_none(), "a code sent with an unknown flow is not kept");
+    }
 }

@@ -23,6 +23,7 @@ use redis::{
     IntoConnectionInfo as _, Pipeline, RedisError, RedisResult, Script, ScriptInvocation, TlsCertificates, TlsMode,
 };
 
+use super::FlowRead;
 use crate::secrets::RedisClientKey;
 
 /// How long one Redis command may take before the store counts as unavailable.
@@ -377,7 +378,7 @@ impl RedisBackend {
     /// already, i.e. an earlier callback cut it), and its callback count with this one. One
     /// round trip: `HGET`, `HINCRBY` and `PEXPIRE .. LT` pipelined; `LT` makes the cut atomic,
     /// so of simultaneous callbacks exactly one cuts.
-    pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<(Vec<u8>, bool, u64)>> {
+    pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<FlowRead>> {
         if self.expire_lt.load(Ordering::Relaxed) {
             let mut pipe = redis::pipe();
             pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
@@ -401,6 +402,52 @@ impl RedisBackend {
         inv.arg(millis(cut_to));
         let reply: Option<(Vec<u8>, i64, u64)> = self.invoke(inv).await?;
         Ok(reply.map(|(v, cut, uses)| (v, cut == 1, uses)))
+    }
+
+    /// [`RedisBackend::use_flow`] and, in the same round trip, `SET code_key NX GET PX`
+    /// (Redis >= 7.0): `None` when the code was bound now, else the record already there. One
+    /// pipeline on a single node or Sentinel; on a Cluster the two keys live in different
+    /// slots, so the two steps go out concurrently (one round trip's wait all the same).
+    pub(super) async fn use_flow_binding(
+        &self,
+        key: &str,
+        cut_to: Duration,
+        code_key: &str,
+        code_value: &[u8],
+        code_ttl: Duration,
+    ) -> RedisResult<(Option<FlowRead>, Option<Vec<u8>>)> {
+        let bind = || {
+            redis::cmd("SET").arg(code_key).arg(code_value).arg("NX").arg("GET").arg("PX").arg(millis(code_ttl)).clone()
+        };
+        if !self.expire_lt.load(Ordering::Relaxed) {
+            // Redis 6: neither `PEXPIRE .. LT` nor `SET .. NX GET`.
+            let (flow, bound) = tokio::join!(self.use_flow(key, cut_to), self.set_nx(code_key, code_value, code_ttl));
+            let existing = if bound? { None } else { Some(self.get(code_key).await?.unwrap_or_default()) };
+            return Ok((flow?, existing));
+        }
+        if let Conn::Cluster(_) = self.conn {
+            let bind = bind();
+            let (flow, existing) = tokio::join!(self.use_flow(key, cut_to), self.query::<Option<Vec<u8>>>(&bind));
+            return Ok((flow?, existing?));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
+        pipe.cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+        pipe.add_command(bind());
+        match self.query_pipe::<(Option<Vec<u8>>, u64, i64, Option<Vec<u8>>)>(&pipe).await {
+            Ok((Some(value), uses, cut, existing)) => Ok((Some((value, cut == 1, uses)), existing)),
+            Ok((None, _, _, existing)) => {
+                // No such flow: drop the counter-only key HINCRBY made (see `use_flow`).
+                self.del(key).await?;
+                Ok((None, existing))
+            }
+            Err(e) if refuses_expire_options(&e) => {
+                self.expire_lt.store(false, Ordering::Relaxed);
+                tracing::warn!("Redis before 7.0 (no PEXPIRE LT): the relay uses a Lua script instead");
+                Box::pin(self.use_flow_binding(key, cut_to, code_key, code_value, code_ttl)).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The open-flow cap step ([`ADMIT`]): `None` when admitted, else the expiry (ms) of the
@@ -491,6 +538,29 @@ mod tests {
             assert!(!left, "an unknown flow id leaves no key behind, pipelined: {pipelined}");
         }
         assert!(!backend.expire_lt.load(Ordering::Relaxed), "the test turned the pipeline off itself");
+    }
+
+    #[tokio::test]
+    async fn the_pipeline_and_the_redis_6_steps_bind_a_code_alike() {
+        let (_server, backend) = backend().await;
+        let (grace, life) = (Duration::from_secs(60), Duration::from_secs(660));
+        for pipelined in [true, false] {
+            backend.expire_lt.store(pipelined, Ordering::Relaxed);
+            let (key, code) = (format!("flow:{pipelined}"), format!("code:{pipelined}"));
+            backend.create_flow(&key, b"sealed", Duration::from_secs(600)).await.expect("create");
+            let first = backend.use_flow_binding(&key, grace, &code, b"bound", life).await.expect("first");
+            assert_eq!(first, (Some((b"sealed".to_vec(), true, 1)), None), "bound now, pipelined: {pipelined}");
+            let left: i64 = backend.query(redis::cmd("PTTL").arg(&code)).await.expect("pttl");
+            assert!((659_000..=660_000).contains(&left), "bound for the code's life, pipelined: {pipelined}: {left}");
+            let again = backend.use_flow_binding(&key, grace, &code, b"other", life).await.expect("again");
+            let found = (Some((b"sealed".to_vec(), false, 2)), Some(b"bound".to_vec()));
+            assert_eq!(again, found, "the first binding stays, pipelined: {pipelined}");
+            let unbound = format!("code:none:{pipelined}");
+            let missing = backend.use_flow_binding("flow:none", grace, &unbound, b"b", life).await.expect("none");
+            assert_eq!(missing, (None, None), "pipelined: {pipelined}");
+            let left: bool = backend.query(redis::cmd("EXISTS").arg("flow:none")).await.expect("exists");
+            assert!(!left, "an unknown flow id leaves no counter behind, pipelined: {pipelined}");
+        }
     }
 
     #[tokio::test]

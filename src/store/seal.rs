@@ -4,11 +4,22 @@
 //! seals, all open, which is how keys rotate.
 //!
 //! Layout of a sealed record: `[key id: 1 byte][nonce: 12 bytes][ciphertext + 16-byte tag]`.
+//!
+//! Each key also yields a tagging key (HMAC-SHA-256, derived from the sealing key under its own
+//! label, so no key material serves two purposes): [`Keyring::tag`] binds short values that
+//! travel outside the store, such as flow ids, to what they were made for.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
 use rand::RngCore as _;
+use sha2::Sha256;
+
+/// How many bytes of an HMAC a tag keeps: 128 bits.
+pub const TAG_LEN: usize = 16;
+/// The label the tagging key is derived under (changing it invalidates every tag).
+const TAG_KEY_LABEL: &[u8] = b"wxauth tag key v1";
 
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 1 + NONCE_LEN;
@@ -18,6 +29,7 @@ const HEADER_LEN: usize = 1 + NONCE_LEN;
 pub struct SealingKey {
     id: u8,
     cipher: Aes256Gcm,
+    tagger: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for SealingKey {
@@ -29,7 +41,22 @@ impl std::fmt::Debug for SealingKey {
 impl SealingKey {
     /// Builds a key from its id and 32 raw bytes.
     pub fn new(id: u8, key: &[u8; 32]) -> Self {
-        Self { id, cipher: Aes256Gcm::new(key.into()) }
+        // HMAC takes keys of any length: neither `new_from_slice` can fail.
+        let mut derive = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        derive.update(TAG_KEY_LABEL);
+        let tag_key = derive.finalize().into_bytes();
+        let tagger = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&tag_key).expect("HMAC takes any key length");
+        Self { id, cipher: Aes256Gcm::new(key.into()), tagger }
+    }
+
+    fn tag(&self, parts: &[&str]) -> Hmac<Sha256> {
+        let mut mac = self.tagger.clone();
+        for part in parts {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") tag differently.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
     }
 
     /// The key's id, written in the header of every record it seals.
@@ -122,6 +149,20 @@ impl Keyring {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         out
+    }
+
+    /// A 128-bit tag of `parts` under the sealing key's tagging key.
+    pub fn tag(&self, parts: &[&str]) -> [u8; TAG_LEN] {
+        let full = self.keys[0].tag(parts).finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+
+    /// Whether `tag` is the tag of `parts` under any configured key (constant-time compare),
+    /// so tags made before a key rotation still verify while the old key is configured.
+    pub fn verify_tag(&self, parts: &[&str], tag: &[u8]) -> bool {
+        tag.len() == TAG_LEN && self.keys.iter().any(|key| key.tag(parts).verify_truncated_left(tag).is_ok())
     }
 
     /// Opens a record sealed under `name` with whichever configured key sealed it.

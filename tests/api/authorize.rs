@@ -2,7 +2,7 @@
 
 use tonic::Code;
 use tonic_types::StatusExt as _;
-use wxauth::proto::{BuildAuthorizeUrlRequest, Device, Scope};
+use wxauth::proto::{BuildAuthorizeUrlRequest, Device, Scope, WxLoginOptions};
 
 use crate::both_backends;
 use crate::helpers::{Backend, CALLBACK_HOST, MP_APPID, TRADE_KEY, authed, metadata, reason, spawn_app};
@@ -28,7 +28,7 @@ async fn the_url_follows_wechats_order_and_the_simulator_accepts_it(backend: Bac
         .into_inner();
 
     let flow = &response.flow_id;
-    assert_eq!(flow.len(), 22);
+    assert_eq!(flow.len(), 54, "22 random characters and the hex of a 128-bit tag");
     assert!(flow.bytes().all(|b| b.is_ascii_alphanumeric()));
     let expected = format!(
         "http://{}/connect/oauth2/authorize?appid={MP_APPID}&redirect_uri=https%3A%2F%2F{CALLBACK_HOST}%2Fwechat%2Fcallback\
@@ -151,6 +151,11 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
         device: 7,
         force_popup: false,
         user_agent: "u".repeat(1025),
+        wx_login_options: Some(WxLoginOptions {
+            self_redirect: true,
+            style: "red".into(),
+            href: "https://cdn.example.com/qr.css&redirect_uri=https%3A%2F%2Fevil.example".into(),
+        }),
     };
     let status = app.grpc.clone().build_authorize_url(app.req(req)).await.expect_err("invalid");
     assert_eq!((status.code(), reason(&status).as_str()), (Code::InvalidArgument, "INVALID_ARGUMENT"));
@@ -158,7 +163,19 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
     let mut fields: Vec<_> =
         details.bad_request().expect("BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
     fields.sort();
-    assert_eq!(fields, ["app", "device", "return_url", "scope", "state", "user_agent"]);
+    assert_eq!(
+        fields,
+        [
+            "app",
+            "device",
+            "return_url",
+            "scope",
+            "state",
+            "user_agent",
+            "wx_login_options.href",
+            "wx_login_options.style"
+        ]
+    );
 
     let mut wrong_scope = request("https://passport.example.com/login/");
     wrong_scope.scope = Scope::SnsapiLogin as i32;

@@ -267,6 +267,67 @@ async fn pc_qr_login_signs_in_through_the_website_app() {
         .await;
 }
 
+/// "QR on this page" (issue 12): the demo page shows the website app's QR code with
+/// `wxLogin.js` (the simulator's stand-in) from the `wx_login` parameters of BuildAuthorizeUrl;
+/// the user scans and confirms inside the iframe; the callback lands in the whole window
+/// (`self_redirect` false) or inside the iframe, from which the product's page breaks out
+/// (`self_redirect` true). Either way the user ends signed in on the top page, with one
+/// exchange.
+async fn sign_in_through_the_embedded_qr_code(link: &str, self_redirect: &str) {
+    let dev = DevMode::start().await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            client.goto(&dev.home()).await.expect("open the demo page");
+            click(client, link).await;
+            let frame = wait_for(client, "#wx-qr iframe").await;
+            let src = frame.attr("src").await.expect("src").expect("the iframe has a src");
+            assert!(
+                src.contains("/connect/qrconnect?appid=wxd0000000000000b2&scope=snsapi_login&redirect_uri="),
+                "{src}"
+            );
+            assert!(src.contains(&format!("&login_type=jssdk&self_redirect={self_redirect}&")), "{src}");
+            let product = client.current_url().await.expect("url");
+            assert_eq!(product.path(), "/login/qr", "the QR code is on the product's own page");
+
+            client.enter_frame(0).await.expect("into the QR code's iframe");
+            wait_for(client, "#qrcode").await;
+            allow_as(client, "alice").await;
+
+            // The top window ends on the product's callback page (directly, or after the page
+            // in the iframe broke out).
+            let mut on_callback = false;
+            for _ in 0..(WAIT.as_millis() / 50) {
+                if client.current_url().await.is_ok_and(|url| url.path() == "/callback") {
+                    on_callback = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(on_callback, "the whole window reached the product's callback");
+            let _ = client.enter_parent_frame().await;
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+            assert_eq!(text(client, "#app").await, "demo-web");
+            let openid = dev.sim.openid(crate::helpers::WEB_APPID, "alice").expect("alice's openid");
+            assert_eq!(text(client, "#openid").await, openid);
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "one exchange, in the whole window");
+            let framed = client.find_all(Locator::Css("iframe")).await.expect("find iframes");
+            assert!(framed.is_empty(), "the profile is shown in the whole window, not a frame");
+            assert_no_code_used(client).await;
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_qr_code_signs_in_through_the_whole_window() {
+    sign_in_through_the_embedded_qr_code("#login-qr", "false").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_qr_code_with_self_redirect_breaks_out_of_its_frame_and_signs_in() {
+    sign_in_through_the_embedded_qr_code("#login-qr-self", "true").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
     let dev = DevMode::start().await;

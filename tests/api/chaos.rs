@@ -532,7 +532,7 @@ async fn chaos_redis_killed_between_relay_and_exchange_leaves_no_half_sign_in() 
     assert_eq!(again.answer, "CODE_NOT_FROM_FLOW", "the binding died with Redis: the product starts again");
     assert_eq!(app.sim.calls(Endpoint::AccessToken), exchanges, "still never sent");
     assert!(keys(&app, "wxauth:*:tok:*").await.is_empty(), "no token record without an exchange");
-    assert!(keys(&app, "wxauth:*:code:*").await.is_empty(), "no code record");
+    assert!(keys(&app, "wxauth:code:*").await.is_empty(), "no code record");
 
     let fresh = app.login("alice", "snsapi_userinfo").await;
     assert_eq!(Some(fresh.openid), app.sim.openid(MP_APPID, "alice"), "a new sign-in works");
@@ -631,7 +631,7 @@ async fn chaos_a_token_write_refused_after_wechat_granted_an_exchange_asks_for_a
     let relayed = app.relayed("mp", "alice", "snsapi_userinfo").await;
     let exchanges = app.sim.calls(Endpoint::AccessToken);
 
-    let no_tokens = ["resetkeys", "~wxauth:flow:*", "~wxauth:*:code:*", "~wxauth:client:*"];
+    let no_tokens = ["resetkeys", "~wxauth:flow:*", "~wxauth:code:*", "~wxauth:client:*"];
     let _: () = acl(&no_tokens).query_async(&mut admin).await.expect("ACL");
     let first = exchange(&app, &relayed).await;
     assert_eq!(first.answer, "STORE_UNAVAILABLE", "the token could not be kept");

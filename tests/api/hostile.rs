@@ -7,7 +7,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 use wxauth::proto::{
     BuildAuthorizeUrlRequest, ExchangeCodeRequest, ForgetUserRequest, GetUserInfoRequest, RefreshTokenRequest,
-    ValidateTokenRequest,
+    ValidateTokenRequest, WxLoginOptions,
 };
 
 use crate::helpers::{Backend, spawn_app};
@@ -86,6 +86,11 @@ async fn random_requests_get_clean_answers(backend: Backend) {
             device: enum_value(&mut rng),
             force_popup: rng.random_bool(0.5),
             user_agent: nasty(&mut rng),
+            wx_login_options: Some(WxLoginOptions {
+                self_redirect: rng.random_bool(0.5),
+                style: nasty(&mut rng),
+                href: nasty(&mut rng),
+            }),
         };
         acceptable(grpc.build_authorize_url(app.req(request)).await.map(|_| ()));
         let request = ExchangeCodeRequest {

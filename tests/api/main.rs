@@ -4,8 +4,10 @@
 mod authorize;
 mod browser;
 mod chaos;
+mod cli;
 mod cluster;
 mod concurrency;
+mod docs;
 mod exchange;
 mod helpers;
 mod hostile;
@@ -22,3 +24,4 @@ mod sealing;
 mod sentinel;
 mod tls;
 mod tokens;
+mod wx_login;

@@ -69,7 +69,13 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     assert_eq!(sample(&scrape, wechat, &["app=\"mp\"", "endpoint=\"sns/userinfo\"", "result=\"ok\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"relayed\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"unknown_flow\""]), Some(1.0));
-    assert!(sample(&scrape, "wxauth_store_operation_duration_seconds_count", &["operation=\"set_nx\""]) >= Some(2.0));
+    let store_ops = "wxauth_store_operation_duration_seconds_count";
+    assert_eq!(
+        sample(&scrape, store_ops, &["operation=\"use_flow_binding\""]),
+        Some(2.0),
+        "the two callbacks with a code"
+    );
+    assert!(sample(&scrape, store_ops, &["operation=\"set_if_eq\""]) >= Some(1.0), "the exchange's claim");
     assert_eq!(sample(&scrape, "wxauth_sealed_records_unopenable_total", &[]), Some(0.0));
     assert_eq!(sample(&scrape, "wxauth_build_info", &["version=\""]), Some(1.0));
     assert!(!scrape.contains(&login.openid) && !scrape.contains(&code), "no ids or codes in labels");

@@ -1,49 +1,114 @@
-//! A service in another language: `examples/python/wxauth_login.py` (grpcio, stubs generated
-//! from `proto/` at run time) signs a user in through wxauth and reads its error details.
+//! Services in other languages: `examples/python/wxauth_login.py` (grpcio, stubs generated from
+//! `proto/` at run time) and `examples/node/wxauth_login.js` (`@grpc/grpc-js` and
+//! `@grpc/proto-loader`) sign a user in through wxauth, read its error details, and send a
+//! deadline and a W3C `traceparent` with every call: wxauth's span of each call joins the
+//! caller's trace, as the caller's span's child.
+//!
+//! The spans are caught in process: each test runs on one thread (`current_thread`), so the
+//! subscriber it sets as that thread's default sees every span the service makes.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, spawn_app};
 
-/// The Python with grpcio that `scripts/setup` prepares (or `WXAUTH_PYTHON`).
-fn python() -> String {
-    if let Ok(python) = std::env::var("WXAUTH_PYTHON") {
-        return python;
+/// The spans the service ended, kept in memory.
+#[derive(Clone, Debug, Default)]
+struct Spans(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Spans {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().expect("spans").extend(batch);
+        Ok(())
     }
-    let venv = std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
-        .join(".cache/wxauth/py-client-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python client env at {} (scripts/setup makes it from examples/python/requirements.txt; or set WXAUTH_PYTHON)",
-        venv.display()
-    );
-    venv.display().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_service_signs_a_user_in_and_reads_error_details() {
-    let app = spawn_app(Backend::Redis).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/wxauth_login.py");
-    let args = [
-        script.to_owned(),
-        "--grpc".into(),
-        app.grpc_addr.to_string(),
-        "--relay".into(),
-        format!("http://{}", app.public_addr),
-        "--app".into(),
-        "mp".into(),
-        "--key".into(),
-        PASSPORT_KEY.into(),
-        "--return-url".into(),
-        "https://passport.example.com/login/".into(),
-    ];
-    let output = tokio::task::spawn_blocking(move || Command::new(python()).args(args).output())
+/// What `main` sets up with OTLP, pointed at memory: W3C trace context taken from gRPC metadata
+/// (the process-wide propagator `telemetry::init` installs) and an OpenTelemetry layer, as
+/// this thread's subscriber until the guard drops.
+fn catch_spans() -> (Spans, SdkTracerProvider, tracing::subscriber::DefaultGuard) {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let spans = Spans::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("polyglot"))
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("wxauth", tracing::Level::TRACE));
+    let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    (spans, provider, guard)
+}
+
+/// Every call the example reports (`sent`: method and `traceparent`) has its wxauth span: in
+/// the caller's trace, with the caller's span as its remote parent.
+fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value) {
+    let spans = spans.0.lock().expect("spans");
+    let sent = sent.as_array().expect("the example reports the calls it made");
+    assert!(sent.len() >= 5, "{sent:?}");
+    for call in sent {
+        let (method, traceparent) =
+            (call["method"].as_str().expect("method"), call["traceparent"].as_str().expect("tp"));
+        let [version, trace_id, parent_id, flags] = traceparent.split('-').collect::<Vec<_>>()[..] else {
+            panic!("not a traceparent: {traceparent}")
+        };
+        assert_eq!((version, flags, trace_id.len(), parent_id.len()), ("00", "01", 32, 16), "{traceparent}");
+        let name = format!("wxauth.v1.WeChatOAuthService/{method}");
+        let span = spans
+            .iter()
+            .find(|s| s.name == name && s.parent_span_id.to_string() == parent_id)
+            .unwrap_or_else(|| panic!("no {name} span with parent {parent_id} ({} spans)", spans.len()));
+        assert_eq!(span.span_context.trace_id().to_string(), trace_id, "{name} joins the caller's trace");
+        assert!(span.parent_span_is_remote, "{name}: the parent is the caller's span");
+    }
+}
+
+/// The path of a tool `scripts/setup` prepares, or the override in `env`.
+fn tool(env: &str, default: &Path, what: &str) -> String {
+    if let Ok(path) = std::env::var(env) {
+        return path;
+    }
+    assert!(default.exists(), "no {what} at {} (run scripts/setup; or set {env})", default.display());
+    default.display().to_string()
+}
+
+/// Runs `program args` off the runtime's thread and returns its one JSON line.
+async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || Command::new(&program).args(&args).output())
         .await
         .expect("join")
-        .expect("python runs");
+        .expect("the example runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the Python client failed: {stderr}");
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert!(output.status.success(), "the example failed: {stderr}");
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_python_service_signs_a_user_in_and_reads_error_details() {
+    let (spans, _provider, _guard) = catch_spans();
+    let app = spawn_app(Backend::Redis).await;
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
+    let python = tool("WXAUTH_PYTHON", &venv, "Python client env");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/wxauth_login.py");
+    let args = [
+        script,
+        "--grpc",
+        &app.grpc_addr.to_string(),
+        "--relay",
+        &format!("http://{}", app.public_addr),
+        "--app",
+        "mp",
+        "--key",
+        PASSPORT_KEY,
+        "--return-url",
+        "https://passport.example.com/login/",
+    ];
+    let seen = run_example(python, args.map(String::from).to_vec()).await;
 
     let openid = app.sim.openid(MP_APPID, "alice").expect("alice");
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
@@ -58,5 +123,79 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_eq!(seen["injected_code"], serde_json::json!({"code": "PERMISSION_DENIED", "reason": "CODE_NOT_FROM_FLOW"}));
     assert_eq!(seen["forgot_a_token"], true);
     assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
-    assert_eq!(app.sim.calls(wxauth::sim::Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
+    assert_spans_join_the_callers_traces(&spans, &seen["sent"]);
+}
+
+/// The Node example against WeChat failing the way the example shows how to handle: the first
+/// exchange's answer lost (SIGN_IN_AGAIN: a new sign-in, not a retry), the refresh token
+/// revoked (REAUTHORIZATION_REQUIRED: consent again), and a second wxauth whose Redis is down
+/// (STORE_UNAVAILABLE: retried after RetryInfo's delay, then given up on).
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
+    let (spans, _provider, _guard) = catch_spans();
+    let app = spawn_app(Backend::Redis).await;
+    let outage = spawn_app(Backend::Redis).await;
+    outage.redis.as_ref().expect("redis").lock().await.kill();
+    app.sim.inject(Endpoint::AccessToken, Fault::AfterWork(Box::new(Fault::HttpStatus(502))), 1);
+    app.sim.inject(Endpoint::RefreshToken, Fault::Errcode(40030), 1);
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    assert!(
+        example.join("node_modules/@grpc/grpc-js").exists(),
+        "no examples/node/node_modules (scripts/setup runs `npm ci` there)"
+    );
+    let node = std::env::var("WXAUTH_NODE").unwrap_or_else(|_| "node".into());
+    let args = [
+        &example.join("wxauth_login.js").display().to_string(),
+        "--grpc",
+        &app.grpc_addr.to_string(),
+        "--relay",
+        &format!("http://{}", app.public_addr),
+        "--app",
+        "mp",
+        "--key",
+        PASSPORT_KEY,
+        "--return-url",
+        "https://passport.example.com/login/",
+        "--outage-grpc",
+        &outage.grpc_addr.to_string(),
+    ];
+    let seen = run_example(node, args.map(String::from).to_vec()).await;
+
+    let openid = app.sim.openid(MP_APPID, "alice").expect("alice");
+    assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
+    assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
+    assert_eq!(seen["state_matches"], true);
+    let sign_in_again =
+        serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "SIGN_IN_AGAIN", "action": "sign_in_again"});
+    assert_eq!(seen["exchange_failed"], sign_in_again);
+    assert_eq!(seen["sign_ins"], 2, "a new sign-in after the lost answer");
+    assert_eq!(seen["openid"], openid.as_str());
+    assert_eq!(seen["same_result_again"], true, "no 40163 for a reload");
+    assert_eq!(seen["nickname"], "Alice 爱丽丝");
+    assert_eq!(seen["profile_nickname"], "Alice 爱丽丝");
+    assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
+
+    let reauthorize = serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "REAUTHORIZATION_REQUIRED", "action": "reauthorize"});
+    assert_eq!(seen["refresh"], reauthorize);
+    assert_eq!(seen["reauthorized_same_user"], true);
+    assert_eq!(seen["refresh_after_reauthorization"], "ok");
+
+    assert_eq!(seen["bad_request"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(seen["bad_request"]["reason"], "INVALID_ARGUMENT");
+    assert_eq!(seen["bad_request"]["action"], "fix_request");
+    let violations = seen["bad_request"]["field_violations"].as_object().expect("BadRequest");
+    assert_eq!(violations.keys().collect::<Vec<_>>(), ["openid"], "BadRequest names the field");
+    assert_eq!(seen["unknown_user"]["reason"], "TOKEN_NOT_FOUND");
+    assert_eq!(seen["unknown_user"]["action"], "reauthorize");
+    assert_eq!(seen["injected_code"]["reason"], "CODE_NOT_FROM_FLOW");
+    assert_eq!(seen["injected_code"]["action"], "sign_in_again");
+
+    let outage_seen = serde_json::json!({
+        "code": "UNAVAILABLE", "reason": "STORE_UNAVAILABLE", "action": "retry", "retry_delay_ms": 1000, "attempts": 2
+    });
+    assert_eq!(seen["outage"], outage_seen);
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), 3, "lost, then the two sign-ins' exchanges; no retried code");
+    assert_spans_join_the_callers_traces(&spans, &seen["sent"]);
 }

@@ -78,6 +78,16 @@ async fn unknown_flows_and_malformed_callbacks_get_a_page_not_a_redirect(backend
         assert!(body.contains("<html"), "{query}");
         assert!(!body.contains("evil") && !body.contains("Set-Cookie"), "nothing reflected: {query}");
     }
+    if let Some(redis) = &app.redis {
+        // The code is bound in the same round trip that finds no flow: unbound again, and no
+        // callback counter is left for the made-up id either.
+        let mut conn = redis.lock().await.conn().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("wxauth:*").query_async(&mut conn).await.expect("keys");
+        assert_eq!(keys, Vec::<String>::new());
+    }
+    // The code that went with a made-up flow id is still free for the flow it belongs to.
+    let flow = start(&app, "https://m.example.com/cb", "s").await;
+    assert_eq!(app.callback(&format!("code=abc&state={flow}")).await.status(), 302);
 }
 
 async fn separators_and_line_breaks_are_percent_encoded_in_the_location(backend: Backend) {

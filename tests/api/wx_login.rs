@@ -1,0 +1,137 @@
+//! Embedded QR login (issue 12): BuildAuthorizeUrl's `wx_login` parameters for WeChat's
+//! `wxLogin.js`, bound to the flow like the authorize URL, and the relay answering the callback
+//! whether it comes in the whole window (`self_redirect` false) or inside the QR code's iframe
+//! (`self_redirect` true).
+
+use wxauth::proto::{BuildAuthorizeUrlRequest, BuildAuthorizeUrlResponse, Scope, WxLogin, WxLoginOptions};
+
+use crate::both_backends;
+use crate::helpers::{Backend, CALLBACK_HOST, TestApp, WEB_APPID, spawn_app};
+
+const RETURN_URL: &str = "https://passport.example.com/login/";
+
+async fn start(app: &TestApp, name: &str, options: WxLoginOptions) -> BuildAuthorizeUrlResponse {
+    let request = BuildAuthorizeUrlRequest {
+        app: name.into(),
+        return_url: RETURN_URL.into(),
+        state: "csrf-1".into(),
+        wx_login_options: Some(options),
+        ..Default::default()
+    };
+    app.grpc.clone().build_authorize_url(app.req(request)).await.expect("flow").into_inner()
+}
+
+/// The QR link `new WxLogin(wx_login)` frames, built as wxLogin.js builds it.
+fn framed_link(app: &TestApp, wx: &WxLogin) -> String {
+    let mut link = format!(
+        "http://{}/connect/qrconnect?appid={}&scope={}&redirect_uri={}&state={}&login_type=jssdk&self_redirect={}\
+         &styletype=&sizetype=&bgcolor=&rst=",
+        app.sim_addr, wx.appid, wx.scope, wx.redirect_uri, wx.state, wx.self_redirect
+    );
+    if !wx.style.is_empty() {
+        link += &format!("&style={}", wx.style);
+    }
+    if !wx.href.is_empty() {
+        link += &format!("&href={}", wx.href);
+    }
+    link
+}
+
+async fn wx_login_names_the_flow_the_callback_and_the_website_app(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let options =
+        WxLoginOptions { self_redirect: true, style: "white".into(), href: "https://cdn.example.com/qr.css".into() };
+
+    let response = start(&app, "web", options).await;
+
+    let wx = response.wx_login.clone().expect("wx_login for a website app");
+    let expected = WxLogin {
+        appid: WEB_APPID.into(),
+        scope: "snsapi_login".into(),
+        redirect_uri: format!("https%3A%2F%2F{CALLBACK_HOST}%2Fwechat%2Fcallback"),
+        state: response.flow_id.clone(),
+        self_redirect: true,
+        style: "white".into(),
+        href: "https://cdn.example.com/qr.css".into(),
+        script_url: format!("http://{}/connect/zh_CN/htmledition/js/wxLogin.js", app.sim_addr),
+    };
+    assert_eq!(wx, expected);
+    assert_eq!(response.scope, Scope::SnsapiLogin as i32);
+    assert!(response.authorize_url.contains(&format!("&redirect_uri={}&", wx.redirect_uri)), "the same callback");
+
+    // The script is there, and the link it frames is one WeChat (the simulator) accepts.
+    let script = app.http.get(&wx.script_url).send().await.expect("sim").text().await.expect("script");
+    assert!(script.contains("window.WxLogin"), "{script}");
+    let page = app.http.get(framed_link(&app, &wx)).send().await.expect("sim").text().await.expect("page");
+    assert!(page.contains("id=\"qrcode\"") && page.contains("id=\"allow\""), "{page}");
+
+    // A code WeChat gives for that QR code is relayed and exchanged through this flow.
+    let code = app.code(WEB_APPID, "alice", "snsapi_login");
+    let relayed = app.callback(&format!("code={code}&state={}", wx.state)).await;
+    assert_eq!(relayed.status(), 302);
+    assert_eq!(relayed.headers()["location"], format!("{RETURN_URL}?code={code}&state=csrf-1"));
+    let exchanged = app.exchange("web", &crate::helpers::Relayed { flow_id: wx.state, code }).await.expect("exchange");
+    assert_eq!(exchanged.openid, app.sim.openid(WEB_APPID, "alice").expect("openid"));
+}
+
+async fn an_official_account_flow_has_no_wx_login(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = start(&app, "mp", WxLoginOptions { self_redirect: true, ..Default::default() }).await;
+    assert_eq!(response.wx_login, None, "official accounts have no embedded QR login");
+    let web = start(&app, "web", WxLoginOptions::default()).await.wx_login.expect("wx_login");
+    assert_eq!((web.self_redirect, web.style.as_str(), web.href.as_str()), (false, "", ""), "WeChat's defaults");
+}
+
+/// Through the simulator's framed QR page and its confirm form, as the browser goes: the
+/// form answers in the iframe (`self_redirect`) or the whole window; the relay's answer is the
+/// same 302 to the return URL and carries nothing that forbids framing (X-Frame-Options,
+/// CSP `frame-ancestors`), so it also works inside the QR code's iframe — where the product's
+/// return page then breaks out (README, "Embedded QR login").
+async fn the_relay_answers_an_embedded_callback_in_either_window(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for self_redirect in [false, true] {
+        let wx = start(&app, "web", WxLoginOptions { self_redirect, ..Default::default() }).await.wx_login.expect("wx");
+        let page = app.http.get(framed_link(&app, &wx)).send().await.expect("sim").text().await.expect("page");
+        let target = if self_redirect { "_self" } else { "_top" };
+        assert!(page.contains(&format!("target=\"{target}\"")), "{self_redirect}: {page}");
+
+        let callback = format!("https://{CALLBACK_HOST}/wechat/callback");
+        let form = [
+            ("appid", WEB_APPID),
+            ("redirect_uri", callback.as_str()),
+            ("scope", "snsapi_login"),
+            ("state", wx.state.as_str()),
+            ("decision", "allow"),
+            ("user", "bob"),
+        ];
+        let confirm = format!("http://{}/connect/qrconnect/confirm", app.sim_addr);
+        let scanned = app.http.post(confirm).form(&form).send().await.expect("sim");
+        assert_eq!(scanned.status(), 302);
+        let location = url::Url::parse(scanned.headers()["location"].to_str().expect("ascii")).expect("url");
+        assert_eq!(location.host_str(), Some(CALLBACK_HOST));
+        let code = location.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("code");
+
+        let relayed = app.callback(location.query().expect("query")).await;
+        assert_eq!(relayed.status(), 302, "{self_redirect}");
+        assert_eq!(relayed.headers()["location"], format!("{RETURN_URL}?code={code}&state=csrf-1"));
+        for header in ["x-frame-options", "content-security-policy"] {
+            assert!(relayed.headers().get(header).is_none(), "{header} would break self_redirect");
+        }
+        let relayed = crate::helpers::Relayed { flow_id: wx.state, code };
+        let exchanged = app.exchange("", &relayed).await.expect("exchange");
+        assert_eq!(
+            (exchanged.app.as_str(), exchanged.openid),
+            ("web", app.sim.openid(WEB_APPID, "bob").expect("openid"))
+        );
+    }
+    // The start-again page shows in the iframe too (it has nothing to click: no clickjacking).
+    let refused = app.callback("code=x&state=UnknownFlow1").await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.headers().get("x-frame-options").is_none());
+}
+
+both_backends!(
+    wx_login_names_the_flow_the_callback_and_the_website_app,
+    an_official_account_flow_has_no_wx_login,
+    the_relay_answers_an_embedded_callback_in_either_window,
+);
