@@ -246,6 +246,16 @@ impl ApiError {
         }
     }
 
+    /// This failure as the answer to an exchange that took over a lapsed claim on its code: a
+    /// 40163 then means the earlier exchange reached WeChat and its answer was lost, so the
+    /// product is told to sign in again (`SIGN_IN_AGAIN`), as the earlier one would have been.
+    pub fn spent_code_of_lapsed_claim(self) -> Self {
+        match self {
+            ApiError::CodeUsed(u) => ApiError::SignInAgain(u),
+            other => other,
+        }
+    }
+
     /// Maps a WeChat failure by its errcode (the table of DESIGN.md §3). Token-expiry codes
     /// (42001, 40001, 40014) are handled by the callers before they get here.
     pub fn from_wechat(error: &WechatError) -> Self {
@@ -350,6 +360,15 @@ mod tests {
         assert_eq!(status.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("SIGN_IN_AGAIN"));
         assert!(status.get_error_details().retry_info().is_none(), "the code may be spent: never retry");
         assert_eq!(api(40029).spent_code(), api(40029), "a definite answer stays what it is");
+    }
+
+    #[test]
+    fn a_code_used_under_a_lapsed_claim_asks_for_a_new_sign_in() {
+        let status = api(40163).spent_code_of_lapsed_claim().to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("SIGN_IN_AGAIN"));
+        assert!(status.get_error_details().retry_info().is_none());
+        assert_eq!(api(40029).spent_code_of_lapsed_claim(), api(40029), "other answers stay what they are");
     }
 
     #[test]

@@ -47,8 +47,9 @@ const LOCK_MARGIN: Duration = Duration::from_secs(1);
 /// before it was asked for (or after): that token's expiry is within this of a new refresh's,
 /// and WeChat would return the same token anyway, so a second call would buy nothing.
 pub const FORCED_REFRESH_REUSE: Duration = Duration::from_secs(5);
-/// How long an exchange's claim on a code holds: past it (its replica died mid-exchange),
-/// another exchange of the same `(flow, code)` may take the claim over.
+/// How long an exchange's claim on a code holds: past it (its replica died mid-exchange, or the
+/// store failed under it), another exchange of the same `(flow, code)` may take the claim over;
+/// WeChat's 40163 then means the first one spent the code, answered as `SIGN_IN_AGAIN`.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How often a waiter looks again at a record another replica is refreshing.
 const POLL: Duration = Duration::from_millis(20);
@@ -231,10 +232,14 @@ impl Tokens {
                     if !self.store.swap_code(&code, &read, &claim, life).await? {
                         continue; // another exchange claimed it first: wait for its result
                     }
+                    // A lapsed claim: an earlier exchange of this code stopped half-way (its
+                    // replica died, or the store failed under it), maybe after WeChat had it.
+                    let took_over = matches!(read.record.state, CodeState::Pending(_));
                     // Detached: once sent, the exchange finishes and records its result even
                     // if this caller's deadline passes, so the caller's retry finds it.
                     let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
-                    let exchange = async move { this.exchange_claimed(&app, &code, &caller, claim, read).await };
+                    let exchange =
+                        async move { this.exchange_claimed(&app, &code, &caller, claim, read, took_over).await };
                     let task = tokio::spawn(exchange.in_current_span());
                     return task.await.unwrap_or(Err(ApiError::Internal)).map(|outcome| (outcome, true));
                 }
@@ -249,6 +254,7 @@ impl Tokens {
         caller: &str,
         claim: CodeRecord,
         relayed: ReadCode,
+        took_over: bool,
     ) -> Result<ExchangeOutcome, ApiError> {
         let life = code_record_ttl(app.kind.code_life());
         let unclaim = || async {
@@ -259,17 +265,29 @@ impl Tokens {
                 tracing::warn!(error = %e, "exchange claim not released; it lapses by itself");
             }
         };
+        // The code is (or may be) spent at WeChat and this sign-in cannot finish: remembered,
+        // so every repeat is told to start again without asking WeChat (which could only
+        // answer 40163).
+        let spent = || async {
+            let lost = CodeRecord { state: CodeState::Lost, ..relayed.record.clone() };
+            if let Err(e) = self.store.put_code(code, &lost, life).await {
+                tracing::warn!(error = %e, "lost exchange not recorded; its claim lapses by itself");
+            }
+        };
         let grant = match self.wechat.exchange_code(app, code).await {
             Ok(grant) => grant,
             Err(e) if e.may_have_acted() => {
                 // Never retried, here or by the caller: the code may be spent (a retry would
-                // meet 40163). Remembered, so a repeat gets the same answer.
-                let lost = CodeRecord { state: CodeState::Lost, ..relayed.record.clone() };
-                if let Err(e) = self.store.put_code(code, &lost, life).await {
-                    tracing::warn!(error = %e, "lost exchange not recorded; its claim lapses by itself");
-                }
+                // meet 40163).
+                spent().await;
                 tracing::warn!(app = %app.name, "code exchange sent, answer lost: the user must sign in again");
                 return Err(ApiError::from_wechat(&e).spent_code());
+            }
+            Err(e) if took_over && e.errcode() == Some(40163) => {
+                // The exchange whose claim lapsed did reach WeChat: its answer was lost.
+                spent().await;
+                tracing::warn!(app = %app.name, "an earlier exchange of this code spent it; the user must sign in again");
+                return Err(ApiError::from_wechat(&e).spent_code_of_lapsed_claim());
             }
             Err(e) => {
                 unclaim().await;
@@ -294,8 +312,9 @@ impl Tokens {
         let kept = match self.keep_token(app, record).await {
             Ok(kept) => kept,
             Err(e) => {
-                // A result must never promise a token that was not stored.
-                unclaim().await;
+                // A result must never promise a token that was not stored; and WeChat has
+                // spent the code, so a repeat must not send it again.
+                spent().await;
                 return Err(e);
             }
         };

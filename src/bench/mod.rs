@@ -12,6 +12,9 @@
 //! - `procs`: the processes a run owns (a private `redis-server`, wxauth, the ceiling server),
 //!   free ports, and resident-memory readings from `/proc/<pid>/status`.
 //! - `report`: one JSON object per line, the readable table, ratios and the issue's targets.
+//! - `soak`: `wxauth-bench soak` (issue 11): many complete sign-ins through the consent page
+//!   and the relay, wxauth's memory quarter by quarter, and Redis' keys counted by kind until
+//!   the flows and code records have expired.
 //!
 //! Nothing here is linked into the service's request path; the module lives in the library
 //! only so the binary stays short and the pieces carry docs and lints like the rest.
@@ -20,3 +23,4 @@ pub mod ceiling;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod soak;

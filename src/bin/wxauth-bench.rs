@@ -14,6 +14,14 @@
 //! operation followed by its ceilings, and prints one JSON object per line on stdout and a
 //! table, the ratios and the targets on stderr. `--help` lists the flags, among them those
 //! that point it at an already running wxauth and Redis instead.
+//!
+//! ```text
+//! cargo run --release --bin wxauth-bench -- soak --sign-ins 20000 --concurrency 64
+//! ```
+//!
+//! `soak` (issue 11) runs complete sign-ins instead — BuildAuthorizeUrl, the consent page and
+//! Allow, the relay, ExchangeCode, GetUserInfo — reads wxauth's memory quarter by quarter, and
+//! counts Redis' keys by kind until every flow and code record has expired (`soak --help`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -32,6 +40,7 @@ use tonic::transport::{Channel, Endpoint};
 use wxauth::bench::load::{self, Outcome, Plan, Pool};
 use wxauth::bench::procs::{self, Children, Memory, ScratchDir};
 use wxauth::bench::report::{self, Row, Side};
+use wxauth::bench::soak::{self, Census, Soak};
 use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
 use wxauth::sim::{SimConfig, Simulator};
 
@@ -61,7 +70,32 @@ wxd0000000000000a1 and secret demo-mp-secret, as the simulator's demo app):
   --key KEY            a client key that may use app `mp` (default: the generated config's)
   --return-url URL     an allowlisted return URL of that client
   --sim-listen ADDR    where the in-process simulator listens (default: a free port)
+
+wxauth-bench soak --help: complete sign-ins for a long while (issue 11)
 ";
+
+const SOAK_USAGE: &str = "\
+usage: wxauth-bench soak [flags]
+
+Complete sign-ins (BuildAuthorizeUrl, the consent page and Allow, the relay, ExchangeCode,
+GetUserInfo) against wxauth on a private Redis; wxauth's RSS per quarter of the run; Redis keys
+by kind before, after, and once every flow and code record has expired (about 6 minutes: a
+code's record lives for the code's life, 5 min, and a minute more). Exits 1 on a miss.
+
+  --sign-ins N         complete sign-ins (default 20000)
+  --concurrency N      sign-ins in flight (default 64)
+  --channels N         HTTP/2 connections to wxauth's gRPC listener (default 4)
+  --users N            distinct simulator users signing in, in turn (default 100)
+  --no-settle          do not wait for the flows and code records to expire
+  --wxauth-bin PATH    the wxauth binary (default: next to this one, built first under cargo run)
+  --log-level FILTER   RUST_LOG for wxauth (default: info)
+  --keep               keep the temp dir with wxauth's config and log
+";
+
+/// wxauth's config for the soak, after the benchmark's: flows that live a minute and are cut
+/// to one second at their first callback, so the steady state comes soon after the run; a
+/// profile cache longer than the wait, so the cached profiles are part of that steady state.
+const SOAK_CONFIG: &str = "[flow]\nttl = \"1m\"\ngrace = \"1s\"\n[token]\nprofile_cache = \"1h\"\n";
 
 /// The simulator's demo official-account app, which wxauth's app `mp` is configured as.
 const MP_APPID: &str = "wxd0000000000000a1";
@@ -205,6 +239,9 @@ fn main() -> ExitCode {
     if raw.first().map(String::as_str) == Some("__ceiling") {
         return ceiling_main(raw.get(1).map(String::as_str).unwrap_or_default());
     }
+    if raw.first().map(String::as_str) == Some("soak") {
+        return soak_main(&raw[1..]);
+    }
     let result = Args::parse(&raw).and_then(|args| {
         let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
         runtime.block_on(run(args))
@@ -273,7 +310,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_with(args: Args, children: &Children) -> anyhow::Result<()> {
-    let (sim, sim_addr) = start_sim(args.sim_listen)?;
+    let (sim, sim_addr) = start_sim(args.sim_listen, 0)?;
     let sim_base = format!("http://{sim_addr}");
     let redis_url = match &args.redis {
         Some(url) => url.clone(),
@@ -286,9 +323,9 @@ async fn run_with(args: Args, children: &Children) -> anyhow::Result<()> {
     let (grpc_url, relay_url, pid) = match (&args.grpc, &args.relay) {
         (Some(grpc), Some(relay)) => (grpc.clone(), relay.trim_end_matches('/').to_owned(), args.pid),
         _ => {
-            let program = wxauth_binary(&args)?;
+            let program = wxauth_binary(args.wxauth_bin.as_deref())?;
             let addrs = (free_addr()?, free_addr()?, free_addr()?);
-            let config = scratch.write("wxauth.toml", &wxauth_config(addrs, &redis_url, sim_addr))?;
+            let config = scratch.write("wxauth.toml", &wxauth_config(addrs, &redis_url, sim_addr, ""))?;
             let log = scratch.path.join("wxauth.log");
             let started = procs::start_wxauth(children, &program, &config, addrs, log, &args.log_level).await;
             let wx = started.inspect_err(|_| scratch.keep = true)?;
@@ -784,13 +821,20 @@ async fn grpc_clients(uri: &str, n: usize) -> anyhow::Result<Vec<WeChatOAuthServ
     Ok(clients)
 }
 
-/// The simulator with its demo apps, on its own two-worker runtime and thread (as if it were
-/// another process), listening on `listen` or a free loopback port.
-fn start_sim(listen: Option<SocketAddr>) -> anyhow::Result<(Simulator, SocketAddr)> {
+/// The simulator with its demo apps, and `users` more test users (`soak-0001`, ...), on its
+/// own two-worker runtime and thread (as if it were another process), listening on `listen` or
+/// a free loopback port.
+fn start_sim(listen: Option<SocketAddr>, users: usize) -> anyhow::Result<(Simulator, SocketAddr)> {
     let mut config = SimConfig::demo();
     for app in &mut config.apps {
         app.callback_domain = CALLBACK_HOST.into();
     }
+    config.users.extend(soak_users(users).into_iter().map(|key| wxauth::sim::SimUser {
+        nickname: key.clone(),
+        key,
+        headimgurl: String::new(),
+        snapshot: false,
+    }));
     let sim = Simulator::new(config);
     // WeChat's 50,000 sns calls a minute per app would cap every upstream-bound phase at
     // ~830 req/s: the benchmark measures software, not WeChat's quota.
@@ -825,8 +869,13 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], procs::free_port().context("free port")?)))
 }
 
-/// The config wxauth runs with: app `mp` on the simulator, one client, Redis.
-fn wxauth_config(addrs: (SocketAddr, SocketAddr, SocketAddr), redis: &str, sim: SocketAddr) -> String {
+/// The soak's simulator users.
+fn soak_users(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("soak-{i:04}")).collect()
+}
+
+/// The config wxauth runs with: app `mp` on the simulator, one client, Redis; then `extra`.
+fn wxauth_config(addrs: (SocketAddr, SocketAddr, SocketAddr), redis: &str, sim: SocketAddr, extra: &str) -> String {
     let (grpc, public, admin) = addrs;
     format!(
         r#"mode = "development"
@@ -860,7 +909,7 @@ max_open_flows = 10000000
 authorize = "off"
 exchange = "off"
 user = "off"
-"#,
+{extra}"#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),
     )
@@ -868,9 +917,9 @@ user = "off"
 
 /// The `wxauth` binary: `--wxauth-bin`, else the one next to this binary — built first, with
 /// this binary's profile, when run by `cargo run` (which sets `CARGO`).
-fn wxauth_binary(args: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &args.wxauth_bin {
-        return Ok(path.clone());
+fn wxauth_binary(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
     }
     let exe = std::env::current_exe().context("own path")?;
     let dir = exe.parent().ok_or_else(|| anyhow!("own binary has no directory"))?;
@@ -899,6 +948,182 @@ fn wxauth_binary(args: &Args) -> anyhow::Result<PathBuf> {
         bail!("{} not found: `cargo build --release --bin wxauth`, or pass --wxauth-bin", path.display());
     }
     Ok(path)
+}
+
+/// `wxauth-bench soak` flags.
+#[derive(Debug)]
+struct SoakArgs {
+    sign_ins: usize,
+    concurrency: usize,
+    channels: usize,
+    users: usize,
+    settle: bool,
+    wxauth_bin: Option<PathBuf>,
+    log_level: String,
+    keep: bool,
+}
+
+impl SoakArgs {
+    fn parse(raw: &[String]) -> anyhow::Result<Self> {
+        let mut args = SoakArgs {
+            sign_ins: 20_000,
+            concurrency: 64,
+            channels: 4,
+            users: 100,
+            settle: true,
+            wxauth_bin: None,
+            log_level: "info".into(),
+            keep: false,
+        };
+        let mut it = raw.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().cloned().ok_or_else(|| anyhow!("{flag} needs a value\n\n{SOAK_USAGE}"));
+            match flag.as_str() {
+                "--sign-ins" => args.sign_ins = value()?.parse().context("--sign-ins: a whole number")?,
+                "--concurrency" => args.concurrency = value()?.parse().context("--concurrency: a whole number")?,
+                "--channels" => args.channels = value()?.parse().context("--channels: a whole number")?,
+                "--users" => args.users = value()?.parse().context("--users: a whole number")?,
+                "--no-settle" => args.settle = false,
+                "--wxauth-bin" => args.wxauth_bin = Some(value()?.into()),
+                "--log-level" => args.log_level = value()?,
+                "--keep" => args.keep = true,
+                "-h" | "--help" => bail!("{SOAK_USAGE}"),
+                other => bail!("unknown flag {other:?}\n\n{SOAK_USAGE}"),
+            }
+        }
+        if args.sign_ins < 4 || args.concurrency == 0 || args.channels == 0 || args.users == 0 {
+            bail!("--sign-ins must be at least 4 (four quarters); --concurrency, --channels, --users at least 1");
+        }
+        Ok(args)
+    }
+}
+
+fn soak_main(raw: &[String]) -> ExitCode {
+    let result = SoakArgs::parse(raw).and_then(|args| {
+        let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+        runtime.block_on(async {
+            let children = Children::default();
+            {
+                let children = children.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        children.kill_all();
+                        std::process::exit(130);
+                    }
+                });
+            }
+            let passed = soak_with(args, &children).await;
+            children.kill_all();
+            passed
+        })
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("wxauth-bench soak: a target was missed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("wxauth-bench soak: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts Redis, the simulator (with the soak's users) and wxauth, runs the sign-ins, waits
+/// for the flows and code records to expire; true when every target passed.
+async fn soak_with(args: SoakArgs, children: &Children) -> anyhow::Result<bool> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; use --release for a soak worth reporting");
+    }
+    let (_sim, sim_addr) = start_sim(None, args.users)?;
+    let redis_url = procs::start_redis(children).await?;
+    let mut scratch = ScratchDir::create()?;
+    scratch.keep = args.keep;
+    let program = wxauth_binary(args.wxauth_bin.as_deref())?;
+    let addrs = (free_addr()?, free_addr()?, free_addr()?);
+    let config = scratch.write("wxauth.toml", &wxauth_config(addrs, &redis_url, sim_addr, SOAK_CONFIG))?;
+    let log = scratch.path.join("wxauth.log");
+    let started = procs::start_wxauth(children, &program, &config, addrs, log, &args.log_level).await;
+    let wx = started.inspect_err(|_| scratch.keep = true)?;
+    eprintln!("wxauth pid {} (grpc {}, relay {}), log {}", wx.pid, wx.grpc, wx.public, wx.log.display());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = procs::memory(wx.pid);
+
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .context("Redis URL")?
+        .get_multiplexed_async_connection()
+        .await
+        .context("connect to Redis")?;
+    let prefix = "wxauth";
+    let mut censuses = vec![("before", Census::take(&mut redis, prefix).await.context("count keys")?)];
+
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(wxauth::sim::WECHAT_BROWSER_UA)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let soak = Soak {
+        clients: grpc_clients(&format!("http://{}", wx.grpc), args.channels).await?,
+        auth: format!("Bearer {CLIENT_KEY}").parse().context("client key")?,
+        browser,
+        relay: format!("http://{}", wx.public),
+        app: APP.into(),
+        return_url: RETURN_URL.into(),
+        users: soak_users(args.users),
+    };
+    eprintln!("soak: {} complete sign-ins, {} at a time, {} users …", args.sign_ins, args.concurrency, args.users);
+    let result = soak.run(args.sign_ins, args.concurrency, Some(wx.pid)).await;
+    censuses.push(("after the sign-ins", Census::take(&mut redis, prefix).await.context("count keys")?));
+
+    let expected = Census::settled(u64::try_from(args.users.min(args.sign_ins)).unwrap_or(u64::MAX));
+    let settled = if args.settle {
+        // A code record lives for the code's life and a minute more (6 min for an official
+        // account), the open-flow set as long as its newest flow (1 min here).
+        let limit = wxauth::store::code_record_ttl(Duration::from_secs(300)) + Duration::from_secs(90);
+        eprintln!("soak: waiting up to {limit:?} for flows and code records to expire …");
+        let until = std::time::Instant::now() + limit;
+        let mut last_said = std::time::Instant::now();
+        loop {
+            let now = Census::take(&mut redis, prefix).await.context("count keys")?;
+            if now == expected || std::time::Instant::now() >= until {
+                break Some(now);
+            }
+            if last_said.elapsed() >= Duration::from_secs(30) {
+                eprintln!("         {} keys: {now:?}", now.total());
+                last_said = std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    } else {
+        None
+    };
+    if let Some(s) = &settled {
+        censuses.push(("after expiry", s.clone()));
+    }
+    let checks = soak::checks(&result, settled.as_ref(), &expected);
+    for line in soak::json_lines(&result, args.concurrency) {
+        println!("{line}");
+    }
+    for (when, census) in &censuses {
+        println!("{}", census.json(when));
+    }
+    for check in &checks {
+        println!("{}", check.json());
+    }
+    eprintln!(
+        "\nsoak: {} sign-ins, concurrency {}, {} channels, {} users, {} cores\n",
+        args.sign_ins,
+        args.concurrency,
+        args.channels,
+        args.users,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    eprint!("{}", soak::table(&result, &censuses, &checks, idle));
+    Ok(checks.iter().all(|c| c.pass != Some(false)))
 }
 
 #[cfg(test)]

@@ -180,8 +180,13 @@ pub async fn spawn_sim() -> (Simulator, SocketAddr) {
 /// Test config: apps `mp` (official account, MOBILE default) and `web` (website, PC default);
 /// clients `passport` (both apps) and `trade` (mp only, its own domain).
 pub fn settings(sim: SocketAddr, store: &str, extra: &str) -> Settings {
+    Settings::from_toml(&settings_toml(sim, store, extra)).expect("test settings")
+}
+
+/// The TOML [`settings`] parses, for tests that change a key of a section it already has.
+pub fn settings_toml(sim: SocketAddr, store: &str, extra: &str) -> String {
     let key = |k: &str| hex::encode(wxauth::config::key_digest(k));
-    let toml = format!(
+    format!(
         r#"
 mode = "development"
 [server]
@@ -225,8 +230,7 @@ rate_limits = {{ authorize = "off", exchange = "off", user = "off" }}
         sealing = test_keyring(),
         passport = key(PASSPORT_KEY),
         trade = key(TRADE_KEY),
-    );
-    Settings::from_toml(&toml).expect("test settings")
+    )
 }
 
 /// A fixed sealing key for tests (id 1).

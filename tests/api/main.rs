@@ -4,6 +4,7 @@
 mod authorize;
 mod breaker;
 mod browser;
+mod chaos;
 mod cli;
 mod cluster;
 mod concurrency;
@@ -17,6 +18,7 @@ mod maxmemory;
 mod observability;
 mod operations;
 mod polyglot;
+mod proxy;
 mod reach;
 mod relay;
 mod sealing;
