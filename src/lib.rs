@@ -22,7 +22,8 @@
 //!
 //! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
 //! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), [`bench`]
-//! (the benchmark harness behind `wxauth-bench`).
+//! (the benchmark harness behind `wxauth-bench`); `fuzzing` (hidden) gives the fuzz targets in
+//! `fuzz/` the private parsers that untrusted bytes reach.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +34,8 @@ pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod html;
 pub mod limits;

@@ -69,7 +69,7 @@ async fn head() -> Response {
 
 /// Why a callback is not relayed.
 #[derive(Debug, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     Malformed,
     UnknownFlow,
     TooManyCallbacks,
@@ -79,9 +79,9 @@ enum Refusal {
 
 /// A callback's parameters, checked.
 #[derive(Debug, PartialEq, Eq)]
-struct Callback {
-    code: Option<String>,
-    state: String,
+pub(crate) struct Callback {
+    pub(crate) code: Option<String>,
+    pub(crate) state: String,
 }
 
 #[tracing::instrument(name = "relay.callback", skip_all, fields(outcome))]
@@ -142,7 +142,7 @@ fn store_down(e: crate::store::StoreError) -> Refusal {
 
 /// Parses `code` (optional: absent when the user refused) and `state` (the flow id, 1..128 of
 /// `[A-Za-z0-9]` as WeChat allows). Repeated or oversized parameters are malformed.
-fn parse_query(query: &str) -> Result<Callback, Refusal> {
+pub(crate) fn parse_query(query: &str) -> Result<Callback, Refusal> {
     if query.len() > 4096 {
         return Err(Refusal::Malformed);
     }

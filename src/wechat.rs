@@ -536,7 +536,7 @@ impl WechatClient {
 }
 
 /// Decodes a 200 reply: `{"errcode": N≠0, ...}` is an error, anything else the payload.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
     #[derive(Deserialize)]
     struct ErrorReply {
         #[serde(default)]

@@ -523,7 +523,7 @@ impl Store {
     }
 
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
-        let opened = self.inner.keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok());
+        let opened = open_record(&self.inner.keys, key, sealed);
         if opened.is_none() {
             self.inner.metrics.unopenable_records.inc();
             tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
@@ -788,6 +788,13 @@ impl Store {
     pub async fn unlock(&self, app: &str, openid: &str, token: LockToken) -> Result<(), StoreError> {
         call!(self, del_if_eq(&self.lock_key(app, openid), &token.0)).map(|_| ())
     }
+}
+
+/// Opens a record read from a backend: the seal, then the JSON. `None` for anything that does
+/// not open or decode (wrong key, tampering, a copy under another key, a record of another
+/// shape); the store counts and logs those and treats them as missing.
+pub(crate) fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
+    keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok())
 }
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.

@@ -1,0 +1,29 @@
+//! Entry points for the coverage-guided fuzz targets in `fuzz/` (docs/fuzzing.md): the private
+//! parsers that untrusted bytes reach, as thin wrappers, so the fuzzers run the service's own
+//! code rather than a copy. Not an API: hidden from the docs, and nothing in the service calls
+//! it. Everything else the targets need (the allowlist, the keyring, the config loader, the
+//! error map) is public already.
+
+use serde::de::DeserializeOwned;
+
+use crate::store::seal::Keyring;
+use crate::wechat::WechatError;
+
+/// The relay's reading of a callback's query string: `Some((code, state))` when the relay
+/// would go on to look the flow up, `None` when it answers "malformed".
+pub fn callback_query(query: &str) -> Option<(Option<String>, String)> {
+    crate::relay::parse_query(query).ok().map(|callback| (callback.code, callback.state))
+}
+
+/// Decodes the body of an HTTP 200 reply of an `sns` endpoint as the WeChat client does:
+/// `{"errcode": N≠0, ...}` is [`WechatError::Api`], anything else the payload `T`
+/// ([`crate::wechat::TokenGrant`], [`crate::wechat::Profile`], `serde_json::Value` for `sns/auth`).
+pub fn wechat_reply<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> {
+    crate::wechat::decode(body)
+}
+
+/// Opens a record read from a backend under its storage key as the store does (the seal, then
+/// the JSON); `None` is what the store treats as a missing record.
+pub fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
+    crate::store::open_record(keys, key, sealed)
+}
