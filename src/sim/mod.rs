@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
 pub use self::pages::WECHAT_BROWSER_UA;
-pub use self::state::SNS_CALLS_PER_MINUTE;
+pub use self::state::{MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE};
 
 use self::control::Controls;
 use self::state::Core;
@@ -162,6 +162,11 @@ impl Simulator {
     pub fn authorize(&self, appid: &str, user: &str, scope: &str) -> Result<String, SimError> {
         let grant = self.core().grant(appid, user, scope)?;
         Ok(self.core().issue_code(grant))
+    }
+
+    /// A `js_code` as `wx.login()` gives `user` in mini program `appid`, for tests.
+    pub fn js_code(&self, appid: &str, user: &str) -> Result<String, SimError> {
+        self.core().issue_js_code(appid, user)
     }
 
     /// The openid WeChat gives `user` in `appid`; `None` when either is unknown.
