@@ -35,8 +35,8 @@ use crate::clock::{Clock, secs};
 use crate::error::{ApiError, Upstream};
 use crate::secrets::AuthCode;
 use crate::store::{
-    Account, CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, MiniSession, OPERATION_TIMEOUT, ReadCode,
-    Store, TokenRecord, code_record_ttl,
+    Account, CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, MiniSession, OPERATION_TIMEOUT,
+    ReadCode, Store, TokenRecord, code_record_ttl,
 };
 use crate::telemetry::Metrics;
 use crate::wechat::{App, AppKind, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError, WechatSettings};
@@ -339,8 +339,12 @@ impl Tokens {
         let life = self.policy.refresh_life;
         let account = async {
             let Some(unionid) = unionid else { return Ok(()) };
-            let account =
-                Account { app: app.name.clone(), openid: openid.to_owned(), kind: app.kind.as_str().into(), last_sign_in: now };
+            let account = Account {
+                app: app.name.clone(),
+                openid: openid.to_owned(),
+                kind: app.kind.as_str().into(),
+                last_sign_in: now,
+            };
             self.store.put_account(unionid, &account, life).await
         };
         let (reach, account) = tokio::join!(self.store.put_reach(&app.name, openid, caller, now, life), account);
@@ -355,7 +359,12 @@ impl Tokens {
     /// window: the first exchange spends it, any later one is `CODE_USED` without a WeChat call.
     /// Concurrent exchanges of one code (a double submit, two replicas) claim one code record
     /// (`SET NX`): one WeChat call, whose result the others, having waited for it, share.
-    pub async fn exchange_mobile(self: &Arc<Self>, app: &App, code: AuthCode, caller: &str) -> Result<ExchangeOutcome, ApiError> {
+    pub async fn exchange_mobile(
+        self: &Arc<Self>,
+        app: &App,
+        code: AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
         let life = code_record_ttl(app.kind.code_life());
         let (mut waited, mut unreadable) = (false, 0);
         loop {
@@ -403,13 +412,23 @@ impl Tokens {
 
     /// Runs a claimed mobile exchange detached, so once sent it finishes and records its result
     /// even if the caller's deadline passes.
-    async fn spawn_mobile_exchange(self: &Arc<Self>, app: &App, code: &AuthCode, caller: &str) -> Result<ExchangeOutcome, ApiError> {
+    async fn spawn_mobile_exchange(
+        self: &Arc<Self>,
+        app: &App,
+        code: &AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
         let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
         let exchange = async move { this.exchange_mobile_claimed(&app, &code, &caller).await };
         tokio::spawn(exchange.in_current_span()).await.unwrap_or(Err(ApiError::Internal))
     }
 
-    async fn exchange_mobile_claimed(&self, app: &App, code: &AuthCode, caller: &str) -> Result<ExchangeOutcome, ApiError> {
+    async fn exchange_mobile_claimed(
+        &self,
+        app: &App,
+        code: &AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
         let life = code_record_ttl(app.kind.code_life());
         let record = |state| CodeRecord { flow_id: String::new(), state };
         let grant = match self.wechat.exchange_code(app, code).await {
@@ -455,7 +474,12 @@ impl Tokens {
     /// retried: a `js_code` works once; a lost answer is `SIGN_IN_AGAIN`), seals the
     /// `session_key` under the user, replacing the last one (it never leaves wxauth), and
     /// returns the openid and the unionid (bound mini programs).
-    pub async fn sign_in_mini(&self, app: &App, js_code: &AuthCode, caller: &str) -> Result<(String, Option<String>), ApiError> {
+    pub async fn sign_in_mini(
+        &self,
+        app: &App,
+        js_code: &AuthCode,
+        caller: &str,
+    ) -> Result<(String, Option<String>), ApiError> {
         let session = self.wechat.jscode2session(app, js_code).await.map_err(|e| {
             let error = ApiError::from_wechat(&e);
             if e.may_have_acted() { error.spent_code() } else { error }

@@ -30,7 +30,8 @@ pub enum AppKind {
 
 impl AppKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AppKind; 4] = [AppKind::OfficialAccount, AppKind::Website, AppKind::MobileApp, AppKind::MiniProgram];
+    pub const ALL: [AppKind; 4] =
+        [AppKind::OfficialAccount, AppKind::Website, AppKind::MobileApp, AppKind::MiniProgram];
 
     /// The code's life at WeChat: 5 minutes for official accounts and mini programs' `js_code`,
     /// 10 for website and mobile apps.
@@ -295,13 +296,8 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in declaration order (so `endpoint as usize` indexes it).
-    pub const ALL: [Endpoint; 5] = [
-        Endpoint::AccessToken,
-        Endpoint::RefreshToken,
-        Endpoint::UserInfo,
-        Endpoint::Auth,
-        Endpoint::JsCode2Session,
-    ];
+    pub const ALL: [Endpoint; 5] =
+        [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth, Endpoint::JsCode2Session];
 
     /// The path under the API base.
     pub fn path(self) -> &'static str {

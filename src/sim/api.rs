@@ -10,8 +10,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Simulator;
-use super::control::{Answer, Endpoint};
 use super::config::SimAppKind;
+use super::control::{Answer, Endpoint};
 use super::state::{self, Core, Grant, Issued};
 
 /// The errcodes the simulator answers, named after WeChat's meanings (WECHAT.md).

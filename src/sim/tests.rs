@@ -1295,7 +1295,11 @@ async fn a_mini_program_user_signs_in_at_most_100_times_a_minute() {
     }
     let refused = t.sim.js_code(MINI, "alice").unwrap();
     assert_error(&t.jscode2session(MINI, MINI_SECRET, &refused).await, 45011);
-    assert_eq!(errcode(&t.jscode2session(MINI, MINI_SECRET, &t.sim.js_code(MINI, "bob").unwrap()).await), 0, "per user");
+    assert_eq!(
+        errcode(&t.jscode2session(MINI, MINI_SECRET, &t.sim.js_code(MINI, "bob").unwrap()).await),
+        0,
+        "per user"
+    );
     t.sim.advance(Duration::from_secs(60));
     assert_eq!(errcode(&t.jscode2session(MINI, MINI_SECRET, &refused).await), 0, "not spent by the refusal");
 }

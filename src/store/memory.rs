@@ -140,7 +140,11 @@ impl MemoryBackend {
         if inner.hashes.get(key).is_some_and(|(_, exp)| *exp <= now) {
             inner.hashes.remove(key);
         }
-        inner.hashes.get(key).map(|(fields, _)| fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect()).unwrap_or_default()
+        inner
+            .hashes
+            .get(key)
+            .map(|(fields, _)| fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// `HDEL key field` (Redis drops a hash whose last field goes).

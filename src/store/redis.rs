@@ -369,7 +369,16 @@ impl RedisBackend {
     /// without its TTL, and each sign-in renews it.
     pub(super) async fn hset_px(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> RedisResult<()> {
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("HSET").arg(key).arg(field).arg(value).ignore().cmd("PEXPIRE").arg(key).arg(millis(ttl)).ignore();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(millis(ttl))
+            .ignore();
         self.query_pipe(&pipe).await
     }
 
