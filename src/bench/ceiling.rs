@@ -146,7 +146,7 @@ impl WeChatOAuthService for CeilingService {
         Ok(tonic::Response::new(proto::SignInMiniProgramResponse::default()))
     }
 
-    /// FindAccounts' ceiling: one `HGETALL` of a unionid's index (four accounts).
+    /// FindAccounts' ceiling: one `HGETALL` of a unionid's index (two accounts of ~150 bytes).
     async fn find_accounts(
         &self,
         _request: Request<proto::FindAccountsRequest>,
@@ -205,6 +205,14 @@ pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
     let client = redis::Client::open(redis_url)?;
     let mut redis = ConnectionManager::new(client).await?;
     let () = redis::cmd("SET").arg(TOKEN_KEY).arg(vec![7u8; 300]).query_async(&mut redis).await?;
+    let () = redis::cmd("HSET")
+        .arg(UNION_KEY)
+        .arg("mp:o0000000000000000000000000a")
+        .arg(vec![7u8; 150])
+        .arg("mini:o0000000000000000000000000b")
+        .arg(vec![7u8; 150])
+        .query_async(&mut redis)
+        .await?;
 
     let grpc = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;

@@ -137,7 +137,8 @@ impl Simulator {
     }
 
     /// The sns calls each app may make a minute before WeChat answers 45011 (default
-    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit (the benchmark does,
+    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit, and the mini program
+    /// users' 100 sign-ins a minute ([`MINI_LOGINS_PER_MINUTE`]) with it (the benchmark does,
     /// to measure the simulator itself). Minutes are the simulator's clock's.
     pub fn set_quota(&self, per_minute: Option<u32>) {
         self.core().set_quota(per_minute);
