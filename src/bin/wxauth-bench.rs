@@ -460,7 +460,8 @@ impl Bench {
             }
             let unionids: Vec<String> = USERS.iter().map(|u| self.sim.unionid(u)).collect();
             let op = accounts_op(self.wxauth.clone(), self.auth.clone(), unionids.clone(), 2);
-            self.phase(Side::Wxauth, "FindAccounts", "HGETALL index, open, GET token/session + GET reach each", op).await;
+            self.phase(Side::Wxauth, "FindAccounts", "HGETALL index, open, GET token/session + GET reach each", op)
+                .await;
             if let Some((clients, _, _)) = self.ceiling.clone() {
                 let op = accounts_op(clients, self.auth.clone(), unionids, 0);
                 self.phase(Side::Ceiling, "tonic HGETALL", "HGETALL of a 2-field hash", op).await;

@@ -1,9 +1,10 @@
 //! A service in another language: `examples/python/wxauth_login.py` (grpcio, stubs generated
-//! from `proto/` at run time) signs a user in through wxauth and reads its error details.
+//! from `proto/` at run time) signs a user in through wxauth, reads its error details, signs
+//! the same person in through the mini program and finds their web account by unionid.
 
 use std::process::Command;
 
-use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, spawn_app};
+use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, spawn_app};
 
 /// The Python with grpcio that `scripts/setup` prepares (or `WXAUTH_PYTHON`).
 fn python() -> String {
@@ -36,6 +37,12 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
         PASSPORT_KEY.into(),
         "--return-url".into(),
         "https://passport.example.com/login/".into(),
+        "--sim".into(),
+        format!("http://{}", app.sim_addr),
+        "--mini-app".into(),
+        "mini".into(),
+        "--mini-appid".into(),
+        MINI_APPID.into(),
     ];
     let output = tokio::task::spawn_blocking(move || Command::new(python()).args(args).output())
         .await
@@ -56,6 +63,10 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
     assert_eq!(seen["unknown_user"], serde_json::json!({"code": "NOT_FOUND", "reason": "TOKEN_NOT_FOUND"}));
     assert_eq!(seen["injected_code"], serde_json::json!({"code": "PERMISSION_DENIED", "reason": "CODE_NOT_FROM_FLOW"}));
+    assert_eq!(seen["mini_openid_differs"], true);
+    assert_eq!(seen["mini_unionid_matches"], true, "one person, one unionid");
+    assert_eq!(seen["accounts"], serde_json::json!(["mini:APP_KIND_MINI_PROGRAM", "mp:APP_KIND_OFFICIAL_ACCOUNT"]));
+    assert_eq!(seen["web_account_by_unionid"], openid.as_str(), "the web account, found by unionid");
     assert_eq!(seen["forgot_a_token"], true);
     assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
     assert_eq!(app.sim.calls(wxauth::sim::Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
