@@ -63,7 +63,8 @@ const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
 /// [`OPERATION_TIMEOUT`] each: the reply to the lock's own `SET`, the read, then either the
 /// compare-and-write or, for a dead refresh token, the cached profiles' and the record's
 /// deletions, then a re-read when the record changed meanwhile (`ForgetUser` under the lock makes
-/// fewer: the reply, a read, the deletions). Plus [`LOCK_MARGIN`]. With the defaults (3 s
+/// as many: the reply, the token and session reads at once, the cached profiles', the session's
+/// and the record's deletions; it takes the account out of the index after releasing the lock). Plus [`LOCK_MARGIN`]. With the defaults (3 s
 /// timeout, 3 attempts, 3 langs, 2 s store timeout): 9.6 s + 7 x 2 s + 1 s = 24.6 s.
 pub fn lock_ttl(wechat: &WechatSettings) -> Duration {
     let store_calls = 4 + u32::try_from(Lang::ALL.len()).unwrap_or(u32::MAX);
@@ -897,23 +898,29 @@ impl Tokens {
         };
         let forgotten = self.forget_holding_lock(app, openid).await;
         lock.release().await;
-        forgotten
+        let (existed, unionids) = forgotten?;
+        // After the records and outside the lock (no refresh writes the index): a failure here
+        // leaves the entry, which the next FindAccounts drops, its records being gone.
+        for unionid in &unionids {
+            self.store.drop_account(unionid, &app.name, openid).await?;
+        }
+        Ok(existed)
     }
 
-    async fn forget_holding_lock(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
+    /// Deletes the user's records; returns whether there were any and the unionids they named.
+    async fn forget_holding_lock(
+        &self,
+        app: &App,
+        openid: &str,
+    ) -> Result<(bool, std::collections::BTreeSet<String>), ApiError> {
         let (token, session) =
             tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
         let (token, session) = (token?, session?);
         let existed = token.is_some() || session.is_some();
-        let unionids: std::collections::BTreeSet<String> =
-            token.and_then(|t| t.unionid).into_iter().chain(session.and_then(|s| s.unionid)).collect();
+        let unionids = token.and_then(|t| t.unionid).into_iter().chain(session.and_then(|s| s.unionid)).collect();
         self.store.delete_user(&app.name, openid).await?;
-        // After the records (a failure here leaves the entry, which FindAccounts then drops).
-        for unionid in &unionids {
-            self.store.drop_account(unionid, &app.name, openid).await?;
-        }
-        tracing::info!(app = %app.name, "user forgotten: token record, session, cached profiles and account deleted");
-        Ok(existed)
+        tracing::info!(app = %app.name, "user forgotten: token record, session and cached profiles deleted");
+        Ok((existed, unionids))
     }
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
