@@ -641,6 +641,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         let secret = read_secret(&key, "secret", app.secret, app.secret_file)?;
         if let Some(device) = app.default_for {
+            if !app.kind.has_authorize_page() {
+                return Err(err(
+                    format!("{key}.default_for"),
+                    format!("a {} has no authorize page to be a device's default", app.kind.as_str()),
+                ));
+            }
             if let Some(other) = device_defaults.insert(device, name.clone()) {
                 return Err(err(
                     format!("{key}.default_for"),

@@ -35,8 +35,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
 use crate::proto::{
-    BuildAuthorizeUrlRequest, BuildAuthorizeUrlResponse, ExchangeCodeRequest, GetUserInfoRequest, Scope, UserInfo,
-    WxLoginOptions,
+    BuildAuthorizeUrlRequest, BuildAuthorizeUrlResponse, ExchangeCodeRequest, FindAccountsRequest, GetUserInfoRequest,
+    Scope, UserInfo, WxLoginOptions,
 };
 
 /// The demo page's address in dev mode.
@@ -318,7 +318,15 @@ async fn sign_in(
     let request =
         GetUserInfoRequest { app: device.app().into(), openid: exchanged.openid.clone(), ..Default::default() };
     let again = demo.grpc.clone().get_user_info(demo.authed(request)?).await?.into_inner().user_info;
-    let exchanged = Exchanged { app: exchanged.app, openid: exchanged.openid, unionid: exchanged.unionid, profile };
+    // The same person's accounts in the other demo apps (one open-platform account: one unionid).
+    let mut also = Vec::new();
+    if !exchanged.unionid.is_empty() {
+        let request = FindAccountsRequest { unionid: exchanged.unionid.clone() };
+        let found = demo.grpc.clone().find_accounts(demo.authed(request)?).await?.into_inner().accounts;
+        also = found.into_iter().filter(|a| a.app != exchanged.app).map(|a| a.app).collect();
+    }
+    let exchanged =
+        Exchanged { app: exchanged.app, openid: exchanged.openid, unionid: exchanged.unionid, profile, also };
     Ok((exchanged, again.unwrap_or_default()))
 }
 
@@ -328,6 +336,8 @@ struct Exchanged {
     openid: String,
     unionid: String,
     profile: UserInfo,
+    /// The other apps this person signed in through (`FindAccounts` by unionid).
+    also: Vec<String>,
 }
 
 fn profile_page(user: &Exchanged, again: &UserInfo) -> Html<String> {
@@ -339,6 +349,11 @@ fn profile_page(user: &Exchanged, again: &UserInfo) -> Html<String> {
         ("app", "app", user.app.clone()),
         ("openid", "openid", user.openid.clone()),
         ("unionid", "unionid", user.unionid.clone()),
+        (
+            "also signed in through",
+            "also",
+            if user.also.is_empty() { "no other app yet".into() } else { user.also.join(", ") },
+        ),
         ("nickname again (GetUserInfo: wxauth's profile cache)", "nickname-again", again.nickname.clone()),
         ("avatar URL", "avatar", profile.head_image_url.clone()),
     ];
@@ -454,9 +469,11 @@ mod tests {
             openid: "o1".into(),
             unionid: "u1".into(),
             profile: UserInfo { nickname: "<script>x</script>".into(), ..Default::default() },
+            also: vec!["demo-mini".into()],
         };
         let Html(body) = profile_page(&user, &UserInfo::default());
         assert!(body.contains("&lt;script&gt;x&lt;/script&gt;"));
         assert!(!body.contains("<script>x"));
+        assert!(body.contains("<td id=\"also\">demo-mini</td>"));
     }
 }

@@ -72,9 +72,21 @@ appid = "wxd0000000000000b2"
 secret = "demo-web-secret"
 default_for = "PC"
 
+# A mobile app and a mini program on the same open-platform account: one test user has one
+# unionid across all four apps.
+[apps.demo-app]
+kind = "mobile_app"
+appid = "wxd0000000000000c3"
+secret = "demo-app-secret"
+
+[apps.demo-mini]
+kind = "mini_program"
+appid = "wxd0000000000000d4"
+secret = "demo-mini-secret"
+
 [clients.demo]
 key_sha256 = "{}"
-apps = ["demo-mp", "demo-web"]
+apps = ["demo-mp", "demo-web", "demo-app", "demo-mini"]
 return_urls = ["http://{demo}/", "http://localhost:{demo_port}/"]
 
 # Dev mode: no rate limits for the demo client (a developer clicking and scripting against

@@ -50,14 +50,15 @@ pub enum ApiError {
     /// WeChat: 42003.
     #[error("code expired")]
     CodeExpired(Upstream),
-    /// WeChat: 40163, and no exchange result of ours for the code.
+    /// WeChat: 40163, and no exchange result of ours for the code; or (no upstream) a mobile
+    /// app's code wxauth already exchanged, refused without asking WeChat.
     #[error("code already used")]
-    CodeUsed(Upstream),
+    CodeUsed(Option<Upstream>),
     /// The code was not relayed through the flow named (or the flow is another client's, or
     /// of another app): refused before WeChat is called.
     #[error("code not relayed through this flow")]
     CodeNotFromFlow,
-    /// 50001, 50002: the user is restricted or the account frozen (WECHAT.md).
+    /// 50001, 50002, 40226 (jscode2session's high-risk user): the user is restricted or the account frozen (WECHAT.md).
     #[error("user restricted")]
     UserRestricted(Upstream),
     /// The code exchange was sent but its answer was lost (a timeout, HTTP 5xx, -1, a reply not
@@ -139,9 +140,9 @@ impl ApiError {
     fn upstream(&self) -> Option<&Upstream> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | CodeUsed(u) | UserRestricted(u) | SignInAgain(u) | RateLimited(u)
+            InvalidCode(u) | CodeExpired(u) | UserRestricted(u) | SignInAgain(u) | RateLimited(u)
             | AppMisconfigured(u) | Wechat(u) => Some(u),
-            ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
+            CodeUsed(u) | ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
             _ => None,
         }
     }
@@ -251,7 +252,9 @@ impl ApiError {
     /// product is told to sign in again (`SIGN_IN_AGAIN`), as the earlier one would have been.
     pub fn spent_code_of_lapsed_claim(self) -> Self {
         match self {
-            ApiError::CodeUsed(u) => ApiError::SignInAgain(u),
+            ApiError::CodeUsed(u) => {
+                ApiError::SignInAgain(u.unwrap_or(Upstream { errcode: 40163, errmsg: String::new() }))
+            }
             other => other,
         }
     }
@@ -266,10 +269,11 @@ impl ApiError {
                 match errcode {
                     40029 => ApiError::InvalidCode(u),
                     42003 => ApiError::CodeExpired(u),
-                    40163 => ApiError::CodeUsed(u),
+                    40163 => ApiError::CodeUsed(Some(u)),
                     42002 | 40030 => ApiError::ReauthorizationRequired(Some(u)),
                     48001 | 10005 => ApiError::ScopeNotGranted(Some(u)),
-                    50001 | 50002 => ApiError::UserRestricted(u),
+                    // 40226: jscode2session's "high risk user" (mini programs).
+                    50001 | 50002 | 40226 => ApiError::UserRestricted(u),
                     45009 | 45011 | 10009 => ApiError::RateLimited(u),
                     40013 | 40125 | 41002 | 41004 => ApiError::AppMisconfigured(u),
                     -1 => ApiError::WechatUnavailable(Some(u)),
@@ -330,6 +334,7 @@ mod tests {
             (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
             (50001, Code::PermissionDenied, "USER_RESTRICTED"),
             (50002, Code::PermissionDenied, "USER_RESTRICTED"),
+            (40226, Code::PermissionDenied, "USER_RESTRICTED"),
             (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
             (40003, Code::Unknown, "WECHAT_ERROR"),
         ];

@@ -167,6 +167,10 @@ impl OAuthService {
         let wx_login_options = v.wx_login_options(req.wx_login_options.unwrap_or_default());
         v.finish()?;
         let app = self.app_for(client, &req.app, device)?;
+        if !app.kind.has_authorize_page() {
+            let message = format!("a {} has no authorize page (its sign-in has an RPC of its own)", app.kind.as_str());
+            return Err(ApiError::invalid("app", message));
+        }
         let scope = scope.unwrap_or_else(|| app.kind.default_scope());
         if !app.kind.allows(scope) {
             return Err(ApiError::invalid("scope", format!("{} is not a scope of this app's kind", scope.as_str())));
@@ -247,9 +251,7 @@ impl OAuthService {
         if !is_flow_id(&req.flow_id) {
             v.add("flow_id", format!("{FLOW_ID_LEN} characters of [A-Za-z0-9]: BuildAuthorizeUrlResponse.flow_id"));
         }
-        if req.code.is_empty() || req.code.len() > MAX_CODE || !req.code.bytes().all(|b| b.is_ascii_graphic()) {
-            v.add("code", format!("1..{MAX_CODE} printable ASCII characters"));
-        }
+        v.code("code", &req.code);
         v.finish()?;
         let code = AuthCode::new(req.code);
         // The flow id names its client and app; `app`, when given, must be the flow's.
@@ -372,6 +374,78 @@ impl OAuthService {
         self.store.forget_reach(&app.name, &openid, &clients).await?;
         Ok(proto::ForgetUserResponse { had_token })
     }
+
+    /// The app a sign-in RPC names, if this client may use it and it is of `kind`.
+    fn app_of_kind(&self, client: &Client, name: &str, kind: AppKind) -> Result<&App, ApiError> {
+        let app = self.app_for(client, name, None)?;
+        if app.kind != kind {
+            return Err(ApiError::invalid("app", format!("not a {} app", kind.as_str())));
+        }
+        Ok(app)
+    }
+
+    async fn exchange_mobile_code_inner(
+        &self,
+        client: &Client,
+        req: proto::ExchangeMobileCodeRequest,
+    ) -> Result<proto::ExchangeMobileCodeResponse, ApiError> {
+        let mut v = Violations::default();
+        v.named_app(&req.app);
+        let lang = v.lang(req.lang);
+        v.code("code", &req.code);
+        v.finish()?;
+        let app = self.app_of_kind(client, &req.app, AppKind::MobileApp)?;
+        let outcome = self.tokens.exchange_mobile(app, AuthCode::new(req.code), &client.name).await?;
+        let user_info = if req.include_user_info {
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, true, Reach::Any).await?.profile))
+        } else {
+            None
+        };
+        Ok(proto::ExchangeMobileCodeResponse {
+            app: app.name.clone(),
+            openid: outcome.openid,
+            unionid: outcome.unionid.unwrap_or_default(),
+            scopes: scopes_to_proto(&outcome.scopes),
+            access_token_expire_time: Some(timestamp(outcome.access_expires_at)),
+            refresh_token_expire_time: Some(timestamp(outcome.refresh_expires_at)),
+            user_info,
+        })
+    }
+
+    async fn sign_in_mini_program_inner(
+        &self,
+        client: &Client,
+        req: proto::SignInMiniProgramRequest,
+    ) -> Result<proto::SignInMiniProgramResponse, ApiError> {
+        let mut v = Violations::default();
+        v.named_app(&req.app);
+        v.code("js_code", &req.js_code);
+        v.finish()?;
+        let app = self.app_of_kind(client, &req.app, AppKind::MiniProgram)?;
+        let (openid, unionid) = self.tokens.sign_in_mini(app, &AuthCode::new(req.js_code), &client.name).await?;
+        Ok(proto::SignInMiniProgramResponse { app: app.name.clone(), openid, unionid: unionid.unwrap_or_default() })
+    }
+
+    async fn find_accounts_inner(
+        &self,
+        client: &Client,
+        req: proto::FindAccountsRequest,
+    ) -> Result<proto::FindAccountsResponse, ApiError> {
+        if !is_openid(&req.unionid) {
+            return Err(ApiError::invalid("unionid", "1..64 of [A-Za-z0-9_-]"));
+        }
+        let found = self.tokens.accounts(&req.unionid, &client.apps, reach(client)).await?;
+        let accounts = found
+            .into_iter()
+            .map(|a| proto::Account {
+                kind: kind_to_proto(AppKind::parse(&a.kind)) as i32,
+                app: a.app,
+                openid: a.openid,
+                last_sign_in_time: Some(timestamp(a.last_sign_in)),
+            })
+            .collect();
+        Ok(proto::FindAccountsResponse { accounts })
+    }
 }
 
 #[tonic::async_trait]
@@ -417,6 +491,27 @@ impl WeChatOAuthService for OAuthService {
     ) -> Result<Response<proto::ForgetUserResponse>, Status> {
         self.run("wxauth.v1.WeChatOAuthService/ForgetUser", request, Self::forget_user_inner).await
     }
+
+    async fn exchange_mobile_code(
+        &self,
+        request: Request<proto::ExchangeMobileCodeRequest>,
+    ) -> Result<Response<proto::ExchangeMobileCodeResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/ExchangeMobileCode", request, Self::exchange_mobile_code_inner).await
+    }
+
+    async fn sign_in_mini_program(
+        &self,
+        request: Request<proto::SignInMiniProgramRequest>,
+    ) -> Result<Response<proto::SignInMiniProgramResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/SignInMiniProgram", request, Self::sign_in_mini_program_inner).await
+    }
+
+    async fn find_accounts(
+        &self,
+        request: Request<proto::FindAccountsRequest>,
+    ) -> Result<Response<proto::FindAccountsResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/FindAccounts", request, Self::find_accounts_inner).await
+    }
 }
 
 /// Collects every invalid field of a request before answering, so a caller fixes all at once.
@@ -436,6 +531,20 @@ impl Violations {
         // Empty means "the device's default app".
         if !app.is_empty() && !config::is_name(app) {
             self.add("app", "at most 64 of [a-z0-9_-]");
+        }
+    }
+
+    /// An app that must be named (the sign-ins without a device default).
+    fn named_app(&mut self, app: &str) {
+        if !config::is_name(app) {
+            self.add("app", "1..64 of [a-z0-9_-]");
+        }
+    }
+
+    /// A code (`code`, `js_code`): 1..MAX_CODE printable ASCII characters; never echoed.
+    fn code(&mut self, field: &'static str, code: &str) {
+        if code.is_empty() || code.len() > MAX_CODE || !code.bytes().all(|b| b.is_ascii_graphic()) {
+            self.add(field, format!("1..{MAX_CODE} printable ASCII characters"));
         }
     }
 
@@ -573,6 +682,16 @@ fn scope_to_proto(scope: Scope) -> proto::Scope {
         Scope::Base => proto::Scope::SnsapiBase,
         Scope::UserInfo => proto::Scope::SnsapiUserinfo,
         Scope::Login => proto::Scope::SnsapiLogin,
+    }
+}
+
+fn kind_to_proto(kind: Option<AppKind>) -> proto::AppKind {
+    match kind {
+        Some(AppKind::OfficialAccount) => proto::AppKind::OfficialAccount,
+        Some(AppKind::Website) => proto::AppKind::Website,
+        Some(AppKind::MobileApp) => proto::AppKind::MobileApp,
+        Some(AppKind::MiniProgram) => proto::AppKind::MiniProgram,
+        None => proto::AppKind::Unspecified,
     }
 }
 

@@ -46,7 +46,7 @@ impl Family {
     pub fn of_method(method: &str) -> Self {
         match method {
             "BuildAuthorizeUrl" => Family::Authorize,
-            "ExchangeCode" => Family::Exchange,
+            "ExchangeCode" | "ExchangeMobileCode" | "SignInMiniProgram" => Family::Exchange,
             _ => Family::User,
         }
     }

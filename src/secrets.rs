@@ -58,6 +58,11 @@ secret_type!(
     RefreshToken
 );
 secret_type!(
+    /// A mini program user's session key (`sns/jscode2session`): sealed in the store under the
+    /// user, never returned to a caller.
+    SessionKey
+);
+secret_type!(
     /// A caller's client key, as presented in `authorization: Bearer ...`.
     ClientKey
 );

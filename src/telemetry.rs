@@ -179,6 +179,8 @@ pub struct Metrics {
     /// Requests refused by a client's own limits, by client, RPC family and reason
     /// (`CLIENT_RATE_LIMITED`, `TOO_MANY_OPEN_FLOWS`).
     pub client_refusals: IntCounterVec,
+    /// Sign-ins that left a user behind (not replays, not snapshot users), by app kind.
+    pub sign_ins: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
     /// The store's circuit breaker: 0 closed, 1 half-open, 2 open.
@@ -281,6 +283,11 @@ impl Metrics {
                 "wxauth_client_refusals_total",
                 "Requests refused by the client's own limits, by client, RPC family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
                 &["client", "family", "reason"],
+            ),
+            sign_ins: counter(
+                "wxauth_sign_ins_total",
+                "Sign-ins that stored a user (code exchanges, mobile-app exchanges, mini-program sign-ins), by app kind.",
+                &["kind"],
             ),
             unopenable_records: unopenable,
             store_breaker_state: breaker_state,

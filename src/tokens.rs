@@ -35,11 +35,11 @@ use crate::clock::{Clock, secs};
 use crate::error::{ApiError, Upstream};
 use crate::secrets::AuthCode;
 use crate::store::{
-    CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, OPERATION_TIMEOUT, ReadCode, Store, TokenRecord,
-    code_record_ttl,
+    Account, CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, MiniSession, OPERATION_TIMEOUT,
+    ReadCode, Store, TokenRecord, code_record_ttl,
 };
 use crate::telemetry::Metrics;
-use crate::wechat::{App, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError, WechatSettings};
+use crate::wechat::{App, AppKind, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError, WechatSettings};
 
 /// Added to the refresh lock's computed life: scheduling, clock drift between Redis and us.
 const LOCK_MARGIN: Duration = Duration::from_secs(1);
@@ -64,7 +64,8 @@ const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
 /// [`OPERATION_TIMEOUT`] each: the reply to the lock's own `SET`, the read, then either the
 /// compare-and-write or, for a dead refresh token, the cached profiles' and the record's
 /// deletions, then a re-read when the record changed meanwhile (`ForgetUser` under the lock makes
-/// fewer: the reply, a read, the deletions). Plus [`LOCK_MARGIN`]. With the defaults (3 s
+/// as many: the reply, the token and session reads at once, the cached profiles', the session's
+/// and the record's deletions; it takes the account out of the index after releasing the lock). Plus [`LOCK_MARGIN`]. With the defaults (3 s
 /// timeout, 3 attempts, 3 langs, 2 s store timeout): 9.6 s + 7 x 2 s + 1 s = 24.6 s.
 pub fn lock_ttl(wechat: &WechatSettings) -> Duration {
     let store_calls = 4 + u32::try_from(Lang::ALL.len()).unwrap_or(u32::MAX);
@@ -298,19 +299,8 @@ impl Tokens {
         if grant.is_snapshotuser == 1 {
             return self.snapshot_user(app, code, claim, grant, life).await;
         }
-        let record = TokenRecord {
-            openid: grant.openid.clone(),
-            unionid: grant.unionid.clone().filter(|u| !u.is_empty()),
-            scopes: split_scopes(&grant.scope),
-            is_snapshot_user: grant.is_snapshotuser == 1,
-            access_expires_at: now + grant.expires_in,
-            refresh_expires_at: now + secs(self.policy.refresh_life),
-            access_token: grant.access_token,
-            refresh_token: grant.refresh_token,
-            refreshed_at_ms: 0, // a new sign-in: no refresh yet
-        };
-        let kept = match self.keep_token(app, record).await {
-            Ok(kept) => kept,
+        let outcome = match self.keep_grant(app, grant, now).await {
+            Ok(outcome) => outcome,
             Err(e) => {
                 // A result must never promise a token that was not stored; and WeChat has
                 // spent the code, so a repeat must not send it again.
@@ -318,23 +308,254 @@ impl Tokens {
                 return Err(e);
             }
         };
-        let outcome = ExchangeOutcome {
-            openid: grant.openid,
-            unionid: grant.unionid.filter(|u| !u.is_empty()),
-            scopes: split_scopes(&grant.scope),
-            is_snapshot_user: grant.is_snapshotuser == 1,
-            access_expires_at: kept.access_expires_at,
-            refresh_expires_at: kept.refresh_expires_at,
-        };
         let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
         // Different keys, so different Cluster slots: concurrent commands, not a pipeline.
-        let (reach, finished) = tokio::join!(
-            self.store.put_reach(&app.name, &outcome.openid, caller, now, self.policy.refresh_life),
+        let (signed_in, finished) = tokio::join!(
+            self.signed_in(app, &outcome.openid, outcome.unionid.as_deref(), caller, now),
             self.store.put_code(code, &done, life),
         );
-        reach?;
+        signed_in?;
         finished?;
         Ok(outcome)
+    }
+
+    /// Stores the token record of a new sign-in (web or mobile app) and returns what the
+    /// caller is told.
+    async fn keep_grant(&self, app: &App, grant: TokenGrant, now: i64) -> Result<ExchangeOutcome, ApiError> {
+        let unionid = grant.unionid.filter(|u| !u.is_empty());
+        let record = TokenRecord {
+            openid: grant.openid.clone(),
+            unionid: unionid.clone(),
+            scopes: split_scopes(&grant.scope),
+            is_snapshot_user: false,
+            access_expires_at: now + grant.expires_in,
+            refresh_expires_at: now + secs(self.policy.refresh_life),
+            access_token: grant.access_token,
+            refresh_token: grant.refresh_token,
+            refreshed_at_ms: 0, // a new sign-in: no refresh yet
+        };
+        let kept = self.keep_token(app, record).await?;
+        Ok(ExchangeOutcome {
+            openid: grant.openid,
+            unionid,
+            scopes: split_scopes(&grant.scope),
+            is_snapshot_user: false,
+            access_expires_at: kept.access_expires_at,
+            refresh_expires_at: kept.refresh_expires_at,
+        })
+    }
+
+    /// What every real sign-in (never a snapshot user's) leaves besides its record: the
+    /// client's claim on the user (`users = "own"`), the account under its unionid (when WeChat
+    /// gave one), and the count by app kind. Different keys: concurrent commands.
+    async fn signed_in(
+        &self,
+        app: &App,
+        openid: &str,
+        unionid: Option<&str>,
+        caller: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let life = self.policy.refresh_life;
+        let account = async {
+            let Some(unionid) = unionid else { return Ok(()) };
+            let account = Account {
+                app: app.name.clone(),
+                openid: openid.to_owned(),
+                kind: app.kind.as_str().into(),
+                last_sign_in: now,
+            };
+            self.store.put_account(unionid, &account, life).await
+        };
+        let (reach, account) = tokio::join!(self.store.put_reach(&app.name, openid, caller, now, life), account);
+        reach?;
+        account?;
+        self.metrics.sign_ins.with_label_values(&[app.kind.as_str()]).inc();
+        Ok(())
+    }
+
+    /// Exchanges a mobile app's code (the native WeChat SDK's, which the app posted to its
+    /// backend): no flow and no relay, since the code never travels in a URL, and so no replay
+    /// window: the first exchange spends it, any later one is `CODE_USED` without a WeChat call.
+    /// Concurrent exchanges of one code (a double submit, two replicas) claim one code record
+    /// (`SET NX`): one WeChat call, whose result the others, having waited for it, share.
+    pub async fn exchange_mobile(
+        self: &Arc<Self>,
+        app: &App,
+        code: AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
+        let life = code_record_ttl(app.kind.code_life());
+        let (mut waited, mut unreadable) = (false, 0);
+        loop {
+            let now_ms = self.clock.now_ms();
+            let claim = CodeRecord { flow_id: String::new(), state: CodeState::Pending(now_ms) };
+            if self.store.claim_code(&code, &claim, life).await? {
+                return self.spawn_mobile_exchange(app, &code, caller).await;
+            }
+            let Some(read) = self.store.get_code(&code).await? else {
+                // Deleted since the claim failed (a refused exchange), or a record that does
+                // not open: try again a few times, then refuse rather than spin.
+                unreadable += 1;
+                if unreadable > 3 {
+                    return Err(ApiError::CodeUsed(None));
+                }
+                continue;
+            };
+            if !read.record.flow_id.is_empty() {
+                tracing::warn!(app = %app.name, caller, "mobile exchange refused: a web sign-in's code");
+                return Err(ApiError::CodeUsed(None));
+            }
+            match &read.record.state {
+                CodeState::Pending(since) if now_ms - since < millis(CLAIM_TTL) => {
+                    waited = true;
+                    tokio::time::sleep(jittered(POLL)).await;
+                }
+                CodeState::Pending(_) => {
+                    // The claimer died mid-exchange: take its claim over.
+                    if self.store.swap_code(&code, &read, &claim, life).await? {
+                        return self.spawn_mobile_exchange(app, &code, caller).await;
+                    }
+                }
+                CodeState::Done(outcome) if waited => return Ok(outcome.clone()),
+                CodeState::Done(_) | CodeState::Relayed => {
+                    tracing::info!(app = %app.name, "mobile code exchanged before: CODE_USED");
+                    return Err(ApiError::CodeUsed(None));
+                }
+                CodeState::Lost => {
+                    let lost = Upstream { errcode: 0, errmsg: "the first exchange's answer was lost".into() };
+                    return Err(ApiError::SignInAgain(lost));
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed mobile exchange detached, so once sent it finishes and records its result
+    /// even if the caller's deadline passes.
+    async fn spawn_mobile_exchange(
+        self: &Arc<Self>,
+        app: &App,
+        code: &AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
+        let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
+        let exchange = async move { this.exchange_mobile_claimed(&app, &code, &caller).await };
+        tokio::spawn(exchange.in_current_span()).await.unwrap_or(Err(ApiError::Internal))
+    }
+
+    async fn exchange_mobile_claimed(
+        &self,
+        app: &App,
+        code: &AuthCode,
+        caller: &str,
+    ) -> Result<ExchangeOutcome, ApiError> {
+        let life = code_record_ttl(app.kind.code_life());
+        let record = |state| CodeRecord { flow_id: String::new(), state };
+        let grant = match self.wechat.exchange_code(app, code).await {
+            Ok(grant) => grant,
+            Err(e) if e.may_have_acted() => {
+                if let Err(e) = self.store.put_code(code, &record(CodeState::Lost), life).await {
+                    tracing::warn!(error = %e, "lost exchange not recorded; its claim lapses by itself");
+                }
+                tracing::warn!(app = %app.name, "mobile code exchange sent, answer lost: the user must sign in again");
+                return Err(ApiError::from_wechat(&e).spent_code());
+            }
+            Err(e) => {
+                // WeChat refused the code (40029, ...): forget the claim, so a retry hears
+                // WeChat's own answer again.
+                if let Err(e) = self.store.delete_code(code).await {
+                    tracing::warn!(error = %e, "refused exchange's claim not released; it lapses by itself");
+                }
+                return Err(ApiError::from_wechat(&e));
+            }
+        };
+        let now = self.clock.now_secs();
+        let outcome = match self.keep_grant(app, grant, now).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // WeChat spent the code but nothing was stored: the user signs in again.
+                if let Err(e) = self.store.put_code(code, &record(CodeState::Lost), life).await {
+                    tracing::warn!(error = %e, "unstored exchange not recorded; its claim lapses by itself");
+                }
+                return Err(e);
+            }
+        };
+        let done = record(CodeState::Done(outcome.clone()));
+        let (signed_in, finished) = tokio::join!(
+            self.signed_in(app, &outcome.openid, outcome.unionid.as_deref(), caller, now),
+            self.store.put_code(code, &done, life),
+        );
+        signed_in?;
+        finished?;
+        Ok(outcome)
+    }
+
+    /// Signs a mini program user in: trades the `js_code` at `sns/jscode2session` (once, never
+    /// retried: a `js_code` works once; a lost answer is `SIGN_IN_AGAIN`), seals the
+    /// `session_key` under the user, replacing the last one (it never leaves wxauth), and
+    /// returns the openid and the unionid (bound mini programs).
+    pub async fn sign_in_mini(
+        &self,
+        app: &App,
+        js_code: &AuthCode,
+        caller: &str,
+    ) -> Result<(String, Option<String>), ApiError> {
+        let session = self.wechat.jscode2session(app, js_code).await.map_err(|e| {
+            let error = ApiError::from_wechat(&e);
+            if e.may_have_acted() { error.spent_code() } else { error }
+        })?;
+        let now = self.clock.now_secs();
+        let unionid = session.unionid.filter(|u| !u.is_empty());
+        let record = MiniSession {
+            openid: session.openid.clone(),
+            unionid: unionid.clone(),
+            session_key: session.session_key,
+            signed_in_at: now,
+        };
+        self.store.put_session(&app.name, &record, self.policy.refresh_life).await?;
+        self.signed_in(app, &session.openid, unionid.as_deref(), caller, now).await?;
+        Ok((session.openid, unionid))
+    }
+
+    /// The accounts recorded under `unionid` in `apps` that `who` may reach, newest sign-in
+    /// first. An account whose token record (mini programs: session) is gone (expired,
+    /// forgotten, a dead refresh token) is dropped from the index here, lazily, and not listed.
+    pub async fn accounts(
+        &self,
+        unionid: &str,
+        apps: &std::collections::BTreeSet<String>,
+        who: Reach<'_>,
+    ) -> Result<Vec<Account>, ApiError> {
+        let recorded = self.store.accounts(unionid).await?;
+        let checks = recorded.into_iter().filter(|a| apps.contains(&a.app)).map(|account| async move {
+            let alive = async {
+                Ok::<_, ApiError>(if account.kind == AppKind::MiniProgram.as_str() {
+                    self.store.get_session(&account.app, &account.openid).await?.is_some()
+                } else {
+                    self.store.get_token(&account.app, &account.openid).await?.is_some()
+                })
+            };
+            let reached = async {
+                match who {
+                    Reach::Any => Ok::<_, ApiError>(true),
+                    Reach::Own(client) => Ok(self.store.has_reach(&account.app, &account.openid, client).await?),
+                }
+            };
+            let (alive, reached) = tokio::join!(alive, reached);
+            if !alive? {
+                if let Err(e) = self.store.drop_account(unionid, &account.app, &account.openid).await {
+                    tracing::warn!(error = %e, "stale account left in the index; the next look drops it");
+                }
+                return Ok(None);
+            }
+            Ok::<_, ApiError>(reached?.then_some(account))
+        });
+        let mut found = Vec::new();
+        for checked in futures::future::join_all(checks).await {
+            found.extend(checked?);
+        }
+        found.sort_by(|a, b| b.last_sign_in.cmp(&a.last_sign_in).then_with(|| a.app.cmp(&b.app)));
+        Ok(found)
     }
 
     /// A snapshot-page virtual user (`is_snapshotuser: 1`: a `snsapi_userinfo` page opened from
@@ -696,14 +917,29 @@ impl Tokens {
         };
         let forgotten = self.forget_holding_lock(app, openid).await;
         lock.release().await;
-        forgotten
+        let (existed, unionids) = forgotten?;
+        // After the records and outside the lock (no refresh writes the index): a failure here
+        // leaves the entry, which the next FindAccounts drops, its records being gone.
+        for unionid in &unionids {
+            self.store.drop_account(unionid, &app.name, openid).await?;
+        }
+        Ok(existed)
     }
 
-    async fn forget_holding_lock(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
-        let existed = self.store.get_token(&app.name, openid).await?.is_some();
+    /// Deletes the user's records; returns whether there were any and the unionids they named.
+    async fn forget_holding_lock(
+        &self,
+        app: &App,
+        openid: &str,
+    ) -> Result<(bool, std::collections::BTreeSet<String>), ApiError> {
+        let (token, session) =
+            tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
+        let (token, session) = (token?, session?);
+        let existed = token.is_some() || session.is_some();
+        let unionids = token.and_then(|t| t.unionid).into_iter().chain(session.and_then(|s| s.unionid)).collect();
         self.store.delete_user(&app.name, openid).await?;
-        tracing::info!(app = %app.name, "user forgotten: token record and cached profiles deleted");
-        Ok(existed)
+        tracing::info!(app = %app.name, "user forgotten: token record, session and cached profiles deleted");
+        Ok((existed, unionids))
     }
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,

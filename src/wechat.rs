@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::secrets::{AccessToken, AppSecret, AuthCode, RefreshToken};
+use crate::secrets::{AccessToken, AppSecret, AuthCode, RefreshToken, SessionKey};
 use crate::telemetry::Metrics;
 
 /// What kind of WeChat app, which decides the authorize page and the scopes.
@@ -20,31 +20,65 @@ pub enum AppKind {
     OfficialAccount,
     /// 开放平台网站应用: `connect/qrconnect`, scope `snsapi_login` (PC QR login).
     Website,
+    /// 开放平台移动应用: the native WeChat SDK hands the app a code (`snsapi_userinfo`, 10
+    /// minutes, single use), exchanged at the same `sns/oauth2/access_token`; no authorize page.
+    MobileApp,
+    /// 小程序: `wx.login()` gives a `js_code`, traded at `sns/jscode2session` for the openid,
+    /// the session key and (bound apps) the unionid; no authorize page, no user tokens.
+    MiniProgram,
 }
 
 impl AppKind {
-    /// The code's life at WeChat: 5 minutes for official accounts, 10 for website apps.
+    /// Every kind, in declaration order.
+    pub const ALL: [AppKind; 4] =
+        [AppKind::OfficialAccount, AppKind::Website, AppKind::MobileApp, AppKind::MiniProgram];
+
+    /// The code's life at WeChat: 5 minutes for official accounts and mini programs' `js_code`,
+    /// 10 for website and mobile apps.
     pub fn code_life(self) -> Duration {
         match self {
-            AppKind::OfficialAccount => Duration::from_secs(300),
-            AppKind::Website => Duration::from_secs(600),
+            AppKind::OfficialAccount | AppKind::MiniProgram => Duration::from_secs(300),
+            AppKind::Website | AppKind::MobileApp => Duration::from_secs(600),
         }
     }
 
     /// The scope used when a request leaves it unspecified.
     pub fn default_scope(self) -> Scope {
         match self {
-            AppKind::OfficialAccount => Scope::Base,
+            AppKind::OfficialAccount | AppKind::MiniProgram => Scope::Base,
             AppKind::Website => Scope::Login,
+            AppKind::MobileApp => Scope::UserInfo,
         }
     }
 
-    /// Whether an app of this kind may ask for `scope`.
+    /// Whether an app of this kind may ask for `scope` on an authorize page (mobile apps and
+    /// mini programs have none: their codes come from the WeChat SDK / `wx.login()`).
     pub fn allows(self, scope: Scope) -> bool {
         match self {
             AppKind::OfficialAccount => matches!(scope, Scope::Base | Scope::UserInfo),
             AppKind::Website => scope == Scope::Login,
+            AppKind::MobileApp | AppKind::MiniProgram => false,
         }
+    }
+
+    /// Whether sign-ins go through a browser, an authorize page and the relay.
+    pub fn has_authorize_page(self) -> bool {
+        matches!(self, AppKind::OfficialAccount | AppKind::Website)
+    }
+
+    /// The config spelling (`official_account`, ...), also the `kind` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::OfficialAccount => "official_account",
+            AppKind::Website => "website",
+            AppKind::MobileApp => "mobile_app",
+            AppKind::MiniProgram => "mini_program",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -200,6 +234,19 @@ pub struct TokenGrant {
     pub is_snapshotuser: i64,
 }
 
+/// `sns/jscode2session` reply: `openid`, `session_key`, and `unionid` when the mini program is
+/// bound to an open-platform account.
+#[derive(Debug, Deserialize)]
+pub struct MiniSession {
+    /// The user's openid in the mini program.
+    pub openid: String,
+    /// The session key (decrypts `wx.getUserInfo`-style encrypted data, signs checks).
+    pub session_key: SessionKey,
+    /// unionid, on a bound mini program.
+    #[serde(default)]
+    pub unionid: Option<String>,
+}
+
 /// `sns/userinfo` reply (also what the profile cache keeps, sealed).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Profile {
@@ -243,11 +290,14 @@ pub enum Endpoint {
     UserInfo,
     /// `sns/auth`.
     Auth,
+    /// `sns/jscode2session` (mini programs).
+    JsCode2Session,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (so `endpoint as usize` indexes it).
-    pub const ALL: [Endpoint; 4] = [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth];
+    pub const ALL: [Endpoint; 5] =
+        [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth, Endpoint::JsCode2Session];
 
     /// The path under the API base.
     pub fn path(self) -> &'static str {
@@ -256,6 +306,7 @@ impl Endpoint {
             Endpoint::RefreshToken => "sns/oauth2/refresh_token",
             Endpoint::UserInfo => "sns/userinfo",
             Endpoint::Auth => "sns/auth",
+            Endpoint::JsCode2Session => "sns/jscode2session",
         }
     }
 }
@@ -334,7 +385,7 @@ fn encode_redirect_uri(redirect_uri: &str) -> String {
 pub struct WechatClient {
     http: reqwest::Client,
     /// The sns endpoint URLs, parsed once (in [`Endpoint`] order).
-    endpoints: std::sync::Arc<[Url; 4]>,
+    endpoints: std::sync::Arc<[Url; 5]>,
     settings: WechatSettings,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -387,7 +438,8 @@ impl WechatClient {
     pub fn authorize_url(&self, p: &AuthorizeParams<'_>) -> String {
         let page = match p.app.kind {
             AppKind::OfficialAccount => "connect/oauth2/authorize",
-            AppKind::Website => "connect/qrconnect",
+            // Mobile apps and mini programs have no authorize page: BuildAuthorizeUrl refuses them.
+            AppKind::Website | AppKind::MobileApp | AppKind::MiniProgram => "connect/qrconnect",
         };
         let redirect = encode_redirect_uri(p.redirect_uri);
         let mut out = format!(
@@ -443,6 +495,19 @@ impl WechatClient {
             ("grant_type", "authorization_code"),
         ];
         self.call(app, Endpoint::AccessToken, &query).await
+    }
+
+    /// Trades a mini program's `js_code` (from `wx.login()`) for its session. Sent once, never
+    /// retried: a `js_code` works once.
+    #[tracing::instrument(name = "wechat.jscode2session", skip_all, fields(app = %app.name))]
+    pub async fn jscode2session(&self, app: &App, js_code: &AuthCode) -> Result<MiniSession, WechatError> {
+        let query = [
+            ("appid", app.appid.as_str()),
+            ("secret", app.secret.secret()),
+            ("js_code", js_code.secret()),
+            ("grant_type", "authorization_code"),
+        ];
+        self.call(app, Endpoint::JsCode2Session, &query).await
     }
 
     /// Refreshes an access token (no secret: WeChat's refresh takes none).

@@ -140,6 +140,10 @@ async fn replay(endpoint: &str, body: Vec<u8>) -> Result<Value, WechatError> {
             .await
             .map(|p| serde_json::to_value(p).expect("profile as JSON")),
         "sns/auth" => client.auth(&app, &AccessToken::new("ACCESS_TOKEN"), "OPENID").await.map(|()| json!({})),
+        // The session key is a secret: only its length is compared.
+        "sns/jscode2session" => client.jscode2session(&app, &AuthCode::new("JSCODE")).await.map(
+            |s| json!({ "openid": s.openid, "unionid": s.unionid, "session_key_len": s.session_key.secret().len() }),
+        ),
         other => panic!("unknown endpoint {other}"),
     };
     server.abort();

@@ -3,8 +3,10 @@
 
 What a non-Rust internal service does with wxauth's gRPC API: BuildAuthorizeUrl, send the
 browser to WeChat, take the code the relay hands back, ExchangeCode, GetUserInfo, read wxauth's
-error details (google.rpc.ErrorInfo) when a call fails, and ForgetUser. Every call has a
-deadline and carries the caller's W3C `traceparent`. The "browser" part (consent
+error details (google.rpc.ErrorInfo) when a call fails, sign the same person in through the mini
+program (SignInMiniProgram) and find their web account by unionid (FindAccounts), and
+ForgetUser. Every call has a deadline and carries the caller's W3C `traceparent`. The "browser"
+part (consent
 page, callback) is played by this script against the WeChat simulator, so it runs anywhere
 the dev mode or the test harness runs.
 
@@ -178,6 +180,9 @@ def main():
     parser.add_argument("--app", default="demo-mp", help="the WeChat app's config name (dev mode: demo-mp)")
     parser.add_argument("--return-url", default="http://127.0.0.1:8082/", help="an allowlisted return URL")
     parser.add_argument("--user", default="alice", help="the simulator's test user to sign in")
+    parser.add_argument("--sim", default="http://127.0.0.1:8081", help="the WeChat simulator (mints js_codes)")
+    parser.add_argument("--mini-app", default="demo-mini", help="the mini program's config name")
+    parser.add_argument("--mini-appid", default="wxd0000000000000d4", help="the mini program's appid")
     args = parser.parse_args()
 
     pb, pb_grpc = generate_stubs()
@@ -235,7 +240,22 @@ def main():
         reason, _ = error_reason(e)
         seen["injected_code"] = {"code": e.code().name, "reason": reason}
 
-    # 6. The user closes their account: wxauth forgets them.
+    # 6. The same person opens the mini program: wx.login() gives it a js_code (played here by the
+    #    simulator's control API), the mini program posts it to us, we sign them in. The
+    #    session_key stays in wxauth; the unionid finds the account they signed in with on the web.
+    minted = urllib.parse.urlencode({"appid": args.mini_appid, "user": args.user})
+    status, _, body = fetch(f"{args.sim}/sim/js_code?{minted}", b"")
+    if status != 200:
+        sys.exit(f"simulator js_code: HTTP {status}")
+    js_code = json.loads(body)["js_code"]
+    mini = wxauth.call("SignInMiniProgram", pb.SignInMiniProgramRequest(app=args.mini_app, js_code=js_code), page)
+    seen["mini_openid_differs"] = mini.openid != first.openid
+    seen["mini_unionid_matches"] = bool(mini.unionid) and mini.unionid == first.unionid
+    found = wxauth.call("FindAccounts", pb.FindAccountsRequest(unionid=mini.unionid), page)
+    seen["accounts"] = sorted(f"{a.app}:{pb.AppKind.Name(a.kind)}" for a in found.accounts)
+    seen["web_account_by_unionid"] = next((a.openid for a in found.accounts if a.app == args.app), None)
+
+    # 7. The user closes their account: wxauth forgets them.
     forget = pb.ForgetUserRequest(app=args.app, openid=first.openid)
     seen["forgot_a_token"] = wxauth.call("ForgetUser", forget, page).had_token
     try:

@@ -26,6 +26,8 @@ use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 pub const FLOW_PREFIX: &str = "ceiling:flow:";
 /// The one record the `GET` ceiling reads.
 pub const TOKEN_KEY: &str = "ceiling:tok";
+/// The one hash the `HGETALL` ceiling (FindAccounts) reads.
+pub const UNION_KEY: &str = "ceiling:union";
 /// How long a ceiling flow lives, like a wxauth flow.
 const FLOW_TTL_MS: u64 = 600_000;
 
@@ -119,6 +121,44 @@ impl WeChatOAuthService for CeilingService {
     ) -> Result<tonic::Response<proto::ForgetUserResponse>, Status> {
         Err(Status::unimplemented("no ForgetUser ceiling"))
     }
+
+    async fn exchange_mobile_code(
+        &self,
+        _request: Request<proto::ExchangeMobileCodeRequest>,
+    ) -> Result<tonic::Response<proto::ExchangeMobileCodeResponse>, Status> {
+        Err(Status::unimplemented("no ExchangeMobileCode ceiling"))
+    }
+
+    /// SignInMiniProgram's store ceiling: one `SET PX` (the session record) per call; the
+    /// simulator's `jscode2session` alone is its other ceiling.
+    async fn sign_in_mini_program(
+        &self,
+        _request: Request<proto::SignInMiniProgramRequest>,
+    ) -> Result<tonic::Response<proto::SignInMiniProgramResponse>, Status> {
+        let () = redis::cmd("SET")
+            .arg(format!("{FLOW_PREFIX}sess:{}", crate::random_id(22)))
+            .arg(self.value.as_bytes())
+            .arg("PX")
+            .arg(FLOW_TTL_MS)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(proto::SignInMiniProgramResponse::default()))
+    }
+
+    /// FindAccounts' ceiling: one `HGETALL` of a unionid's index (two accounts of ~150 bytes).
+    async fn find_accounts(
+        &self,
+        _request: Request<proto::FindAccountsRequest>,
+    ) -> Result<tonic::Response<proto::FindAccountsResponse>, Status> {
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(UNION_KEY)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let accounts = fields.into_iter().map(|(app, _)| proto::Account { app, ..Default::default() }).collect();
+        Ok(tonic::Response::new(proto::FindAccountsResponse { accounts }))
+    }
 }
 
 /// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the
@@ -165,6 +205,14 @@ pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
     let client = redis::Client::open(redis_url)?;
     let mut redis = ConnectionManager::new(client).await?;
     let () = redis::cmd("SET").arg(TOKEN_KEY).arg(vec![7u8; 300]).query_async(&mut redis).await?;
+    let () = redis::cmd("HSET")
+        .arg(UNION_KEY)
+        .arg("mp:o0000000000000000000000000a")
+        .arg(vec![7u8; 150])
+        .arg("mini:o0000000000000000000000000b")
+        .arg(vec![7u8; 150])
+        .query_async(&mut redis)
+        .await?;
 
     let grpc = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;

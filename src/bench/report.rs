@@ -102,6 +102,14 @@ pub const COMPARISONS: &[Comparison] = &[
         max_p99: None,
     },
     Comparison { op: "ValidateToken", ceilings: &["tonic GET", "sim auth"], min_throughput: Some(0.6), max_p99: None },
+    // Issue 12's sign-ins and account index: shown against their ceilings, no target set.
+    Comparison {
+        op: "SignInMiniProgram",
+        ceilings: &["tonic SET", "sim jscode2session"],
+        min_throughput: None,
+        max_p99: None,
+    },
+    Comparison { op: "FindAccounts", ceilings: &["tonic HGETALL"], min_throughput: None, max_p99: None },
 ];
 
 /// Peak RSS limit at 256 concurrent callers, KiB.

@@ -52,8 +52,10 @@ load:
   --duration D         timed window per operation: 10s, 500ms, 1m (default 10s)
   --warmup D           untimed load before each window (default 2s)
   --channels N         HTTP/2 connections the gRPC load is spread over (default 4)
-  --ops LIST           comma-separated, of: build, relay, exchange, userinfo, validate, refresh
-                       (default: all but refresh, which coalesces on two users and has no ceiling)
+  --ops LIST           comma-separated, of: build, relay, exchange, userinfo, validate, refresh,
+                       mini (SignInMiniProgram), accounts (FindAccounts)
+                       (default: all but refresh, which coalesces on two users and has no ceiling,
+                       and mini and accounts)
   --no-ceilings        measure wxauth only
 
 what runs:
@@ -101,6 +103,9 @@ const SOAK_CONFIG: &str = "[flow]\nttl = \"1m\"\ngrace = \"1s\"\n[token]\nprofil
 const MP_APPID: &str = "wxd0000000000000a1";
 const MP_SECRET: &str = "demo-mp-secret";
 const APP: &str = "mp";
+/// The simulator's demo mini program, which wxauth's app `mini` is configured as.
+const MINI_APPID: &str = "wxd0000000000000d4";
+const MINI_SECRET: &str = "demo-mini-secret";
 /// The two simulator users whose tokens the per-user RPCs read.
 const USERS: [&str; 2] = ["alice", "bob"];
 const CLIENT_KEY: &str = "bench-client-key";
@@ -120,6 +125,8 @@ enum Op {
     UserInfo,
     Validate,
     Refresh,
+    Mini,
+    Accounts,
 }
 
 impl Op {
@@ -131,6 +138,8 @@ impl Op {
             "userinfo" => Op::UserInfo,
             "validate" => Op::Validate,
             "refresh" => Op::Refresh,
+            "mini" => Op::Mini,
+            "accounts" => Op::Accounts,
             other => bail!("--ops: unknown operation {other:?}\n\n{USAGE}"),
         })
     }
@@ -449,7 +458,15 @@ impl Bench {
             let op = sim_exchange_op(self.http.clone(), self.sim_base.clone(), self.sim.clone());
             self.phase(Side::Ceiling, "sim access_token", "the simulator's code exchange alone", op).await;
         }
-        let per_user = [Op::UserInfo, Op::Validate, Op::Refresh];
+        if ops.contains(&Op::Mini) {
+            let op = mini_op(self.wxauth.clone(), self.auth.clone(), self.sim.clone());
+            let work = "sns jscode2session, SET sealed session + SET reach + HSET/PEXPIRE account at once";
+            self.phase(Side::Wxauth, "SignInMiniProgram", work, op).await;
+            self.ceiling_set(&mut Vec::new()).await;
+            let op = sim_mini_op(self.http.clone(), self.sim_base.clone(), self.sim.clone());
+            self.phase(Side::Ceiling, "sim jscode2session", "the simulator's jscode2session alone", op).await;
+        }
+        let per_user = [Op::UserInfo, Op::Validate, Op::Refresh, Op::Accounts];
         if !per_user.iter().any(|op| ops.contains(op)) {
             return Ok(());
         }
@@ -470,6 +487,22 @@ impl Bench {
             self.ceiling_get(&openids).await;
             let op = sim_get_op(self.http.clone(), format!("{}/sns/auth", self.sim_base), sim_tokens, false);
             self.phase(Side::Ceiling, "sim auth", "the simulator's token check alone", op).await;
+        }
+        if ops.contains(&Op::Accounts) {
+            // Each user has two accounts: `mp` (just signed in) and `mini`.
+            for user in USERS {
+                let js_code = self.sim.js_code(MINI_APPID, user).context("simulator js_code")?;
+                let request = authed(&self.auth, proto::SignInMiniProgramRequest { app: "mini".into(), js_code });
+                self.wxauth[0].clone().sign_in_mini_program(request).await.context("mini program sign-in")?;
+            }
+            let unionids: Vec<String> = USERS.iter().map(|u| self.sim.unionid(u)).collect();
+            let op = accounts_op(self.wxauth.clone(), self.auth.clone(), unionids.clone(), 2);
+            self.phase(Side::Wxauth, "FindAccounts", "HGETALL index, open, GET token/session + GET reach each", op)
+                .await;
+            if let Some((clients, _, _)) = self.ceiling.clone() {
+                let op = accounts_op(clients, self.auth.clone(), unionids, 0);
+                self.phase(Side::Ceiling, "tonic HGETALL", "HGETALL of a 2-field hash", op).await;
+            }
         }
         if ops.contains(&Op::Refresh) {
             let op = refresh_op(self.wxauth.clone(), self.auth.clone(), openids);
@@ -810,6 +843,62 @@ fn refresh_op(
     })
 }
 
+/// `SignInMiniProgram` with a `js_code` minted for this request.
+fn mini_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>, sim: Simulator) -> OpFn {
+    Arc::new(move |worker| {
+        let js_code = match sim.js_code(MINI_APPID, USERS[worker % USERS.len()]) {
+            Ok(js_code) => js_code,
+            Err(e) => return async move { Outcome::Error(format!("sim:{e}")) }.boxed(),
+        };
+        let mut client = clients[worker % clients.len()].clone();
+        let request = authed(&auth, proto::SignInMiniProgramRequest { app: "mini".into(), js_code });
+        async move {
+            match client.sign_in_mini_program(request).await {
+                Ok(_) => Outcome::Ok,
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// The simulator's `sns/jscode2session` alone, with a `js_code` minted for this request.
+fn sim_mini_op(http: reqwest::Client, base: String, sim: Simulator) -> OpFn {
+    Arc::new(move |worker| {
+        let js_code = match sim.js_code(MINI_APPID, USERS[worker % USERS.len()]) {
+            Ok(js_code) => js_code,
+            Err(e) => return async move { Outcome::Error(format!("sim:{e}")) }.boxed(),
+        };
+        let request = http.get(format!(
+            "{base}/sns/jscode2session?appid={MINI_APPID}&secret={MINI_SECRET}&js_code={js_code}&grant_type=authorization_code"
+        ));
+        async move { wechat_outcome(request.send().await).await }.boxed()
+    })
+}
+
+/// `FindAccounts` of a signed-in user's unionid; `want` accounts listed (0: any number, the
+/// ceiling's).
+fn accounts_op(
+    clients: Vec<WeChatOAuthServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    unionids: Vec<String>,
+    want: usize,
+) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let unionid = unionids[worker % unionids.len()].clone();
+        let request = authed(&auth, proto::FindAccountsRequest { unionid });
+        async move {
+            match client.find_accounts(request).await {
+                Ok(found) if want == 0 || found.get_ref().accounts.len() == want => Outcome::Ok,
+                Ok(found) => Outcome::Error(format!("accounts:{}", found.get_ref().accounts.len())),
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
 /// `n` clients, each on its own HTTP/2 connection.
 async fn grpc_clients(uri: &str, n: usize) -> anyhow::Result<Vec<WeChatOAuthServiceClient<Channel>>> {
     let endpoint = Endpoint::from_shared(uri.to_owned()).with_context(|| format!("gRPC URL {uri}"))?.tcp_nodelay(true);
@@ -898,9 +987,13 @@ kind = "official_account"
 appid = "{MP_APPID}"
 secret = "{MP_SECRET}"
 default_for = "MOBILE"
+[apps.mini]
+kind = "mini_program"
+appid = "{MINI_APPID}"
+secret = "{MINI_SECRET}"
 [clients.bench]
 key_sha256 = "{key}"
-apps = ["mp"]
+apps = ["mp", "mini"]
 return_urls = ["https://passport.example.com/login/"]
 # The benchmark measures the service, not its limits: no rate limits, and a cap the runs
 # never reach (the cap step itself still runs on every BuildAuthorizeUrl).

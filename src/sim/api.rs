@@ -10,6 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Simulator;
+use super::config::SimAppKind;
 use super::control::{Answer, Endpoint};
 use super::state::{self, Core, Grant, Issued};
 
@@ -35,6 +36,7 @@ pub(super) mod errcode {
     pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
     pub const CODE_EXPIRED: i64 = 42003;
     pub const MINUTE_QUOTA: i64 = 45011;
+    pub const HIGH_RISK_USER: i64 = 40226;
     pub const API_UNAUTHORIZED: i64 = 48001;
 }
 
@@ -65,6 +67,7 @@ pub(super) fn errmsg(code: i64) -> &'static str {
         45009 => "reach max api daily quota limit",
         45011 => "api minute-quota reach-limit mustslower retry next minute",
         API_UNAUTHORIZED => "api unauthorized",
+        HIGH_RISK_USER => "high risk user",
         50001 => "user unauthorized",
         _ => "simulated error",
     }
@@ -102,6 +105,7 @@ pub(super) fn routes() -> Router<Simulator> {
         .route("/sns/oauth2/refresh_token", get(refresh_token))
         .route("/sns/userinfo", get(userinfo))
         .route("/sns/auth", get(auth))
+        .route("/sns/jscode2session", get(jscode2session))
 }
 
 type Rule = fn(&Core, &Params) -> Result<Value, i64>;
@@ -120,6 +124,10 @@ async fn userinfo(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Resp
 
 async fn auth(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
     answer(&sim, Endpoint::Auth, raw, check_token).await
+}
+
+async fn jscode2session(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    answer(&sim, Endpoint::JsCode2Session, raw, mini_session).await
 }
 
 /// Counts the call, applies an injected fault, else runs the endpoint's rule.
@@ -156,7 +164,7 @@ fn exchange(core: &Core, p: &Params) -> Result<Value, i64> {
     if p.get("grant_type") != Some("authorization_code") {
         return Err(INVALID_GRANT_TYPE);
     }
-    let app = core.app(appid).ok_or(INVALID_APPID)?;
+    let app = core.app(appid).filter(|a| a.kind != SimAppKind::MiniProgram).ok_or(INVALID_APPID)?;
     core.spend_quota(appid)?;
     if app.secret != secret {
         return Err(INVALID_SECRET);
@@ -168,6 +176,29 @@ fn exchange(core: &Core, p: &Params) -> Result<Value, i64> {
     }
     if issued.grant.gives_unionid(app) {
         body["unionid"] = json!(unionid_of(core, &issued.grant));
+    }
+    Ok(body)
+}
+
+/// `/sns/jscode2session`: a mini program's `js_code` for `{openid, session_key, unionid?}`
+/// (unionid when the mini program is bound to an open-platform account).
+fn mini_session(core: &Core, p: &Params) -> Result<Value, i64> {
+    use errcode::*;
+    let appid = p.require("appid", MISSING_APPID)?;
+    let secret = p.require("secret", MISSING_SECRET)?;
+    let js_code = p.require("js_code", MISSING_CODE)?;
+    if p.get("grant_type") != Some("authorization_code") {
+        return Err(INVALID_GRANT_TYPE);
+    }
+    let app = core.app(appid).filter(|a| a.kind == SimAppKind::MiniProgram).ok_or(INVALID_APPID)?;
+    core.spend_quota(appid)?;
+    if app.secret != secret {
+        return Err(INVALID_SECRET);
+    }
+    let grant = core.redeem_js_code(appid, js_code)?;
+    let mut body = json!({ "openid": core.openid_of(&grant), "session_key": state::random_session_key() });
+    if app.unionid_bound {
+        body["unionid"] = json!(unionid_of(core, &grant));
     }
     Ok(body)
 }

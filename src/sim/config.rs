@@ -32,6 +32,20 @@ impl SimConfig {
                     callback_domain: "127.0.0.1:8080".into(),
                     unionid_bound: true,
                 },
+                SimApp {
+                    appid: "wxd0000000000000c3".into(),
+                    secret: "demo-app-secret".into(),
+                    kind: SimAppKind::MobileApp,
+                    callback_domain: String::new(),
+                    unionid_bound: true,
+                },
+                SimApp {
+                    appid: "wxd0000000000000d4".into(),
+                    secret: "demo-mini-secret".into(),
+                    kind: SimAppKind::MiniProgram,
+                    callback_domain: String::new(),
+                    unionid_bound: true,
+                },
             ],
             users: vec![
                 SimUser {
@@ -86,13 +100,21 @@ impl fmt::Debug for SimApp {
     }
 }
 
-/// The two kinds of WeChat app that do web authorization; each has its own page and scopes.
+/// The kinds of WeChat app: the two that do web authorization have their own page and
+/// scopes; mobile apps get codes from the WeChat SDK and mini programs `js_code`s from
+/// `wx.login()` (minted here by [`super::Simulator::authorize`] / [`super::Simulator::js_code`]
+/// and the `/sim/mobile_code`, `/sim/js_code` control routes: there is no page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SimAppKind {
     /// 公众号: `/connect/oauth2/authorize`, scopes `snsapi_base` and `snsapi_userinfo`.
     OfficialAccount,
     /// 开放平台网站应用: `/connect/qrconnect`, scope `snsapi_login`.
     Website,
+    /// 开放平台移动应用: SDK codes of scope `snsapi_userinfo`, exchanged at
+    /// `sns/oauth2/access_token`.
+    MobileApp,
+    /// 小程序: `js_code`s, traded at `sns/jscode2session`.
+    MiniProgram,
 }
 
 impl SimAppKind {
@@ -101,14 +123,17 @@ impl SimAppKind {
         match self {
             Self::OfficialAccount => &["snsapi_base", "snsapi_userinfo"],
             Self::Website => &["snsapi_login"],
+            Self::MobileApp => &["snsapi_userinfo"],
+            Self::MiniProgram => &[],
         }
     }
 
-    /// How long an unused code of this kind of app lives (5 min / 10 min).
+    /// How long an unused code of this kind of app lives (5 min official accounts and
+    /// `js_code`s, 10 min website and mobile apps).
     pub(super) fn code_life_secs(self) -> u64 {
         match self {
-            Self::OfficialAccount => 300,
-            Self::Website => 600,
+            Self::OfficialAccount | Self::MiniProgram => 300,
+            Self::Website | Self::MobileApp => 600,
         }
     }
 }

@@ -36,12 +36,21 @@ pub enum Endpoint {
     UserInfo,
     /// `GET /sns/auth`.
     Auth,
+    /// `GET /sns/jscode2session` (mini programs).
+    JsCode2Session,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order `/sim/calls` lists them.
-    pub const ALL: [Endpoint; 6] =
-        [Self::Authorize, Self::QrConnect, Self::AccessToken, Self::RefreshToken, Self::UserInfo, Self::Auth];
+    pub const ALL: [Endpoint; 7] = [
+        Self::Authorize,
+        Self::QrConnect,
+        Self::AccessToken,
+        Self::RefreshToken,
+        Self::UserInfo,
+        Self::Auth,
+        Self::JsCode2Session,
+    ];
 
     /// The endpoint's name in the `/sim` control API (`access_token`, `userinfo`, ...).
     pub fn name(self) -> &'static str {
@@ -52,6 +61,7 @@ impl Endpoint {
             Self::RefreshToken => "refresh_token",
             Self::UserInfo => "userinfo",
             Self::Auth => "auth",
+            Self::JsCode2Session => "jscode2session",
         }
     }
 
@@ -93,8 +103,8 @@ pub(super) enum Answer {
 /// Counters, fault queues and switches; cheap to touch from every request.
 #[derive(Default)]
 pub(super) struct Controls {
-    calls: [AtomicU64; 6],
-    faults: Mutex<[VecDeque<(Fault, u32)>; 6]>,
+    calls: [AtomicU64; 7],
+    faults: Mutex<[VecDeque<(Fault, u32)>; 7]>,
     double_callback: AtomicBool,
     /// Deny on an official account's page leaves the user on WeChat's page, no callback.
     deny_stays: AtomicBool,
@@ -132,7 +142,7 @@ impl Controls {
         self.double_callback.load(Ordering::Relaxed)
     }
 
-    fn queues(&self) -> MutexGuard<'_, [VecDeque<(Fault, u32)>; 6]> {
+    fn queues(&self) -> MutexGuard<'_, [VecDeque<(Fault, u32)>; 7]> {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -203,6 +213,8 @@ pub(super) fn routes() -> Router<Simulator> {
         .route("/sim/calls", get(calls))
         .route("/sim/double_callback", post(double_callback))
         .route("/sim/quota", post(quota))
+        .route("/sim/mobile_code", post(mobile_code))
+        .route("/sim/js_code", post(js_code))
 }
 
 /// A control request the simulator cannot act on: 400 with `{"error": ...}`.
@@ -316,5 +328,35 @@ async fn quota(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Respons
             Json(json!({ "per_minute": per_minute })).into_response()
         }
         None => bad_request("per_minute must be a whole number (0: no limit)"),
+    }
+}
+
+/// `POST /sim/mobile_code?appid=..&user=..`: the code the WeChat SDK hands a mobile app when
+/// `user` consents (`snsapi_userinfo`): `{"code": ...}`. There is no page for it.
+async fn mobile_code(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    let (Some(appid), Some(user)) = (params.get("appid"), params.get("user")) else {
+        return bad_request("appid and user are required");
+    };
+    let code = match sim.core().app(appid) {
+        Some(app) if app.kind == super::SimAppKind::MobileApp => sim.authorize(appid, user, "snsapi_userinfo"),
+        _ => return bad_request("not a mobile app's appid"),
+    };
+    match code {
+        Ok(code) => Json(json!({ "code": code })).into_response(),
+        Err(e) => bad_request(&e.to_string()),
+    }
+}
+
+/// `POST /sim/js_code?appid=..&user=..`: the `js_code` `wx.login()` gives `user` in a mini
+/// program: `{"js_code": ...}`.
+async fn js_code(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.unwrap_or_default().as_bytes());
+    let (Some(appid), Some(user)) = (params.get("appid"), params.get("user")) else {
+        return bad_request("appid and user are required");
+    };
+    match sim.js_code(appid, user) {
+        Ok(js_code) => Json(json!({ "js_code": js_code })).into_response(),
+        Err(e) => bad_request(&e.to_string()),
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
 pub use self::pages::{WECHAT_BROWSER_UA, WX_LOGIN_JS};
-pub use self::state::SNS_CALLS_PER_MINUTE;
+pub use self::state::{MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE};
 
 use self::control::Controls;
 use self::state::Core;
@@ -138,7 +138,8 @@ impl Simulator {
     }
 
     /// The sns calls each app may make a minute before WeChat answers 45011 (default
-    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit (the benchmark does,
+    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit, and the mini program
+    /// users' 100 sign-ins a minute ([`MINI_LOGINS_PER_MINUTE`]) with it (the benchmark does,
     /// to measure the simulator itself). Minutes are the simulator's clock's.
     pub fn set_quota(&self, per_minute: Option<u32>) {
         self.core().set_quota(per_minute);
@@ -163,6 +164,11 @@ impl Simulator {
     pub fn authorize(&self, appid: &str, user: &str, scope: &str) -> Result<String, SimError> {
         let grant = self.core().grant(appid, user, scope)?;
         Ok(self.core().issue_code(grant))
+    }
+
+    /// A `js_code` as `wx.login()` gives `user` in mini program `appid`, for tests.
+    pub fn js_code(&self, appid: &str, user: &str) -> Result<String, SimError> {
+        self.core().issue_js_code(appid, user)
     }
 
     /// The openid WeChat gives `user` in `appid`; `None` when either is unknown.

@@ -28,6 +28,9 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 const SWEEP_EVERY: u64 = 4096;
 /// WeChat's rate for the sns endpoints: calls a minute per app; past it, 45011.
 pub const SNS_CALLS_PER_MINUTE: u32 = 50_000;
+/// `jscode2session` calls a minute per mini program user; past it, 45011 (WeChat's 小程序登录
+/// limit: 100 a minute per user).
+pub const MINI_LOGINS_PER_MINUTE: u32 = 100;
 
 /// What one authorization granted: which user, in which app, with which scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,8 @@ pub(super) struct Core {
     quota: AtomicU32,
     /// Per appid: the minute (of the simulator's clock) and the calls spent in it.
     spent: Mutex<HashMap<String, (u64, u32)>>,
+    /// Per (mini program, user): the minute and the `jscode2session` calls in it.
+    logins: Mutex<HashMap<(String, usize), (u64, u32)>>,
 }
 
 impl Core {
@@ -103,6 +108,7 @@ impl Core {
             records: Mutex::new(Records::default()),
             quota: AtomicU32::new(SNS_CALLS_PER_MINUTE),
             spent: Mutex::default(),
+            logins: Mutex::default(),
         }
     }
 
@@ -197,6 +203,44 @@ impl Core {
         code
     }
 
+    /// A `js_code` as `wx.login()` gives it to `user` in mini program `appid`.
+    pub(super) fn issue_js_code(&self, appid: &str, user: &str) -> Result<String, SimError> {
+        let app = self.app(appid).filter(|a| a.kind == SimAppKind::MiniProgram);
+        let app = app.ok_or_else(|| SimError::UnknownApp(appid.to_owned()))?;
+        let index = self.user_index(user).ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+        if self.users[index].snapshot {
+            return Err(SimError::SnapshotNeedsUserinfo(user.to_owned()));
+        }
+        Ok(self.issue_code(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope: "" }))
+    }
+
+    /// Spends a `js_code` of `appid`: 40029 unknown, another app's or expired, 40163 used,
+    /// 45011 past the user's 100 logins a minute (the code is not spent then).
+    pub(super) fn redeem_js_code(&self, appid: &str, js_code: &str) -> Result<Grant, i64> {
+        let now = self.now();
+        let mut records = self.lock();
+        let record = records.codes.get_mut(js_code).filter(|r| r.grant.appid == appid).ok_or(errcode::INVALID_CODE)?;
+        if record.used {
+            return Err(errcode::CODE_USED);
+        }
+        if now.saturating_sub(record.issued) > Duration::from_secs(record.grant.kind.code_life_secs()) {
+            return Err(errcode::INVALID_CODE);
+        }
+        let minute = now.as_secs() / 60;
+        let mut logins = self.logins.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, calls) = logins.entry((appid.to_owned(), record.grant.user)).or_insert((minute, 0));
+        if *at != minute {
+            (*at, *calls) = (minute, 0);
+        }
+        // No per-user limit either when the quotas are lifted (`set_quota(None)`: benchmarks).
+        if *calls >= MINI_LOGINS_PER_MINUTE && self.quota.load(Ordering::Relaxed) != 0 {
+            return Err(errcode::MINUTE_QUOTA);
+        }
+        *calls += 1;
+        record.used = true;
+        Ok(record.grant.clone())
+    }
+
     /// Spends a code of `appid` and issues the token pair: 40029 unknown, another app's or
     /// expired, 40163 already used. WeChat's global errcode table describes 40029 as
     /// "不合法或已过期的code" and that is what an expired code gets in practice; 42003 ("code
@@ -205,6 +249,9 @@ impl Core {
         let now = self.now();
         let mut records = self.lock();
         let record = records.codes.get_mut(code).filter(|r| r.grant.appid == appid).ok_or(errcode::INVALID_CODE)?;
+        if record.grant.kind == SimAppKind::MiniProgram {
+            return Err(errcode::INVALID_CODE); // a js_code is traded at jscode2session only
+        }
         if record.used {
             return Err(errcode::CODE_USED);
         }
@@ -297,6 +344,12 @@ pub(super) fn openid(appid: &str, user: &str) -> String {
 /// WeChat's unionid shape: `o6_bm` and 23 base64url characters, stable per user.
 pub(super) fn unionid(user: &str) -> String {
     format!("o6_bm{}", &digest_b64(&format!("unionid|{user}"))[..23])
+}
+
+/// A mini program session key: 16 random bytes in base64, as WeChat's.
+pub(super) fn random_session_key() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// 43 base64url characters of SHA-256: long enough for both id shapes.

@@ -944,7 +944,7 @@ async fn call_counter_counts_every_request_including_faulted_ones() {
     t.get("/sns/userinfo").await;
 
     let counts: Vec<u64> = Endpoint::ALL.iter().map(|e| t.sim.calls(*e)).collect();
-    assert_eq!(counts, [1, 2, 2, 0, 1, 0]);
+    assert_eq!(counts, [1, 2, 2, 0, 1, 0, 0]);
 }
 
 // ---- the /sim control API ----
@@ -1007,7 +1007,10 @@ async fn control_api_reports_calls_per_endpoint() {
 
     assert_eq!(
         calls,
-        json!({"authorize": 0, "qrconnect": 0, "access_token": 0, "refresh_token": 0, "userinfo": 1, "auth": 2})
+        json!({
+            "authorize": 0, "qrconnect": 0, "access_token": 0, "refresh_token": 0, "userinfo": 1, "auth": 2,
+            "jscode2session": 0
+        })
     );
 }
 
@@ -1121,6 +1124,8 @@ fn demo_config_has_the_documented_apps_and_users() {
         [
             ("wxd0000000000000a1", "demo-mp-secret", SimAppKind::OfficialAccount, "127.0.0.1:8080", true),
             ("wxd0000000000000b2", "demo-web-secret", SimAppKind::Website, "127.0.0.1:8080", true),
+            ("wxd0000000000000c3", "demo-app-secret", SimAppKind::MobileApp, "", true),
+            ("wxd0000000000000d4", "demo-mini-secret", SimAppKind::MiniProgram, "", true),
         ]
     );
     assert_eq!(users, [("alice", false), ("bob", false), ("snap", true)]);
@@ -1281,4 +1286,84 @@ async fn a_framed_qr_link_keeps_wechats_rules() {
     assert!(t.page(&bad_style).await.contains("该链接无法访问"));
     let official = jssdk_path(CALLBACK, "s", "true").replace(WEB, MP);
     assert!(t.page(&official).await.contains("10005"));
+}
+
+// ---- mobile apps and mini programs ----
+
+const APP: &str = "wxd0000000000000c3";
+const APP_SECRET: &str = "demo-app-secret";
+const MINI: &str = "wxd0000000000000d4";
+const MINI_SECRET: &str = "demo-mini-secret";
+
+impl TestSim {
+    async fn post_json(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.http.post(format!("{}{path}", self.base)).send().await.unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn jscode2session(&self, appid: &str, secret: &str, js_code: &str) -> Value {
+        self.json(&format!(
+            "/sns/jscode2session?appid={appid}&secret={secret}&js_code={js_code}&grant_type=authorization_code"
+        ))
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_mobile_apps_sdk_code_comes_from_the_control_api_and_works_once_for_ten_minutes() {
+    let t = spawn().await;
+    let (status, minted) = t.post_json(&format!("/sim/mobile_code?appid={APP}&user=alice")).await;
+    assert_eq!(status, StatusCode::OK);
+    let code = minted["code"].as_str().unwrap().to_owned();
+
+    let token = t.exchange(APP, APP_SECRET, &code).await;
+    assert_eq!(token["scope"], "snsapi_userinfo");
+    assert_eq!(token["unionid"], json!(super::state::unionid("alice")), "the same person as on the web apps");
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝", "mobile tokens read sns/userinfo");
+    assert_error(&t.exchange(APP, APP_SECRET, &code).await, 40163);
+
+    let late = t.sim.authorize(APP, "bob", "snsapi_userinfo").unwrap();
+    t.sim.advance(Duration::from_secs(601));
+    assert_error(&t.exchange(APP, APP_SECRET, &late).await, 40029);
+    let (status, _) = t.post_json(&format!("/sim/mobile_code?appid={MP}&user=alice")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an official account has no SDK codes");
+}
+
+#[tokio::test]
+async fn jscode2session_gives_openid_session_key_and_unionid_once() {
+    let t = spawn().await;
+    let (status, minted) = t.post_json(&format!("/sim/js_code?appid={MINI}&user=alice")).await;
+    assert_eq!(status, StatusCode::OK);
+    let js_code = minted["js_code"].as_str().unwrap().to_owned();
+
+    let session = t.jscode2session(MINI, MINI_SECRET, &js_code).await;
+    assert_eq!(session["openid"], json!(super::state::openid(MINI, "alice")));
+    assert_eq!(session["unionid"], json!(super::state::unionid("alice")));
+    assert_eq!(session["session_key"].as_str().unwrap().len(), 24, "16 bytes in base64");
+    assert_error(&t.jscode2session(MINI, MINI_SECRET, &js_code).await, 40163);
+    assert_error(&t.jscode2session(MINI, MINI_SECRET, "made-up").await, 40029);
+    assert_error(&t.jscode2session(MINI, "wrong", &t.sim.js_code(MINI, "bob").unwrap()).await, 40125);
+    assert_error(&t.jscode2session(MP, MP_SECRET, &t.sim.js_code(MINI, "bob").unwrap()).await, 40013);
+    assert_error(&t.exchange(MINI, MINI_SECRET, &t.sim.js_code(MINI, "bob").unwrap()).await, 40013);
+    let expired = t.sim.js_code(MINI, "bob").unwrap();
+    t.sim.advance(Duration::from_secs(301));
+    assert_error(&t.jscode2session(MINI, MINI_SECRET, &expired).await, 40029);
+}
+
+#[tokio::test]
+async fn a_mini_program_user_signs_in_at_most_100_times_a_minute() {
+    let t = spawn().await;
+    for _ in 0..MINI_LOGINS_PER_MINUTE {
+        let session = t.jscode2session(MINI, MINI_SECRET, &t.sim.js_code(MINI, "alice").unwrap()).await;
+        assert_eq!(errcode(&session), 0);
+    }
+    let refused = t.sim.js_code(MINI, "alice").unwrap();
+    assert_error(&t.jscode2session(MINI, MINI_SECRET, &refused).await, 45011);
+    assert_eq!(
+        errcode(&t.jscode2session(MINI, MINI_SECRET, &t.sim.js_code(MINI, "bob").unwrap()).await),
+        0,
+        "per user"
+    );
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(errcode(&t.jscode2session(MINI, MINI_SECRET, &refused).await), 0, "not spent by the refusal");
 }

@@ -22,6 +22,8 @@ struct Inner {
     /// Sorted sets (the open-flow cap): members ordered by (expiry, member), and the set's own
     /// expiry. One per client, so never swept.
     sets: HashMap<String, (BTreeSet<(Instant, String)>, Instant)>,
+    /// Hashes (the per-unionid account index): fields and the hash's own expiry.
+    hashes: HashMap<String, (HashMap<String, Vec<u8>>, Instant)>,
     writes: u64,
 }
 
@@ -115,6 +117,43 @@ impl MemoryBackend {
             inner.insert(key, value, ttl, now);
         }
         matches
+    }
+
+    /// `HSET key field value` and `PEXPIRE key ttl` as one step (Redis: `MULTI`).
+    pub(super) fn hset_px(&self, key: &str, field: &str, value: &[u8], ttl: Duration) {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.hashes.get(key).is_some_and(|(_, exp)| *exp <= now) {
+            inner.hashes.remove(key);
+        }
+        let (fields, expiry) = inner.hashes.entry(key.to_owned()).or_default();
+        fields.insert(field.to_owned(), value.to_vec());
+        *expiry = now.saturating_add(millis(ttl));
+    }
+
+    /// `HGETALL key`: every field and value of a live hash (none for a missing one).
+    pub(super) fn hgetall(&self, key: &str) -> Vec<(String, Vec<u8>)> {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.hashes.get(key).is_some_and(|(_, exp)| *exp <= now) {
+            inner.hashes.remove(key);
+        }
+        inner
+            .hashes
+            .get(key)
+            .map(|(fields, _)| fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// `HDEL key field` (Redis drops a hash whose last field goes).
+    pub(super) fn hdel(&self, key: &str, field: &str) {
+        let mut inner = self.lock();
+        if let Some((fields, _)) = inner.hashes.get_mut(key) {
+            fields.remove(field);
+            if fields.is_empty() {
+                inner.hashes.remove(key);
+            }
+        }
     }
 
     /// The open-flow cap step, as the Redis backend's script does it: drop members whose expiry

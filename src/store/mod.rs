@@ -16,6 +16,8 @@
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
+//! | `{prefix}:{app}:sess:{openid}` | sealed [`MiniSession`]: a mini program user's `session_key` (never returned to callers), replaced at each sign-in; TTL `token.refresh_life` from the last sign-in |
+//! | `{prefix}:union:{unionid}` | a hash: field `{app}:{openid}`, value the sealed [`Account`] (sealed under key and field); TTL `token.refresh_life`, renewed at each sign-in with that unionid. Entries whose token record / session is gone are dropped lazily by [`Store::accounts`]' callers (`FindAccounts`) |
 //! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
 
 pub mod breaker;
@@ -34,7 +36,7 @@ pub use self::breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_AFTER};
 pub use self::memory::MemoryBackend;
 pub use self::redis::{RedisBackend, RedisTls};
 use self::seal::Keyring;
-use crate::secrets::{AccessToken, AuthCode, RefreshToken};
+use crate::secrets::{AccessToken, AuthCode, RefreshToken, SessionKey};
 use crate::telemetry::Metrics;
 use crate::wechat::{Lang, Profile};
 
@@ -259,6 +261,33 @@ pub struct ExchangeOutcome {
 pub struct Reach {
     /// When the client last exchanged a code of the user.
     pub since: i64,
+}
+
+/// A mini program user's session, as `sns/jscode2session` gave it at the last sign-in. `Debug`
+/// shows no key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MiniSession {
+    /// openid in the mini program.
+    pub openid: String,
+    /// unionid, when the mini program is bound to an open-platform account.
+    pub unionid: Option<String>,
+    /// The session key: decrypts the mini program's encrypted user data, signs its checks.
+    pub session_key: SessionKey,
+    /// When the user signed in, Unix seconds.
+    pub signed_in_at: i64,
+}
+
+/// One account of a person (a unionid) in one app, as the account index keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Account {
+    /// The app's config name.
+    pub app: String,
+    /// openid in that app.
+    pub openid: String,
+    /// The app's kind (`official_account`, `website`, `mobile_app`, `mini_program`).
+    pub kind: String,
+    /// The last sign-in with this account, Unix seconds.
+    pub last_sign_in: i64,
 }
 
 /// A profile as `sns/userinfo` gave it, and when: answers `GetUserInfo` without a WeChat call
@@ -504,6 +533,14 @@ impl Store {
         format!("{}:{app}:reach:{openid}:{client}", self.inner.prefix)
     }
 
+    fn session_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:sess:{openid}", self.inner.prefix)
+    }
+
+    fn union_key(&self, unionid: &str) -> String {
+        format!("{}:union:{unionid}", self.inner.prefix)
+    }
+
     fn lock_key(&self, app: &str, openid: &str) -> String {
         format!("{}:{app}:lock:{openid}", self.inner.prefix)
     }
@@ -687,7 +724,60 @@ impl Store {
         for lang in Lang::ALL {
             call!(self, del(&self.profile_key(app, openid, lang)))?;
         }
+        call!(self, del(&self.session_key(app, openid)))?;
         call!(self, del(&self.token_key(app, openid)))
+    }
+
+    /// Stores a mini program user's session for `ttl`, replacing the last one.
+    pub async fn put_session(&self, app: &str, session: &MiniSession, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.session_key(app, &session.openid);
+        let sealed = self.seal(&key, session);
+        call!(self, set(&key, &sealed, ttl))
+    }
+
+    /// A mini program user's session, if one is stored.
+    pub async fn get_session(&self, app: &str, openid: &str) -> Result<Option<MiniSession>, StoreError> {
+        let key = self.session_key(app, openid);
+        let found = call!(self, get(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+    }
+
+    /// Records `account` under `unionid` and renews the index's life to `ttl` (one `MULTI` on
+    /// the one key). The value is sealed under the key and the field, so it cannot be moved to
+    /// another person's index or another field.
+    pub async fn put_account(&self, unionid: &str, account: &Account, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.union_key(unionid);
+        let field = account_field(&account.app, &account.openid);
+        let sealed = self.seal(&account_aad(&key, &field), account);
+        call!(self, hset_px(&key, &field, &sealed, ttl))
+    }
+
+    /// Every account recorded under `unionid` (entries that do not open are left out).
+    pub async fn accounts(&self, unionid: &str) -> Result<Vec<Account>, StoreError> {
+        let key = self.union_key(unionid);
+        let fields = call!(self, hgetall(&key))?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(field, sealed)| self.open::<Account>(&account_aad(&key, &field), &sealed))
+            .collect())
+    }
+
+    /// Takes one account out of `unionid`'s index.
+    pub async fn drop_account(&self, unionid: &str, app: &str, openid: &str) -> Result<(), StoreError> {
+        call!(self, hdel(&self.union_key(unionid), &account_field(app, openid)))
+    }
+
+    /// Writes `record` for `ttl` only if the key is free (`SET NX`): false when a record of
+    /// this code exists (read it with [`Store::get_code`]). The mobile-app exchange's claim.
+    pub async fn claim_code(&self, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.code_key(code);
+        let sealed = self.seal(&key, record);
+        call!(self, set_nx(&key, &sealed, ttl))
+    }
+
+    /// Deletes a code's record (a mobile-app exchange that WeChat refused: a retry asks WeChat).
+    pub async fn delete_code(&self, code: &AuthCode) -> Result<(), StoreError> {
+        call!(self, del(&self.code_key(code)))
     }
 
     /// The cached profile in `lang`, if one is stored.
@@ -797,9 +887,19 @@ pub(crate) fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed
     keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok())
 }
 
+/// The field of an account in a unionid's index.
+fn account_field(app: &str, openid: &str) -> String {
+    format!("{app}:{openid}")
+}
+
+/// What an account's value is sealed under: the index key and the field.
+fn account_aad(key: &str, field: &str) -> String {
+    format!("{key}\u{0}{field}")
+}
+
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock", "prof", "reach", "client"]
+    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client"]
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")

@@ -382,6 +382,33 @@ impl RedisBackend {
         Ok(set == 1)
     }
 
+    /// `HSET key field value` and `PEXPIRE key ttl` in one `MULTI`: the hash never lives
+    /// without its TTL, and each sign-in renews it.
+    pub(super) async fn hset_px(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(millis(ttl))
+            .ignore();
+        self.query_pipe(&pipe).await
+    }
+
+    /// `HGETALL key`.
+    pub(super) async fn hgetall(&self, key: &str) -> RedisResult<Vec<(String, Vec<u8>)>> {
+        self.query(redis::cmd("HGETALL").arg(key)).await
+    }
+
+    /// `HDEL key field`.
+    pub(super) async fn hdel(&self, key: &str, field: &str) -> RedisResult<()> {
+        self.query(redis::cmd("HDEL").arg(key).arg(field)).await
+    }
+
     /// A new flow hash (`f` = the sealed flow) living `ttl`; false when the key exists. One
     /// `MULTI` so the flow never exists without its TTL.
     pub(super) async fn create_flow(&self, key: &str, sealed: &[u8], ttl: Duration) -> RedisResult<bool> {

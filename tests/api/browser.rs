@@ -30,6 +30,8 @@ struct DevMode {
     /// The service's clock (the memory store expires flows by it).
     clock: wxauth::clock::Clock,
     demo: SocketAddr,
+    /// wxauth's gRPC address (the `demo` client's key is `DEV_CLIENT_KEY`).
+    grpc: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -60,7 +62,7 @@ impl DevMode {
                 let _ = stopped.await;
             }));
             tokio::spawn(wxauth::demo::serve(demo_listener, grpc, std::future::pending()));
-            return Self { sim, clock, demo, _stop: stop };
+            return Self { sim, clock, demo, grpc, _stop: stop };
         }
         panic!("no free port for the public listener after 10 tries");
     }
@@ -245,6 +247,23 @@ async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in(
             assert_eq!(client.current_url().await.expect("url"), landed);
             assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the reload did not reach WeChat");
             assert_no_code_used(client).await;
+            assert_eq!(text(client, "#also").await, "no other app yet");
+
+            // Bob opens the demo mini program too: one open-platform account, one unionid, and
+            // the page finds that account by it.
+            let js_code = dev.sim.js_code("wxd0000000000000d4", "bob").expect("js_code");
+            let request = wxauth::proto::SignInMiniProgramRequest { app: "demo-mini".into(), js_code };
+            let channel = tonic::transport::Channel::from_shared(format!("http://{}", dev.grpc)).expect("uri");
+            let mut grpc = wxauth::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient::new(
+                channel.connect().await.expect("connect"),
+            );
+            let mini = grpc
+                .sign_in_mini_program(crate::helpers::authed(wxauth::config::DEV_CLIENT_KEY, request))
+                .await
+                .expect("mini sign-in");
+            assert_eq!(mini.into_inner().unionid, dev.sim.unionid("bob"));
+            client.refresh().await.expect("reload");
+            assert_eq!(text(client, "#also").await, "demo-mini");
 
             save_screenshot(client).await;
         })

@@ -22,6 +22,8 @@ pub const CALLBACK_HOST: &str = "auth.wxauth.test";
 /// appids of the simulator's demo apps.
 pub const MP_APPID: &str = "wxd0000000000000a1";
 pub const WEB_APPID: &str = "wxd0000000000000b2";
+pub const APP_APPID: &str = "wxd0000000000000c3";
+pub const MINI_APPID: &str = "wxd0000000000000d4";
 /// Client keys of the test config.
 pub const PASSPORT_KEY: &str = "passport-test-key";
 pub const TRADE_KEY: &str = "trade-test-key";
@@ -177,8 +179,9 @@ pub async fn spawn_sim() -> (Simulator, SocketAddr) {
     Simulator::spawn_local(config).await.expect("simulator")
 }
 
-/// Test config: apps `mp` (official account, MOBILE default) and `web` (website, PC default);
-/// clients `passport` (both apps) and `trade` (mp only, its own domain).
+/// Test config: apps `mp` (official account, MOBILE default), `web` (website, PC default),
+/// `app` (mobile app) and `mini` (mini program), all on one open-platform account; clients
+/// `passport` (every app) and `trade` (mp only, its own domain).
 pub fn settings(sim: SocketAddr, store: &str, extra: &str) -> Settings {
     Settings::from_toml(&settings_toml(sim, store, extra)).expect("test settings")
 }
@@ -212,12 +215,20 @@ kind = "website"
 appid = "{WEB_APPID}"
 secret = "demo-web-secret"
 default_for = "PC"
+[apps.app]
+kind = "mobile_app"
+appid = "{APP_APPID}"
+secret = "demo-app-secret"
+[apps.mini]
+kind = "mini_program"
+appid = "{MINI_APPID}"
+secret = "demo-mini-secret"
 # No rate limits for the two test clients: most tests make calls faster than any production
 # default allows. Tests of the limits add clients of their own (see `limits.rs`). `extra`
 # lands in [clients.trade] until it opens a table of its own.
 [clients.passport]
 key_sha256 = "{passport}"
-apps = ["mp", "web"]
+apps = ["mp", "web", "app", "mini"]
 return_urls = ["https://passport.example.com/login/", "https://*.example.com/"]
 rate_limits = {{ authorize = "off", exchange = "off", user = "off" }}
 [clients.trade]
@@ -422,6 +433,45 @@ impl TestApp {
         let request =
             ExchangeCodeRequest { app: app.into(), flow_id: flow_id.into(), code: code.into(), ..Default::default() };
         self.grpc.clone().exchange_code(authed(key, request)).await.map(tonic::Response::into_inner)
+    }
+
+    /// ExchangeMobileCode of `code` in app `app`, as the client with `key`.
+    pub async fn exchange_mobile_as(
+        &self,
+        key: &str,
+        code: &str,
+    ) -> Result<proto::ExchangeMobileCodeResponse, tonic::Status> {
+        let request = proto::ExchangeMobileCodeRequest { app: "app".into(), code: code.into(), ..Default::default() };
+        self.grpc.clone().exchange_mobile_code(authed(key, request)).await.map(tonic::Response::into_inner)
+    }
+
+    /// A mobile-app code for `user` (the WeChat SDK's), exchanged by `passport`.
+    pub async fn mobile_login(&self, user: &str) -> proto::ExchangeMobileCodeResponse {
+        let code = self.code(APP_APPID, user, "snsapi_userinfo");
+        self.exchange_mobile_as(PASSPORT_KEY, &code).await.expect("mobile exchange")
+    }
+
+    /// SignInMiniProgram with `js_code` in app `mini`, as the client with `key`.
+    pub async fn mini_sign_in_as(
+        &self,
+        key: &str,
+        js_code: &str,
+    ) -> Result<proto::SignInMiniProgramResponse, tonic::Status> {
+        let request = proto::SignInMiniProgramRequest { app: "mini".into(), js_code: js_code.into() };
+        self.grpc.clone().sign_in_mini_program(authed(key, request)).await.map(tonic::Response::into_inner)
+    }
+
+    /// `user` signs in to the mini program (`wx.login()`, then SignInMiniProgram by `passport`).
+    pub async fn mini_login(&self, user: &str) -> proto::SignInMiniProgramResponse {
+        let js_code = self.sim.js_code(MINI_APPID, user).expect("js_code");
+        self.mini_sign_in_as(PASSPORT_KEY, &js_code).await.expect("mini sign-in")
+    }
+
+    /// FindAccounts of `unionid`, as the client with `key`.
+    pub async fn find_accounts_as(&self, key: &str, unionid: &str) -> Result<Vec<proto::Account>, tonic::Status> {
+        let request = proto::FindAccountsRequest { unionid: unionid.into() };
+        let found = self.grpc.clone().find_accounts(authed(key, request)).await?;
+        Ok(found.into_inner().accounts)
     }
 
     /// GetUserInfo that skips the profile cache (`fresh`): every call uses the stored token and

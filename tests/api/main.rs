@@ -1,6 +1,7 @@
 //! Integration tests: wxauth on port 0 against a private redis-server (and the in-memory
 //! store where it applies) and the WeChat simulator, through a real gRPC client and real HTTP.
 
+mod accounts;
 mod authorize;
 mod breaker;
 mod browser;
@@ -15,6 +16,8 @@ mod hostile;
 mod limits;
 mod listeners;
 mod maxmemory;
+mod mini;
+mod mobile;
 mod observability;
 mod operations;
 mod polyglot;

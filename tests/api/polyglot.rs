@@ -1,6 +1,7 @@
 //! Services in other languages: `examples/python/wxauth_login.py` (grpcio, stubs generated from
 //! `proto/` at run time) and `examples/node/wxauth_login.js` (`@grpc/grpc-js` and
-//! `@grpc/proto-loader`) sign a user in through wxauth, read its error details, and send a
+//! `@grpc/proto-loader`) sign a user in through wxauth (the Python one also through the mini
+//! program, finding the web account by unionid), read its error details, and send a
 //! deadline and a W3C `traceparent` with every call: wxauth's span of each call joins the
 //! caller's trace, as the caller's span's child.
 //!
@@ -18,7 +19,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, MP_APPID, PASSPORT_KEY, spawn_app};
+use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, spawn_app};
 
 /// The spans the service ended, kept in memory.
 #[derive(Clone, Debug, Default)]
@@ -107,6 +108,12 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
         PASSPORT_KEY,
         "--return-url",
         "https://passport.example.com/login/",
+        "--sim",
+        &format!("http://{}", app.sim_addr),
+        "--mini-app",
+        "mini",
+        "--mini-appid",
+        MINI_APPID,
     ];
     let seen = run_example(python, args.map(String::from).to_vec()).await;
 
@@ -121,6 +128,10 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert!(seen["profile_fetch_time"].as_i64().is_some_and(|t| t > 1_700_000_000));
     assert_eq!(seen["unknown_user"], serde_json::json!({"code": "NOT_FOUND", "reason": "TOKEN_NOT_FOUND"}));
     assert_eq!(seen["injected_code"], serde_json::json!({"code": "PERMISSION_DENIED", "reason": "CODE_NOT_FROM_FLOW"}));
+    assert_eq!(seen["mini_openid_differs"], true);
+    assert_eq!(seen["mini_unionid_matches"], true, "one person, one unionid");
+    assert_eq!(seen["accounts"], serde_json::json!(["mini:APP_KIND_MINI_PROGRAM", "mp:APP_KIND_OFFICIAL_ACCOUNT"]));
+    assert_eq!(seen["web_account_by_unionid"], openid.as_str(), "the web account, found by unionid");
     assert_eq!(seen["forgot_a_token"], true);
     assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
