@@ -594,13 +594,13 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     return Err(err(format!("store.urls[{i}]"), "mixes rediss:// and plain URLs; use one for all"));
                 }
             }
-            if over_tls != Some(true) {
-                if let Some(key) = tls_keys_set(&raw.store).first() {
-                    return Err(err(
-                        format!("store.{key}"),
-                        "is set, but the store URLs are not rediss://: the connection would not use TLS",
-                    ));
-                }
+            if over_tls != Some(true)
+                && let Some(key) = tls_keys_set(&raw.store).first()
+            {
+                return Err(err(
+                    format!("store.{key}"),
+                    "is set, but the store URLs are not rediss://: the connection would not use TLS",
+                ));
             }
             match raw.store.sentinel_master {
                 Some(master) if master.is_empty() => return Err(err("store.sentinel_master", "is empty")),
@@ -640,13 +640,13 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             return Err(err(format!("{key}.appid"), "a WeChat appid: `wx` and 16 letters or digits"));
         }
         let secret = read_secret(&key, "secret", app.secret, app.secret_file)?;
-        if let Some(device) = app.default_for {
-            if let Some(other) = device_defaults.insert(device, name.clone()) {
-                return Err(err(
-                    format!("{key}.default_for"),
-                    format!("{device:?} is already the default of app `{other}`"),
-                ));
-            }
+        if let Some(device) = app.default_for
+            && let Some(other) = device_defaults.insert(device, name.clone())
+        {
+            return Err(err(
+                format!("{key}.default_for"),
+                format!("{device:?} is already the default of app `{other}`"),
+            ));
         }
         apps.insert(name.clone(), App { name, appid: app.appid, secret, kind: app.kind });
     }

@@ -166,11 +166,11 @@ impl SentinelMaster {
 
     /// Forgets the connection after an error that means "not the master any more".
     fn judge<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            if stale_master(e) {
-                tracing::info!(error = %e, "Redis master connection lost; asking the Sentinels again");
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
-            }
+        if let Err(e) = &result
+            && stale_master(e)
+        {
+            tracing::info!(error = %e, "Redis master connection lost; asking the Sentinels again");
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
         result
     }
@@ -198,7 +198,7 @@ fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult
     }
     let over_tls = matches!(first.addr(), ConnectionAddr::TcpTls { .. });
     let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
-    let mut builder = SentinelClientBuilder::new(addrs, master.to_owned(), SentinelServerType::Master)?;
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?;
     if let Some(username) = username {
         builder = builder.set_client_to_sentinel_username(username);
     }
