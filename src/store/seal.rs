@@ -42,10 +42,10 @@ impl SealingKey {
     /// Builds a key from its id and 32 raw bytes.
     pub fn new(id: u8, key: &[u8; 32]) -> Self {
         // HMAC takes keys of any length: neither `new_from_slice` can fail.
-        let mut derive = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         derive.update(TAG_KEY_LABEL);
         let tag_key = derive.finalize().into_bytes();
-        let tagger = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&tag_key).expect("HMAC takes any key length");
+        let tagger = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&tag_key).expect("HMAC takes any key length");
         Self { id, cipher: Aes256Gcm::new(key.into()), tagger }
     }
 
