@@ -594,13 +594,13 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     return Err(err(format!("store.urls[{i}]"), "mixes rediss:// and plain URLs; use one for all"));
                 }
             }
-            if over_tls != Some(true) {
-                if let Some(key) = tls_keys_set(&raw.store).first() {
-                    return Err(err(
-                        format!("store.{key}"),
-                        "is set, but the store URLs are not rediss://: the connection would not use TLS",
-                    ));
-                }
+            if over_tls != Some(true)
+                && let Some(key) = tls_keys_set(&raw.store).first()
+            {
+                return Err(err(
+                    format!("store.{key}"),
+                    "is set, but the store URLs are not rediss://: the connection would not use TLS",
+                ));
             }
             match raw.store.sentinel_master {
                 Some(master) if master.is_empty() => return Err(err("store.sentinel_master", "is empty")),

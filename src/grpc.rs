@@ -223,11 +223,11 @@ impl OAuthService {
             self.store.admit_flow(&client.name, cap, ttl, self.clock.now_ms()),
         );
         if let Admission::Refused { retry_after } = admission? {
-            if matches!(stored, Ok(true)) {
-                if let Err(e) = self.store.delete_flow(flow_id).await {
-                    // It expires by itself; it was never handed to the caller.
-                    tracing::warn!(error = %e, "refused flow left to expire");
-                }
+            if matches!(stored, Ok(true))
+                && let Err(e) = self.store.delete_flow(flow_id).await
+            {
+                // It expires by itself; it was never handed to the caller.
+                tracing::warn!(error = %e, "refused flow left to expire");
             }
             let error = ApiError::TooManyOpenFlows { limit: cap, retry_after };
             let labels = [client.name.as_str(), Family::Authorize.as_str(), error.reason()];

@@ -57,3 +57,19 @@ pub fn random_id(len: usize) -> String {
     use rand::distr::Alphanumeric;
     rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
+
+/// The one way to start an HTTP client (the WeChat client, and the simulator's, the tests' and
+/// the benchmark's clients): rustls with ring as its crypto provider, trusting the web roots,
+/// HTTP/1.1. reqwest 0.13 would otherwise need a process-wide crypto provider installed before
+/// any client is built, or bring in aws-lc-rs and the platform's trust store.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
+}

@@ -159,10 +159,10 @@ pub(crate) fn parse_query(query: &str) -> Result<Callback, Refusal> {
     }
     let state = state.filter(|s| (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()));
     let state = state.ok_or(Refusal::Malformed)?;
-    if let Some(c) = &code {
-        if c.is_empty() || c.len() > 256 || !c.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Refusal::Malformed);
-        }
+    if let Some(c) = &code
+        && (c.is_empty() || c.len() > 256 || !c.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Refusal::Malformed);
     }
     Ok(Callback { code, state })
 }

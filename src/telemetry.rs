@@ -49,10 +49,10 @@ pub struct TelemetryGuard {
 impl TelemetryGuard {
     /// Exports what is buffered now.
     pub fn flush(&self) {
-        if let Some(provider) = &self.provider {
-            if let Err(e) = provider.force_flush() {
-                tracing::debug!(error = %e, "trace flush failed");
-            }
+        if let Some(provider) = &self.provider
+            && let Err(e) = provider.force_flush()
+        {
+            tracing::debug!(error = %e, "trace flush failed");
         }
     }
 
@@ -140,10 +140,10 @@ impl Extractor for MetadataExtractor<'_> {
 pub fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
-    if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid() {
-        if let Err(e) = span.set_parent(parent) {
-            tracing::debug!(error = %e, "remote trace context not adopted");
-        }
+    if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid()
+        && let Err(e) = span.set_parent(parent)
+    {
+        tracing::debug!(error = %e, "remote trace context not adopted");
     }
 }
 

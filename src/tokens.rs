@@ -1006,10 +1006,10 @@ impl HeldLock {
     /// Releases the lock (compare-and-delete); a failed release only delays the next holder
     /// until the lock's TTL ends, so it is logged, not returned.
     async fn release(mut self) {
-        if let Some(token) = self.token.take() {
-            if let Err(e) = self.store.unlock(&self.app, &self.openid, token).await {
-                tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
-            }
+        if let Some(token) = self.token.take()
+            && let Err(e) = self.store.unlock(&self.app, &self.openid, token).await
+        {
+            tracing::warn!(error = %e, "refresh lock release failed; it expires by itself");
         }
     }
 }

@@ -408,7 +408,7 @@ pub struct AuthorizeParams<'a> {
 impl WechatClient {
     /// Builds the client.
     pub fn new(settings: WechatSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = crate::http_client()
             .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
             .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(60))

@@ -359,7 +359,7 @@ async fn run_with(args: Args, children: &Children) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let http = reqwest::Client::builder()
+    let http = wxauth::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .pool_max_idle_per_host(usize::MAX)

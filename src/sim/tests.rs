@@ -29,7 +29,7 @@ async fn spawn() -> TestSim {
 async fn spawn_with(config: SimConfig) -> TestSim {
     let (sim, addr) = Simulator::spawn_local(config).await.unwrap();
     // A browser inside WeChat: official-account pages open nowhere else.
-    let http = reqwest::Client::builder()
+    let http = crate::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(super::WECHAT_BROWSER_UA)
         .build()
@@ -196,7 +196,7 @@ async fn consent_page_offers_users_with_allow_and_deny_forms() {
 #[tokio::test]
 async fn official_account_pages_open_only_inside_wechat() {
     let t = spawn().await;
-    let desktop = reqwest::Client::builder()
+    let desktop = crate::http_client()
         .user_agent("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36")
         .build()
         .unwrap();

@@ -50,7 +50,7 @@ impl Inner {
 
     fn insert(&mut self, key: &str, value: &[u8], ttl: Duration, now: Instant) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             self.entries.retain(|_, (_, exp)| *exp > now);
         }
         self.entries.insert(key.to_owned(), (value.to_vec(), now.saturating_add(millis(ttl))));

@@ -79,9 +79,11 @@ impl StoreError {
                     || e.is_unrecoverable_error()
                     || matches!(
                         e.kind(),
-                        ::redis::ErrorKind::ClusterDown
-                            | ::redis::ErrorKind::MasterDown
-                            | ::redis::ErrorKind::BusyLoadingError
+                        ::redis::ErrorKind::Server(
+                            ::redis::ServerErrorKind::ClusterDown
+                                | ::redis::ServerErrorKind::MasterDown
+                                | ::redis::ServerErrorKind::BusyLoading
+                        )
                     )
             }
         }

@@ -20,7 +20,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
-    IntoConnectionInfo as _, Pipeline, RedisError, RedisResult, Script, ScriptInvocation, TlsCertificates, TlsMode,
+    IntoConnectionInfo as _, Pipeline, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind,
+    TlsCertificates, TlsMode,
 };
 
 use super::FlowRead;
@@ -165,11 +166,11 @@ impl SentinelMaster {
 
     /// Forgets the connection after an error that means "not the master any more".
     fn judge<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            if stale_master(e) {
-                tracing::info!(error = %e, "Redis master connection lost; asking the Sentinels again");
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
-            }
+        if let Err(e) = &result
+            && stale_master(e)
+        {
+            tracing::info!(error = %e, "Redis master connection lost; asking the Sentinels again");
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
         result
     }
@@ -184,16 +185,20 @@ fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult
     let Some(first) = infos.first() else {
         return Err(RedisError::from((ErrorKind::InvalidClientConfig, "no Sentinel URL")));
     };
-    let (username, password) = (first.redis.username.clone(), first.redis.password.clone());
-    if infos.iter().any(|i| i.redis.username != username || i.redis.password != password) {
+    let credentials = |i: &ConnectionInfo| {
+        let redis = i.redis_settings();
+        (redis.username().map(str::to_owned), redis.password().map(str::to_owned))
+    };
+    let (username, password) = credentials(first);
+    if infos.iter().any(|i| credentials(i) != (username.clone(), password.clone())) {
         return Err(RedisError::from((
             ErrorKind::InvalidClientConfig,
             "the Sentinel URLs must share one username and password",
         )));
     }
-    let over_tls = matches!(first.addr, ConnectionAddr::TcpTls { .. });
-    let addrs = infos.into_iter().map(|i| i.addr);
-    let mut builder = SentinelClientBuilder::new(addrs, master.to_owned(), SentinelServerType::Master)?;
+    let over_tls = matches!(first.addr(), ConnectionAddr::TcpTls { .. });
+    let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?;
     if let Some(username) = username {
         builder = builder.set_client_to_sentinel_username(username);
     }
@@ -211,11 +216,17 @@ fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult
 }
 
 fn stale_master(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.kind() == redis::ErrorKind::ReadOnly
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || is_read_only(e)
+}
+
+/// A `READONLY` reply, also inside a pipeline or a `MULTI` (redis-rs 1.x reports a refused
+/// `MULTI` as `EXECABORT`, carrying the replies that refused the queued commands).
+fn is_read_only(e: &RedisError) -> bool {
+    let read_only = |kind| kind == ServerErrorKind::ReadOnly;
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| s.kind().is_some_and(read_only)))
 }
 
 /// A connection to Redis (single node or Cluster) and the scripts the store needs.
@@ -252,8 +263,9 @@ impl RedisBackend {
     /// With `rediss://` Sentinel URLs the master is reached over TLS too, both with `tls`.
     pub async fn connect_sentinel(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult<Self> {
         let sentinels = sentinel_client(urls, master, tls)?;
-        let config =
-            AsyncConnectionConfig::new().set_response_timeout(RESPONSE_TIMEOUT).set_connection_timeout(CONNECT_TIMEOUT);
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
         let master =
             SentinelMaster { sentinels: tokio::sync::Mutex::new(sentinels), current: RwLock::new(None), config };
         master.connection().await?;
@@ -279,14 +291,14 @@ impl RedisBackend {
                     None => redis::Client::open(one.as_str())?,
                 };
                 // One connection attempt per reconnection, no backoff: redis-rs makes every
-                // command wait on a reconnection in progress, and its backoff sleeps at least
-                // a second (backon's minimum delay) between attempts, which held calls until
-                // their deadline while Redis was down and left a restarted Redis unused for a
-                // second or two. Failing at once instead lets the circuit breaker open; the next
+                // command wait on a reconnection in progress, and its backoff sleeps between
+                // attempts (a second or more in redis-rs 0.32; 100 ms doubling, six retries, in
+                // 1.x), which held calls until their deadline while Redis was down and left a
+                // restarted Redis unused for a second or two. Failing at once instead lets the circuit breaker open; the next
                 // call, or the health ping, starts the next attempt.
                 let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(RESPONSE_TIMEOUT)
-                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(0);
                 // At start-up, a few attempts: Redis may be starting alongside.
                 let mut attempt = 1;
@@ -524,7 +536,8 @@ impl RedisBackend {
 
 /// Redis 6 answers `PEXPIRE key ms LT` with "wrong number of arguments for 'pexpire'".
 fn refuses_expire_options(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::ResponseError && e.to_string().to_ascii_lowercase().contains("pexpire")
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && e.to_string().to_ascii_lowercase().contains("pexpire")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -653,16 +666,30 @@ mod tests {
         assert_eq!(backend.get("tok:a").await.expect("get"), None, "a deleted key stays deleted");
     }
 
+    #[tokio::test]
+    async fn a_refused_pexpire_in_a_pipeline_is_recognised() {
+        // Arrange: redis-rs 1.x reports a pipeline's failures together; PEXPIRE without its
+        // milliseconds draws the same "wrong number of arguments" as Redis 6 gives `.. LT`.
+        let (_server, backend) = backend().await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg("flow:x").arg("f").cmd("PEXPIRE").arg("flow:x");
+        // Act
+        let refused = backend.query_pipe::<(Option<Vec<u8>>, i64)>(&pipe).await.expect_err("refused");
+        // Assert
+        assert!(refuses_expire_options(&refused), "{refused}");
+        assert!(!stale_master(&refused), "not a failover: {refused}");
+    }
+
     #[test]
     fn redis_6s_refusal_of_pexpire_lt_is_recognised() {
         let refusal = RedisError::from((
-            ErrorKind::ResponseError,
+            ErrorKind::Server(ServerErrorKind::ResponseError),
             "An error was signalled by the server",
             "wrong number of arguments for 'pexpire' command".to_owned(),
         ));
         assert!(refuses_expire_options(&refusal));
         let failover = RedisError::from((
-            ErrorKind::ReadOnly,
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
             "READONLY",
             "You can't write against a read only replica.".to_owned(),
         ));

@@ -42,10 +42,10 @@ impl SealingKey {
     /// Builds a key from its id and 32 raw bytes.
     pub fn new(id: u8, key: &[u8; 32]) -> Self {
         // HMAC takes keys of any length: neither `new_from_slice` can fail.
-        let mut derive = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         derive.update(TAG_KEY_LABEL);
         let tag_key = derive.finalize().into_bytes();
-        let tagger = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&tag_key).expect("HMAC takes any key length");
+        let tagger = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&tag_key).expect("HMAC takes any key length");
         Self { id, cipher: Aes256Gcm::new(key.into()), tagger }
     }
 
@@ -143,7 +143,7 @@ impl Keyring {
         rand::rng().fill_bytes(&mut nonce);
         let payload = Payload { msg: plain, aad: name.as_bytes() };
         // AES-GCM encryption fails only for inputs beyond 64 GiB; records are kilobytes.
-        let sealed = key.cipher.encrypt(Nonce::from_slice(&nonce), payload).unwrap_or_default();
+        let sealed = key.cipher.encrypt(&Nonce::from(nonce), payload).unwrap_or_default();
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.push(key.id);
         out.extend_from_slice(&nonce);
@@ -171,9 +171,9 @@ impl Keyring {
             return Err(OpenError);
         }
         let key = self.keys.iter().find(|k| k.id == sealed[0]).ok_or(OpenError)?;
-        let nonce = Nonce::from_slice(&sealed[1..HEADER_LEN]);
+        let nonce = Nonce::try_from(&sealed[1..HEADER_LEN]).map_err(|_| OpenError)?;
         let payload = Payload { msg: &sealed[HEADER_LEN..], aad: name.as_bytes() };
-        key.cipher.decrypt(nonce, payload).map_err(|_| OpenError)
+        key.cipher.decrypt(&nonce, payload).map_err(|_| OpenError)
     }
 }
 

@@ -165,7 +165,7 @@ fn chromium_binary() -> String {
 }
 
 async fn driver_ready(driver: &mut Child, url: &str) -> bool {
-    let http = reqwest::Client::new();
+    let http = wxauth::http_client().build().expect("http");
     for _ in 0..200 {
         if let Ok(Some(_)) = driver.try_wait() {
             return false; // exited: most likely the port was taken
@@ -482,7 +482,7 @@ async fn the_demo_picks_the_app_by_user_agent() {
     let location = |ua: &'static str| {
         let home = dev.home();
         async move {
-            let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).user_agent(ua).build();
+            let http = wxauth::http_client().redirect(reqwest::redirect::Policy::none()).user_agent(ua).build();
             let response = http.expect("http").get(format!("{home}login")).send().await.expect("demo");
             assert_eq!(response.status(), 302);
             response.headers()["location"].to_str().expect("ascii").to_owned()
@@ -492,14 +492,23 @@ async fn the_demo_picks_the_app_by_user_agent() {
     assert!(inside.contains("/connect/oauth2/authorize?appid="), "{inside}");
     let desktop = location("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36").await;
     assert!(desktop.contains("/connect/qrconnect?appid="), "{desktop}");
-    let outside = reqwest::get(&inside).await.expect("sim").text().await.expect("page");
+    let outside = wxauth::http_client()
+        .build()
+        .expect("http")
+        .get(&inside)
+        .send()
+        .await
+        .expect("sim")
+        .text()
+        .await
+        .expect("page");
     assert!(outside.contains("请在微信客户端打开链接") && !outside.contains("id=\"allow\""), "{outside}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_whose_state_is_not_the_browsers_is_refused() {
     let dev = DevMode::start().await;
-    let http = reqwest::Client::new();
+    let http = wxauth::http_client().build().expect("http");
     let forged = format!("http://{}/callback?app=demo-mp&code=stolen&state=Forged1", dev.demo);
     let response = http.get(&forged).header("cookie", "wxauth_demo_state=Mine1").send().await.expect("demo");
     assert_eq!(response.status(), 400);

@@ -320,7 +320,7 @@ pub async fn spawn_settings(
     }));
     let channel = Channel::from_shared(format!("http://{grpc_addr}")).expect("uri").connect().await.expect("connect");
     // The test's "browser" is inside WeChat: official-account pages open nowhere else.
-    let http = reqwest::Client::builder()
+    let http = wxauth::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(wxauth::sim::WECHAT_BROWSER_UA)
         .build()

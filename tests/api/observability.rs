@@ -205,7 +205,7 @@ user = "off"
     let flow_id = client.clone().build_authorize_url(authed(PASSPORT_KEY, request)).await.expect("flow");
     let flow_id = flow_id.into_inner().flow_id;
     let code = sim.authorize(MP_APPID, "alice", "snsapi_userinfo").expect("code");
-    let relay = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    let relay = wxauth::http_client().redirect(reqwest::redirect::Policy::none()).build().expect("http");
     let relayed =
         relay.get(format!("http://127.0.0.1:{}/wechat/callback?code={code}&state={flow_id}", ports[1])).send().await;
     assert_eq!(relayed.expect("relay").status(), 302);
