@@ -37,12 +37,12 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
+use wxauth::sim::{SimConfig, Simulator};
 use wxauth_bench::load::{self, Outcome, Plan, Pool};
 use wxauth_bench::procs::{self, Children, Memory, ScratchDir};
 use wxauth_bench::report::{self, Row, Side};
 use wxauth_bench::soak::{self, Census, Soak};
-use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
-use wxauth::sim::{SimConfig, Simulator};
 
 const USAGE: &str = "\
 usage: wxauth-bench [flags]
