@@ -10,11 +10,15 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 
 # Dependencies first, in their own layer: rebuilt only when the manifests or the proto change.
+# The workspace names the benchmark harness (`bench/`), so its manifest comes too, with empty
+# sources: the image never builds it.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY bench/Cargo.toml ./bench/
 COPY proto ./proto
-RUN mkdir src \
+RUN mkdir -p src bench/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs bench/src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && cargo build --release --locked --bin wxauth \
     && rm -rf src
 

@@ -21,14 +21,14 @@
 //!   generated types, HTML and script-literal escaping.
 //!
 //! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
-//! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), [`bench`]
-//! (the benchmark harness behind `wxauth-bench`); `fuzzing` (hidden) gives the fuzz targets in
-//! `fuzz/` the private parsers that untrusted bytes reach.
+//! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page); `fuzzing`
+//! (hidden) gives the fuzz targets in `fuzz/` the private parsers that untrusted bytes reach.
+//! The benchmark harness (`wxauth-bench`) is a workspace member of its own, `bench/`, built on
+//! this library's public API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod allowlist;
-pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -12,90 +12,16 @@ use serde_json::{Value, json};
 use super::Simulator;
 use super::config::SimAppKind;
 use super::control::{Answer, Endpoint};
-use super::state::{self, Core, Grant, Issued};
+use super::params::Params;
+use super::state::{self, Core, Grant, Issued, errcode, errmsg};
 
-/// The errcodes the simulator answers, named after WeChat's meanings (WECHAT.md).
-pub(super) mod errcode {
-    pub const SYSTEM_BUSY: i64 = -1;
-    pub const INVALID_GRANT_TYPE: i64 = 40002;
-    pub const INVALID_OPENID: i64 = 40003;
-    pub const INVALID_APPID: i64 = 40013;
-    pub const INVALID_ACCESS_TOKEN: i64 = 40014;
-    pub const INVALID_CODE: i64 = 40029;
-    pub const INVALID_REFRESH_TOKEN: i64 = 40030;
-    pub const INVALID_LANG: i64 = 40033;
-    pub const INVALID_SECRET: i64 = 40125;
-    pub const CODE_USED: i64 = 40163;
-    pub const MISSING_ACCESS_TOKEN: i64 = 41001;
-    pub const MISSING_APPID: i64 = 41002;
-    pub const MISSING_REFRESH_TOKEN: i64 = 41003;
-    pub const MISSING_SECRET: i64 = 41004;
-    pub const MISSING_CODE: i64 = 41008;
-    pub const MISSING_OPENID: i64 = 41009;
-    pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
-    pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
-    pub const CODE_EXPIRED: i64 = 42003;
-    pub const MINUTE_QUOTA: i64 = 45011;
-    pub const HIGH_RISK_USER: i64 = 40226;
-    pub const API_UNAUTHORIZED: i64 = 48001;
-}
-
-/// WeChat's errmsg text for an errcode (before the request-id hint).
-pub(super) fn errmsg(code: i64) -> &'static str {
-    use errcode::*;
-    match code {
-        SYSTEM_BUSY => "system error",
-        40001 => "invalid credential, access_token is invalid or not latest",
-        INVALID_GRANT_TYPE => "invalid grant_type",
-        INVALID_OPENID => "invalid openid",
-        INVALID_APPID => "invalid appid",
-        INVALID_ACCESS_TOKEN => "invalid access_token",
-        INVALID_CODE => "invalid code",
-        INVALID_REFRESH_TOKEN => "invalid refresh_token",
-        INVALID_LANG => "invalid lang",
-        INVALID_SECRET => "invalid appsecret",
-        CODE_USED => "code been used",
-        MISSING_ACCESS_TOKEN => "access_token missing",
-        MISSING_APPID => "appid missing",
-        MISSING_REFRESH_TOKEN => "refresh_token missing",
-        MISSING_SECRET => "appsecret missing",
-        MISSING_CODE => "code missing",
-        MISSING_OPENID => "openid missing",
-        ACCESS_TOKEN_EXPIRED => "access_token expired",
-        REFRESH_TOKEN_EXPIRED => "refresh_token expired",
-        CODE_EXPIRED => "code expired",
-        45009 => "reach max api daily quota limit",
-        45011 => "api minute-quota reach-limit mustslower retry next minute",
-        API_UNAUTHORIZED => "api unauthorized",
-        HIGH_RISK_USER => "high risk user",
-        50001 => "user unauthorized",
-        _ => "simulated error",
-    }
-}
+/// The sns endpoints answer JSON, an errcode as WeChat's error JSON.
+const ANSWER: Answer = Answer::Json(error_response);
 
 /// WeChat's error answer: HTTP 200, `{"errcode": N, "errmsg": "<text>, rid: <hex>"}`.
 pub(super) fn error_response(code: i64) -> Response {
     let errmsg = format!("{}, rid: {}", errmsg(code), state::random_rid());
     Json(json!({ "errcode": code, "errmsg": errmsg })).into_response()
-}
-
-/// Query or form parameters in their order of arrival; lenient like WeChat: it never fails,
-/// and an empty value counts as missing.
-pub(super) struct Params(Vec<(String, String)>);
-
-impl Params {
-    pub(super) fn parse(raw: &[u8]) -> Self {
-        Self(url::form_urlencoded::parse(raw).into_owned().collect())
-    }
-
-    /// The value of the first `key`; `None` when it is absent or empty.
-    pub(super) fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
-    }
-
-    fn require(&self, key: &str, missing: i64) -> Result<&str, i64> {
-        self.get(key).ok_or(missing)
-    }
 }
 
 /// The routes of `api.weixin.qq.com` the service calls.
@@ -132,7 +58,7 @@ async fn jscode2session(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -
 
 /// Counts the call, applies an injected fault, else runs the endpoint's rule.
 async fn answer(sim: &Simulator, endpoint: Endpoint, raw: Option<String>, rule: Rule) -> Response {
-    let after_work = match sim.enter(endpoint, Answer::Json).await {
+    let after_work = match sim.enter(endpoint, ANSWER).await {
         Ok(after_work) => after_work,
         Err(faulted) => return faulted,
     };
@@ -150,7 +76,7 @@ async fn answer(sim: &Simulator, endpoint: Endpoint, raw: Option<String>, rule: 
     };
     match after_work {
         // The work is done (a code spent); the answer that reaches the caller is the fault's.
-        Some(fault) => sim.fault_answer(fault, Answer::Json).await.unwrap_or(response),
+        Some(fault) => sim.fault_answer(fault, ANSWER).await.unwrap_or(response),
         None => response,
     }
 }

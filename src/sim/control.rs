@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::Simulator;
-use super::api::{Params, error_response};
-use super::pages::PageError;
+use super::config::SimAppKind;
+use super::params::Params;
 
 /// A simulated WeChat endpoint, for counting calls and injecting faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,11 +93,14 @@ pub enum Fault {
     AfterWork(Box<Fault>),
 }
 
-/// How an endpoint answers, so a fault answers in the same shape.
+/// How an endpoint answers, so a fault answers in the same shape: each carries how that
+/// endpoint shows an errcode (WeChat's error JSON, its error page), so the faults need neither.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Answer {
-    Html,
-    Json,
+    /// An HTML page (the authorize pages).
+    Html(fn(i64) -> Response),
+    /// JSON (the `sns` endpoints).
+    Json(fn(i64) -> Response),
 }
 
 /// Counters, fault queues and switches; cheap to touch from every request.
@@ -185,18 +188,17 @@ impl Simulator {
                 return None;
             }
             (Fault::AfterWork(inner), answer) => return Box::pin(self.fault_answer(*inner, answer)).await,
-            (Fault::Errcode(code), Answer::Json) => error_response(code),
-            (Fault::Errcode(code), Answer::Html) => PageError::Upstream(code).into_response(),
+            (Fault::Errcode(code), Answer::Json(errcode) | Answer::Html(errcode)) => errcode(code),
             (Fault::HttpStatus(status), _) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, format!("simulated HTTP {}", status.as_u16())).into_response()
             }
-            (Fault::BadJson, Answer::Json) => (
+            (Fault::BadJson, Answer::Json(_)) => (
                 [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
                 r#"{"access_token":"ACCESS_TOKEN","expires_in":72"#,
             )
                 .into_response(),
-            (Fault::BadJson, Answer::Html) => (
+            (Fault::BadJson, Answer::Html(_)) => (
                 [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
                 "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>",
             )
@@ -339,7 +341,7 @@ async fn mobile_code(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> R
         return bad_request("appid and user are required");
     };
     let code = match sim.core().app(appid) {
-        Some(app) if app.kind == super::SimAppKind::MobileApp => sim.authorize(appid, user, "snsapi_userinfo"),
+        Some(app) if app.kind == SimAppKind::MobileApp => sim.authorize(appid, user, "snsapi_userinfo"),
         _ => return bad_request("not a mobile app's appid"),
     };
     match code {

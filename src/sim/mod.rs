@@ -8,17 +8,21 @@
 //! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser,
 //! set the per-app sns quota (WeChat's 50,000 calls a minute by default; past it, 45011).
 //!
-//! Layout:
+//! Layout, each file using only those above it (this one wires them into [`Simulator`]):
 //! - `config`: the apps and test users it knows ([`SimConfig::demo`] for the dev mode).
-//! - `state`: the clock, the issued codes and tokens, the quota, and the ids WeChat derives.
+//! - `params`: query and form parameters, read leniently as WeChat does.
+//! - `state`: the clock, the issued codes and tokens, the quota, the ids WeChat derives, and
+//!   WeChat's errcodes with their texts.
+//! - `control`: call counters, faults, the double-callback switch and the `/sim` API; a fault
+//!   answers in its endpoint's shape, the endpoint saying how it shows an errcode.
 //! - `pages`: the browser pages: query rules, consent page, redirects, error pages.
 //! - `api`: the `sns` JSON endpoints and WeChat's error JSON.
-//! - `control`: call counters, faults, the double-callback switch and the `/sim` API.
 
 mod api;
 mod config;
 mod control;
 mod pages;
+mod params;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -32,32 +36,10 @@ use std::time::Duration;
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
 pub use self::pages::{WECHAT_BROWSER_UA, WX_LOGIN_JS};
-pub use self::state::{MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE};
+pub use self::state::{MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE, SimError};
 
 use self::control::Controls;
 use self::state::Core;
-
-/// Why [`Simulator::authorize`] would not issue a code: the same refusals the consent page makes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SimError {
-    /// No app with this appid is configured.
-    #[error("unknown appid {0}")]
-    UnknownApp(String),
-    /// No test user with this key is configured.
-    #[error("unknown test user {0}")]
-    UnknownUser(String),
-    /// The app's kind does not have this scope (WeChat's 10005).
-    #[error("app {appid} has no scope {scope} (errcode 10005)")]
-    ScopeNotAllowed {
-        /// The app asked for.
-        appid: String,
-        /// The scope it does not have.
-        scope: String,
-    },
-    /// Snapshot-page virtual users come only from `snsapi_userinfo` pages.
-    #[error("snapshot user {0} comes only from snsapi_userinfo pages")]
-    SnapshotNeedsUserinfo(String),
-}
 
 /// A running simulated WeChat: cheap to clone, every clone steers the same instance.
 #[derive(Clone)]

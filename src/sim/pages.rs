@@ -13,10 +13,13 @@ use axum::routing::{get, post};
 use url::Url;
 
 use super::Simulator;
-use super::api::{Params, errmsg};
 use super::config::{SimApp, SimAppKind};
 use super::control::{Answer, Endpoint};
-use super::state::Core;
+use super::params::Params;
+use super::state::{Core, errmsg};
+
+/// The authorize pages answer HTML, an errcode as WeChat's error page.
+const ANSWER: Answer = Answer::Html(error_page);
 
 /// Which of WeChat's two authorize pages a request is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +103,7 @@ impl Page {
 
 /// Why WeChat shows its error page instead of the consent page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PageError {
+enum PageError {
     /// Malformed link: parameter order, names, `response_type`, `state`.
     BadLink,
     /// No app with that appid.
@@ -150,6 +153,11 @@ impl IntoResponse for PageError {
         layout(&title, "", &format!("<h1>{}</h1><p class=\"err\">{}</p>", escape(&title), escape(&detail)))
             .into_response()
     }
+}
+
+/// WeChat's error page for an errcode (an injected errcode fault).
+fn error_page(code: i64) -> Response {
+    PageError::Upstream(code).into_response()
 }
 
 /// An authorize request that passed every check: what the consent page and its forms carry.
@@ -244,7 +252,7 @@ async fn qrconnect_confirm(State(sim): State<Simulator>, body: Bytes) -> Respons
 
 /// `GET` of an authorize page: the consent page, or WeChat's error page.
 async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
-    if let Err(faulted) = sim.enter(page.endpoint(), Answer::Html).await {
+    if let Err(faulted) = sim.enter(page.endpoint(), ANSWER).await {
         return faulted;
     }
     match check_query(sim.core(), page, raw.as_deref().unwrap_or("")) {

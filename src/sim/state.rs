@@ -14,8 +14,6 @@ use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use sha2::{Digest as _, Sha256};
 
-use super::SimError;
-use super::api::errcode;
 use super::config::{SimApp, SimAppKind, SimConfig, SimUser};
 
 /// Web access tokens live two hours.
@@ -31,6 +29,87 @@ pub const SNS_CALLS_PER_MINUTE: u32 = 50_000;
 /// `jscode2session` calls a minute per mini program user; past it, 45011 (WeChat's 小程序登录
 /// limit: 100 a minute per user).
 pub const MINI_LOGINS_PER_MINUTE: u32 = 100;
+
+/// The errcodes the simulator answers, named after WeChat's meanings (WECHAT.md).
+pub(super) mod errcode {
+    pub const SYSTEM_BUSY: i64 = -1;
+    pub const INVALID_GRANT_TYPE: i64 = 40002;
+    pub const INVALID_OPENID: i64 = 40003;
+    pub const INVALID_APPID: i64 = 40013;
+    pub const INVALID_ACCESS_TOKEN: i64 = 40014;
+    pub const INVALID_CODE: i64 = 40029;
+    pub const INVALID_REFRESH_TOKEN: i64 = 40030;
+    pub const INVALID_LANG: i64 = 40033;
+    pub const INVALID_SECRET: i64 = 40125;
+    pub const CODE_USED: i64 = 40163;
+    pub const MISSING_ACCESS_TOKEN: i64 = 41001;
+    pub const MISSING_APPID: i64 = 41002;
+    pub const MISSING_REFRESH_TOKEN: i64 = 41003;
+    pub const MISSING_SECRET: i64 = 41004;
+    pub const MISSING_CODE: i64 = 41008;
+    pub const MISSING_OPENID: i64 = 41009;
+    pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+    pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
+    pub const CODE_EXPIRED: i64 = 42003;
+    pub const MINUTE_QUOTA: i64 = 45011;
+    pub const HIGH_RISK_USER: i64 = 40226;
+    pub const API_UNAUTHORIZED: i64 = 48001;
+}
+
+/// WeChat's errmsg text for an errcode (before the request-id hint).
+pub(super) fn errmsg(code: i64) -> &'static str {
+    use errcode::*;
+    match code {
+        SYSTEM_BUSY => "system error",
+        40001 => "invalid credential, access_token is invalid or not latest",
+        INVALID_GRANT_TYPE => "invalid grant_type",
+        INVALID_OPENID => "invalid openid",
+        INVALID_APPID => "invalid appid",
+        INVALID_ACCESS_TOKEN => "invalid access_token",
+        INVALID_CODE => "invalid code",
+        INVALID_REFRESH_TOKEN => "invalid refresh_token",
+        INVALID_LANG => "invalid lang",
+        INVALID_SECRET => "invalid appsecret",
+        CODE_USED => "code been used",
+        MISSING_ACCESS_TOKEN => "access_token missing",
+        MISSING_APPID => "appid missing",
+        MISSING_REFRESH_TOKEN => "refresh_token missing",
+        MISSING_SECRET => "appsecret missing",
+        MISSING_CODE => "code missing",
+        MISSING_OPENID => "openid missing",
+        ACCESS_TOKEN_EXPIRED => "access_token expired",
+        REFRESH_TOKEN_EXPIRED => "refresh_token expired",
+        CODE_EXPIRED => "code expired",
+        45009 => "reach max api daily quota limit",
+        45011 => "api minute-quota reach-limit mustslower retry next minute",
+        API_UNAUTHORIZED => "api unauthorized",
+        HIGH_RISK_USER => "high risk user",
+        50001 => "user unauthorized",
+        _ => "simulated error",
+    }
+}
+
+/// Why `Simulator::authorize` would not issue a code: the same refusals the consent page makes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// No app with this appid is configured.
+    #[error("unknown appid {0}")]
+    UnknownApp(String),
+    /// No test user with this key is configured.
+    #[error("unknown test user {0}")]
+    UnknownUser(String),
+    /// The app's kind does not have this scope (WeChat's 10005).
+    #[error("app {appid} has no scope {scope} (errcode 10005)")]
+    ScopeNotAllowed {
+        /// The app asked for.
+        appid: String,
+        /// The scope it does not have.
+        scope: String,
+    },
+    /// Snapshot-page virtual users come only from `snsapi_userinfo` pages.
+    #[error("snapshot user {0} comes only from snsapi_userinfo pages")]
+    SnapshotNeedsUserinfo(String),
+}
 
 /// What one authorization granted: which user, in which app, with which scope.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The benchmark harness behind the `wxauth-bench` binary (issue 5, BENCHMARKS.md): it drives
+//! `wxauth_bench`: the benchmark harness behind the `wxauth-bench` binary (issue 5, BENCHMARKS.md): it drives
 //! wxauth's RPCs and relay at a fixed concurrency for a fixed time, and the same load against
 //! *ceilings* — servers built from the same stack (tonic, axum, redis-rs, the simulator) doing
 //! only the one store or upstream operation each wxauth operation cannot avoid — so every
@@ -16,8 +16,11 @@
 //!   and the relay, wxauth's memory quarter by quarter, and Redis' keys counted by kind until
 //!   the flows and code records have expired.
 //!
-//! Nothing here is linked into the service's request path; the module lives in the library
-//! only so the binary stays short and the pieces carry docs and lints like the rest.
+//! A workspace member of its own (issue 13): the service's library and binary carry none of it.
+//! It reaches wxauth only through the library's public API (the generated types, the
+//! simulator, the relay's path, the config's key digest and the keyring's line).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod ceiling;
 pub mod load;

@@ -2,7 +2,7 @@
 //! run on one machine (issue 5; results and method in BENCHMARKS.md).
 //!
 //! ```text
-//! cargo run --release --bin wxauth-bench -- --concurrency 64 --duration 10s
+//! cargo run --release -p wxauth-bench -- --concurrency 64 --duration 10s
 //! ```
 //!
 //! By default it starts everything itself: a private `redis-server` on a free port, the WeChat
@@ -16,7 +16,7 @@
 //! that point it at an already running wxauth and Redis instead.
 //!
 //! ```text
-//! cargo run --release --bin wxauth-bench -- soak --sign-ins 20000 --concurrency 64
+//! cargo run --release -p wxauth-bench -- soak --sign-ins 20000 --concurrency 64
 //! ```
 //!
 //! `soak` (issue 11) runs complete sign-ins instead — BuildAuthorizeUrl, the consent page and
@@ -37,12 +37,12 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use wxauth::bench::load::{self, Outcome, Plan, Pool};
-use wxauth::bench::procs::{self, Children, Memory, ScratchDir};
-use wxauth::bench::report::{self, Row, Side};
-use wxauth::bench::soak::{self, Census, Soak};
 use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
 use wxauth::sim::{SimConfig, Simulator};
+use wxauth_bench::load::{self, Outcome, Plan, Pool};
+use wxauth_bench::procs::{self, Children, Memory, ScratchDir};
+use wxauth_bench::report::{self, Row, Side};
+use wxauth_bench::soak::{self, Census, Soak};
 
 const USAGE: &str = "\
 usage: wxauth-bench [flags]
@@ -267,7 +267,7 @@ fn main() -> ExitCode {
 /// The ceiling server child: a runtime like wxauth's (`#[tokio::main]`: one worker per core).
 fn ceiling_main(redis_url: &str) -> ExitCode {
     let served = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
-        let served = rt.block_on(wxauth::bench::ceiling::serve(redis_url));
+        let served = rt.block_on(wxauth_bench::ceiling::serve(redis_url));
         // Not waiting for the blocking stdin reader: it ends only when the bench exits.
         rt.shutdown_background();
         served.map_err(anyhow::Error::from)
@@ -1019,8 +1019,9 @@ fn wxauth_binary(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "--bin", "wxauth", "--manifest-path"]);
-        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        // The workspace root's manifest: wxauth is the root package; the target dir is shared.
+        build.args(["build", "--quiet", "-p", "wxauth", "--bin", "wxauth", "--manifest-path"]);
+        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
         match profile {
             "debug" => {}
             "release" => {

@@ -28,7 +28,7 @@ use url::Url;
 use super::load::histogram;
 use super::procs::{self, Memory};
 use super::report::Check;
-use crate::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
+use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
 
 /// Where the official account's consent form posts (the simulator's page, as WeChat's).
 const CONFIRM_PATH: &str = "/connect/oauth2/authorize/confirm";
@@ -181,7 +181,7 @@ impl Soak {
         let mut client = self.clients[worker % self.clients.len()].clone();
         let user = &self.users[n % self.users.len()];
         // The product's CSRF value, kept in its session and checked when the user comes back.
-        let csrf = format!("soak-{n}-{}", crate::random_id(16));
+        let csrf = format!("soak-{n}-{}", wxauth::random_id(16));
 
         // The product starts the flow.
         let request = proto::BuildAuthorizeUrlRequest {

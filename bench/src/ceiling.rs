@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
-use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
+use wxauth::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 
 /// Where ceiling flows live in Redis (`{FLOW_PREFIX}{flow_id}`).
 pub const FLOW_PREFIX: &str = "ceiling:flow:";
@@ -69,7 +69,7 @@ impl WeChatOAuthService for CeilingService {
         &self,
         _request: Request<proto::BuildAuthorizeUrlRequest>,
     ) -> Result<tonic::Response<proto::BuildAuthorizeUrlResponse>, Status> {
-        let flow_id = crate::random_id(22);
+        let flow_id = wxauth::random_id(22);
         let () = redis::cmd("SET")
             .arg(format!("{FLOW_PREFIX}{flow_id}"))
             .arg(self.value.as_bytes())
@@ -136,7 +136,7 @@ impl WeChatOAuthService for CeilingService {
         _request: Request<proto::SignInMiniProgramRequest>,
     ) -> Result<tonic::Response<proto::SignInMiniProgramResponse>, Status> {
         let () = redis::cmd("SET")
-            .arg(format!("{FLOW_PREFIX}sess:{}", crate::random_id(22)))
+            .arg(format!("{FLOW_PREFIX}sess:{}", wxauth::random_id(22)))
             .arg(self.value.as_bytes())
             .arg("PX")
             .arg(FLOW_TTL_MS)
@@ -233,7 +233,7 @@ pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
             redis.clone(),
         )))
         .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true)));
-    let router = axum::Router::new().route(crate::relay::CALLBACK_PATH, axum::routing::get(relay)).with_state(redis);
+    let router = axum::Router::new().route(wxauth::relay::CALLBACK_PATH, axum::routing::get(relay)).with_state(redis);
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
