@@ -1152,7 +1152,7 @@ async fn soak_with(args: SoakArgs, children: &Children) -> anyhow::Result<bool> 
     let prefix = "wxauth";
     let mut censuses = vec![("before", Census::take(&mut redis, prefix).await.context("count keys")?)];
 
-    let browser = reqwest::Client::builder()
+    let browser = wxauth::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(wxauth::sim::WECHAT_BROWSER_UA)
         .tcp_nodelay(true)

@@ -193,7 +193,7 @@ pub async fn start_wxauth(
         })?;
     let pid = children.adopt("wxauth", child);
     let (grpc, public, admin) = addrs;
-    let http = crate::http_client().build().map_err(|e| ProcError::NotReady(format!("HTTP client: {e}")))?;
+    let http = wxauth::http_client().build().map_err(|e| ProcError::NotReady(format!("HTTP client: {e}")))?;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         if let Some(status) = children.exited(pid) {
