@@ -385,19 +385,28 @@ macro_rules! call {
     }};
 }
 
-/// One Redis call, bounded by [`OPERATION_TIMEOUT`], given up as soon as the breaker opens
-/// (Redis stopped answering everyone: this call answers now too, not at its timeout).
+/// How often a call still waiting on Redis looks whether the breaker opened meanwhile.
+const OPEN_CHECK: Duration = Duration::from_millis(50);
+
+/// One Redis call, bounded by [`OPERATION_TIMEOUT`], given up within [`OPEN_CHECK`] of the
+/// breaker opening (Redis stopped answering everyone: this call answers then too, not at its
+/// timeout). The call waits in slices and reads the breaker's state between them: one timer per
+/// call that answers in time, as with a plain timeout. (Waiting on the breaker's change channel
+/// instead cost every call a waker registration on one shared list: GetUserInfo ran at 0.48× of
+/// its ceiling with it, 0.93× without.)
 async fn bounded<T>(
     breaker: &Breaker,
-    call: futures::future::BoxFuture<'_, ::redis::RedisResult<T>>,
+    mut call: futures::future::BoxFuture<'_, ::redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    tokio::select! {
-        biased;
-        answer = tokio::time::timeout(OPERATION_TIMEOUT, call) => match answer {
-            Ok(result) => result.map_err(StoreError::Unavailable),
-            Err(_) => Err(StoreError::Timeout(OPERATION_TIMEOUT)),
-        },
-        () = breaker.opened() => Err(StoreError::KnownDown),
+    let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT;
+    loop {
+        let slice = deadline.saturating_duration_since(tokio::time::Instant::now()).min(OPEN_CHECK);
+        match tokio::time::timeout(slice, &mut call).await {
+            Ok(result) => return result.map_err(StoreError::Unavailable),
+            Err(_) if tokio::time::Instant::now() >= deadline => return Err(StoreError::Timeout(OPERATION_TIMEOUT)),
+            Err(_) if breaker.state() == breaker::BreakerState::Open => return Err(StoreError::KnownDown),
+            Err(_) => {}
+        }
     }
 }
 
