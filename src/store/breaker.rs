@@ -145,16 +145,6 @@ impl Breaker {
         self.changes.subscribe()
     }
 
-    /// Completes when the breaker is open (at once if it is now): calls waiting on Redis give
-    /// up then.
-    pub async fn opened(&self) {
-        let mut changes = self.changes.subscribe();
-        if changes.wait_for(|state| *state == BreakerState::Open).await.is_err() {
-            // The breaker is gone (never while a store call runs): nothing will open it.
-            std::future::pending::<()>().await;
-        }
-    }
-
     /// Whether one call may go to Redis.
     pub fn admit(&self) -> Admission {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
@@ -384,21 +374,6 @@ mod tests {
         clock.advance(Duration::from_millis(100));
         breaker.ping_failed(clock.now_ms(), "health ping timed out");
         assert_eq!(breaker.state(), BreakerState::Open, "no answer since the ping was sent");
-    }
-
-    #[tokio::test]
-    async fn calls_waiting_on_redis_learn_at_once_that_it_opened() {
-        let (breaker, _, _) = breaker();
-        let breaker = Arc::new(breaker);
-        let waiting = tokio::spawn({
-            let breaker = Arc::clone(&breaker);
-            async move { breaker.opened().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "closed: nothing to learn");
-        breaker.open("health ping timed out");
-        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
-        tokio::time::timeout(Duration::from_secs(5), breaker.opened()).await.expect("already open: at once");
     }
 
     #[test]
