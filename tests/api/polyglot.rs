@@ -5,45 +5,56 @@
 //! deadline and a W3C `traceparent` with every call: wxauth's span of each call joins the
 //! caller's trace, as the caller's span's child.
 //!
-//! The spans are caught in process: each test runs on one thread (`current_thread`), so the
-//! subscriber it sets as that thread's default sees every span the service makes.
+//! The spans are caught in process, by one subscriber for the whole test process (set once, as
+//! the global default) that keeps the `rpc` spans with a remote parent: each test finds its own
+//! by the ids its example sent. (A subscriber per test thread raced with the other tests: tracing
+//! caches each callsite's interest process-wide, and a callsite first met on a thread with no
+//! subscriber could be cached as disabled for the thread that had one, so a CI run once saw
+//! none of the Node example's spans.)
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, spawn_app};
 
-/// The spans the service ended, kept in memory.
+/// The `rpc` spans the service ended with a remote parent (a caller's trace), kept in memory.
 #[derive(Clone, Debug, Default)]
 struct Spans(Arc<Mutex<Vec<SpanData>>>);
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0.lock().expect("spans").extend(batch);
+        self.0.lock().expect("spans").extend(batch.into_iter().filter(|s| s.parent_span_is_remote));
         Ok(())
     }
 }
 
 /// What `main` sets up with OTLP, pointed at memory: W3C trace context taken from gRPC metadata
-/// (the process-wide propagator `telemetry::init` installs) and an OpenTelemetry layer, as
-/// this thread's subscriber until the guard drops.
-fn catch_spans() -> (Spans, SdkTracerProvider, tracing::subscriber::DefaultGuard) {
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-    let spans = Spans::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("polyglot"))
-        .with_filter(tracing_subscriber::filter::Targets::new().with_target("wxauth", tracing::Level::TRACE));
-    let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
-    (spans, provider, guard)
+/// (the process-wide propagator `telemetry::init` installs) and an OpenTelemetry layer for the
+/// service's `rpc` spans, installed once as the process's subscriber.
+fn caught_spans() -> &'static Spans {
+    static CAUGHT: OnceLock<(Spans, SdkTracerProvider)> = OnceLock::new();
+    let (spans, _provider) = CAUGHT.get_or_init(|| {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let spans = Spans::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+        let layer =
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("polyglot")).with_filter(filter_fn(|meta| {
+                meta.is_span() && meta.name() == "rpc" && meta.target().starts_with("wxauth")
+            }));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("no other test sets a global subscriber");
+        (spans, provider)
+    });
+    spans
 }
 
 /// Every call the example reports (`sent`: method and `traceparent`) has its wxauth span: in
@@ -60,10 +71,11 @@ fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value)
         };
         assert_eq!((version, flags, trace_id.len(), parent_id.len()), ("00", "01", 32, 16), "{traceparent}");
         let name = format!("wxauth.v1.WeChatOAuthService/{method}");
-        let span = spans
-            .iter()
-            .find(|s| s.name == name && s.parent_span_id.to_string() == parent_id)
-            .unwrap_or_else(|| panic!("no {name} span with parent {parent_id} ({} spans)", spans.len()));
+        let span =
+            spans.iter().find(|s| s.name == name && s.parent_span_id.to_string() == parent_id).unwrap_or_else(|| {
+                let seen: Vec<_> = spans.iter().map(|s| format!("{} <- {}", s.name, s.parent_span_id)).collect();
+                panic!("no {name} span with parent {parent_id}; sent {sent:?}; spans {seen:#?}")
+            });
         assert_eq!(span.span_context.trace_id().to_string(), trace_id, "{name} joins the caller's trace");
         assert!(span.parent_span_is_remote, "{name}: the parent is the caller's span");
     }
@@ -91,7 +103,7 @@ async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_python_service_signs_a_user_in_and_reads_error_details() {
-    let (spans, _provider, _guard) = catch_spans();
+    let spans = caught_spans();
     let app = spawn_app(Backend::Redis).await;
     let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
     let python = tool("WXAUTH_PYTHON", &venv, "Python client env");
@@ -135,7 +147,7 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_eq!(seen["forgot_a_token"], true);
     assert_eq!(seen["after_forget"], "TOKEN_NOT_FOUND");
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "GetUserInfo came from the cache");
-    assert_spans_join_the_callers_traces(&spans, &seen["sent"]);
+    assert_spans_join_the_callers_traces(spans, &seen["sent"]);
 }
 
 /// The Node example against WeChat failing the way the example shows how to handle: the first
@@ -144,7 +156,7 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
 /// (STORE_UNAVAILABLE: retried after RetryInfo's delay, then given up on).
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
-    let (spans, _provider, _guard) = catch_spans();
+    let spans = caught_spans();
     let app = spawn_app(Backend::Redis).await;
     let outage = spawn_app(Backend::Redis).await;
     outage.redis.as_ref().expect("redis").lock().await.kill();
@@ -208,5 +220,5 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     });
     assert_eq!(seen["outage"], outage_seen);
     assert_eq!(app.sim.calls(Endpoint::AccessToken), 3, "lost, then the two sign-ins' exchanges; no retried code");
-    assert_spans_join_the_callers_traces(&spans, &seen["sent"]);
+    assert_spans_join_the_callers_traces(spans, &seen["sent"]);
 }
