@@ -19,7 +19,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use crate::allowlist::ReturnUrl;
+use crate::allowlist::redirect_from_stored;
 use crate::config::Settings;
 use crate::secrets::AuthCode;
 use crate::store::{CodeRelay, FlowUse, Relayed, Store};
@@ -123,12 +123,11 @@ async fn relay_target(relay: &RelayState, query: &str) -> Result<(String, FlowUs
         tracing::warn!(app = %flow.app, "callback refused: the code came through another flow first");
         return Err(Refusal::CodeOfAnotherFlow);
     }
-    let return_url = ReturnUrl::from_stored(&flow.return_url).map_err(|_| Refusal::UnknownFlow)?;
     let location = match &callback.code {
-        Some(code) => return_url.with_params(&[("code", code), ("state", &flow.caller_state)]),
-        None => return_url.with_params(&[("state", &flow.caller_state)]),
+        Some(code) => redirect_from_stored(&flow.return_url, &[("code", code), ("state", &flow.caller_state)]),
+        None => redirect_from_stored(&flow.return_url, &[("state", &flow.caller_state)]),
     };
-    Ok((location.into(), used, callback.code.is_some()))
+    Ok((location.map_err(|_| Refusal::UnknownFlow)?, used, callback.code.is_some()))
 }
 
 fn store_down(e: crate::store::StoreError) -> Refusal {
@@ -168,7 +167,7 @@ pub(crate) fn parse_query(query: &str) -> Result<Callback, Refusal> {
 }
 
 fn redirect(location: &str) -> Response {
-    // `with_params` percent-encodes everything, so a Location is always a valid header value.
+    // `redirect_from_stored` percent-encodes everything, so a Location is always a valid header value.
     match HeaderValue::from_str(location) {
         Ok(value) => {
             let mut response = StatusCode::FOUND.into_response();
