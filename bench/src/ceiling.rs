@@ -2,8 +2,9 @@
 //! store operation the operation needs. A bare tonic unary handler (wxauth's own generated
 //! server trait, with no authentication, validation, sealing, metrics or tracing) doing one
 //! Redis `SET PX` of a ~200-byte value (`BuildAuthorizeUrl`) or one `GET` (`GetUserInfo`,
-//! `ValidateToken` before their upstream call), and a bare axum handler doing `GETDEL` + 302
-//! (the relay). Served by the bench binary in a child process (`wxauth-bench __ceiling`), so
+//! `ValidateToken` before their upstream call), and bare axum handlers doing `GETDEL` + 302
+//! (the relay) and, for the relay that binds each code to its flow, `GETDEL` of the flow and
+//! `SET NX GET` of a code record in one pipeline + 302. Served by the bench binary in a child process (`wxauth-bench __ceiling`), so
 //! it has its own runtime and its own memory, as wxauth does. Accepted sockets get
 //! `TCP_NODELAY`, as a tuned server's do: without it, a response written in two pieces (tonic
 //! writes headers + data, then trailers) waits for the client's delayed ACK, ~40 ms.
@@ -24,6 +25,10 @@ use wxauth::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 
 /// Where ceiling flows live in Redis (`{FLOW_PREFIX}{flow_id}`).
 pub const FLOW_PREFIX: &str = "ceiling:flow:";
+/// Where the binding relay ceiling keeps its code records (`{CODE_PREFIX}{code}`).
+pub const CODE_PREFIX: &str = "ceiling:code:";
+/// The binding relay ceiling's callback path (the plain one is wxauth's own path).
+pub const BOUND_CALLBACK_PATH: &str = "/bound/wechat/callback";
 /// The one record the `GET` ceiling reads.
 pub const TOKEN_KEY: &str = "ceiling:tok";
 /// The one hash the `HGETALL` ceiling (FindAccounts) reads.
@@ -188,6 +193,40 @@ async fn relay(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery
     }
 }
 
+/// The axum ceiling of a relay that binds each code to its flow (issue 9): in one pipeline,
+/// `GETDEL` the flow named by `state` and `SET code NX GET PX` a 60-byte record naming it (the
+/// least Redis work such a relay does: read the flow, bind the code, learn whether it was bound
+/// before); 302 to the flow's URL with the code appended when the code was not bound to
+/// another flow, 400 otherwise.
+async fn relay_bound(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery) -> Response {
+    let (mut code, mut state) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "code" => code = Some(value.into_owned()),
+            "state" => state = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(state), Some(code)) = (state, code) else { return StatusCode::BAD_REQUEST.into_response() };
+    let mut record = state.clone().into_bytes();
+    record.resize(60, b' ');
+    let mut pipe = redis::pipe();
+    pipe.cmd("GETDEL").arg(format!("{FLOW_PREFIX}{state}"));
+    pipe.cmd("SET").arg(format!("{CODE_PREFIX}{code}")).arg(&record).arg("NX").arg("GET").arg("PX").arg(660_000);
+    let found: redis::RedisResult<(Option<String>, Option<Vec<u8>>)> = pipe.query_async(&mut redis.clone()).await;
+    match found {
+        Ok((Some(url), bound)) if bound.as_ref().is_none_or(|b| *b == record) => {
+            let location = format!("{url}&code={code}");
+            match HeaderValue::from_str(&location) {
+                Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }
+        Ok(_) => StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
 /// Why the ceiling server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CeilingError {
@@ -233,7 +272,10 @@ pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
             redis.clone(),
         )))
         .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true)));
-    let router = axum::Router::new().route(wxauth::relay::CALLBACK_PATH, axum::routing::get(relay)).with_state(redis);
+    let router = axum::Router::new()
+        .route(wxauth::relay::CALLBACK_PATH, axum::routing::get(relay))
+        .route(BOUND_CALLBACK_PATH, axum::routing::get(relay_bound))
+        .with_state(redis);
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -38,7 +38,9 @@ use futures::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClient};
+use wxauth::relay::CALLBACK_PATH;
 use wxauth::sim::{SimConfig, Simulator};
+use wxauth_bench::ceiling;
 use wxauth_bench::load::{self, Outcome, Plan, Pool};
 use wxauth_bench::procs::{self, Children, Memory, ScratchDir};
 use wxauth_bench::report::{self, Row, Side};
@@ -429,9 +431,12 @@ impl Bench {
             let build_rps = self.rps(Side::Ceiling, "tonic SET").unwrap_or(60_000.0).max(1000.0);
             if let Some((clients, base, _)) = self.ceiling.clone() {
                 let want = (build_rps * window * 2.5) as usize;
-                let ids = self.fill(clients, std::mem::take(&mut ceiling_flows), want, "ceiling").await;
-                let op = relay_op(self.http.clone(), base, Arc::new(Pool::new(ids)));
+                let ids = self.fill(clients.clone(), std::mem::take(&mut ceiling_flows), want, "ceiling").await;
+                let op = relay_op(self.http.clone(), base.clone(), CALLBACK_PATH, Arc::new(Pool::new(ids)));
                 self.phase(Side::Ceiling, "axum GETDEL", "GETDEL + 302", op).await;
+                let ids = self.fill(clients, Vec::new(), want, "ceiling").await;
+                let op = relay_op(self.http.clone(), base, ceiling::BOUND_CALLBACK_PATH, Arc::new(Pool::new(ids)));
+                self.phase(Side::Ceiling, "axum GETDEL+SET NX", "GETDEL + SET NX GET piped + 302", op).await;
             }
             let want = match self.rps(Side::Ceiling, "axum GETDEL").filter(|rps| *rps > 0.0) {
                 Some(ceiling_rps) => (ceiling_rps * window * 1.5) as usize,
@@ -441,8 +446,8 @@ impl Bench {
                 }
             };
             let ids = self.fill(self.wxauth.clone(), std::mem::take(&mut wx_flows), want, "wxauth").await;
-            let op = relay_op(self.http.clone(), self.wxauth_relay.clone(), Arc::new(Pool::new(ids)));
-            let work = "HGET + HINCRBY + PEXPIRE LT piped, open, SET NX code record, 302";
+            let op = relay_op(self.http.clone(), self.wxauth_relay.clone(), CALLBACK_PATH, Arc::new(Pool::new(ids)));
+            let work = "HGET + HINCRBY + PEXPIRE LT + SET NX GET code record in one pipeline, open, 302";
             self.phase(Side::Wxauth, "relay", work, op).await;
         }
         drop((wx_flows, ceiling_flows));
@@ -700,10 +705,10 @@ fn build_op(
 }
 
 /// The callback of a fresh flow (each relayed once); a 302 is the expected answer.
-fn relay_op(http: reqwest::Client, base: String, pool: Arc<Pool>) -> OpFn {
+fn relay_op(http: reqwest::Client, base: String, path: &'static str, pool: Arc<Pool>) -> OpFn {
     Arc::new(move |_| {
         let Some(flow) = pool.take() else { return async { Outcome::Exhausted }.boxed() };
-        let request = http.get(format!("{base}/wechat/callback?code={RELAY_CODE}{flow}&state={flow}"));
+        let request = http.get(format!("{base}{path}?code={RELAY_CODE}{flow}&state={flow}"));
         async move {
             match request.send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::FOUND => Outcome::Ok,
