@@ -551,9 +551,21 @@ impl Bench {
         };
         eprintln!("{:<8} {name}: {:?} warm-up, {:?} timed …", side_name(side), self.args.warmup, self.args.duration);
         let reset = pid.is_some_and(procs::reset_peak);
-        let sample = load::run(self.args.plan(), move |worker| op(worker)).await;
+        // The server's CPU time over the timed window, read beside the load.
+        let (warmup, duration) = (self.args.warmup, self.args.duration);
+        let cpu = async move {
+            let pid = pid?;
+            tokio::time::sleep(warmup).await;
+            let before = procs::cpu_us(pid)?;
+            tokio::time::sleep(duration).await;
+            Some(procs::cpu_us(pid)?.saturating_sub(before))
+        };
+        let (sample, cpu_us) = tokio::join!(load::run(self.args.plan(), move |worker| op(worker)), cpu);
         let memory = pid.and_then(procs::memory).map(|m| if reset { m } else { Memory { peak_kib: m.peak_kib, ..m } });
-        let row = Row { side, name, work, concurrency: self.args.concurrency, sample, memory };
+        // A window cut short (fresh flows ran out) has no CPU figure that matches its requests.
+        let cpu_us_per_request =
+            cpu_us.filter(|_| !sample.exhausted && sample.requests > 0).map(|us| us as f64 / sample.requests as f64);
+        let row = Row { side, name, work, concurrency: self.args.concurrency, sample, memory, cpu_us_per_request };
         println!("{}", row.json());
         if row.sample.error_total() > 0 {
             eprintln!("         errors: {:?}", row.sample.errors);

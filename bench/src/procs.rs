@@ -278,9 +278,36 @@ pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: `USER_HZ`, which the kernel fixes at
+/// 100 on every architecture the bench runs on (it is the ABI, whatever `CONFIG_HZ` is).
+const USER_HZ: u64 = 100;
+
+/// CPU time `pid` has used so far, all its threads, user and system, µs; `None` off Linux or
+/// when the process is gone.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so count from the
+    // last `)`. utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_ascii_whitespace().skip(11);
+    let (utime, stime): (u64, u64) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+    Some((utime + stime) * (1_000_000 / USER_HZ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cpu_time_is_read_from_proc_and_grows_with_work() {
+        let Some(before) = cpu_us(std::process::id()) else { return };
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_us(std::process::id()).expect("still here");
+        assert!(after >= before + 20_000, "60 ms of spinning counted: {before} -> {after} µs");
+    }
 
     #[test]
     fn own_memory_is_read_from_proc() {

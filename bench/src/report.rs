@@ -42,6 +42,10 @@ pub struct Row {
     pub sample: Sample,
     /// The serving process's peak resident memory during the phase, when it is a child.
     pub memory: Option<Memory>,
+    /// The serving process's CPU time per request in the timed window, µs, when it is a child:
+    /// steadier than throughput on shared cores (the client and Redis take their share of the
+    /// cores whatever the server does), and what the server alone controls.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 impl Row {
@@ -64,6 +68,7 @@ impl Row {
             "error_total": s.error_total(),
             "pool_exhausted": s.exhausted,
             "peak_rss_kib": self.memory.map(|m| m.peak_kib),
+            "cpu_us_per_request": self.cpu_us_per_request.map(|us| round(us, 2)),
         })
     }
 }
@@ -271,8 +276,8 @@ pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memo
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<18} {:>10} {:>9} {:>9} {:>9} {:>9}  {:<22} work",
-        "side", "operation", "req/s", "p50 ms", "p99 ms", "max ms", "peak MiB", "errors"
+        "{:<8} {:<18} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}  {:<22} work",
+        "side", "operation", "req/s", "p50 ms", "p99 ms", "max ms", "peak MiB", "CPU µs", "errors"
     );
     for r in rows {
         let s = &r.sample;
@@ -282,6 +287,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memo
             s.errors.iter().map(|(k, n)| format!("{k}×{n}")).collect::<Vec<_>>().join(" ")
         };
         let peak = r.memory.map_or_else(|| "-".to_owned(), |m| format!("{:.1}", m.peak_kib as f64 / 1024.0));
+        let cpu = r.cpu_us_per_request.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
         let exhausted = if s.exhausted {
             format!(" (fresh flows ran out after {:.1} s)", s.elapsed.as_secs_f64())
         } else {
@@ -289,7 +295,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memo
         };
         let _ = writeln!(
             out,
-            "{:<8} {:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}  {:<22} {}{}",
+            "{:<8} {:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>7}  {:<22} {}{}",
             r.side.name(),
             r.name,
             s.rps(),
@@ -297,6 +303,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memo
             ms(s.quantile_us(0.99)),
             ms(s.max_us()),
             peak,
+            cpu,
             errors,
             r.work,
             exhausted
