@@ -166,10 +166,10 @@ pub fn redirect_from_stored(stored: &str, params: &[(&str, &str)]) -> Result<Str
     if authority.contains('\\') {
         return Err(Rejection::Backslash);
     }
-    let (base, query) = stored.split_once('?').unwrap_or((stored, ""));
     if params.is_empty() {
         return Ok(stored.to_owned());
     }
+    let (base, query) = stored.split_once('?').unwrap_or((stored, ""));
     let kept = without_names(query, params);
     let mut location =
         String::with_capacity(stored.len() + 16 + params.iter().map(|(k, v)| k.len() + 3 * v.len()).sum::<usize>());

@@ -169,25 +169,11 @@ impl WeChatOAuthService for CeilingService {
 /// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the
 /// code appended; 400 when it is not there.
 async fn relay(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery) -> Response {
-    let (mut code, mut state) = (None, None);
-    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "code" => code = Some(value.into_owned()),
-            "state" => state = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    let Some(state) = state else { return StatusCode::BAD_REQUEST.into_response() };
+    let (code, Some(state)) = callback_params(query.as_deref()) else { return StatusCode::BAD_REQUEST.into_response() };
     let found: redis::RedisResult<Option<String>> =
         redis::cmd("GETDEL").arg(format!("{FLOW_PREFIX}{state}")).query_async(&mut redis.clone()).await;
     match found {
-        Ok(Some(url)) => {
-            let location = format!("{url}&code={}", code.unwrap_or_default());
-            match HeaderValue::from_str(&location) {
-                Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
-                Err(_) => StatusCode::BAD_REQUEST.into_response(),
-            }
-        }
+        Ok(Some(url)) => redirect(&url, code.as_deref().unwrap_or_default()),
         Ok(None) => StatusCode::BAD_REQUEST.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
@@ -199,15 +185,9 @@ async fn relay(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery
 /// before); 302 to the flow's URL with the code appended when the code was not bound to
 /// another flow, 400 otherwise.
 async fn relay_bound(State(redis): State<ConnectionManager>, RawQuery(query): RawQuery) -> Response {
-    let (mut code, mut state) = (None, None);
-    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "code" => code = Some(value.into_owned()),
-            "state" => state = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    let (Some(state), Some(code)) = (state, code) else { return StatusCode::BAD_REQUEST.into_response() };
+    let (Some(code), Some(state)) = callback_params(query.as_deref()) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     let mut record = state.clone().into_bytes();
     record.resize(60, b' ');
     let mut pipe = redis::pipe();
@@ -215,15 +195,31 @@ async fn relay_bound(State(redis): State<ConnectionManager>, RawQuery(query): Ra
     pipe.cmd("SET").arg(format!("{CODE_PREFIX}{code}")).arg(&record).arg("NX").arg("GET").arg("PX").arg(660_000);
     let found: redis::RedisResult<(Option<String>, Option<Vec<u8>>)> = pipe.query_async(&mut redis.clone()).await;
     match found {
-        Ok((Some(url), bound)) if bound.as_ref().is_none_or(|b| *b == record) => {
-            let location = format!("{url}&code={code}");
-            match HeaderValue::from_str(&location) {
-                Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
-                Err(_) => StatusCode::BAD_REQUEST.into_response(),
-            }
-        }
+        Ok((Some(url), bound)) if bound.as_ref().is_none_or(|b| *b == record) => redirect(&url, &code),
         Ok(_) => StatusCode::BAD_REQUEST.into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// The callback's `code` and `state`, as the relay ceilings read them (no checks: they are
+/// ceilings, not relays).
+fn callback_params(query: Option<&str>) -> (Option<String>, Option<String>) {
+    let (mut code, mut state) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "code" => code = Some(value.into_owned()),
+            "state" => state = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    (code, state)
+}
+
+/// 302 to the flow's `url` with the code appended.
+fn redirect(url: &str, code: &str) -> Response {
+    match HeaderValue::from_str(&format!("{url}&code={code}")) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
 }
 
