@@ -528,7 +528,9 @@ impl Store {
     }
 
     fn flow_key(&self, flow_id: &str) -> String {
-        format!("{}:flow:{flow_id}", self.inner.prefix)
+        // Concatenated, not `format!`ted: the relay builds this key and the code's on every
+        // callback, and the formatting machinery cost more than the copying.
+        [self.inner.prefix.as_str(), ":flow:", flow_id].concat()
     }
 
     fn token_key(&self, app: &str, openid: &str) -> String {
@@ -537,7 +539,7 @@ impl Store {
 
     fn code_key(&self, code: &AuthCode) -> String {
         let digest = Sha256::digest(code.secret().as_bytes());
-        format!("{}:code:{}", self.inner.prefix, hex::encode(digest))
+        [self.inner.prefix.as_str(), ":code:", &hex::encode(digest)].concat()
     }
 
     fn reach_key(&self, app: &str, openid: &str, client: &str) -> String {

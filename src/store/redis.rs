@@ -436,9 +436,8 @@ impl RedisBackend {
     /// so of simultaneous callbacks exactly one cuts.
     pub(super) async fn use_flow(&self, key: &str, cut_to: Duration) -> RedisResult<Option<FlowRead>> {
         if self.expire_lt.load(Ordering::Relaxed) {
-            let mut pipe = redis::pipe();
-            pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
-            pipe.cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+            let mut pipe = redis::Pipeline::with_capacity(3);
+            add_flow_step(&mut pipe, key, cut_to);
             match self.query_pipe::<(Option<Vec<u8>>, u64, i64)>(&pipe).await {
                 Ok((Some(value), uses, cut)) => return Ok(Some((value, cut == 1, uses))),
                 Ok((None, _, _)) => {
@@ -473,7 +472,11 @@ impl RedisBackend {
         code_ttl: Duration,
     ) -> RedisResult<(Option<FlowRead>, Option<Vec<u8>>)> {
         let bind = || {
-            redis::cmd("SET").arg(code_key).arg(code_value).arg("NX").arg("GET").arg("PX").arg(millis(code_ttl)).clone()
+            // Sized up front: argument by argument, a command's buffer would grow (and move)
+            // several times, a measurable share of the relay's cost.
+            let mut cmd = redis::Cmd::with_capacity(7, code_key.len() + code_value.len() + 32);
+            cmd.arg("SET").arg(code_key).arg(code_value).arg("NX").arg("GET").arg("PX").arg(millis(code_ttl));
+            cmd
         };
         if !self.expire_lt.load(Ordering::Relaxed) {
             // Redis 6: neither `PEXPIRE .. LT` nor `SET .. NX GET`.
@@ -486,9 +489,8 @@ impl RedisBackend {
             let (flow, existing) = tokio::join!(self.use_flow(key, cut_to), self.query::<Option<Vec<u8>>>(&bind));
             return Ok((flow?, existing?));
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGET").arg(key).arg("f").cmd("HINCRBY").arg(key).arg("n").arg(1);
-        pipe.cmd("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+        let mut pipe = redis::Pipeline::with_capacity(4);
+        add_flow_step(&mut pipe, key, cut_to);
         pipe.add_command(bind());
         match self.query_pipe::<(Option<Vec<u8>>, u64, i64, Option<Vec<u8>>)>(&pipe).await {
             Ok((Some(value), uses, cut, existing)) => Ok((Some((value, cut == 1, uses)), existing)),
@@ -532,6 +534,19 @@ impl RedisBackend {
             answered => answered,
         }
     }
+}
+
+/// The relay's step on the flow at `key`, as three commands for a pipeline: `HGET key f`,
+/// `HINCRBY key n 1` and `PEXPIRE key cut_to LT` (Redis >= 7.0). Each command is sized up front.
+fn add_flow_step(pipe: &mut redis::Pipeline, key: &str, cut_to: Duration) {
+    let command = |args: usize, extra: usize| redis::Cmd::with_capacity(args, key.len() + extra);
+    let mut hget = command(3, 8);
+    hget.arg("HGET").arg(key).arg("f");
+    let mut count = command(4, 16);
+    count.arg("HINCRBY").arg(key).arg("n").arg(1);
+    let mut cut = command(4, 32);
+    cut.arg("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+    pipe.add_command(hget).add_command(count).add_command(cut);
 }
 
 /// Redis 6 answers `PEXPIRE key ms LT` with "wrong number of arguments for 'pexpire'".
