@@ -31,6 +31,8 @@
 //! Patterns must be written in canonical form (lowercase ASCII host, punycode for IDN,
 //! normalized path), so what an operator reads in the config is exactly what is matched.
 
+use std::borrow::Cow;
+
 use url::{Host, Url};
 
 /// Longest return URL accepted, in bytes, both as given and once normalized.
@@ -185,17 +187,23 @@ pub fn redirect_from_stored(stored: &str, params: &[(&str, &str)]) -> Result<Str
 /// the names in `params`.
 fn without_names(query: &str, params: &[(&str, &str)]) -> String {
     let is_replaced = |pair: &&str| {
-        let raw = pair.split_once('=').map_or(*pair, |(name, _)| name);
-        if !raw.contains(['%', '+']) {
-            // Nothing to decode: the name as written (what the parse below would give, without
-            // its byte-by-byte work; this runs on every relayed callback).
-            return params.iter().any(|(replaced, _)| raw == *replaced);
-        }
-        url::form_urlencoded::parse(pair.as_bytes())
-            .next()
-            .is_some_and(|(name, _)| params.iter().any(|(replaced, _)| name == *replaced))
+        form_pairs(pair).next().is_some_and(|(name, _)| params.iter().any(|(replaced, _)| name == *replaced))
     };
     query.split('&').filter(|pair| !pair.is_empty() && !is_replaced(pair)).collect::<Vec<_>>().join("&")
+}
+
+/// The name-value pairs of an `application/x-www-form-urlencoded` query, decoded exactly as
+/// `url::form_urlencoded::parse` decodes them, which does the decoding of any pair that holds a
+/// `%` or a `+`. A pair with neither (all of WeChat's callbacks) is split as written instead:
+/// the parse's answer for it, without its byte-by-byte work on every relayed callback.
+pub(crate) fn form_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|pair| !pair.is_empty()).filter_map(|pair| {
+        if pair.contains(['%', '+']) {
+            return url::form_urlencoded::parse(pair.as_bytes()).next();
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+    })
 }
 
 /// A configured return-URL pattern that cannot be used; stops start-up.
@@ -809,6 +817,25 @@ mod tests {
         cases.push(hostile("longer than the limit", EXACT, &too_long, TooLong));
         cases.push(hostile("too long once percent-encoded", EXACT, &too_long_encoded, TooLong));
         cases
+    }
+
+    #[test]
+    fn form_pairs_decode_every_query_as_the_form_urlencoded_parse_does() {
+        for query in [
+            "code=0a1B2c&state=Flow123",
+            "&&code=0a1B2c&&state=Flow123&",
+            "code&state=Flow123&=x&a==b",
+            "code=a%2Bb&state=F+1&st%61te=x",
+            "from=x&co+de=1&%63ode=2&q=%E4%B8%AD&bad=%FF%zz&plus=+",
+            "",
+            "&",
+        ] {
+            let ours: Vec<_> = form_pairs(query).collect();
+            let theirs: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
+            assert_eq!(ours, theirs, "{query}");
+        }
+        let plain: Vec<_> = form_pairs("code=c&state=s").collect();
+        assert!(plain.iter().all(|(n, v)| matches!((n, v), (Cow::Borrowed(_), Cow::Borrowed(_)))), "split as written");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 /// log formatter's bookkeeping for them (formatting each span's fields, an extension per span)
 /// was a tenth of a relay's instructions. Without an OTLP endpoint they are disabled (interest
 /// cached per callsite: nothing is done for them at all).
-pub fn for_traces(metadata: &tracing::Metadata<'_>) -> bool {
+fn for_traces(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && (metadata.name().starts_with("store.") || metadata.name() == "relay.callback")
 }
 
@@ -341,7 +341,7 @@ mod tests {
 
     use super::*;
 
-    /// Records the names of the spans made and the messages of the events seen.
+    /// Records the names of the spans made and of the events seen.
     #[derive(Clone, Default)]
     struct Seen(Arc<Mutex<Vec<String>>>);
 
