@@ -442,8 +442,8 @@ fn rules() -> Vec<Rule> {
 /// severity, each as written (code spans unwrapped, `\|` as `|`).
 fn documented_alerts() -> Vec<[String; 4]> {
     let doc = std::fs::read_to_string(OPERATIONS).expect("docs/operations.md");
-    let start = doc.find("**What to alert on:**").expect("docs/operations.md has the alert table");
-    let table = doc[start..].lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|'));
+    let start = doc.find("| alert | expression | for | severity |").expect("docs/operations.md has the alert table");
+    let table = doc[start..].lines().take_while(|l| l.starts_with('|'));
     let unquote = |cell: &str| {
         let cell = cell.trim().to_owned();
         cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')).map_or(cell.clone(), str::to_owned)
