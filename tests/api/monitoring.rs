@@ -14,6 +14,76 @@ use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, PASSPORT_KEY, Relayed, authed, eventually, spawn_app_configured};
 
+/// How one alert is made to fire from the scrape's own series: for an hour, the series of
+/// `metric` whose labels include every one of `labels` grow by `grow` a minute, or hold `set`;
+/// every other series stays as scraped.
+struct Firing {
+    alert: &'static str,
+    metric: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    change: Change,
+}
+
+enum Change {
+    Grow(u32),
+    Set(u32),
+}
+
+/// The alerts shown to fire on the series wxauth really exports. The label values named here
+/// must be in the scrape: a metric whose labels change under an alert fails here.
+const FIRING: &[Firing] = &[
+    Firing { alert: "WxauthStoreErrors", metric: "wxauth_store_errors_total", labels: &[], change: Change::Grow(1) },
+    Firing { alert: "WxauthStoreDown", metric: "wxauth_store_breaker_state", labels: &[], change: Change::Set(2) },
+    Firing {
+        alert: "WxauthStoreFlapping",
+        metric: "wxauth_store_breaker_transitions_total",
+        labels: &[("state", "open")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthWeChatUnavailable",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("result", "http_error")],
+        change: Change::Grow(10),
+    },
+    Firing {
+        alert: "WxauthWeChatQuotaNear",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("endpoint", "sns/userinfo"), ("result", "ok")],
+        change: Change::Grow(45_000),
+    },
+    Firing {
+        alert: "WxauthWeChatRateLimited",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("errcode", "45011")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthAppMisconfigured",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("errcode", "40125")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthRelayRefusing",
+        metric: "wxauth_relay_callbacks_total",
+        labels: &[("outcome", "unknown_flow")],
+        change: Change::Grow(10),
+    },
+    Firing {
+        alert: "WxauthClientRefused",
+        metric: "wxauth_client_refusals_total",
+        labels: &[],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthSealedRecordsUnopenable",
+        metric: "wxauth_sealed_records_unopenable_total",
+        labels: &[],
+        change: Change::Grow(1),
+    },
+];
+
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/alerts.yaml");
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/dashboard.json");
 const OPERATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md");
@@ -287,7 +357,10 @@ fn check_names(
             continue;
         }
         if !scrape.series.contains_key(name) {
-            problems.push(format!("{what}: {name} is not in wxauth's scrape: {expr}"));
+            problems.push(format!(
+                "{what}: {name} is not in wxauth's scrape (a metric of wxauth's without a series yet: make \
+                 walk() in tests/api/monitoring.rs give it one): {expr}"
+            ));
             continue;
         }
         let known = scrape.label_names(name);
@@ -337,9 +410,15 @@ async fn walk() -> String {
     app.profile(&login.openid, wxauth::proto::Lang::Unspecified, false).await.expect("a hit");
     let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     app.grpc.clone().refresh_token(app.req(refresh)).await.expect("an upstream refresh");
-    // WeChat answers 502 to every attempt: WECHAT_UNAVAILABLE, result="http_error".
-    app.sim.inject(Endpoint::UserInfo, Fault::HttpStatus(502), 5);
+    // WeChat answers 502 to each of the three attempts: WECHAT_UNAVAILABLE, result="http_error".
+    app.sim.inject(Endpoint::UserInfo, Fault::HttpStatus(502), 3);
     app.user_info(&login.openid).await.expect_err("WeChat unavailable");
+    // WeChat's rate limit (45011, never retried) and a rotated appsecret (40125).
+    app.sim.inject(Endpoint::UserInfo, Fault::Errcode(45011), 1);
+    app.user_info(&login.openid).await.expect_err("rate limited");
+    let relayed = app.relayed("mp", "alice", "snsapi_base").await;
+    app.sim.inject(Endpoint::AccessToken, Fault::Errcode(40125), 1);
+    app.exchange("mp", &relayed).await.expect_err("app misconfigured");
     // A code WeChat refuses (40029) and relay refusals.
     let flow = app.flow_as(PASSPORT_KEY, "mp", "snsapi_base").await;
     app.relay(&flow, "bogusCode").await;
@@ -556,7 +635,7 @@ async fn the_alert_rules_pass_promtool_and_read_only_what_wxauth_exports() {
             let labels: Vec<_> = selector
                 .matchers
                 .iter()
-                .filter(|(l, _, _)| l != "__name__")
+                .filter(|(l, _, _)| l != "__name__" && !TARGET_LABELS.contains(&l.as_str()))
                 .map(|(l, _, _)| format!("{l}=~\".+\""))
                 .collect();
             let expr = format!("absent({}{{{}}})", selector.name, labels.join(", "));
@@ -564,22 +643,81 @@ async fn the_alert_rules_pass_promtool_and_read_only_what_wxauth_exports() {
         }
     }
     assert!(present.len() >= rules.len(), "one check per selector");
+    let mut tests = vec![serde_json::json!({
+        "interval": "1m",
+        "input_series": input,
+        "alert_rule_test": silent,
+        "promql_expr_test": present,
+    })];
+    tests.extend(FIRING.iter().map(|firing| firing_test(&scrape, &rules, firing)));
     let dir = scratch("rules-test");
-    let test = serde_json::json!({
-        "rule_files": [RULES],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": input,
-            "alert_rule_test": silent,
-            "promql_expr_test": present,
-        }],
-    });
+    let test = serde_json::json!({"rule_files": [RULES], "evaluation_interval": "1m", "tests": tests});
     let path = dir.join("test.json");
     std::fs::write(&path, test.to_string()).expect("write the promtool test");
     let (ok, report) = promtool(&["test", "rules", path.to_str().expect("utf-8 path")]).await;
     assert!(ok && report.contains("SUCCESS"), "promtool test rules: {report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A promtool test in which `firing`'s alert fires, with the labels and annotations expected
+/// of it: the rule's, its grouping labels' values from the changed series, and its annotations'
+/// `{{ $labels.x }}` filled in.
+fn firing_test(scrape: &Scrape, rules: &[Rule], firing: &Firing) -> serde_json::Value {
+    let rule = rules.iter().find(|r| r.alert == firing.alert).unwrap_or_else(|| panic!("no alert {}", firing.alert));
+    let selected = |selector: &str| {
+        let (name, labels) = match selector.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (selector, BTreeMap::new()),
+        };
+        name == firing.metric && firing.labels.iter().all(|(l, v)| labels.get(*l).map(String::as_str) == Some(*v))
+    };
+    let mut changed = Vec::new();
+    let input: Vec<_> = scrape
+        .lines
+        .iter()
+        .map(|(series, value)| {
+            let values = match (&firing.change, selected(series)) {
+                (_, false) => format!("{value}+0x60"),
+                (Change::Grow(by), true) => format!("{value}+{by}x60"),
+                (Change::Set(to), true) => format!("{to}+0x60"),
+            };
+            if selected(series) {
+                changed.push(series.clone());
+            }
+            serde_json::json!({"series": series, "values": values})
+        })
+        .collect();
+    assert!(!changed.is_empty(), "{}: no series {}{:?} in the scrape", firing.alert, firing.metric, firing.labels);
+    let grouping: Vec<_> = read_promql(&rule.expr).1.into_iter().filter(|l| l != "le").collect();
+    let mut alerts = BTreeSet::new();
+    for series in &changed {
+        let labels = series.split_once('{').map(|(_, l)| parse_labels(l.trim_end_matches('}'))).unwrap_or_default();
+        let mut expected = rule.labels.clone();
+        expected.extend(grouping.iter().filter_map(|g| labels.get(g).map(|v| (g.clone(), v.clone()))));
+        alerts.insert(expected);
+    }
+    let exp_alerts: Vec<_> = alerts
+        .into_iter()
+        .map(|labels| {
+            let annotations: BTreeMap<_, _> = rule
+                .annotations
+                .iter()
+                .map(|(k, v)| {
+                    let filled = labels
+                        .iter()
+                        .fold(v.clone(), |text, (l, value)| text.replace(&format!("{{{{ $labels.{l} }}}}"), value));
+                    (k.clone(), filled)
+                })
+                .collect();
+            serde_json::json!({"exp_labels": labels, "exp_annotations": annotations})
+        })
+        .collect();
+    serde_json::json!({
+        "name": format!("{} fires", firing.alert),
+        "interval": "1m",
+        "input_series": input,
+        "alert_rule_test": [{"eval_time": "60m", "alertname": firing.alert, "exp_alerts": exp_alerts}],
+    })
 }
 
 // --- The dashboard -----------------------------------------------------------------------------
