@@ -76,6 +76,13 @@ const FIRING: &[Firing] = &[
         labels: &[],
         change: Change::Grow(1),
     },
+    // Every GetUserInfo slower than the last bucket (10 s): its p99 is over 1 s.
+    Firing {
+        alert: "WxauthLatency",
+        metric: "wxauth_grpc_request_duration_seconds_bucket",
+        labels: &[("grpc_method", "GetUserInfo"), ("le", "+Inf")],
+        change: Change::Grow(10),
+    },
     Firing {
         alert: "WxauthSealedRecordsUnopenable",
         metric: "wxauth_sealed_records_unopenable_total",
