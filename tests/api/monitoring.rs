@@ -2,9 +2,10 @@
 //! (helm/wxauth/files/alerts.yaml, the PrometheusRule's `spec`) and the Grafana dashboard
 //! (helm/wxauth/files/dashboard.json). wxauth walks sign-ins, refusals and a Redis outage so
 //! that every metric has series; then the rules pass `promtool check rules`, are evaluated by
-//! `promtool test rules` over series taken from that scrape, and every metric, label and label
-//! value the rules and the dashboard's queries name is one the scrape has (or, for the rules,
-//! one the rule declares external). The alert table of docs/operations.md is the rules file.
+//! `promtool test rules` over series taken from that scrape (held as scraped, none fires; moved as
+//! in a failure, the alert for it fires), and every metric, label and `=` value the rules and the
+//! dashboard's queries name is one the scrape has (or, for the rules, one the rule declares
+//! external). The alert table of docs/operations.md is the rules file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -13,83 +14,6 @@ use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, PASSPORT_KEY, Relayed, authed, eventually, spawn_app_configured};
-
-/// How one alert is made to fire from the scrape's own series: for an hour, the series of
-/// `metric` whose labels include every one of `labels` grow by `grow` a minute, or hold `set`;
-/// every other series stays as scraped.
-struct Firing {
-    alert: &'static str,
-    metric: &'static str,
-    labels: &'static [(&'static str, &'static str)],
-    change: Change,
-}
-
-enum Change {
-    Grow(u32),
-    Set(u32),
-}
-
-/// The alerts shown to fire on the series wxauth really exports. The label values named here
-/// must be in the scrape: a metric whose labels change under an alert fails here.
-const FIRING: &[Firing] = &[
-    Firing { alert: "WxauthStoreErrors", metric: "wxauth_store_errors_total", labels: &[], change: Change::Grow(1) },
-    Firing { alert: "WxauthStoreDown", metric: "wxauth_store_breaker_state", labels: &[], change: Change::Set(2) },
-    Firing {
-        alert: "WxauthStoreFlapping",
-        metric: "wxauth_store_breaker_transitions_total",
-        labels: &[("state", "open")],
-        change: Change::Grow(1),
-    },
-    Firing {
-        alert: "WxauthWeChatUnavailable",
-        metric: "wxauth_wechat_requests_total",
-        labels: &[("result", "http_error")],
-        change: Change::Grow(10),
-    },
-    Firing {
-        alert: "WxauthWeChatQuotaNear",
-        metric: "wxauth_wechat_requests_total",
-        labels: &[("endpoint", "sns/userinfo"), ("result", "ok")],
-        change: Change::Grow(45_000),
-    },
-    Firing {
-        alert: "WxauthWeChatRateLimited",
-        metric: "wxauth_wechat_requests_total",
-        labels: &[("errcode", "45011")],
-        change: Change::Grow(1),
-    },
-    Firing {
-        alert: "WxauthAppMisconfigured",
-        metric: "wxauth_wechat_requests_total",
-        labels: &[("errcode", "40125")],
-        change: Change::Grow(1),
-    },
-    Firing {
-        alert: "WxauthRelayRefusing",
-        metric: "wxauth_relay_callbacks_total",
-        labels: &[("outcome", "unknown_flow")],
-        change: Change::Grow(10),
-    },
-    Firing {
-        alert: "WxauthClientRefused",
-        metric: "wxauth_client_refusals_total",
-        labels: &[],
-        change: Change::Grow(1),
-    },
-    // Every GetUserInfo slower than the last bucket (10 s): its p99 is over 1 s.
-    Firing {
-        alert: "WxauthLatency",
-        metric: "wxauth_grpc_request_duration_seconds_bucket",
-        labels: &[("grpc_method", "GetUserInfo"), ("le", "+Inf")],
-        change: Change::Grow(10),
-    },
-    Firing {
-        alert: "WxauthSealedRecordsUnopenable",
-        metric: "wxauth_sealed_records_unopenable_total",
-        labels: &[],
-        change: Change::Grow(1),
-    },
-];
 
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/alerts.yaml");
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/dashboard.json");
@@ -665,6 +589,85 @@ async fn the_alert_rules_pass_promtool_and_read_only_what_wxauth_exports() {
     assert!(ok && report.contains("SUCCESS"), "promtool test rules: {report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// How one alert is made to fire from the scrape's own series: for an hour, the series of
+/// `metric` whose labels include every one of `labels` change as `change` says; every other
+/// series stays as scraped.
+struct Firing {
+    alert: &'static str,
+    metric: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    change: Change,
+}
+
+enum Change {
+    /// Grows by this much a minute (a counter).
+    Grow(u32),
+    /// Holds this value (a gauge).
+    Set(u32),
+}
+
+/// The alerts shown to fire on the series wxauth really exports. The label values named here
+/// must be in the scrape: a metric whose labels change under an alert fails here.
+const FIRING: &[Firing] = &[
+    Firing { alert: "WxauthStoreErrors", metric: "wxauth_store_errors_total", labels: &[], change: Change::Grow(1) },
+    Firing { alert: "WxauthStoreDown", metric: "wxauth_store_breaker_state", labels: &[], change: Change::Set(2) },
+    Firing {
+        alert: "WxauthStoreFlapping",
+        metric: "wxauth_store_breaker_transitions_total",
+        labels: &[("state", "open")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthWeChatUnavailable",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("result", "http_error")],
+        change: Change::Grow(10),
+    },
+    Firing {
+        alert: "WxauthWeChatQuotaNear",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("endpoint", "sns/userinfo"), ("result", "ok")],
+        change: Change::Grow(45_000),
+    },
+    Firing {
+        alert: "WxauthWeChatRateLimited",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("errcode", "45011")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthAppMisconfigured",
+        metric: "wxauth_wechat_requests_total",
+        labels: &[("errcode", "40125")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthRelayRefusing",
+        metric: "wxauth_relay_callbacks_total",
+        labels: &[("outcome", "unknown_flow")],
+        change: Change::Grow(10),
+    },
+    Firing {
+        alert: "WxauthClientRefused",
+        metric: "wxauth_client_refusals_total",
+        labels: &[],
+        change: Change::Grow(1),
+    },
+    // Every GetUserInfo slower than the last bucket (10 s): its p99 is over 1 s.
+    Firing {
+        alert: "WxauthLatency",
+        metric: "wxauth_grpc_request_duration_seconds_bucket",
+        labels: &[("grpc_method", "GetUserInfo"), ("le", "+Inf")],
+        change: Change::Grow(10),
+    },
+    Firing {
+        alert: "WxauthSealedRecordsUnopenable",
+        metric: "wxauth_sealed_records_unopenable_total",
+        labels: &[],
+        change: Change::Grow(1),
+    },
+];
 
 /// A promtool test in which `firing`'s alert fires, with the labels and annotations expected
 /// of it: the rule's, its grouping labels' values from the changed series, and its annotations'
