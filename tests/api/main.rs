@@ -18,6 +18,7 @@ mod listeners;
 mod maxmemory;
 mod mini;
 mod mobile;
+mod monitoring;
 mod observability;
 mod operations;
 mod polyglot;
