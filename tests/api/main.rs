@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod concurrency;
+mod consent;
 mod docs;
 mod exchange;
 mod helpers;
