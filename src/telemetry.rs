@@ -203,7 +203,7 @@ pub struct Metrics {
     pub client_refusals: IntCounterVec,
     /// Sign-ins that left a user behind (not replays, not snapshot users), by app kind.
     pub sign_ins: IntCounterVec,
-    /// A client asking for more of a user than its own sign-ins gave it, by reason:
+    /// A client asking for more of a user than its own sign-ins gave it, by client and reason:
     /// `scope_not_granted` (its grant does not read the profile or unionid), `not_reached`
     /// (a user of the app it never signed in), `code_of_another_client` (a mobile code another
     /// client is exchanging). Cross-client probing shows here.
@@ -318,8 +318,8 @@ impl Metrics {
             ),
             consent_refusals: counter(
                 "wxauth_consent_refusals_total",
-                "Per-user requests refused because they asked beyond the calling client's own sign-ins, by reason (scope_not_granted, not_reached, code_of_another_client).",
-                &["reason"],
+                "Per-user requests refused because they asked beyond the calling client's own sign-ins, by client and reason (scope_not_granted, not_reached, code_of_another_client).",
+                &["client", "reason"],
             ),
             unopenable_records: unopenable,
             store_breaker_state: breaker_state,

@@ -478,7 +478,7 @@ impl Tokens {
                 }
                 CodeState::Done(_) if waited => {
                     tracing::warn!(app = %app.name, caller, "mobile exchange refused: another client exchanged this code");
-                    self.metrics.consent_refusals.with_label_values(&["code_of_another_client"]).inc();
+                    self.count_consent_refusal(caller, "code_of_another_client");
                     return Err(ApiError::CodeUsed(None));
                 }
                 CodeState::Done(_) | CodeState::Relayed => {
@@ -607,7 +607,7 @@ impl Tokens {
                 let kind = AppKind::parse(&account.kind).unwrap_or(AppKind::OfficialAccount);
                 let sees = Grant::of(&claim, kind).sees_unionid();
                 if !sees {
-                    self.count_consent_refusal("scope_not_granted");
+                    self.count_consent_refusal(client, "scope_not_granted");
                 }
                 Ok(sees)
             };
@@ -705,7 +705,7 @@ impl Tokens {
         let Reach::Own(client) = who else { return Ok((None, read.await?)) };
         let (claim, value) = tokio::join!(self.store.get_reach(&app.name, openid, client), read);
         let Some(claim) = claim? else {
-            return Err(self.unreached(app, openid).await);
+            return Err(self.unreached(app, openid, client).await);
         };
         Ok((Some(Grant::of(&claim, app.kind)), value?))
     }
@@ -713,23 +713,25 @@ impl Tokens {
     /// The answer to a client asking for a user it never signed in: `TOKEN_NOT_FOUND`, exactly
     /// as for an unknown user. Counted (`not_reached`) when the user is known to the app, so
     /// the metric shows probing for other products' users, not stale openids.
-    async fn unreached(&self, app: &App, openid: &str) -> ApiError {
+    async fn unreached(&self, app: &App, openid: &str, client: &str) -> ApiError {
         let (token, session) =
             tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
         if matches!(token, Ok(Some(_))) || matches!(session, Ok(Some(_))) {
-            self.count_consent_refusal("not_reached");
+            self.count_consent_refusal(client, "not_reached");
         }
         ApiError::TokenNotFound
     }
 
-    fn count_consent_refusal(&self, reason: &str) {
-        self.metrics.consent_refusals.with_label_values(&[reason]).inc();
+    fn count_consent_refusal(&self, client: &str, reason: &str) {
+        self.metrics.consent_refusals.with_label_values(&[client, reason]).inc();
     }
 
     /// `SCOPE_NOT_GRANTED` for a client whose own sign-ins did not grant what it asks
     /// (another product's consent is not its own): it must ask the user for consent itself.
-    fn scope_not_granted(&self) -> ApiError {
-        self.count_consent_refusal("scope_not_granted");
+    fn scope_not_granted(&self, who: Reach<'_>) -> ApiError {
+        if let Reach::Own(client) = who {
+            self.count_consent_refusal(client, "scope_not_granted");
+        }
         ApiError::ScopeNotGranted(None)
     }
 
@@ -751,7 +753,7 @@ impl Tokens {
     ) -> Result<TokenRecord, ApiError> {
         let (grant, record) = self.reachable(app, openid, who, self.stored(app, openid)).await?;
         if wants_profile && grant.is_some_and(|g| !g.reads_profile()) {
-            return Err(self.scope_not_granted());
+            return Err(self.scope_not_granted(who));
         }
         if !self.expiring(&record) {
             return Ok(record);
@@ -999,7 +1001,7 @@ impl Tokens {
             let cached = async { Ok(self.store.get_profile(&app.name, openid, lang).await?) };
             let (grant, hit) = self.reachable(app, openid, who, cached).await?;
             if grant.is_some_and(|g| !g.reads_profile()) {
-                return Err(self.scope_not_granted());
+                return Err(self.scope_not_granted(who));
             }
             if let Some(hit) = hit.filter(|hit| self.clock.now_secs() < hit.fetched_at + secs(max_age)) {
                 self.metrics.profile_cache.with_label_values(&["hit"]).inc();
@@ -1074,7 +1076,7 @@ impl Tokens {
         let (token, session) = (token?, session?);
         if claim?.is_none() {
             if token.is_some() || session.is_some() {
-                self.count_consent_refusal("not_reached");
+                self.count_consent_refusal(client, "not_reached");
             }
             return Ok(false);
         }
@@ -1369,6 +1371,96 @@ mod tests {
         next.expect("not stuck behind the dead refresh's lock").expect("refreshed");
         assert_eq!(sim.calls(Endpoint::RefreshToken), 2);
         assert_eq!(flights(&tokens), 0);
+    }
+
+    /// Log lines written while it is the thread's default subscriber (a current-thread runtime
+    /// runs every task on this thread).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicked_refresh_is_logged_at_error_level_with_its_operation() {
+        let Setup { tokens, app, openid, .. } = setup().await;
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // With a single registered dispatcher, tracing judges a callsite's interest by the
+        // default of the thread that hits it first: another test's thread, with no subscriber,
+        // would make it "never" for this one too. A second one makes it ask every dispatcher.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let _default = tracing::subscriber::set_default(subscriber);
+        tokens.panic_next_refresh.store(true, Ordering::Relaxed);
+
+        let panicked = tokens.force_refresh(&app, &openid).await;
+
+        assert!(matches!(panicked, Err(ApiError::Internal)));
+        let text = logs.text();
+        let line = text.lines().find(|l| l.contains("ERROR")).unwrap_or_default();
+        assert!(line.contains("token refresh") && line.contains("panicked"), "logged: {text:?}");
+    }
+
+    #[test]
+    fn a_refresh_started_while_its_runtime_shuts_down_answers_instead_of_deadlocking() {
+        let main = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let Setup { tokens, sim, app, openid } = main.block_on(setup());
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+        let caller = Arc::clone(&tokens);
+        std::thread::spawn(move || {
+            // A runtime already shut down: a task spawned on it is dropped at once, in the
+            // spawning call, and with it the flight's guard.
+            let dying = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let handle = dying.handle().clone();
+            drop(dying);
+            let answer = handle.block_on(caller.force_refresh(&app, &openid));
+            let _ = answer_tx.send(answer);
+        });
+
+        let answer = answer_rx.recv_timeout(Duration::from_secs(10));
+
+        assert!(matches!(answer, Ok(Err(ApiError::Internal))), "answered, not deadlocked: {answer:?}");
+        assert_eq!(flights(&tokens), 0, "the dropped flight left the map");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_waiter_backs_off_and_stops_at_its_callers_deadline() {
+        let Setup { tokens, sim, app, openid } = setup().await;
+        // Another replica holds the user's lock and never finishes (until its lock expires).
+        let held = tokens.store.try_lock(&app.name, &openid, Duration::from_secs(60)).await.expect("store");
+        assert!(held.is_some());
+        let reads = || tokens.metrics.store_duration.with_label_values(&["get"]).get_sample_count();
+        let before = reads();
+
+        let waited = tokio::time::timeout(Duration::from_secs(1), tokens.force_refresh(&app, &openid)).await;
+
+        assert!(waited.is_err(), "the caller's deadline passed");
+        let during = reads() - before;
+        // 20-40 ms each: about 33 reads a second; doubling to 500 ms: at most 7.
+        assert!((2..=8).contains(&during), "{during} reads in one second");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(reads() - before, during, "no read after the caller left");
+        assert_eq!(flights(&tokens), 0, "the waiting flight ended with its caller");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,10 +51,11 @@ async fn silent_sign_in_by_trade(app: &TestApp, user: &str) -> proto::ExchangeCo
     app.grpc.clone().exchange_code(authed(TRADE_KEY, request)).await.expect("silent sign-in").into_inner()
 }
 
+/// `wxauth_consent_refusals_total` of `trade` for `reason`, from a real scrape.
 async fn consent_refusals(app: &TestApp, reason: &str) -> f64 {
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
     let text = scrape.text().await.expect("metrics");
-    let series = format!("wxauth_consent_refusals_total{{reason=\"{reason}\"}} ");
+    let series = format!("wxauth_consent_refusals_total{{client=\"trade\",reason=\"{reason}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 

@@ -134,6 +134,11 @@ async fn one_mobile_code_serves_one_client_even_when_two_exchange_it_at_once(bac
     let later = app.exchange_mobile_as(loser_key, &code).await.expect_err("spent");
     assert_eq!((later.code(), reason(&later)), (lost.code(), reason(&lost)));
     assert_eq!(later.message(), lost.message());
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let text = scrape.text().await.expect("metrics");
+    let loser = if loser_key == SHOP_KEY { "shop" } else { "passport" };
+    let series = format!("wxauth_consent_refusals_total{{client=\"{loser}\",reason=\"code_of_another_client\"}} 1");
+    assert!(text.lines().any(|l| l == series), "the refusal is counted: {series}");
 }
 
 both_backends!(
