@@ -165,7 +165,25 @@ async fn probing_another_products_users_is_counted_and_answered_as_unknown(backe
     assert_eq!(consent_refusals(&app, "not_reached").await, 1.0, "the probe counts; an unknown openid does not");
 }
 
+async fn a_claim_recorded_before_scopes_were_kept_grants_only_snsapi_base(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.login("alice", "snsapi_userinfo").await;
+    // As an older wxauth wrote it: `{"since": ...}` and nothing else.
+    let old = wxauth::store::Reach { since: app.clock.now_secs(), scopes: Vec::new() };
+    let life = Duration::from_secs(86400);
+    app.store.put_reach("mp", &alice.openid, "passport", &old, life).await.expect("store");
+
+    let refused = user_info_as(&app, PASSPORT_KEY, &alice.openid, true).await.expect_err("cannot tell it consented");
+
+    assert_eq!(reason(&refused), "SCOPE_NOT_GRANTED");
+    assert_eq!(refresh_scopes_as(&app, PASSPORT_KEY, &alice.openid).await, [Scope::SnsapiBase as i32]);
+    // One consented sign-in of its own, and it reads her again.
+    app.login("alice", "snsapi_userinfo").await;
+    user_info_as(&app, PASSPORT_KEY, &alice.openid, true).await.expect("consented again");
+}
+
 both_backends!(
+    a_claim_recorded_before_scopes_were_kept_grants_only_snsapi_base,
     a_silent_sign_in_reads_nothing_another_products_consent_gave,
     the_last_client_to_forget_a_user_leaves_nothing_behind,
     a_clients_own_userinfo_grant_survives_its_later_silent_sign_in,
