@@ -24,6 +24,7 @@ mod operations;
 mod polyglot;
 mod proxy;
 mod reach;
+mod refresh_wait;
 mod relay;
 mod sealing;
 mod sentinel;
