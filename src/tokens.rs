@@ -108,6 +108,26 @@ enum Need {
     Forced { asked_at_ms: i64 },
 }
 
+/// What a per-user read found says about whether the user is known to the app (the
+/// `not_reached` count of [`Tokens::reachable`]): `None` when it cannot tell.
+pub trait Found {
+    /// Whether the user is known, if this read can tell.
+    fn found(&self) -> Option<bool>;
+}
+
+impl Found for TokenRecord {
+    fn found(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+impl Found for Option<CachedProfile> {
+    /// A cached profile: known; none: a known user may simply have no cached profile.
+    fn found(&self) -> Option<bool> {
+        self.as_ref().map(|_| true)
+    }
+}
+
 /// Whose request reaches a user's record (config `clients.<name>.users`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reach<'a> {
@@ -695,7 +715,7 @@ impl Tokens {
     /// reach the user, with what its own sign-ins granted it (`None`: a `users = "app"` client,
     /// which reads what the token holds). The claim is looked up at the same time as the read,
     /// so the check costs no round trip of its own.
-    pub async fn reachable<T>(
+    pub async fn reachable<T: Found>(
         &self,
         app: &App,
         openid: &str,
@@ -705,18 +725,30 @@ impl Tokens {
         let Reach::Own(client) = who else { return Ok((None, read.await?)) };
         let (claim, value) = tokio::join!(self.store.get_reach(&app.name, openid, client), read);
         let Some(claim) = claim? else {
-            return Err(self.unreached(app, openid, client).await);
+            let known = match &value {
+                Ok(value) => value.found(),
+                Err(_) => Some(false),
+            };
+            return Err(self.unreached(app, openid, client, known).await);
         };
         Ok((Some(Grant::of(&claim, app.kind)), value?))
     }
 
     /// The answer to a client asking for a user it never signed in: `TOKEN_NOT_FOUND`, exactly
     /// as for an unknown user. Counted (`not_reached`) when the user is known to the app, so
-    /// the metric shows probing for other products' users, not stale openids.
-    async fn unreached(&self, app: &App, openid: &str, client: &str) -> ApiError {
-        let (token, session) =
-            tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
-        if matches!(token, Ok(Some(_))) || matches!(session, Ok(Some(_))) {
+    /// the metric shows probing for other products' users, not stale openids; `known` is what
+    /// the request's own read said, if it could tell (else the records are read: a refused
+    /// call's cost only).
+    async fn unreached(&self, app: &App, openid: &str, client: &str, known: Option<bool>) -> ApiError {
+        let known = match known {
+            Some(known) => known,
+            None => {
+                let (token, session) =
+                    tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
+                matches!(token, Ok(Some(_))) || matches!(session, Ok(Some(_)))
+            }
+        };
+        if known {
             self.count_consent_refusal(client, "not_reached");
         }
         ApiError::TokenNotFound
