@@ -1120,8 +1120,15 @@ impl Tokens {
     }
 
     /// Deletes the user's records unless one of `others` still holds a claim on the user
-    /// (`None`: kept), judged under the user's lock; else whether a record existed.
+    /// (`None`: kept); else whether a record existed. The claims are read before the lock is
+    /// taken (sign-ins do not take it, so reading them under it would close no race, and the
+    /// lock's life counts only the deletions' store calls). A client signing the user in at the
+    /// very moment the last other claim is forgotten may lose that sign-in, and signs in again.
     async fn forget_unless_reached(&self, app: &App, openid: &str, others: &[&str]) -> Result<Option<bool>, ApiError> {
+        if self.store.any_reach(&app.name, openid, others).await? {
+            tracing::info!(app = %app.name, "user forgotten for one client; others still reach the user");
+            return Ok(None);
+        }
         let lock_ttl = self.lock_ttl();
         // A holder finishes, or its lock expires, within one lock life; the second lets this
         // call take its turn. (The caller's deadline, applied around the whole RPC, ends the
@@ -1137,16 +1144,9 @@ impl Tokens {
             }
             tokio::time::sleep(pause.next()).await;
         };
-        let forgotten = match self.store.any_reach(&app.name, openid, others).await {
-            Ok(true) => Ok(None),
-            Ok(false) => self.forget_holding_lock(app, openid).await.map(Some),
-            Err(e) => Err(e.into()),
-        };
+        let forgotten = self.forget_holding_lock(app, openid).await;
         lock.release().await;
-        let Some((existed, unionids)) = forgotten? else {
-            tracing::info!(app = %app.name, "user forgotten for one client; others still reach the user");
-            return Ok(None);
-        };
+        let (existed, unionids) = forgotten?;
         // After the records and outside the lock (no refresh writes the index): a failure here
         // leaves the entry, which the next FindAccounts drops, its records being gone.
         for unionid in &unionids {
