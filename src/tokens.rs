@@ -8,7 +8,14 @@
 //! refresh half-done, and a drop guard takes its entry out of the map however it ends (return,
 //! panic, abort). Across replicas, the task holds the user's Redis lock (`SET NX PX`,
 //! compare-and-delete release) and, once it has it, re-reads the record: if someone refreshed
-//! since the caller looked, it uses that record instead of calling WeChat.
+//! since the caller looked, it uses that record instead of calling WeChat. Without the lock it
+//! waits for the holder's result, looking again after pauses that double up to half a second,
+//! and stops as soon as none of its callers waits any more (their gRPC deadline passed). A task
+//! that ends without an answer (a panic, a cancellation) is logged at error level, naming the
+//! operation, and answered `INTERNAL`.
+//!
+//! What each client may read of the user the record serves is not the record's to say: that is
+//! [`crate::consent`], from the client's own sign-ins.
 //!
 //! "Someone refreshed" is judged by the record's refresh stamp ([`TokenRecord::refreshed_at_ms`]),
 //! never by comparing tokens: WeChat's refresh returns the *same* access token with a renewed
