@@ -227,15 +227,19 @@ impl RawRateLimits {
 }
 
 /// Which users of its apps a client may reach with the per-user RPCs (GetUserInfo,
-/// ValidateToken, RefreshToken, ForgetUser).
+/// ValidateToken, RefreshToken, ForgetUser, FindAccounts), and what it reads of them
+/// (`crate::consent`).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Users {
     /// Only users for whom this client exchanged a code itself; any other openid answers as an
-    /// unknown user does (no oracle). The default: one product cannot read another's users.
+    /// unknown user does (no oracle). It reads only what its own sign-ins were granted, and its
+    /// ForgetUser forgets the user for itself. The default: one product cannot read another's
+    /// users, nor what another product's consent gave.
     #[default]
     Own,
-    /// Every user of the client's apps (a trusted back office, an account service).
+    /// Every user of the client's apps (a trusted back office, an account service), read as
+    /// the token allows; its ForgetUser forgets the user for every client of the app.
     App,
 }
 

@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
 use crate::config::{self, Client, Settings, Users};
+use crate::consent::{self, Grant};
 use crate::error::{ApiError, FieldViolation};
 use crate::limits::{Family, RateLimiters};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
@@ -261,7 +262,9 @@ impl OAuthService {
             self.app_for(client, &req.app, None)?
         };
         let (outcome, new) = self.tokens.exchange(app, &req.flow_id, code, &client.name).await?;
-        let grants_userinfo = outcome.scopes.iter().filter_map(|s| Scope::parse(s)).any(Scope::grants_userinfo);
+        // The caller's own grant decides (`crate::consent`), never the token another product's
+        // consent may have left.
+        let grants_userinfo = consent::reads_profile(&outcome.scopes);
         // A snapshot-page user has no profile (WeChat answers 48001) and no stored token.
         let user_info = if req.include_user_info && grants_userinfo && !outcome.is_snapshot_user {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
@@ -297,12 +300,12 @@ impl OAuthService {
     ) -> Result<proto::RefreshTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
         // The claim check rides along a read; the forced refresh reads the record itself.
-        self.tokens.reachable(app, &openid, reach(client), self.tokens.stored(app, &openid)).await?;
+        let (grant, _) = self.tokens.reachable(app, &openid, reach(client), self.tokens.stored(app, &openid)).await?;
         let record = self.tokens.force_refresh(app, &openid).await?;
         Ok(proto::RefreshTokenResponse {
             access_token_expire_time: Some(timestamp(record.access_expires_at)),
             refresh_token_expire_time: Some(timestamp(record.refresh_expires_at)),
-            scopes: scopes_to_proto(&record.scopes),
+            scopes: scopes_to_proto(&scopes_of(grant, &record.scopes)),
         })
     }
 
@@ -327,11 +330,12 @@ impl OAuthService {
         req: proto::ValidateTokenRequest,
     ) -> Result<proto::ValidateTokenResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        let (record, rejected) = self.tokens.validate(app, &openid, reach(client)).await?;
+        let (grant, record, rejected) = self.tokens.validate(app, &openid, reach(client)).await?;
         Ok(proto::ValidateTokenResponse {
             valid: rejected.is_none(),
             errcode: rejected.and_then(|c| i32::try_from(c).ok()).unwrap_or(0),
             access_token_expire_time: Some(timestamp(record.access_expires_at)),
+            scopes: scopes_to_proto(&scopes_of(grant, &record.scopes)),
         })
     }
 
@@ -361,18 +365,20 @@ impl OAuthService {
         req: proto::ForgetUserRequest,
     ) -> Result<proto::ForgetUserResponse, ApiError> {
         let (app, openid) = self.user_request(client, &req.app, req.device, &req.openid, |_| ())?;
-        match self.tokens.reachable(app, &openid, reach(client), async { Ok(()) }).await {
-            // Another product's user: answered as an unknown one is, and left alone.
-            Err(ApiError::TokenNotFound) => return Ok(proto::ForgetUserResponse { had_token: false }),
-            other => other?,
+        // Every client of the app in config: a user's records go only when none reaches them.
+        let clients: Vec<&str> =
+            self.settings.clients.iter().filter(|c| c.apps.contains(&app.name)).map(|c| c.name.as_str()).collect();
+        if client.users == Users::Own {
+            // For this client alone; another product's user answers as an unknown one does.
+            let had_token = self.tokens.forget_for(app, &openid, &client.name, &clients).await?;
+            return Ok(proto::ForgetUserResponse { had_token, forgot_for_all_clients: false });
         }
+        // A client trusted app-wide forgets the user for the whole app.
         let had_token = self.tokens.forget(app, &openid).await?;
         // After the record (a failure here leaves the claims, so a retry still reaches the
         // user): the user is forgotten for every client of the app.
-        let clients: Vec<&str> =
-            self.settings.clients.iter().filter(|c| c.apps.contains(&app.name)).map(|c| c.name.as_str()).collect();
         self.store.forget_reach(&app.name, &openid, &clients).await?;
-        Ok(proto::ForgetUserResponse { had_token })
+        Ok(proto::ForgetUserResponse { had_token, forgot_for_all_clients: true })
     }
 
     /// The app a sign-in RPC names, if this client may use it and it is of `kind`.
@@ -396,7 +402,8 @@ impl OAuthService {
         v.finish()?;
         let app = self.app_of_kind(client, &req.app, AppKind::MobileApp)?;
         let outcome = self.tokens.exchange_mobile(app, AuthCode::new(req.code), &client.name).await?;
-        let user_info = if req.include_user_info {
+        // Only a sign-in whose own grant reads the profile is shown one (`crate::consent`).
+        let user_info = if req.include_user_info && consent::reads_profile(&outcome.scopes) {
             Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, true, Reach::Any).await?.profile))
         } else {
             None
@@ -635,6 +642,15 @@ fn code_name(code: tonic::Code) -> &'static str {
 /// official-account pages (WECHAT.md).
 fn device_of_browser(user_agent: &str) -> config::Device {
     if crate::wechat::is_in_app_browser(user_agent) { config::Device::Mobile } else { config::Device::Pc }
+}
+
+/// The scopes to report to a client: what its own sign-ins were granted, as far as the token
+/// serves them; a `users = "app"` client (`grant` is `None`): the token's.
+fn scopes_of(grant: Option<Grant>, token_scopes: &[String]) -> Vec<String> {
+    match grant {
+        Some(grant) => grant.scopes_served_by(token_scopes),
+        None => token_scopes.to_vec(),
+    }
 }
 
 /// Whose users `client` reaches (`clients.<name>.users`).

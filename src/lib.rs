@@ -10,7 +10,8 @@
 //! - [`limits`]: per-client rate limits (governor token buckets per client and RPC family)
 //!   and the open-flow cap's sizes.
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
-//!   cross-replica refresh lock.
+//!   cross-replica refresh lock; [`consent`] decides what each client may read of a user from
+//!   its own sign-ins.
 //! - [`wechat`]: the upstream client: authorize URLs and the `sns` endpoints.
 //! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory;
 //!   a circuit breaker answers at once while Redis is known down.
@@ -31,6 +32,7 @@
 pub mod allowlist;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod demo;
 pub mod dev;
 pub mod error;

@@ -203,6 +203,11 @@ pub struct Metrics {
     pub client_refusals: IntCounterVec,
     /// Sign-ins that left a user behind (not replays, not snapshot users), by app kind.
     pub sign_ins: IntCounterVec,
+    /// A client asking for more of a user than its own sign-ins gave it, by client and reason:
+    /// `scope_not_granted` (its grant does not read the profile or unionid), `not_reached`
+    /// (a user of the app it never signed in), `code_of_another_client` (a mobile code another
+    /// client is exchanging). Cross-client probing shows here.
+    pub consent_refusals: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
     /// The store's circuit breaker: 0 closed, 1 half-open, 2 open.
@@ -310,6 +315,11 @@ impl Metrics {
                 "wxauth_sign_ins_total",
                 "Sign-ins that stored a user (code exchanges, mobile-app exchanges, mini-program sign-ins), by app kind.",
                 &["kind"],
+            ),
+            consent_refusals: counter(
+                "wxauth_consent_refusals_total",
+                "Per-user requests refused because they asked beyond the calling client's own sign-ins, by client and reason (scope_not_granted, not_reached, code_of_another_client).",
+                &["client", "reason"],
             ),
             unopenable_records: unopenable,
             store_breaker_state: breaker_state,

@@ -8,7 +8,14 @@
 //! refresh half-done, and a drop guard takes its entry out of the map however it ends (return,
 //! panic, abort). Across replicas, the task holds the user's Redis lock (`SET NX PX`,
 //! compare-and-delete release) and, once it has it, re-reads the record: if someone refreshed
-//! since the caller looked, it uses that record instead of calling WeChat.
+//! since the caller looked, it uses that record instead of calling WeChat. Without the lock it
+//! waits for the holder's result, looking again after pauses that double up to half a second,
+//! and stops as soon as none of its callers waits any more (their gRPC deadline passed). A task
+//! that ends without an answer (a panic, a cancellation) is logged at error level, naming the
+//! operation, and answered `INTERNAL`.
+//!
+//! What each client may read of the user the record serves is not the record's to say: that is
+//! [`crate::consent`], from the client's own sign-ins.
 //!
 //! "Someone refreshed" is judged by the record's refresh stamp ([`TokenRecord::refreshed_at_ms`]),
 //! never by comparing tokens: WeChat's refresh returns the *same* access token with a renewed
@@ -32,11 +39,12 @@ use rand::Rng as _;
 use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
+use crate::consent::{self, Grant};
 use crate::error::{ApiError, Upstream};
 use crate::secrets::AuthCode;
 use crate::store::{
     Account, CachedProfile, CodeRecord, CodeState, ExchangeOutcome, LockToken, MiniSession, OPERATION_TIMEOUT,
-    ReadCode, Store, TokenRecord, code_record_ttl,
+    Reach as Claim, ReadCode, Store, TokenRecord, code_record_ttl,
 };
 use crate::telemetry::Metrics;
 use crate::wechat::{App, AppKind, Lang, Profile, Scope, TokenGrant, WechatClient, WechatError, WechatSettings};
@@ -51,8 +59,12 @@ pub const FORCED_REFRESH_REUSE: Duration = Duration::from_secs(5);
 /// store failed under it), another exchange of the same `(flow, code)` may take the claim over;
 /// WeChat's 40163 then means the first one spent the code, answered as `SIGN_IN_AGAIN`.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
-/// How often a waiter looks again at a record another replica is refreshing.
+/// How soon a waiter first looks again at a record another replica is refreshing (or a code
+/// another exchange holds); each later look waits twice as long, up to [`POLL_MAX`].
 const POLL: Duration = Duration::from_millis(20);
+/// The longest pause between two looks: a stuck holder costs a waiter about two reads a
+/// second, not fifty.
+const POLL_MAX: Duration = Duration::from_millis(500);
 /// WeChat codes that mean "this access token is not (or no longer) valid".
 const DEAD_ACCESS_TOKEN: [i64; 3] = [42001, 40001, 40014];
 /// WeChat codes that mean "this refresh token is dead".
@@ -73,15 +85,21 @@ pub fn lock_ttl(wechat: &WechatSettings) -> Duration {
 }
 
 type FlightResult = Shared<BoxFuture<'static, Result<TokenRecord, ApiError>>>;
+type RefreshTask = tokio::task::JoinHandle<Result<TokenRecord, ApiError>>;
 
 /// One user's refresh under way in this process; concurrent refreshes join its result.
 struct Flight {
     result: FlightResult,
     /// Tells this flight from a later one of the same user, so a guard removes only its own.
     id: u64,
-    /// Ends the task the hard way (tests show the map forgets an aborted flight).
+    /// The callers still waiting for it: each holds a sender, the map only this weak one. When
+    /// the last caller is gone (its deadline passed, or it was cancelled), a flight that is
+    /// only waiting on another replica stops ([`Tokens::refresh_locked`]).
+    interest: tokio::sync::mpsc::WeakSender<()>,
+    /// Ends the task the hard way (tests show the map forgets an aborted flight); set once the
+    /// task is spawned.
     #[cfg(test)]
-    abort: tokio::task::AbortHandle,
+    abort: Option<tokio::task::AbortHandle>,
 }
 
 /// Why a refresh is asked for: it decides whether a refresh someone else made answers it.
@@ -95,6 +113,26 @@ enum Need {
     /// `RefreshToken`, asked at `asked_at_ms`: a refresh that finished after that, or at most
     /// [`FORCED_REFRESH_REUSE`] before, answers it.
     Forced { asked_at_ms: i64 },
+}
+
+/// What a per-user read found says about whether the user is known to the app (the
+/// `not_reached` count of [`Tokens::reachable`]): `None` when it cannot tell.
+pub trait Found {
+    /// Whether the user is known, if this read can tell.
+    fn found(&self) -> Option<bool>;
+}
+
+impl Found for TokenRecord {
+    fn found(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+impl Found for Option<CachedProfile> {
+    /// A cached profile: known; none: a known user may simply have no cached profile.
+    fn found(&self) -> Option<bool> {
+        self.as_ref().map(|_| true)
+    }
 }
 
 /// Whose request reaches a user's record (config `clients.<name>.users`).
@@ -201,6 +239,7 @@ impl Tokens {
         code: AuthCode,
         caller: &str,
     ) -> Result<(ExchangeOutcome, bool), ApiError> {
+        let mut pause = Backoff::default();
         loop {
             if !self.store.flow_is_of(flow_id, caller, &app.name) {
                 tracing::warn!(app = %app.name, caller, "exchange refused: the flow is not this client's in this app");
@@ -225,7 +264,7 @@ impl Tokens {
                     return Ok((outcome.clone(), false));
                 }
                 CodeState::Pending(since) if now_ms - since < millis(CLAIM_TTL) => {
-                    tokio::time::sleep(jittered(POLL)).await;
+                    tokio::time::sleep(pause.next()).await;
                 }
                 CodeState::Relayed | CodeState::Pending(_) => {
                     let claim = CodeRecord { state: CodeState::Pending(now_ms), ..read.record.clone() };
@@ -242,7 +281,7 @@ impl Tokens {
                     let exchange =
                         async move { this.exchange_claimed(&app, &code, &caller, claim, read, took_over).await };
                     let task = tokio::spawn(exchange.in_current_span());
-                    return task.await.unwrap_or(Err(ApiError::Internal)).map(|outcome| (outcome, true));
+                    return joined("code exchange", task.await).map(|outcome| (outcome, true));
                 }
             }
         }
@@ -299,8 +338,8 @@ impl Tokens {
         if grant.is_snapshotuser == 1 {
             return self.snapshot_user(app, code, claim, grant, life).await;
         }
-        let outcome = match self.keep_grant(app, grant, now).await {
-            Ok(outcome) => outcome,
+        let (outcome, kept_reads_profile) = match self.keep_grant(app, grant, now, caller).await {
+            Ok(kept) => kept,
             Err(e) => {
                 // A result must never promise a token that was not stored; and WeChat has
                 // spent the code, so a repeat must not send it again.
@@ -311,7 +350,7 @@ impl Tokens {
         let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
         // Different keys, so different Cluster slots: concurrent commands, not a pipeline.
         let (signed_in, finished) = tokio::join!(
-            self.signed_in(app, &outcome.openid, outcome.unionid.as_deref(), caller, now),
+            self.signed_in(app, &outcome, kept_reads_profile, caller, now),
             self.store.put_code(code, &done, life),
         );
         signed_in?;
@@ -320,8 +359,15 @@ impl Tokens {
     }
 
     /// Stores the token record of a new sign-in (web or mobile app) and returns what the
-    /// caller is told.
-    async fn keep_grant(&self, app: &App, grant: TokenGrant, now: i64) -> Result<ExchangeOutcome, ApiError> {
+    /// caller is told, and whether the record now kept reads the profile. The caller is told a
+    /// unionid only when its own sign-in reads the profile (`crate::consent`).
+    async fn keep_grant(
+        &self,
+        app: &App,
+        grant: TokenGrant,
+        now: i64,
+        caller: &str,
+    ) -> Result<(ExchangeOutcome, bool), ApiError> {
         let unionid = grant.unionid.filter(|u| !u.is_empty());
         let record = TokenRecord {
             openid: grant.openid.clone(),
@@ -335,24 +381,48 @@ impl Tokens {
             refreshed_at_ms: 0, // a new sign-in: no refresh yet
         };
         let kept = self.keep_token(app, record).await?;
-        Ok(ExchangeOutcome {
+        let scopes = split_scopes(&grant.scope);
+        let outcome = ExchangeOutcome {
             openid: grant.openid,
-            unionid,
-            scopes: split_scopes(&grant.scope),
+            unionid: unionid.filter(|_| consent::reads_profile(&scopes)),
+            scopes,
             is_snapshot_user: false,
             access_expires_at: kept.access_expires_at,
             refresh_expires_at: kept.refresh_expires_at,
-        })
+            exchanged_by: Some(caller.to_owned()),
+        };
+        Ok((outcome, grants_userinfo(&kept.scopes)))
     }
 
-    /// What every real sign-in (never a snapshot user's) leaves besides its record: the
-    /// client's claim on the user (`users = "own"`), the account under its unionid (when WeChat
-    /// gave one), and the count by app kind. Different keys: concurrent commands.
+    /// What every real web or mobile sign-in (never a snapshot user's) leaves besides its
+    /// record: see [`Tokens::claimed`].
     async fn signed_in(
+        &self,
+        app: &App,
+        outcome: &ExchangeOutcome,
+        kept_reads_profile: bool,
+        caller: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let (openid, unionid) = (outcome.openid.as_str(), outcome.unionid.as_deref());
+        self.claimed(app, openid, unionid, &outcome.scopes, kept_reads_profile, caller, now).await
+    }
+
+    /// What every real sign-in leaves besides its record: the client's claim on the user with
+    /// the scopes its own sign-ins were granted (`crate::consent`; a userinfo grant it got
+    /// earlier survives a silent sign-in while the kept token reads the profile), the account
+    /// under its unionid (when the caller may see one), and the count by app kind. Different
+    /// keys: concurrent commands. (Two sign-ins of one user by one client at the same moment
+    /// may each write their own scopes; the later write stands, at worst asking the user's
+    /// consent once more.)
+    #[allow(clippy::too_many_arguments)]
+    async fn claimed(
         &self,
         app: &App,
         openid: &str,
         unionid: Option<&str>,
+        granted: &[String],
+        kept_reads_profile: bool,
         caller: &str,
         now: i64,
     ) -> Result<(), ApiError> {
@@ -367,7 +437,17 @@ impl Tokens {
             };
             self.store.put_account(unionid, &account, life).await
         };
-        let (reach, account) = tokio::join!(self.store.put_reach(&app.name, openid, caller, now, life), account);
+        let reach = async {
+            // Only a grant that does not read the profile can lose something by replacing.
+            let earlier = if consent::reads_profile(granted) {
+                None
+            } else {
+                self.store.get_reach(&app.name, openid, caller).await?
+            };
+            let scopes = consent::scopes_after_sign_in(earlier.as_ref(), app.kind, granted, kept_reads_profile);
+            self.store.put_reach(&app.name, openid, caller, &Claim { since: now, scopes }, life).await
+        };
+        let (reach, account) = tokio::join!(reach, account);
         reach?;
         account?;
         self.metrics.sign_ins.with_label_values(&[app.kind.as_str()]).inc();
@@ -386,7 +466,7 @@ impl Tokens {
         caller: &str,
     ) -> Result<ExchangeOutcome, ApiError> {
         let life = code_record_ttl(app.kind.code_life());
-        let (mut waited, mut unreadable) = (false, 0);
+        let (mut waited, mut unreadable, mut pause) = (false, 0, Backoff::default());
         loop {
             let now_ms = self.clock.now_ms();
             let claim = CodeRecord { flow_id: String::new(), state: CodeState::Pending(now_ms) };
@@ -409,7 +489,7 @@ impl Tokens {
             match &read.record.state {
                 CodeState::Pending(since) if now_ms - since < millis(CLAIM_TTL) => {
                     waited = true;
-                    tokio::time::sleep(jittered(POLL)).await;
+                    tokio::time::sleep(pause.next()).await;
                 }
                 CodeState::Pending(_) => {
                     // The claimer died mid-exchange: take its claim over.
@@ -417,7 +497,17 @@ impl Tokens {
                         return self.spawn_mobile_exchange(app, &code, caller).await;
                     }
                 }
-                CodeState::Done(outcome) if waited => return Ok(outcome.clone()),
+                // A concurrent duplicate of the caller's own exchange (a double submit, two
+                // replicas) shares its result; another client's exchange of the same code is
+                // refused as a later exchange of a spent code is: a code serves one client.
+                CodeState::Done(outcome) if waited && outcome.exchanged_by.as_deref() == Some(caller) => {
+                    return Ok(outcome.clone());
+                }
+                CodeState::Done(_) if waited => {
+                    tracing::warn!(app = %app.name, caller, "mobile exchange refused: another client exchanged this code");
+                    self.count_consent_refusal(caller, "code_of_another_client");
+                    return Err(ApiError::CodeUsed(None));
+                }
                 CodeState::Done(_) | CodeState::Relayed => {
                     tracing::info!(app = %app.name, "mobile code exchanged before: CODE_USED");
                     return Err(ApiError::CodeUsed(None));
@@ -440,7 +530,7 @@ impl Tokens {
     ) -> Result<ExchangeOutcome, ApiError> {
         let (this, app, code, caller) = (Arc::clone(self), app.clone(), code.clone(), caller.to_owned());
         let exchange = async move { this.exchange_mobile_claimed(&app, &code, &caller).await };
-        tokio::spawn(exchange.in_current_span()).await.unwrap_or(Err(ApiError::Internal))
+        joined("mobile code exchange", tokio::spawn(exchange.in_current_span()).await)
     }
 
     async fn exchange_mobile_claimed(
@@ -470,8 +560,8 @@ impl Tokens {
             }
         };
         let now = self.clock.now_secs();
-        let outcome = match self.keep_grant(app, grant, now).await {
-            Ok(outcome) => outcome,
+        let (outcome, kept_reads_profile) = match self.keep_grant(app, grant, now, caller).await {
+            Ok(kept) => kept,
             Err(e) => {
                 // WeChat spent the code but nothing was stored: the user signs in again.
                 if let Err(e) = self.store.put_code(code, &record(CodeState::Lost), life).await {
@@ -482,7 +572,7 @@ impl Tokens {
         };
         let done = record(CodeState::Done(outcome.clone()));
         let (signed_in, finished) = tokio::join!(
-            self.signed_in(app, &outcome.openid, outcome.unionid.as_deref(), caller, now),
+            self.signed_in(app, &outcome, kept_reads_profile, caller, now),
             self.store.put_code(code, &done, life),
         );
         signed_in?;
@@ -513,12 +603,13 @@ impl Tokens {
             signed_in_at: now,
         };
         self.store.put_session(&app.name, &record, self.policy.refresh_life).await?;
-        self.signed_in(app, &session.openid, unionid.as_deref(), caller, now).await?;
+        self.claimed(app, &session.openid, unionid.as_deref(), &[], false, caller, now).await?;
         Ok((session.openid, unionid))
     }
 
-    /// The accounts recorded under `unionid` in `apps` that `who` may reach, newest sign-in
-    /// first. An account whose token record (mini programs: session) is gone (expired,
+    /// The accounts recorded under `unionid` in `apps` that `who` may reach and may see the
+    /// unionid of (`users = "own"`: its own sign-in of the account read the profile, or was a
+    /// mini program's), newest sign-in first. An account whose token record (mini programs: session) is gone (expired,
     /// forgotten, a dead refresh token) is dropped from the index here, lazily, and not listed.
     pub async fn accounts(
         &self,
@@ -536,10 +627,16 @@ impl Tokens {
                 })
             };
             let reached = async {
-                match who {
-                    Reach::Any => Ok::<_, ApiError>(true),
-                    Reach::Own(client) => Ok(self.store.has_reach(&account.app, &account.openid, client).await?),
+                let Reach::Own(client) = who else { return Ok::<_, ApiError>(true) };
+                let Some(claim) = self.store.get_reach(&account.app, &account.openid, client).await? else {
+                    return Ok(false); // another product's user: not a refusal, just not its own
+                };
+                let kind = AppKind::parse(&account.kind).unwrap_or(AppKind::OfficialAccount);
+                let sees = Grant::of(&claim, kind).sees_unionid();
+                if !sees {
+                    self.count_consent_refusal(client, "scope_not_granted");
                 }
+                Ok(sees)
             };
             let (alive, reached) = tokio::join!(alive, reached);
             if !alive? {
@@ -579,6 +676,7 @@ impl Tokens {
             is_snapshot_user: true,
             access_expires_at: 0,
             refresh_expires_at: 0,
+            exchanged_by: None,
         };
         let done = CodeRecord { state: CodeState::Done(outcome.clone()), ..claim };
         self.store.put_code(code, &done, life).await?;
@@ -621,33 +719,81 @@ impl Tokens {
     }
 
     /// `read` (a store read of this user's, without side effects), answered only if `who` may
-    /// reach the user. The claim is looked up at the same time as the read, so the check costs
-    /// no round trip of its own.
-    pub async fn reachable<T>(
+    /// reach the user, with what its own sign-ins granted it (`None`: a `users = "app"` client,
+    /// which reads what the token holds). The claim is looked up at the same time as the read,
+    /// so the check costs no round trip of its own.
+    pub async fn reachable<T: Found>(
         &self,
         app: &App,
         openid: &str,
         who: Reach<'_>,
         read: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        let Reach::Own(client) = who else { return read.await };
-        let (reached, value) = tokio::join!(self.store.has_reach(&app.name, openid, client), read);
-        if !reached? {
-            return Err(ApiError::TokenNotFound);
+    ) -> Result<(Option<Grant>, T), ApiError> {
+        let Reach::Own(client) = who else { return Ok((None, read.await?)) };
+        let (claim, value) = tokio::join!(self.store.get_reach(&app.name, openid, client), read);
+        let Some(claim) = claim? else {
+            let known = match &value {
+                Ok(value) => value.found(),
+                Err(_) => Some(false),
+            };
+            return Err(self.unreached(app, openid, client, known).await);
+        };
+        Ok((Some(Grant::of(&claim, app.kind)), value?))
+    }
+
+    /// The answer to a client asking for a user it never signed in: `TOKEN_NOT_FOUND`, exactly
+    /// as for an unknown user. Counted (`not_reached`) when the user is known to the app, so
+    /// the metric shows probing for other products' users, not stale openids; `known` is what
+    /// the request's own read said, if it could tell (else the records are read: a refused
+    /// call's cost only).
+    async fn unreached(&self, app: &App, openid: &str, client: &str, known: Option<bool>) -> ApiError {
+        let known = match known {
+            Some(known) => known,
+            None => {
+                let (token, session) =
+                    tokio::join!(self.store.get_token(&app.name, openid), self.store.get_session(&app.name, openid));
+                matches!(token, Ok(Some(_))) || matches!(session, Ok(Some(_)))
+            }
+        };
+        if known {
+            self.count_consent_refusal(client, "not_reached");
         }
-        value
+        ApiError::TokenNotFound
+    }
+
+    fn count_consent_refusal(&self, client: &str, reason: &str) {
+        self.metrics.consent_refusals.with_label_values(&[client, reason]).inc();
+    }
+
+    /// `SCOPE_NOT_GRANTED` for a client whose own sign-ins did not grant what it asks
+    /// (another product's consent is not its own): it must ask the user for consent itself.
+    fn scope_not_granted(&self, who: Reach<'_>) -> ApiError {
+        if let Reach::Own(client) = who {
+            self.count_consent_refusal(client, "scope_not_granted");
+        }
+        ApiError::ScopeNotGranted(None)
     }
 
     /// The record with an access token that outlives the refresh margin, refreshing first
     /// when it does not.
     pub async fn current(self: &Arc<Self>, app: &App, openid: &str) -> Result<TokenRecord, ApiError> {
-        self.current_of(app, openid, Reach::Any).await
+        self.current_of(app, openid, Reach::Any, false).await
     }
 
     /// [`Tokens::current`] for `who`: the record is read with the reach check, before any
-    /// refresh.
-    async fn current_of(self: &Arc<Self>, app: &App, openid: &str, who: Reach<'_>) -> Result<TokenRecord, ApiError> {
-        let record = self.reachable(app, openid, who, self.stored(app, openid)).await?;
+    /// refresh; `wants_profile` refuses, before any refresh, a client whose own sign-ins do not
+    /// read the profile.
+    async fn current_of(
+        self: &Arc<Self>,
+        app: &App,
+        openid: &str,
+        who: Reach<'_>,
+        wants_profile: bool,
+    ) -> Result<TokenRecord, ApiError> {
+        let (grant, record) = self.reachable(app, openid, who, self.stored(app, openid)).await?;
+        if wants_profile && grant.is_some_and(|g| !g.reads_profile()) {
+            return Err(self.scope_not_granted(who));
+        }
         if !self.expiring(&record) {
             return Ok(record);
         }
@@ -689,54 +835,94 @@ impl Tokens {
     /// the user in this process. The task runs for the first caller's `need`; a caller joining
     /// it gets a record refreshed after it asked, or one the first caller's check found fresh,
     /// which was refreshed while it asked.
+    ///
+    /// The map's lock is held only to look up or insert an entry: the task is spawned after it
+    /// is released. (Spawning on a runtime that is shutting down drops the task's future at
+    /// once, on this thread, and with it the [`FlightGuard`], whose drop takes the map's lock:
+    /// under the lock that was a self-deadlock.) The entry goes in before the task exists, its
+    /// result reading the task's handle from a oneshot, so concurrent callers join it at once.
     async fn refresh(self: &Arc<Self>, app: &App, openid: &str, need: Need) -> Result<TokenRecord, ApiError> {
         let key = format!("{}\u{0}{openid}", app.name);
-        let flight = {
+        let (flight, _interest, start) = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(flight) = flights.get(&key) {
+            // A flight whose callers are all gone may be giving up its wait: not joined.
+            let joinable = flights.get(&key).and_then(|f| Some((f.result.clone(), f.interest.upgrade()?)));
+            if let Some((result, interest)) = joinable {
                 self.count_refresh("coalesced");
-                flight.result.clone()
+                (result, interest, None)
             } else {
                 let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-                // Moved into the task before it is spawned: dropped with the task's future
-                // however it ends, even aborted before its first poll. Its removal waits for
-                // this lock, so it cannot run before the entry is inserted.
-                let guard = FlightGuard { tokens: Arc::clone(self), key: key.clone(), id };
-                let (this, app, openid) = (Arc::clone(self), app.clone(), openid.to_owned());
-                let refresh = async move {
-                    let _guard = guard;
-                    this.refresh_locked(&app, &openid, need).await
+                let (interest, watch) = tokio::sync::mpsc::channel::<()>(1);
+                let (handle_tx, handle_rx) = tokio::sync::oneshot::channel::<RefreshTask>();
+                let result: FlightResult = async move {
+                    let Ok(task) = handle_rx.await else { return Err(ApiError::Internal) };
+                    joined("token refresh", task.await)
+                }
+                .boxed()
+                .shared();
+                let flight = Flight {
+                    result: result.clone(),
+                    id,
+                    interest: interest.downgrade(),
+                    #[cfg(test)]
+                    abort: None,
                 };
-                // The leader's span parents the refresh; waiters join it.
-                let task = tokio::spawn(refresh.instrument(tracing::info_span!("token.refresh")));
-                #[cfg(test)]
-                let abort = task.abort_handle();
-                let result: FlightResult =
-                    async move { task.await.unwrap_or(Err(ApiError::Internal)) }.boxed().shared();
-                flights.insert(
-                    key,
-                    Flight {
-                        result: result.clone(),
-                        id,
-                        #[cfg(test)]
-                        abort,
-                    },
-                );
-                result
+                // Replaces a flight nobody waits for any more; its guard removes only its own.
+                flights.insert(key.clone(), flight);
+                (result, interest, Some((id, watch, handle_tx)))
             }
         };
+        if let Some((id, watch, handle_tx)) = start {
+            // Moved into the task before it is spawned: dropped with the task's future however
+            // it ends, even aborted before its first poll or never run at all.
+            let guard = FlightGuard { tokens: Arc::clone(self), key: key.clone(), id };
+            let (this, app, openid) = (Arc::clone(self), app.clone(), openid.to_owned());
+            let refresh = async move {
+                let _guard = guard;
+                this.refresh_locked(&app, &openid, need, watch).await
+            };
+            // The leader's span parents the refresh; waiters join it.
+            let task = tokio::spawn(refresh.instrument(tracing::info_span!("token.refresh")));
+            #[cfg(test)]
+            self.note_abort(&key, id, task.abort_handle());
+            // Fails only if every caller is gone already; the task then runs on, detached.
+            let _ = handle_tx.send(task);
+        }
+        // `_interest` lives until this caller has its answer or is dropped (its deadline).
         flight.await
     }
 
-    async fn refresh_locked(&self, app: &App, openid: &str, need: Need) -> Result<TokenRecord, ApiError> {
+    #[cfg(test)]
+    fn note_abort(&self, key: &str, id: u64, abort: tokio::task::AbortHandle) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get_mut(key).filter(|f| f.id == id) {
+            flight.abort = Some(abort);
+        }
+    }
+
+    /// The refresh itself, under the user's Redis lock. Without the lock (another replica
+    /// refreshes), it waits for that replica's result, looking again after a pause that doubles
+    /// from [`POLL`] up to [`POLL_MAX`], and stops as soon as no caller waits any more (`watch`
+    /// closes when the last caller's sender is dropped: its gRPC deadline passed or it was
+    /// cancelled), so a stuck holder never keeps a replica reading past its callers' deadlines.
+    /// A refresh that holds the lock is never stopped that way: once WeChat may have it, it
+    /// finishes and stores its result.
+    async fn refresh_locked(
+        &self,
+        app: &App,
+        openid: &str,
+        need: Need,
+        mut watch: tokio::sync::mpsc::Receiver<()>,
+    ) -> Result<TokenRecord, ApiError> {
         #[cfg(test)]
         if self.panic_next_refresh.swap(false, Ordering::Relaxed) {
             panic!("a refresh task panics (test)");
         }
         let lock_ttl = self.lock_ttl();
         // A holder finishes, or its lock expires, within one lock life; the second lets this
-        // waiter take its turn.
+        // waiter take its turn (callers without a deadline).
         let give_up = tokio::time::Instant::now() + lock_ttl * 2;
+        let mut pause = Backoff::default();
         loop {
             if let Some(lock) = self.lock(app, openid, lock_ttl).await? {
                 let result = self.refresh_holding_lock(app, openid, need).await;
@@ -744,7 +930,13 @@ impl Tokens {
                 return result;
             }
             // Another replica is refreshing this user: wait for its result.
-            tokio::time::sleep(jittered(POLL)).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause.next()) => {}
+                _ = watch.recv() => {
+                    tracing::debug!(app = %app.name, "refresh wait ended: no caller waits any more");
+                    return Err(ApiError::DeadlineExceeded);
+                }
+            }
             let Some(record) = self.store.get_token(&app.name, openid).await? else {
                 // It found the refresh token dead and deleted the record.
                 return Err(ApiError::ReauthorizationRequired(None));
@@ -846,7 +1038,10 @@ impl Tokens {
         let use_cache = !fresh && !max_age.is_zero();
         let who = if use_cache {
             let cached = async { Ok(self.store.get_profile(&app.name, openid, lang).await?) };
-            let hit = self.reachable(app, openid, who, cached).await?;
+            let (grant, hit) = self.reachable(app, openid, who, cached).await?;
+            if grant.is_some_and(|g| !g.reads_profile()) {
+                return Err(self.scope_not_granted(who));
+            }
             if let Some(hit) = hit.filter(|hit| self.clock.now_secs() < hit.fetched_at + secs(max_age)) {
                 self.metrics.profile_cache.with_label_values(&["hit"]).inc();
                 return Ok(hit);
@@ -882,7 +1077,7 @@ impl Tokens {
         lang: Lang,
         who: Reach<'_>,
     ) -> Result<(Profile, TokenRecord), ApiError> {
-        let record = self.current_of(app, openid, who).await?;
+        let record = self.current_of(app, openid, who, true).await?;
         if !grants_userinfo(&record.scopes) {
             return Err(ApiError::ScopeNotGranted(None));
         }
@@ -897,15 +1092,56 @@ impl Tokens {
         }
     }
 
-    /// Deletes the user's token record and cached profiles, holding the user's refresh lock so
+    /// Deletes the user's token record, session, cached profiles and account-index entries, for
+    /// every client (a `users = "app"` client's ForgetUser), holding the user's refresh lock so
     /// a refresh under way (here or on another replica) finishes first. (A refresh that
     /// outlived its lock could not write the record back either: it writes only over the
     /// record it read.) Returns whether a record existed.
     pub async fn forget(&self, app: &App, openid: &str) -> Result<bool, ApiError> {
+        Ok(self.forget_unless_reached(app, openid, &[]).await?.unwrap_or(false))
+    }
+
+    /// A `users = "own"` client's ForgetUser: forgets the user for `client` (its claim), and
+    /// the user's records too when no other of `clients` (every client of the app) holds a
+    /// claim any more. Another client's users answer as unknown ones do (`false`), and whether
+    /// others still reach the user never shows in the answer. Returns whether `client` reached
+    /// the user and a record existed.
+    pub async fn forget_for(&self, app: &App, openid: &str, client: &str, clients: &[&str]) -> Result<bool, ApiError> {
+        let (claim, token, session) = tokio::join!(
+            self.store.get_reach(&app.name, openid, client),
+            self.store.get_token(&app.name, openid),
+            self.store.get_session(&app.name, openid),
+        );
+        let (token, session) = (token?, session?);
+        if claim?.is_none() {
+            if token.is_some() || session.is_some() {
+                self.count_consent_refusal(client, "not_reached");
+            }
+            return Ok(false);
+        }
+        let others: Vec<&str> = clients.iter().copied().filter(|c| *c != client).collect();
+        self.forget_unless_reached(app, openid, &others).await?;
+        // Last: a failure before it leaves the claim, so a retry still reaches the user.
+        self.store.forget_reach(&app.name, openid, &[client]).await?;
+        Ok(token.is_some() || session.is_some())
+    }
+
+    /// Deletes the user's records unless one of `others` still holds a claim on the user
+    /// (`None`: kept); else whether a record existed. The claims are read before the lock is
+    /// taken (sign-ins do not take it, so reading them under it would close no race, and the
+    /// lock's life counts only the deletions' store calls). A client signing the user in at the
+    /// very moment the last other claim is forgotten may lose that sign-in, and signs in again.
+    async fn forget_unless_reached(&self, app: &App, openid: &str, others: &[&str]) -> Result<Option<bool>, ApiError> {
+        if self.store.any_reach(&app.name, openid, others).await? {
+            tracing::info!(app = %app.name, "user forgotten for one client; others still reach the user");
+            return Ok(None);
+        }
         let lock_ttl = self.lock_ttl();
         // A holder finishes, or its lock expires, within one lock life; the second lets this
-        // call take its turn.
+        // call take its turn. (The caller's deadline, applied around the whole RPC, ends the
+        // wait sooner.)
         let give_up = tokio::time::Instant::now() + lock_ttl * 2;
+        let mut pause = Backoff::default();
         let lock = loop {
             if let Some(lock) = self.lock(app, openid, lock_ttl).await? {
                 break lock;
@@ -913,7 +1149,7 @@ impl Tokens {
             if tokio::time::Instant::now() >= give_up {
                 return Err(ApiError::Internal);
             }
-            tokio::time::sleep(jittered(POLL)).await;
+            tokio::time::sleep(pause.next()).await;
         };
         let forgotten = self.forget_holding_lock(app, openid).await;
         lock.release().await;
@@ -923,7 +1159,7 @@ impl Tokens {
         for unionid in &unionids {
             self.store.drop_account(unionid, &app.name, openid).await?;
         }
-        Ok(existed)
+        Ok(Some(existed))
     }
 
     /// Deletes the user's records; returns whether there were any and the unionids they named.
@@ -943,19 +1179,20 @@ impl Tokens {
     }
 
     /// Asks WeChat whether the stored access token is valid: `Ok(None)` when it is,
-    /// `Ok(Some(errcode))` when WeChat rejects the token.
+    /// `Ok(Some(errcode))` when WeChat rejects the token; with the record and what `who`'s own
+    /// sign-ins granted it ([`Tokens::reachable`]).
     pub async fn validate(
         &self,
         app: &App,
         openid: &str,
         who: Reach<'_>,
-    ) -> Result<(TokenRecord, Option<i64>), ApiError> {
-        let record = self.reachable(app, openid, who, self.stored(app, openid)).await?;
+    ) -> Result<(Option<Grant>, TokenRecord, Option<i64>), ApiError> {
+        let (grant, record) = self.reachable(app, openid, who, self.stored(app, openid)).await?;
         match self.wechat.auth(app, &record.access_token, openid).await {
-            Ok(()) => Ok((record, None)),
+            Ok(()) => Ok((grant, record, None)),
             Err(e) if is_dead_access_token(&e) || e.errcode() == Some(40003) => {
                 let errcode = e.errcode();
-                Ok((record, errcode))
+                Ok((grant, record, errcode))
             }
             Err(e) => Err(ApiError::from_wechat(&e)),
         }
@@ -974,9 +1211,11 @@ fn is_dead_access_token(e: &WechatError) -> bool {
     e.errcode().is_some_and(|c| DEAD_ACCESS_TOKEN.contains(&c))
 }
 
-/// Takes a flight out of the map when its task ends in any way: returns, panics or is aborted
-/// (the task's future, and this guard with it, is dropped). Without it a dead flight would stay
-/// in the map and every later refresh of the user would join it instead of refreshing.
+/// Takes a flight out of the map when its task ends in any way: returns, panics, is aborted or
+/// is never run (the task's future, and this guard with it, is dropped). Without it a dead
+/// flight would stay in the map and every later refresh of the user would join it instead of
+/// refreshing. Its drop takes the map's lock, so nothing that may drop a task's future (a spawn)
+/// happens while that lock is held ([`Tokens::refresh`]).
 struct FlightGuard {
     tokens: Arc<Tokens>,
     key: String,
@@ -1036,6 +1275,38 @@ fn split_scopes(scope: &str) -> Vec<String> {
 fn jittered(base: Duration) -> Duration {
     let ms = u64::try_from(base.as_millis()).unwrap_or(20);
     Duration::from_millis(ms + rand::rng().random_range(0..=ms))
+}
+
+/// Pauses between looks at something another replica holds: from [`POLL`], doubling up to
+/// [`POLL_MAX`], each jittered (up to twice as long) so waiters on many replicas spread out.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(POLL)
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let pause = jittered(self.0);
+        self.0 = (self.0 * 2).min(POLL_MAX);
+        pause
+    }
+}
+
+/// The answer of a spawned task: its own, or INTERNAL when it panicked or was cancelled (an
+/// abort, a runtime shutting down) — logged at error level with the operation, since nothing
+/// else would say why the caller got INTERNAL.
+fn joined<T>(
+    operation: &'static str,
+    joined: Result<Result<T, ApiError>, tokio::task::JoinError>,
+) -> Result<T, ApiError> {
+    joined.unwrap_or_else(|e| {
+        let ended = if e.is_panic() { "panicked" } else { "was cancelled" };
+        tracing::error!(operation, ended, "a spawned {operation} task ended without an answer; answering INTERNAL");
+        Err(ApiError::Internal)
+    })
 }
 
 #[cfg(test)]
@@ -1129,7 +1400,7 @@ mod tests {
         }
         assert_eq!(sim.calls(Endpoint::RefreshToken), 1, "the refresh is waiting for WeChat");
 
-        let abort = tokens.flights.lock().expect("flights").values().next().map(|f| f.abort.clone());
+        let abort = tokens.flights.lock().expect("flights").values().next().and_then(|f| f.abort.clone());
         abort.expect("a flight under way").abort();
 
         assert!(matches!(stuck.await.expect("join"), Err(ApiError::Internal)));
@@ -1139,6 +1410,96 @@ mod tests {
         next.expect("not stuck behind the dead refresh's lock").expect("refreshed");
         assert_eq!(sim.calls(Endpoint::RefreshToken), 2);
         assert_eq!(flights(&tokens), 0);
+    }
+
+    /// Log lines written while it is the thread's default subscriber (a current-thread runtime
+    /// runs every task on this thread).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicked_refresh_is_logged_at_error_level_with_its_operation() {
+        let Setup { tokens, app, openid, .. } = setup().await;
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // With a single registered dispatcher, tracing judges a callsite's interest by the
+        // default of the thread that hits it first: another test's thread, with no subscriber,
+        // would make it "never" for this one too. A second one makes it ask every dispatcher.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let _default = tracing::subscriber::set_default(subscriber);
+        tokens.panic_next_refresh.store(true, Ordering::Relaxed);
+
+        let panicked = tokens.force_refresh(&app, &openid).await;
+
+        assert!(matches!(panicked, Err(ApiError::Internal)));
+        let text = logs.text();
+        let line = text.lines().find(|l| l.contains("ERROR")).unwrap_or_default();
+        assert!(line.contains("token refresh") && line.contains("panicked"), "logged: {text:?}");
+    }
+
+    #[test]
+    fn a_refresh_started_while_its_runtime_shuts_down_answers_instead_of_deadlocking() {
+        let main = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let Setup { tokens, sim, app, openid } = main.block_on(setup());
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+        let caller = Arc::clone(&tokens);
+        std::thread::spawn(move || {
+            // A runtime already shut down: a task spawned on it is dropped at once, in the
+            // spawning call, and with it the flight's guard.
+            let dying = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let handle = dying.handle().clone();
+            drop(dying);
+            let answer = handle.block_on(caller.force_refresh(&app, &openid));
+            let _ = answer_tx.send(answer);
+        });
+
+        let answer = answer_rx.recv_timeout(Duration::from_secs(10));
+
+        assert!(matches!(answer, Ok(Err(ApiError::Internal))), "answered, not deadlocked: {answer:?}");
+        assert_eq!(flights(&tokens), 0, "the dropped flight left the map");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_waiter_backs_off_and_stops_at_its_callers_deadline() {
+        let Setup { tokens, sim, app, openid } = setup().await;
+        // Another replica holds the user's lock and never finishes (until its lock expires).
+        let held = tokens.store.try_lock(&app.name, &openid, Duration::from_secs(60)).await.expect("store");
+        assert!(held.is_some());
+        let reads = || tokens.metrics.store_duration.with_label_values(&["get"]).get_sample_count();
+        let before = reads();
+
+        let waited = tokio::time::timeout(Duration::from_secs(1), tokens.force_refresh(&app, &openid)).await;
+
+        assert!(waited.is_err(), "the caller's deadline passed");
+        let during = reads() - before;
+        // 20-40 ms each: about 33 reads a second; doubling to 500 ms: at most 7.
+        assert!((2..=8).contains(&during), "{during} reads in one second");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(reads() - before, during, "no read after the caller left");
+        assert_eq!(flights(&tokens), 0, "the waiting flight ended with its caller");
+        assert_eq!(sim.calls(Endpoint::RefreshToken), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@
 //! | `{prefix}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result. Not under the app: the relay binds a code in the same round trip that reads its flow, before it knows the app; the flow id's tag names the app (see [`Store::new_flow_id`]) |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
-//! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user (`users = "own"`) |
+//! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user, and the scopes its own sign-ins were granted (what a `users = "own"` client may read of the user) |
 //! | `{prefix}:{app}:sess:{openid}` | sealed [`MiniSession`]: a mini program user's `session_key` (never returned to callers), replaced at each sign-in; TTL `token.refresh_life` from the last sign-in |
 //! | `{prefix}:union:{unionid}` | a hash: field `{app}:{openid}`, value the sealed [`Account`] (sealed under key and field); TTL `token.refresh_life`, renewed at each sign-in with that unionid. Entries whose token record / session is gone are dropped lazily by [`Store::accounts`]' callers (`FindAccounts`) |
 //! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
@@ -255,14 +255,27 @@ pub struct ExchangeOutcome {
     pub access_expires_at: i64,
     /// Refresh token expiry, Unix seconds.
     pub refresh_expires_at: i64,
+    /// The client whose exchange this was: a mobile code's result is shared only with that
+    /// client's concurrent duplicates, never with another client's exchange of the same code.
+    /// `None` in records written before it was kept (shared with no one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchanged_by: Option<String>,
 }
 
-/// A client's claim on a user: it exchanged one of the user's codes (at this time, Unix
-/// seconds). Clients with `users = "own"` reach only users they hold one for.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// A client's claim on a user: it exchanged one of the user's codes itself, and what those
+/// sign-ins of its own were granted. Clients with `users = "own"` reach only users they hold
+/// one for, and read only what its scopes grant (`crate::consent`): consent given to one
+/// product is not another's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reach {
     /// When the client last exchanged a code of the user.
     pub since: i64,
+    /// The scopes this client's own sign-ins were granted (a userinfo grant outlives a later
+    /// `snsapi_base` sign-in while the token can still read the profile). Empty: a mini
+    /// program sign-in (no scopes), or a record written before scopes were kept, which
+    /// `crate::consent::Grant::of` reads as no more than the app kind's least scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 /// A mini program user's session, as `sns/jscode2session` gave it at the last sign-in. `Debug`
@@ -851,25 +864,37 @@ impl Store {
         call!(self, set_nx(&key, &sealed, ttl))
     }
 
-    /// Records that `client` exchanged a code of this user, for `ttl` (the record's life).
+    /// Records `client`'s claim on this user, for `ttl` (the record's life), replacing the last.
     pub async fn put_reach(
         &self,
         app: &str,
         openid: &str,
         client: &str,
-        since: i64,
+        reach: &Reach,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let key = self.reach_key(app, openid, client);
-        let sealed = self.seal(&key, &Reach { since });
+        let sealed = self.seal(&key, reach);
         call!(self, set(&key, &sealed, ttl))
     }
 
-    /// Whether `client` exchanged a code of this user (within the record's life).
-    pub async fn has_reach(&self, app: &str, openid: &str, client: &str) -> Result<bool, StoreError> {
+    /// `client`'s claim on this user, if it exchanged a code of the user within the record's
+    /// life (a claim that does not open counts as none: the client signs the user in again).
+    pub async fn get_reach(&self, app: &str, openid: &str, client: &str) -> Result<Option<Reach>, StoreError> {
         let key = self.reach_key(app, openid, client);
         let found = call!(self, get(&key))?;
-        Ok(found.and_then(|sealed| self.open::<Reach>(&key, &sealed)).is_some())
+        Ok(found.and_then(|sealed| self.open::<Reach>(&key, &sealed)))
+    }
+
+    /// Whether any of `clients` holds a claim on this user (ForgetUser: the user's records go
+    /// only when none does). The reads go out at once (different keys: concurrent commands).
+    pub async fn any_reach(&self, app: &str, openid: &str, clients: &[&str]) -> Result<bool, StoreError> {
+        let reads = clients.iter().map(|client| self.get_reach(app, openid, client));
+        let mut any = false;
+        for read in futures::future::join_all(reads).await {
+            any |= read?.is_some();
+        }
+        Ok(any)
     }
 
     /// Forgets which of `clients` reached this user.

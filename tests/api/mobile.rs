@@ -1,6 +1,7 @@
 //! ExchangeMobileCode: a mobile app's SDK code signs the user in with tokens kept like a web
 //! sign-in's; the code works once (CODE_USED after, without asking WeChat); concurrent
-//! duplicates make one WeChat call; WeChat's refusals and lost answers are mapped.
+//! duplicates make one WeChat call, and a code serves one client (issue 18, finding 5);
+//! WeChat's refusals and lost answers are mapped.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use wxauth::proto::{self, Scope};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::both_backends;
-use crate::helpers::{APP_APPID, Backend, PASSPORT_KEY, TRADE_KEY, reason, spawn_app};
+use crate::helpers::{APP_APPID, Backend, PASSPORT_KEY, TRADE_KEY, reason, spawn_app, spawn_app_configured};
 
 async fn a_mobile_code_signs_the_user_in_with_tokens_kept_like_a_web_sign_in(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -102,7 +103,46 @@ async fn only_mobile_apps_the_client_may_use_take_mobile_codes(backend: Backend)
     assert_eq!(no_page.code(), Code::InvalidArgument);
 }
 
+/// A third client, `shop`, that may use the mobile app `app` as `passport` does.
+const SHOP_KEY: &str = "shop-test-key";
+
+fn with_shop() -> String {
+    let digest = hex::encode(wxauth::config::key_digest(SHOP_KEY));
+    format!(
+        "[clients.shop]\nkey_sha256 = \"{digest}\"\napps = [\"app\"]\nreturn_urls = [\"https://shop.example.com/\"]\nrate_limits = {{ authorize = \"off\", exchange = \"off\", user = \"off\" }}\n"
+    )
+}
+
+async fn one_mobile_code_serves_one_client_even_when_two_exchange_it_at_once(backend: Backend) {
+    let app = spawn_app_configured(backend, &with_shop()).await;
+    let code = app.code(APP_APPID, "bob", "snsapi_userinfo");
+    // WeChat answers slowly: the second exchange finds the first's claim and waits on it.
+    app.sim.inject(Endpoint::AccessToken, Fault::Delay(Duration::from_millis(300)), 1);
+
+    let (passport, shop) =
+        tokio::join!(app.exchange_mobile_as(PASSPORT_KEY, &code), app.exchange_mobile_as(SHOP_KEY, &code));
+
+    let (won, lost, loser_key) = match (passport, shop) {
+        (Ok(won), Err(lost)) => (won, lost, SHOP_KEY),
+        (Err(lost), Ok(won)) => (won, lost, PASSPORT_KEY),
+        other => panic!("exactly one client may have the code: {other:?}"),
+    };
+    assert_eq!(Some(won.openid), app.sim.openid(APP_APPID, "bob"));
+    assert_eq!((lost.code(), reason(&lost).as_str()), (Code::InvalidArgument, "CODE_USED"));
+    assert_eq!(app.sim.calls(Endpoint::AccessToken), 1, "WeChat is called once");
+    // The same refusal as that client's exchange of the spent code a moment later.
+    let later = app.exchange_mobile_as(loser_key, &code).await.expect_err("spent");
+    assert_eq!((later.code(), reason(&later)), (lost.code(), reason(&lost)));
+    assert_eq!(later.message(), lost.message());
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let text = scrape.text().await.expect("metrics");
+    let loser = if loser_key == SHOP_KEY { "shop" } else { "passport" };
+    let series = format!("wxauth_consent_refusals_total{{client=\"{loser}\",reason=\"code_of_another_client\"}} 1");
+    assert!(text.lines().any(|l| l == series), "the refusal is counted: {series}");
+}
+
 both_backends!(
+    one_mobile_code_serves_one_client_even_when_two_exchange_it_at_once,
     a_mobile_code_signs_the_user_in_with_tokens_kept_like_a_web_sign_in,
     a_second_exchange_of_a_mobile_code_is_code_used_without_asking_wechat,
     concurrent_exchanges_of_one_mobile_code_make_one_wechat_call,

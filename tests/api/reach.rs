@@ -1,7 +1,8 @@
 //! Who may reach a user (DESIGN.md §2 step 6): with `users = "own"` (the default) a client
 //! reaches only users for whom it exchanged a code itself, and any other openid answers exactly
 //! as an unknown one does; `users = "app"` reaches every user of the client's apps. And a
-//! `snsapi_base` sign-in never takes away a token that can read the profile and still works.
+//! `snsapi_base` sign-in never takes away a token that can read the profile and still works
+//! (for the client whose consent gave it: what each client reads is in `consent.rs`).
 
 use std::time::Duration;
 
@@ -33,7 +34,8 @@ async fn per_user_calls(app: &TestApp, key: &str, openid: &str) -> Vec<Result<St
             .map_err(err),
         grpc.forget_user(authed(key, ForgetUserRequest { app: a, openid: o, device: 0 }))
             .await
-            .map(|r| format!("had_token={}", r.into_inner().had_token))
+            .map(|r| r.into_inner())
+            .map(|r| format!("had_token={} forgot_for_all_clients={}", r.had_token, r.forgot_for_all_clients))
             .map_err(err),
     ]
 }
@@ -45,7 +47,7 @@ async fn another_products_user_answers_as_an_unknown_one(backend: Backend) {
     let unknown = per_user_calls(&app, TRADE_KEY, "oUnknownOpenid0000000000000").await;
     assert_eq!(foreign, unknown, "no oracle: another product's user looks exactly like no user");
     assert_eq!(foreign[0], Err((Code::NotFound, "TOKEN_NOT_FOUND".to_owned(), "no token for this openid".to_owned())));
-    assert_eq!(foreign[3], Ok("had_token=false".to_owned()));
+    assert_eq!(foreign[3], Ok("had_token=false forgot_for_all_clients=false".to_owned()));
     assert_eq!(app.sim.calls(wxauth::sim::Endpoint::RefreshToken), 0, "trade made wxauth call WeChat for no one");
     // trade's ForgetUser left passport's user alone.
     app.user_info(&alice.openid).await.expect("passport still reads its user");
@@ -57,10 +59,12 @@ async fn another_products_user_answers_as_an_unknown_one(backend: Backend) {
     assert_eq!(own[0], Ok(alice.openid.clone()));
     assert_eq!(own[1], Ok("true".to_owned()));
     assert_eq!(own[2], Ok("refreshed".to_owned()));
-    assert_eq!(own[3], Ok("had_token=true".to_owned()));
-    // Forgotten for the whole app: passport too finds no user now.
-    let status = app.user_info(&alice.openid).await.expect_err("forgotten");
-    assert_eq!((status.code(), reason(&status).as_str()), (Code::NotFound, "TOKEN_NOT_FOUND"));
+    assert_eq!(own[3], Ok("had_token=true forgot_for_all_clients=false".to_owned()));
+    // Forgotten for trade alone (issue 18: before, trade's ForgetUser deleted passport's
+    // sign-in too): passport still reads her, trade no longer does.
+    app.user_info(&alice.openid).await.expect("passport's sign-in stands");
+    let gone = per_user_calls(&app, TRADE_KEY, &alice.openid).await;
+    assert_eq!(gone, unknown, "trade forgot her");
 }
 
 async fn a_client_with_users_app_reaches_every_user_of_its_apps(backend: Backend) {
@@ -71,8 +75,9 @@ async fn a_client_with_users_app_reaches_every_user_of_its_apps(backend: Backend
     assert_eq!(calls[0], Ok(alice.openid.clone()));
     assert_eq!(calls[1], Ok("true".to_owned()));
     assert_eq!(calls[2], Ok("refreshed".to_owned()));
-    assert_eq!(calls[3], Ok("had_token=true".to_owned()));
-    // passport (users = "own") reached her through its own sign-in; forgotten now.
+    assert_eq!(calls[3], Ok("had_token=true forgot_for_all_clients=true".to_owned()));
+    // passport (users = "own") reached her through its own sign-in; forgotten now, for every
+    // client: trade is trusted app-wide, and its answer says so.
     let gone = per_user_calls(&app, PASSPORT_KEY, &alice.openid).await;
     assert_eq!(gone[0].as_ref().map_err(|e| e.1.as_str()), Err("TOKEN_NOT_FOUND"));
 }
@@ -89,9 +94,12 @@ async fn a_base_sign_in_keeps_a_working_userinfo_token(backend: Backend) {
     let record = app.store.get_token("mp", &alice.openid).await.expect("store").expect("record");
     assert_eq!(record.scopes, ["snsapi_userinfo"], "the profile-capable token stays");
     app.user_info(&alice.openid).await.expect("passport still reads the profile");
+    // Trade's own sign-in was silent: the profile passport's consent gave is not trade's
+    // (issue 18; before, trade read it too). See `consent.rs`.
     let request =
         GetUserInfoRequest { app: "mp".into(), openid: alice.openid.clone(), fresh: true, ..Default::default() };
-    app.grpc.clone().get_user_info(authed(TRADE_KEY, request)).await.expect("and so does trade");
+    let refused = app.grpc.clone().get_user_info(authed(TRADE_KEY, request)).await.expect_err("not trade's consent");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::PermissionDenied, "SCOPE_NOT_GRANTED"));
 }
 
 async fn a_base_sign_in_replaces_a_userinfo_token_that_no_longer_works(backend: Backend) {
