@@ -288,16 +288,15 @@ impl ApiError {
     }
 }
 
+/// Silent: the store logged the failure once, where the operation that failed is known (its
+/// `call!` macro, or the seal of the record).
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if matches!(error, StoreError::KnownDown) {
-            // The breaker logged the outage once when it opened; one line per refused call would
-            // flood the logs under load.
-            tracing::debug!("store call refused: store known down");
-        } else {
-            tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "store call failed");
+        match error {
+            // A record that could not be written is a bug in wxauth, not an outage.
+            StoreError::Seal { .. } => ApiError::Internal,
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::KnownDown => ApiError::StoreUnavailable,
         }
-        ApiError::StoreUnavailable
     }
 }
 
