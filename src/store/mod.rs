@@ -530,7 +530,17 @@ impl Store {
     fn probe(&self) {
         let store = self.clone();
         tokio::spawn(async move {
-            let answered = !store.timed_ping().await.as_ref().is_err_and(StoreError::is_connection_failure);
+            use futures::FutureExt as _;
+            // The breaker starts no other probe while this one is in flight: it must hear an
+            // answer even if the ping panicked, or the store would stay known down for good.
+            let ping = std::panic::AssertUnwindSafe(store.timed_ping()).catch_unwind().await;
+            let answered = match ping {
+                Ok(result) => !result.as_ref().is_err_and(StoreError::is_connection_failure),
+                Err(_) => {
+                    tracing::error!("the store's half-open probe panicked; counted as no answer");
+                    false
+                }
+            };
             store.inner.breaker.probed(answered);
         });
     }
