@@ -73,6 +73,10 @@ pub enum ApiError {
     /// Invalid request fields.
     #[error("invalid request")]
     InvalidArgument(Vec<FieldViolation>),
+    /// The request body is not the RPC's protobuf message (src/codec.rs): the caller's fault,
+    /// reason `INVALID_ARGUMENT` with no field to name.
+    #[error("request message is not valid protobuf")]
+    MalformedMessage,
     /// No or unknown client key.
     #[error("client key missing or unknown")]
     Unauthenticated,
@@ -189,7 +193,7 @@ impl ApiError {
     pub fn reason(&self) -> &'static str {
         use ApiError::*;
         match self {
-            InvalidArgument(_) => "INVALID_ARGUMENT",
+            InvalidArgument(_) | MalformedMessage => "INVALID_ARGUMENT",
             Unauthenticated => "CLIENT_UNAUTHENTICATED",
             AppNotAllowed => "APP_NOT_ALLOWED",
             ReturnUrlNotAllowed(_) => "RETURN_URL_NOT_ALLOWED",
@@ -218,7 +222,9 @@ impl ApiError {
     pub fn code(&self) -> Code {
         use ApiError::*;
         match self {
-            InvalidArgument(_) | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => Code::InvalidArgument,
+            InvalidArgument(_) | MalformedMessage | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => {
+                Code::InvalidArgument
+            }
             Unauthenticated => Code::Unauthenticated,
             AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow | UserRestricted(_) => {
                 Code::PermissionDenied
