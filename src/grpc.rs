@@ -654,8 +654,6 @@ fn is_flow_id(flow_id: &str) -> bool {
     flow_id.len() == FLOW_ID_LEN && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// An https URL with a host, no credentials, and nothing that would change the QR link
-/// wxLogin.js appends it to.
 /// Whether `href` is fit to be put verbatim on wxLogin.js's QR link and into a product's page:
 /// printable ASCII without the characters that would add or cut a parameter of that link
 /// (`&`, `#`) or leave an HTML attribute or a script (quotes, `<`, `>`, `` ` ``), and an absolute
