@@ -9,11 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     config.protoc_executable(protoc);
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure().file_descriptor_set_path(out.join("wxauth_descriptor.bin")).compile_with_config(
-        config,
-        &["proto/wxauth/v1/wxauth.proto"],
-        &["proto"],
-    )?;
+    // The service's own codec: prost's, with a body that does not decode answered
+    // INVALID_ARGUMENT rather than INTERNAL (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
+        .file_descriptor_set_path(out.join("wxauth_descriptor.bin"))
+        .compile_with_config(config, &["proto/wxauth/v1/wxauth.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -168,6 +168,9 @@ pub fn redirect_from_stored(stored: &str, params: &[(&str, &str)]) -> Result<Str
     if authority.contains('\\') {
         return Err(Rejection::Backslash);
     }
+    if is_network_path(&rest[authority.len()..]) {
+        return Err(Rejection::NetworkPath);
+    }
     if params.is_empty() {
         return Ok(stored.to_owned());
     }
@@ -299,6 +302,11 @@ pub enum Rejection {
     /// which servers may resolve to escape the allowed path.
     #[error("URL path has an encoded separator or a disguised dot segment")]
     PathTraversal,
+    /// A path that starts with `//` or `/\` once normalized (`/..//evil.example`): a product
+    /// that echoes it into a relative redirect (`Location: //evil.example`) sends the browser
+    /// to another host.
+    #[error("URL path must not start with two slashes")]
+    NetworkPath,
     /// Well-formed, but no pattern matched its host, port and path.
     #[error("URL matches no allowed return-URL pattern")]
     NotAllowed,
@@ -319,6 +327,7 @@ impl Rejection {
             Self::BadHost => "BAD_HOST",
             Self::TooLong => "URL_TOO_LONG",
             Self::PathTraversal => "PATH_TRAVERSAL",
+            Self::NetworkPath => "NETWORK_PATH",
             Self::NotAllowed => "NOT_IN_ALLOWLIST",
         }
     }
@@ -655,8 +664,12 @@ fn check_parsed_host(host: &Host<&str>, raw_host: &str) -> Result<(), Rejection>
 }
 
 /// The normalized path may not hide a way out of the pattern's prefix from servers that
-/// decode `%2F` or treat `..;x` as `..` (Tomcat and friends).
+/// decode `%2F` or treat `..;x` as `..` (Tomcat and friends), nor read as a network-path
+/// reference ([`is_network_path`]) to a product that copies it into a relative redirect.
 fn check_path(path: &str) -> Result<(), Rejection> {
+    if is_network_path(path) {
+        return Err(Rejection::NetworkPath);
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
         return Err(Rejection::PathTraversal);
@@ -670,6 +683,12 @@ fn check_path(path: &str) -> Result<(), Rejection> {
         return Err(Rejection::PathTraversal);
     }
     Ok(())
+}
+
+/// Whether a path, copied alone into a `Location` or a link, reads as another host: `//host`,
+/// and `/\host` (browsers read `\` as `/` in http(s) URLs).
+fn is_network_path(path: &str) -> bool {
+    path.starts_with("//") || path.starts_with("/\\")
 }
 
 #[cfg(test)]
@@ -796,6 +815,13 @@ mod tests {
             ("tomcat dot-dot with parameter",       EXACT,    "https://passport.example.com/login/..;/admin", PathTraversal),
             ("encoded slash in path",               EXACT,    "https://passport.example.com/login/..%2Fadmin", PathTraversal),
             ("encoded backslash in path",           EXACT,    "https://passport.example.com/login/..%5cadmin", PathTraversal),
+            // Paths that a product echoing them into a relative redirect sends to another host.
+            ("path starting with two slashes",      WILDCARD, "https://a.example.com//evil.example", NetworkPath),
+            ("dot-dot to two slashes",              WILDCARD, "https://a.example.com/..//evil.example", NetworkPath),
+            ("dot-dot out of a prefix to two slashes", WILDCARD, "https://a.example.com/login/..//evil.example/x", NetworkPath),
+            ("dot to two slashes",                  EXACT,    "http://localhost:8082/.//evil.example/", NetworkPath),
+            ("encoded dots to two slashes",         EXACT,    "http://localhost:8082/%2e%2e//evil.example", NetworkPath),
+            ("three slashes",                       EXACT,    "http://127.0.0.1:8082///evil.example", NetworkPath),
             // Characters a browser drops or trims.
             ("tab inside host",                     EXACT,    "https://passport.exa\tmple.com/login/", ControlOrWhitespace),
             ("newline inside path",                 EXACT,    "https://passport.example.com/login/\nx", ControlOrWhitespace),
@@ -1047,6 +1073,9 @@ mod tests {
             ("https://passport.example.com/\r\nSet-Cookie: x", Rejection::ControlOrWhitespace),
             ("https://passport.example.com/\u{4E2D}", Rejection::ControlOrWhitespace),
             ("https://passport.example.com/#frag", Rejection::Unparseable),
+            ("https://passport.example.com//evil.example/", Rejection::NetworkPath),
+            ("http://passport.example.com//evil.example?a=1", Rejection::NetworkPath),
+            ("https://passport.example.com/\\evil.example/", Rejection::NetworkPath),
         ];
         for (url, why) in damaged {
             assert_eq!(redirect_from_stored(url, &[("state", "s")]), Err(why), "{url}");
@@ -1147,6 +1176,8 @@ mod tests {
             ("https://user@evil.com/", Rejection::Userinfo),
             ("https://evil.com\\@a.example.com/", Rejection::Backslash),
             ("not a url", Rejection::ControlOrWhitespace),
+            ("https://a.example.com//evil.example", Rejection::NetworkPath),
+            ("https://a.example.com/..//evil.example", Rejection::NetworkPath),
         ] {
             assert_eq!(ReturnUrl::from_stored(stored), Err(expected), "{stored:?}");
         }
@@ -1167,6 +1198,7 @@ mod tests {
             BadHost,
             TooLong,
             PathTraversal,
+            NetworkPath,
             NotAllowed,
         ];
         let mut codes: Vec<_> = all.iter().map(Rejection::code).collect();

@@ -478,7 +478,7 @@ impl Settings {
         serde_json::json!({
             "mode": format!("{:?}", self.mode),
             "listen": { "grpc": self.grpc_addr, "public": self.public_addr, "admin": self.admin_addr },
-            "callback_url": self.callback_url.as_str(),
+            "callback_url": without_credentials(self.callback_url.as_str()),
             "drain": humane(self.drain),
             "listener_limits": {
                 "header_timeout": humane(self.listener_limits.header_timeout),
@@ -492,8 +492,8 @@ impl Settings {
             "key_prefix": self.key_prefix,
             "sealing_key_ids": self.keyring.ids(),
             "wechat": {
-                "open_base": self.wechat.open_base.as_str(),
-                "api_base": self.wechat.api_base.as_str(),
+                "open_base": without_credentials(self.wechat.open_base.as_str()),
+                "api_base": without_credentials(self.wechat.api_base.as_str()),
                 "timeout": humane(self.wechat.timeout),
                 "attempts": self.wechat.attempts,
             },
@@ -592,6 +592,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 let parsed = Url::parse(u).map_err(|e| err(format!("store.urls[{i}]"), e.to_string()))?;
                 if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
                     return Err(err(format!("store.urls[{i}]"), "must be a redis:// or rediss:// URL"));
+                }
+                if matches!(parsed.scheme(), "redis" | "rediss") && parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(err(format!("store.urls[{i}]"), "must name a host, as redis://host:port"));
                 }
                 let tls = parsed.scheme() == "rediss";
                 if *over_tls.get_or_insert(tls) != tls {
@@ -793,17 +796,28 @@ fn client_limits(key: &str, raw: &RawRateLimits, max_open_flows: u32) -> Result<
     Ok(limits)
 }
 
-/// A store URL for display: user and password replaced by `***`.
+/// A URL-ish string for display, its credentials replaced by `***`, by what they are rather
+/// than by what a parser makes of the string: everything between the scheme's `:` (and `//`,
+/// when present) and the last `@` goes, whether or not the string parses, and however it
+/// parses (`rediss:+/:PASSWORD@host` parses with no password at all). Without a scheme,
+/// everything before the last `@` goes. Strings without `@` are shown as they are.
 fn without_credentials(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            let _ = parsed.set_username("***");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "(unparsable)".to_owned(),
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let scheme_len = url
+        .find(':')
+        .filter(|&colon| {
+            let scheme = &url[..colon];
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+        .map_or(0, |colon| colon + 1);
+    let kept = if url[scheme_len..].starts_with("//") { scheme_len + 2 } else { scheme_len };
+    if kept > at {
+        return url.to_owned();
     }
+    format!("{}***{}", &url[..kept], &url[at..])
 }
 
 /// The rule for app and client names (config keys, Redis key parts, request fields).
@@ -1229,6 +1243,40 @@ return_urls = ["https://passport.example.com/login/"]
         let mixed =
             base("").replace("url = \"redis://redis:6379/0\"", "urls = [\"rediss://a:6380\", \"redis://b:6379\"]");
         assert_eq!(key_of(&mixed), "store.urls[1]");
+    }
+
+    #[test]
+    fn credentials_are_redacted_whether_or_not_the_url_parses() {
+        for (url, shown) in [
+            ("rediss://:PASSWORD@redis-0:6379", "rediss://***@redis-0:6379"),
+            ("rediss:+/:PASSWORD@redis-1:6379", "rediss:***@redis-1:6379"),
+            ("redis://user:PASSWORD@redis:6379/0", "redis://***@redis:6379/0"),
+            ("redis://u:PASS@WORD@redis:6379", "redis://***@redis:6379"),
+            ("redis://redis:6379/0", "redis://redis:6379/0"),
+            (":PASSWORD@host", "***@host"),
+            ("not a url:PASSWORD@x", "***@x"),
+            ("redis:/PASSWORD@h", "redis:***@h"),
+            ("https://user:PASSWORD@api.example/", "https://***@api.example/"),
+        ] {
+            assert_eq!(without_credentials(url), shown, "{url}");
+        }
+    }
+
+    /// The `config` fuzz target's finding: a second store URL that parses with no password
+    /// (`rediss:+/:...` has no authority) showed the password in `wxauth check`'s summary.
+    #[test]
+    fn the_summary_shows_no_store_password_of_any_url() {
+        let urls = "urls = [\"rediss://:PASSWORD@redis-0:6379\", \"rediss:+/:PASSWORD@redis-1:6379\"]";
+        let found = base("").replace("url = \"redis://redis:6379/0\"", urls);
+        let error = Settings::from_toml(&found).map(|_| ()).expect_err("a store URL without a host");
+        assert_eq!(error.key, "store.urls[1]");
+        assert!(!error.to_string().contains("PASSWORD"), "{error}");
+
+        let urls = "urls = [\"rediss://:PASSWORD@redis-0:6379\", \"rediss://user:PASSWORD@redis-1:6379\"]";
+        let cluster = Settings::from_toml(&base("").replace("url = \"redis://redis:6379/0\"", urls)).expect("valid");
+        let summary = cluster.summary().to_string();
+        assert!(!summary.contains("PASSWORD"), "{summary}");
+        assert!(summary.contains("rediss://***@redis-1:6379"), "{summary}");
     }
 
     #[test]

@@ -16,6 +16,44 @@ use crate::wechat::WechatError;
 /// `ErrorInfo.domain` of every wxauth error.
 pub const DOMAIN: &str = "wxauth.dev";
 
+/// Every errcode wxauth knows (the table of DESIGN.md §3, the token-expiry codes its callers
+/// handle and the rest of WeChat's sns table), each with its metric label: the
+/// `errcode` label of `wxauth_wechat_requests_total` is one of these or `other`
+/// ([`errcode_label`]), so a WeChat that invents codes cannot grow the scrape without bound.
+const KNOWN_ERRCODES: [(i64, &str); 25] = [
+    (-1, "-1"),
+    (10005, "10005"),
+    (10009, "10009"),
+    (40001, "40001"),
+    (40003, "40003"),
+    (40013, "40013"),
+    (40014, "40014"),
+    (40029, "40029"),
+    (40030, "40030"),
+    (40125, "40125"),
+    (40163, "40163"),
+    (40226, "40226"),
+    (41001, "41001"),
+    (41002, "41002"),
+    (41003, "41003"),
+    (41004, "41004"),
+    (41008, "41008"),
+    (42001, "42001"),
+    (42002, "42002"),
+    (42003, "42003"),
+    (45009, "45009"),
+    (45011, "45011"),
+    (48001, "48001"),
+    (50001, "50001"),
+    (50002, "50002"),
+];
+
+/// The `errcode` metric label of a WeChat answer: its number when wxauth knows the code
+/// ([`KNOWN_ERRCODES`]), `other` for any other value WeChat sends.
+pub fn errcode_label(errcode: i64) -> &'static str {
+    KNOWN_ERRCODES.iter().find(|(known, _)| *known == errcode).map_or("other", |(_, label)| label)
+}
+
 /// How long callers are told to wait before retrying a transient failure.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -35,6 +73,10 @@ pub enum ApiError {
     /// Invalid request fields.
     #[error("invalid request")]
     InvalidArgument(Vec<FieldViolation>),
+    /// The request body is not the RPC's protobuf message (src/codec.rs): the caller's fault,
+    /// reason `INVALID_ARGUMENT` with no field to name.
+    #[error("request message is not valid protobuf")]
+    MalformedMessage,
     /// No or unknown client key.
     #[error("client key missing or unknown")]
     Unauthenticated,
@@ -151,7 +193,7 @@ impl ApiError {
     pub fn reason(&self) -> &'static str {
         use ApiError::*;
         match self {
-            InvalidArgument(_) => "INVALID_ARGUMENT",
+            InvalidArgument(_) | MalformedMessage => "INVALID_ARGUMENT",
             Unauthenticated => "CLIENT_UNAUTHENTICATED",
             AppNotAllowed => "APP_NOT_ALLOWED",
             ReturnUrlNotAllowed(_) => "RETURN_URL_NOT_ALLOWED",
@@ -180,7 +222,9 @@ impl ApiError {
     pub fn code(&self) -> Code {
         use ApiError::*;
         match self {
-            InvalidArgument(_) | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => Code::InvalidArgument,
+            InvalidArgument(_) | MalformedMessage | InvalidCode(_) | CodeExpired(_) | CodeUsed(_) => {
+                Code::InvalidArgument
+            }
             Unauthenticated => Code::Unauthenticated,
             AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow | UserRestricted(_) => {
                 Code::PermissionDenied
@@ -288,16 +332,15 @@ impl ApiError {
     }
 }
 
+/// Silent: the store logged the failure once, where the operation that failed is known (its
+/// `call!` macro, or the seal of the record).
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if matches!(error, StoreError::KnownDown) {
-            // The breaker logged the outage once when it opened; one line per refused call would
-            // flood the logs under load.
-            tracing::debug!("store call refused: store known down");
-        } else {
-            tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "store call failed");
+        match error {
+            // A record that could not be written is a bug in wxauth, not an outage.
+            StoreError::Seal { .. } => ApiError::Internal,
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::KnownDown => ApiError::StoreUnavailable,
         }
-        ApiError::StoreUnavailable
     }
 }
 
@@ -315,36 +358,52 @@ mod tests {
         ApiError::from_wechat(&WechatError::Api { errcode, errmsg: "m".into() })
     }
 
+    /// DESIGN.md §3's errcode rows: errcode, gRPC code, reason.
+    const DESIGN_TABLE: [(i64, Code, &str); 19] = [
+        (40029, Code::InvalidArgument, "INVALID_CODE"),
+        (42003, Code::InvalidArgument, "CODE_EXPIRED"),
+        (40163, Code::InvalidArgument, "CODE_USED"),
+        (42002, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
+        (40030, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
+        (48001, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
+        (10005, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
+        (45009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+        (45011, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+        (10009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+        (40013, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+        (40125, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+        (41002, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+        (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
+        (50001, Code::PermissionDenied, "USER_RESTRICTED"),
+        (50002, Code::PermissionDenied, "USER_RESTRICTED"),
+        (40226, Code::PermissionDenied, "USER_RESTRICTED"),
+        (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
+        (40003, Code::Unknown, "WECHAT_ERROR"),
+    ];
+
     #[test]
     fn every_errcode_row_of_the_design_table_maps_to_its_code_and_reason() {
-        let rows = [
-            (40029, Code::InvalidArgument, "INVALID_CODE"),
-            (42003, Code::InvalidArgument, "CODE_EXPIRED"),
-            (40163, Code::InvalidArgument, "CODE_USED"),
-            (42002, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
-            (40030, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
-            (48001, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
-            (10005, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
-            (45009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-            (45011, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-            (10009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-            (40013, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-            (40125, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-            (41002, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-            (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-            (50001, Code::PermissionDenied, "USER_RESTRICTED"),
-            (50002, Code::PermissionDenied, "USER_RESTRICTED"),
-            (40226, Code::PermissionDenied, "USER_RESTRICTED"),
-            (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
-            (40003, Code::Unknown, "WECHAT_ERROR"),
-        ];
-        for (errcode, code, reason) in rows {
+        for (errcode, code, reason) in DESIGN_TABLE {
             let status = api(errcode).to_status();
             assert_eq!(status.code(), code, "errcode {errcode}");
             let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
             assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, DOMAIN), "errcode {errcode}");
             assert_eq!(info.metadata.get("errcode"), Some(&errcode.to_string()));
         }
+    }
+
+    #[test]
+    fn known_errcodes_are_labelled_by_number_and_the_rest_as_other() {
+        for (errcode, _, _) in DESIGN_TABLE {
+            assert_eq!(errcode_label(errcode), errcode.to_string(), "errcode {errcode}");
+        }
+        for dead_token in [42001, 40001, 40014] {
+            assert_eq!(errcode_label(dead_token), dead_token.to_string());
+        }
+        for unknown in [0, 1, 99_999, 40_000, i64::MAX, i64::MIN] {
+            assert_eq!(errcode_label(unknown), "other", "errcode {unknown}");
+        }
+        assert!(KNOWN_ERRCODES.iter().all(|(code, label)| code.to_string() == *label), "a label is its number");
     }
 
     #[test]

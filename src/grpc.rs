@@ -176,8 +176,10 @@ impl OAuthService {
         if !app.kind.allows(scope) {
             return Err(ApiError::invalid("scope", format!("{} is not a scope of this app's kind", scope.as_str())));
         }
-        let return_url =
-            client.allowlist.check(&req.return_url).map_err(|r| ApiError::ReturnUrlNotAllowed(r.code()))?;
+        let return_url = client.allowlist.check(&req.return_url).map_err(|r| {
+            self.metrics.return_url_refusals.with_label_values(&[r.code()]).inc();
+            ApiError::ReturnUrlNotAllowed(r.code())
+        })?;
 
         let flow_id = self.store.new_flow_id(&client.name, &app.name);
         let now = self.clock.now_secs();
@@ -586,16 +588,19 @@ impl Violations {
     }
 
     /// `style`: one of WeChat's; `href`: an https stylesheet URL that wxLogin.js can put on
-    /// its QR link verbatim (no `&`, `#`, whitespace or control characters, which would add
-    /// or cut parameters of that link).
+    /// its QR link verbatim and that a product can echo into its page ([`is_stylesheet_href`]).
     fn wx_login_options(&mut self, options: proto::WxLoginOptions) -> WxLoginOptions {
         if !matches!(options.style.as_str(), "" | "black" | "white") {
             self.add("wx_login_options.style", "\"black\", \"white\" or empty");
         }
         if !options.href.is_empty() && !is_stylesheet_href(&options.href) {
+            crate::telemetry::count_malformed_request("wx_login_href");
             self.add(
                 "wx_login_options.href",
-                format!("an absolute https URL of at most {MAX_HREF} bytes, without '&', '#' or whitespace"),
+                format!(
+                    "an absolute https URL of at most {MAX_HREF} bytes written as a URL parser writes it \
+                     (lowercase host, a path), without userinfo, quotes, '<', '>', '\\', '&', '#' or whitespace"
+                ),
             );
         }
         WxLoginOptions { self_redirect: options.self_redirect, style: options.style, href: options.href }
@@ -665,13 +670,25 @@ fn is_flow_id(flow_id: &str) -> bool {
     flow_id.len() == FLOW_ID_LEN && flow_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// An https URL with a host, no credentials, and nothing that would change the QR link
-/// wxLogin.js appends it to.
+/// Whether `href` is fit to be put verbatim on wxLogin.js's QR link and into a product's page:
+/// printable ASCII without the characters that would add or cut a parameter of that link
+/// (`&`, `#`) or leave an HTML attribute or a script (quotes, `<`, `>`, `` ` ``), and an absolute
+/// https URL with a host and no userinfo, written exactly as the URL parser writes it. The last
+/// rule refuses every form a browser repairs into another URL (`https:cdn.example/x.css`,
+/// `https://cdn.example\@evil/x.css`, an uppercase host, dot segments): what is checked is what
+/// the browser loads.
 fn is_stylesheet_href(href: &str) -> bool {
-    let plain = href.len() <= MAX_HREF && href.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'#');
+    let plain = href.len() <= MAX_HREF
+        && href
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`' | b'\\'));
     plain
         && url::Url::parse(href).is_ok_and(|url| {
-            url.scheme() == "https" && url.host_str().is_some() && url.username().is_empty() && url.password().is_none()
+            url.scheme() == "https"
+                && url.host_str().is_some()
+                && url.username().is_empty()
+                && url.password().is_none()
+                && url.as_str() == href
         })
 }
 

@@ -6,7 +6,8 @@
 //! The service, one layer per concern, wired once in [`startup::Application`]:
 //! - [`config`]: the typed config (TOML + `WXAUTH_*` env), validated at start-up.
 //! - [`grpc`]: the tonic service `wxauth.v1.WeChatOAuthService`: validation, caller
-//!   authentication, allowlists; [`error`] is the one mapping of failures to gRPC statuses.
+//!   authentication, allowlists; [`error`] is the one mapping of failures to gRPC statuses;
+//!   [`codec`] answers a request body that is not protobuf INVALID_ARGUMENT.
 //! - [`limits`]: per-client rate limits (governor token buckets per client and RPC family)
 //!   and the open-flow cap's sizes.
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
@@ -31,6 +32,7 @@
 
 pub mod allowlist;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod consent;
 pub mod demo;

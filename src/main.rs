@@ -136,13 +136,14 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     };
     // Kept to the end of `serve`: dropping it flushes buffered spans.
     let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log_json))?;
+    let mut dev = DevServices::default();
     if config.is_none() {
-        start_dev_simulator().await?;
+        start_dev_simulator(&mut dev).await?;
     }
     let app = Application::build(settings).await.context("start-up")?;
     tracing::info!(grpc = %app.grpc_addr(), public = %app.public_addr(), admin = %app.admin_addr(), "wxauth listening");
     if config.is_none() {
-        start_dev_demo(app.grpc_addr()).await?;
+        start_dev_demo(&mut dev, app.grpc_addr()).await?;
         tracing::info!(
             "dev mode: open http://{}/ and sign in with WeChat (the simulator), or try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
              -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
@@ -151,26 +152,77 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             app.grpc_addr()
         );
     }
-    app.run_until(shutdown_signal()).await?;
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            error = dev.ended() => {
+                tracing::error!("dev mode stops: {error:#}");
+                let _ = failed_tx.send(error);
+            }
+        }
+    };
+    app.run_until(stop).await?;
+    if let Ok(error) = failed_rx.await {
+        return Err(error);
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn start_dev_simulator() -> anyhow::Result<()> {
+/// The dev mode's own services (the WeChat simulator, the demo product page), which serve until
+/// the process stops: one that ends, fails or panics stops dev mode (a dev mode without its
+/// simulator cannot sign anyone in), with its reason logged and returned.
+#[derive(Default)]
+struct DevServices {
+    tasks: tokio::task::JoinSet<anyhow::Error>,
+}
+
+impl DevServices {
+    /// Runs `service` (named `name` in the error) until it ends.
+    fn spawn<E>(&mut self, name: &'static str, service: impl Future<Output = Result<(), E>> + Send + 'static)
+    where
+        E: Into<anyhow::Error>,
+    {
+        use futures::FutureExt as _;
+        self.tasks.spawn(async move {
+            match std::panic::AssertUnwindSafe(service).catch_unwind().await {
+                Ok(Ok(())) => anyhow::anyhow!("the {name} stopped"),
+                Ok(Err(error)) => error.into().context(format!("the {name} failed")),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    anyhow::anyhow!("the {name} panicked: {message}")
+                }
+            }
+        });
+    }
+
+    /// Why the first service ended; never, when there are none (not dev mode).
+    async fn ended(&mut self) -> anyhow::Error {
+        match self.tasks.join_next().await {
+            Some(Ok(error)) => error,
+            // Only a cancelled task (never: the set is only dropped with `self`).
+            Some(Err(join)) => anyhow::anyhow!("a dev-mode service ended: {join}"),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+async fn start_dev_simulator(dev: &mut DevServices) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(wxauth::dev::SIM_ADDR).await.context("bind the simulator")?;
     let sim = wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo());
-    tokio::spawn(sim.serve(listener, std::future::pending()));
+    dev.spawn("WeChat simulator", sim.serve(listener, std::future::pending()));
     tracing::info!(addr = wxauth::dev::SIM_ADDR, "WeChat simulator listening");
     Ok(())
 }
 
-async fn start_dev_demo(grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn start_dev_demo(dev: &mut DevServices, grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(wxauth::demo::DEMO_ADDR).await.context("bind the demo page")?;
-    tokio::spawn(async move {
-        if let Err(error) = wxauth::demo::serve(listener, grpc_addr, std::future::pending()).await {
-            tracing::warn!(%error, "demo page stopped");
-        }
-    });
+    dev.spawn("demo product page", wxauth::demo::serve(listener, grpc_addr, std::future::pending()));
     tracing::info!(addr = wxauth::demo::DEMO_ADDR, "demo product page listening");
     Ok(())
 }
@@ -212,5 +264,43 @@ async fn wait_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dev_service_that_fails_ends_dev_mode_with_its_reason() {
+        let mut dev = DevServices::default();
+        dev.spawn("WeChat simulator", async { Err(std::io::Error::other("accept failed")) });
+
+        let error = dev.ended().await;
+
+        assert_eq!(format!("{error:#}"), "the WeChat simulator failed: accept failed");
+    }
+
+    #[tokio::test]
+    async fn a_dev_service_that_panics_or_returns_ends_dev_mode_too() {
+        let mut dev = DevServices::default();
+        dev.spawn("demo product page", async {
+            let fail = true;
+            if fail {
+                panic!("the page broke");
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        assert_eq!(dev.ended().await.to_string(), "the demo product page panicked: the page broke");
+
+        dev.spawn("WeChat simulator", async { Ok::<(), std::io::Error>(()) });
+        assert_eq!(dev.ended().await.to_string(), "the WeChat simulator stopped");
+    }
+
+    #[tokio::test]
+    async fn without_dev_services_nothing_ends() {
+        let mut dev = DevServices::default();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), dev.ended()).await;
+        assert!(waited.is_err(), "outside dev mode only a signal stops wxauth");
     }
 }

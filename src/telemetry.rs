@@ -216,6 +216,27 @@ pub struct Metrics {
     pub store_breaker_transitions: IntCounterVec,
     /// Store calls the open breaker answered at once, without touching Redis.
     pub store_breaker_rejections: IntCounter,
+    /// Return URLs refused by a client's allowlist, by the rejection's code (`NETWORK_PATH`,
+    /// `USERINFO_NOT_ALLOWED`, `NOT_IN_ALLOWLIST`, ...).
+    pub return_url_refusals: IntCounterVec,
+}
+
+/// Requests refused as malformed before any handler saw them, or for a field whose form is an
+/// attack rather than a mistake, by reason: `undecodable_message` (a body that is not the
+/// RPC's protobuf message, refused by the codec) and `wx_login_href`. Process-wide, since the
+/// codec is made by the generated code and reaches no app's [`Metrics`]; every registry
+/// exports it (`wxauth_malformed_requests_total`).
+static MALFORMED_REQUESTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
+    let opts = Opts::new(
+        "wxauth_malformed_requests_total",
+        "Requests refused INVALID_ARGUMENT as malformed, by reason: undecodable_message (not the RPC's protobuf), wx_login_href.",
+    );
+    IntCounterVec::new(opts, &["reason"]).unwrap_or_else(|e| unreachable!("{e}"))
+});
+
+/// Counts one malformed request (see [`MALFORMED_REQUESTS`]); `reason` is one of a fixed set.
+pub fn count_malformed_request(reason: &'static str) {
+    MALFORMED_REQUESTS.with_label_values(&[reason]).inc();
 }
 
 impl Metrics {
@@ -255,6 +276,7 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         registry.register(Box::new(breaker_rejections.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        registry.register(Box::new(MALFORMED_REQUESTS.clone())).unwrap_or_else(|e| unreachable!("{e}"));
         Arc::new(Self {
             rpc_requests: counter(
                 "wxauth_grpc_requests_total",
@@ -329,6 +351,11 @@ impl Metrics {
                 &["state"],
             ),
             store_breaker_rejections: breaker_rejections,
+            return_url_refusals: counter(
+                "wxauth_return_url_refusals_total",
+                "BuildAuthorizeUrl return URLs refused by the client's allowlist, by rejection code (NETWORK_PATH, USERINFO_NOT_ALLOWED, NOT_IN_ALLOWLIST, ...).",
+                &["reason"],
+            ),
             registry,
         })
     }

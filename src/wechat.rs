@@ -568,16 +568,17 @@ impl WechatClient {
     ) -> Result<T, WechatError> {
         let started = std::time::Instant::now();
         let reply = self.send(endpoint, query).await;
+        // The errcode label is bounded: known codes by number, any other as `other`.
         let (result, errcode) = match &reply {
-            Ok(_) => ("ok", String::from("0")),
-            Err(WechatError::Api { errcode, .. }) => ("errcode", errcode.to_string()),
-            Err(WechatError::Status(_)) => ("http_error", String::new()),
-            Err(WechatError::Transport(e)) if e.is_timeout() => ("timeout", String::new()),
-            Err(WechatError::Transport(_)) => ("transport_error", String::new()),
-            Err(WechatError::Decode(_)) => ("decode_error", String::new()),
+            Ok(_) => ("ok", "0"),
+            Err(WechatError::Api { errcode, .. }) => ("errcode", crate::error::errcode_label(*errcode)),
+            Err(WechatError::Status(_)) => ("http_error", ""),
+            Err(WechatError::Transport(e)) if e.is_timeout() => ("timeout", ""),
+            Err(WechatError::Transport(_)) => ("transport_error", ""),
+            Err(WechatError::Decode(_)) => ("decode_error", ""),
         };
         let name = endpoint.path();
-        self.metrics.wechat_requests.with_label_values(&[&app.name, name, result, &errcode]).inc();
+        self.metrics.wechat_requests.with_label_values(&[&app.name, name, result, errcode]).inc();
         self.metrics.wechat_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         reply
     }

@@ -5,7 +5,8 @@
 //! (default `CODE` and `s`); then the patterns (default: the README's examples and the dev-mode
 //! loopback ones). Invariants checked beyond "never panics":
 //! - an accepted URL names a host, scheme, port and path prefix of one pattern; it is
-//!   normalized (re-checking it gives itself), has no fragment and is printable ASCII;
+//!   normalized (re-checking it gives itself), has no fragment and is printable ASCII; its path
+//!   never starts with `//` or `/\` (copied into a relative redirect, it would name a host);
 //! - `from_stored` of what was accepted gives it back;
 //! - `with_params(code, state)` stays accepted, on the same origin, and carries `code` and
 //!   `state` exactly once each, with their values intact, after the stored query.
@@ -46,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(url.fragment(), None);
     assert!(url.username().is_empty() && url.password().is_none(), "{url}");
     assert!(accepted.as_str().bytes().all(|b| b.is_ascii_graphic()), "{url}");
+    assert!(!url.path().starts_with("//") && !url.path().starts_with("/\\"), "a network-path reference: {url}");
     assert!(normalized.iter().any(|p| covers(p, &url)), "{url} matches none of {normalized:?}");
     assert_eq!(list.check(accepted.as_str()).as_ref(), Ok(&accepted), "normalization is stable");
     assert_eq!(ReturnUrl::from_stored(accepted.as_str()).as_ref(), Ok(&accepted));

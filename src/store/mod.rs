@@ -51,8 +51,8 @@ const FLOW_ID_PURPOSE: &str = "flow id";
 /// to the grace window (its first use), and its callbacks so far.
 type FlowRead = (Vec<u8>, bool, u64);
 
-/// A store failure. Only reachability is a failure: a record that does not open is treated as
-/// missing (and counted), never as an error.
+/// A store failure: reachability, or a record that could not be written at all. A record that
+/// does not open is treated as missing (and counted), never as an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis answered with an error or the connection failed (refused, reset, cluster down).
@@ -64,6 +64,13 @@ pub enum StoreError {
     /// Not tried: the circuit breaker knows the store is down ([`breaker`]).
     #[error("store known down (circuit breaker open)")]
     KnownDown,
+    /// A record could not be serialised or sealed, so nothing was written (a bug: the records
+    /// are plain structs and kilobytes). Logged where it happens, with the record's kind.
+    #[error("a {kind} record could not be sealed")]
+    Seal {
+        /// The record's kind (`tok`, `flow`, `code`, ...), never its content.
+        kind: &'static str,
+    },
 }
 
 impl StoreError {
@@ -74,6 +81,7 @@ impl StoreError {
     pub fn is_connection_failure(&self) -> bool {
         match self {
             StoreError::Timeout(_) | StoreError::KnownDown => true,
+            StoreError::Seal { .. } => false,
             StoreError::Unavailable(e) => {
                 e.is_io_error()
                     || e.is_unrecoverable_error()
@@ -355,8 +363,9 @@ struct Inner {
 
 /// Runs one backend primitive: through the circuit breaker (Redis only; refused at once while
 /// the store is known down, and given up at once when the breaker opens while it waits),
-/// bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and counted in the metrics.
-/// Refusals are counted by the breaker, not here.
+/// bounded by [`OPERATION_TIMEOUT`], in a `store` span, timed and counted in the metrics, and
+/// a failure logged once, here, naming the operation ([`log_failure`]). Refusals are counted by
+/// the breaker, not here.
 macro_rules! call {
     ($self:expr, $method:ident ( $($arg:expr),* )) => {{
         let operation = stringify!($method);
@@ -394,8 +403,25 @@ macro_rules! call {
                 metrics.store_errors.with_label_values(&[operation]).inc();
             }
         }
+        if let Err(error) = &result {
+            log_failure(operation, error);
+        }
         result
     }};
+}
+
+/// The one log line of a failed store call, with the operation that failed (the callers turn
+/// the error into `STORE_UNAVAILABLE` without logging it again). A call the open breaker refused
+/// is logged at debug only: the breaker logged the outage once when it opened, and one line per
+/// refused call would flood the logs under load.
+#[cold]
+fn log_failure(operation: &'static str, error: &StoreError) {
+    if matches!(error, StoreError::KnownDown) {
+        tracing::debug!(operation, "store call refused: store known down");
+    } else {
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        tracing::warn!(operation, error = %error, cause = cause.as_deref(), "store call failed");
+    }
 }
 
 /// How often a call still waiting on Redis looks whether the breaker opened meanwhile.
@@ -517,7 +543,17 @@ impl Store {
     fn probe(&self) {
         let store = self.clone();
         tokio::spawn(async move {
-            let answered = !store.timed_ping().await.as_ref().is_err_and(StoreError::is_connection_failure);
+            use futures::FutureExt as _;
+            // The breaker starts no other probe while this one is in flight: it must hear an
+            // answer even if the ping panicked, or the store would stay known down for good.
+            let ping = std::panic::AssertUnwindSafe(store.timed_ping()).catch_unwind().await;
+            let answered = match ping {
+                Ok(result) => !result.as_ref().is_err_and(StoreError::is_connection_failure),
+                Err(_) => {
+                    tracing::error!("the store's half-open probe panicked; counted as no answer");
+                    false
+                }
+            };
             store.inner.breaker.probed(answered);
         });
     }
@@ -579,10 +615,20 @@ impl Store {
         format!("{}:client:{client}:flows", self.inner.prefix)
     }
 
-    fn seal<T: Serialize>(&self, key: &str, value: &T) -> Vec<u8> {
-        // Serializing these plain structs cannot fail (no maps with non-string keys).
-        let plain = serde_json::to_vec(value).unwrap_or_default();
-        self.inner.keys.seal(key, &plain)
+    /// The record as written: JSON, sealed under its storage key. A failure (a bug: these are
+    /// plain structs) is an error the write stops at, logged here with the record's kind; an
+    /// empty record would read back as missing and lose the write without a word.
+    fn seal<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+        let sealed = match serde_json::to_vec(value) {
+            Ok(plain) => self.inner.keys.seal(key, &plain).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("serialisation failed at line {}, column {}", e.line(), e.column())),
+        };
+        sealed.map_err(|cause| {
+            let kind = key_kind(key);
+            // The cause names no value: serde_json's position only, or the seal's fixed text.
+            tracing::error!(key_kind = kind, cause = %cause, "record not written: it could not be sealed");
+            StoreError::Seal { kind }
+        })
     }
 
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
@@ -597,7 +643,7 @@ impl Store {
     /// Stores a new flow for `ttl`. Returns false if the id is taken (never, for 128-bit ids).
     pub async fn put_flow(&self, flow_id: &str, flow: &Flow, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.flow_key(flow_id);
-        let sealed = self.seal(&key, flow);
+        let sealed = self.seal(&key, flow)?;
         call!(self, create_flow(&key, &sealed, ttl))
     }
 
@@ -670,8 +716,8 @@ impl Store {
         };
         let code_key = self.code_key(code);
         let record = CodeRecord { flow_id: flow_id.to_owned(), state: CodeState::Relayed };
-        let (found, existing) =
-            call!(self, use_flow_binding(&key, grace, &code_key, &self.seal(&code_key, &record), code_ttl))?;
+        let sealed = self.seal(&code_key, &record)?;
+        let (found, existing) = call!(self, use_flow_binding(&key, grace, &code_key, &sealed, code_ttl))?;
         let bound = match existing {
             None => CodeRelay::Bound,
             Some(sealed) => match self.open::<CodeRecord>(&code_key, &sealed) {
@@ -722,7 +768,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.token_key(app, &record.openid);
-        let sealed = self.seal(&key, record);
+        let sealed = self.seal(&key, record)?;
         call!(self, set_if_eq(&key, &read.0, &sealed, ttl))
     }
 
@@ -740,7 +786,7 @@ impl Store {
     /// Stores the user's token record until its refresh token dies.
     pub async fn put_token(&self, app: &str, record: &TokenRecord, ttl: Duration) -> Result<(), StoreError> {
         let key = self.token_key(app, &record.openid);
-        let sealed = self.seal(&key, record);
+        let sealed = self.seal(&key, record)?;
         call!(self, set(&key, &sealed, ttl))
     }
 
@@ -757,7 +803,7 @@ impl Store {
     /// Stores a mini program user's session for `ttl`, replacing the last one.
     pub async fn put_session(&self, app: &str, session: &MiniSession, ttl: Duration) -> Result<(), StoreError> {
         let key = self.session_key(app, &session.openid);
-        let sealed = self.seal(&key, session);
+        let sealed = self.seal(&key, session)?;
         call!(self, set(&key, &sealed, ttl))
     }
 
@@ -774,7 +820,7 @@ impl Store {
     pub async fn put_account(&self, unionid: &str, account: &Account, ttl: Duration) -> Result<(), StoreError> {
         let key = self.union_key(unionid);
         let field = account_field(&account.app, &account.openid);
-        let sealed = self.seal(&account_aad(&key, &field), account);
+        let sealed = self.seal(&account_aad(&key, &field), account)?;
         call!(self, hset_px(&key, &field, &sealed, ttl))
     }
 
@@ -797,7 +843,7 @@ impl Store {
     /// this code exists (read it with [`Store::get_code`]). The mobile-app exchange's claim.
     pub async fn claim_code(&self, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.code_key(code);
-        let sealed = self.seal(&key, record);
+        let sealed = self.seal(&key, record)?;
         call!(self, set_nx(&key, &sealed, ttl))
     }
 
@@ -823,7 +869,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let key = self.profile_key(app, openid, lang);
-        let sealed = self.seal(&key, cached);
+        let sealed = self.seal(&key, cached)?;
         call!(self, set(&key, &sealed, ttl))
     }
 
@@ -844,7 +890,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.code_key(code);
-        let sealed = self.seal(&key, next);
+        let sealed = self.seal(&key, next)?;
         call!(self, set_if_eq(&key, &read.sealed, &sealed, ttl))
     }
 
@@ -852,7 +898,7 @@ impl Store {
     /// claim does this).
     pub async fn put_code(&self, code: &AuthCode, record: &CodeRecord, ttl: Duration) -> Result<(), StoreError> {
         let key = self.code_key(code);
-        let sealed = self.seal(&key, record);
+        let sealed = self.seal(&key, record)?;
         call!(self, set(&key, &sealed, ttl))
     }
 
@@ -860,7 +906,7 @@ impl Store {
     /// someone wrote one since the caller found none.
     pub async fn create_token(&self, app: &str, record: &TokenRecord, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.token_key(app, &record.openid);
-        let sealed = self.seal(&key, record);
+        let sealed = self.seal(&key, record)?;
         call!(self, set_nx(&key, &sealed, ttl))
     }
 
@@ -874,7 +920,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let key = self.reach_key(app, openid, client);
-        let sealed = self.seal(&key, reach);
+        let sealed = self.seal(&key, reach)?;
         call!(self, set(&key, &sealed, ttl))
     }
 
@@ -947,6 +993,7 @@ fn key_kind(key: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::error::ApiError;
 
     fn store_with(lines: &[String]) -> Store {
         let keys = Keyring::parse(&lines.join("\n")).expect("keyring");
@@ -1010,5 +1057,83 @@ mod tests {
         let fresh = AuthCode::new("FRESH".to_owned());
         assert_eq!(store.relay(&unknown, grace, Some(&fresh), ttl).await.expect("relay").map(|r| r.uses), None);
         assert!(store.get_code(&fresh).await.expect("get").is_none(), "a code sent with an unknown flow is not kept");
+    }
+
+    /// A value whose serialisation fails, as a map with a non-string key would.
+    struct Unserialisable;
+
+    impl Serialize for Unserialisable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("secret-looking content"))
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_serialised_is_an_error_naming_its_kind() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let key = store.token_key("mp", "o1");
+        let sealed = store.seal(&key, &Unserialisable);
+        assert!(matches!(sealed, Err(StoreError::Seal { kind: "tok" })), "{sealed:?}");
+        let error = sealed.map(|_| ()).expect_err("refused");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        assert_eq!(ApiError::from(error), ApiError::Internal, "a bug in wxauth, not an outage");
+    }
+
+    /// Every event logged, as `LEVEL message operation=...`.
+    #[derive(Clone, Default)]
+    struct Events(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if matches!(field.name(), "message" | "operation") {
+                        self.0.push_str(&format!(" {}={value:?}", field.name()));
+                    }
+                }
+            }
+            let mut fields = Fields(event.metadata().level().to_string());
+            event.record(&mut fields);
+            self.0.lock().expect("events").push(fields.0);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_store_call_is_logged_once_with_its_operation() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let mut redis = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup installs it)");
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let mut store = None;
+        for _ in 0..100 {
+            let keys = Keyring::parse(&Keyring::generate_line(1)).expect("keyring");
+            if let Ok(s) =
+                Store::redis(std::slice::from_ref(&url), &RedisTls::default(), keys, "t", Metrics::new()).await
+            {
+                store = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let store = store.expect("connected to redis-server");
+        redis.kill().expect("kill redis-server");
+        redis.wait().expect("reaped");
+        let events = Events::default();
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+
+        let error = store.get_token("mp", "o1").await.expect_err("Redis is gone");
+        let logged = events.0.lock().expect("events").clone();
+        let api = ApiError::from(error);
+
+        assert_eq!(api, ApiError::StoreUnavailable);
+        let failures: Vec<_> = logged.iter().filter(|e| e.contains("store call failed")).collect();
+        assert_eq!(failures.len(), 1, "{logged:?}");
+        assert!(failures[0].starts_with("WARN") && failures[0].contains("operation=\"get\""), "{logged:?}");
+        assert_eq!(events.0.lock().expect("events").len(), logged.len(), "the conversion logs nothing");
     }
 }

@@ -88,6 +88,12 @@ pub struct Keyring {
     keys: Vec<SealingKey>,
 }
 
+/// A record that could not be sealed (AES-GCM refuses only inputs beyond 64 GiB). Never
+/// carries the record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("record could not be sealed")]
+pub struct SealError;
+
 /// A sealed record that does not open: wrong key, unknown key id, tampered or truncated.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("sealed record does not open")]
@@ -136,19 +142,21 @@ impl Keyring {
         format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(raw))
     }
 
-    /// Seals `plain` for storage under `name` with the first key.
-    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+    /// Seals `plain` for storage under `name` with the first key. A failure is an error, never
+    /// an empty record: an empty record would read back as missing, and the write it was for
+    /// would be lost without a word.
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let payload = Payload { msg: plain, aad: name.as_bytes() };
         // AES-GCM encryption fails only for inputs beyond 64 GiB; records are kilobytes.
-        let sealed = key.cipher.encrypt(&Nonce::from(nonce), payload).unwrap_or_default();
+        let sealed = key.cipher.encrypt(&Nonce::from(nonce), payload).map_err(|_| SealError)?;
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.push(key.id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
-        out
+        Ok(out)
     }
 
     /// A 128-bit tag of `parts` under the sealing key's tagging key.
@@ -188,7 +196,7 @@ mod tests {
     #[test]
     fn a_sealed_record_opens_under_its_own_name() {
         let keys = ring(&[Keyring::generate_line(1)]);
-        let sealed = keys.seal("wxauth:mp:tok:o1", b"record");
+        let sealed = keys.seal("wxauth:mp:tok:o1", b"record").expect("sealed");
         assert_eq!(keys.open("wxauth:mp:tok:o1", &sealed), Ok(b"record".to_vec()));
         assert!(!sealed.windows(6).any(|w| w == b"record"));
     }
@@ -196,14 +204,14 @@ mod tests {
     #[test]
     fn a_record_copied_under_another_name_does_not_open() {
         let keys = ring(&[Keyring::generate_line(1)]);
-        let sealed = keys.seal("wxauth:mp:tok:o1", b"record");
+        let sealed = keys.seal("wxauth:mp:tok:o1", b"record").expect("sealed");
         assert_eq!(keys.open("wxauth:mp:tok:o2", &sealed), Err(OpenError));
     }
 
     #[test]
     fn a_tampered_or_truncated_record_does_not_open() {
         let keys = ring(&[Keyring::generate_line(1)]);
-        let mut sealed = keys.seal("k", b"record");
+        let mut sealed = keys.seal("k", b"record").expect("sealed");
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         assert_eq!(keys.open("k", &sealed), Err(OpenError));
@@ -216,8 +224,8 @@ mod tests {
         let (old, new) = (Keyring::generate_line(1), Keyring::generate_line(2));
         let before = ring(std::slice::from_ref(&old));
         let after = ring(&[new.clone(), old]);
-        let sealed_before = before.seal("k", b"v1");
-        let sealed_after = after.seal("k", b"v2");
+        let sealed_before = before.seal("k", b"v1").expect("sealed");
+        let sealed_after = after.seal("k", b"v2").expect("sealed");
         assert_eq!(sealed_after[0], 2);
         assert_eq!(after.open("k", &sealed_before), Ok(b"v1".to_vec()));
         assert_eq!(before.open("k", &sealed_after), Err(OpenError));

@@ -109,6 +109,14 @@ async fn return_urls_off_the_allowlist_are_denied(backend: Backend) {
         assert!(metadata(&status, "rejection").is_some());
         assert!(!status.message().contains("evil"), "the message does not echo input");
     }
+    // A path that would name another host if a product copied it into a relative redirect.
+    for url in ["https://passport.example.com/login/..//evil.example", "https://passport.example.com//evil.example"] {
+        let status = app.grpc.clone().build_authorize_url(app.req(request(url))).await.expect_err(url);
+        assert_eq!(metadata(&status, "rejection").as_deref(), Some("NETWORK_PATH"), "{url}");
+    }
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let scrape = scrape.text().await.expect("text");
+    assert!(scrape.contains("wxauth_return_url_refusals_total{reason=\"NETWORK_PATH\"} 2\n"), "{scrape}");
     // Another client's allowlist is its own.
     let status = app
         .grpc

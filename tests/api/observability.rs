@@ -21,6 +21,33 @@ fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// WeChat's errcodes label a metric: a code wxauth does not know is counted as `other`, never
+/// by its own value (a WeChat that invents codes, or a hostile upstream, cannot grow the
+/// scrape without bound), while a known one keeps its number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_errcode_is_labelled_other_in_the_scrape() {
+    let app = spawn_app(Backend::Memory).await;
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.sim.inject(Endpoint::UserInfo, Fault::Errcode(987_654), 1);
+    let fresh = |openid: &str| GetUserInfoRequest { app: "mp".into(), openid: openid.into(), ..Default::default() };
+    let mut unknown = fresh(&login.openid);
+    unknown.fresh = true;
+    app.grpc.clone().get_user_info(app.req(unknown)).await.expect_err("WeChat's unknown errcode");
+    app.sim.inject(Endpoint::UserInfo, Fault::Errcode(45011), 1);
+    let mut known = fresh(&login.openid);
+    known.fresh = true;
+    app.grpc.clone().get_user_info(app.req(known)).await.expect_err("WeChat's rate limit");
+
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let scrape = scrape.text().await.expect("text");
+
+    let wechat = "wxauth_wechat_requests_total";
+    let userinfo = ["endpoint=\"sns/userinfo\"", "result=\"errcode\""];
+    assert_eq!(sample(&scrape, wechat, &[userinfo[0], userinfo[1], "errcode=\"other\""]), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, wechat, &[userinfo[0], userinfo[1], "errcode=\"45011\""]), Some(1.0), "{scrape}");
+    assert!(!scrape.contains("987654"), "the unknown value is no label:\n{scrape}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_whole_flow_and_pass_promtool() {
     let app = spawn_app(Backend::Redis).await;

@@ -130,6 +130,60 @@ async fn the_relay_answers_an_embedded_callback_in_either_window(backend: Backen
     assert!(refused.headers().get("x-frame-options").is_none());
 }
 
+/// An href the product echoes into its page, or a browser would repair into another URL, is
+/// refused with a field violation on `wx_login_options.href`, and never echoed back.
+#[tokio::test]
+async fn an_href_that_is_not_a_canonical_https_url_is_refused() {
+    let app = spawn_app(Backend::Memory).await;
+    for href in [
+        "https://cdn.example/\"</script><script>alert(1)//",
+        "https://cdn.example/x.css\"onload=\"alert(1)",
+        "https://cdn.example/<x>.css",
+        "https://cdn.example/x.css'",
+        "https:cdn.example/x.css",
+        "https:/cdn.example/x.css",
+        "https://cdn.example\\@evil/x.css",
+        "https://cdn.example\\x.css",
+        "https://user@cdn.example/x.css",
+        "https://:pw@cdn.example/x.css",
+        "https://CDN.example/x.css",
+        "https://cdn.example/a/../x.css",
+        "https://cdn.example",
+        "http://cdn.example/x.css",
+        "https://cdn.example/x.css?a=1&b=2",
+        "https://cdn.example/x.css#f",
+        "https://cdn.example/x .css",
+    ] {
+        let request = BuildAuthorizeUrlRequest {
+            app: "web".into(),
+            return_url: RETURN_URL.into(),
+            wx_login_options: Some(WxLoginOptions { href: href.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let status = app.grpc.clone().build_authorize_url(app.req(request)).await.expect_err(href);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{href}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let fields: Vec<_> = details
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["wx_login_options.href"], "{href}");
+        assert!(!status.message().contains("cdn.example") && !format!("{details:?}").contains("cdn.example"), "{href}");
+    }
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let scrape = scrape.text().await.expect("text");
+    let counted = scrape
+        .lines()
+        .find(|l| l.starts_with("wxauth_malformed_requests_total{reason=\"wx_login_href\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(counted >= Some(17.0), "counted (process-wide): {counted:?}");
+    let canonical = WxLoginOptions { href: "https://cdn.example.com/qr.css?v=2".into(), ..Default::default() };
+    assert_eq!(
+        start(&app, "web", canonical).await.wx_login.expect("wx_login").href,
+        "https://cdn.example.com/qr.css?v=2"
+    );
+}
+
 both_backends!(
     wx_login_names_the_flow_the_callback_and_the_website_app,
     an_official_account_flow_has_no_wx_login,
