@@ -6,11 +6,14 @@
 //!   (mini-redis's `MAX_CONNECTIONS` pattern);
 //! - HTTP (public relay, admin) is served by hyper-util's connection builder, HTTP/1 only, with
 //!   hyper's header-read timeout (which starts again when a keep-alive connection goes idle, so
-//!   it also closes idle connections), a bounded read buffer, a cap on requests in progress
-//!   (tower's `GlobalConcurrencyLimit`) and hyper-util's graceful shutdown;
+//!   it also closes idle connections; counted in `wxauth_connections_closed_total`), a bounded
+//!   read buffer, a cap on requests in progress (tower's `GlobalConcurrencyLimit`) and
+//!   hyper-util's graceful shutdown;
 //! - gRPC connections must deliver the 24-byte HTTP/2 preface within the same header timeout
 //!   ([`GrpcConnection`]): hyper's HTTP/2 server waits for it forever, and tonic has no option
-//!   for it. The rest (streams per connection, keepalive, connection age) is tonic's builder.
+//!   for it (closes counted as `preface_timeout`). Requests on a connection are
+//!   [`crate::grpc_gate`]'s; the rest (streams per connection, keepalive, connection age) is
+//!   tonic's builder.
 
 use std::future::Future;
 use std::io;
@@ -33,6 +36,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::ListenerLimits;
+use crate::telemetry::Metrics;
 
 /// The largest read buffer of an HTTP/1 connection: a request line and headers that do not fit
 /// are refused (431). It bounds what a client trickling headers can make the process hold;
@@ -52,9 +56,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// and lets open connections finish the request in progress (idle ones close at once). The
 /// caller bounds that drain (`server.drain`).
 pub async fn serve_http(
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -76,10 +82,14 @@ pub async fn serve_http(
             },
         };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service.clone()).into_owned());
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 // Header timeouts, resets and malformed requests: the client's doing.
                 tracing::debug!(error = %e, "HTTP connection closed with an error");
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                    metrics.connections_closed.with_label_values(&[name, "header_timeout"]).inc();
+                }
             }
             drop(permit);
         });
@@ -93,13 +103,14 @@ pub async fn serve_http(
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ListenerLimits,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<GrpcConnection>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
+    futures::stream::unfold((listener, permits, metrics), move |(listener, permits, metrics)| async move {
         loop {
             if let Some((tcp, permit)) = accept(&listener, &permits).await {
-                let connection = GrpcConnection::new(tcp, permit, limits.header_timeout);
-                return Some((Ok(connection), (listener, permits)));
+                let connection = GrpcConnection::new(tcp, permit, limits.header_timeout, Arc::clone(&metrics));
+                return Some((Ok(connection), (listener, permits, metrics)));
             }
         }
     })
@@ -146,15 +157,18 @@ pub struct GrpcConnection {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Preface bytes still to come.
     preface_left: usize,
+    /// Counts the connection when it is closed for its preface.
+    metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl GrpcConnection {
-    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             tcp,
             deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
             preface_left: H2_PREFACE_LEN,
+            metrics,
             _permit: permit,
         }
     }
@@ -174,10 +188,15 @@ impl AsyncRead for GrpcConnection {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no HTTP/2 preface within server.header_timeout",
-            ))),
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                // Once: the connection ends with this error.
+                this.deadline = None;
+                this.metrics.connections_closed.with_label_values(&["grpc", "preface_timeout"]).inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within server.header_timeout",
+                )))
+            }
             other => other,
         }
     }

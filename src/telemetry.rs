@@ -211,6 +211,14 @@ pub struct Metrics {
     pub store_breaker_transitions: IntCounterVec,
     /// Store calls the open breaker answered at once, without touching Redis.
     pub store_breaker_rejections: IntCounter,
+    /// gRPC calls the gate ended before they took a request slot, by reason: `unauthenticated`
+    /// (no valid key in the headers), `body_timeout` (no whole body within
+    /// `server.header_timeout`), `body_too_large`.
+    pub grpc_refusals: IntCounterVec,
+    /// Connections closed for their slowness, by listener (`grpc`, `public`, `admin`) and reason:
+    /// `preface_timeout` (gRPC: no HTTP/2 preface within `server.header_timeout`),
+    /// `header_timeout` (HTTP: no whole request head within it).
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -300,6 +308,16 @@ impl Metrics {
                 "wxauth_profile_cache_total",
                 "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
                 &["result"],
+            ),
+            grpc_refusals: counter(
+                "wxauth_grpc_refusals_total",
+                "gRPC calls refused before they took a request slot, by reason (unauthenticated, body_timeout, body_too_large).",
+                &["reason"],
+            ),
+            connections_closed: counter(
+                "wxauth_connections_closed_total",
+                "Connections closed for slowness, by listener and reason (preface_timeout, header_timeout).",
+                &["listener", "reason"],
             ),
             client_refusals: counter(
                 "wxauth_client_refusals_total",

@@ -94,6 +94,15 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_on_every_listene
         assert!(!text.contains("200 OK") && !text.contains("302"), "{name}: answered a half request: {text}");
     }
 
+    // Each close is counted, by listener and reason.
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let metrics = scrape.text().await.expect("metrics");
+    for (listener, reason) in [("public", "header_timeout"), ("admin", "header_timeout"), ("grpc", "preface_timeout")] {
+        let line =
+            format!("wxauth_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}} {SLOW_CLIENTS}");
+        assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+    }
+
     // Normal traffic is served once the slow clients are gone.
     let login = app.login("alice", "snsapi_userinfo").await;
     assert!(!login.openid.is_empty());
@@ -185,33 +194,39 @@ async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_beyond_the_cap_wait_for_one_in_progress_to_finish() {
+async fn requests_beyond_the_cap_wait_for_one_in_progress_to_finish_and_health_does_not() {
     let app = spawn_with_limits(|limits| limits.max_concurrent_requests = 1).await;
     let login = app.login("alice", "snsapi_userinfo").await;
     app.sim.inject(wxauth::sim::Endpoint::UserInfo, wxauth::sim::Fault::Delay(Duration::from_secs(2)), 1);
-    let slow = {
+    let user_info = |fresh| {
         let mut client = app.grpc.clone();
         let request = app.req(wxauth::proto::GetUserInfoRequest {
             app: "mp".into(),
             openid: login.openid.clone(),
-            fresh: true,
+            fresh,
             ..Default::default()
         });
         tokio::spawn(async move { client.get_user_info(request).await.map(|_| ()) })
     };
+    let slow = user_info(true);
     // The slow call holds the one slot while WeChat (the simulator) delays it.
     assert!(eventually(async || app.sim.calls(wxauth::sim::Endpoint::UserInfo) == 1).await);
 
+    // A second API call waits for the slot...
+    let mut second = user_info(false);
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(early.is_err(), "a second request ran while the first held the only slot");
+
+    // ...and health, on slots of its own, does not (a fresh connection, as a kubelet probe).
     let grpc_addr = app.grpc_addr;
-    let mut health = tokio::spawn(async move {
+    let health = tokio::spawn(async move {
         let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}")).expect("uri");
         let mut client = HealthClient::new(channel.connect().await.expect("connect"));
         client.check(HealthCheckRequest { service: "liveness".into() }).await.map(|r| r.into_inner().status)
     });
-    let early = tokio::time::timeout(Duration::from_millis(300), &mut health).await;
-    assert!(early.is_err(), "a second request ran while the first held the only slot");
+    let status = tokio::time::timeout(Duration::from_millis(500), health).await.expect("health answers at once");
+    assert_eq!(status.expect("task").expect("health check"), 1, "SERVING");
 
     slow.await.expect("task").expect("the slow call succeeds");
-    let status = tokio::time::timeout(LATEST, health).await.expect("served once the slot freed").expect("task");
-    assert_eq!(status.expect("health check"), 1, "SERVING");
+    tokio::time::timeout(LATEST, second).await.expect("served once the slot freed").expect("task").expect("ok");
 }

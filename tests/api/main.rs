@@ -11,6 +11,7 @@ mod cluster;
 mod concurrency;
 mod docs;
 mod exchange;
+mod flood;
 mod helpers;
 mod hostile;
 mod limits;
