@@ -87,6 +87,10 @@ pub struct GateLayer {
 
 #[derive(Debug)]
 struct Shared {
+    /// The answers to refused calls, made once through [`ApiError::to_status`]: a flood of
+    /// refusals costs a header map's clone each, not an encoding of the status details.
+    unauthenticated: HeaderMap,
+    body_timeout_answer: HeaderMap,
     keys: ClientKeys,
     api: Arc<Semaphore>,
     health: Arc<Semaphore>,
@@ -100,6 +104,8 @@ impl GateLayer {
     /// within `body_timeout` (`server.header_timeout`).
     pub fn new(keys: ClientKeys, api_slots: usize, body_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let shared = Shared {
+            unauthenticated: answer(&ApiError::Unauthenticated),
+            body_timeout_answer: answer(&ApiError::RequestBodyTimeout),
             keys,
             api: Arc::new(Semaphore::new(api_slots)),
             health: Arc::new(Semaphore::new(HEALTH_SLOTS)),
@@ -167,17 +173,17 @@ where
         Box::pin(async move {
             let route = route(request.uri().path());
             if let Route::Api = route
-                && let Err(refused) = shared.keys.authenticate(request.headers())
+                && shared.keys.authenticate(request.headers()).is_err()
             {
-                return Ok(shared.refuse("unauthenticated", &refused));
+                return Ok(shared.refuse("unauthenticated", &shared.unauthenticated));
             }
             let request = match route {
                 Route::Api | Route::Health => {
                     let (parts, body) = request.into_parts();
                     match tokio::time::timeout(shared.body_timeout, preread(body)).await {
                         Ok(Ok(body)) => Request::from_parts(parts, body),
-                        Ok(Err(too_large)) => return Ok(shared.refuse("body_too_large", &too_large)),
-                        Err(_) => return Ok(shared.refuse("body_timeout", &ApiError::RequestBodyTimeout)),
+                        Ok(Err(too_large)) => return Ok(shared.refuse("body_too_large", &answer(&too_large))),
+                        Err(_) => return Ok(shared.refuse("body_timeout", &shared.body_timeout_answer)),
                     }
                 }
                 Route::Other => request,
@@ -197,12 +203,20 @@ where
 }
 
 impl Shared {
-    /// The answer to a call refused before it ran, counted by `reason`.
-    fn refuse(&self, reason: &str, error: &ApiError) -> Response<Body> {
+    /// The answer to a call refused before it ran (a trailers-only response: `answer`'s
+    /// headers), counted by `reason`.
+    fn refuse(&self, reason: &str, answer: &HeaderMap) -> Response<Body> {
         self.metrics.grpc_refusals.with_label_values(&[reason]).inc();
         tracing::debug!(reason, "gRPC call refused at the gate");
-        error.to_status().into_http()
+        let mut response = Response::new(Body::empty());
+        response.headers_mut().clone_from(answer);
+        response
     }
+}
+
+/// The headers of a trailers-only gRPC answer with `error`'s status and details.
+fn answer(error: &ApiError) -> HeaderMap {
+    error.to_status().into_http::<Body>().into_parts().0.headers
 }
 
 /// Reads `body` to its end (tonic's unary decoding reads it all, trailers included, before the
