@@ -47,6 +47,8 @@ const HTTP1_MAX_BUF: usize = 64 * 1024;
 /// Length of the HTTP/2 client connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`
 /// (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
+/// Length of an HTTP/2 frame header; the preface must be followed by a SETTINGS frame.
+const H2_FRAME_HEADER_LEN: usize = 9;
 
 /// How long accepting pauses after an error that is not about one connection (out of file
 /// descriptors): retrying at once would spin.
@@ -146,17 +148,19 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// An accepted gRPC socket that must deliver the HTTP/2 preface within the header timeout:
-/// until it has, a read that is still waiting when the deadline passes fails with `TimedOut`,
-/// which ends the connection. Afterwards it is the plain socket (no per-read work beyond a
-/// branch). It holds the listener's connection permit until dropped, with the connection.
+/// An accepted gRPC socket that must deliver its HTTP/2 handshake, the preface and the SETTINGS
+/// frame that follows it (RFC 9113 §3.4), within the header timeout: until it has, a read that
+/// is still waiting when the deadline passes fails with `TimedOut`, which ends the connection.
+/// (After the preface alone, hyper would wait for a frame until its keepalive ping went
+/// unanswered: 40 s.) Afterwards it is the plain socket (no per-read work beyond a branch). It
+/// holds the listener's connection permit until dropped, with the connection.
 #[derive(Debug)]
 pub struct GrpcConnection {
     tcp: TcpStream,
-    /// Set until the preface has arrived.
+    /// Set until the handshake has arrived.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Preface bytes still to come.
-    preface_left: usize,
+    /// How far the handshake has come.
+    handshake: Handshake,
     /// Counts the connection when it is closed for its preface.
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
@@ -167,7 +171,7 @@ impl GrpcConnection {
         Self {
             tcp,
             deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
-            preface_left: H2_PREFACE_LEN,
+            handshake: Handshake::default(),
             metrics,
             _permit: permit,
         }
@@ -182,8 +186,7 @@ impl AsyncRead for GrpcConnection {
         let Some(deadline) = &mut this.deadline else { return polled };
         match polled {
             Poll::Ready(Ok(())) => {
-                this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
-                if this.preface_left == 0 {
+                if this.handshake.feed(&buf.filled()[before..]) {
                     this.deadline = None;
                 }
                 Poll::Ready(Ok(()))
@@ -199,6 +202,44 @@ impl AsyncRead for GrpcConnection {
             }
             other => other,
         }
+    }
+}
+
+/// The client's side of an HTTP/2 handshake as it arrives: the 24-byte preface, then the first
+/// frame's 9-byte header (whose first 3 bytes are its payload length), then that payload.
+#[derive(Debug)]
+struct Handshake {
+    /// Bytes seen so far.
+    seen: usize,
+    /// Bytes the handshake takes: known once the frame header has arrived.
+    needed: usize,
+    /// The first frame's payload length, as its bytes arrive.
+    length: usize,
+}
+
+impl Default for Handshake {
+    fn default() -> Self {
+        Self { seen: 0, needed: H2_PREFACE_LEN + H2_FRAME_HEADER_LEN, length: 0 }
+    }
+}
+
+impl Handshake {
+    /// Takes the next bytes read; true once the handshake is complete.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            if self.seen >= self.needed {
+                break;
+            }
+            let at = self.seen;
+            self.seen += 1;
+            if (H2_PREFACE_LEN..H2_PREFACE_LEN + 3).contains(&at) {
+                self.length = self.length << 8 | usize::from(byte);
+                if at == H2_PREFACE_LEN + 2 {
+                    self.needed += self.length;
+                }
+            }
+        }
+        self.seen >= self.needed
     }
 }
 
@@ -233,5 +274,40 @@ impl Connected for GrpcConnection {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.tcp.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[test]
+    fn the_handshake_is_the_preface_and_the_whole_first_frame() {
+        // SETTINGS with one 6-byte setting.
+        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut handshake = Handshake::default();
+        assert!(!handshake.feed(PREFACE), "the preface alone");
+        assert!(!handshake.feed(&settings[..10]), "a frame cut off");
+        assert!(handshake.feed(&settings[10..]));
+    }
+
+    #[test]
+    fn a_handshake_in_one_read_with_more_behind_it_is_complete() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        bytes.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1]); // WINDOW_UPDATE
+        assert!(Handshake::default().feed(&bytes));
+    }
+
+    #[test]
+    fn bytes_one_at_a_time_count_the_same() {
+        let mut handshake = Handshake::default();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let (last, before) = bytes.split_last().expect("bytes");
+        assert!(before.iter().all(|b| !handshake.feed(std::slice::from_ref(b))));
+        assert!(handshake.feed(&[*last]));
     }
 }

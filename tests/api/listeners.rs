@@ -28,6 +28,8 @@ const SLOW_CLIENTS: usize = 30;
 const HALF_REQUEST: &[u8] = b"GET /wechat/callback?code=abc&state=xyz HTTP/1.1\r\nHost: auth.wxauth.test\r\nUser-Ag";
 /// The first 10 of the 24 bytes of the HTTP/2 client preface.
 const HALF_PREFACE: &[u8] = b"PRI * HTTP";
+/// The whole preface, and no SETTINGS frame after it.
+const PREFACE_ONLY: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// wxauth (in-memory store) with its listener limits changed by `adjust`.
 async fn spawn_with_limits(adjust: impl FnOnce(&mut ListenerLimits)) -> TestApp {
@@ -77,6 +79,7 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_on_every_listene
         ("public", app.public_addr, HALF_REQUEST),
         ("admin", app.admin_addr, admin_half),
         ("grpc", app.grpc_addr, HALF_PREFACE),
+        ("grpc", app.grpc_addr, PREFACE_ONLY),
     ];
 
     let mut slow = Vec::new();
@@ -97,9 +100,10 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_on_every_listene
     // Each close is counted, by listener and reason.
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
     let metrics = scrape.text().await.expect("metrics");
-    for (listener, reason) in [("public", "header_timeout"), ("admin", "header_timeout"), ("grpc", "preface_timeout")] {
-        let line =
-            format!("wxauth_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}} {SLOW_CLIENTS}");
+    // (gRPC: the half prefaces and the prefaces without SETTINGS.)
+    let counts = [("public", "header_timeout", SLOW_CLIENTS), ("admin", "header_timeout", SLOW_CLIENTS)];
+    for (listener, reason, count) in counts.into_iter().chain([("grpc", "preface_timeout", 2 * SLOW_CLIENTS)]) {
+        let line = format!("wxauth_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}} {count}");
         assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
     }
 
