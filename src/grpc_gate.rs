@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,6 +34,7 @@ use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Code, Status};
 
 use crate::config::{self, Client};
@@ -175,15 +177,16 @@ where
             if let Route::Api = route
                 && shared.keys.authenticate(request.headers()).is_err()
             {
-                return Ok(shared.refuse("unauthenticated", &shared.unauthenticated));
+                return Ok(shared.refuse("unauthenticated", &shared.unauthenticated, peer(&request)));
             }
             let request = match route {
                 Route::Api | Route::Health => {
+                    let peer = peer(&request);
                     let (parts, body) = request.into_parts();
                     match tokio::time::timeout(shared.body_timeout, preread(body)).await {
                         Ok(Ok(body)) => Request::from_parts(parts, body),
-                        Ok(Err(too_large)) => return Ok(shared.refuse("body_too_large", &answer(&too_large))),
-                        Err(_) => return Ok(shared.refuse("body_timeout", &shared.body_timeout_answer)),
+                        Ok(Err(too_large)) => return Ok(shared.refuse("body_too_large", &answer(&too_large), peer)),
+                        Err(_) => return Ok(shared.refuse("body_timeout", &shared.body_timeout_answer, peer)),
                     }
                 }
                 Route::Other => request,
@@ -204,14 +207,20 @@ where
 
 impl Shared {
     /// The answer to a call refused before it ran (a trailers-only response: `answer`'s
-    /// headers), counted by `reason`.
-    fn refuse(&self, reason: &str, answer: &HeaderMap) -> Response<Body> {
+    /// headers), counted by `reason`; the peer's address is logged at DEBUG (to find a flood's
+    /// source without logging every refusal at INFO).
+    fn refuse(&self, reason: &str, answer: &HeaderMap, peer: Option<SocketAddr>) -> Response<Body> {
         self.metrics.grpc_refusals.with_label_values(&[reason]).inc();
-        tracing::debug!(reason, "gRPC call refused at the gate");
+        tracing::debug!(reason, ?peer, "gRPC call refused at the gate");
         let mut response = Response::new(Body::empty());
         response.headers_mut().clone_from(answer);
         response
     }
+}
+
+/// The address of the peer that sent `request`.
+fn peer(request: &Request<Body>) -> Option<SocketAddr> {
+    request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr)
 }
 
 /// The headers of a trailers-only gRPC answer with `error`'s status and details.

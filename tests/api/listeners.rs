@@ -234,3 +234,29 @@ async fn requests_beyond_the_cap_wait_for_one_in_progress_to_finish_and_health_d
     slow.await.expect("task").expect("the slow call succeeds");
     tokio::time::timeout(LATEST, second).await.expect("served once the slot freed").expect("task").expect("ok");
 }
+
+/// The HTTP/1 side of finding 1 of issue 18 (a head, then no body): no route reads a body, so
+/// hyper answers at once and closes the connection rather than wait for it (this held before the
+/// gRPC gate too; it stays a test so that a route that reads bodies cannot undo it unseen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_bodies_never_come_do_not_hold_http_connections() {
+    let app = spawn_with_limits(|limits| limits.header_timeout = HEADER_TIMEOUT).await;
+    let requests = [
+        (
+            "public",
+            app.public_addr,
+            "POST /wechat/callback?code=abc&state=NoSuchFlow123 HTTP/1.1\r\nHost: auth.wxauth.test\r\nContent-Length: 100000\r\n\r\n",
+        ),
+        ("admin", app.admin_addr, "POST /metrics HTTP/1.1\r\nHost: wxauth\r\nContent-Length: 100000\r\n\r\n"),
+    ];
+    for (name, addr, head) in requests {
+        let start = Instant::now();
+        let mut tcp = send_partial(addr, head.as_bytes()).await;
+        let answer = read_until_closed(&mut tcp, LATEST).await;
+        let took = start.elapsed();
+        let answer = answer.unwrap_or_else(|| panic!("{name}: connection still open after {took:?}"));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 4"), "{name}: {text}");
+        assert!(took < LATEST, "{name}: closed only after {took:?}");
+    }
+}
