@@ -9,12 +9,14 @@
 //!   it also closes idle connections; counted in `wxauth_connections_closed_total`), a bounded
 //!   read buffer, a cap on requests in progress (tower's `GlobalConcurrencyLimit`) and
 //!   hyper-util's graceful shutdown;
-//! - gRPC connections must deliver the 24-byte HTTP/2 preface within the same header timeout
-//!   ([`GrpcConnection`]): hyper's HTTP/2 server waits for it forever, and tonic has no option
-//!   for it (closes counted as `preface_timeout`). Requests on a connection are
-//!   [`crate::grpc_gate`]'s; the rest (streams per connection, keepalive, connection age) is
-//!   tonic's builder.
+//! - gRPC connections must deliver the 24-byte HTTP/2 preface and their SETTINGS within the same
+//!   header timeout ([`GrpcConnection`]): hyper's HTTP/2 server waits for them forever, and
+//!   tonic has no option for it (closes counted as `preface_timeout`); at the connection cap,
+//!   the oldest connection still in that handshake is closed to make room for a new one
+//!   (`evicted`). Requests on a connection are [`crate::grpc_gate`]'s; the rest (streams per
+//!   connection, keepalive, connection age) is tonic's builder.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -30,7 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -101,21 +103,65 @@ pub async fn serve_http(
 }
 
 /// The gRPC listener's accepted connections, for tonic's `serve_with_incoming_shutdown`: each
-/// with `TCP_NODELAY`, a connection permit and the preface deadline.
+/// with `TCP_NODELAY`, a connection permit and the handshake deadline. When the connection cap
+/// is reached, the oldest connection still in its handshake is closed to make room for the new
+/// one (a client that has not sent its preface and SETTINGS has nothing in progress), so silent
+/// connections cannot keep new clients (a kubelet's probe) waiting; only when every connection
+/// is past its handshake does the new one wait for a permit.
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<GrpcConnection>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold((listener, permits, metrics), move |(listener, permits, metrics)| async move {
+    let handshaking = Handshaking::default();
+    let state = (listener, permits, handshaking, metrics);
+    futures::stream::unfold(state, move |(listener, permits, handshaking, metrics)| async move {
         loop {
-            if let Some((tcp, permit)) = accept(&listener, &permits).await {
-                let connection = GrpcConnection::new(tcp, permit, limits.header_timeout, Arc::clone(&metrics));
-                return Some((Ok(connection), (listener, permits, metrics)));
-            }
+            let Some(tcp) = accept_tcp(&listener).await else { continue };
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    handshaking.evict_oldest();
+                    // The semaphore is never closed.
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { continue };
+                    permit
+                }
+            };
+            let evict = handshaking.register(limits.max_connections);
+            let connection = GrpcConnection::new(tcp, permit, limits.header_timeout, evict, Arc::clone(&metrics));
+            return Some((Ok(connection), (listener, permits, handshaking, metrics)));
         }
     })
+}
+
+/// The gRPC connections still in their handshake, oldest first, each by the sender that closes
+/// it (a sender whose connection finished its handshake, or closed, is closed itself).
+#[derive(Clone, Debug, Default)]
+struct Handshaking(Arc<std::sync::Mutex<VecDeque<oneshot::Sender<()>>>>);
+
+impl Handshaking {
+    /// A new connection's eviction signal. The queue is pruned of finished handshakes when it
+    /// reaches `cap` (it holds at most the connections accepted since its oldest live entry).
+    fn register(&self, cap: usize) -> oneshot::Receiver<()> {
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.len() >= cap {
+            queue.retain(|sender| !sender.is_closed());
+        }
+        queue.push_back(evict);
+        evicted
+    }
+
+    /// Closes the oldest connection still in its handshake, if there is one.
+    fn evict_oldest(&self) {
+        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(sender) = queue.pop_front() {
+            if sender.send(()).is_ok() {
+                return;
+            }
+        }
+    }
 }
 
 /// Waits for a connection permit, then for a connection; `None` after an accept error (logged,
@@ -124,12 +170,17 @@ pub fn grpc_incoming(
 async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
     // The semaphore is never closed.
     let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    Some((accept_tcp(listener).await?, permit))
+}
+
+/// Waits for a connection, with `TCP_NODELAY`; `None` after an accept error (as [`accept`]).
+async fn accept_tcp(listener: &TcpListener) -> Option<TcpStream> {
     match listener.accept().await {
         Ok((tcp, _)) => {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
-            Some((tcp, permit))
+            Some(tcp)
         }
         Err(e) if is_connection_error(&e) => None,
         Err(e) => {
@@ -161,17 +212,27 @@ pub struct GrpcConnection {
     deadline: Option<Pin<Box<Sleep>>>,
     /// How far the handshake has come.
     handshake: Handshake,
+    /// Fires when the listener, at its connection cap, closes this connection (still in its
+    /// handshake) to make room; dropped once the handshake is complete.
+    evict: Option<oneshot::Receiver<()>>,
     /// Counts the connection when it is closed for its preface.
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl GrpcConnection {
-    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        tcp: TcpStream,
+        permit: OwnedSemaphorePermit,
+        header_timeout: Duration,
+        evict: oneshot::Receiver<()>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tcp,
             deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
             handshake: Handshake::default(),
+            evict: Some(evict),
             metrics,
             _permit: permit,
         }
@@ -188,17 +249,30 @@ impl AsyncRead for GrpcConnection {
             Poll::Ready(Ok(())) => {
                 if this.handshake.feed(&buf.filled()[before..]) {
                     this.deadline = None;
+                    this.evict = None;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+            Poll::Pending => {
+                let closed = if deadline.as_mut().poll(cx).is_ready() {
+                    Some(("preface_timeout", "no HTTP/2 preface and SETTINGS within server.header_timeout"))
+                } else {
+                    match this.evict.as_mut().map(|evict| Pin::new(evict).poll(cx)) {
+                        Some(Poll::Ready(Ok(()))) => Some(("evicted", "closed in its handshake at the connection cap")),
+                        // The listener is gone (shutting down): the deadline still holds.
+                        Some(Poll::Ready(Err(_))) => {
+                            this.evict = None;
+                            None
+                        }
+                        Some(Poll::Pending) | None => None,
+                    }
+                };
+                let Some((reason, message)) = closed else { return Poll::Pending };
                 // Once: the connection ends with this error.
                 this.deadline = None;
-                this.metrics.connections_closed.with_label_values(&["grpc", "preface_timeout"]).inc();
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within server.header_timeout",
-                )))
+                this.evict = None;
+                this.metrics.connections_closed.with_label_values(&["grpc", reason]).inc();
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)))
             }
             other => other,
         }

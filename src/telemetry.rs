@@ -216,7 +216,8 @@ pub struct Metrics {
     /// `server.header_timeout`), `body_too_large`.
     pub grpc_refusals: IntCounterVec,
     /// Connections closed for their slowness, by listener (`grpc`, `public`, `admin`) and reason:
-    /// `preface_timeout` (gRPC: no HTTP/2 preface within `server.header_timeout`),
+    /// `preface_timeout` (gRPC: no HTTP/2 preface and SETTINGS within `server.header_timeout`),
+    /// `evicted` (gRPC: closed in its handshake to make room at the connection cap),
     /// `header_timeout` (HTTP: no whole request head within it).
     pub connections_closed: IntCounterVec,
 }
@@ -316,7 +317,7 @@ impl Metrics {
             ),
             connections_closed: counter(
                 "wxauth_connections_closed_total",
-                "Connections closed for slowness, by listener and reason (preface_timeout, header_timeout).",
+                "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout).",
                 &["listener", "reason"],
             ),
             client_refusals: counter(

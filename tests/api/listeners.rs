@@ -153,8 +153,15 @@ fn complete_response(bytes: &[u8]) -> bool {
     bytes.len() >= head_end + 4 + length
 }
 
+/// A health check of `liveness` over a new connection to `addr`.
+async fn fresh_health_check(addr: SocketAddr) -> Result<i32, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("uri");
+    let mut client = HealthClient::new(channel.connect().await.expect("connect"));
+    client.check(HealthCheckRequest { service: "liveness".into() }).await.map(|r| r.into_inner().status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
+async fn connections_beyond_the_cap_wait_until_a_slot_frees_unless_one_is_still_in_its_handshake() {
     const CAP: usize = 4;
     let app = spawn_with_limits(|limits| {
         limits.max_connections = CAP;
@@ -172,21 +179,40 @@ async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
     assert_eq!(read_until_closed(&mut waiting, Duration::from_millis(500)).await, None, "answered beyond the cap");
 
     // gRPC listener: the test client's channel holds one connection; CAP - 1 slow ones fill it.
+    // They are still in their handshake: a new client does not wait for them, the oldest is
+    // closed to make room for it.
     let mut slow_grpc = Vec::new();
     for _ in 0..CAP - 1 {
         slow_grpc.push(send_partial(app.grpc_addr, HALF_PREFACE).await);
     }
-    let grpc_addr = app.grpc_addr;
-    let mut health = tokio::spawn(async move {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}")).expect("uri");
-        let mut client = HealthClient::new(channel.connect().await.expect("connect"));
-        client.check(HealthCheckRequest { service: "liveness".into() }).await.map(|r| r.into_inner().status)
-    });
+    let status = tokio::time::timeout(Duration::from_secs(1), fresh_health_check(app.grpc_addr)).await;
+    assert_eq!(status.expect("served at once at the cap").expect("health check"), 1, "SERVING");
+    assert!(
+        read_until_closed(&mut slow_grpc[0], LATEST).await.is_some(),
+        "the oldest connection in its handshake was closed"
+    );
+    drop(slow_grpc);
+    let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
+    let metrics = scrape.text().await.expect("metrics");
+    assert!(metrics.contains("wxauth_connections_closed_total{listener=\"grpc\",reason=\"evicted\"} 1"), "{metrics}");
+
+    // Connections past their handshake are not closed for a newcomer: it waits for one to go.
+    let mut idle = Vec::new();
+    for _ in 0..CAP - 1 {
+        let tcp = TcpStream::connect(app.grpc_addr).await.expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        idle.push((send, tokio::spawn(connection)));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // their SETTINGS are read
+    let mut health = tokio::spawn(fresh_health_check(app.grpc_addr));
     assert!(tokio::time::timeout(Duration::from_millis(500), &mut health).await.is_err(), "served beyond the cap");
 
     // The slow clients leave: the waiting ones are served.
     drop(slow);
-    drop(slow_grpc);
+    for (send, connection) in idle {
+        drop(send);
+        connection.abort();
+    }
     let answer = read_until_closed(&mut waiting, LATEST).await.expect("answered once a slot freed");
     assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
     let status = tokio::time::timeout(LATEST, health).await.expect("served once a slot freed").expect("task");
