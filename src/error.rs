@@ -153,6 +153,10 @@ pub enum ApiError {
     /// The caller's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The request's body did not arrive within `server.header_timeout` of its headers: the
+    /// gRPC gate ended the call before it took a request slot.
+    #[error("request body not received within server.header_timeout")]
+    RequestBodyTimeout,
     /// A bug or an impossible state (a refresh task that panicked).
     #[error("internal error")]
     Internal,
@@ -214,6 +218,7 @@ impl ApiError {
             ClientRateLimited { .. } => "CLIENT_RATE_LIMITED",
             TooManyOpenFlows { .. } => "TOO_MANY_OPEN_FLOWS",
             DeadlineExceeded => "DEADLINE_EXCEEDED",
+            RequestBodyTimeout => "REQUEST_BODY_TIMEOUT",
             Internal => "INTERNAL",
         }
     }
@@ -234,7 +239,7 @@ impl ApiError {
             RateLimited(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => Code::ResourceExhausted,
             WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
             Wechat(_) => Code::Unknown,
-            DeadlineExceeded => Code::DeadlineExceeded,
+            DeadlineExceeded | RequestBodyTimeout => Code::DeadlineExceeded,
             Internal => Code::Internal,
         }
     }

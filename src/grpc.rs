@@ -3,7 +3,6 @@
 //! [`Tokens`] / the store. No HTTP or Redis detail lives here; errors become statuses only
 //! through [`ApiError::to_status`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::clock::{Clock, secs};
 use crate::config::{self, Client, Settings, Users};
 use crate::consent::{self, Grant};
 use crate::error::{ApiError, FieldViolation};
+use crate::grpc_gate::ClientKeys;
 use crate::limits::{Family, RateLimiters};
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
@@ -42,7 +42,7 @@ pub use crate::store::FLOW_ID_LEN;
 #[derive(Clone, Debug)]
 pub struct OAuthService {
     settings: Arc<Settings>,
-    clients: Arc<HashMap<[u8; 32], usize>>,
+    keys: ClientKeys,
     store: Store,
     wechat: WechatClient,
     tokens: Arc<Tokens>,
@@ -61,20 +61,21 @@ impl OAuthService {
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let clients = settings.clients.iter().enumerate().map(|(i, c)| (c.key_sha256, i)).collect();
+        let keys = ClientKeys::new(&settings.clients);
         let limiters = Arc::new(RateLimiters::new(&settings.clients, Arc::clone(&metrics)));
-        Self { settings, clients: Arc::new(clients), store, wechat, tokens, clock, metrics, limiters }
+        Self { settings, keys, store, wechat, tokens, clock, metrics, limiters }
+    }
+
+    /// The clients' keys, for the gRPC gate's check of a call's headers (the same check as
+    /// [`Self::authenticate`]'s).
+    pub fn client_keys(&self) -> ClientKeys {
+        self.keys.clone()
     }
 
     /// The client whose key the `authorization: Bearer <key>` metadata carries.
     fn authenticate(&self, metadata: &MetadataMap) -> Result<&Client, ApiError> {
-        let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthenticated)?;
-        let (scheme, key) = header.trim().split_once(' ').ok_or(ApiError::Unauthenticated)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthenticated);
-        }
-        let index = self.clients.get(&config::key_digest(key.trim())).ok_or(ApiError::Unauthenticated)?;
-        Ok(&self.settings.clients[*index])
+        let index = self.keys.authenticate(metadata.as_ref())?;
+        Ok(&self.settings.clients[index])
     }
 
     /// Runs one RPC: authenticate, then the body within the caller's deadline (tonic does not

@@ -8,6 +8,8 @@
 //! - [`grpc`]: the tonic service `wxauth.v1.WeChatOAuthService`: validation, caller
 //!   authentication, allowlists; [`error`] is the one mapping of failures to gRPC statuses;
 //!   [`codec`] answers a request body that is not protobuf INVALID_ARGUMENT.
+//!   [`grpc_gate`] authenticates calls from their headers and reads their bodies before they
+//!   take a request slot (no peer without a key holds one), health on slots of its own.
 //! - [`limits`]: per-client rate limits (governor token buckets per client and RPC family)
 //!   and the open-flow cap's sizes.
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
@@ -41,6 +43,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod grpc_gate;
 pub mod html;
 pub mod limits;
 pub mod listener;

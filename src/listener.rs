@@ -6,12 +6,17 @@
 //!   (mini-redis's `MAX_CONNECTIONS` pattern);
 //! - HTTP (public relay, admin) is served by hyper-util's connection builder, HTTP/1 only, with
 //!   hyper's header-read timeout (which starts again when a keep-alive connection goes idle, so
-//!   it also closes idle connections), a bounded read buffer, a cap on requests in progress
-//!   (tower's `GlobalConcurrencyLimit`) and hyper-util's graceful shutdown;
-//! - gRPC connections must deliver the 24-byte HTTP/2 preface within the same header timeout
-//!   ([`GrpcConnection`]): hyper's HTTP/2 server waits for it forever, and tonic has no option
-//!   for it. The rest (streams per connection, keepalive, connection age) is tonic's builder.
+//!   it also closes idle connections; counted in `wxauth_connections_closed_total`), a bounded
+//!   read buffer, a cap on requests in progress (tower's `GlobalConcurrencyLimit`) and
+//!   hyper-util's graceful shutdown;
+//! - gRPC connections must deliver the 24-byte HTTP/2 preface and their SETTINGS within the same
+//!   header timeout ([`GrpcConnection`]): hyper's HTTP/2 server waits for them forever, and
+//!   tonic has no option for it (closes counted as `preface_timeout`); at the connection cap,
+//!   the oldest connection still in that handshake is closed to make room for a new one
+//!   (`evicted`). Requests on a connection are [`crate::grpc_gate`]'s; the rest (streams per
+//!   connection, keepalive, connection age) is tonic's builder.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,12 +32,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::ListenerLimits;
+use crate::telemetry::Metrics;
 
 /// The largest read buffer of an HTTP/1 connection: a request line and headers that do not fit
 /// are refused (431). It bounds what a client trickling headers can make the process hold;
@@ -43,6 +49,8 @@ const HTTP1_MAX_BUF: usize = 64 * 1024;
 /// Length of the HTTP/2 client connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`
 /// (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
+/// Length of an HTTP/2 frame header; the preface must be followed by a SETTINGS frame.
+const H2_FRAME_HEADER_LEN: usize = 9;
 
 /// How long accepting pauses after an error that is not about one connection (out of file
 /// descriptors): retrying at once would spin.
@@ -52,9 +60,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// and lets open connections finish the request in progress (idle ones close at once). The
 /// caller bounds that drain (`server.drain`).
 pub async fn serve_http(
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -76,10 +86,14 @@ pub async fn serve_http(
             },
         };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service.clone()).into_owned());
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 // Header timeouts, resets and malformed requests: the client's doing.
                 tracing::debug!(error = %e, "HTTP connection closed with an error");
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                    metrics.connections_closed.with_label_values(&[name, "header_timeout"]).inc();
+                }
             }
             drop(permit);
         });
@@ -89,20 +103,65 @@ pub async fn serve_http(
 }
 
 /// The gRPC listener's accepted connections, for tonic's `serve_with_incoming_shutdown`: each
-/// with `TCP_NODELAY`, a connection permit and the preface deadline.
+/// with `TCP_NODELAY`, a connection permit and the handshake deadline. When the connection cap
+/// is reached, the oldest connection still in its handshake is closed to make room for the new
+/// one (a client that has not sent its preface and SETTINGS has nothing in progress), so silent
+/// connections cannot keep new clients (a kubelet's probe) waiting; only when every connection
+/// is past its handshake does the new one wait for a permit.
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ListenerLimits,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<GrpcConnection>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
+    let handshaking = Handshaking::default();
+    let state = (listener, permits, handshaking, metrics);
+    futures::stream::unfold(state, move |(listener, permits, handshaking, metrics)| async move {
         loop {
-            if let Some((tcp, permit)) = accept(&listener, &permits).await {
-                let connection = GrpcConnection::new(tcp, permit, limits.header_timeout);
-                return Some((Ok(connection), (listener, permits)));
-            }
+            let Some(tcp) = accept_tcp(&listener).await else { continue };
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    handshaking.evict_oldest();
+                    // The semaphore is never closed.
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { continue };
+                    permit
+                }
+            };
+            let evict = handshaking.register(limits.max_connections);
+            let connection = GrpcConnection::new(tcp, permit, limits.header_timeout, evict, Arc::clone(&metrics));
+            return Some((Ok(connection), (listener, permits, handshaking, metrics)));
         }
     })
+}
+
+/// The gRPC connections still in their handshake, oldest first, each by the sender that closes
+/// it (a sender whose connection finished its handshake, or closed, is closed itself).
+#[derive(Clone, Debug, Default)]
+struct Handshaking(Arc<std::sync::Mutex<VecDeque<oneshot::Sender<()>>>>);
+
+impl Handshaking {
+    /// A new connection's eviction signal. The queue is pruned of finished handshakes when it
+    /// reaches `cap` (it holds at most the connections accepted since its oldest live entry).
+    fn register(&self, cap: usize) -> oneshot::Receiver<()> {
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.len() >= cap {
+            queue.retain(|sender| !sender.is_closed());
+        }
+        queue.push_back(evict);
+        evicted
+    }
+
+    /// Closes the oldest connection still in its handshake, if there is one.
+    fn evict_oldest(&self) {
+        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(sender) = queue.pop_front() {
+            if sender.send(()).is_ok() {
+                return;
+            }
+        }
+    }
 }
 
 /// Waits for a connection permit, then for a connection; `None` after an accept error (logged,
@@ -111,12 +170,17 @@ pub fn grpc_incoming(
 async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
     // The semaphore is never closed.
     let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    Some((accept_tcp(listener).await?, permit))
+}
+
+/// Waits for a connection, with `TCP_NODELAY`; `None` after an accept error (as [`accept`]).
+async fn accept_tcp(listener: &TcpListener) -> Option<TcpStream> {
     match listener.accept().await {
         Ok((tcp, _)) => {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
-            Some((tcp, permit))
+            Some(tcp)
         }
         Err(e) if is_connection_error(&e) => None,
         Err(e) => {
@@ -135,26 +199,41 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// An accepted gRPC socket that must deliver the HTTP/2 preface within the header timeout:
-/// until it has, a read that is still waiting when the deadline passes fails with `TimedOut`,
-/// which ends the connection. Afterwards it is the plain socket (no per-read work beyond a
-/// branch). It holds the listener's connection permit until dropped, with the connection.
+/// An accepted gRPC socket that must deliver its HTTP/2 handshake, the preface and the SETTINGS
+/// frame that follows it (RFC 9113 §3.4), within the header timeout: until it has, a read that
+/// is still waiting when the deadline passes fails with `TimedOut`, which ends the connection.
+/// (After the preface alone, hyper would wait for a frame until its keepalive ping went
+/// unanswered: 40 s.) Afterwards it is the plain socket (no per-read work beyond a branch). It
+/// holds the listener's connection permit until dropped, with the connection.
 #[derive(Debug)]
 pub struct GrpcConnection {
     tcp: TcpStream,
-    /// Set until the preface has arrived.
+    /// Set until the handshake has arrived.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Preface bytes still to come.
-    preface_left: usize,
+    /// How far the handshake has come.
+    handshake: Handshake,
+    /// Fires when the listener, at its connection cap, closes this connection (still in its
+    /// handshake) to make room; dropped once the handshake is complete.
+    evict: Option<oneshot::Receiver<()>>,
+    /// Counts the connection when it is closed for its preface.
+    metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl GrpcConnection {
-    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+    fn new(
+        tcp: TcpStream,
+        permit: OwnedSemaphorePermit,
+        header_timeout: Duration,
+        evict: oneshot::Receiver<()>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tcp,
             deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
-            preface_left: H2_PREFACE_LEN,
+            handshake: Handshake::default(),
+            evict: Some(evict),
+            metrics,
             _permit: permit,
         }
     }
@@ -168,18 +247,73 @@ impl AsyncRead for GrpcConnection {
         let Some(deadline) = &mut this.deadline else { return polled };
         match polled {
             Poll::Ready(Ok(())) => {
-                this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
-                if this.preface_left == 0 {
+                if this.handshake.feed(&buf.filled()[before..]) {
                     this.deadline = None;
+                    this.evict = None;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no HTTP/2 preface within server.header_timeout",
-            ))),
+            Poll::Pending => {
+                let closed = if deadline.as_mut().poll(cx).is_ready() {
+                    Some(("preface_timeout", "no HTTP/2 preface and SETTINGS within server.header_timeout"))
+                } else {
+                    match this.evict.as_mut().map(|evict| Pin::new(evict).poll(cx)) {
+                        Some(Poll::Ready(Ok(()))) => Some(("evicted", "closed in its handshake at the connection cap")),
+                        // The listener is gone (shutting down): the deadline still holds.
+                        Some(Poll::Ready(Err(_))) => {
+                            this.evict = None;
+                            None
+                        }
+                        Some(Poll::Pending) | None => None,
+                    }
+                };
+                let Some((reason, message)) = closed else { return Poll::Pending };
+                // Once: the connection ends with this error.
+                this.deadline = None;
+                this.evict = None;
+                this.metrics.connections_closed.with_label_values(&["grpc", reason]).inc();
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)))
+            }
             other => other,
         }
+    }
+}
+
+/// The client's side of an HTTP/2 handshake as it arrives: the 24-byte preface, then the first
+/// frame's 9-byte header (whose first 3 bytes are its payload length), then that payload.
+#[derive(Debug)]
+struct Handshake {
+    /// Bytes seen so far.
+    seen: usize,
+    /// Bytes the handshake takes: known once the frame header has arrived.
+    needed: usize,
+    /// The first frame's payload length, as its bytes arrive.
+    length: usize,
+}
+
+impl Default for Handshake {
+    fn default() -> Self {
+        Self { seen: 0, needed: H2_PREFACE_LEN + H2_FRAME_HEADER_LEN, length: 0 }
+    }
+}
+
+impl Handshake {
+    /// Takes the next bytes read; true once the handshake is complete.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            if self.seen >= self.needed {
+                break;
+            }
+            let at = self.seen;
+            self.seen += 1;
+            if (H2_PREFACE_LEN..H2_PREFACE_LEN + 3).contains(&at) {
+                self.length = self.length << 8 | usize::from(byte);
+                if at == H2_PREFACE_LEN + 2 {
+                    self.needed += self.length;
+                }
+            }
+        }
+        self.seen >= self.needed
     }
 }
 
@@ -214,5 +348,40 @@ impl Connected for GrpcConnection {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.tcp.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[test]
+    fn the_handshake_is_the_preface_and_the_whole_first_frame() {
+        // SETTINGS with one 6-byte setting.
+        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut handshake = Handshake::default();
+        assert!(!handshake.feed(PREFACE), "the preface alone");
+        assert!(!handshake.feed(&settings[..10]), "a frame cut off");
+        assert!(handshake.feed(&settings[10..]));
+    }
+
+    #[test]
+    fn a_handshake_in_one_read_with_more_behind_it_is_complete() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        bytes.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1]); // WINDOW_UPDATE
+        assert!(Handshake::default().feed(&bytes));
+    }
+
+    #[test]
+    fn bytes_one_at_a_time_count_the_same() {
+        let mut handshake = Handshake::default();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let (last, before) = bytes.split_last().expect("bytes");
+        assert!(before.iter().all(|b| !handshake.feed(std::slice::from_ref(b))));
+        assert!(handshake.feed(&[*last]));
     }
 }

@@ -21,6 +21,7 @@ use tonic_health::server::HealthReporter;
 use crate::clock::Clock;
 use crate::config::{Settings, StoreBackend};
 use crate::grpc::OAuthService;
+use crate::grpc_gate::GateLayer;
 use crate::listener;
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
 use crate::relay::{self, RelayState};
@@ -175,10 +176,13 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
+        let stopped = {
+            let stop_rx = stop_rx.clone();
+            move || {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
             }
         };
 
@@ -190,8 +194,16 @@ impl Application {
             tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
 
         let limits = self.settings.listener_limits;
+        // Calls are authenticated from their headers and their bodies read before they take one
+        // of the API's `max_concurrent_requests` slots; health has slots of its own.
+        let gate = GateLayer::new(
+            self.service.client_keys(),
+            limits.max_concurrent_requests,
+            limits.header_timeout,
+            Arc::clone(&self.metrics),
+        );
         let grpc = tonic::transport::Server::builder()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+            .layer(gate)
             .timeout(GRPC_REQUEST_TIMEOUT)
             // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
             // by the HTTP/2 layer itself (it refuses excess streams), so no per-request
@@ -211,14 +223,46 @@ impl Application {
             )
             // The incoming connections carry TCP_NODELAY, the connection cap and the preface
             // deadline (`Server::tcp_nodelay` covers only listeners tonic binds itself).
-            .serve_with_incoming_shutdown(listener::grpc_incoming(self.grpc, limits), stopped());
+            .serve_with_incoming_shutdown(
+                listener::grpc_incoming(self.grpc, limits, Arc::clone(&self.metrics)),
+                stopped(),
+            );
         let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics)));
-        let public = listener::serve_http(self.public, relay, limits, stopped());
+        let public = listener::serve_http("public", self.public, relay, limits, Arc::clone(&self.metrics), stopped());
         let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(&self.metrics));
-        let admin = listener::serve_http(self.admin, admin_router, limits, stopped());
+        let admin =
+            listener::serve_http("admin", self.admin, admin_router, limits, Arc::clone(&self.metrics), stopped());
+        let listeners: Vec<(&'static str, Listening)> = vec![
+            ("grpc", Box::pin(async { grpc.await.map_err(std::io::Error::other) })),
+            (
+                "public",
+                Box::pin(async {
+                    public.await;
+                    Ok(())
+                }),
+            ),
+            (
+                "admin",
+                Box::pin(async {
+                    admin.await;
+                    Ok(())
+                }),
+            ),
+        ];
 
         let drain = self.settings.drain;
         let ready = Arc::clone(&self.ready);
+        let (failed_ready, failed_reporter) = (Arc::clone(&self.ready), reporter.clone());
+        let servers = async move {
+            let served = serve_together(listeners, stop_rx).await;
+            if let Err(error) = &served {
+                // The others stop with it (the process exits): out of the Service at once.
+                tracing::error!(%error, "a listener failed; stopping");
+                failed_ready.store(false, Ordering::SeqCst);
+                set_status(&failed_reporter, ServingStatus::NotServing).await;
+            }
+            served
+        };
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutting down: readiness off, draining");
@@ -226,13 +270,9 @@ impl Application {
             set_status(&reporter, ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
         };
-        let servers = async {
-            let (grpc, (), ()) = tokio::join!(grpc, public, admin);
-            grpc.map_err(std::io::Error::other)
-        };
         tokio::pin!(servers, trigger);
         let served = tokio::select! {
-            // A server failed on its own: nothing left to drain.
+            // A listener failed or stopped on its own: the others are stopped with it.
             served = &mut servers => served,
             () = &mut trigger => match tokio::time::timeout(drain, &mut servers).await {
                 Ok(served) => served,
@@ -245,6 +285,40 @@ impl Application {
         health_task.abort();
         served
     }
+}
+
+/// A listener's serving future: it ends when told to stop (or when it fails).
+type Listening = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// Runs `listeners` together until each has ended after `stop` turned true. One that ends
+/// before (an error, or an end nobody asked for) ends them all at once with an error naming it:
+/// a process whose gRPC server is gone must not go on serving the relay and answering ready.
+async fn serve_together(
+    listeners: Vec<(&'static str, Listening)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use futures::StreamExt as _;
+    let mut running: futures::stream::FuturesUnordered<_> =
+        listeners.into_iter().map(|(name, listening)| async move { (name, listening.await) }).collect();
+    while let Some((name, ended)) = running.next().await {
+        match ended {
+            Err(error) => return Err(std::io::Error::new(error.kind(), ListenerFailed { name, source: Some(error) })),
+            Ok(()) if !*stop.borrow() => {
+                return Err(std::io::Error::other(ListenerFailed { name, source: None }));
+            }
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why a listener stopped serving before shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("the {name} listener stopped serving")]
+struct ListenerFailed {
+    name: &'static str,
+    #[source]
+    source: Option<std::io::Error>,
 }
 
 /// Server reflection of wxauth's service and the health service (served as v1 and v1alpha).
@@ -320,4 +394,55 @@ fn admin_router(ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Router {
             }),
         )
         .with_state(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pending() -> Listening {
+        Box::pin(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_fails_alone_ends_them_all_with_its_error() {
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let failing: Listening = Box::pin(async { Err(std::io::Error::other("accept loop died")) });
+        let listeners = vec![("grpc", failing), ("public", pending()), ("admin", pending())];
+        let served = tokio::time::timeout(Duration::from_secs(5), serve_together(listeners, stop_rx)).await;
+        let error = served.expect("ends at once, the others still running").expect_err("an error");
+        assert_eq!(error.to_string(), "the grpc listener stopped serving");
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_ends_unasked_ends_them_all() {
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let ended: Listening = Box::pin(async { Ok(()) });
+        let listeners = vec![("grpc", pending()), ("public", ended), ("admin", pending())];
+        let served = tokio::time::timeout(Duration::from_secs(5), serve_together(listeners, stop_rx)).await;
+        let error = served.expect("ends at once").expect_err("an error");
+        assert_eq!(error.to_string(), "the public listener stopped serving");
+    }
+
+    #[tokio::test]
+    async fn listeners_asked_to_stop_end_together_without_an_error() {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| -> Listening {
+            Box::pin(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+                Ok(())
+            })
+        };
+        let listeners = vec![
+            ("grpc", on_stop(stop_rx.clone())),
+            ("public", on_stop(stop_rx.clone())),
+            ("admin", on_stop(stop_rx.clone())),
+        ];
+        let serving = tokio::spawn(serve_together(listeners, stop_rx));
+        stop_tx.send(true).expect("receivers");
+        let served = tokio::time::timeout(Duration::from_secs(5), serving).await.expect("ends").expect("task");
+        assert!(served.is_ok(), "{served:?}");
+    }
 }

@@ -219,6 +219,15 @@ pub struct Metrics {
     /// Return URLs refused by a client's allowlist, by the rejection's code (`NETWORK_PATH`,
     /// `USERINFO_NOT_ALLOWED`, `NOT_IN_ALLOWLIST`, ...).
     pub return_url_refusals: IntCounterVec,
+    /// gRPC calls the gate ended before they took a request slot, by reason: `unauthenticated`
+    /// (no valid key in the headers), `body_timeout` (no whole body within
+    /// `server.header_timeout`), `body_too_large`.
+    pub grpc_refusals: IntCounterVec,
+    /// Connections closed for their slowness, by listener (`grpc`, `public`, `admin`) and reason:
+    /// `preface_timeout` (gRPC: no HTTP/2 preface and SETTINGS within `server.header_timeout`),
+    /// `evicted` (gRPC: closed in its handshake to make room at the connection cap),
+    /// `header_timeout` (HTTP: no whole request head within it).
+    pub connections_closed: IntCounterVec,
 }
 
 /// Requests refused as malformed before any handler saw them, or for a field whose form is an
@@ -327,6 +336,16 @@ impl Metrics {
                 "wxauth_profile_cache_total",
                 "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
                 &["result"],
+            ),
+            grpc_refusals: counter(
+                "wxauth_grpc_refusals_total",
+                "gRPC calls refused before they took a request slot, by reason (unauthenticated, body_timeout, body_too_large).",
+                &["reason"],
+            ),
+            connections_closed: counter(
+                "wxauth_connections_closed_total",
+                "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout).",
+                &["listener", "reason"],
             ),
             client_refusals: counter(
                 "wxauth_client_refusals_total",

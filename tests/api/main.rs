@@ -12,6 +12,7 @@ mod concurrency;
 mod consent;
 mod docs;
 mod exchange;
+mod flood;
 mod helpers;
 mod hostile;
 mod limits;
