@@ -9,18 +9,30 @@ use tonic_types::StatusExt as _;
 use wxauth::proto::RefreshTokenRequest;
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, RedisServer, TestApp, reason, spawn_app, spawn_app_with, spawn_sim};
+use crate::helpers::{Backend, RedisServer, TestApp, reason, settings_toml, spawn_app, spawn_settings, spawn_sim};
 
 /// The tests here that send a thousand calls at once take turns: two at a time are more than a
 /// loaded 2-core test machine answers within the store's and WeChat's timeouts.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Two wxauth replicas over one Redis and one simulator, with alice signed in.
+/// How long WeChat holds the one refresh in the thousand-caller tests, so that the other callers
+/// arrive while it is in flight. On a loaded machine (load average 15-16 beside a parallel
+/// `cargo build --release`, 2026-12-04) a thousand calls reached the replicas over more than the
+/// 300 ms once used here: every other caller found the token fresh, none waited, and the test's
+/// "the other replica waited" failed (1 run in 2). 3 s is ten times that.
+const REFRESH_HOLD: Duration = Duration::from_secs(3);
+
+/// Two wxauth replicas over one Redis and one simulator, with alice signed in. Their WeChat
+/// timeout is 30 s, well above [`REFRESH_HOLD`]: a refresh timed out and sent again would be a
+/// second refresh for a reason these tests are not about.
 async fn two_replicas() -> (TestApp, TestApp, String) {
     let (sim, sim_addr) = spawn_sim().await;
-    let redis = Some(Arc::new(tokio::sync::Mutex::new(RedisServer::start().await)));
-    let a = spawn_app_with(sim.clone(), sim_addr, redis.clone(), "").await;
-    let b = spawn_app_with(sim, sim_addr, redis, "").await;
+    let redis = Arc::new(tokio::sync::Mutex::new(RedisServer::start().await));
+    let store = format!("kind = \"redis\"\nurl = \"{}\"", redis.lock().await.url());
+    let toml = settings_toml(sim_addr, &store, "").replace("timeout = \"2s\"", "timeout = \"30s\"");
+    let settings = || wxauth::config::Settings::from_toml(&toml).expect("test settings");
+    let a = spawn_settings(sim.clone(), sim_addr, Some(Arc::clone(&redis)), settings()).await;
+    let b = spawn_settings(sim, sim_addr, Some(redis), settings()).await;
     let openid = a.login("alice", "snsapi_userinfo").await.openid;
     (a, b, openid)
 }
@@ -73,7 +85,7 @@ async fn a_thousand_callers_on_two_replicas_make_one_refresh(age: Duration) {
     let before = a.store.get_token("mp", &openid).await.expect("store").expect("record");
     advance_all(&a, &b, age);
     // A slow refresh makes the overlap certain.
-    a.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(300)), 1);
+    a.sim.inject(Endpoint::RefreshToken, Fault::Delay(REFRESH_HOLD), 1);
 
     let calls = (0..1000).map(|i| user_info_retrying(if i % 2 == 0 { &a } else { &b }, &openid));
     let results = futures::future::join_all(calls).await;
