@@ -97,34 +97,34 @@ fn replay(target: &str, run: fn(&[u8])) {
 }
 
 #[test]
-fn allowlist_inputs_replay() {
+fn the_allowlist_target_passes_every_committed_input() {
     replay("allowlist", allowlist::run);
 }
 
 #[test]
-fn callback_query_inputs_replay() {
+fn the_callback_query_target_passes_every_committed_input() {
     replay("callback_query", callback_query::run);
 }
 
 #[test]
-fn config_inputs_replay() {
+fn the_config_target_passes_every_committed_input() {
     replay("config", config::run);
 }
 
 #[test]
-fn sealed_record_inputs_replay() {
+fn the_sealed_record_target_passes_every_committed_input() {
     replay("sealed_record", sealed_record::run);
 }
 
 #[test]
-fn wechat_response_inputs_replay() {
+fn the_wechat_response_target_passes_every_committed_input() {
     replay("wechat_response", wechat_response::run);
 }
 
 /// A target added to `fuzz/Cargo.toml` without a replay here fails, and so does a corpus or
 /// regressions folder of no target.
 #[test]
-fn every_fuzz_target_is_replayed() {
+fn every_fuzz_target_and_input_folder_is_replayed() {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
     let mut declared: Vec<&str> = manifest
         .split("[[bin]]")
