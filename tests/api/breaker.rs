@@ -259,7 +259,14 @@ async fn a_refresh_lock_left_by_a_dead_replica_holds_the_user_no_longer_than_its
     assert!(refreshed.into_inner().access_token_expire_time.is_some());
     assert_eq!(app.sim.calls(Endpoint::RefreshToken), 1, "this caller refreshed");
     assert!(took >= lock_life - Duration::from_millis(100), "the dead replica's lock was respected: {took:?}");
-    assert!(took < lock_life + Duration::from_millis(500), "held past the lock's life: {took:?}");
+    // How far past the lapse the answer may come. The waiter takes the lock at its first poll
+    // after the lapse (every 20-40 ms), then refreshes. Measured (2026-12-04, debug build, 2
+    // cores): 9-21 ms past the lapse at load average 10, and 16-179 ms over 20 runs in a row
+    // beside a parallel `cargo build --release` at load average 15-16 (the old bound, 500 ms,
+    // is what load broke). What this must tell apart is a wait for the waiter's own lock life
+    // (24.6 s by default) or its give-up (twice that), not milliseconds: 2 s is 11x the worst
+    // measured and 11x below the nearest wrong answer.
+    assert!(took < lock_life + Duration::from_secs(2), "held past the lock's life: {took:?}");
     let left: bool = redis::cmd("EXISTS").arg(&lock_key).query_async(&mut conn).await.expect("EXISTS");
     assert!(!left, "the refresh released its own lock");
 }

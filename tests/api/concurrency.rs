@@ -5,21 +5,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
+use tonic_types::StatusExt as _;
 use wxauth::proto::RefreshTokenRequest;
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, RedisServer, TestApp, reason, spawn_app, spawn_app_with, spawn_sim};
+use crate::helpers::{Backend, RedisServer, TestApp, reason, settings_toml, spawn_app, spawn_settings, spawn_sim};
 
 /// The tests here that send a thousand calls at once take turns: two at a time are more than a
 /// loaded 2-core test machine answers within the store's and WeChat's timeouts.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Two wxauth replicas over one Redis and one simulator, with alice signed in.
+/// How long WeChat holds the one refresh in the thousand-caller tests, so that the other callers
+/// arrive while it is in flight. On a loaded machine (load average 15-16 beside a parallel
+/// `cargo build --release`, 2026-12-04) a thousand calls reached the replicas over more than the
+/// 300 ms once used here: every other caller found the token fresh, none waited, and the test's
+/// "the other replica waited" failed (1 run in 2). 3 s is ten times that.
+const REFRESH_HOLD: Duration = Duration::from_secs(3);
+
+/// Two wxauth replicas over one Redis and one simulator, with alice signed in. Their WeChat
+/// timeout is 30 s, well above [`REFRESH_HOLD`]: a refresh timed out and sent again would be a
+/// second refresh for a reason these tests are not about.
 async fn two_replicas() -> (TestApp, TestApp, String) {
     let (sim, sim_addr) = spawn_sim().await;
-    let redis = Some(Arc::new(tokio::sync::Mutex::new(RedisServer::start().await)));
-    let a = spawn_app_with(sim.clone(), sim_addr, redis.clone(), "").await;
-    let b = spawn_app_with(sim, sim_addr, redis, "").await;
+    let redis = Arc::new(tokio::sync::Mutex::new(RedisServer::start().await));
+    let store = format!("kind = \"redis\"\nurl = \"{}\"", redis.lock().await.url());
+    let toml = settings_toml(sim_addr, &store, "").replace("timeout = \"2s\"", "timeout = \"30s\"");
+    let settings = || wxauth::config::Settings::from_toml(&toml).expect("test settings");
+    let a = spawn_settings(sim.clone(), sim_addr, Some(Arc::clone(&redis)), settings()).await;
+    let b = spawn_settings(sim, sim_addr, Some(redis), settings()).await;
     let openid = a.login("alice", "snsapi_userinfo").await.openid;
     (a, b, openid)
 }
@@ -36,6 +49,28 @@ async fn wechat_userinfo(app: &TestApp, result: &str) -> u64 {
         .sum()
 }
 
+/// GetUserInfo as a caller following the contract (docs/api.md, "retry only when RetryInfo is
+/// there, after its delay"), and how many times it retried. On a loaded 2-core machine a few of a
+/// thousand calls at once meet a store operation over its bound (the Redis reply timeout, 1.5 s)
+/// and answer `STORE_UNAVAILABLE` with RetryInfo: measured 0 to 19 of 1,000 (2026-12-04, load
+/// average 10). That is the store's fail-fast rule working, not what these tests are about: what
+/// they count is WeChat's refreshes, which a retry never adds (the token is fresh by then).
+async fn user_info_retrying(app: &TestApp, openid: &str) -> (Result<wxauth::proto::UserInfo, tonic::Status>, u64) {
+    let mut retries = 0;
+    loop {
+        let result = app.user_info(openid).await;
+        let delay = match &result {
+            Err(status) if status.code() == Code::Unavailable && retries < 10 => {
+                status.get_error_details().retry_info().and_then(|r| r.retry_delay)
+            }
+            _ => None,
+        };
+        let Some(delay) = delay else { return (result, retries) };
+        retries += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Moves WeChat's clock and both replicas' clocks forward.
 fn advance_all(a: &TestApp, b: &TestApp, by: Duration) {
     a.advance(by);
@@ -50,20 +85,27 @@ async fn a_thousand_callers_on_two_replicas_make_one_refresh(age: Duration) {
     let before = a.store.get_token("mp", &openid).await.expect("store").expect("record");
     advance_all(&a, &b, age);
     // A slow refresh makes the overlap certain.
-    a.sim.inject(Endpoint::RefreshToken, Fault::Delay(Duration::from_millis(300)), 1);
+    a.sim.inject(Endpoint::RefreshToken, Fault::Delay(REFRESH_HOLD), 1);
 
-    let calls = (0..1000).map(|i| if i % 2 == 0 { &a } else { &b }.user_info(&openid));
+    let calls = (0..1000).map(|i| user_info_retrying(if i % 2 == 0 { &a } else { &b }, &openid));
     let results = futures::future::join_all(calls).await;
 
-    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let retries: u64 = results.iter().map(|(_, retries)| retries).sum();
+    let failures: Vec<_> = results.iter().filter_map(|(r, _)| r.as_ref().err()).collect();
     assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
     assert_eq!(a.sim.calls(Endpoint::RefreshToken), 1, "exactly one refresh reached WeChat");
     // One good answer per caller and never a rejected token (no refresh-and-retry). Under a
     // loaded machine a userinfo call may time out and be retried: those extra calls are not
-    // what this test is about, so only answers are counted, not calls.
+    // what this test is about, so only answers are counted, not calls. A caller's retry (above)
+    // may ask WeChat once more if its first try failed after WeChat had answered.
     let (ok, rejected) = (wechat_userinfo(&a, "ok").await, wechat_userinfo(&a, "errcode").await);
     let (ok_b, rejected_b) = (wechat_userinfo(&b, "ok").await, wechat_userinfo(&b, "errcode").await);
-    assert_eq!((ok + ok_b, rejected + rejected_b), (1000, 0));
+    assert_eq!(rejected + rejected_b, 0, "a rejected token");
+    assert!(
+        (1000..=1000 + retries).contains(&(ok + ok_b)),
+        "{} good answers from WeChat, {retries} retries",
+        ok + ok_b
+    );
     assert_eq!(a.tokens.refreshes("upstream") + b.tokens.refreshes("upstream"), 1);
     assert!(a.tokens.refreshes("coalesced") + b.tokens.refreshes("coalesced") >= 1, "the other replica waited");
     let after = a.store.get_token("mp", &openid).await.expect("store").expect("record");
