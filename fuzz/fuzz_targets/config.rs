@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
                 let Some(at) = url.rfind('@') else { continue };
                 let after_scheme = url.find("://").map(|c| c + 3).or_else(|| url.find(':').map(|c| c + 1)).unwrap_or(0);
                 let credentials = &url[after_scheme.min(at)..at];
-                for piece in credentials.split([':', '/']).filter(|p| p.len() >= 6 && !url[at..].contains(*p) && !url[..after_scheme.min(at)].contains(*p)) {
+                for piece in credentials
+                    .split([':', '/'])
+                    .filter(|p| p.len() >= 6 && !url[at..].contains(*p) && !url[..after_scheme.min(at)].contains(*p))
+                {
                     assert!(!shown.contains(piece), "the summary shows a store credential: {shown}");
                 }
             }

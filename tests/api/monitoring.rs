@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 
-use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
+use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope, WxLoginOptions};
 use wxauth::sim::{Endpoint, Fault};
 
 use crate::helpers::{Backend, PASSPORT_KEY, Relayed, authed, eventually, spawn_app_configured};
@@ -334,6 +334,9 @@ async fn walk() -> String {
         hex::encode(wxauth::config::key_digest(GREEDY_KEY)),
     );
     let app = spawn_app_configured(Backend::Redis, &greedy).await;
+    // A connection that never sends the HTTP/2 preface: closed after `server.header_timeout`
+    // (10 s by default), counted while the rest of the walk runs (waited for at its end).
+    let silent = tokio::net::TcpStream::connect(app.grpc_addr).await.expect("a silent connection");
     let login = app.login("alice", "snsapi_userinfo").await;
     app.mobile_login("bob").await;
     app.mini_login("alice").await;
@@ -365,6 +368,20 @@ async fn walk() -> String {
     };
     app.grpc.clone().build_authorize_url(authed(GREEDY_KEY, request())).await.expect("within the burst");
     app.grpc.clone().build_authorize_url(authed(GREEDY_KEY, request())).await.expect_err("over the rate");
+    // Refusals an attack makes: a call without a key (refused from its headers), a return URL
+    // with a network-path path, an href that is not a stylesheet URL.
+    app.grpc.clone().build_authorize_url(tonic::Request::new(request())).await.expect_err("no key");
+    let network_path =
+        BuildAuthorizeUrlRequest { return_url: "https://passport.example.com//evil.example".into(), ..request() };
+    app.grpc.clone().build_authorize_url(app.req(network_path)).await.expect_err("a network-path return URL");
+    let href = WxLoginOptions { href: "https:cdn.example/x.css".into(), ..Default::default() };
+    let qr = BuildAuthorizeUrlRequest {
+        app: "web".into(),
+        scope: Scope::SnsapiLogin as i32,
+        wx_login_options: Some(href),
+        ..request()
+    };
+    app.grpc.clone().build_authorize_url(app.req(qr)).await.expect_err("an href that is not canonical");
 
     // A Redis outage: store errors, the breaker opens and refuses; then it comes back.
     let redis = app.redis.clone().expect("redis");
@@ -387,7 +404,20 @@ async fn walk() -> String {
     })
     .await;
     assert!(closed, "the breaker closed again");
-    app.login("bob", "snsapi_base").await;
+    // A silent sign-in's client asks for the profile: its own sign-in did not grant it.
+    let silent_login = app.login("bob", "snsapi_base").await;
+    app.user_info(&silent_login.openid).await.expect_err("SCOPE_NOT_GRANTED");
+    // The header timeout is 10 s: poll for twice that (a hang guard, not a bound under test).
+    let mut closed = false;
+    for _ in 0..200 {
+        closed = value(&metrics().await, "wxauth_connections_closed_total") > Some(0.0);
+        if closed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the silent connection was closed and counted");
+    drop(silent);
     metrics().await
 }
 
