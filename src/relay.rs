@@ -402,6 +402,33 @@ mod tests {
     }
 
     #[test]
+    fn the_browser_cookie_is_secure_outside_the_dev_mode_and_lives_as_long_as_the_flow() {
+        let start = |secure| Start {
+            apps: BTreeMap::new(),
+            open_base: Url::parse("https://open.weixin.qq.com").expect("url"),
+            callback_url: "https://auth.example.com/wechat/callback".into(),
+            cookie_path: "/wechat/callback".into(),
+            secure,
+        };
+        let left = Duration::from_millis(59_001);
+        assert_eq!(
+            set_cookie("wxauth_abc", "00ff", &start(true), left),
+            "wxauth_abc=00ff; Path=/wechat/callback; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert!(!set_cookie("wxauth_abc", "00ff", &start(false), left).contains("Secure"));
+    }
+
+    #[test]
+    fn the_cookie_of_a_name_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; wxauth_x=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("wxauth_y=3"));
+        assert_eq!(cookie(&headers, "wxauth_x"), Some("2"));
+        assert_eq!(cookie(&headers, "wxauth_y"), Some("3"));
+        assert_eq!(cookie(&headers, "wxauth_"), None);
+    }
+
+    #[test]
     fn a_denied_callback_has_state_only() {
         assert_eq!(parse_query("state=Flow123"), Ok(Callback { code: None, state: "Flow123".into() }));
     }
