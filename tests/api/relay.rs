@@ -345,3 +345,28 @@ async fn an_unused_flow_expires_after_its_ttl() {
     assert_eq!(late.status(), 400);
     assert!(late.headers().get("location").is_none());
 }
+
+/// The open-flow cap counts flows that exist: a flow whose write fails after the cap counted it
+/// gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_write_fails_gives_its_open_flow_place_back() {
+    // Arrange: Redis refuses the flow's write (HSETNX) and nothing else.
+    let app = spawn_app(Backend::Redis).await;
+    let redis = app.redis.as_ref().expect("redis");
+    let mut conn = redis.lock().await.conn().await;
+    let acl = |rule: &'static str| redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).clone();
+    let () = acl("-hsetnx").query_async(&mut conn).await.expect("acl");
+    let request = BuildAuthorizeUrlRequest {
+        app: "mp".into(),
+        return_url: "https://passport.example.com/login/".into(),
+        ..Default::default()
+    };
+    // Act
+    let refused = app.grpc.clone().build_authorize_url(app.req(request)).await;
+    let () = acl("+hsetnx").query_async(&mut conn).await.expect("acl");
+    // Assert
+    assert_eq!(crate::helpers::reason(&refused.expect_err("the write failed")), "STORE_UNAVAILABLE");
+    let open: u64 =
+        redis::cmd("ZCARD").arg("wxauth:client:passport:flows").query_async(&mut conn).await.expect("zcard");
+    assert_eq!(open, 0, "no place is held for a flow that was never written");
+}
