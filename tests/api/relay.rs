@@ -192,7 +192,9 @@ async fn a_state_that_is_no_flow_id_of_wxaths_never_reaches_the_store(backend: B
         .lines()
         .filter(|l| l.starts_with("wxauth_store_operation_duration_seconds_count{"))
         .filter(|l| {
-            ["use_flow", "read_flow", "del_if_eq", "del"].iter().any(|op| l.contains(&format!("operation=\"{op}\"")))
+            ["use_flow", "use_flow_binding", "read_flow", "del_if_eq", "del"]
+                .iter()
+                .any(|op| l.contains(&format!("operation=\"{op}\"")))
         })
         .collect();
     assert_eq!(store_calls, Vec::<&str>::new(), "no store call for any of them");
