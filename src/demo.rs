@@ -7,7 +7,9 @@
 //!   browser the official account, elsewhere the website app's QR code.
 //! - `GET /login/mobile`, `GET /login/pc` call `BuildAuthorizeUrl` over gRPC with a fresh CSRF
 //!   `state`, bind that state and the flow id wxauth returns to the browser with cookies, and
-//!   send the browser to WeChat.
+//!   send the browser to wxauth's `start_url`, which binds the flow to this browser (a cookie
+//!   on the callback domain) and sends it on to WeChat: the flow id alone is then worth nothing
+//!   to anyone else.
 //! - `GET /login/qr` ("QR on this page") shows the website app's QR code on the demo's own page
 //!   with WeChat's `wxLogin.js` (the simulator's stand-in in dev mode), from the `wx_login`
 //!   parameters `BuildAuthorizeUrl` returns; `?self_redirect=true` makes the callback land inside
@@ -17,7 +19,9 @@
 //!   (a code is bound to the flow it came through: one pasted into another browser's sign-in
 //!   is refused) and `GetUserInfo` (from wxauth's profile cache) give what the page shows. No `code` means the
 //!   user declined. A reload calls `ExchangeCode` again with the same code and flow, which
-//!   wxauth answers idempotently.
+//!   wxauth answers idempotently. A return with neither `code` nor `state` is a refusal too:
+//!   the relay gives the state only to the browser a flow was bound to, and the QR code on
+//!   this page is not bound to one.
 //!
 //! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
 
@@ -233,11 +237,12 @@ async fn login_qr(State(demo): State<Demo>, RawQuery(query): RawQuery) -> Result
     with_flow_cookies(page("Sign in with WeChat", &body).into_response(), &state, &started.flow_id)
 }
 
-/// Asks wxauth for the WeChat URL with a fresh CSRF state, remembers the state in a cookie,
-/// and sends the browser there.
+/// Asks wxauth for a flow with a fresh CSRF state, remembers the state in a cookie, and sends
+/// the browser to the flow's start URL (which binds the flow to this browser, then redirects to
+/// WeChat).
 async fn start_login(demo: &Demo, device: Device) -> Result<Response, PageError> {
     let (started, state) = start_flow(demo, device, None).await?;
-    let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| PageError::Unavailable)?;
+    let location = HeaderValue::from_str(&started.start_url).map_err(|_| PageError::Unavailable)?;
     let mut response = StatusCode::FOUND.into_response();
     response.headers_mut().insert(header::LOCATION, location);
     with_flow_cookies(response, &state, &started.flow_id)
@@ -286,6 +291,11 @@ async fn callback(
         return Ok(break_out());
     }
     let query = query.unwrap_or_default();
+    if param(&query, "state").is_none() && param(&query, "code").is_none() {
+        // A refusal in a flow not bound to a browser (the QR code on this page): the relay
+        // keeps the state back.
+        return Ok(declined());
+    }
     let state = param(&query, "state").ok_or(PageError::BadCallback)?;
     if cookie(&headers, STATE_COOKIE).is_none_or(|expected| expected != state) {
         return Err(PageError::StateMismatch);

@@ -182,7 +182,7 @@ impl OAuthService {
             ApiError::ReturnUrlNotAllowed(r.code())
         })?;
 
-        let flow_id = self.store.new_flow_id(&client.name, &app.name);
+        let (flow_id, start_token) = self.store.new_flow(&client.name, &app.name);
         let now = self.clock.now_secs();
         let flow = Flow {
             app: app.name.clone(),
@@ -191,6 +191,7 @@ impl OAuthService {
             scope: scope.as_str().to_owned(),
             caller: client.name.clone(),
             created_at: now,
+            force_popup: req.force_popup,
         };
         self.start_flow(client, &flow_id, &flow).await?;
         self.metrics.flows_started.with_label_values(&[app.name.as_str()]).inc();
@@ -213,35 +214,56 @@ impl OAuthService {
             app: app.name.clone(),
             scope: scope_to_proto(scope) as i32,
             wx_login,
+            start_url: crate::relay::start_url(&self.settings.callback_url, &start_token),
         })
     }
 
     /// Stores a new flow and counts it against the client's `max_open_flows`. The two go out
     /// together (one round trip's wait, not two; different keys, so concurrent commands, not a
-    /// pipeline): on the rare refusal the flow just written is deleted again.
+    /// pipeline): on the rare refusal the flow just written is deleted again, and when the
+    /// write fails the place just counted is given back.
     async fn start_flow(&self, client: &Client, flow_id: &str, flow: &Flow) -> Result<(), ApiError> {
         let ttl = self.settings.flow_ttl;
-        let cap = client.limits.max_open_flows;
         let (stored, admission) = tokio::join!(
             self.store.put_flow(flow_id, flow, ttl),
-            self.store.admit_flow(&client.name, cap, ttl, self.clock.now_ms()),
+            self.store.admit_flow(&client.name, client.limits.max_open_flows, ttl, self.clock.now_ms()),
         );
-        if let Admission::Refused { retry_after } = admission? {
-            if matches!(stored, Ok(true))
-                && let Err(e) = self.store.delete_flow(flow_id).await
-            {
-                // It expires by itself; it was never handed to the caller.
-                tracing::warn!(error = %e, "refused flow left to expire");
+        let slot = match admission? {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused { retry_after } => {
+                return Err(self.refuse_flow(client, flow_id, stored, retry_after).await);
             }
-            let error = ApiError::TooManyOpenFlows { limit: cap, retry_after };
-            let labels = [client.name.as_str(), Family::Authorize.as_str(), error.reason()];
-            self.metrics.client_refusals.with_label_values(&labels).inc();
-            return Err(error);
+        };
+        match stored {
+            Ok(true) => Ok(()),
+            failed => {
+                if let Err(e) = self.store.release_flow_slot(&client.name, &slot).await {
+                    // It frees itself when the flow would have expired.
+                    tracing::warn!(error = %e, "open-flow place of an unwritten flow left to expire");
+                }
+                Err(failed.map_or_else(ApiError::from, |_| ApiError::Internal))
+            }
         }
-        if !stored? {
-            return Err(ApiError::Internal);
+    }
+
+    /// The open-flow cap's refusal: the flow written meanwhile is deleted, the refusal counted.
+    async fn refuse_flow(
+        &self,
+        client: &Client,
+        flow_id: &str,
+        stored: Result<bool, crate::store::StoreError>,
+        retry_after: Duration,
+    ) -> ApiError {
+        if matches!(stored, Ok(true))
+            && let Err(e) = self.store.delete_flow(flow_id).await
+        {
+            // It expires by itself; it was never handed to the caller.
+            tracing::warn!(error = %e, "refused flow left to expire");
         }
-        Ok(())
+        let error = ApiError::TooManyOpenFlows { limit: client.limits.max_open_flows, retry_after };
+        let labels = [client.name.as_str(), Family::Authorize.as_str(), error.reason()];
+        self.metrics.client_refusals.with_label_values(&labels).inc();
+        error
     }
 
     async fn exchange_code_inner(

@@ -184,6 +184,8 @@ pub struct Metrics {
     pub wechat_duration: HistogramVec,
     /// Relay callbacks by outcome.
     pub relay_callbacks: IntCounterVec,
+    /// Visits of flows' start URLs by outcome (`started`, or the refusal).
+    pub relay_starts: IntCounterVec,
     /// Flows started, by app: with the relay's first callbacks (`relayed`, `denied_relayed`),
     /// the flows that ended without a callback (a user who closed WeChat's page, or denied on an
     /// official account, which may not call back) are their difference, once `flow.ttl` passed.
@@ -310,6 +312,11 @@ impl Metrics {
             relay_callbacks: counter(
                 "wxauth_relay_callbacks_total",
                 "Callbacks at the relay, by outcome.",
+                &["outcome"],
+            ),
+            relay_starts: counter(
+                "wxauth_relay_starts_total",
+                "Start URL visits at the relay (a flow bound to a browser), by outcome.",
                 &["outcome"],
             ),
             flows_started: counter(

@@ -1356,6 +1356,7 @@ mod tests {
             scope: "snsapi_userinfo".into(),
             caller: "test".into(),
             created_at: 0,
+            force_popup: false,
         };
         let ttl = Duration::from_secs(360);
         assert!(store.put_flow(&flow_id, &flow, ttl).await.expect("flow"));

@@ -436,27 +436,7 @@ impl WechatClient {
     /// scope, state`, then `forcePopup`, then `connect_redirect=1` (oauth2/authorize only), then
     /// `#wechat_redirect`. WeChat rejects other orders.
     pub fn authorize_url(&self, p: &AuthorizeParams<'_>) -> String {
-        let page = match p.app.kind {
-            AppKind::OfficialAccount => "connect/oauth2/authorize",
-            // Mobile apps and mini programs have no authorize page: BuildAuthorizeUrl refuses them.
-            AppKind::Website | AppKind::MobileApp | AppKind::MiniProgram => "connect/qrconnect",
-        };
-        let redirect = encode_redirect_uri(p.redirect_uri);
-        let mut out = format!(
-            "{}{page}?appid={}&redirect_uri={redirect}&response_type=code&scope={}&state={}",
-            base(&self.settings.open_base),
-            p.app.appid,
-            p.scope.as_str(),
-            p.state,
-        );
-        if p.force_popup {
-            out.push_str("&forcePopup=true");
-        }
-        if p.app.kind == AppKind::OfficialAccount {
-            out.push_str("&connect_redirect=1");
-        }
-        out.push_str("#wechat_redirect");
-        out
+        authorize_url(&self.settings.open_base, p)
     }
 
     /// What `new WxLogin({...})` needs to show the QR code of a website-app flow on the
@@ -634,6 +614,32 @@ fn number_or_numeric_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -
 }
 
 /// The base URL as a prefix ending in `/`.
+/// The authorize URL on `open_base` ([`WechatClient::authorize_url`], which the relay's start
+/// URL also uses for a flow's browser-bound id): parameters in WeChat's order.
+pub fn authorize_url(open_base: &Url, p: &AuthorizeParams<'_>) -> String {
+    let page = match p.app.kind {
+        AppKind::OfficialAccount => "connect/oauth2/authorize",
+        // Mobile apps and mini programs have no authorize page: BuildAuthorizeUrl refuses them.
+        AppKind::Website | AppKind::MobileApp | AppKind::MiniProgram => "connect/qrconnect",
+    };
+    let redirect = encode_redirect_uri(p.redirect_uri);
+    let mut out = format!(
+        "{}{page}?appid={}&redirect_uri={redirect}&response_type=code&scope={}&state={}",
+        base(open_base),
+        p.app.appid,
+        p.scope.as_str(),
+        p.state,
+    );
+    if p.force_popup {
+        out.push_str("&forcePopup=true");
+    }
+    if p.app.kind == AppKind::OfficialAccount {
+        out.push_str("&connect_redirect=1");
+    }
+    out.push_str("#wechat_redirect");
+    out
+}
+
 fn base(url: &Url) -> String {
     let s = url.as_str();
     if s.ends_with('/') { s.to_owned() } else { format!("{s}/") }

@@ -190,16 +190,21 @@ class Wxauth {
   }
 }
 
-/** (status, headers, body) of one request as the in-app browser makes it, redirects not followed. */
-async function fetchPage(url, form) {
+/** (status, headers, body) of one request as the in-app browser makes it (with `cookie`, when given), redirects not followed. */
+async function fetchPage(url, form, cookie) {
   const response = await fetch(url, {
     method: form ? 'POST' : 'GET',
     body: form ? new URLSearchParams(form) : undefined,
-    headers: { 'User-Agent': WECHAT_BROWSER_UA },
+    headers: cookie ? { 'User-Agent': WECHAT_BROWSER_UA, Cookie: cookie } : { 'User-Agent': WECHAT_BROWSER_UA },
     redirect: 'manual',
     signal: AbortSignal.timeout(DEADLINE_MS),
   });
-  return { status: response.status, location: response.headers.get('location'), body: await response.text() };
+  return {
+    status: response.status,
+    location: response.headers.get('location'),
+    setCookie: response.headers.get('set-cookie'),
+    body: await response.text(),
+  };
 }
 
 function unescapeHtml(text) {
@@ -227,9 +232,20 @@ async function consent(authorizeUrl, user) {
   return allowed.location;
 }
 
-/** The callback reaches wxauth's relay, which redirects to the product's return URL. */
-async function relay(callbackUrl, relayBase) {
-  const answer = await fetchPage(`${relayBase}/wechat/callback${new URL(callbackUrl).search}`);
+/**
+ * The browser follows the product's redirect to the flow's start URL (on wxauth's callback
+ * domain; `relayBase` reaches it here): wxauth binds the flow to this browser with a cookie and
+ * redirects to WeChat. Returns WeChat's authorize URL and the cookie the browser keeps.
+ */
+async function start(startUrl, relayBase) {
+  const answer = await fetchPage(`${relayBase}/wechat/callback${new URL(startUrl).search}`);
+  if (answer.status !== 302) throw new Error(`start URL: HTTP ${answer.status}`);
+  return { toWechat: answer.location, cookie: answer.setCookie.split(';', 1)[0] };
+}
+
+/** The callback reaches wxauth's relay with the browser's cookie; the relay redirects to the product's return URL. */
+async function relay(callbackUrl, relayBase, cookie) {
+  const answer = await fetchPage(`${relayBase}/wechat/callback${new URL(callbackUrl).search}`, undefined, cookie);
   if (answer.status !== 302) throw new Error(`relay: HTTP ${answer.status}`);
   return answer.location;
 }
@@ -252,7 +268,11 @@ async function signIn(wxauth, args, seen) {
     session.flowId = built.flow_id;
     seen.authorize_url_ends_with = built.authorize_url.slice(-16);
 
-    const backToProduct = new URL(await relay(await consent(built.authorize_url, args.user), args.relay));
+    // The product redirects the browser to `start_url`, which binds the flow to it and sends it
+    // to WeChat; the relay then answers the callback for this browser only.
+    const { toWechat, cookie } = await start(built.start_url, args.relay);
+    seen.start_url_on_callback_domain = built.start_url.includes('/wechat/callback?start=');
+    const backToProduct = new URL(await relay(await consent(toWechat, args.user), args.relay, cookie));
     seen.returned_to = `${backToProduct.origin}${backToProduct.pathname}`;
     seen.state_matches = backToProduct.searchParams.get('state') === session.csrf;
     if (!seen.state_matches) throw new Error('state does not match the session: refuse');

@@ -76,9 +76,12 @@ WECHAT_BROWSER_UA = (
 )
 
 
-def fetch(url, data=None):
+def fetch(url, data=None, cookie=None):
     """(status, headers, body) of one request, 3xx included."""
-    request = urllib.request.Request(url, data=data, headers={"User-Agent": WECHAT_BROWSER_UA})
+    headers = {"User-Agent": WECHAT_BROWSER_UA}
+    if cookie:
+        headers["Cookie"] = cookie
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with OPENER.open(request, timeout=10) as response:
             return response.status, response.headers, response.read().decode()
@@ -106,11 +109,24 @@ def consent(authorize_url, user):
     return headers["Location"]
 
 
-def relay(callback_url, relay_base):
-    """The callback reaches wxauth's relay (through the Ingress of the callback domain in
-    production); the relay answers with a redirect to the product's return URL."""
-    query = urllib.parse.urlsplit(callback_url).query
+def start(start_url, relay_base):
+    """The browser follows the product's redirect to the flow's start URL (on wxauth's callback
+    domain; `relay_base` reaches it here). wxauth binds the flow to this browser with a cookie
+    and redirects to WeChat. Returns WeChat's authorize URL and the cookie the browser keeps."""
+    query = urllib.parse.urlsplit(start_url).query
     status, headers, _ = fetch(f"{relay_base}/wechat/callback?{query}")
+    if status != 302:
+        sys.exit(f"start URL: HTTP {status}")
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    return headers["Location"], cookie
+
+
+def relay(callback_url, relay_base, cookie):
+    """The callback reaches wxauth's relay (through the Ingress of the callback domain in
+    production) with the browser's cookie; the relay answers with a redirect to the product's
+    return URL."""
+    query = urllib.parse.urlsplit(callback_url).query
+    status, headers, _ = fetch(f"{relay_base}/wechat/callback?{query}", cookie=cookie)
     if status != 302:
         sys.exit(f"relay: HTTP {status}")
     return headers["Location"]
@@ -199,8 +215,12 @@ def main():
     built = wxauth.call("BuildAuthorizeUrl", request, Trace())
     seen["authorize_url_ends_with"] = built.authorize_url[-16:]
 
-    # 2. The browser: WeChat's consent page, then the callback, which the relay answers.
-    back_to_product = relay(consent(built.authorize_url, args.user), args.relay)
+    # 2. The browser: the product redirects it to `start_url` (which binds the flow to it and
+    #    sends it to WeChat), WeChat's consent page, then the callback, which the relay answers
+    #    for this browser only.
+    to_wechat, cookie = start(built.start_url, args.relay)
+    seen["start_url_on_callback_domain"] = "/wechat/callback?start=" in built.start_url
+    back_to_product = relay(consent(to_wechat, args.user), args.relay, cookie)
     returned = urllib.parse.urlsplit(back_to_product)
     params = dict(urllib.parse.parse_qsl(returned.query))
     seen["returned_to"] = f"{returned.scheme}://{returned.netloc}{returned.path}"

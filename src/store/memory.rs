@@ -175,6 +175,13 @@ impl MemoryBackend {
         None
     }
 
+    /// Takes `member` out of the sorted set at `key`.
+    pub(super) fn zrem(&self, key: &str, member: &str) {
+        if let Some((members, _)) = self.lock().sets.get_mut(key) {
+            members.retain(|(_, m)| m != member);
+        }
+    }
+
     /// A flow and its callback counter: the counter lives under a key of its own that no
     /// store key can take (the NUL), with the flow's expiry.
     pub(super) fn create_flow(&self, key: &str, sealed: &[u8], ttl: Duration) -> bool {
@@ -227,6 +234,27 @@ impl MemoryBackend {
             }
         };
         (self.use_flow(key, cut_to), existing)
+    }
+}
+
+impl MemoryBackend {
+    /// Takes the flow at `key` out, as the Redis backend's script does: the sealed flow, its
+    /// callbacks so far and its remaining life.
+    pub(super) fn take_flow(&self, key: &str) -> Option<(Vec<u8>, u64, Duration)> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let (value, expiry) = inner.live(key, now)?.clone();
+        inner.entries.remove(key);
+        let counter = inner.entries.remove(&uses_key(key));
+        let uses = counter.and_then(|(c, _)| c.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
+        let left = Duration::from_millis(u64::try_from(expiry.saturating_sub(now)).unwrap_or(0));
+        Some((value, uses, left))
+    }
+
+    /// The sealed flow at `key`, nothing counted or cut.
+    pub(super) fn read_flow(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.now();
+        self.lock().live(key, now).map(|(value, _)| value.clone())
     }
 }
 

@@ -11,7 +11,7 @@
 //! | key | value |
 //! |---|---|
 //! | `{prefix}:{app}:tok:{openid}` | sealed [`TokenRecord`] |
-//! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`], `n` its callbacks so far; TTL cut to the grace window at first use |
+//! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`], `n` its callbacks so far; TTL cut to the grace window at first use. A flow started through its start URL lives under its browser-bound id instead ([`Store::bind_to_browser`]: the flow id and 22 random characters), its first key deleted |
 //! | `{prefix}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result. Not under the app: the relay binds a code in the same round trip that reads its flow, before it knows the app; the flow id's tag names the app (see [`Store::new_flow_id`]) |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
@@ -42,10 +42,29 @@ use crate::wechat::{Lang, Profile};
 
 /// Random characters of a flow id (≥ 128 bits): what makes it unguessable.
 const FLOW_ID_RANDOM: usize = 22;
-/// Length of a flow id: [`FLOW_ID_RANDOM`] random characters and the hex of a 128-bit tag.
-pub const FLOW_ID_LEN: usize = FLOW_ID_RANDOM + 2 * seal::TAG_LEN;
-/// What a flow id's tag is made for (tags of other purposes never verify as flow ids).
+/// Bytes of each of a flow id's two tags (in hex in the id).
+const FLOW_TAG: usize = seal::MIN_TAG_LEN;
+/// Length of a flow id: [`FLOW_ID_RANDOM`] random characters, then the hex of two 64-bit tags:
+/// the owner's (of the random characters, the client and the app: [`Store::flow_is_of`]) and
+/// the relay's (of the random characters alone: the relay checks it knowing nothing else,
+/// [`Store::is_flow_id`]). Ids made before the relay's tag (a 128-bit owner's tag in the same
+/// 32 characters) still pass [`Store::flow_is_of`] (its first 64 bits are the owner's tag) but
+/// not the relay.
+pub const FLOW_ID_LEN: usize = FLOW_ID_RANDOM + 4 * FLOW_TAG;
+/// Length of a start token (the `start` of a start URL): the flow id and the hex of a 64-bit
+/// start key, the second half of the relay's tag, which the flow id does not show.
+pub const START_TOKEN_LEN: usize = FLOW_ID_LEN + 2 * FLOW_TAG;
+/// Random characters a browser-bound flow id adds to the id of the flow it was moved from.
+const BROWSER_SUFFIX: usize = 22;
+/// Length of a browser-bound flow id ([`Store::bind_to_browser`]): the flow's id and
+/// [`BROWSER_SUFFIX`] random characters, 76 of WeChat's 128 bytes of `state`.
+pub const BOUND_FLOW_ID_LEN: usize = FLOW_ID_LEN + BROWSER_SUFFIX;
+/// What a flow id's owner's tag is made for (tags of other purposes never verify as flow ids).
 const FLOW_ID_PURPOSE: &str = "flow id";
+/// What a flow id's relay tag (and its start key) is made for.
+const FLOW_RELAY_PURPOSE: &str = "flow id relay";
+/// What a browser-bound flow's cookie is the tag of.
+const FLOW_BROWSER_PURPOSE: &str = "flow browser";
 
 /// A flow as a backend's relay step reads it: the sealed flow, whether this call cut its life
 /// to the grace window (its first use), and its callbacks so far.
@@ -178,6 +197,11 @@ pub struct Flow {
     pub caller: String,
     /// Creation time, Unix seconds.
     pub created_at: i64,
+    /// Whether the authorize URL forces WeChat's consent page (`forcePopup=true`): the start
+    /// URL builds the flow's authorize URL again, for its browser-bound id. False in flows
+    /// sealed before the field existed.
+    #[serde(default)]
+    pub force_popup: bool,
 }
 
 /// Whether a relay read of a flow was its first use or a repeat within the grace window.
@@ -324,16 +348,22 @@ pub struct CachedProfile {
 }
 
 /// Whether a client may start one more flow ([`Store::admit_flow`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// Counted: the client had fewer open flows than its cap.
-    Admitted,
+    /// Counted: the client had fewer open flows than its cap. The slot is the flow's place,
+    /// to give back with [`Store::release_flow_slot`] when the flow is never written.
+    Admitted(FlowSlot),
     /// Refused: the client is at its cap; its oldest open flow expires after `retry_after`.
     Refused {
         /// Until the oldest open flow expires (and frees a place).
         retry_after: Duration,
     },
 }
+
+/// One open flow's place under its client's cap ([`Store::admit_flow`]): a random member of
+/// the client's sorted set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSlot(String);
 
 /// A held refresh lock; pass it back to [`Store::unlock`].
 #[derive(Debug)]
@@ -669,7 +699,7 @@ impl Store {
         let member = crate::random_id(16);
         let refused = call!(self, admit(&key, &member, now_ms, ttl, cap))?;
         Ok(match refused {
-            None => Admission::Admitted,
+            None => Admission::Admitted(FlowSlot(member)),
             Some(oldest_expiry_ms) => {
                 let wait = u64::try_from(oldest_expiry_ms.saturating_sub(now_ms)).unwrap_or(0).max(1);
                 Admission::Refused { retry_after: Duration::from_millis(wait) }
@@ -677,31 +707,127 @@ impl Store {
         })
     }
 
-    /// A new flow id for `client` in `app`: random characters and a tag of them, the client
-    /// and the app under the sealing key. The id alone then proves which client and app a flow
-    /// was started for, long after the flow itself has expired, without a read.
+    /// Gives back a place [`Store::admit_flow`] counted, for a flow that was never written
+    /// (its write failed): the client's cap counts only flows that exist.
+    pub async fn release_flow_slot(&self, client: &str, slot: &FlowSlot) -> Result<(), StoreError> {
+        call!(self, zrem(&self.client_flows_key(client), &slot.0))
+    }
+
+    /// A new flow id for `client` in `app` ([`FLOW_ID_LEN`]): random characters, the owner's
+    /// tag (of them, the client and the app) and the relay's tag (of them alone), under the
+    /// sealing key. The id alone then proves which client and app a flow was started for, long
+    /// after the flow itself has expired, without a read; and the relay tells a made-up id
+    /// from one of wxauth's without knowing the client or the app.
     pub fn new_flow_id(&self, client: &str, app: &str) -> String {
+        self.new_flow(client, app).0
+    }
+
+    /// [`Store::new_flow_id`] and the flow's start token ([`START_TOKEN_LEN`]): the id and
+    /// the start key, the half of the relay's tag the id does not show. Only the start URL
+    /// carries it, so a flow id seen elsewhere (a QR code's `state`, a callback URL) cannot
+    /// start the flow in another browser.
+    pub fn new_flow(&self, client: &str, app: &str) -> (String, String) {
         let random = crate::random_id(FLOW_ID_RANDOM);
-        let tag = self.inner.keys.tag(&[FLOW_ID_PURPOSE, &random, client, app]);
-        format!("{random}{}", hex::encode(tag))
+        let owner = self.inner.keys.tag(&[FLOW_ID_PURPOSE, &random, client, app]);
+        let relay = self.inner.keys.tag(&[FLOW_RELAY_PURPOSE, &random]);
+        let id = [random.as_str(), &hex::encode(&owner[..FLOW_TAG]), &hex::encode(&relay[..FLOW_TAG])].concat();
+        let start = [id.as_str(), &hex::encode(&relay[FLOW_TAG..2 * FLOW_TAG])].concat();
+        (id, start)
     }
 
     /// Whether `flow_id` was made by [`Store::new_flow_id`] for `client` in `app` (under any
-    /// configured sealing key).
+    /// configured sealing key). Checks the owner's tag only, so ids made before the relay's tag
+    /// existed pass too.
     pub fn flow_is_of(&self, flow_id: &str, client: &str, app: &str) -> bool {
         if flow_id.len() != FLOW_ID_LEN || !flow_id.is_ascii() {
             return false;
         }
-        let (random, tag) = flow_id.split_at(FLOW_ID_RANDOM);
-        hex::decode(tag).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_ID_PURPOSE, random, client, app], &tag))
+        let (random, owner) = (&flow_id[..FLOW_ID_RANDOM], &flow_id[FLOW_ID_RANDOM..FLOW_ID_RANDOM + 2 * FLOW_TAG]);
+        hex::decode(owner).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_ID_PURPOSE, random, client, app], &tag))
+    }
+
+    /// Whether `state` is a flow id wxauth made (its relay tag checks), whoever its client and
+    /// app: one tag computed, no store call. The relay asks this before it touches the store.
+    pub fn is_flow_id(&self, state: &str) -> bool {
+        if state.len() != FLOW_ID_LEN || !state.is_ascii() {
+            return false;
+        }
+        let (random, relay) = (&state[..FLOW_ID_RANDOM], &state[FLOW_ID_RANDOM + 2 * FLOW_TAG..]);
+        hex::decode(relay).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_RELAY_PURPOSE, random], &tag))
+    }
+
+    /// The flow id a start token starts, if the token is one wxauth made ([`Store::new_flow`]):
+    /// the relay's whole tag (the id's half and the start key) checks. No store call.
+    pub fn flow_of_start_token<'a>(&self, token: &'a str) -> Option<&'a str> {
+        if token.len() != START_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let random = &token[..FLOW_ID_RANDOM];
+        let tag = [&token[FLOW_ID_RANDOM + 2 * FLOW_TAG..FLOW_ID_LEN], &token[FLOW_ID_LEN..]].concat();
+        let valid = hex::decode(tag).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_RELAY_PURPOSE, random], &tag));
+        valid.then(|| &token[..FLOW_ID_LEN])
+    }
+
+    /// What the browser that started a browser-bound flow holds (its cookie's value): the hex
+    /// of the bound id's tag. Stateless: the relay checks it with [`Store::is_browser_of`].
+    pub fn browser_tag(&self, bound_id: &str) -> String {
+        hex::encode(self.inner.keys.tag(&[FLOW_BROWSER_PURPOSE, bound_id]))
+    }
+
+    /// Whether `cookie` is [`Store::browser_tag`] of `bound_id` (under any configured key).
+    pub fn is_browser_of(&self, bound_id: &str, cookie: &str) -> bool {
+        cookie.len() == 2 * seal::TAG_LEN
+            && hex::decode(cookie).is_ok_and(|tag| self.inner.keys.verify_tag(&[FLOW_BROWSER_PURPOSE, bound_id], &tag))
+    }
+
+    /// The flow id a browser-bound id was moved from (the id the product holds, to which the
+    /// relay binds codes), or the id itself.
+    pub fn flow_id_of(state: &str) -> &str {
+        if state.len() == BOUND_FLOW_ID_LEN { &state[..FLOW_ID_LEN] } else { state }
+    }
+
+    /// Moves an unused flow to a new browser-bound id ([`BOUND_FLOW_ID_LEN`]: the flow's id
+    /// and random characters), keeping its remaining life: the old id stops relaying at once,
+    /// and a second start of it finds nothing. Returns the new id, the flow and its remaining
+    /// life; `None` when there is no such flow or it has relayed a callback already (then it is
+    /// gone too: a start URL works before the flow's callbacks or not at all).
+    pub async fn bind_to_browser(&self, flow_id: &str) -> Result<Option<(String, Flow, Duration)>, StoreError> {
+        let key = self.flow_key(flow_id);
+        let Some((sealed, uses, left)) = call!(self, take_flow(&key))? else {
+            return Ok(None);
+        };
+        let Some(flow) = self.open::<Flow>(&key, &sealed) else {
+            return Ok(None);
+        };
+        if uses > 0 || left.is_zero() {
+            return Ok(None);
+        }
+        let bound = [flow_id, &crate::random_id(BROWSER_SUFFIX)].concat();
+        let bound_key = self.flow_key(&bound);
+        let sealed = self.seal(&bound_key, &flow);
+        if !call!(self, create_flow(&bound_key, &sealed, left))? {
+            return Ok(None);
+        }
+        Ok(Some((bound, flow, left)))
+    }
+
+    /// A flow as it is, without counting a callback or cutting its life (a code-less callback:
+    /// a user who refused uses none of the flow's callbacks).
+    pub async fn peek_flow(&self, flow_id: &str) -> Result<Option<Flow>, StoreError> {
+        let key = self.flow_key(flow_id);
+        let found = call!(self, read_flow(&key))?;
+        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
     }
 
     /// The relay's one round trip: reads the flow, counts the callback and, atomically, cuts
     /// the flow's remaining life to `grace` (the first callback starts the grace window,
     /// later ones within it read the same flow); and, together with that, binds `code` (if
-    /// the callback has one) to the flow for `code_ttl`: the first flow to relay a code owns
-    /// it, the same flow may relay it again, no other flow can. `None`: no such flow (and
-    /// nothing is left behind for it).
+    /// the callback has one) for `code_ttl` to the flow's id as the product holds it
+    /// ([`Store::flow_id_of`]): the first flow to relay a code owns it, the same flow may relay
+    /// it again, no other flow can. A callback past [`crate::relay::MAX_CALLBACKS`] binds
+    /// nothing: a code it bound in the round trip is unbound before this returns (the relay
+    /// refuses it, and the code reached no product). `None`: no such flow (and nothing is left
+    /// behind for it).
     pub async fn relay(
         &self,
         flow_id: &str,
@@ -714,24 +840,27 @@ impl Store {
             let found = call!(self, use_flow(&key, grace))?;
             return Ok(found.and_then(|(sealed, cut, uses)| self.relayed(&key, &sealed, cut, uses, None)));
         };
+        let owner = Self::flow_id_of(flow_id);
         let code_key = self.code_key(code);
-        let record = CodeRecord { flow_id: flow_id.to_owned(), state: CodeState::Relayed };
-        let sealed = self.seal(&code_key, &record)?;
-        let (found, existing) = call!(self, use_flow_binding(&key, grace, &code_key, &sealed, code_ttl))?;
+        let record = CodeRecord { flow_id: owner.to_owned(), state: CodeState::Relayed };
+        let binding = self.seal(&code_key, &record)?;
+        let (found, existing) = call!(self, use_flow_binding(&key, grace, &code_key, &binding, code_ttl))?;
         let bound = match existing {
             None => CodeRelay::Bound,
             Some(sealed) => match self.open::<CodeRecord>(&code_key, &sealed) {
-                Some(read) if read.flow_id == flow_id => CodeRelay::Again,
+                Some(read) if read.flow_id == owner => CodeRelay::Again,
                 // A record that does not open (another sealing key, tampering) binds nothing
                 // we can check: refuse rather than guess.
                 _ => CodeRelay::OtherFlow,
             },
         };
         let relayed = found.and_then(|(sealed, cut, uses)| self.relayed(&key, &sealed, cut, uses, Some(bound)));
-        if relayed.is_none() && bound == CodeRelay::Bound {
-            // No such flow: the code was bound to nothing; unbind it rather than let made-up
-            // flow ids leave records behind (or hold a code a real flow may still bring).
-            call!(self, del(&code_key))?;
+        let past_budget = relayed.as_ref().is_some_and(|r| r.uses > crate::relay::MAX_CALLBACKS);
+        if (relayed.is_none() || past_budget) && bound == CodeRelay::Bound {
+            // No such flow, or a callback past the budget: the code is bound to nothing; unbind
+            // it (only while it still holds this binding) rather than let made-up flow ids
+            // leave records behind, or a refused callback hand a flow a code to exchange.
+            call!(self, del_if_eq(&code_key, &binding))?;
         }
         Ok(relayed)
     }
@@ -1014,9 +1143,138 @@ mod tests {
         forged[0] = if forged[0] == b'a' { b'b' } else { b'a' };
         assert!(!store.flow_is_of(&String::from_utf8(forged).expect("ascii"), "passport", "mp"), "another random part");
         assert!(!store.flow_is_of(&id[..FLOW_ID_LEN - 2], "passport", "mp"), "truncated");
-        assert!(!store.flow_is_of(&format!("{}zz", &id[..FLOW_ID_LEN - 2]), "passport", "mp"), "not hex");
+        let not_hex = format!("{}zz{}", &id[..FLOW_ID_RANDOM], &id[FLOW_ID_RANDOM + 2..]);
+        assert!(!store.flow_is_of(&not_hex, "passport", "mp"), "not hex");
         assert!(!store.flow_is_of("", "passport", "mp"));
         assert_ne!(store.new_flow_id("passport", "mp"), id, "random");
+    }
+
+    #[test]
+    fn the_relay_tells_a_flow_id_from_a_made_up_one_without_its_client_or_app() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let id = store.new_flow_id("passport", "mp");
+        assert!(store.is_flow_id(&id));
+        let mut forged = id.clone().into_bytes();
+        forged[3] = if forged[3] == b'a' { b'b' } else { b'a' };
+        assert!(!store.is_flow_id(&String::from_utf8(forged).expect("ascii")), "another random part");
+        assert!(!store.is_flow_id(&"a".repeat(FLOW_ID_LEN)), "made up");
+        assert!(!store.is_flow_id(&id[..FLOW_ID_LEN - 1]), "truncated");
+        assert!(!store_with(&[Keyring::generate_line(2)]).is_flow_id(&id), "another deployment's key");
+    }
+
+    #[test]
+    fn a_flow_id_made_before_the_relay_tag_still_names_its_client_and_app() {
+        // Arrange: the earlier form, the random part and the whole 128-bit owner's tag.
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let random = crate::random_id(FLOW_ID_RANDOM);
+        let legacy =
+            format!("{random}{}", hex::encode(store.inner.keys.tag(&[FLOW_ID_PURPOSE, &random, "passport", "mp"])));
+        // Act / Assert
+        assert!(store.flow_is_of(&legacy, "passport", "mp"));
+        assert!(!store.flow_is_of(&legacy, "trade", "mp"));
+        assert!(!store.is_flow_id(&legacy), "the relay does not know it");
+    }
+
+    #[test]
+    fn a_start_token_starts_its_flow_and_a_flow_id_is_no_start_token() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let (id, token) = store.new_flow("passport", "mp");
+        assert_eq!(token.len(), START_TOKEN_LEN);
+        assert!(token.starts_with(&id));
+        assert_eq!(store.flow_of_start_token(&token), Some(id.as_str()));
+        assert_eq!(store.flow_of_start_token(&id), None, "the flow id alone");
+        let guessed = format!("{id}{}", "0".repeat(START_TOKEN_LEN - FLOW_ID_LEN));
+        assert_eq!(store.flow_of_start_token(&guessed), None, "a made-up start key");
+        let (other, _) = store.new_flow("passport", "mp");
+        let spliced = format!("{other}{}", &token[FLOW_ID_LEN..]);
+        assert_eq!(store.flow_of_start_token(&spliced), None, "another flow's start key");
+    }
+
+    #[test]
+    fn a_browser_tag_holds_for_its_bound_id_only() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let bound = format!("{}{}", store.new_flow_id("passport", "mp"), crate::random_id(BROWSER_SUFFIX));
+        let tag = store.browser_tag(&bound);
+        assert!(store.is_browser_of(&bound, &tag));
+        let other = format!("{}{}", &bound[..FLOW_ID_LEN], crate::random_id(BROWSER_SUFFIX));
+        assert!(!store.is_browser_of(&other, &tag), "another bound id of the same flow");
+        assert!(!store.is_browser_of(&bound, &tag[..16]), "a truncated cookie");
+        assert!(!store.is_browser_of(&bound, ""), "no cookie");
+        assert_eq!(Store::flow_id_of(&bound), &bound[..FLOW_ID_LEN]);
+    }
+
+    #[tokio::test]
+    async fn a_flow_moves_to_a_browser_once_and_its_first_id_stops_relaying() {
+        // Arrange
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let (ttl, grace) = (Duration::from_secs(600), Duration::from_secs(60));
+        let id = store.new_flow_id("passport", "mp");
+        assert!(store.put_flow(&id, &test_flow(), ttl).await.expect("put"));
+        // Act
+        let (bound, flow, left) = store.bind_to_browser(&id).await.expect("bind").expect("moved");
+        // Assert
+        assert_eq!((bound.len(), &bound[..FLOW_ID_LEN], flow), (BOUND_FLOW_ID_LEN, id.as_str(), test_flow()));
+        assert!(left <= ttl && left > Duration::from_secs(590), "{left:?}");
+        assert!(store.bind_to_browser(&id).await.expect("again").is_none(), "a start works once");
+        let code = AuthCode::new("CODE".to_owned());
+        assert!(store.relay(&id, grace, Some(&code), ttl).await.expect("relay").is_none(), "the first id is gone");
+        let relayed = store.relay(&bound, grace, Some(&code), ttl).await.expect("relay").expect("found");
+        assert_eq!((relayed.uses, relayed.code), (1, Some(CodeRelay::Bound)));
+        let record = store.get_code(&code).await.expect("get").expect("bound");
+        assert_eq!(record.record.flow_id, id, "bound to the id the product holds");
+        assert!(store.bind_to_browser(&bound).await.expect("bound").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_flow_that_relayed_a_callback_cannot_be_started() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let (ttl, grace) = (Duration::from_secs(600), Duration::from_secs(60));
+        let id = store.new_flow_id("passport", "mp");
+        assert!(store.put_flow(&id, &test_flow(), ttl).await.expect("put"));
+        let code = AuthCode::new("QRCODE".to_owned());
+        store.relay(&id, grace, Some(&code), ttl).await.expect("relay").expect("found");
+        assert!(store.bind_to_browser(&id).await.expect("start").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_callback_past_the_budget_binds_no_code() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let (ttl, grace) = (Duration::from_secs(600), Duration::from_secs(60));
+        let id = store.new_flow_id("passport", "mp");
+        assert!(store.put_flow(&id, &test_flow(), ttl).await.expect("put"));
+        for n in 1..=crate::relay::MAX_CALLBACKS {
+            let code = AuthCode::new(format!("CODE{n}"));
+            store.relay(&id, grace, Some(&code), ttl).await.expect("relay").expect("found");
+        }
+        let late = AuthCode::new("LATE".to_owned());
+        let relayed = store.relay(&id, grace, Some(&late), ttl).await.expect("relay").expect("found");
+        assert_eq!(relayed.uses, crate::relay::MAX_CALLBACKS + 1);
+        assert!(store.get_code(&late).await.expect("get").is_none(), "the 4th callback's code is bound to nothing");
+        assert!(store.get_code(&AuthCode::new("CODE1".to_owned())).await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_released_flow_slot_frees_its_place_under_the_cap() {
+        let store = store_with(&[Keyring::generate_line(1)]);
+        let ttl = Duration::from_secs(600);
+        let Admission::Admitted(slot) = store.admit_flow("passport", 1, ttl, 0).await.expect("admit") else {
+            panic!("the first flow is admitted");
+        };
+        assert!(matches!(store.admit_flow("passport", 1, ttl, 0).await.expect("admit"), Admission::Refused { .. }));
+        store.release_flow_slot("passport", &slot).await.expect("release");
+        assert!(matches!(store.admit_flow("passport", 1, ttl, 0).await.expect("admit"), Admission::Admitted(_)));
+    }
+
+    fn test_flow() -> Flow {
+        Flow {
+            app: "mp".into(),
+            return_url: "https://passport.example.com/cb".into(),
+            caller_state: "s".into(),
+            scope: "snsapi_base".into(),
+            caller: "passport".into(),
+            created_at: 0,
+            force_popup: true,
+        }
     }
 
     #[test]
@@ -1037,6 +1295,7 @@ mod tests {
             scope: "snsapi_base".into(),
             caller: "passport".into(),
             created_at: 0,
+            force_popup: false,
         };
         let (ttl, grace) = (Duration::from_secs(600), Duration::from_secs(60));
         let (first, second) = (store.new_flow_id("passport", "mp"), store.new_flow_id("passport", "mp"));

@@ -37,16 +37,30 @@ const STARTUP_RETRY: Duration = Duration::from_secs(1);
 
 /// The relay's step on a flow (a hash: `f` the sealed flow, `n` its callbacks) for Redis
 /// before 7.0: returns the flow, whether this call cut the TTL to ARGV[1] ms (the first use
-/// starts the grace window) and the callback count. Newer servers do the same with a pipeline
-/// (`HGET`, `HINCRBY`, `PEXPIRE .. LT`), which costs Redis less.
+/// starts the grace window) and the callback count, after adding ARGV[2] to it (0 when the
+/// refused pipeline that found the server too old has counted this callback already). A key
+/// without a flow (the counter such a pipeline left for an unknown id) is deleted. Newer
+/// servers do the same with a pipeline (`HGET`, `HINCRBY`, `PEXPIRE .. LT`), which costs
+/// Redis less.
 const USE_FLOW: &str = r"
 local v = redis.call('HGET', KEYS[1], 'f')
-if not v then return false end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if not v then redis.call('DEL', KEYS[1]) return false end
+local n = redis.call('HINCRBY', KEYS[1], 'n', ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 local cut = 0
 if ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) cut = 1 end
 return {v, cut, n}
+";
+
+/// Takes a flow out (the start of a browser-bound flow): the sealed flow, its callbacks so far
+/// and its remaining life (ms), and deletes the key; false when there is none.
+const TAKE_FLOW: &str = r"
+local v = redis.call('HGET', KEYS[1], 'f')
+if not v then return false end
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {v, n, ttl}
 ";
 
 /// Sets KEYS[1] to ARGV[2] for ARGV[3] ms only when it still holds ARGV[1]: a compare-and-set
@@ -234,6 +248,7 @@ fn is_read_only(e: &RedisError) -> bool {
 pub struct RedisBackend {
     conn: Conn,
     use_flow: Script,
+    take_flow: Script,
     del_if_eq: Script,
     set_if_eq: Script,
     admit: Script,
@@ -276,6 +291,7 @@ impl RedisBackend {
         Self {
             conn,
             use_flow: Script::new(USE_FLOW),
+            take_flow: Script::new(TAKE_FLOW),
             del_if_eq: Script::new(DEL_IF_EQ),
             set_if_eq: Script::new(SET_IF_EQ),
             admit: Script::new(ADMIT),
@@ -411,6 +427,11 @@ impl RedisBackend {
         self.query_pipe(&pipe).await
     }
 
+    /// `ZREM key member`.
+    pub(super) async fn zrem(&self, key: &str, member: &str) -> RedisResult<()> {
+        self.query(redis::cmd("ZREM").arg(key).arg(member)).await
+    }
+
     /// `HGETALL key`.
     pub(super) async fn hgetall(&self, key: &str) -> RedisResult<Vec<(String, Vec<u8>)>> {
         self.query(redis::cmd("HGETALL").arg(key)).await
@@ -449,14 +470,35 @@ impl RedisBackend {
                 Err(e) if refuses_expire_options(&e) => {
                     self.expire_lt.store(false, Ordering::Relaxed);
                     tracing::warn!("Redis before 7.0 (no PEXPIRE LT): the relay uses a Lua script instead");
+                    // The pipeline is not a transaction: its HGET and HINCRBY ran, so this
+                    // callback is counted already.
+                    return self.use_flow_script(key, cut_to, false).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+        self.use_flow_script(key, cut_to, true).await
+    }
+
+    /// The relay's step as the [`USE_FLOW`] script (Redis before 7.0); `count`: whether to
+    /// count this callback (false when a refused pipeline counted it).
+    async fn use_flow_script(&self, key: &str, cut_to: Duration, count: bool) -> RedisResult<Option<FlowRead>> {
         let mut inv = self.use_flow.key(key);
-        inv.arg(millis(cut_to));
+        inv.arg(millis(cut_to)).arg(u8::from(count));
         let reply: Option<(Vec<u8>, i64, u64)> = self.invoke(inv).await?;
         Ok(reply.map(|(v, cut, uses)| (v, cut == 1, uses)))
+    }
+
+    /// Takes the flow at `key` out ([`TAKE_FLOW`]): the sealed flow, its callbacks so far and
+    /// its remaining life.
+    pub(super) async fn take_flow(&self, key: &str) -> RedisResult<Option<(Vec<u8>, u64, Duration)>> {
+        let reply: Option<(Vec<u8>, u64, i64)> = self.invoke(self.take_flow.key(key)).await?;
+        Ok(reply.map(|(v, uses, left)| (v, uses, Duration::from_millis(u64::try_from(left).unwrap_or(0)))))
+    }
+
+    /// `HGET key f`: the sealed flow, nothing counted or cut.
+    pub(super) async fn read_flow(&self, key: &str) -> RedisResult<Option<Vec<u8>>> {
+        self.query(redis::cmd("HGET").arg(key).arg("f")).await
     }
 
     /// [`RedisBackend::use_flow`] and, in the same round trip, `SET code_key NX GET PX`
@@ -479,10 +521,7 @@ impl RedisBackend {
             cmd
         };
         if !self.expire_lt.load(Ordering::Relaxed) {
-            // Redis 6: neither `PEXPIRE .. LT` nor `SET .. NX GET`.
-            let (flow, bound) = tokio::join!(self.use_flow(key, cut_to), self.set_nx(code_key, code_value, code_ttl));
-            let existing = if bound? { None } else { Some(self.get(code_key).await?.unwrap_or_default()) };
-            return Ok((flow?, existing));
+            return self.use_flow_binding_6(key, cut_to, code_key, code_value, code_ttl, true).await;
         }
         if let Conn::Cluster(_) = self.conn {
             let bind = bind();
@@ -502,10 +541,30 @@ impl RedisBackend {
             Err(e) if refuses_expire_options(&e) => {
                 self.expire_lt.store(false, Ordering::Relaxed);
                 tracing::warn!("Redis before 7.0 (no PEXPIRE LT): the relay uses a Lua script instead");
-                Box::pin(self.use_flow_binding(key, cut_to, code_key, code_value, code_ttl)).await
+                // The pipeline's HGET and HINCRBY ran (it is not a transaction): counted once
+                // already. Its `SET .. NX GET` was refused, so the code is bound below.
+                self.use_flow_binding_6(key, cut_to, code_key, code_value, code_ttl, false).await
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// [`RedisBackend::use_flow_binding`] for Redis before 7.0 (neither `PEXPIRE .. LT` nor
+    /// `SET .. NX GET`): the [`USE_FLOW`] script (counting the callback when `count`) and
+    /// `SET NX`, then `GET` of the record a refused `SET NX` met.
+    async fn use_flow_binding_6(
+        &self,
+        key: &str,
+        cut_to: Duration,
+        code_key: &str,
+        code_value: &[u8],
+        code_ttl: Duration,
+        count: bool,
+    ) -> RedisResult<(Option<FlowRead>, Option<Vec<u8>>)> {
+        let (flow, bound) =
+            tokio::join!(self.use_flow_script(key, cut_to, count), self.set_nx(code_key, code_value, code_ttl));
+        let existing = if bound? { None } else { Some(self.get(code_key).await?.unwrap_or_default()) };
+        Ok((flow?, existing))
     }
 
     /// The open-flow cap step ([`ADMIT`]): `None` when admitted, else the expiry (ms) of the
@@ -545,7 +604,15 @@ fn add_flow_step(pipe: &mut redis::Pipeline, key: &str, cut_to: Duration) {
     let mut count = command(4, 16);
     count.arg("HINCRBY").arg(key).arg("n").arg(1);
     let mut cut = command(4, 32);
-    cut.arg("PEXPIRE").arg(key).arg(millis(cut_to)).arg("LT");
+    cut.arg("PEXPIRE").arg(key);
+    // A test stands in for Redis 6 (which refuses `.. LT` with "wrong number of arguments for
+    // 'pexpire'") by leaving out the milliseconds, which draws the same refusal.
+    #[cfg(test)]
+    if tests::PRETEND_REDIS_6.get() {
+        pipe.add_command(hget).add_command(count).add_command(cut);
+        return;
+    }
+    cut.arg(millis(cut_to)).arg("LT");
     pipe.add_command(hget).add_command(count).add_command(cut);
 }
 
@@ -564,6 +631,12 @@ mod tests {
     use std::process::{Child, Command, Stdio};
 
     use super::*;
+
+    thread_local! {
+        /// The relay's pipeline is refused as Redis 6 refuses it (each `#[tokio::test]` runs
+        /// on its own thread).
+        pub(super) static PRETEND_REDIS_6: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     /// A private redis-server (the integration tests cover the rest of the backend).
     struct Server(Child);
@@ -639,6 +712,44 @@ mod tests {
             let left: bool = backend.query(redis::cmd("EXISTS").arg("flow:none")).await.expect("exists");
             assert!(!left, "an unknown flow id leaves no counter behind, pipelined: {pipelined}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_refused_by_redis_6_counts_its_callback_once() {
+        // Arrange: a Redis that refuses `PEXPIRE .. LT` (the pipeline's HGET and HINCRBY run all
+        // the same: a pipeline is not a transaction).
+        let (_server, backend) = backend().await;
+        let grace = Duration::from_secs(60);
+        PRETEND_REDIS_6.set(true);
+        backend.create_flow("flow:6", b"sealed", Duration::from_secs(600)).await.expect("create");
+        backend.create_flow("flow:6b", b"sealed", Duration::from_secs(600)).await.expect("create");
+        // Act: the first callback meets the refusal and falls back to the script.
+        let first = backend.use_flow("flow:6", grace).await.expect("first");
+        backend.expire_lt.store(true, Ordering::Relaxed);
+        let bound = backend.use_flow_binding("flow:6b", grace, "code:6", b"bound", grace).await.expect("bind");
+        backend.expire_lt.store(true, Ordering::Relaxed);
+        let unknown = backend.use_flow("flow:none", grace).await.expect("unknown");
+        PRETEND_REDIS_6.set(false);
+        // Assert
+        assert_eq!(first, Some((b"sealed".to_vec(), true, 1)), "one callback, counted once");
+        assert_eq!(bound.0, Some((b"sealed".to_vec(), true, 1)), "one callback with a code, counted once");
+        assert_eq!(unknown, None);
+        let left: bool = backend.query(redis::cmd("EXISTS").arg("flow:none")).await.expect("exists");
+        assert!(!left, "the refused pipeline's counter for an unknown id is not left behind (it has no TTL)");
+        let second = backend.use_flow("flow:6", grace).await.expect("second");
+        assert_eq!(second, Some((b"sealed".to_vec(), false, 2)));
+    }
+
+    #[tokio::test]
+    async fn a_taken_flow_is_gone_and_keeps_its_count_and_life() {
+        let (_server, backend) = backend().await;
+        backend.create_flow("flow:t", b"sealed", Duration::from_secs(600)).await.expect("create");
+        assert_eq!(backend.read_flow("flow:t").await.expect("read"), Some(b"sealed".to_vec()));
+        let (value, uses, left) = backend.take_flow("flow:t").await.expect("take").expect("found");
+        assert_eq!((value.as_slice(), uses), (&b"sealed"[..], 0));
+        assert!((599_000..=600_000).contains(&left.as_millis()), "{left:?}");
+        assert_eq!(backend.take_flow("flow:t").await.expect("again"), None, "taken once");
+        assert_eq!(backend.read_flow("flow:t").await.expect("read"), None);
     }
 
     #[tokio::test]

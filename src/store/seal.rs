@@ -18,6 +18,9 @@ use sha2::Sha256;
 
 /// How many bytes of an HMAC a tag keeps: 128 bits.
 pub const TAG_LEN: usize = 16;
+/// The shortest leading part of a tag [`Keyring::verify_tag`] accepts (64 bits: forging one
+/// takes 2^64 guesses, each a request).
+pub const MIN_TAG_LEN: usize = 8;
 /// The label the tagging key is derived under (changing it invalidates every tag).
 const TAG_KEY_LABEL: &[u8] = b"wxauth tag key v1";
 
@@ -168,9 +171,12 @@ impl Keyring {
     }
 
     /// Whether `tag` is the tag of `parts` under any configured key (constant-time compare),
-    /// so tags made before a key rotation still verify while the old key is configured.
+    /// so tags made before a key rotation still verify while the old key is configured. `tag`
+    /// may be a leading part of the 128-bit tag, down to [`MIN_TAG_LEN`] bytes (flow ids carry
+    /// two 64-bit tags).
     pub fn verify_tag(&self, parts: &[&str], tag: &[u8]) -> bool {
-        tag.len() == TAG_LEN && self.keys.iter().any(|key| key.tag(parts).verify_truncated_left(tag).is_ok())
+        (MIN_TAG_LEN..=TAG_LEN).contains(&tag.len())
+            && self.keys.iter().any(|key| key.tag(parts).verify_truncated_left(tag).is_ok())
     }
 
     /// Opens a record sealed under `name` with whichever configured key sealed it.

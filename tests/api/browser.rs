@@ -32,6 +32,8 @@ struct DevMode {
     demo: SocketAddr,
     /// wxauth's gRPC address (the `demo` client's key is `DEV_CLIENT_KEY`).
     grpc: SocketAddr,
+    /// wxauth's public listener (the relay), where an attacker sends callbacks too.
+    public: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -62,7 +64,7 @@ impl DevMode {
                 let _ = stopped.await;
             }));
             tokio::spawn(wxauth::demo::serve(demo_listener, grpc, std::future::pending()));
-            return Self { sim, clock, demo, grpc, _stop: stop };
+            return Self { sim, clock, demo, grpc, public, _stop: stop };
         }
         panic!("no free port for the public listener after 10 tries");
     }
@@ -266,6 +268,49 @@ async fn allow_brings_the_user_back_signed_in_and_a_reload_keeps_them_signed_in(
             assert_eq!(text(client, "#also").await, "demo-mini");
 
             save_screenshot(client).await;
+        })
+        .await;
+}
+
+/// Finding 3 of issue 18: whoever holds a flow id, without the victim's browser, could read the
+/// product's state, use up the flow's callbacks, or plant his own code (login CSRF). The demo
+/// sends the browser through the flow's start URL, so the flow relays only to that browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_with_the_flow_id_is_refused_and_the_victim_still_signs_in() {
+    let dev = DevMode::start().await;
+    Browser::start()
+        .await
+        .run(async |client| {
+            // Arrange: the victim's browser is on WeChat's consent page; its URL shows the
+            // flow's browser-bound id (the flow id and more), which the attacker has learnt.
+            start_mobile_login(client, &dev).await;
+            let consent = client.current_url().await.expect("url");
+            let bound = consent.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.into_owned()).expect("state");
+            assert_eq!(bound.len(), 76, "a browser-bound id");
+            let flow_id = bound[..54].to_owned();
+            let attacker_code = dev.sim.authorize(crate::helpers::MP_APPID, "bob", "snsapi_userinfo").expect("code");
+            let http = wxauth::http_client().build().expect("http");
+            // Act: read the state, use the budget, plant his code; with either id.
+            for query in [
+                format!("state={bound}"),
+                format!("state={bound}"),
+                format!("state={bound}"),
+                format!("state={flow_id}"),
+                format!("code={attacker_code}&state={bound}"),
+                format!("code={attacker_code}&state={flow_id}"),
+            ] {
+                let response = http.get(format!("http://{}/wechat/callback?{query}", dev.public)).send().await;
+                let response = response.expect("relay reachable");
+                // Assert: the refusal page, never a redirect.
+                assert_eq!(response.status(), 400, "{query}");
+                assert!(response.headers().get("location").is_none(), "{query}");
+            }
+            // The victim allows and signs in as herself.
+            allow_as(client, "alice").await;
+            assert_eq!(text(client, "#nickname").await, "Alice 爱丽丝");
+            let openid = dev.sim.openid(crate::helpers::MP_APPID, "alice").expect("alice's openid");
+            assert_eq!(text(client, "#openid").await, openid);
+            assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "only the victim's code was exchanged");
         })
         .await;
 }
@@ -483,7 +528,13 @@ async fn the_demo_picks_the_app_by_user_agent() {
         let home = dev.home();
         async move {
             let http = wxauth::http_client().redirect(reqwest::redirect::Policy::none()).user_agent(ua).build();
-            let response = http.expect("http").get(format!("{home}login")).send().await.expect("demo");
+            let http = http.expect("http");
+            let response = http.get(format!("{home}login")).send().await.expect("demo");
+            assert_eq!(response.status(), 302);
+            // The demo sends the browser to the flow's start URL, which sends it to WeChat.
+            let start = response.headers()["location"].to_str().expect("ascii").to_owned();
+            assert!(start.contains("/wechat/callback?start="), "{start}");
+            let response = http.get(&start).send().await.expect("start");
             assert_eq!(response.status(), 302);
             response.headers()["location"].to_str().expect("ascii").to_owned()
         }

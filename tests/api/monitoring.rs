@@ -382,6 +382,13 @@ async fn walk() -> String {
         ..request()
     };
     app.grpc.clone().build_authorize_url(app.req(qr)).await.expect_err("an href that is not canonical");
+    // A browser starts a flow through its start URL, and the start URL is replayed.
+    let built = app.grpc.clone().build_authorize_url(app.req(request())).await.expect("a flow").into_inner();
+    let start_url = built
+        .start_url
+        .replace(&format!("https://{}", crate::helpers::CALLBACK_HOST), &format!("http://{}", app.public_addr));
+    assert_eq!(app.http.get(&start_url).send().await.expect("start").status(), 302, "started");
+    assert_eq!(app.http.get(&start_url).send().await.expect("start again").status(), 400, "a start URL works once");
 
     // A Redis outage: store errors, the breaker opens and refuses; then it comes back.
     let redis = app.redis.clone().expect("redis");

@@ -95,7 +95,7 @@ async fn metrics_count_a_whole_flow_and_pass_promtool() {
     );
     assert_eq!(sample(&scrape, wechat, &["app=\"mp\"", "endpoint=\"sns/userinfo\"", "result=\"ok\""]), Some(1.0));
     assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"relayed\""]), Some(1.0));
-    assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"unknown_flow\""]), Some(1.0));
+    assert_eq!(sample(&scrape, "wxauth_relay_callbacks_total", &["outcome=\"bad_state\""]), Some(1.0));
     let store_ops = "wxauth_store_operation_duration_seconds_count";
     assert_eq!(
         sample(&scrape, store_ops, &["operation=\"use_flow_binding\""]),

@@ -39,7 +39,9 @@ async fn health_and_readiness_follow_the_store() {
     assert_eq!(health(&app, "").await, ServingStatus::NotServing);
     assert_eq!(health(&app, "liveness").await, ServingStatus::Serving, "liveness ignores the store");
     assert_eq!(readyz(&app).await, 503);
-    let relay = app.callback("code=abc&state=SomeFlow123").await;
+    // A flow id of wxauth's (a made-up one is refused before the store is asked).
+    let flow = app.store.new_flow_id("passport", "mp");
+    let relay = app.callback(&format!("code=abc&state={flow}")).await;
     assert_eq!(relay.status(), 503, "the relay says 'try again', not 'expired'");
 
     app.redis.as_ref().expect("redis").lock().await.restart().await;

@@ -133,6 +133,7 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
     assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
     assert_eq!(seen["state_matches"], true);
+    assert_eq!(seen["start_url_on_callback_domain"], true);
     assert_eq!(seen["openid"], openid.as_str());
     assert_eq!(seen["same_result_again"], true, "no 40163 for a reload");
     assert_eq!(seen["nickname"], "Alice 爱丽丝");
@@ -190,6 +191,7 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
     assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
     assert_eq!(seen["state_matches"], true);
+    assert_eq!(seen["start_url_on_callback_domain"], true);
     let sign_in_again =
         serde_json::json!({"code": "FAILED_PRECONDITION", "reason": "SIGN_IN_AGAIN", "action": "sign_in_again"});
     assert_eq!(seen["exchange_failed"], sign_in_again);
