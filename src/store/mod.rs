@@ -804,7 +804,7 @@ impl Store {
         }
         let bound = [flow_id, &crate::random_id(BROWSER_SUFFIX)].concat();
         let bound_key = self.flow_key(&bound);
-        let sealed = self.seal(&bound_key, &flow);
+        let sealed = self.seal(&bound_key, &flow)?;
         if !call!(self, create_flow(&bound_key, &sealed, left))? {
             return Ok(None);
         }
