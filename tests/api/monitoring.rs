@@ -389,6 +389,8 @@ async fn walk() -> String {
         .replace(&format!("https://{}", crate::helpers::CALLBACK_HOST), &format!("http://{}", app.public_addr));
     assert_eq!(app.http.get(&start_url).send().await.expect("start").status(), 302, "started");
     assert_eq!(app.http.get(&start_url).send().await.expect("start again").status(), 400, "a start URL works once");
+    // The flow moved to its browser's id: its first id is now an unknown flow at the relay.
+    assert_eq!(app.callback(&format!("state={}", built.flow_id)).await.status(), 400, "unknown flow");
 
     // A Redis outage: store errors, the breaker opens and refuses; then it comes back.
     let redis = app.redis.clone().expect("redis");
