@@ -7,7 +7,7 @@
 //! is an open redirect that leaks codes. The allowlist is the only thing between a hostile
 //! `return_url` and that leak, so it must judge the URL exactly as the browser will follow it.
 //!
-//! # The approach (DESIGN.md §5)
+//! # The approach (docs/design.md §5)
 //! 1. **Reject what a browser would silently repair.** Before parsing, the raw text is refused
 //!    if it holds anything the WHATWG parser would quietly drop or rewrite into something else:
 //!    backslashes, control characters, whitespace, invisible characters, percent-encoding or

@@ -21,7 +21,7 @@ use crate::store::RedisTls;
 use crate::store::seal::Keyring;
 use crate::wechat::{App, AppKind, WechatSettings};
 
-/// The dev-mode client key (DESIGN.md §8). Production refuses it.
+/// The dev-mode client key (docs/design.md §8). Production refuses it.
 pub const DEV_CLIENT_KEY: &str = "dev-only-key";
 
 /// A configuration error; `Display` names the key and never prints a secret value.
@@ -369,7 +369,7 @@ pub enum StoreBackend {
 }
 
 /// Timeouts and caps of the three listeners (`server.*`): what keeps slow, idle and greedy
-/// clients from holding connections, tasks and memory (DESIGN.md §6, docs/operations.md).
+/// clients from holding connections, tasks and memory (docs/design.md §6, docs/operations.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerLimits {
     /// HTTP listeners: a request's headers must arrive within this, counted from the connection's

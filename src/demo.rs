@@ -1,4 +1,4 @@
-//! The demo product page of the dev mode (DESIGN.md §8): a stand-in for an internal service
+//! The demo product page of the dev mode (docs/design.md §8): a stand-in for an internal service
 //! that signs its users in with WeChat through wxauth, the way a product team would.
 //!
 //! - `GET /` offers "Sign in with WeChat" for a phone (app `demo-mp`, `snsapi_userinfo`) and

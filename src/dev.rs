@@ -1,4 +1,4 @@
-//! The out-of-the-box dev mode (DESIGN.md §8): `cargo run` with no config serves everything
+//! The out-of-the-box dev mode (docs/design.md §8): `cargo run` with no config serves everything
 //! on loopback against the WeChat simulator, with the documented demo apps, client and key.
 //! These values are a contract that scripts and docs rely on.
 

@@ -1,4 +1,4 @@
-//! The service's error and its one mapping to gRPC statuses (DESIGN.md §3). Every failure a
+//! The service's error and its one mapping to gRPC statuses (docs/design.md §3). Every failure a
 //! caller can see is an [`ApiError`]; [`ApiError::to_status`] is the only place a status is
 //! made, with `ErrorInfo{reason, domain: "wxauth.dev", metadata}`, `BadRequest` field
 //! violations and `RetryInfo` where a retry helps. Messages are short and stable; causes go to
@@ -16,7 +16,7 @@ use crate::wechat::WechatError;
 /// `ErrorInfo.domain` of every wxauth error.
 pub const DOMAIN: &str = "wxauth.dev";
 
-/// Every errcode wxauth knows (the table of DESIGN.md §3, the token-expiry codes its callers
+/// Every errcode wxauth knows (the table of docs/design.md §3, the token-expiry codes its callers
 /// handle and the rest of WeChat's sns table), each with its metric label: the
 /// `errcode` label of `wxauth_wechat_requests_total` is one of these or `other`
 /// ([`errcode_label`]), so a WeChat that invents codes cannot grow the scrape without bound.
@@ -100,7 +100,7 @@ pub enum ApiError {
     /// of another app): refused before WeChat is called.
     #[error("code not relayed through this flow")]
     CodeNotFromFlow,
-    /// 50001, 50002, 40226 (jscode2session's high-risk user): the user is restricted or the account frozen (WECHAT.md).
+    /// 50001, 50002, 40226 (jscode2session's high-risk user): the user is restricted or the account frozen (docs/design.md §10).
     #[error("user restricted")]
     UserRestricted(Upstream),
     /// The code exchange was sent but its answer was lost (a timeout, HTTP 5xx, -1, a reply not
@@ -223,7 +223,7 @@ impl ApiError {
         }
     }
 
-    /// The gRPC code of DESIGN.md §3's table.
+    /// The gRPC code of docs/design.md §3's table.
     pub fn code(&self) -> Code {
         use ApiError::*;
         match self {
@@ -308,7 +308,7 @@ impl ApiError {
         }
     }
 
-    /// Maps a WeChat failure by its errcode (the table of DESIGN.md §3). Token-expiry codes
+    /// Maps a WeChat failure by its errcode (the table of docs/design.md §3). Token-expiry codes
     /// (42001, 40001, 40014) are handled by the callers before they get here.
     pub fn from_wechat(error: &WechatError) -> Self {
         let upstream = |errcode: i64, errmsg: &str| Upstream { errcode, errmsg: errmsg.chars().take(200).collect() };
@@ -363,7 +363,7 @@ mod tests {
         ApiError::from_wechat(&WechatError::Api { errcode, errmsg: "m".into() })
     }
 
-    /// DESIGN.md §3's errcode rows: errcode, gRPC code, reason.
+    /// docs/design.md §3's errcode rows: errcode, gRPC code, reason.
     const DESIGN_TABLE: [(i64, Code, &str); 19] = [
         (40029, Code::InvalidArgument, "INVALID_CODE"),
         (42003, Code::InvalidArgument, "CODE_EXPIRED"),

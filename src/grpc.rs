@@ -667,7 +667,7 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// The device whose default app suits a browser: only WeChat's in-app browser opens
-/// official-account pages (WECHAT.md).
+/// official-account pages (docs/design.md §10).
 fn device_of_browser(user_agent: &str) -> config::Device {
     if crate::wechat::is_in_app_browser(user_agent) { config::Device::Mobile } else { config::Device::Pc }
 }

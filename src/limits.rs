@@ -1,4 +1,4 @@
-//! Per-client limits (DESIGN.md §6, "hostile and careless clients"): a token bucket per client
+//! Per-client limits (docs/design.md §6.2): a token bucket per client
 //! and RPC family, so one client cannot spend an app's WeChat quota (50,000 sns calls a minute)
 //! for every other product, and the cap on a client's open flows (enforced by the store, see
 //! [`crate::store::Store::admit_flow`]), so it cannot fill Redis with flows.

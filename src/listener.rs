@@ -1,4 +1,4 @@
-//! The listeners' defences against slow, idle and greedy clients (DESIGN.md §6), used by
+//! The listeners' defences against slow, idle and greedy clients (docs/design.md §6), used by
 //! [`crate::startup`] for all three listeners:
 //! - every accepted socket gets `TCP_NODELAY` (without it each response waits ~40 ms for the
 //!   client's delayed ACK) and holds one of `server.max_connections` permits per listener: with

@@ -53,7 +53,7 @@ enum Command {
     /// Print a new sealing-key line for `store.sealing_keys`
     ///
     /// The line is `<id>:<base64 of 32 random bytes>`; put it first in the keyring to seal
-    /// with it (docs/operations.md, "Key rotation").
+    /// with it (docs/operations.md, "Rotating the sealing key").
     GenKey {
         /// The key's id, 0..=255: a new id for each rotation.
         #[arg(default_value_t = 1)]

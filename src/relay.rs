@@ -8,7 +8,7 @@
 //! user's reload still reach the product (the store cuts the flow's life atomically), at most
 //! [`MAX_CALLBACKS`] callbacks in all.
 //!
-//! Every code relayed is bound to its flow for the code's life (DESIGN.md §2 step 3): the first
+//! Every code relayed is bound to its flow for the code's life (docs/design.md §2 step 3): the first
 //! flow to relay a code owns it, `ExchangeCode` accepts it only with that flow's id, and a code
 //! that arrives with another flow's id (a leaked code replayed into an attacker's own sign-in)
 //! is refused here. `HEAD` (link checkers, previews) never uses a flow up.

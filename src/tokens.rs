@@ -19,7 +19,7 @@
 //!
 //! "Someone refreshed" is judged by the record's refresh stamp ([`TokenRecord::refreshed_at_ms`]),
 //! never by comparing tokens: WeChat's refresh returns the *same* access token with a renewed
-//! expiry while it is alive (WECHAT.md), and with the default 5-minute margin every refresh comes
+//! expiry while it is alive (docs/design.md §10), and with the default 5-minute margin every refresh comes
 //! before expiry.
 //!
 //! The lock only saves WeChat calls; the record's safety does not depend on it. A refresh writes

@@ -1,5 +1,5 @@
 //! The upstream client: WeChat's authorize URLs and its `sns` JSON endpoints, exactly as
-//! WeChat documents them (WECHAT.md), with errcode decoding. It knows nothing of gRPC or
+//! WeChat documents them (docs/design.md §10), with errcode decoding. It knows nothing of gRPC or
 //! Redis; the service reaches WeChat (or the simulator) only through the configured base URLs.
 
 use std::time::Duration;
@@ -196,7 +196,7 @@ impl WechatError {
 
     /// Whether WeChat may have acted on the request though its answer was lost: a transient
     /// failure once the request could have arrived (everything but a failed connection). For a
-    /// code exchange that means the code may be spent (WECHAT.md, "as it behaves today").
+    /// code exchange that means the code may be spent (docs/design.md §10.5).
     pub fn may_have_acted(&self) -> bool {
         match self {
             WechatError::Transport(e) => !e.is_connect(),

@@ -281,10 +281,10 @@ fn the_fixtures_cover_every_sns_endpoint_and_every_errcode_of_the_error_table() 
         })
         .collect();
     let missing: Vec<i64> = COVERAGE_GOAL.iter().copied().filter(|c| !covered.contains(c)).collect();
-    assert_eq!(missing, KNOWN_GAPS, "errcodes of DESIGN.md §3 without a public fixture changed");
+    assert_eq!(missing, KNOWN_GAPS, "errcodes of docs/design.md §3 without a public fixture changed");
 }
 
-/// The errcodes DESIGN.md §3 names, plus the token-expiry ones.
+/// The errcodes docs/design.md §3 names, plus the token-expiry ones.
 const COVERAGE_GOAL: [i64; 20] = [
     40029, 42003, 40163, 50001, 50002, 42002, 40030, 48001, 10005, 45009, 45011, 10009, 40013, 40125, 41002, 41004, -1,
     42001, 40001, 40014,

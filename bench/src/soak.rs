@@ -288,7 +288,7 @@ fn quarters(readings: &[(usize, u64)], ends: [u64; 4], sign_ins: usize) -> Vec<Q
         .collect()
 }
 
-/// Redis keys of one wxauth deployment, by kind (DESIGN.md §4 and `store`'s table).
+/// Redis keys of one wxauth deployment, by kind (docs/design.md §4 and `store`'s table).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Census {
     /// `{prefix}:flow:{id}`: flows not yet expired.

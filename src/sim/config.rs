@@ -13,7 +13,7 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The apps and users of the dev mode (DESIGN.md §8), so `cargo run`, the demo page and the
+    /// The apps and users of the dev mode (docs/design.md §8), so `cargo run`, the demo page and the
     /// docs all walk the flow against the same known values.
     pub fn demo() -> Self {
         Self {

@@ -1,4 +1,4 @@
-//! A faithful WeChat web-authorization simulator (DESIGN.md §7, WECHAT.md), because WeChat
+//! A faithful WeChat web-authorization simulator (docs/design.md §7, §10), because WeChat
 //! itself is unreachable from tests, benchmarks and the dev mode.
 //!
 //! It serves what the service reaches through its configured base URLs — the authorize pages

@@ -222,7 +222,7 @@ pub const WECHAT_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 lik
      (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50(0x1800323b) NetType/WIFI Language/zh_CN";
 
 /// An official account's authorize page opens only in WeChat's in-app browser: elsewhere
-/// WeChat shows "请在微信客户端打开链接" and no consent (WECHAT.md, "as it behaves today";
+/// WeChat shows "请在微信客户端打开链接" and no consent (docs/design.md §10.5;
 /// desktop browsers use website apps and `qrconnect`).
 async fn oauth2_page(State(sim): State<Simulator>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");

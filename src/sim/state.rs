@@ -30,7 +30,7 @@ pub const SNS_CALLS_PER_MINUTE: u32 = 50_000;
 /// limit: 100 a minute per user).
 pub const MINI_LOGINS_PER_MINUTE: u32 = 100;
 
-/// The errcodes the simulator answers, named after WeChat's meanings (WECHAT.md).
+/// The errcodes the simulator answers, named after WeChat's meanings (docs/design.md §10).
 pub(super) mod errcode {
     pub const SYSTEM_BUSY: i64 = -1;
     pub const INVALID_GRANT_TYPE: i64 = 40002;
@@ -323,7 +323,7 @@ impl Core {
     /// Spends a code of `appid` and issues the token pair: 40029 unknown, another app's or
     /// expired, 40163 already used. WeChat's global errcode table describes 40029 as
     /// "不合法或已过期的code" and that is what an expired code gets in practice; 42003 ("code
-    /// expired") is documented but rarely seen (WECHAT.md, "as it behaves today").
+    /// expired") is documented but rarely seen (docs/design.md §10.5).
     pub(super) fn redeem_code(&self, appid: &str, code: &str) -> Result<Issued, i64> {
         let now = self.now();
         let mut records = self.lock();

@@ -1,6 +1,6 @@
 //! The store's circuit breaker: once Redis is known down, store calls answer
 //! `STORE_UNAVAILABLE` at once instead of each waiting on a dead connection until the caller's
-//! deadline (DESIGN.md §6).
+//! deadline (docs/design.md §6).
 //!
 //! - **Closed** (Redis answers): every call goes through. [`FAILURES_TO_OPEN`] connection-class
 //!   failures in a row (refused, reset, timed out, `LOADING`, cluster down; never a logical

@@ -6,7 +6,7 @@
 //! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
 //! a few one-key primitives with identical semantics, so the two cannot drift. Every Redis call
 //! goes through the [`breaker`], which answers at once while Redis is known down. Keys
-//! (DESIGN.md §4, a wire contract):
+//! (docs/design.md §4, a wire contract):
 //!
 //! | key | value |
 //! |---|---|
@@ -216,7 +216,7 @@ pub enum FlowUse {
 /// What wxauth knows of one WeChat code, kept for the code's life under its hash: the relay
 /// records the flow it came through, `ExchangeCode` claims it (one WeChat call however many
 /// exchanges run at once) and then records the result, so a repeat of the same `(flow, code)`
-/// gets the same answer and the same code with any other flow is refused (DESIGN.md §2).
+/// gets the same answer and the same code with any other flow is refused (docs/design.md §2).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CodeRecord {
     /// The flow the relay sent the code through; its id names the client that created it and

@@ -6,6 +6,7 @@ mod authorize;
 mod breaker;
 mod browser;
 mod chaos;
+mod citations;
 mod cli;
 mod cluster;
 mod concurrency;

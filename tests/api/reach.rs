@@ -1,4 +1,4 @@
-//! Who may reach a user (DESIGN.md §2 step 6): with `users = "own"` (the default) a client
+//! Who may reach a user (docs/design.md §2 step 6): with `users = "own"` (the default) a client
 //! reaches only users for whom it exchanged a code itself, and any other openid answers exactly
 //! as an unknown one does; `users = "app"` reaches every user of the client's apps. And a
 //! `snsapi_base` sign-in never takes away a token that can read the profile and still works
