@@ -244,9 +244,14 @@ impl MemoryBackend {
         let now = self.now();
         let mut inner = self.lock();
         let (value, expiry) = inner.live(key, now)?.clone();
-        inner.entries.remove(key);
-        let counter = inner.entries.remove(&uses_key(key));
+        let counter = inner.entries.get(&uses_key(key));
         let uses = counter.and_then(|(c, _)| c.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
+        if uses > 0 {
+            // A flow that relayed a callback stays as it is (its grace window goes on).
+            return Some((value, uses, Duration::ZERO));
+        }
+        inner.entries.remove(key);
+        inner.entries.remove(&uses_key(key));
         let left = Duration::from_millis(u64::try_from(expiry.saturating_sub(now)).unwrap_or(0));
         Some((value, uses, left))
     }

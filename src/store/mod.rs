@@ -1234,6 +1234,8 @@ mod tests {
         let code = AuthCode::new("QRCODE".to_owned());
         store.relay(&id, grace, Some(&code), ttl).await.expect("relay").expect("found");
         assert!(store.bind_to_browser(&id).await.expect("start").is_none());
+        let again = store.relay(&id, grace, Some(&code), ttl).await.expect("relay").expect("the flow is still there");
+        assert_eq!(again.uses, 2, "the refused start left the flow and its count alone");
     }
 
     #[tokio::test]

@@ -53,11 +53,13 @@ return {v, cut, n}
 ";
 
 /// Takes a flow out (the start of a browser-bound flow): the sealed flow, its callbacks so far
-/// and its remaining life (ms), and deletes the key; false when there is none.
+/// and its remaining life (ms), and deletes the key; false when there is none. A flow that has
+/// relayed a callback is left as it is (its grace window goes on) and answered with a life of 0.
 const TAKE_FLOW: &str = r"
 local v = redis.call('HGET', KEYS[1], 'f')
 if not v then return false end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if n > 0 then return {v, n, 0} end
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
 return {v, n, ttl}

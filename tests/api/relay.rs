@@ -323,6 +323,26 @@ async fn simultaneous_callbacks_relay_three_to_the_same_place_and_exactly_one_is
     assert_eq!(count("too_many_callbacks"), Some(5.0), "{scrape}");
 }
 
+async fn a_start_url_opened_after_a_callback_leaves_the_flow_relaying(backend: Backend) {
+    // Arrange: a flow shown as a QR code relays its callback; then its start URL is opened
+    // (a second device, the back button).
+    let app = spawn_app(backend).await;
+    let built = build(&app, "https://passport.example.com/login/", "s1").await;
+    let code = app.code(MP_APPID, "alice", "snsapi_userinfo");
+    let first = app.callback(&format!("code={code}&state={}", built.flow_id)).await;
+    assert_eq!(first.status(), 302);
+    let start_url = built
+        .start_url
+        .replace(&format!("https://{}", crate::helpers::CALLBACK_HOST), &format!("http://{}", app.public_addr));
+    // Act
+    let started = app.http.get(&start_url).send().await.expect("start");
+    let reload = app.callback(&format!("code={code}&state={}", built.flow_id)).await;
+    // Assert: the start is refused, and the flow still relays within its grace window.
+    assert_eq!(started.status(), 400, "a flow that relayed a callback is not started");
+    assert_eq!(reload.status(), 302, "the reload is relayed again");
+    assert_eq!(location(&reload), format!("https://passport.example.com/login/?code={code}&state=s1"));
+}
+
 both_backends!(
     the_code_goes_to_the_stored_return_url_with_the_callers_state,
     separators_and_line_breaks_are_percent_encoded_in_the_location,
@@ -332,6 +352,7 @@ both_backends!(
     the_start_url_sets_the_browsers_cookie_and_sends_it_to_wechat_once,
     a_bound_flow_relays_only_to_its_browser_and_its_code_exchanges_with_the_flow_id,
     a_callback_past_the_budget_binds_no_code,
+    a_start_url_opened_after_a_callback_leaves_the_flow_relaying,
     a_state_that_is_no_flow_id_of_wxaths_never_reaches_the_store,
     a_second_callback_in_the_grace_window_goes_to_the_same_place,
     unknown_flows_and_malformed_callbacks_get_a_page_not_a_redirect,
