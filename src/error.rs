@@ -114,7 +114,8 @@ pub enum ApiError {
     /// The refresh token is dead (42002, 40030): the user must authorize again.
     #[error("the user must authorize again")]
     ReauthorizationRequired(Option<Upstream>),
-    /// 48001, 10005, or a snsapi_base token asked for the profile.
+    /// 48001, 10005, a snsapi_base token asked for the profile, or a client whose own sign-ins
+    /// did not grant the profile (another product's consent is not its own: `consent`).
     #[error("scope not granted")]
     ScopeNotGranted(Option<Upstream>),
     /// 45009, 45011, 10009.

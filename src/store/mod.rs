@@ -11,7 +11,7 @@
 //! | key | value |
 //! |---|---|
 //! | `{prefix}:{app}:tok:{openid}` | sealed [`TokenRecord`] |
-//! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`], `n` its callbacks so far; TTL cut to the grace window at first use. A flow started through its start URL lives under its browser-bound id instead ([`Store::bind_to_browser`]: the flow id and 22 random characters), its first key deleted |
+//! | `{prefix}:flow:{flow_id}` | a hash: `f` the sealed [`Flow`] (its app, return URL, caller state, scope, `force_popup`, client), `n` its callbacks so far; TTL cut to the grace window at first use. A flow started through its start URL lives under its browser-bound id instead ([`Store::bind_to_browser`]: the flow id and 22 random characters), its first key deleted |
 //! | `{prefix}:code:{sha256(code)}` | sealed [`CodeRecord`]: the flow that relayed the code, then the exchange's claim, then its result. Not under the app: the relay binds a code in the same round trip that reads its flow, before it knows the app; the flow id's tag names the app (see [`Store::new_flow_id`]) |
 //! | `{prefix}:{app}:lock:{openid}` | refresh lock owner (replica id and a random token) |
 //! | `{prefix}:{app}:prof:{openid}:{lang}` | sealed [`CachedProfile`] (the profile cache; wxauth's addition to §4) |
