@@ -438,8 +438,10 @@ impl Tokens {
             self.store.put_account(unionid, &account, life).await
         };
         let reach = async {
-            // Only a grant that does not read the profile can lose something by replacing.
-            let earlier = if consent::reads_profile(granted) {
+            // Only a grant that does not read the profile, while a userinfo token was kept, can
+            // lose something by replacing: otherwise the earlier claim is not read at all (a
+            // mini program's sign-in, or a silent one that replaced the token, writes at once).
+            let earlier = if consent::reads_profile(granted) || !kept_reads_profile {
                 None
             } else {
                 self.store.get_reach(&app.name, openid, caller).await?
