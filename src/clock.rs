@@ -10,6 +10,13 @@ pub fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// Whole milliseconds of a duration as an offset on the millisecond clock (saturating). The one
+/// conversion of a life or a wait to milliseconds; a caller that needs at least 1 ms (a Redis
+/// `PX`, which refuses 0) says so with `.max(1)` where it calls.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// System time plus an offset that only tests move. Clones share the offset.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
