@@ -21,7 +21,7 @@ use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
 use crate::store::{Admission, Flow, Store};
 use crate::telemetry::{self, Metrics};
-use crate::tokens::{Reach, Tokens};
+use crate::tokens::{Tokens, UsersRule};
 use crate::wechat::{App, AppKind, AuthorizeParams, Lang, Profile, Scope, WechatClient, WxLoginOptions, WxLoginParams};
 
 /// Longest `return_url` accepted.
@@ -294,7 +294,7 @@ impl OAuthService {
         let user_info = if req.include_user_info && grants_userinfo && !outcome.is_snapshot_user {
             // A new sign-in shows the profile as WeChat has it now (the user may just have
             // changed it); a replay of the same code answers from the profile cache.
-            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new, Reach::Any).await?.profile))
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, new, UsersRule::Any).await?.profile))
         } else {
             None
         };
@@ -429,7 +429,7 @@ impl OAuthService {
         let outcome = self.tokens.exchange_mobile(app, AuthCode::new(req.code), &client.name).await?;
         // Only a sign-in whose own grant reads the profile is shown one (`crate::consent`).
         let user_info = if req.include_user_info && consent::reads_profile(&outcome.scopes) {
-            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, true, Reach::Any).await?.profile))
+            Some(user_info(self.tokens.userinfo(app, &outcome.openid, lang, true, UsersRule::Any).await?.profile))
         } else {
             None
         };
@@ -682,10 +682,10 @@ fn scopes_of(grant: Option<Grant>, token_scopes: &[String]) -> Vec<String> {
 }
 
 /// Whose users `client` reaches (`clients.<name>.users`).
-fn reach(client: &Client) -> Reach<'_> {
+fn reach(client: &Client) -> UsersRule<'_> {
     match client.users {
-        Users::Own => Reach::Own(&client.name),
-        Users::App => Reach::Any,
+        Users::Own => UsersRule::Own(&client.name),
+        Users::App => UsersRule::Any,
     }
 }
 
