@@ -105,8 +105,8 @@ impl Tokens {
         })
     }
 
-    /// How long a refresh (or `ForgetUser`) holds a user's lock at most: [`lock_ttl`] of the
-    /// WeChat settings.
+    /// How long a refresh (or `ForgetUser`) holds a user's lock at most: computed from the
+    /// WeChat settings (`tokens::lock_ttl`, docs/design.md §12.4).
     pub fn lock_ttl(&self) -> Duration {
         Duration::from_millis(self.lock_ttl_ms.load(Ordering::Relaxed))
     }
