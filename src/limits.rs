@@ -42,7 +42,7 @@ fn quota(rate: Rate) -> Quota {
 }
 
 /// Every client's buckets, built once at start-up and shared by all requests.
-pub struct RateLimiters {
+pub(crate) struct RateLimiters {
     by_client: HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>,
     metrics: Arc<Metrics>,
 }
@@ -55,7 +55,7 @@ impl std::fmt::Debug for RateLimiters {
 
 impl RateLimiters {
     /// A full bucket for each limited family of each client.
-    pub fn new(clients: &[Client], metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(clients: &[Client], metrics: Arc<Metrics>) -> Self {
         let by_client = clients
             .iter()
             .map(|c| (c.name.clone(), c.limits.rates.map(|rate| rate.map(|r| governor::RateLimiter::direct(quota(r))))))
@@ -66,7 +66,7 @@ impl RateLimiters {
     /// Takes one request from the client's bucket for `method`'s family, or refuses with
     /// `CLIENT_RATE_LIMITED` and governor's wait time until the bucket has one again (counted
     /// in `wxauth_client_refusals_total`).
-    pub fn check(&self, client: &Client, method: &str) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, client: &Client, method: &str) -> Result<(), ApiError> {
         let family = family_of_method(method);
         let Some(limiter) = self.by_client.get(&client.name).and_then(|l| l[family.index()].as_ref()) else {
             return Ok(());

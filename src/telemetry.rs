@@ -159,7 +159,7 @@ impl Extractor for MetadataExtractor<'_> {
 
 /// Makes `span` a child of the caller's trace, when the request carries one. Call it before
 /// the span is first entered.
-pub fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+pub(crate) fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
     if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid()
@@ -246,7 +246,7 @@ static MALFORMED_REQUESTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyL
 });
 
 /// Counts one malformed request (see [`MALFORMED_REQUESTS`]); `reason` is one of a fixed set.
-pub fn count_malformed_request(reason: &'static str) {
+pub(crate) fn count_malformed_request(reason: &'static str) {
     MALFORMED_REQUESTS.with_label_values(&[reason]).inc();
 }
 
@@ -296,7 +296,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "metrics encoding failed");

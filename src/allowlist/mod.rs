@@ -41,8 +41,8 @@ use url::{Host, Url};
 
 use pattern::Pattern;
 use raw::parse_return_url;
-pub(crate) use return_url::form_pairs;
-pub use return_url::{ReturnUrl, redirect_from_stored};
+pub use return_url::ReturnUrl;
+pub(crate) use return_url::{form_pairs, redirect_from_stored};
 
 /// Longest return URL accepted, in bytes, both as given and once normalized.
 const MAX_URL_LEN: usize = 2048;

@@ -60,7 +60,7 @@ impl ReturnUrl {
 /// byte checks still stand in for the parse, so that even a damaged record cannot make a
 /// redirect to anything but an absolute http(s) URL without userinfo, or break the `Location`
 /// header: nothing but printable ASCII, no fragment, no `@` or `\` in the authority.
-pub fn redirect_from_stored(stored: &str, params: &[(&str, &str)]) -> Result<String, Rejection> {
+pub(crate) fn redirect_from_stored(stored: &str, params: &[(&str, &str)]) -> Result<String, Rejection> {
     check_raw_length(stored)?;
     let rest =
         stored.strip_prefix("https://").or_else(|| stored.strip_prefix("http://")).ok_or(Rejection::NotAbsolute)?;

@@ -35,7 +35,7 @@ pub struct Apps {
 
 impl Apps {
     /// The app a request names, or the device's default when it names none.
-    pub fn resolve(&self, name: &str, device: Option<Device>) -> Option<&App> {
+    pub(crate) fn resolve(&self, name: &str, device: Option<Device>) -> Option<&App> {
         if name.is_empty() {
             return device.and_then(|d| self.device_defaults.get(&d)).and_then(|n| self.by_name.get(n));
         }

@@ -109,7 +109,7 @@ impl Settings {
     }
 
     /// Parses TOML text layered with an env provider, then validates.
-    pub fn from_sources(toml: &str, env: Env) -> Result<Self, ConfigError> {
+    pub(crate) fn from_sources(toml: &str, env: Env) -> Result<Self, ConfigError> {
         let raw: RawConfig = Figment::from(Toml::string(toml)).merge(env).extract().map_err(|e| {
             let mut path = e.path.clone();
             match &e.kind {
@@ -129,7 +129,7 @@ impl Settings {
     }
 
     /// The app a request names, or the device's default when it names none.
-    pub fn resolve_app(&self, name: &str, device: Option<Device>) -> Option<&App> {
+    pub(crate) fn resolve_app(&self, name: &str, device: Option<Device>) -> Option<&App> {
         self.apps.resolve(name, device)
     }
 }
@@ -138,7 +138,7 @@ impl Settings {
 /// Only names with the `__` separator count, so the variables Kubernetes injects for a Service
 /// named `wxauth` (`WXAUTH_SERVICE_HOST`, `WXAUTH_PORT_50051_TCP`, ...) and `WXAUTH_CONFIG`
 /// are not mistaken for config keys.
-pub fn env_overrides() -> Env {
+pub(crate) fn env_overrides() -> Env {
     Env::prefixed("WXAUTH_").filter(|key| key.as_str().contains("__") || key == "mode").split("__")
 }
 

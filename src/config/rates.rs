@@ -23,7 +23,7 @@ impl Family {
     pub const ALL: [Family; 3] = [Family::Authorize, Family::Exchange, Family::User];
 
     /// The config key (`clients.<name>.rate_limits.<key>`) and metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Family::Authorize => "authorize",
             Family::Exchange => "exchange",
@@ -46,7 +46,7 @@ impl Family {
     /// at once makes about (20 × 2 + 100 × 1) × 3 = 420 WeChat calls a second: an exchange is
     /// up to two sns calls, a user call at most one once its user's token is fresh (refreshes are
     /// coalesced, once per token life). That is about half of an app's 50,000 a minute.
-    pub fn default_rate(self) -> Rate {
+    pub(crate) fn default_rate(self) -> Rate {
         let per_second = match self {
             Family::Authorize => 100,
             Family::Exchange => 20,
@@ -75,7 +75,7 @@ impl Rate {
     /// Parses `"<count>/<unit>"` (unit `s`, `sec`, `second`, `m`, `min`, `minute`, `h`,
     /// `hour`), or `"off"` (`None`). `burst` defaults to one second's worth of the rate (at
     /// least 1). Errors say what is wrong, for a message that names the key.
-    pub fn parse(spec: &str, burst: Option<u32>) -> Result<Option<Rate>, String> {
+    pub(crate) fn parse(spec: &str, burst: Option<u32>) -> Result<Option<Rate>, String> {
         let spec = spec.trim();
         if spec.eq_ignore_ascii_case("off") {
             return Ok(None);
@@ -107,7 +107,7 @@ impl Rate {
     }
 
     /// `"<count>/<unit>, burst <n>"`, for `wxauth check`.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         let unit = match self.per.as_secs() {
             1 => "s",
             60 => "min",
@@ -142,7 +142,7 @@ impl Default for ClientLimits {
 
 impl ClientLimits {
     /// The rate of one family (`None`: off).
-    pub fn rate(&self, family: Family) -> Option<Rate> {
+    pub(crate) fn rate(&self, family: Family) -> Option<Rate> {
         self.rates[family.index()]
     }
 }
