@@ -4,7 +4,7 @@
 //! [`crate::store::Store::admit_flow`]), so it cannot fill Redis with flows.
 //!
 //! The buckets are [`governor`]'s GCRA limiters, one per client × family, built once at
-//! start-up ([`RateLimiters::new`]) and checked right after authentication, before any store or
+//! start-up (`RateLimiters::new`) and checked right after authentication, before any store or
 //! WeChat work. They live in the process: each replica enforces its own copy of a limit, so a
 //! limit is per replica (configure the cluster-wide budget divided by the replica count).
 //!

@@ -39,7 +39,7 @@ pub(crate) const LIVENESS_SERVICE: &str = "liveness";
 /// ping's own bound ([`crate::store::PING_TIMEOUT`]), a killed Redis turns health NOT_SERVING
 /// within 0.3 s (a silent one after [`crate::store::SILENCE_TO_OPEN`]), and a returned one
 /// SERVING within one interval and a round trip.
-pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The longest an RPC may run (tonic answers `CANCELLED` after it); also how long a gRPC
 /// connection past `server.grpc_max_connection_age` may take to finish its RPCs before it is

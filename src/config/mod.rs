@@ -2,6 +2,13 @@
 //! environment overrides (`WXAUTH_STORE__URL` sets `store.url`), secrets read from env or from
 //! files (Kubernetes Secret mounts), everything validated once at start-up into [`Settings`].
 //! A bad value stops start-up with an error that names the key.
+//!
+//! [`Settings`] has the file's sections, and start-up hands each to the part it configures.
+//! The rooms: `raw.rs` is the file's shape and defaults as serde reads them; `validate.rs`
+//! walks the sections in the file's order, each checked by its own module (`server.rs`,
+//! `store.rs`, `apps.rs` with `[wechat]`, `clients.rs` with `rates.rs`, the plain rate-limit
+//! settings that [`crate::limits`] builds its buckets from); `summary.rs` is `wxauth check`'s
+//! view.
 
 mod apps;
 mod clients;
