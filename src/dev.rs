@@ -105,11 +105,11 @@ mod tests {
     #[test]
     fn dev_settings_are_valid_and_use_the_documented_values() {
         let settings = super::settings().expect("dev settings validate");
-        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(settings.apps["demo-mp"].appid, "wxd0000000000000a1");
+        assert_eq!(settings.server.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(settings.apps.by_name["demo-mp"].appid, "wxd0000000000000a1");
         assert_eq!(settings.clients[0].name, "demo");
-        assert!(crate::limits::Family::ALL.iter().all(|f| settings.clients[0].limits.rate(*f).is_none()), "no limits");
-        assert_eq!(settings.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
+        assert!(crate::config::Family::ALL.iter().all(|f| settings.clients[0].limits.rate(*f).is_none()), "no limits");
+        assert_eq!(settings.server.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
         assert_eq!(super::SIM_ADDR, super::DevAddrs::default().sim.to_string());
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());
     }

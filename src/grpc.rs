@@ -12,11 +12,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::clock::{Clock, secs};
-use crate::config::{self, Client, Settings, Users};
+use crate::config::{self, Client, Family, Settings, Users};
 use crate::consent::{self, Grant};
 use crate::error::{ApiError, FieldViolation};
 use crate::grpc_gate::ClientKeys;
-use crate::limits::{Family, RateLimiters};
+use crate::limits::RateLimiters;
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::secrets::AuthCode;
 use crate::store::{Admission, Flow, Store};
@@ -197,7 +197,7 @@ impl OAuthService {
         self.metrics.flows_started.with_label_values(&[app.name.as_str()]).inc();
         let params = AuthorizeParams {
             app,
-            redirect_uri: self.settings.callback_url.as_str(),
+            redirect_uri: self.settings.server.callback_url.as_str(),
             scope,
             state: &flow_id,
             force_popup: req.force_popup,
@@ -210,11 +210,11 @@ impl OAuthService {
         Ok(proto::BuildAuthorizeUrlResponse {
             authorize_url,
             flow_id,
-            expire_time: Some(timestamp(now + secs(self.settings.flow_ttl))),
+            expire_time: Some(timestamp(now + secs(self.settings.flow.ttl))),
             app: app.name.clone(),
             scope: scope_to_proto(scope) as i32,
             wx_login,
-            start_url: crate::relay::start_url(&self.settings.callback_url, &start_token),
+            start_url: crate::relay::start_url(&self.settings.server.callback_url, &start_token),
         })
     }
 
@@ -223,7 +223,7 @@ impl OAuthService {
     /// pipeline): on the rare refusal the flow just written is deleted again, and when the
     /// write fails the place just counted is given back.
     async fn start_flow(&self, client: &Client, flow_id: &str, flow: &Flow) -> Result<(), ApiError> {
-        let ttl = self.settings.flow_ttl;
+        let ttl = self.settings.flow.ttl;
         let (stored, admission) = tokio::join!(
             self.store.put_flow(flow_id, flow, ttl),
             self.store.admit_flow(&client.name, client.limits.max_open_flows, ttl, self.clock.now_ms()),
@@ -314,7 +314,7 @@ impl OAuthService {
     /// The app (of the client's) that `flow_id` was started in, from the id's tag alone; an
     /// exchange that names no app uses its flow's. Another client's flow names none of them.
     fn app_of_flow(&self, client: &Client, flow_id: &str) -> Result<&App, ApiError> {
-        let mut apps = client.apps.iter().filter_map(|name| self.settings.apps.get(name));
+        let mut apps = client.apps.iter().filter_map(|name| self.settings.apps.by_name.get(name));
         apps.find(|app| self.store.flow_is_of(flow_id, &client.name, &app.name)).ok_or(ApiError::CodeNotFromFlow)
     }
 

@@ -135,7 +135,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => wxauth::dev::settings()?,
     };
     // Kept to the end of `serve`: dropping it flushes buffered spans.
-    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log_json))?;
+    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log.json))?;
     let mut dev = DevServices::default();
     if config.is_none() {
         start_dev_simulator(&mut dev).await?;

@@ -96,14 +96,14 @@ impl RelayState {
     /// The relay's state from the settings.
     pub fn new(store: Store, settings: &Settings, metrics: Arc<Metrics>) -> Self {
         let start = Start {
-            apps: settings.apps.clone(),
+            apps: settings.apps.by_name.clone(),
             open_base: settings.wechat.open_base.clone(),
-            callback_url: settings.callback_url.as_str().to_owned(),
-            cookie_path: settings.callback_url.path().to_owned(),
+            callback_url: settings.server.callback_url.as_str().to_owned(),
+            cookie_path: settings.server.callback_url.path().to_owned(),
             // Plain http is for the dev mode on loopback only (production requires https).
             secure: settings.mode != Mode::Development,
         };
-        Self { store, grace: settings.grace, metrics, start: Arc::new(start) }
+        Self { store, grace: settings.flow.grace, metrics, start: Arc::new(start) }
     }
 }
 

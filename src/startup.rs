@@ -16,10 +16,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 use crate::clock::Clock;
-use crate::config::{Settings, StoreBackend};
+use crate::config::{ListenerLimits, Settings, StoreBackend, StoreSettings};
 use crate::grpc::OAuthService;
 use crate::grpc_gate::GateLayer;
 use crate::listener;
@@ -27,12 +28,12 @@ use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServi
 use crate::relay::{self, RelayState};
 use crate::store::{BreakerState, Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::tokens::{TokenPolicy, Tokens};
+use crate::tokens::Tokens;
 use crate::wechat::WechatClient;
 
 /// A gRPC health name that is SERVING while the process answers, whatever the store does: the
 /// target of liveness probes (restarting pods during a Redis outage would not help).
-pub const LIVENESS_SERVICE: &str = "liveness";
+pub(crate) const LIVENESS_SERVICE: &str = "liveness";
 
 /// How often the store is pinged for the health status (and the circuit breaker). With the
 /// ping's own bound ([`crate::store::PING_TIMEOUT`]), a killed Redis turns health NOT_SERVING
@@ -99,23 +100,9 @@ impl Application {
     /// Builds with a given clock (tests move it).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, BuildError> {
         let metrics = Metrics::new();
-        let (keys, prefix) = (settings.keyring.clone(), settings.key_prefix.as_str());
-        let store = match &settings.store {
-            StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(&metrics), clock.clone()),
-            StoreBackend::Redis(urls) => {
-                Store::redis(urls, &settings.redis_tls, keys, prefix, Arc::clone(&metrics)).await?
-            }
-            StoreBackend::Sentinel { urls, master } => {
-                Store::redis_sentinel(urls, master, &settings.redis_tls, keys, prefix, Arc::clone(&metrics)).await?
-            }
-        };
+        let store = build_store(&settings.store, &metrics, &clock).await?;
         let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;
-        let policy = TokenPolicy {
-            refresh_margin: settings.refresh_margin,
-            refresh_life: settings.refresh_life,
-            profile_cache: settings.profile_cache,
-        };
-        let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), policy, Arc::clone(&metrics));
+        let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), settings.token, Arc::clone(&metrics));
         let settings = Arc::new(settings);
         let service = OAuthService::new(
             Arc::clone(&settings),
@@ -126,9 +113,9 @@ impl Application {
             Arc::clone(&metrics),
         );
         Ok(Self {
-            grpc: bind(settings.grpc_addr).await?,
-            public: bind(settings.public_addr).await?,
-            admin: bind(settings.admin_addr).await?,
+            grpc: bind(settings.server.grpc_addr).await?,
+            public: bind(settings.server.public_addr).await?,
+            admin: bind(settings.server.admin_addr).await?,
             settings,
             store,
             tokens,
@@ -172,68 +159,37 @@ impl Application {
     /// accepting and in-flight requests get `server.drain` to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
-        let reflection_v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
-
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = {
-            let stop_rx = stop_rx.clone();
-            move || {
-                let mut rx = stop_rx.clone();
-                async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                }
-            }
-        };
+        let (store, ready, drain) = (self.store.clone(), Arc::clone(&self.ready), self.settings.server.drain);
+        let listeners = self.listeners(health, &stop_rx)?;
 
         // NOT_SERVING until the first store check says otherwise (tonic-health starts "" as
         // SERVING, and an unregistered service name would answer NOT_FOUND to probes).
         set_status(&reporter, ServingStatus::NotServing).await;
         reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
-        let health_task =
-            tokio::spawn(watch_store(self.store.clone(), reporter.clone(), Arc::clone(&self.ready), stopped()));
+        let health_task = tokio::spawn(watch_store(store, reporter.clone(), Arc::clone(&ready), stopped(&stop_rx)));
 
-        let limits = self.settings.listener_limits;
-        // Calls are authenticated from their headers and their bodies read before they take one
-        // of the API's `max_concurrent_requests` slots; health has slots of its own.
-        let gate = GateLayer::new(
-            self.service.client_keys(),
-            limits.max_concurrent_requests,
-            limits.header_timeout,
-            Arc::clone(&self.metrics),
-        );
-        let grpc = tonic::transport::Server::builder()
-            .layer(gate)
-            .timeout(GRPC_REQUEST_TIMEOUT)
-            // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
-            // by the HTTP/2 layer itself (it refuses excess streams), so no per-request
-            // `concurrency_limit_per_connection` layer is needed on top.
-            .max_concurrent_streams(limits.grpc_max_concurrent_streams)
-            .max_connection_age(limits.grpc_max_connection_age)
-            .max_connection_age_grace(GRPC_REQUEST_TIMEOUT)
-            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                WeChatOAuthServiceServer::new(self.service.clone())
-                    .max_decoding_message_size(64 * 1024)
-                    .max_encoding_message_size(256 * 1024),
-            )
-            // The incoming connections carry TCP_NODELAY, the connection cap and the preface
-            // deadline (`Server::tcp_nodelay` covers only listeners tonic binds itself).
-            .serve_with_incoming_shutdown(
-                listener::grpc_incoming(self.grpc, limits, Arc::clone(&self.metrics)),
-                stopped(),
-            );
-        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(&self.metrics)));
-        let public = listener::serve_http("public", self.public, relay, limits, Arc::clone(&self.metrics), stopped());
-        let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(&self.metrics));
-        let admin =
-            listener::serve_http("admin", self.admin, admin_router, limits, Arc::clone(&self.metrics), stopped());
-        let listeners: Vec<(&'static str, Listening)> = vec![
-            ("grpc", Box::pin(async { grpc.await.map_err(std::io::Error::other) })),
+        let stopping = Stopping { stop_tx, stop_rx, ready, reporter, drain };
+        let served = stopping.serve(listeners, shutdown).await;
+        health_task.abort();
+        served
+    }
+
+    /// The three listeners' serving futures, each ending once `stop` turns true.
+    fn listeners(
+        self,
+        health: HealthServer<impl Health>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<(&'static str, Listening)>> {
+        let limits = self.settings.server.listener_limits;
+        let metrics = &self.metrics;
+        let grpc = serve_grpc(self.grpc, self.service, health, limits, Arc::clone(metrics), stop)?;
+        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(metrics)));
+        let public = listener::serve_http("public", self.public, relay, limits, Arc::clone(metrics), stopped(stop));
+        let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(metrics));
+        let admin = listener::serve_http("admin", self.admin, admin_router, limits, Arc::clone(metrics), stopped(stop));
+        Ok(vec![
+            ("grpc", grpc),
             (
                 "public",
                 Box::pin(async {
@@ -248,11 +204,75 @@ impl Application {
                     Ok(())
                 }),
             ),
-        ];
+        ])
+    }
+}
 
-        let drain = self.settings.drain;
-        let ready = Arc::clone(&self.ready);
-        let (failed_ready, failed_reporter) = (Arc::clone(&self.ready), reporter.clone());
+/// The gRPC listener's serving future: the API behind its gate, health and reflection, with
+/// the listener limits and keepalive.
+fn serve_grpc(
+    incoming: TcpListener,
+    service: OAuthService,
+    health: HealthServer<impl Health>,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Listening> {
+    let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(std::io::Error::other)?;
+    // Calls are authenticated from their headers and their bodies read before they take one
+    // of the API's `max_concurrent_requests` slots; health has slots of its own.
+    let gate = GateLayer::new(
+        service.client_keys(),
+        limits.max_concurrent_requests,
+        limits.header_timeout,
+        Arc::clone(&metrics),
+    );
+    let grpc = tonic::transport::Server::builder()
+        .layer(gate)
+        .timeout(GRPC_REQUEST_TIMEOUT)
+        // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
+        // by the HTTP/2 layer itself (it refuses excess streams), so no per-request
+        // `concurrency_limit_per_connection` layer is needed on top.
+        .max_concurrent_streams(limits.grpc_max_concurrent_streams)
+        .max_connection_age(limits.grpc_max_connection_age)
+        .max_connection_age_grace(GRPC_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            WeChatOAuthServiceServer::new(service)
+                .max_decoding_message_size(64 * 1024)
+                .max_encoding_message_size(256 * 1024),
+        )
+        // The incoming connections carry TCP_NODELAY, the connection cap and the preface
+        // deadline (`Server::tcp_nodelay` covers only listeners tonic binds itself).
+        .serve_with_incoming_shutdown(listener::grpc_incoming(incoming, limits, metrics), stopped(stop));
+    Ok(Box::pin(async { grpc.await.map_err(std::io::Error::other) }))
+}
+
+/// What a shutdown (asked for, or forced by a failed listener) turns off: the stop signal to
+/// the listeners, readiness and health; and how long the listeners get to drain.
+struct Stopping {
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    drain: Duration,
+}
+
+impl Stopping {
+    /// Serves `listeners` until `shutdown` completes (then readiness off, stop, drain) or one of
+    /// them fails or ends unasked (then readiness off and the others stopped with it).
+    async fn serve(
+        self,
+        listeners: Vec<(&'static str, Listening)>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Self { stop_tx, stop_rx, ready, reporter, drain } = self;
+        let (failed_ready, failed_reporter) = (Arc::clone(&ready), reporter.clone());
         let servers = async move {
             let served = serve_together(listeners, stop_rx).await;
             if let Err(error) = &served {
@@ -271,7 +291,7 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         tokio::pin!(servers, trigger);
-        let served = tokio::select! {
+        tokio::select! {
             // A listener failed or stopped on its own: the others are stopped with it.
             served = &mut servers => served,
             () = &mut trigger => match tokio::time::timeout(drain, &mut servers).await {
@@ -281,10 +301,28 @@ impl Application {
                     Ok(())
                 }
             },
-        };
-        health_task.abort();
-        served
+        }
     }
+}
+
+/// A future that completes once `stop` turns true (or its sender is gone).
+fn stopped(stop: &tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = stop.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The store the settings name, memory or Redis (one node, a Cluster, or behind Sentinel).
+async fn build_store(settings: &StoreSettings, metrics: &Arc<Metrics>, clock: &Clock) -> Result<Store, StoreError> {
+    let (keys, prefix, tls) = (settings.keyring.clone(), settings.key_prefix.as_str(), &settings.tls);
+    Ok(match &settings.backend {
+        StoreBackend::Memory => Store::memory(keys, prefix, Arc::clone(metrics), clock.clone()),
+        StoreBackend::Redis(urls) => Store::redis(urls, tls, keys, prefix, Arc::clone(metrics)).await?,
+        StoreBackend::Sentinel { urls, master } => {
+            Store::redis_sentinel(urls, master, tls, keys, prefix, Arc::clone(metrics)).await?
+        }
+    })
 }
 
 /// A listener's serving future: it ends when told to stop (or when it fails).

@@ -159,7 +159,7 @@ impl Extractor for MetadataExtractor<'_> {
 
 /// Makes `span` a child of the caller's trace, when the request carries one. Call it before
 /// the span is first entered.
-pub fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+pub(crate) fn adopt_remote_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
     if opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid()
@@ -246,7 +246,7 @@ static MALFORMED_REQUESTS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyL
 });
 
 /// Counts one malformed request (see [`MALFORMED_REQUESTS`]); `reason` is one of a fixed set.
-pub fn count_malformed_request(reason: &'static str) {
+pub(crate) fn count_malformed_request(reason: &'static str) {
     MALFORMED_REQUESTS.with_label_values(&[reason]).inc();
 }
 
@@ -254,146 +254,222 @@ impl Metrics {
     /// A fresh registry with every metric registered, and `wxauth_build_info` set.
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("{e}"));
-            registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("{e}"));
-            c
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-            let h = HistogramVec::new(opts, labels).unwrap_or_else(|e| unreachable!("{e}"));
-            registry.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable!("{e}"));
-            h
-        };
-        let unopenable = IntCounter::new(
-            "wxauth_sealed_records_unopenable_total",
-            "Sealed records that did not open (wrong key, tampered, moved); treated as missing.",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        registry.register(Box::new(unopenable.clone())).unwrap_or_else(|e| unreachable!("{e}"));
-        let build_info = IntGaugeVec::new(Opts::new("wxauth_build_info", "Build information; always 1."), &["version"])
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        registry.register(Box::new(build_info.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        let r = Registrar(&registry);
+        let build_info = r.register(
+            IntGaugeVec::new(Opts::new("wxauth_build_info", "Build information; always 1."), &["version"])
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let breaker_state = IntGauge::new(
-            "wxauth_store_breaker_state",
-            "The store's circuit breaker: 0 closed (Redis answers), 1 half-open (probing), 2 open (calls refused at once).",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        registry.register(Box::new(breaker_state.clone())).unwrap_or_else(|e| unreachable!("{e}"));
-        let breaker_rejections = IntCounter::new(
-            "wxauth_store_breaker_rejections_total",
-            "Store calls answered STORE_UNAVAILABLE at once by the open circuit breaker, without touching Redis.",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        registry.register(Box::new(breaker_rejections.clone())).unwrap_or_else(|e| unreachable!("{e}"));
-        registry.register(Box::new(MALFORMED_REQUESTS.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        r.register(MALFORMED_REQUESTS.clone());
+        let (rpc_requests, rpc_duration) = grpc_metrics(&r);
+        let (grpc_refusals, connections_closed) = listener_metrics(&r);
+        let (wechat_requests, wechat_duration) = wechat_metrics(&r);
+        let (relay_callbacks, relay_starts, flows_started) = relay_metrics(&r);
+        let (store_duration, store_errors, unopenable_records) = store_metrics(&r);
+        let (store_breaker_state, store_breaker_transitions, store_breaker_rejections) = breaker_metrics(&r);
+        let (refreshes, profile_cache, sign_ins) = token_metrics(&r);
+        let (client_refusals, consent_refusals, return_url_refusals) = client_metrics(&r);
         Arc::new(Self {
-            rpc_requests: counter(
-                "wxauth_grpc_requests_total",
-                "gRPC requests handled, by method and status code.",
-                &["grpc_method", "grpc_code"],
-            ),
-            rpc_duration: histogram(
-                "wxauth_grpc_request_duration_seconds",
-                "gRPC request latency, by method and status code.",
-                &["grpc_method", "grpc_code"],
-            ),
-            wechat_requests: counter(
-                "wxauth_wechat_requests_total",
-                "Calls to WeChat, by app (the config name; WeChat's quota is per app), endpoint, result and errcode.",
-                &["app", "endpoint", "result", "errcode"],
-            ),
-            wechat_duration: histogram(
-                "wxauth_wechat_request_duration_seconds",
-                "Latency of calls to WeChat, by endpoint.",
-                &["endpoint"],
-            ),
-            relay_callbacks: counter(
-                "wxauth_relay_callbacks_total",
-                "Callbacks at the relay, by outcome.",
-                &["outcome"],
-            ),
-            relay_starts: counter(
-                "wxauth_relay_starts_total",
-                "Start URL visits at the relay (a flow bound to a browser), by outcome.",
-                &["outcome"],
-            ),
-            flows_started: counter(
-                "wxauth_flows_started_total",
-                "Flows started by BuildAuthorizeUrl, by app (minus first callbacks: flows that never came back).",
-                &["app"],
-            ),
-            store_duration: histogram(
-                "wxauth_store_operation_duration_seconds",
-                "Store operation latency, by operation.",
-                &["operation"],
-            ),
-            store_errors: counter(
-                "wxauth_store_errors_total",
-                "Store operations that failed (unreachable, timeout), by operation.",
-                &["operation"],
-            ),
-            refreshes: counter(
-                "wxauth_token_refreshes_total",
-                "Token refreshes, by result: upstream (a WeChat call), coalesced (a call saved) or superseded (a result not stored: the record changed meanwhile).",
-                &["result"],
-            ),
-            profile_cache: counter(
-                "wxauth_profile_cache_total",
-                "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
-                &["result"],
-            ),
-            grpc_refusals: counter(
-                "wxauth_grpc_refusals_total",
-                "gRPC calls refused before they took a request slot, by reason (unauthenticated, body_timeout, body_too_large).",
-                &["reason"],
-            ),
-            connections_closed: counter(
-                "wxauth_connections_closed_total",
-                "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout).",
-                &["listener", "reason"],
-            ),
-            client_refusals: counter(
-                "wxauth_client_refusals_total",
-                "Requests refused by the client's own limits, by client, RPC family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
-                &["client", "family", "reason"],
-            ),
-            sign_ins: counter(
-                "wxauth_sign_ins_total",
-                "Sign-ins that stored a user (code exchanges, mobile-app exchanges, mini-program sign-ins), by app kind.",
-                &["kind"],
-            ),
-            consent_refusals: counter(
-                "wxauth_consent_refusals_total",
-                "Per-user requests refused because they asked beyond the calling client's own sign-ins, by client and reason (scope_not_granted, not_reached, code_of_another_client).",
-                &["client", "reason"],
-            ),
-            unopenable_records: unopenable,
-            store_breaker_state: breaker_state,
-            store_breaker_transitions: counter(
-                "wxauth_store_breaker_transitions_total",
-                "Transitions of the store's circuit breaker, by the state entered (closed, open, half_open).",
-                &["state"],
-            ),
-            store_breaker_rejections: breaker_rejections,
-            return_url_refusals: counter(
-                "wxauth_return_url_refusals_total",
-                "BuildAuthorizeUrl return URLs refused by the client's allowlist, by rejection code (NETWORK_PATH, USERINFO_NOT_ALLOWED, NOT_IN_ALLOWLIST, ...).",
-                &["reason"],
-            ),
+            rpc_requests,
+            rpc_duration,
+            wechat_requests,
+            wechat_duration,
+            relay_callbacks,
+            relay_starts,
+            flows_started,
+            store_duration,
+            store_errors,
+            refreshes,
+            profile_cache,
+            client_refusals,
+            sign_ins,
+            consent_refusals,
+            unopenable_records,
+            store_breaker_state,
+            store_breaker_transitions,
+            store_breaker_rejections,
+            return_url_refusals,
+            grpc_refusals,
+            connections_closed,
             registry,
         })
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
     }
+}
+
+/// Makes metrics and registers them in one registry. A metric's name, help and labels are
+/// fixed text, so a failure here is a bug in this file (`unreachable!`), not a runtime error.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0.register(Box::new(metric.clone())).unwrap_or_else(|e| unreachable!("{e}"));
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("{e}")))
+    }
+
+    fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        self.register(HistogramVec::new(opts, labels).unwrap_or_else(|e| unreachable!("{e}")))
+    }
+}
+
+/// The gRPC API's requests and latency.
+fn grpc_metrics(r: &Registrar<'_>) -> (IntCounterVec, HistogramVec) {
+    let requests = r.counter(
+        "wxauth_grpc_requests_total",
+        "gRPC requests handled, by method and status code.",
+        &["grpc_method", "grpc_code"],
+    );
+    let duration = r.histogram(
+        "wxauth_grpc_request_duration_seconds",
+        "gRPC request latency, by method and status code.",
+        &["grpc_method", "grpc_code"],
+    );
+    (requests, duration)
+}
+
+/// The listeners' refusals: gRPC calls the gate ended, connections closed for slowness.
+fn listener_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
+    let grpc_refusals = r.counter(
+        "wxauth_grpc_refusals_total",
+        "gRPC calls refused before they took a request slot, by reason (unauthenticated, body_timeout, body_too_large).",
+        &["reason"],
+    );
+    let connections_closed = r.counter(
+        "wxauth_connections_closed_total",
+        "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout).",
+        &["listener", "reason"],
+    );
+    (grpc_refusals, connections_closed)
+}
+
+/// Calls to WeChat and their latency.
+fn wechat_metrics(r: &Registrar<'_>) -> (IntCounterVec, HistogramVec) {
+    let requests = r.counter(
+        "wxauth_wechat_requests_total",
+        "Calls to WeChat, by app (the config name; WeChat's quota is per app), endpoint, result and errcode.",
+        &["app", "endpoint", "result", "errcode"],
+    );
+    let duration = r.histogram(
+        "wxauth_wechat_request_duration_seconds",
+        "Latency of calls to WeChat, by endpoint.",
+        &["endpoint"],
+    );
+    (requests, duration)
+}
+
+/// The relay's callbacks and start-URL visits, and the flows started.
+fn relay_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
+    let callbacks = r.counter("wxauth_relay_callbacks_total", "Callbacks at the relay, by outcome.", &["outcome"]);
+    let starts = r.counter(
+        "wxauth_relay_starts_total",
+        "Start URL visits at the relay (a flow bound to a browser), by outcome.",
+        &["outcome"],
+    );
+    let flows_started = r.counter(
+        "wxauth_flows_started_total",
+        "Flows started by BuildAuthorizeUrl, by app (minus first callbacks: flows that never came back).",
+        &["app"],
+    );
+    (callbacks, starts, flows_started)
+}
+
+/// Store operations' latency and failures, and the sealed records that did not open.
+fn store_metrics(r: &Registrar<'_>) -> (HistogramVec, IntCounterVec, IntCounter) {
+    let duration = r.histogram(
+        "wxauth_store_operation_duration_seconds",
+        "Store operation latency, by operation.",
+        &["operation"],
+    );
+    let errors = r.counter(
+        "wxauth_store_errors_total",
+        "Store operations that failed (unreachable, timeout), by operation.",
+        &["operation"],
+    );
+    let unopenable = r.register(
+        IntCounter::new(
+            "wxauth_sealed_records_unopenable_total",
+            "Sealed records that did not open (wrong key, tampered, moved); treated as missing.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}")),
+    );
+    (duration, errors, unopenable)
+}
+
+/// The store's circuit breaker: its state, transitions and the calls it answered at once.
+fn breaker_metrics(r: &Registrar<'_>) -> (IntGauge, IntCounterVec, IntCounter) {
+    let state = r.register(
+        IntGauge::new(
+            "wxauth_store_breaker_state",
+            "The store's circuit breaker: 0 closed (Redis answers), 1 half-open (probing), 2 open (calls refused at once).",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}")),
+    );
+    let transitions = r.counter(
+        "wxauth_store_breaker_transitions_total",
+        "Transitions of the store's circuit breaker, by the state entered (closed, open, half_open).",
+        &["state"],
+    );
+    let rejections = r.register(
+        IntCounter::new(
+            "wxauth_store_breaker_rejections_total",
+            "Store calls answered STORE_UNAVAILABLE at once by the open circuit breaker, without touching Redis.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}")),
+    );
+    (state, transitions, rejections)
+}
+
+/// Tokens and users: refreshes, the profile cache, sign-ins.
+fn token_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
+    let refreshes = r.counter(
+        "wxauth_token_refreshes_total",
+        "Token refreshes, by result: upstream (a WeChat call), coalesced (a call saved) or superseded (a result not stored: the record changed meanwhile).",
+        &["result"],
+    );
+    let profile_cache = r.counter(
+        "wxauth_profile_cache_total",
+        "GetUserInfo profile lookups, by result: hit (no WeChat call), miss, or skipped.",
+        &["result"],
+    );
+    let sign_ins = r.counter(
+        "wxauth_sign_ins_total",
+        "Sign-ins that stored a user (code exchanges, mobile-app exchanges, mini-program sign-ins), by app kind.",
+        &["kind"],
+    );
+    (refreshes, profile_cache, sign_ins)
+}
+
+/// What a client was refused by its own settings: its limits, its consent, its allowlist.
+fn client_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
+    let limits = r.counter(
+        "wxauth_client_refusals_total",
+        "Requests refused by the client's own limits, by client, RPC family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
+        &["client", "family", "reason"],
+    );
+    let consent = r.counter(
+        "wxauth_consent_refusals_total",
+        "Per-user requests refused because they asked beyond the calling client's own sign-ins, by client and reason (scope_not_granted, not_reached, code_of_another_client).",
+        &["client", "reason"],
+    );
+    let return_urls = r.counter(
+        "wxauth_return_url_refusals_total",
+        "BuildAuthorizeUrl return URLs refused by the client's allowlist, by rejection code (NETWORK_PATH, USERINFO_NOT_ALLOWED, NOT_IN_ALLOWLIST, ...).",
+        &["reason"],
+    );
+    (limits, consent, return_urls)
 }
 
 #[cfg(test)]

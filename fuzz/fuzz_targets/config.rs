@@ -26,11 +26,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(settings) => {
             let summary_json = settings.summary();
             let summary = summary_json.to_string();
-            for app in settings.apps.values() {
+            for app in settings.apps.by_name.values() {
                 let secret = app.secret.secret();
                 assert!(secret.len() < 6 || !summary.contains(secret), "the summary shows apps.{}.secret", app.name);
             }
-            let urls = match &settings.store {
+            let urls = match &settings.store.backend {
                 StoreBackend::Memory => &[][..],
                 StoreBackend::Redis(urls) | StoreBackend::Sentinel { urls, .. } => urls.as_slice(),
             };

@@ -47,9 +47,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn spawn_small(header_timeout: Duration, adjust: impl FnOnce(&mut ListenerLimits)) -> TestApp {
     let (sim, sim_addr) = spawn_sim().await;
     let mut settings = settings(sim_addr, "kind = \"memory\"", "");
-    settings.listener_limits.max_concurrent_requests = SLOTS;
-    settings.listener_limits.header_timeout = header_timeout;
-    adjust(&mut settings.listener_limits);
+    settings.server.listener_limits.max_concurrent_requests = SLOTS;
+    settings.server.listener_limits.header_timeout = header_timeout;
+    adjust(&mut settings.server.listener_limits);
     spawn_settings(sim, sim_addr, None, settings).await
 }
 

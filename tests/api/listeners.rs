@@ -35,7 +35,7 @@ const PREFACE_ONLY: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn spawn_with_limits(adjust: impl FnOnce(&mut ListenerLimits)) -> TestApp {
     let (sim, sim_addr) = spawn_sim().await;
     let mut settings = settings(sim_addr, "kind = \"memory\"", "");
-    adjust(&mut settings.listener_limits);
+    adjust(&mut settings.server.listener_limits);
     spawn_settings(sim, sim_addr, None, settings).await
 }
 

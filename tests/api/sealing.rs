@@ -80,7 +80,8 @@ async fn a_rotated_keyring_opens_old_records_and_seals_new_ones_with_the_new_key
     let new_key = wxauth::store::seal::Keyring::generate_line(2);
     let store = format!("kind = \"redis\"\nurl = \"{url}\"");
     let mut rotated = settings(sim_addr, &store, "");
-    rotated.keyring = wxauth::store::seal::Keyring::parse(&format!("{new_key}\n{}", test_keyring())).expect("keyring");
+    rotated.store.keyring =
+        wxauth::store::seal::Keyring::parse(&format!("{new_key}\n{}", test_keyring())).expect("keyring");
     let new = spawn_settings(sim.clone(), sim_addr, Some(redis.clone()), rotated).await;
     new.user_info(&login.openid).await.expect("old record opens");
     new.grpc
@@ -96,7 +97,7 @@ async fn a_rotated_keyring_opens_old_records_and_seals_new_ones_with_the_new_key
 
     // A replica that dropped the old key too soon cannot open old records, and says so.
     let mut only_new = settings(sim_addr, &store, "");
-    only_new.keyring = wxauth::store::seal::Keyring::parse(&new_key).expect("keyring");
+    only_new.store.keyring = wxauth::store::seal::Keyring::parse(&new_key).expect("keyring");
     let dropped = spawn_settings(sim.clone(), sim_addr, Some(redis.clone()), only_new).await;
     let other = old.login("bob", "snsapi_userinfo").await;
     assert_eq!(reason(&dropped.user_info(&other.openid).await.expect_err("old key gone")), "TOKEN_NOT_FOUND");

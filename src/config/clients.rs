@@ -1,0 +1,109 @@
+//! `[clients.<name>]`: the callers of the gRPC API, each with its key's digest, its apps, its
+//! return-URL allowlist, which users it reaches and its limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use super::rates::MAX_OPEN_FLOWS;
+use super::raw::{RawClient, RawRateLimits};
+use super::{Apps, ClientLimits, ConfigError, DEV_CLIENT_KEY, Family, Rate, err, is_name, key_digest};
+use crate::allowlist::Allowlist;
+
+/// A caller of the gRPC API.
+#[derive(Debug)]
+pub struct Client {
+    /// Its config name.
+    pub name: String,
+    /// SHA-256 of its key.
+    pub key_sha256: [u8; 32],
+    /// Apps it may use.
+    pub apps: BTreeSet<String>,
+    /// Where it may send codes.
+    pub allowlist: Allowlist,
+    /// Which users it may reach.
+    pub users: Users,
+    /// Its rate limits and open-flow cap.
+    pub limits: ClientLimits,
+}
+
+/// Which users of its apps a client may reach with the per-user RPCs (GetUserInfo,
+/// ValidateToken, RefreshToken, ForgetUser, FindAccounts), and what it reads of them
+/// (`crate::consent`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Users {
+    /// Only users for whom this client exchanged a code itself; any other openid answers as an
+    /// unknown user does (no oracle). It reads only what its own sign-ins were granted, and its
+    /// ForgetUser forgets the user for itself. The default: one product cannot read another's
+    /// users, nor what another product's consent gave.
+    #[default]
+    Own,
+    /// Every user of the client's apps (a trusted back office, an account service), read as
+    /// the token allows; its ForgetUser forgets the user for every client of the app.
+    App,
+}
+
+/// Validates `[clients.<name>]` against the apps: names, unique key digests (never the dev-mode
+/// demo key in production), known apps, return-URL patterns, limits; at least one client.
+pub(super) fn validate(raw: BTreeMap<String, RawClient>, apps: &Apps, dev: bool) -> Result<Vec<Client>, ConfigError> {
+    let mut clients = Vec::new();
+    for (name, client) in raw {
+        let key = format!("clients.{name}");
+        if !is_name(&name) {
+            return Err(err(key, "client names are 1..64 of [a-z0-9_-]"));
+        }
+        let digest: [u8; 32] = hex::decode(client.key_sha256.trim())
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| err(format!("{key}.key_sha256"), "64 hex digits (sha256 of the client key)"))?;
+        if !dev && digest == key_digest(DEV_CLIENT_KEY) {
+            return Err(err(format!("{key}.key_sha256"), "is the dev-mode demo key; production refuses it"));
+        }
+        if clients.iter().any(|c: &Client| c.key_sha256 == digest) {
+            return Err(err(format!("{key}.key_sha256"), "another client has the same key"));
+        }
+        if let Some(unknown) = client.apps.iter().find(|a| !apps.by_name.contains_key(*a)) {
+            return Err(err(format!("{key}.apps"), format!("no app named `{unknown}`")));
+        }
+        if client.return_urls.is_empty() {
+            return Err(err(format!("{key}.return_urls"), "at least one pattern"));
+        }
+        let allowlist =
+            Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
+        let limits = client_limits(&key, &client.rate_limits, client.max_open_flows)?;
+        let apps = client.apps.into_iter().collect();
+        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users, limits });
+    }
+    if clients.is_empty() {
+        return Err(err("clients", "at least one client"));
+    }
+    Ok(clients)
+}
+
+/// A client's limits from `clients.<name>.rate_limits` and `max_open_flows` (`key` is
+/// `clients.<name>`): unset families take their default, errors name the key at fault.
+fn client_limits(key: &str, raw: &RawRateLimits, max_open_flows: u32) -> Result<ClientLimits, ConfigError> {
+    let mut limits = ClientLimits::default();
+    for (slot, family) in limits.rates.iter_mut().zip(Family::ALL) {
+        let name = family.as_str();
+        *slot = match raw.get(family) {
+            (Some(spec), burst) => Rate::parse(spec, burst).map_err(|message| {
+                let at = if message.starts_with("burst") { format!("{name}_burst") } else { name.to_owned() };
+                err(format!("{key}.rate_limits.{at}"), message)
+            })?,
+            (None, Some(_)) => {
+                return Err(err(
+                    format!("{key}.rate_limits.{name}_burst"),
+                    format!("set only with `{name}` (a rate such as \"200/s\")"),
+                ));
+            }
+            (None, None) => *slot,
+        };
+    }
+    if !(1..=MAX_OPEN_FLOWS).contains(&max_open_flows) {
+        return Err(err(format!("{key}.max_open_flows"), format!("between 1 and {MAX_OPEN_FLOWS}")));
+    }
+    limits.max_open_flows = max_open_flows;
+    Ok(limits)
+}

@@ -1,0 +1,288 @@
+//! The config file's shape as serde reads it (sections, keys, defaults), before validation
+//! turns it into [`super::Settings`]. `deny_unknown_fields` everywhere: a misspelt key stops
+//! start-up, naming it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Device, Family, Mode, Users};
+use crate::secrets::AppSecret;
+use crate::wechat::AppKind;
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) mode: Mode,
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) wechat: RawWechat,
+    #[serde(default)]
+    pub(super) apps: BTreeMap<String, RawApp>,
+    #[serde(default)]
+    pub(super) clients: BTreeMap<String, RawClient>,
+    #[serde(default)]
+    pub(super) flow: RawFlow,
+    #[serde(default)]
+    pub(super) token: RawToken,
+    #[serde(default)]
+    pub(super) log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    #[serde(default = "defaults::grpc_addr")]
+    pub(super) grpc_addr: SocketAddr,
+    #[serde(default = "defaults::public_addr")]
+    pub(super) public_addr: SocketAddr,
+    #[serde(default = "defaults::admin_addr")]
+    pub(super) admin_addr: SocketAddr,
+    pub(super) callback_url: String,
+    #[serde(default = "defaults::drain", with = "humantime_serde")]
+    pub(super) drain: Duration,
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    pub(super) header_timeout: Duration,
+    #[serde(default = "defaults::max_connections")]
+    pub(super) max_connections: usize,
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub(super) max_concurrent_requests: usize,
+    #[serde(default = "defaults::grpc_max_concurrent_streams")]
+    pub(super) grpc_max_concurrent_streams: u32,
+    #[serde(default = "defaults::grpc_max_connection_age", with = "humantime_serde")]
+    pub(super) grpc_max_connection_age: Duration,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum StoreKind {
+    #[default]
+    Redis,
+    Memory,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    #[serde(default)]
+    pub(super) kind: StoreKind,
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) urls: Vec<String>,
+    #[serde(default = "defaults::key_prefix")]
+    pub(super) key_prefix: String,
+    pub(super) sealing_keys: Option<String>,
+    pub(super) sealing_keys_file: Option<PathBuf>,
+    pub(super) sentinel_master: Option<String>,
+    pub(super) tls_ca_file: Option<PathBuf>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Redis,
+            url: None,
+            urls: Vec::new(),
+            key_prefix: defaults::key_prefix(),
+            sealing_keys: None,
+            sealing_keys_file: None,
+            sentinel_master: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWechat {
+    #[serde(default = "defaults::open_base")]
+    pub(super) open_base: String,
+    #[serde(default = "defaults::api_base")]
+    pub(super) api_base: String,
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    pub(super) timeout: Duration,
+    #[serde(default = "defaults::attempts")]
+    pub(super) attempts: u32,
+}
+
+impl Default for RawWechat {
+    fn default() -> Self {
+        Self {
+            open_base: defaults::open_base(),
+            api_base: defaults::api_base(),
+            timeout: defaults::timeout(),
+            attempts: defaults::attempts(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApp {
+    pub(super) kind: AppKind,
+    pub(super) appid: String,
+    pub(super) secret: Option<AppSecret>,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) default_for: Option<Device>,
+}
+
+impl std::fmt::Debug for RawApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawApp").field("kind", &self.kind).field("appid", &self.appid).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    pub(super) key_sha256: String,
+    pub(super) apps: Vec<String>,
+    pub(super) return_urls: Vec<String>,
+    #[serde(default)]
+    pub(super) users: Users,
+    #[serde(default)]
+    pub(super) rate_limits: RawRateLimits,
+    #[serde(default = "defaults::max_open_flows")]
+    pub(super) max_open_flows: u32,
+}
+
+/// `clients.<name>.rate_limits`: a rate per RPC family (`"200/s"`, `"off"`; unset: the
+/// default of [`Family::default_rate`]) and optionally its bucket size.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimits {
+    pub(super) authorize: Option<String>,
+    pub(super) authorize_burst: Option<u32>,
+    pub(super) exchange: Option<String>,
+    pub(super) exchange_burst: Option<u32>,
+    pub(super) user: Option<String>,
+    pub(super) user_burst: Option<u32>,
+}
+
+impl RawRateLimits {
+    pub(super) fn get(&self, family: Family) -> (Option<&str>, Option<u32>) {
+        match family {
+            Family::Authorize => (self.authorize.as_deref(), self.authorize_burst),
+            Family::Exchange => (self.exchange.as_deref(), self.exchange_burst),
+            Family::User => (self.user.as_deref(), self.user_burst),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlow {
+    #[serde(default = "defaults::flow_ttl", with = "humantime_serde")]
+    pub(super) ttl: Duration,
+    #[serde(default = "defaults::grace", with = "humantime_serde")]
+    pub(super) grace: Duration,
+}
+
+impl Default for RawFlow {
+    fn default() -> Self {
+        Self { ttl: defaults::flow_ttl(), grace: defaults::grace() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    #[serde(default = "defaults::refresh_margin", with = "humantime_serde")]
+    pub(super) refresh_margin: Duration,
+    #[serde(default = "defaults::refresh_life", with = "humantime_serde")]
+    pub(super) refresh_life: Duration,
+    #[serde(default = "defaults::profile_cache", with = "humantime_serde")]
+    pub(super) profile_cache: Duration,
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        Self {
+            refresh_margin: defaults::refresh_margin(),
+            refresh_life: defaults::refresh_life(),
+            profile_cache: defaults::profile_cache(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    #[serde(default)]
+    pub(super) json: bool,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    pub fn grpc_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 50051))
+    }
+    pub fn public_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9090))
+    }
+    pub fn drain() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn max_concurrent_requests() -> usize {
+        1024
+    }
+    pub fn grpc_max_concurrent_streams() -> u32 {
+        256
+    }
+    pub fn grpc_max_connection_age() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn key_prefix() -> String {
+        "wxauth".into()
+    }
+    pub fn open_base() -> String {
+        "https://open.weixin.qq.com".into()
+    }
+    pub fn api_base() -> String {
+        "https://api.weixin.qq.com".into()
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn attempts() -> u32 {
+        3
+    }
+    pub fn flow_ttl() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn grace() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn refresh_margin() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn refresh_life() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn profile_cache() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn max_open_flows() -> u32 {
+        crate::config::rates::DEFAULT_MAX_OPEN_FLOWS
+    }
+}
