@@ -50,7 +50,7 @@ const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Token policy.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct TokenPolicy {
+pub struct TokenPolicy {
     /// Refresh an access token this long before it expires.
     pub refresh_margin: Duration,
     /// Life of a refresh token (WeChat: 30 days).
