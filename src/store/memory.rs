@@ -160,13 +160,13 @@ impl MemoryBackend {
 
     /// The open-flow cap's count ([`super::flow_cap`]), as the Redis backend's pipeline does
     /// it: `INCR current` (a decimal string, as in Redis), living `life` from now; and the
-    /// counts at `earlier`, 0 for a missing counter.
-    pub(super) fn admit(&self, current: &str, earlier: &[String], life: Duration) -> (i64, Vec<i64>) {
+    /// counts at `others`, 0 for a missing counter.
+    pub(super) fn admit(&self, current: &str, others: &[String], life: Duration) -> (i64, Vec<i64>) {
         let now = self.now();
         let mut inner = self.lock();
         let count = inner.live(current, now).map_or(0, |(v, _)| counter(v)).saturating_add(1);
         inner.insert(current, count.to_string().as_bytes(), life, now);
-        let counts = earlier.iter().map(|key| inner.live(key, now).map_or(0, |(v, _)| counter(v))).collect();
+        let counts = others.iter().map(|key| inner.live(key, now).map_or(0, |(v, _)| counter(v))).collect();
         (count, counts)
     }
 

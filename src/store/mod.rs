@@ -4,7 +4,8 @@
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
 //! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
-//! a few one-key primitives with identical semantics, so the two cannot drift. Every Redis call
+//! a few one-key primitives (the open-flow cap's read several counters of one client, in one
+//! hash slot) with identical semantics, so the two cannot drift. Every Redis call
 //! goes through the [`breaker`], which answers at once while Redis is known down. Keys
 //! (docs/design.md §4, a wire contract):
 //!
@@ -682,8 +683,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<Admission, StoreError> {
         let windows = flow_cap::Windows::at(ttl, now_ms);
-        let (current, earlier) = windows.keys(&self.client_flows_key(client));
-        let (count, counts) = call!(self, admit(&current, &earlier, windows.life()))?;
+        let (current, others) = windows.keys(&self.client_flows_key(client));
+        let (count, counts) = call!(self, admit(&current, &others, windows.life()))?;
         let admission = windows.judge(cap, count, &counts);
         // A refusal takes its own count back, or the client's retries would keep it refused. If
         // that fails (logged by `call!`) the count over-refuses by one until its window leaves.

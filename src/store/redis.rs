@@ -548,17 +548,12 @@ impl RedisBackend {
 
     /// The open-flow cap's count ([`super::flow_cap`]), one pipeline without Lua (the keys
     /// share the client's hash tag, so it is legal on a Cluster): `INCR current`,
-    /// `PEXPIRE current life`, `MGET earlier`. Answers the current count and the earlier ones,
-    /// 0 for a missing counter.
-    pub(super) async fn admit(
-        &self,
-        current: &str,
-        earlier: &[String],
-        life: Duration,
-    ) -> RedisResult<(i64, Vec<i64>)> {
+    /// `PEXPIRE current life`, `MGET others`. Answers the current count and the others, 0 for
+    /// a missing counter.
+    pub(super) async fn admit(&self, current: &str, others: &[String], life: Duration) -> RedisResult<(i64, Vec<i64>)> {
         let mut pipe = redis::pipe();
         pipe.cmd("INCR").arg(current).cmd("PEXPIRE").arg(current).arg(millis(life)).ignore();
-        pipe.cmd("MGET").arg(earlier);
+        pipe.cmd("MGET").arg(others);
         let (count, counts): (i64, Vec<Option<i64>>) = self.query_pipe(&pipe).await?;
         Ok((count, counts.into_iter().map(Option::unwrap_or_default).collect()))
     }
