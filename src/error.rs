@@ -142,13 +142,14 @@ pub enum ApiError {
         /// How long until a call would be let through.
         retry_after: Duration,
     },
-    /// The client has `clients.<name>.max_open_flows` flows open: the oldest expires after
-    /// `retry_after`.
+    /// The client started `clients.<name>.max_open_flows` flows in the windows the cap still
+    /// counts (`crate::store::flow_cap`): one more fits after `retry_after`.
     #[error("too many open flows")]
     TooManyOpenFlows {
         /// The configured cap.
         limit: u32,
-        /// How long until the oldest open flow expires.
+        /// How long until enough of the oldest windows leave the count (at most a window after
+        /// the oldest flow expires).
         retry_after: Duration,
     },
     /// The caller's deadline passed.

@@ -3,7 +3,7 @@
 //! Redis. Same semantics as the Redis backend, TTLs included; expiry runs on the service
 //! [`Clock`], so tests move time instead of sleeping.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,9 +19,6 @@ const SWEEP_EVERY: u64 = 1024;
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, (Vec<u8>, Instant)>,
-    /// Sorted sets (the open-flow cap): members ordered by (expiry, member), and the set's own
-    /// expiry. One per client, so never swept.
-    sets: HashMap<String, (BTreeSet<(Instant, String)>, Instant)>,
     /// Hashes (the per-unionid account index): fields and the hash's own expiry.
     hashes: HashMap<String, (HashMap<String, Vec<u8>>, Instant)>,
     writes: u64,
@@ -55,6 +52,11 @@ impl Inner {
         }
         self.entries.insert(key.to_owned(), (value.to_vec(), now.saturating_add(millis(ttl))));
     }
+}
+
+/// An open-flow counter's value (0 if it does not parse, which nothing writes).
+fn counter(value: &[u8]) -> i64 {
+    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -156,29 +158,25 @@ impl MemoryBackend {
         }
     }
 
-    /// The open-flow cap step, as the Redis backend's script does it: drop members whose expiry
-    /// is at or before `now_ms`, refuse with the oldest member's expiry at `cap`, else add
-    /// `member` expiring at `now_ms + ttl` and keep the set alive for `ttl`.
-    pub(super) fn admit(&self, key: &str, member: &str, now_ms: Instant, ttl: Duration, cap: u32) -> Option<i64> {
+    /// The open-flow cap's count ([`super::flow_cap`]), as the Redis backend's pipeline does
+    /// it: `INCR current` (a decimal string, as in Redis), living `life` from now; and the
+    /// counts at `others`, 0 for a missing counter.
+    pub(super) fn admit(&self, current: &str, others: &[String], life: Duration) -> (i64, Vec<i64>) {
+        let now = self.now();
         let mut inner = self.lock();
-        if inner.sets.get(key).is_some_and(|(_, exp)| *exp <= self.now()) {
-            inner.sets.remove(key);
-        }
-        let (members, expiry) = inner.sets.entry(key.to_owned()).or_default();
-        *members = members.split_off(&(now_ms.saturating_add(1), String::new()));
-        if members.len() >= usize::try_from(cap).unwrap_or(usize::MAX) {
-            return members.first().map(|(oldest, _)| *oldest);
-        }
-        let until = now_ms.saturating_add(millis(ttl));
-        members.insert((until, member.to_owned()));
-        *expiry = self.now().saturating_add(millis(ttl));
-        None
+        let count = inner.live(current, now).map_or(0, |(v, _)| counter(v)).saturating_add(1);
+        inner.insert(current, count.to_string().as_bytes(), life, now);
+        let counts = others.iter().map(|key| inner.live(key, now).map_or(0, |(v, _)| counter(v))).collect();
+        (count, counts)
     }
 
-    /// Takes `member` out of the sorted set at `key`.
-    pub(super) fn zrem(&self, key: &str, member: &str) {
-        if let Some((members, _)) = self.lock().sets.get_mut(key) {
-            members.retain(|(_, m)| m != member);
+    /// Takes one count back from an open-flow counter, never below 0, keeping its expiry
+    /// (a missing counter stays missing; the Redis backend renews the TTL to `life`, which only
+    /// matters for a counter Redis lost).
+    pub(super) fn release(&self, key: &str, _life: Duration) {
+        let mut inner = self.lock();
+        if let Some((value, _)) = inner.live(key, self.now()) {
+            *value = (counter(value) - 1).max(0).to_string().into_bytes();
         }
     }
 

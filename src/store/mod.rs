@@ -4,7 +4,8 @@
 //!
 //! Layout: [`Store`] is the typed API the service uses (flows, tokens, exchanges, locks) and
 //! does the sealing once; the backends ([`MemoryBackend`], [`RedisBackend`]) only implement
-//! a few one-key primitives with identical semantics, so the two cannot drift. Every Redis call
+//! a few one-key primitives (the open-flow cap's read several counters of one client, in one
+//! hash slot) with identical semantics, so the two cannot drift. Every Redis call
 //! goes through the [`breaker`], which answers at once while Redis is known down. Keys
 //! (docs/design.md §4, a wire contract):
 //!
@@ -18,9 +19,10 @@
 //! | `{prefix}:{app}:reach:{openid}:{client}` | sealed [`Reach`]: this client exchanged a code of this user, and the scopes its own sign-ins were granted (what a `users = "own"` client may read of the user) |
 //! | `{prefix}:{app}:sess:{openid}` | sealed [`MiniSession`]: a mini program user's `session_key` (never returned to callers), replaced at each sign-in; TTL `token.refresh_life` from the last sign-in |
 //! | `{prefix}:union:{unionid}` | a hash: field `{app}:{openid}`, value the sealed [`Account`] (sealed under key and field); TTL `token.refresh_life`, renewed at each sign-in with that unionid. Entries whose token record / session is gone are dropped lazily by [`Store::accounts`]' callers (`FindAccounts`) |
-//! | `{prefix}:client:{client}:flows` | sorted set: one random member per open flow of the client, scored by the flow's expiry (ms); the open-flow cap ([`Store::admit_flow`]; wxauth's addition to §4). Not sealed: it holds no flow id, only random ids and times |
+//! | `{prefix}:client:{{client}}:flows:{window}` | the open-flow cap's count of the flows the client started in one window of `flow.ttl / 10` (a decimal integer; [`flow_cap`], [`Store::admit_flow`]; wxauth's addition to §4). The braces are literal, a Redis Cluster hash tag: all of a client's counters share one slot, so one pipeline reads them. Not sealed: it holds a count only |
 
 pub mod breaker;
+pub mod flow_cap;
 mod memory;
 mod redis;
 pub mod seal;
@@ -33,6 +35,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
 pub use self::breaker::{Breaker, BreakerState, FAILURES_TO_OPEN, PROBE_AFTER};
+pub use self::flow_cap::{Admission, FlowSlot};
 pub use self::memory::MemoryBackend;
 pub use self::redis::{RedisBackend, RedisTls};
 use self::seal::Keyring;
@@ -347,24 +350,6 @@ pub struct CachedProfile {
     pub fetched_at: i64,
 }
 
-/// Whether a client may start one more flow ([`Store::admit_flow`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Counted: the client had fewer open flows than its cap. The slot is the flow's place,
-    /// to give back with [`Store::release_flow_slot`] when the flow is never written.
-    Admitted(FlowSlot),
-    /// Refused: the client is at its cap; its oldest open flow expires after `retry_after`.
-    Refused {
-        /// Until the oldest open flow expires (and frees a place).
-        retry_after: Duration,
-    },
-}
-
-/// One open flow's place under its client's cap ([`Store::admit_flow`]): a random member of
-/// the client's sorted set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowSlot(String);
-
 /// A held refresh lock; pass it back to [`Store::unlock`].
 #[derive(Debug)]
 pub struct LockToken(Vec<u8>);
@@ -641,8 +626,10 @@ impl Store {
         format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
     }
 
+    /// The stem of the client's open-flow counters ([`flow_cap`] adds `:{window}`): the client
+    /// in braces, a Cluster hash tag, so that one pipeline may touch all of them.
     fn client_flows_key(&self, client: &str) -> String {
-        format!("{}:client:{client}:flows", self.inner.prefix)
+        format!("{}:client:{{{client}}}:flows", self.inner.prefix)
     }
 
     /// The record as written: JSON, sealed under its storage key. A failure (a bug: these are
@@ -682,12 +669,12 @@ impl Store {
         call!(self, del(&self.flow_key(flow_id)))
     }
 
-    /// Counts one more open flow of `client` for `ttl`, unless it already has `cap` open:
-    /// one atomic step on the client's one key (Cluster-safe). Flows whose `ttl` has passed by
-    /// `now_ms` (the service clock) stop counting on their own, with no cleanup job: each call
-    /// first drops the members whose expiry is past. The members are random ids, not flow ids,
-    /// so a flow used early still counts until its `ttl` ends (the cap bounds flows started in
-    /// any `flow.ttl` window).
+    /// Counts one more flow started by `client` under its cap of `cap` flows per `ttl`
+    /// (`flow.ttl`), at `now_ms` on the service clock: one pipelined round trip on the
+    /// client's per-window counters, and a second one only when refused, to take the count
+    /// back. Old windows stop counting on their own, with no cleanup job. A flow used early
+    /// still counts until its window leaves the range: the cap bounds flows started, and is
+    /// exact to one window (`ttl / 10`; [`flow_cap`] states the bound).
     pub async fn admit_flow(
         &self,
         client: &str,
@@ -695,22 +682,22 @@ impl Store {
         ttl: Duration,
         now_ms: i64,
     ) -> Result<Admission, StoreError> {
-        let key = self.client_flows_key(client);
-        let member = crate::random_id(16);
-        let refused = call!(self, admit(&key, &member, now_ms, ttl, cap))?;
-        Ok(match refused {
-            None => Admission::Admitted(FlowSlot(member)),
-            Some(oldest_expiry_ms) => {
-                let wait = u64::try_from(oldest_expiry_ms.saturating_sub(now_ms)).unwrap_or(0).max(1);
-                Admission::Refused { retry_after: Duration::from_millis(wait) }
-            }
-        })
+        let windows = flow_cap::Windows::at(ttl, now_ms);
+        let (current, others) = windows.keys(&self.client_flows_key(client));
+        let (count, counts) = call!(self, admit(&current, &others, windows.life()))?;
+        let admission = windows.judge(cap, count, &counts);
+        // A refusal takes its own count back, or the client's retries would keep it refused. If
+        // that fails (logged by `call!`) the count over-refuses by one until its window leaves.
+        if matches!(admission, Admission::Refused { .. }) {
+            let _ = call!(self, release(&current, windows.life()));
+        }
+        Ok(admission)
     }
 
     /// Gives back a place [`Store::admit_flow`] counted, for a flow that was never written
     /// (its write failed): the client's cap counts only flows that exist.
     pub async fn release_flow_slot(&self, client: &str, slot: &FlowSlot) -> Result<(), StoreError> {
-        call!(self, zrem(&self.client_flows_key(client), &slot.0))
+        call!(self, release(&slot.key(&self.client_flows_key(client)), slot.life()))
     }
 
     /// A new flow id for `client` in `app` ([`FLOW_ID_LEN`]): random characters, the owner's
@@ -1253,18 +1240,6 @@ mod tests {
         assert_eq!(relayed.uses, crate::relay::MAX_CALLBACKS + 1);
         assert!(store.get_code(&late).await.expect("get").is_none(), "the 4th callback's code is bound to nothing");
         assert!(store.get_code(&AuthCode::new("CODE1".to_owned())).await.expect("get").is_some());
-    }
-
-    #[tokio::test]
-    async fn a_released_flow_slot_frees_its_place_under_the_cap() {
-        let store = store_with(&[Keyring::generate_line(1)]);
-        let ttl = Duration::from_secs(600);
-        let Admission::Admitted(slot) = store.admit_flow("passport", 1, ttl, 0).await.expect("admit") else {
-            panic!("the first flow is admitted");
-        };
-        assert!(matches!(store.admit_flow("passport", 1, ttl, 0).await.expect("admit"), Admission::Refused { .. }));
-        store.release_flow_slot("passport", &slot).await.expect("release");
-        assert!(matches!(store.admit_flow("passport", 1, ttl, 0).await.expect("admit"), Admission::Admitted(_)));
     }
 
     fn test_flow() -> Flow {

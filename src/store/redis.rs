@@ -81,22 +81,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-/// The open-flow cap on the client's one sorted set (KEYS[1]); ARGV: now (ms), the new
-/// flow's expiry (ms), the cap, a random member, the set's TTL (ms). Drops the members whose
-/// expiry has passed, then refuses (returning the oldest member's expiry) when the client is at
-/// its cap, else adds the member and keeps the set alive as long as its newest flow. Returns
-/// false when admitted.
-const ADMIT: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return tonumber(oldest[2])
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return false
-";
-
 /// What `rediss://` connections trust and present (`store.tls_ca_file`, `store.tls_cert_file`
 /// and `store.tls_key_file`), as PEM read at config load. The default (nothing set) trusts
 /// the built-in web roots and presents no client certificate. `Debug` shows only which parts
@@ -253,7 +237,6 @@ pub struct RedisBackend {
     take_flow: Script,
     del_if_eq: Script,
     set_if_eq: Script,
-    admit: Script,
     /// `PEXPIRE` takes `LT` (Redis >= 7.0); cleared for good at the first server that refuses it.
     expire_lt: Arc<AtomicBool>,
 }
@@ -296,7 +279,6 @@ impl RedisBackend {
             take_flow: Script::new(TAKE_FLOW),
             del_if_eq: Script::new(DEL_IF_EQ),
             set_if_eq: Script::new(SET_IF_EQ),
-            admit: Script::new(ADMIT),
             expire_lt: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -427,11 +409,6 @@ impl RedisBackend {
             .arg(millis(ttl))
             .ignore();
         self.query_pipe(&pipe).await
-    }
-
-    /// `ZREM key member`.
-    pub(super) async fn zrem(&self, key: &str, member: &str) -> RedisResult<()> {
-        self.query(redis::cmd("ZREM").arg(key).arg(member)).await
     }
 
     /// `HGETALL key`.
@@ -569,21 +546,25 @@ impl RedisBackend {
         Ok((flow?, existing))
     }
 
-    /// The open-flow cap step ([`ADMIT`]): `None` when admitted, else the expiry (ms) of the
-    /// oldest open flow.
-    pub(super) async fn admit(
-        &self,
-        key: &str,
-        member: &str,
-        now_ms: i64,
-        ttl: Duration,
-        cap: u32,
-    ) -> RedisResult<Option<i64>> {
-        let ttl_ms = millis(ttl);
-        let mut inv = self.admit.key(key);
-        inv.arg(now_ms).arg(now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX))).arg(cap).arg(member);
-        inv.arg(ttl_ms);
-        self.invoke(inv).await
+    /// The open-flow cap's count ([`super::flow_cap`]), one pipeline without Lua (the keys
+    /// share the client's hash tag, so it is legal on a Cluster): `INCR current`,
+    /// `PEXPIRE current life`, `MGET others`. Answers the current count and the others, 0 for
+    /// a missing counter.
+    pub(super) async fn admit(&self, current: &str, others: &[String], life: Duration) -> RedisResult<(i64, Vec<i64>)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(current).cmd("PEXPIRE").arg(current).arg(millis(life)).ignore();
+        pipe.cmd("MGET").arg(others);
+        let (count, counts): (i64, Vec<Option<i64>>) = self.query_pipe(&pipe).await?;
+        Ok((count, counts.into_iter().map(Option::unwrap_or_default).collect()))
+    }
+
+    /// Takes one count back from an open-flow counter: `DECR key` and `PEXPIRE key life`, so
+    /// that a counter Redis lost meanwhile (evicted) is not recreated without a TTL. Its
+    /// readers floor a count below 0 ([`super::flow_cap`]).
+    pub(super) async fn release(&self, key: &str, life: Duration) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DECR").arg(key).ignore().cmd("PEXPIRE").arg(key).arg(millis(life)).ignore();
+        self.query_pipe(&pipe).await
     }
 
     /// `PING`, once more at once after a connection-class failure: the failure started a new

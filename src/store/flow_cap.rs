@@ -1,0 +1,145 @@
+//! The open-flow cap's arithmetic (`clients.<name>.max_open_flows`, [`super::Store::admit_flow`]):
+//! per-window counters instead of one entry per flow, so each admission costs Redis the same
+//! small, bounded work however many flows the client has open (docs/design.md §12.7).
+//!
+//! Time is cut into [`WINDOWS`] windows per `flow.ttl`, each `W = ceil(flow.ttl / WINDOWS)`
+//! long (60 s at the default 10 min), numbered from the Unix epoch by the service clock. A
+//! client has one counter per window, `{prefix}:client:{{client}}:flows:{window}`: the braces
+//! are a Redis Cluster hash tag, so all of a client's counters share one slot and one pipeline
+//! may touch them. An admission is one round trip without Lua: `INCR` the current window's
+//! counter, `PEXPIRE` it for `(WINDOWS + 1) × W` (the longest it is read), `MGET` the
+//! [`WINDOWS`] windows before it and the one after it. It is admitted when the sum is at most
+//! the cap; otherwise its own count is taken back (`DECR`, a second round trip on refusals
+//! only). The window after the current one is empty but for admissions racing this one across
+//! a window's start (or from a replica whose clock is ahead): reading it means that of two
+//! such admissions, at least the later one sees the other.
+//!
+//! **The bound.** A flow counts from its start to the end of the [`WINDOWS`]-th window after its
+//! own: at least `WINDOWS × W ≥ flow.ttl`, at most `(WINDOWS + 1) × W` (11 min at the default).
+//! So the flows a client started in any `flow.ttl` (its open flows) never exceed the cap, and a
+//! client is refused only when it started at least `cap` flows in the last
+//! `WINDOWS × W` plus the part of the current window gone by: a client starting flows at a
+//! steady rate reaches the cap up to one window (1/11 of its count) earlier than an exact
+//! count would. The retry delay is exact for the counters: when enough of the oldest windows
+//! have left the range, at most one window after the oldest flow's `flow.ttl` ends. Every
+//! `INCR` counts before its check, and of any admitted flows the one counted last reads all the
+//! others' counts, so admissions racing across replicas can only be refused too early (while
+//! another's refused count is not yet taken back), never let past the cap, as long as the
+//! replicas' clocks agree to within a window.
+
+use std::time::Duration;
+
+use crate::clock::millis;
+
+/// Windows per `flow.ttl`: the cap's precision (a flow counts up to `1/WINDOWS` of
+/// `flow.ttl` longer than it lives) against Redis work per admission (an `MGET` of this many
+/// keys).
+pub const WINDOWS: i64 = 10;
+
+/// Whether a client may start one more flow ([`super::Store::admit_flow`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted in the current window. The slot names that window, to give the place back with
+    /// [`super::Store::release_flow_slot`] when the flow is never written.
+    Admitted(FlowSlot),
+    /// Refused: the client started `cap` flows within the windows still counted.
+    Refused {
+        /// Until enough of the oldest windows leave the range for one more flow (at most one
+        /// window after the oldest counted flow's `flow.ttl` ends).
+        retry_after: Duration,
+    },
+}
+
+/// One admitted flow's place under its client's cap: the window it was counted in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSlot {
+    window: Windows,
+}
+
+impl FlowSlot {
+    /// The counter this flow was counted in, under the client's `base` key.
+    pub(super) fn key(&self, base: &str) -> String {
+        self.window.key(base, self.window.index)
+    }
+
+    /// How long a counter touched by a release must still live (the counter's own life).
+    pub(super) fn life(&self) -> Duration {
+        self.window.life()
+    }
+}
+
+/// The window a moment falls in, for one `flow.ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Windows {
+    /// Length of a window, ms (at least 1).
+    length_ms: i64,
+    /// The current window's number: service time in ms divided by the length.
+    index: i64,
+    /// The moment itself, ms on the service clock.
+    now_ms: i64,
+}
+
+impl Windows {
+    /// The windows of `ttl` at `now_ms` (service clock).
+    pub(super) fn at(ttl: Duration, now_ms: i64) -> Self {
+        let length_ms = window_ms(ttl);
+        Self { length_ms, index: now_ms.div_euclid(length_ms), now_ms }
+    }
+
+    /// The current window's counter, and the others one admission reads: the [`WINDOWS`]
+    /// before it (oldest first) and the one after it, all under the client's `base` key.
+    pub(super) fn keys(&self, base: &str) -> (String, Vec<String>) {
+        let others = (self.index - WINDOWS..self.index).chain([self.index + 1]).map(|i| self.key(base, i)).collect();
+        (self.key(base, self.index), others)
+    }
+
+    fn key(&self, base: &str, index: i64) -> String {
+        format!("{base}:{index}")
+    }
+
+    /// How long a counter must live after its last `INCR`: it is read until its window has
+    /// [`WINDOWS`] windows after it.
+    pub(super) fn life(&self) -> Duration {
+        Duration::from_millis(u64::try_from((WINDOWS + 1).saturating_mul(self.length_ms)).unwrap_or(u64::MAX))
+    }
+
+    /// The verdict on the counts one admission read: `current`, the current window's count
+    /// after this admission's `INCR`, and `others`, the windows [`Windows::keys`] names (the
+    /// [`WINDOWS`] before it, oldest first, then the next one). Counts are floored (at 0, and
+    /// at 1 for the current window, which holds this admission): a counter only goes below
+    /// after Redis lost it (evicted, flushed), and a negative count must not make room.
+    pub(super) fn judge(&self, cap: u32, current: i64, others: &[i64]) -> Admission {
+        let cap = i64::from(cap);
+        // Every window this admission read, oldest first, without the admission itself.
+        let (earlier, next) = others.split_at(others.len().saturating_sub(1));
+        let mut counts: Vec<i64> = earlier.iter().map(|&c| c.max(0)).collect();
+        counts.push(current.max(1) - 1);
+        counts.extend(next.iter().map(|&c| c.max(0)));
+        let mut counted: i64 = counts.iter().sum();
+        if counted < cap {
+            return Admission::Admitted(FlowSlot { window: *self });
+        }
+        // The window `index - WINDOWS + j` (the j-th read) leaves the range when the window
+        // `index + j + 1` begins; the oldest leave first, until there is room for one more.
+        let mut leaves_at = self.index + WINDOWS + 2;
+        for (j, count) in (0_i64..).zip(&counts) {
+            counted -= count;
+            if counted < cap {
+                leaves_at = self.index + j + 1;
+                break;
+            }
+        }
+        let wait = leaves_at.saturating_mul(self.length_ms).saturating_sub(self.now_ms).max(1);
+        Admission::Refused { retry_after: Duration::from_millis(u64::try_from(wait).unwrap_or(1)) }
+    }
+}
+
+/// Length of one window of the cap for a `flow.ttl` of `ttl`: `ceil(ttl / WINDOWS)`, ms (at
+/// least 1).
+pub fn window_ms(ttl: Duration) -> i64 {
+    let ttl_ms = millis(ttl).max(1);
+    ttl_ms.div_euclid(WINDOWS) + i64::from(ttl_ms.rem_euclid(WINDOWS) != 0)
+}
+
+#[cfg(test)]
+mod tests;
