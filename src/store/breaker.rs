@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, millis};
 use crate::telemetry::Metrics;
 
 /// Connection-class failures in a row that open a closed breaker.
@@ -87,7 +87,7 @@ struct Core {
 
 /// The breaker. One per store, shared by every call.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     /// [`BreakerState::code`] of `core.state`, read without the lock on every call.
     mirror: AtomicU8,
     /// Connection-class failures in a row while closed.
@@ -103,7 +103,7 @@ pub struct Breaker {
 
 /// What [`Breaker::admit`] says to one call.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Verdict {
     /// Go to Redis, then [`Breaker::record`] the outcome.
     Go,
     /// Answer `STORE_UNAVAILABLE` at once; with `probe`, first start the probe (in the
@@ -146,13 +146,13 @@ impl Breaker {
     }
 
     /// Whether one call may go to Redis.
-    pub fn admit(&self) -> Admission {
+    pub fn admit(&self) -> Verdict {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
-            return Admission::Go;
+            return Verdict::Go;
         }
         let mut core = self.core();
         let probe = match core.state {
-            BreakerState::Closed => return Admission::Go,
+            BreakerState::Closed => return Verdict::Go,
             BreakerState::Open if !core.probing && self.clock.now_ms() - core.opened_at_ms >= millis(PROBE_AFTER) => {
                 self.transition(&mut core, BreakerState::HalfOpen, "probe");
                 core.probing = true;
@@ -162,7 +162,7 @@ impl Breaker {
         };
         drop(core);
         self.metrics.store_breaker_rejections.inc();
-        Admission::Refused { probe }
+        Verdict::Refused { probe }
     }
 
     /// Reports an admitted call's outcome: `answered` unless it failed for a connection-class
@@ -259,10 +259,6 @@ impl Breaker {
     }
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +269,7 @@ mod tests {
     }
 
     fn fail(breaker: &Breaker) {
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         breaker.record(false);
     }
 
@@ -290,21 +286,21 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed, "the answer reset the run");
         fail(&breaker);
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "an open breaker refuses at once");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "an open breaker refuses at once");
     }
 
     #[test]
     fn an_open_breaker_starts_one_probe_after_the_wait_and_closes_on_its_answer() {
         let (breaker, clock, metrics) = breaker();
         breaker.open("health ping failed");
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false });
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "this call starts the probe");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "this call starts the probe");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "one probe at a time");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "one probe at a time");
         breaker.probed(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         assert_eq!(metrics.store_breaker_state.get(), 0);
         let opened = metrics.store_breaker_transitions.with_label_values(&["open"]).get();
         let closed = metrics.store_breaker_transitions.with_label_values(&["closed"]).get();
@@ -317,13 +313,13 @@ mod tests {
         let (breaker, clock, metrics) = breaker();
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         breaker.probed(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(metrics.store_breaker_state.get(), 2);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the wait starts again");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "the wait starts again");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the next probe");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "the next probe");
     }
 
     #[test]
@@ -331,13 +327,13 @@ mod tests {
         let (breaker, clock, _) = breaker();
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the first probe is still out");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "the first probe is still out");
         breaker.probed(false);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
     }
 
     #[test]
@@ -355,12 +351,12 @@ mod tests {
     #[test]
     fn a_failure_that_was_in_flight_when_it_opened_changes_nothing() {
         let (breaker, clock, _) = breaker();
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         breaker.open("health ping failed");
         breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the wait was not restarted");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "the wait was not restarted");
     }
 
     #[test]
@@ -384,7 +380,7 @@ mod tests {
         assert!(changes.has_changed().expect("sender alive"));
         assert_eq!(*changes.borrow_and_update(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         assert_eq!(*changes.borrow_and_update(), BreakerState::HalfOpen);
         breaker.probed(true);
         assert_eq!(*changes.borrow_and_update(), BreakerState::Closed);
