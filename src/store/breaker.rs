@@ -30,9 +30,9 @@ use crate::clock::{Clock, millis};
 use crate::telemetry::Metrics;
 
 /// Connection-class failures in a row that open a closed breaker.
-pub const FAILURES_TO_OPEN: u32 = 5;
+pub(crate) const FAILURES_TO_OPEN: u32 = 5;
 /// How long an open breaker refuses every call before it lets a probe through.
-pub const PROBE_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(250);
 
 /// Where the breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub(crate) enum Verdict {
 
 impl Breaker {
     /// A closed breaker timed by `clock`.
-    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
         metrics.store_breaker_state.set(BreakerState::Closed.gauge());
         let core = Core { state: BreakerState::Closed, opened_at_ms: 0, down_since_ms: 0, probing: false };
         Self {
@@ -131,22 +131,22 @@ impl Breaker {
     }
 
     /// The state now.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         self.core().state
     }
 
     /// The breaker's clock, ms.
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
 
     /// Every transition, as it happens (the health task follows it).
-    pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<BreakerState> {
         self.changes.subscribe()
     }
 
     /// Whether one call may go to Redis.
-    pub fn admit(&self) -> Verdict {
+    pub(crate) fn admit(&self) -> Verdict {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
             return Verdict::Go;
         }
@@ -167,13 +167,13 @@ impl Breaker {
 
     /// Reports an admitted call's outcome: `answered` unless it failed for a connection-class
     /// reason.
-    pub fn record(&self, answered: bool) {
+    pub(crate) fn record(&self, answered: bool) {
         if answered { self.answered() } else { self.failed() }
     }
 
     /// Reports the half-open probe's outcome: an answer closes the breaker, anything else opens
     /// it for another [`PROBE_AFTER`].
-    pub fn probed(&self, answered: bool) {
+    pub(crate) fn probed(&self, answered: bool) {
         if answered {
             self.answered();
         }
@@ -186,7 +186,7 @@ impl Breaker {
     }
 
     /// Redis answered (a value or a logical error): closes the breaker.
-    pub fn answered(&self) {
+    pub(crate) fn answered(&self) {
         let now = self.clock.now_ms();
         if self.last_answer_ms.load(Ordering::Relaxed) != now {
             self.last_answer_ms.store(now, Ordering::Relaxed);
@@ -220,14 +220,14 @@ impl Breaker {
     /// A health ping failed: the breaker opens unless Redis answered some other call at or
     /// after `since_ms` (then Redis is slow under load, or only the ping's connection was lost,
     /// as when a failover closes it; a run of failed calls still opens it).
-    pub fn ping_failed(&self, since_ms: i64, cause: &'static str) {
+    pub(crate) fn ping_failed(&self, since_ms: i64, cause: &'static str) {
         if self.last_answer_ms.load(Ordering::Relaxed) < since_ms {
             self.open(cause);
         }
     }
 
     /// Opens the breaker now (a failed health ping, or a run of failed calls).
-    pub fn open(&self, cause: &'static str) {
+    pub(crate) fn open(&self, cause: &'static str) {
         let mut core = self.core();
         let now = self.clock.now_ms();
         core.opened_at_ms = now;

@@ -22,12 +22,12 @@ pub(super) const FLOW_TAG: usize = seal::MIN_TAG_LEN;
 pub const FLOW_ID_LEN: usize = FLOW_ID_RANDOM + 4 * FLOW_TAG;
 /// Length of a start token (the `start` of a start URL): the flow id and the hex of a 64-bit
 /// start key, the second half of the relay's tag, which the flow id does not show.
-pub const START_TOKEN_LEN: usize = FLOW_ID_LEN + 2 * FLOW_TAG;
+pub(crate) const START_TOKEN_LEN: usize = FLOW_ID_LEN + 2 * FLOW_TAG;
 /// Random characters a browser-bound flow id adds to the id of the flow it was moved from.
 pub(super) const BROWSER_SUFFIX: usize = 22;
 /// Length of a browser-bound flow id ([`Store::bind_to_browser`]): the flow's id and
 /// [`BROWSER_SUFFIX`] random characters, 76 of WeChat's 128 bytes of `state`.
-pub const BOUND_FLOW_ID_LEN: usize = FLOW_ID_LEN + BROWSER_SUFFIX;
+pub(crate) const BOUND_FLOW_ID_LEN: usize = FLOW_ID_LEN + BROWSER_SUFFIX;
 /// What a flow id's owner's tag is made for (tags of other purposes never verify as flow ids).
 pub(super) const FLOW_ID_PURPOSE: &str = "flow id";
 /// What a flow id's relay tag (and its start key) is made for.

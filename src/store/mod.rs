@@ -18,7 +18,7 @@
 //!   and the one log line of a failure.
 
 mod backend;
-pub mod breaker;
+mod breaker;
 mod call;
 mod flows;
 mod keys;
@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::breaker::Breaker;
-pub use self::breaker::{BreakerState, FAILURES_TO_OPEN, PROBE_AFTER};
-pub use self::flows::{BOUND_FLOW_ID_LEN, FLOW_ID_LEN, START_TOKEN_LEN};
+pub use self::breaker::BreakerState;
+pub(crate) use self::flows::BOUND_FLOW_ID_LEN;
+pub use self::flows::FLOW_ID_LEN;
 use self::keys::key_kind;
 use self::memory::MemoryBackend;
 pub use self::records::{
@@ -109,18 +110,18 @@ pub fn code_record_ttl(code_life: Duration) -> Duration {
 
 /// The longest any one store operation may take, reconnection included: a dead Redis must
 /// turn into a quick `STORE_UNAVAILABLE`, never a hung request.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest the health ping ([`Store::ping`]) may take. A Redis that refuses or resets the
 /// connection opens the circuit breaker at the first failed ping (health NOT_SERVING within
 /// 0.3 s of the loss with the 250 ms ping interval); one that answers nothing at all opens it
 /// after [`SILENCE_TO_OPEN`] (within about 1.5 s), and the calls waiting on it answer then.
-pub const PING_TIMEOUT: Duration = Duration::from_millis(450);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(450);
 
 /// How long Redis must have answered nothing (no call, no ping) before a timed-out ping opens
 /// the breaker: a stall under load or a fork is not an outage. Refused or reset connections
 /// (a killed Redis) open it at the first failed ping.
-pub const SILENCE_TO_OPEN: Duration = Duration::from_secs(1);
+pub(crate) const SILENCE_TO_OPEN: Duration = Duration::from_secs(1);
 
 /// How long a failed ping waits, before it judges, for other calls' answers to be read.
 const PING_GRACE: Duration = Duration::from_millis(50);

@@ -1,4 +1,4 @@
-use super::flows::{BROWSER_SUFFIX, FLOW_ID_PURPOSE, FLOW_ID_RANDOM};
+use super::flows::{BROWSER_SUFFIX, FLOW_ID_PURPOSE, FLOW_ID_RANDOM, START_TOKEN_LEN};
 use super::*;
 use crate::clock::Clock;
 use crate::error::ApiError;
