@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, millis};
 use crate::telemetry::Metrics;
 
 /// Connection-class failures in a row that open a closed breaker.
-pub const FAILURES_TO_OPEN: u32 = 5;
+pub(crate) const FAILURES_TO_OPEN: u32 = 5;
 /// How long an open breaker refuses every call before it lets a probe through.
-pub const PROBE_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(250);
 
 /// Where the breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ struct Core {
 
 /// The breaker. One per store, shared by every call.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     /// [`BreakerState::code`] of `core.state`, read without the lock on every call.
     mirror: AtomicU8,
     /// Connection-class failures in a row while closed.
@@ -103,7 +103,7 @@ pub struct Breaker {
 
 /// What [`Breaker::admit`] says to one call.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Verdict {
     /// Go to Redis, then [`Breaker::record`] the outcome.
     Go,
     /// Answer `STORE_UNAVAILABLE` at once; with `probe`, first start the probe (in the
@@ -116,7 +116,7 @@ pub enum Admission {
 
 impl Breaker {
     /// A closed breaker timed by `clock`.
-    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
         metrics.store_breaker_state.set(BreakerState::Closed.gauge());
         let core = Core { state: BreakerState::Closed, opened_at_ms: 0, down_since_ms: 0, probing: false };
         Self {
@@ -131,28 +131,28 @@ impl Breaker {
     }
 
     /// The state now.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         self.core().state
     }
 
     /// The breaker's clock, ms.
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
 
     /// Every transition, as it happens (the health task follows it).
-    pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<BreakerState> {
         self.changes.subscribe()
     }
 
     /// Whether one call may go to Redis.
-    pub fn admit(&self) -> Admission {
+    pub(crate) fn admit(&self) -> Verdict {
         if self.mirror.load(Ordering::Acquire) == BreakerState::Closed.code() {
-            return Admission::Go;
+            return Verdict::Go;
         }
         let mut core = self.core();
         let probe = match core.state {
-            BreakerState::Closed => return Admission::Go,
+            BreakerState::Closed => return Verdict::Go,
             BreakerState::Open if !core.probing && self.clock.now_ms() - core.opened_at_ms >= millis(PROBE_AFTER) => {
                 self.transition(&mut core, BreakerState::HalfOpen, "probe");
                 core.probing = true;
@@ -162,18 +162,18 @@ impl Breaker {
         };
         drop(core);
         self.metrics.store_breaker_rejections.inc();
-        Admission::Refused { probe }
+        Verdict::Refused { probe }
     }
 
     /// Reports an admitted call's outcome: `answered` unless it failed for a connection-class
     /// reason.
-    pub fn record(&self, answered: bool) {
+    pub(crate) fn record(&self, answered: bool) {
         if answered { self.answered() } else { self.failed() }
     }
 
     /// Reports the half-open probe's outcome: an answer closes the breaker, anything else opens
     /// it for another [`PROBE_AFTER`].
-    pub fn probed(&self, answered: bool) {
+    pub(crate) fn probed(&self, answered: bool) {
         if answered {
             self.answered();
         }
@@ -186,7 +186,7 @@ impl Breaker {
     }
 
     /// Redis answered (a value or a logical error): closes the breaker.
-    pub fn answered(&self) {
+    pub(crate) fn answered(&self) {
         let now = self.clock.now_ms();
         if self.last_answer_ms.load(Ordering::Relaxed) != now {
             self.last_answer_ms.store(now, Ordering::Relaxed);
@@ -220,14 +220,14 @@ impl Breaker {
     /// A health ping failed: the breaker opens unless Redis answered some other call at or
     /// after `since_ms` (then Redis is slow under load, or only the ping's connection was lost,
     /// as when a failover closes it; a run of failed calls still opens it).
-    pub fn ping_failed(&self, since_ms: i64, cause: &'static str) {
+    pub(crate) fn ping_failed(&self, since_ms: i64, cause: &'static str) {
         if self.last_answer_ms.load(Ordering::Relaxed) < since_ms {
             self.open(cause);
         }
     }
 
     /// Opens the breaker now (a failed health ping, or a run of failed calls).
-    pub fn open(&self, cause: &'static str) {
+    pub(crate) fn open(&self, cause: &'static str) {
         let mut core = self.core();
         let now = self.clock.now_ms();
         core.opened_at_ms = now;
@@ -259,10 +259,6 @@ impl Breaker {
     }
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +269,7 @@ mod tests {
     }
 
     fn fail(breaker: &Breaker) {
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         breaker.record(false);
     }
 
@@ -290,21 +286,21 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed, "the answer reset the run");
         fail(&breaker);
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "an open breaker refuses at once");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "an open breaker refuses at once");
     }
 
     #[test]
     fn an_open_breaker_starts_one_probe_after_the_wait_and_closes_on_its_answer() {
         let (breaker, clock, metrics) = breaker();
         breaker.open("health ping failed");
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false });
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "this call starts the probe");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "this call starts the probe");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "one probe at a time");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "one probe at a time");
         breaker.probed(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         assert_eq!(metrics.store_breaker_state.get(), 0);
         let opened = metrics.store_breaker_transitions.with_label_values(&["open"]).get();
         let closed = metrics.store_breaker_transitions.with_label_values(&["closed"]).get();
@@ -317,13 +313,13 @@ mod tests {
         let (breaker, clock, metrics) = breaker();
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         breaker.probed(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(metrics.store_breaker_state.get(), 2);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the wait starts again");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "the wait starts again");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the next probe");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "the next probe");
     }
 
     #[test]
@@ -331,13 +327,13 @@ mod tests {
         let (breaker, clock, _) = breaker();
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         breaker.open("health ping failed");
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: false }, "the first probe is still out");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: false }, "the first probe is still out");
         breaker.probed(false);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
     }
 
     #[test]
@@ -355,12 +351,12 @@ mod tests {
     #[test]
     fn a_failure_that_was_in_flight_when_it_opened_changes_nothing() {
         let (breaker, clock, _) = breaker();
-        assert_eq!(breaker.admit(), Admission::Go);
+        assert_eq!(breaker.admit(), Verdict::Go);
         breaker.open("health ping failed");
         breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true }, "the wait was not restarted");
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true }, "the wait was not restarted");
     }
 
     #[test]
@@ -384,7 +380,7 @@ mod tests {
         assert!(changes.has_changed().expect("sender alive"));
         assert_eq!(*changes.borrow_and_update(), BreakerState::Open);
         clock.advance(PROBE_AFTER);
-        assert_eq!(breaker.admit(), Admission::Refused { probe: true });
+        assert_eq!(breaker.admit(), Verdict::Refused { probe: true });
         assert_eq!(*changes.borrow_and_update(), BreakerState::HalfOpen);
         breaker.probed(true);
         assert_eq!(*changes.borrow_and_update(), BreakerState::Closed);

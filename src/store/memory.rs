@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::FlowRead;
-use crate::clock::Clock;
+use super::backend::{Backend, Reply};
+use crate::clock::{Clock, millis};
 
 /// A point in time on the service clock, in milliseconds.
 type Instant = i64;
@@ -26,7 +27,7 @@ struct Inner {
 
 /// A map of byte values with per-key expiry behind one short-held mutex.
 #[derive(Default)]
-pub struct MemoryBackend {
+pub(crate) struct MemoryBackend {
     inner: Mutex<Inner>,
     clock: Clock,
 }
@@ -59,13 +60,9 @@ fn counter(value: &[u8]) -> i64 {
     std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl MemoryBackend {
     /// An empty store whose entries expire by `clock`.
-    pub fn new(clock: Clock) -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Self { inner: Mutex::default(), clock }
     }
 
@@ -258,6 +255,70 @@ impl MemoryBackend {
     pub(super) fn read_flow(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.now();
         self.lock().live(key, now).map(|(value, _)| value.clone())
+    }
+}
+
+/// The primitives as [`Backend`] serves them: each answered in place.
+impl Backend for MemoryBackend {
+    fn get<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
+        Reply::Now(MemoryBackend::get(self, key))
+    }
+    fn set<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, ()> {
+        MemoryBackend::set(self, key, value, ttl);
+        Reply::Now(())
+    }
+    fn set_nx<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, bool> {
+        Reply::Now(MemoryBackend::set_nx(self, key, value, ttl))
+    }
+    fn del<'a>(&'a self, key: &'a str) -> Reply<'a, ()> {
+        MemoryBackend::del(self, key);
+        Reply::Now(())
+    }
+    fn del_if_eq<'a>(&'a self, key: &'a str, value: &'a [u8]) -> Reply<'a, bool> {
+        Reply::Now(MemoryBackend::del_if_eq(self, key, value))
+    }
+    fn set_if_eq<'a>(&'a self, key: &'a str, expected: &'a [u8], value: &'a [u8], ttl: Duration) -> Reply<'a, bool> {
+        Reply::Now(MemoryBackend::set_if_eq(self, key, expected, value, ttl))
+    }
+    fn hset_px<'a>(&'a self, key: &'a str, field: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, ()> {
+        MemoryBackend::hset_px(self, key, field, value, ttl);
+        Reply::Now(())
+    }
+    fn hgetall<'a>(&'a self, key: &'a str) -> Reply<'a, Vec<(String, Vec<u8>)>> {
+        Reply::Now(MemoryBackend::hgetall(self, key))
+    }
+    fn hdel<'a>(&'a self, key: &'a str, field: &'a str) -> Reply<'a, ()> {
+        MemoryBackend::hdel(self, key, field);
+        Reply::Now(())
+    }
+    fn admit<'a>(&'a self, current: &'a str, others: &'a [String], life: Duration) -> Reply<'a, (i64, Vec<i64>)> {
+        Reply::Now(MemoryBackend::admit(self, current, others, life))
+    }
+    fn release<'a>(&'a self, key: &'a str, life: Duration) -> Reply<'a, ()> {
+        MemoryBackend::release(self, key, life);
+        Reply::Now(())
+    }
+    fn create_flow<'a>(&'a self, key: &'a str, sealed: &'a [u8], ttl: Duration) -> Reply<'a, bool> {
+        Reply::Now(MemoryBackend::create_flow(self, key, sealed, ttl))
+    }
+    fn use_flow<'a>(&'a self, key: &'a str, cut_to: Duration) -> Reply<'a, Option<FlowRead>> {
+        Reply::Now(MemoryBackend::use_flow(self, key, cut_to))
+    }
+    fn use_flow_binding<'a>(
+        &'a self,
+        key: &'a str,
+        cut_to: Duration,
+        code_key: &'a str,
+        code_value: &'a [u8],
+        code_ttl: Duration,
+    ) -> Reply<'a, (Option<FlowRead>, Option<Vec<u8>>)> {
+        Reply::Now(MemoryBackend::use_flow_binding(self, key, cut_to, code_key, code_value, code_ttl))
+    }
+    fn take_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<(Vec<u8>, u64, Duration)>> {
+        Reply::Now(MemoryBackend::take_flow(self, key))
+    }
+    fn read_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
+        Reply::Now(MemoryBackend::read_flow(self, key))
     }
 }
 

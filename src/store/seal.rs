@@ -17,10 +17,10 @@ use rand::RngCore as _;
 use sha2::Sha256;
 
 /// How many bytes of an HMAC a tag keeps: 128 bits.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// The shortest leading part of a tag [`Keyring::verify_tag`] accepts (64 bits: forging one
 /// takes 2^64 guesses, each a request).
-pub const MIN_TAG_LEN: usize = 8;
+pub(crate) const MIN_TAG_LEN: usize = 8;
 /// The label the tagging key is derived under (changing it invalidates every tag).
 const TAG_KEY_LABEL: &[u8] = b"wxauth tag key v1";
 

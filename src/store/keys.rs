@@ -1,0 +1,70 @@
+//! The store's key schema: one function per kind of key, under `store.key_prefix`. The table
+//! of the keys, their values and their lives is docs/design.md §4.1 (a wire contract: other
+//! replicas and operators read the same keys).
+
+use sha2::{Digest as _, Sha256};
+
+use super::Store;
+use crate::secrets::AuthCode;
+use crate::wechat::Lang;
+
+impl Store {
+    pub(super) fn flow_key(&self, flow_id: &str) -> String {
+        // Concatenated, not `format!`ted: the relay builds this key and the code's on every
+        // callback, and the formatting machinery cost more than the copying.
+        [self.inner.prefix.as_str(), ":flow:", flow_id].concat()
+    }
+
+    pub(super) fn token_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:tok:{openid}", self.inner.prefix)
+    }
+
+    pub(super) fn code_key(&self, code: &AuthCode) -> String {
+        let digest = Sha256::digest(code.secret().as_bytes());
+        [self.inner.prefix.as_str(), ":code:", &hex::encode(digest)].concat()
+    }
+
+    pub(super) fn reach_key(&self, app: &str, openid: &str, client: &str) -> String {
+        format!("{}:{app}:reach:{openid}:{client}", self.inner.prefix)
+    }
+
+    pub(super) fn session_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:sess:{openid}", self.inner.prefix)
+    }
+
+    pub(super) fn union_key(&self, unionid: &str) -> String {
+        format!("{}:union:{unionid}", self.inner.prefix)
+    }
+
+    pub(super) fn lock_key(&self, app: &str, openid: &str) -> String {
+        format!("{}:{app}:lock:{openid}", self.inner.prefix)
+    }
+
+    pub(super) fn profile_key(&self, app: &str, openid: &str, lang: Lang) -> String {
+        format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
+    }
+
+    /// The stem of the client's open-flow counters ([`super::flow_cap`] adds `:{window}`): the
+    /// client in braces, a Cluster hash tag, so that one pipeline may touch all of them.
+    pub(super) fn client_flows_key(&self, client: &str) -> String {
+        format!("{}:client:{{{client}}}:flows", self.inner.prefix)
+    }
+}
+
+/// The field of an account in a unionid's index.
+pub(super) fn account_field(app: &str, openid: &str) -> String {
+    format!("{app}:{openid}")
+}
+
+/// What an account's value is sealed under: the index key and the field.
+pub(super) fn account_aad(key: &str, field: &str) -> String {
+    format!("{key}\u{0}{field}")
+}
+
+/// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
+pub(super) fn key_kind(key: &str) -> &'static str {
+    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client"]
+        .into_iter()
+        .find(|kind| key.contains(&format!(":{kind}:")))
+        .unwrap_or("other")
+}
