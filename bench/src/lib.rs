@@ -16,6 +16,9 @@
 //!   and the relay, wxauth's memory quarter by quarter, and Redis' keys counted by kind until
 //!   the flows and code records have expired.
 //!
+//! The binary's own modules (`args`, `fixture`, `setup`, `phases`, `ops`, `soak_cmd`) sit
+//! beside these files in `src/` but belong to `main.rs`, not to this library.
+//!
 //! A workspace member of its own (issue 13): the service's library and binary carry none of it.
 //! It reaches wxauth only through the library's public API (the generated types, the
 //! simulator, the relay's path, the config's key digest and the keyring's line).
