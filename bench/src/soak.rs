@@ -303,8 +303,9 @@ pub struct Census {
     pub profiles: u64,
     /// `{prefix}:{app}:lock:{openid}`: refresh locks.
     pub locks: u64,
-    /// `{prefix}:client:{client}:flows`: the open-flow cap's sorted sets.
-    pub open_flow_sets: u64,
+    /// `{prefix}:client:{client}:flows:{window}` (the client in literal braces): the open-flow
+    /// cap's per-window counters.
+    pub open_flow_counters: u64,
     /// Anything else under the prefix.
     pub other: u64,
 }
@@ -324,7 +325,7 @@ impl Census {
             + self.reach
             + self.profiles
             + self.locks
-            + self.open_flow_sets
+            + self.open_flow_counters
             + self.other
     }
 
@@ -335,7 +336,7 @@ impl Census {
         let slot = match (parts.next(), parts.next()) {
             (Some("flow"), _) => &mut self.flows,
             (Some("code"), _) => &mut self.codes,
-            (Some("client"), _) => &mut self.open_flow_sets,
+            (Some("client"), _) => &mut self.open_flow_counters,
             (_, Some("tok")) => &mut self.tokens,
             (_, Some("reach")) => &mut self.reach,
             (_, Some("prof")) => &mut self.profiles,
@@ -460,7 +461,7 @@ pub fn table(result: &SoakResult, censuses: &[(&str, Census)], checks: &[Check],
     for (when, c) in censuses {
         let _ = writeln!(
             out,
-            "Redis keys {when}: {} (flows {}, codes {}, tokens {}, reach {}, profiles {}, locks {}, open-flow sets {}, other {})",
+            "Redis keys {when}: {} (flows {}, codes {}, tokens {}, reach {}, profiles {}, locks {}, open-flow counters {}, other {})",
             c.total(),
             c.flows,
             c.codes,
@@ -468,7 +469,7 @@ pub fn table(result: &SoakResult, censuses: &[(&str, Census)], checks: &[Check],
             c.reach,
             c.profiles,
             c.locks,
-            c.open_flow_sets,
+            c.open_flow_counters,
             c.other
         );
     }
@@ -497,13 +498,13 @@ mod tests {
             "wxauth:mp:reach:oUser1:bench",
             "wxauth:mp:prof:oUser1:zh_CN",
             "wxauth:mp:lock:oUser1",
-            "wxauth:client:bench:flows",
+            "wxauth:client:{bench}:flows:29611420",
             "wxauth:something-new",
         ] {
             census.count("wxauth", key);
         }
         let one =
-            Census { flows: 1, codes: 1, tokens: 1, reach: 1, profiles: 1, locks: 1, open_flow_sets: 1, other: 1 };
+            Census { flows: 1, codes: 1, tokens: 1, reach: 1, profiles: 1, locks: 1, open_flow_counters: 1, other: 1 };
         assert_eq!(census, one);
         assert_eq!(Census::settled(3).total(), 9);
     }
