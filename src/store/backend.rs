@@ -10,6 +10,9 @@ use redis::RedisResult;
 
 use super::FlowRead;
 
+/// What [`Backend::get_two`] answers: each key's value, if it has one.
+pub(crate) type TwoValues = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A backend's answer to one primitive.
 pub(crate) enum Reply<'a, T> {
     /// Answered in place (the memory backend): nothing to wait for, nothing that can fail to
@@ -25,6 +28,10 @@ pub(crate) enum Reply<'a, T> {
 pub(crate) trait Backend: Send + Sync {
     /// `GET key`.
     fn get<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>>;
+    /// `MGET first second`: two reads of one request in one command (on a Cluster, where the
+    /// keys may sit in two slots, the client splits it by slot). Nothing orders them against
+    /// each other's writes, as with two `GET`s.
+    fn get_two<'a>(&'a self, first: &'a str, second: &'a str) -> Reply<'a, TwoValues>;
     /// `SET key value PX ttl`.
     fn set<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, ()>;
     /// `SET key value NX PX ttl`: false when the key exists.
@@ -72,6 +79,7 @@ pub(crate) trait Backend: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Get,
+    GetTwo,
     Set,
     SetNx,
     Del,
@@ -92,8 +100,9 @@ pub(crate) enum Op {
 impl Op {
     /// Every primitive (for the test that holds names and spans together).
     #[cfg(test)]
-    pub(crate) const ALL: [Op; 16] = [
+    pub(crate) const ALL: [Op; 17] = [
         Op::Get,
+        Op::GetTwo,
         Op::Set,
         Op::SetNx,
         Op::Del,
@@ -115,6 +124,7 @@ impl Op {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
+            Op::GetTwo => "get_two",
             Op::Set => "set",
             Op::SetNx => "set_nx",
             Op::Del => "del",
@@ -139,6 +149,7 @@ impl Op {
         use tracing::info_span;
         match self {
             Op::Get => info_span!("store.get"),
+            Op::GetTwo => info_span!("store.get_two"),
             Op::Set => info_span!("store.set"),
             Op::SetNx => info_span!("store.set_nx"),
             Op::Del => info_span!("store.del"),

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::FlowRead;
-use super::backend::{Backend, Reply};
+use super::backend::{Backend, Reply, TwoValues};
 use crate::clock::{Clock, millis};
 
 /// A point in time on the service clock, in milliseconds.
@@ -262,6 +262,9 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn get<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
         Reply::Now(MemoryBackend::get(self, key))
+    }
+    fn get_two<'a>(&'a self, first: &'a str, second: &'a str) -> Reply<'a, TwoValues> {
+        Reply::Now((MemoryBackend::get(self, first), MemoryBackend::get(self, second)))
     }
     fn set<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, ()> {
         MemoryBackend::set(self, key, value, ttl);

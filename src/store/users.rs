@@ -211,6 +211,22 @@ impl Store {
         Ok(found.and_then(|sealed| self.open::<Reach>(&key, &sealed)))
     }
 
+    /// A `users = "own"` client's GetUserInfo read: its claim on the user and the cached
+    /// profile, in one command (`MGET`): the claim check costs no round trip and no command of
+    /// its own.
+    pub async fn get_reach_and_profile(
+        &self,
+        app: &str,
+        openid: &str,
+        client: &str,
+        lang: Lang,
+    ) -> Result<(Option<Reach>, Option<CachedProfile>), StoreError> {
+        let (reach_key, profile_key) = (self.reach_key(app, openid, client), self.profile_key(app, openid, lang));
+        let (reach, profile) = self.call(Op::GetTwo, |b| b.get_two(&reach_key, &profile_key)).await?;
+        let reach = reach.and_then(|sealed| self.open::<Reach>(&reach_key, &sealed));
+        Ok((reach, profile.and_then(|sealed| self.open(&profile_key, &sealed))))
+    }
+
     /// Whether any of `clients` holds a claim on this user (ForgetUser: the user's records go
     /// only when none does). The reads go out at once (different keys: concurrent commands).
     pub async fn any_reach(&self, app: &str, openid: &str, clients: &[&str]) -> Result<bool, StoreError> {

@@ -11,7 +11,7 @@ use super::{Backoff, Tokens, grants_userinfo};
 use crate::clock::secs;
 use crate::consent::Grant;
 use crate::error::ApiError;
-use crate::store::{Account, CachedProfile, TokenRecord};
+use crate::store::{Account, CachedProfile, Reach, TokenRecord};
 use crate::wechat::{App, AppKind, Lang, Profile, WechatError};
 
 /// WeChat codes that mean "this access token is not (or no longer) valid".
@@ -67,14 +67,45 @@ impl Tokens {
     ) -> Result<(Option<Grant>, T), ApiError> {
         let UsersRule::Own(client) = who else { return Ok((None, read.await?)) };
         let (claim, value) = tokio::join!(self.store.get_reach(&app.name, openid, client), read);
-        let Some(claim) = claim? else {
-            let known = match &value {
+        Ok((Some(self.reached(app, openid, client, claim?, &value).await?), value?))
+    }
+
+    /// `client`'s grant on the user from its `claim`, read beside `value` (the request's own
+    /// read); no claim: [`Self::unreached`].
+    async fn reached<T: Found>(
+        &self,
+        app: &App,
+        openid: &str,
+        client: &str,
+        claim: Option<Reach>,
+        value: &Result<T, ApiError>,
+    ) -> Result<Grant, ApiError> {
+        let Some(claim) = claim else {
+            let known = match value {
                 Ok(value) => value.found(),
                 Err(_) => Some(false),
             };
             return Err(self.unreached(app, openid, client, known).await);
         };
-        Ok((Some(Grant::of(&claim, app.kind)), value?))
+        Ok(Grant::of(&claim, app.kind))
+    }
+
+    /// The cached profile, answered only if `who` may reach the user ([`Self::reachable`]); for a
+    /// `users = "own"` client the claim and the profile are one store command (`MGET`), so the
+    /// check costs GetUserInfo nothing beyond the read it makes anyway.
+    async fn cached_profile(
+        &self,
+        app: &App,
+        openid: &str,
+        lang: Lang,
+        who: UsersRule<'_>,
+    ) -> Result<(Option<Grant>, Option<CachedProfile>), ApiError> {
+        let UsersRule::Own(client) = who else {
+            return Ok((None, self.store.get_profile(&app.name, openid, lang).await?));
+        };
+        let (claim, profile) = self.store.get_reach_and_profile(&app.name, openid, client, lang).await?;
+        let profile = Ok(profile);
+        Ok((Some(self.reached(app, openid, client, claim, &profile).await?), profile?))
     }
 
     /// The answer to a client asking for a user it never signed in: `TOKEN_NOT_FOUND`, exactly
@@ -120,8 +151,7 @@ impl Tokens {
         let max_age = self.policy.profile_cache;
         let use_cache = !fresh && !max_age.is_zero();
         let who = if use_cache {
-            let cached = async { Ok(self.store.get_profile(&app.name, openid, lang).await?) };
-            let (grant, hit) = self.reachable(app, openid, who, cached).await?;
+            let (grant, hit) = self.cached_profile(app, openid, lang, who).await?;
             if grant.is_some_and(|g| !g.reads_profile()) {
                 return Err(self.scope_not_granted(who));
             }

@@ -29,6 +29,7 @@ mod proxy;
 mod reach;
 mod refresh_wait;
 mod relay;
+mod rooms;
 mod sealing;
 mod sentinel;
 mod tls;

@@ -10,7 +10,7 @@ use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use super::{Conn, RedisBackend};
 use crate::clock::millis;
 use crate::store::FlowRead;
-use crate::store::backend::{Backend, Reply};
+use crate::store::backend::{Backend, Reply, TwoValues};
 
 /// The relay's step on a flow (a hash: `f` the sealed flow, `n` its callbacks) for Redis
 /// before 7.0: returns the flow, whether this call cut the TTL to ARGV[1] ms (the first use
@@ -81,6 +81,11 @@ impl Scripts {
 impl RedisBackend {
     pub(super) async fn get(&self, key: &str) -> RedisResult<Option<Vec<u8>>> {
         self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// `MGET first second`.
+    pub(super) async fn get_two(&self, first: &str, second: &str) -> RedisResult<TwoValues> {
+        self.query(redis::cmd("MGET").arg(first).arg(second)).await
     }
 
     pub(super) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> RedisResult<()> {
@@ -325,6 +330,9 @@ pub(super) fn refuses_expire_options(e: &RedisError) -> bool {
 impl Backend for RedisBackend {
     fn get<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
         Reply::Remote(Box::pin(RedisBackend::get(self, key)))
+    }
+    fn get_two<'a>(&'a self, first: &'a str, second: &'a str) -> Reply<'a, TwoValues> {
+        Reply::Remote(Box::pin(RedisBackend::get_two(self, first, second)))
     }
     fn set<'a>(&'a self, key: &'a str, value: &'a [u8], ttl: Duration) -> Reply<'a, ()> {
         Reply::Remote(Box::pin(RedisBackend::set(self, key, value, ttl)))
