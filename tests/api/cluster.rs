@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope};
+use wxauth::proto::{BuildAuthorizeUrlRequest, Lang, RefreshTokenRequest, Scope};
 use wxauth::sim::Endpoint;
 
 use crate::helpers::{MP_APPID, Relayed, free_port, settings, spawn_redis_server, spawn_settings, spawn_sim};
@@ -144,6 +144,23 @@ async fn a_whole_flow_on(cluster: &RedisCluster, store: &str) {
 
     let login = app.login("bob", "snsapi_userinfo").await;
     app.user_info(&login.openid).await.expect("profile");
+    // A cached GetUserInfo reads the client's claim and the profile in one MGET; here their keys
+    // sit in two slots, so the cluster client splits it by slot and joins the answers.
+    let slot = |key: String| {
+        String::from_utf8_lossy(&cluster.cli(cluster.nodes[0].0, &["cluster", "keyslot", &key]).stdout)
+            .trim()
+            .to_owned()
+    };
+    let (reach, profile) =
+        (format!("wxauth:mp:reach:{}:passport", login.openid), format!("wxauth:mp:prof:{}:zh_CN", login.openid));
+    for key in [&reach, &profile] {
+        let exists = cluster.cli(cluster.nodes[0].0, &["-c", "exists", key]);
+        assert_eq!(String::from_utf8_lossy(&exists.stdout).trim(), "1", "{key} is stored");
+    }
+    assert_ne!(slot(reach), slot(profile), "the claim and the profile in two slots");
+    let cached = app.profile(&login.openid, Lang::Unspecified, false).await.expect("cached profile");
+    assert_eq!(cached.user_info.expect("user_info").openid, login.openid);
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 1, "answered from the cache, across two slots");
     let request = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     app.grpc.clone().refresh_token(app.req(request)).await.expect("refresh takes and releases the lock");
     assert_eq!(app.sim.calls(Endpoint::RefreshToken), 1);
