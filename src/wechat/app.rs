@@ -30,7 +30,7 @@ impl AppKind {
 
     /// The code's life at WeChat: 5 minutes for official accounts and mini programs' `js_code`,
     /// 10 for website and mobile apps.
-    pub fn code_life(self) -> Duration {
+    pub(crate) fn code_life(self) -> Duration {
         match self {
             AppKind::OfficialAccount | AppKind::MiniProgram => Duration::from_secs(300),
             AppKind::Website | AppKind::MobileApp => Duration::from_secs(600),
@@ -38,7 +38,7 @@ impl AppKind {
     }
 
     /// The scope used when a request leaves it unspecified.
-    pub fn default_scope(self) -> Scope {
+    pub(crate) fn default_scope(self) -> Scope {
         match self {
             AppKind::OfficialAccount | AppKind::MiniProgram => Scope::Base,
             AppKind::Website => Scope::Login,
@@ -48,7 +48,7 @@ impl AppKind {
 
     /// Whether an app of this kind may ask for `scope` on an authorize page (mobile apps and
     /// mini programs have none: their codes come from the WeChat SDK / `wx.login()`).
-    pub fn allows(self, scope: Scope) -> bool {
+    pub(crate) fn allows(self, scope: Scope) -> bool {
         match self {
             AppKind::OfficialAccount => matches!(scope, Scope::Base | Scope::UserInfo),
             AppKind::Website => scope == Scope::Login,
@@ -57,7 +57,7 @@ impl AppKind {
     }
 
     /// Whether sign-ins go through a browser, an authorize page and the relay.
-    pub fn has_authorize_page(self) -> bool {
+    pub(crate) fn has_authorize_page(self) -> bool {
         matches!(self, AppKind::OfficialAccount | AppKind::Website)
     }
 
@@ -79,7 +79,7 @@ impl AppKind {
 
 /// A WeChat authorization scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// `snsapi_base`: silent, openid only.
     Base,
     /// `snsapi_userinfo`: consent, profile.
@@ -90,7 +90,7 @@ pub enum Scope {
 
 impl Scope {
     /// WeChat's spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Base => "snsapi_base",
             Scope::UserInfo => "snsapi_userinfo",
@@ -99,12 +99,12 @@ impl Scope {
     }
 
     /// Parses WeChat's spelling.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [Scope::Base, Scope::UserInfo, Scope::Login].into_iter().find(|v| v.as_str() == s)
     }
 
     /// Whether a token of this scope may read the profile.
-    pub fn grants_userinfo(self) -> bool {
+    pub(crate) fn grants_userinfo(self) -> bool {
         matches!(self, Scope::UserInfo | Scope::Login)
     }
 }

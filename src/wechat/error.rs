@@ -33,7 +33,7 @@ impl WechatError {
     }
 
     /// Whether trying again soon may succeed (busy, 5xx, network).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             WechatError::Api { errcode, .. } => *errcode == -1,
             WechatError::Transport(_) | WechatError::Decode(_) => true,
@@ -44,7 +44,7 @@ impl WechatError {
     /// Whether WeChat may have acted on the request though its answer was lost: a transient
     /// failure once the request could have arrived (everything but a failed connection). For a
     /// code exchange that means the code may be spent (docs/design.md §10.5).
-    pub fn may_have_acted(&self) -> bool {
+    pub(crate) fn may_have_acted(&self) -> bool {
         match self {
             WechatError::Transport(e) => !e.is_connect(),
             other => other.is_transient(),

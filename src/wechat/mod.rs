@@ -19,7 +19,8 @@ mod tests;
 
 use url::Url;
 
-pub use self::app::{App, AppKind, Lang, Scope};
+pub(crate) use self::app::Scope;
+pub use self::app::{App, AppKind, Lang};
 pub(crate) use self::authorize::{AuthorizeParams, WxLoginOptions, WxLoginParams, authorize_url};
 pub use self::client::{Endpoint, WechatClient, WechatSettings};
 pub use self::error::WechatError;
