@@ -25,10 +25,11 @@
 //!   generated types, HTML and script-literal escaping.
 //!
 //! Around it, never in the request path: [`sim`] (the WeChat simulator for tests, benchmarks and
-//! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page); `fuzzing`
-//! (hidden) gives the fuzz targets in `fuzz/` the private parsers that untrusted bytes reach.
-//! The benchmark harness (`wxauth-bench`) is a workspace member of its own, `bench/`, built on
-//! this library's public API.
+//! the dev mode), [`dev`] and [`demo`] (the dev mode and its demo product page), all three only
+//! with the `dev` feature (on by default; the production image builds without it, so its binary
+//! carries none of their code); `fuzzing` (hidden) gives the fuzz targets in `fuzz/` the private
+//! parsers that untrusted bytes reach. The benchmark harness (`wxauth-bench`) is a workspace
+//! member of its own, `bench/`, built on this library's public API with the default features.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -37,7 +38,9 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod consent;
+#[cfg(feature = "dev")]
 pub mod demo;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 #[doc(hidden)]
@@ -50,6 +53,7 @@ pub mod listener;
 pub mod proto;
 pub mod relay;
 pub mod secrets;
+#[cfg(feature = "dev")]
 pub mod sim;
 pub mod startup;
 pub mod store;

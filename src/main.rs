@@ -2,6 +2,10 @@
 //! WeChat simulator); `wxauth check --config FILE` validates a config and prints what it amounts
 //! to (no secrets); `wxauth gen-key [ID]` prints a new sealing-key line; `wxauth sim [ADDR]`
 //! runs the WeChat simulator alone. `wxauth --help` lists them.
+//!
+//! The dev mode and `wxauth sim` come with the `dev` feature (on by default). A build without it
+//! (the production image: `--no-default-features`) carries none of their code: there `serve`
+//! needs a config, and without one says so instead of starting anything.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +37,7 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
     /// The config file (TOML); any key can be overridden as WXAUTH_<SECTION>__<KEY>. None: the
-    /// dev mode.
+    /// dev mode (in a build with the `dev` feature, the default; the production image has none).
     #[arg(long, env = "WXAUTH_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -60,6 +64,7 @@ enum Command {
         id: u8,
     },
     /// Run the WeChat simulator alone
+    #[cfg(feature = "dev")]
     ///
     /// Consent pages with test users, the sns endpoints and the /sim control API, for
     /// benchmarks and browser tests.
@@ -92,7 +97,8 @@ async fn run(Cli { config, command }: Cli) -> anyhow::Result<()> {
             None => usage_error("check needs --config FILE (or WXAUTH_CONFIG)"),
         },
         Some(Command::GenKey { id }) => print_key(id),
-        Some(Command::Sim { addr }) => run_sim(&addr).await,
+        #[cfg(feature = "dev")]
+        Some(Command::Sim { addr }) => dev_mode::run_sim(&addr).await,
     }
 }
 
@@ -129,34 +135,42 @@ fn print_key(id: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves with the config at `config`; none: the dev mode, in a build that has it.
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let settings = match &config {
-        Some(path) => Settings::load(path)?,
-        None => wxauth::dev::settings()?,
+    #[cfg(feature = "dev")]
+    let Some(path) = config else {
+        return dev_mode::serve().await;
     };
+    #[cfg(not(feature = "dev"))]
+    let Some(path) = config else {
+        usage_error(
+            "serve needs --config FILE (or WXAUTH_CONFIG): this build has no dev mode (that needs the `dev` feature)",
+        )
+    };
+    let settings = Settings::load(&path)?;
     // Kept to the end of `serve`: dropping it flushes buffered spans.
-    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log.json))?;
-    let mut dev = DevServices::default();
-    if config.is_none() {
-        start_dev_simulator(&mut dev).await?;
-    }
+    let _telemetry = init_telemetry(&settings)?;
     let app = Application::build(settings).await.context("start-up")?;
+    log_listening(&app);
+    run_app(app, std::future::pending()).await
+}
+
+fn init_telemetry(settings: &Settings) -> anyhow::Result<wxauth::telemetry::TelemetryGuard> {
+    Ok(wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(settings.log.json))?)
+}
+
+fn log_listening(app: &Application) {
     tracing::info!(grpc = %app.grpc_addr(), public = %app.public_addr(), admin = %app.admin_addr(), "wxauth listening");
-    if config.is_none() {
-        start_dev_demo(&mut dev, app.grpc_addr()).await?;
-        tracing::info!(
-            "dev mode: open http://{}/ and sign in with WeChat (the simulator), or try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
-             -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
-             {} wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl\nthen open the authorize_url it returns",
-            wxauth::demo::DEMO_ADDR,
-            app.grpc_addr()
-        );
-    }
+}
+
+/// Serves until a signal, or until `ended` (a dev-mode service that stopped, with the reason it
+/// returns; never outside the dev mode).
+async fn run_app(app: Application, ended: impl Future<Output = anyhow::Error> + Send + 'static) -> anyhow::Result<()> {
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
         tokio::select! {
             () = shutdown_signal() => {}
-            error = dev.ended() => {
+            error = ended => {
                 tracing::error!("dev mode stops: {error:#}");
                 let _ = failed_tx.send(error);
             }
@@ -167,71 +181,6 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         return Err(error);
     }
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// The dev mode's own services (the WeChat simulator, the demo product page), which serve until
-/// the process stops: one that ends, fails or panics stops dev mode (a dev mode without its
-/// simulator cannot sign anyone in), with its reason logged and returned.
-#[derive(Default)]
-struct DevServices {
-    tasks: tokio::task::JoinSet<anyhow::Error>,
-}
-
-impl DevServices {
-    /// Runs `service` (named `name` in the error) until it ends.
-    fn spawn<E>(&mut self, name: &'static str, service: impl Future<Output = Result<(), E>> + Send + 'static)
-    where
-        E: Into<anyhow::Error>,
-    {
-        use futures::FutureExt as _;
-        self.tasks.spawn(async move {
-            match std::panic::AssertUnwindSafe(service).catch_unwind().await {
-                Ok(Ok(())) => anyhow::anyhow!("the {name} stopped"),
-                Ok(Err(error)) => error.into().context(format!("the {name} failed")),
-                Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    anyhow::anyhow!("the {name} panicked: {message}")
-                }
-            }
-        });
-    }
-
-    /// Why the first service ended; never, when there are none (not dev mode).
-    async fn ended(&mut self) -> anyhow::Error {
-        match self.tasks.join_next().await {
-            Some(Ok(error)) => error,
-            // Only a cancelled task (never: the set is only dropped with `self`).
-            Some(Err(join)) => anyhow::anyhow!("a dev-mode service ended: {join}"),
-            None => std::future::pending().await,
-        }
-    }
-}
-
-async fn start_dev_simulator(dev: &mut DevServices) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(wxauth::dev::SIM_ADDR).await.context("bind the simulator")?;
-    let sim = wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo());
-    dev.spawn("WeChat simulator", sim.serve(listener, std::future::pending()));
-    tracing::info!(addr = wxauth::dev::SIM_ADDR, "WeChat simulator listening");
-    Ok(())
-}
-
-async fn start_dev_demo(dev: &mut DevServices, grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(wxauth::demo::DEMO_ADDR).await.context("bind the demo page")?;
-    dev.spawn("demo product page", wxauth::demo::serve(listener, grpc_addr, std::future::pending()));
-    tracing::info!(addr = wxauth::demo::DEMO_ADDR, "demo product page listening");
-    Ok(())
-}
-
-async fn run_sim(addr: &str) -> anyhow::Result<()> {
-    let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(false))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
-    tracing::info!(%addr, "WeChat simulator listening");
-    wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo()).serve(listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -267,40 +216,134 @@ async fn wait_signal() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The dev mode (`wxauth` with no config) and `wxauth sim`: the WeChat simulator and the demo
+/// product page next to the service, on loopback (README, "Quick start"). Only with the `dev`
+/// feature.
+#[cfg(feature = "dev")]
+mod dev_mode {
+    use anyhow::Context as _;
 
-    #[tokio::test]
-    async fn a_dev_service_that_fails_ends_dev_mode_with_its_reason() {
+    /// Serves the dev mode: the simulator, the service with the dev settings, the demo page.
+    pub(super) async fn serve() -> anyhow::Result<()> {
+        let settings = wxauth::dev::settings()?;
+        // Kept to the end of `serve`: dropping it flushes buffered spans.
+        let _telemetry = super::init_telemetry(&settings)?;
         let mut dev = DevServices::default();
-        dev.spawn("WeChat simulator", async { Err(std::io::Error::other("accept failed")) });
-
-        let error = dev.ended().await;
-
-        assert_eq!(format!("{error:#}"), "the WeChat simulator failed: accept failed");
+        start_simulator(&mut dev).await?;
+        let app = wxauth::startup::Application::build(settings).await.context("start-up")?;
+        super::log_listening(&app);
+        start_demo(&mut dev, app.grpc_addr()).await?;
+        tracing::info!(
+            "dev mode: open http://{}/ and sign in with WeChat (the simulator), or try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
+             -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
+             {} wxauth.v1.WeChatOAuthService/BuildAuthorizeUrl\nthen open the authorize_url it returns",
+            wxauth::demo::DEMO_ADDR,
+            app.grpc_addr()
+        );
+        super::run_app(app, async move { dev.ended().await }).await
     }
 
-    #[tokio::test]
-    async fn a_dev_service_that_panics_or_returns_ends_dev_mode_too() {
-        let mut dev = DevServices::default();
-        dev.spawn("demo product page", async {
-            let fail = true;
-            if fail {
-                panic!("the page broke");
+    /// The dev mode's own services (the WeChat simulator, the demo product page), which serve
+    /// until the process stops: one that ends, fails or panics stops dev mode (a dev mode without
+    /// its simulator cannot sign anyone in), with its reason logged and returned.
+    #[derive(Default)]
+    struct DevServices {
+        tasks: tokio::task::JoinSet<anyhow::Error>,
+    }
+
+    impl DevServices {
+        /// Runs `service` (named `name` in the error) until it ends.
+        fn spawn<E>(&mut self, name: &'static str, service: impl Future<Output = Result<(), E>> + Send + 'static)
+        where
+            E: Into<anyhow::Error>,
+        {
+            use futures::FutureExt as _;
+            self.tasks.spawn(async move {
+                match std::panic::AssertUnwindSafe(service).catch_unwind().await {
+                    Ok(Ok(())) => anyhow::anyhow!("the {name} stopped"),
+                    Ok(Err(error)) => error.into().context(format!("the {name} failed")),
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        anyhow::anyhow!("the {name} panicked: {message}")
+                    }
+                }
+            });
+        }
+
+        /// Why the first service ended; never, when there are none.
+        async fn ended(&mut self) -> anyhow::Error {
+            match self.tasks.join_next().await {
+                Some(Ok(error)) => error,
+                // Only a cancelled task (never: the set is only dropped with `self`).
+                Some(Err(join)) => anyhow::anyhow!("a dev-mode service ended: {join}"),
+                None => std::future::pending().await,
             }
-            Ok::<(), std::io::Error>(())
-        });
-        assert_eq!(dev.ended().await.to_string(), "the demo product page panicked: the page broke");
-
-        dev.spawn("WeChat simulator", async { Ok::<(), std::io::Error>(()) });
-        assert_eq!(dev.ended().await.to_string(), "the WeChat simulator stopped");
+        }
     }
 
-    #[tokio::test]
-    async fn without_dev_services_nothing_ends() {
-        let mut dev = DevServices::default();
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), dev.ended()).await;
-        assert!(waited.is_err(), "outside dev mode only a signal stops wxauth");
+    async fn start_simulator(dev: &mut DevServices) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(wxauth::dev::SIM_ADDR).await.context("bind the simulator")?;
+        let sim = wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo());
+        dev.spawn("WeChat simulator", sim.serve(listener, std::future::pending()));
+        tracing::info!(addr = wxauth::dev::SIM_ADDR, "WeChat simulator listening");
+        Ok(())
+    }
+
+    async fn start_demo(dev: &mut DevServices, grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(wxauth::demo::DEMO_ADDR).await.context("bind the demo page")?;
+        dev.spawn("demo product page", wxauth::demo::serve(listener, grpc_addr, std::future::pending()));
+        tracing::info!(addr = wxauth::demo::DEMO_ADDR, "demo product page listening");
+        Ok(())
+    }
+
+    /// `wxauth sim ADDR`: the WeChat simulator alone, until a signal.
+    pub(super) async fn run_sim(addr: &str) -> anyhow::Result<()> {
+        let _telemetry = wxauth::telemetry::init(&wxauth::telemetry::TelemetryConfig::from_env(false))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        tracing::info!(%addr, "WeChat simulator listening");
+        wxauth::sim::Simulator::new(wxauth::sim::SimConfig::demo()).serve(listener, super::shutdown_signal()).await?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_dev_service_that_fails_ends_dev_mode_with_its_reason() {
+            let mut dev = DevServices::default();
+            dev.spawn("WeChat simulator", async { Err(std::io::Error::other("accept failed")) });
+
+            let error = dev.ended().await;
+
+            assert_eq!(format!("{error:#}"), "the WeChat simulator failed: accept failed");
+        }
+
+        #[tokio::test]
+        async fn a_dev_service_that_panics_or_returns_ends_dev_mode_too() {
+            let mut dev = DevServices::default();
+            dev.spawn("demo product page", async {
+                let fail = true;
+                if fail {
+                    panic!("the page broke");
+                }
+                Ok::<(), std::io::Error>(())
+            });
+            assert_eq!(dev.ended().await.to_string(), "the demo product page panicked: the page broke");
+
+            dev.spawn("WeChat simulator", async { Ok::<(), std::io::Error>(()) });
+            assert_eq!(dev.ended().await.to_string(), "the WeChat simulator stopped");
+        }
+
+        #[tokio::test]
+        async fn without_dev_services_nothing_ends() {
+            let mut dev = DevServices::default();
+            let waited = tokio::time::timeout(std::time::Duration::from_millis(20), dev.ended()).await;
+            assert!(waited.is_err(), "outside dev mode only a signal stops wxauth");
+        }
     }
 }

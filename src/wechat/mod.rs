@@ -1,0 +1,42 @@
+//! The upstream client: WeChat's authorize URLs and its `sns` JSON endpoints, exactly as
+//! WeChat documents them (docs/design.md §10), with errcode decoding. It knows nothing of gRPC or
+//! Redis; the service reaches WeChat (or the simulator) only through the configured base URLs.
+//!
+//! Layout:
+//! - `app`: the app kinds, scopes and languages, and a configured [`App`].
+//! - `authorize`: the authorize URLs and `wxLogin.js`'s parameters (no call to WeChat).
+//! - `client`: [`WechatClient`], the `sns` calls (retries, metrics) and where they go.
+//! - `reply`: the `sns` replies and their decoding: an errcode reply is a [`WechatError`].
+//! - `error`: [`WechatError`], what a failed call was, and whether to try again.
+
+mod app;
+mod authorize;
+mod client;
+mod error;
+mod reply;
+#[cfg(test)]
+mod tests;
+
+use url::Url;
+
+pub(crate) use self::app::Scope;
+pub use self::app::{App, AppKind, Lang};
+pub(crate) use self::authorize::{AuthorizeParams, WxLoginOptions, WxLoginParams, authorize_url};
+pub use self::client::{Endpoint, WechatClient, WechatSettings};
+pub use self::error::WechatError;
+pub(crate) use self::reply::decode;
+pub use self::reply::{MiniSession, Profile, TokenGrant};
+
+/// Whether a browser is WeChat's in-app browser (`MicroMessenger` in its User-Agent): the only
+/// one that opens an official account's authorize page (elsewhere WeChat shows
+/// "请在微信客户端打开链接"); desktop browsers sign in with a website app's QR code. The one
+/// place this rule lives: the service, the demo page and the simulator all ask it.
+pub(crate) fn is_in_app_browser(user_agent: &str) -> bool {
+    user_agent.contains("MicroMessenger")
+}
+
+/// The base URL as a prefix ending in `/`.
+fn base(url: &Url) -> String {
+    let s = url.as_str();
+    if s.ends_with('/') { s.to_owned() } else { format!("{s}/") }
+}
