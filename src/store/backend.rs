@@ -48,11 +48,17 @@ pub(crate) trait Backend: Send + Sync {
     fn hgetall<'a>(&'a self, key: &'a str) -> Reply<'a, Vec<(String, Vec<u8>)>>;
     /// `HDEL key field`.
     fn hdel<'a>(&'a self, key: &'a str, field: &'a str) -> Reply<'a, ()>;
-    /// The open-flow cap's count ([`super::flow_cap`]): `INCR current`, living `life` from
-    /// now, and the counts at `others` (0 for a missing counter), in one step.
-    fn admit<'a>(&'a self, current: &'a str, others: &'a [String], life: Duration) -> Reply<'a, (i64, Vec<i64>)>;
-    /// Takes one count back from an open-flow counter (`DECR`, its life renewed to `life`).
-    fn release<'a>(&'a self, key: &'a str, life: Duration) -> Reply<'a, ()>;
+    /// The open-flow cap's count ([`super::flow_cap`]): `INCRBY current by`, living `life`
+    /// from now, and the counts at `others` (0 for a missing counter), in one step.
+    fn admit<'a>(
+        &'a self,
+        current: &'a str,
+        by: i64,
+        others: &'a [String],
+        life: Duration,
+    ) -> Reply<'a, (i64, Vec<i64>)>;
+    /// Takes `by` counts back from an open-flow counter (`DECRBY`, its life renewed to `life`).
+    fn release<'a>(&'a self, key: &'a str, by: i64, life: Duration) -> Reply<'a, ()>;
     /// A new flow living `ttl`; false when the key exists.
     fn create_flow<'a>(&'a self, key: &'a str, sealed: &'a [u8], ttl: Duration) -> Reply<'a, bool>;
     /// The relay's step on a flow: the sealed flow, whether this call cut its life to `cut_to`,

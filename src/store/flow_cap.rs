@@ -26,7 +26,20 @@
 //! others' counts, so admissions racing across replicas can only be refused too early (while
 //! another's refused count is not yet taken back), never let past the cap, as long as the
 //! replicas' clocks agree to within a window.
+//!
+//! **Places counted ahead** ([`Leases`]). A client with a large cap would cost Redis a round
+//! trip on every flow it starts; instead a replica counts a block of [`block`] places at once
+//! (`INCRBY`, the same check for the whole block), hands the first to the flow that asked and
+//! keeps the rest for the next flows of that client in the same window, which then start
+//! without touching Redis. Every place is counted in Redis before it is handed out, so the cap
+//! still holds across replicas; what a replica holds unused is counted too early, so a client
+//! may be refused up to `replicas × (block − 1)` flows before its cap (the block is at most
+//! 1/1000 of the cap and 64, and 1 below a cap of 2,000: small caps stay exact). A replica
+//! gives back what it still holds of a window when it next counts for that client in a later
+//! one. When the room left is smaller than the block, the block shrinks to the room.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::millis;
@@ -93,7 +106,8 @@ impl Windows {
         (self.key(base, self.index), others)
     }
 
-    fn key(&self, base: &str, index: i64) -> String {
+    /// The counter of window `index` under the client's `base` key.
+    pub(super) fn key(&self, base: &str, index: i64) -> String {
         format!("{base}:{index}")
     }
 
@@ -103,21 +117,30 @@ impl Windows {
         Duration::from_millis(u64::try_from((WINDOWS + 1).saturating_mul(self.length_ms)).unwrap_or(u64::MAX))
     }
 
-    /// The verdict on the counts one admission read: `current`, the current window's count
-    /// after this admission's `INCR`, and `others`, the windows [`Windows::keys`] names (the
-    /// [`WINDOWS`] before it, oldest first, then the next one). Counts are floored (at 0, and
-    /// at 1 for the current window, which holds this admission): a counter only goes below
-    /// after Redis lost it (evicted, flushed), and a negative count must not make room.
+    /// The verdict on the counts one admission of a single place read ([`Windows::judge_block`]
+    /// with a block of 1).
+    #[cfg(test)]
     pub(super) fn judge(&self, cap: u32, current: i64, others: &[i64]) -> Admission {
+        self.judge_block(cap, 1, current, others).0
+    }
+
+    /// The verdict on the counts one admission of `asked` places read, and how many of them it
+    /// may keep (0 when refused): `current`, the current window's count after this admission's
+    /// `INCRBY asked`, and `others`, the windows [`Windows::keys`] names (the [`WINDOWS`] before
+    /// it, oldest first, then the next one). Counts are floored (at 0, and at `asked` for the
+    /// current window, which holds this admission): a counter only goes below after Redis lost
+    /// it (evicted, flushed), and a negative count must not make room.
+    pub(super) fn judge_block(&self, cap: u32, asked: i64, current: i64, others: &[i64]) -> (Admission, i64) {
         let cap = i64::from(cap);
         // Every window this admission read, oldest first, without the admission itself.
         let (earlier, next) = others.split_at(others.len().saturating_sub(1));
         let mut counts: Vec<i64> = earlier.iter().map(|&c| c.max(0)).collect();
-        counts.push(current.max(1) - 1);
+        counts.push(current.max(asked) - asked);
         counts.extend(next.iter().map(|&c| c.max(0)));
         let mut counted: i64 = counts.iter().sum();
         if counted < cap {
-            return Admission::Admitted(FlowSlot { window: *self });
+            let granted = (cap - counted).min(asked);
+            return (Admission::Admitted(FlowSlot { window: *self }), granted);
         }
         // The window `index - WINDOWS + j` (the j-th read) leaves the range when the window
         // `index + j + 1` begins; the oldest leave first, until there is room for one more.
@@ -130,7 +153,81 @@ impl Windows {
             }
         }
         let wait = leaves_at.saturating_mul(self.length_ms).saturating_sub(self.now_ms).max(1);
-        Admission::Refused { retry_after: Duration::from_millis(u64::try_from(wait).unwrap_or(1)) }
+        (Admission::Refused { retry_after: Duration::from_millis(u64::try_from(wait).unwrap_or(1)) }, 0)
+    }
+
+    /// This window's number.
+    pub(super) fn index(&self) -> i64 {
+        self.index
+    }
+
+    /// The admission of a place a replica counted ahead in this window.
+    pub(super) fn admitted(&self) -> Admission {
+        Admission::Admitted(FlowSlot { window: *self })
+    }
+}
+
+/// Places a replica counts at once for a client of cap `cap` ([`Leases`]): 1/1000 of the cap,
+/// at least 1 and at most 64.
+pub fn block(cap: u32) -> i64 {
+    (i64::from(cap) / 1000).clamp(1, 64)
+}
+
+/// The places this replica counted ahead and has not handed out yet, per client: each of one
+/// window, good only while that window lasts.
+#[derive(Debug, Default)]
+pub(super) struct Leases {
+    held: Mutex<HashMap<String, Lease>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    window: i64,
+    left: i64,
+}
+
+/// Places counted in a window and no longer held: to be taken back from that window's counter.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Unused {
+    pub window: i64,
+    pub places: i64,
+}
+
+impl Leases {
+    /// Takes one place `client` holds in `window`, if any.
+    pub(super) fn take(&self, client: &str, window: i64) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.get_mut(client) {
+            Some(lease) if lease.window == window && lease.left > 0 => {
+                lease.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps `left` places counted for `client` in `window`. Returns what must be given back:
+    /// the places still held of an earlier window (replaced), or these places themselves when
+    /// the client already holds places of a later window (this caller's clock lagged).
+    pub(super) fn keep(&self, client: &str, window: i64, left: i64) -> Option<Unused> {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(lease) = held.get_mut(client) else {
+            held.insert(client.to_owned(), Lease { window, left });
+            return None;
+        };
+        let unused = match lease.window.cmp(&window) {
+            std::cmp::Ordering::Equal => {
+                lease.left += left;
+                return None;
+            }
+            std::cmp::Ordering::Greater => Unused { window, places: left },
+            std::cmp::Ordering::Less => {
+                let old = Unused { window: lease.window, places: lease.left };
+                *lease = Lease { window, left };
+                old
+            }
+        };
+        (unused.places > 0).then_some(unused)
     }
 }
 

@@ -55,7 +55,9 @@ impl Store {
     /// client's per-window counters, and a second one only when refused, to take the count
     /// back. Old windows stop counting on their own, with no cleanup job. A flow used early
     /// still counts until its window leaves the range: the cap bounds flows started, and is
-    /// exact to one window (`ttl / 10`; [`super::flow_cap`] states the bound).
+    /// exact to one window (`ttl / 10`; [`super::flow_cap`] states the bound). A client with a
+    /// cap of 2,000 or more is counted a block of places at a time, and the flows that take the
+    /// places this replica still holds start with no round trip at all ([`flow_cap::block`]).
     pub async fn admit_flow(
         &self,
         client: &str,
@@ -64,14 +66,26 @@ impl Store {
         now_ms: i64,
     ) -> Result<Admission, StoreError> {
         let windows = flow_cap::Windows::at(ttl, now_ms);
-        let (current, others) = windows.keys(&self.client_flows_key(client));
+        let block = flow_cap::block(cap);
+        if block > 1 && self.inner.leases.take(client, windows.index()) {
+            return Ok(windows.admitted());
+        }
+        let base = self.client_flows_key(client);
+        let (current, others) = windows.keys(&base);
         let life = windows.life();
-        let (count, counts) = self.call(Op::Admit, |b| b.admit(&current, &others, life)).await?;
-        let admission = windows.judge(cap, count, &counts);
-        // A refusal takes its own count back, or the client's retries would keep it refused. If
-        // that fails (logged by `call`) the count over-refuses by one until its window leaves.
-        if matches!(admission, Admission::Refused { .. }) {
-            let _ = self.call(Op::Release, |b| b.release(&current, life)).await;
+        let (count, counts) = self.call(Op::Admit, |b| b.admit(&current, block, &others, life)).await?;
+        let (admission, granted) = windows.judge_block(cap, block, count, &counts);
+        // What is not granted is taken back, or the client's retries would keep it refused. If
+        // that fails (logged by `call`) the count over-refuses until its window leaves.
+        if granted < block {
+            let _ = self.call(Op::Release, |b| b.release(&current, block - granted, life)).await;
+        }
+        if granted > 1
+            && let Some(unused) = self.inner.leases.keep(client, windows.index(), granted - 1)
+        {
+            // Held places of a window gone by: given back, so that they stop counting early.
+            let key = windows.key(&base, unused.window);
+            let _ = self.call(Op::Release, |b| b.release(&key, unused.places, life)).await;
         }
         Ok(admission)
     }
@@ -80,7 +94,7 @@ impl Store {
     /// (its write failed): the client's cap counts only flows that exist.
     pub async fn release_flow_slot(&self, client: &str, slot: &FlowSlot) -> Result<(), StoreError> {
         let (key, life) = (slot.key(&self.client_flows_key(client)), slot.life());
-        self.call(Op::Release, |b| b.release(&key, life)).await
+        self.call(Op::Release, |b| b.release(&key, 1, life)).await
     }
 
     /// A new flow id for `client` in `app` ([`FLOW_ID_LEN`]): random characters, the owner's

@@ -158,22 +158,22 @@ impl MemoryBackend {
     /// The open-flow cap's count ([`super::flow_cap`]), as the Redis backend's pipeline does
     /// it: `INCR current` (a decimal string, as in Redis), living `life` from now; and the
     /// counts at `others`, 0 for a missing counter.
-    pub(super) fn admit(&self, current: &str, others: &[String], life: Duration) -> (i64, Vec<i64>) {
+    pub(super) fn admit(&self, current: &str, by: i64, others: &[String], life: Duration) -> (i64, Vec<i64>) {
         let now = self.now();
         let mut inner = self.lock();
-        let count = inner.live(current, now).map_or(0, |(v, _)| counter(v)).saturating_add(1);
+        let count = inner.live(current, now).map_or(0, |(v, _)| counter(v)).saturating_add(by);
         inner.insert(current, count.to_string().as_bytes(), life, now);
         let counts = others.iter().map(|key| inner.live(key, now).map_or(0, |(v, _)| counter(v))).collect();
         (count, counts)
     }
 
-    /// Takes one count back from an open-flow counter, never below 0, keeping its expiry
+    /// Takes `by` counts back from an open-flow counter, never below 0, keeping its expiry
     /// (a missing counter stays missing; the Redis backend renews the TTL to `life`, which only
     /// matters for a counter Redis lost).
-    pub(super) fn release(&self, key: &str, _life: Duration) {
+    pub(super) fn release(&self, key: &str, by: i64, _life: Duration) {
         let mut inner = self.lock();
         if let Some((value, _)) = inner.live(key, self.now()) {
-            *value = (counter(value) - 1).max(0).to_string().into_bytes();
+            *value = (counter(value) - by).max(0).to_string().into_bytes();
         }
     }
 
@@ -294,11 +294,17 @@ impl Backend for MemoryBackend {
         MemoryBackend::hdel(self, key, field);
         Reply::Now(())
     }
-    fn admit<'a>(&'a self, current: &'a str, others: &'a [String], life: Duration) -> Reply<'a, (i64, Vec<i64>)> {
-        Reply::Now(MemoryBackend::admit(self, current, others, life))
+    fn admit<'a>(
+        &'a self,
+        current: &'a str,
+        by: i64,
+        others: &'a [String],
+        life: Duration,
+    ) -> Reply<'a, (i64, Vec<i64>)> {
+        Reply::Now(MemoryBackend::admit(self, current, by, others, life))
     }
-    fn release<'a>(&'a self, key: &'a str, life: Duration) -> Reply<'a, ()> {
-        MemoryBackend::release(self, key, life);
+    fn release<'a>(&'a self, key: &'a str, by: i64, life: Duration) -> Reply<'a, ()> {
+        MemoryBackend::release(self, key, by, life);
         Reply::Now(())
     }
     fn create_flow<'a>(&'a self, key: &'a str, sealed: &'a [u8], ttl: Duration) -> Reply<'a, bool> {

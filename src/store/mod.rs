@@ -150,6 +150,8 @@ struct Inner {
     replica: String,
     metrics: Arc<Metrics>,
     breaker: Breaker,
+    /// Open-flow places this replica counted ahead ([`flow_cap::Leases`]).
+    leases: flow_cap::Leases,
 }
 
 impl Store {
@@ -194,7 +196,8 @@ impl Store {
         let replica = crate::random_id(12);
         // Real time, never the clock tests move: the breaker's waits are short and real.
         let breaker = Breaker::new(crate::clock::Clock::system(), Arc::clone(&metrics));
-        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics, breaker };
+        let leases = flow_cap::Leases::default();
+        let inner = Inner { backend, keys, prefix: prefix.to_owned(), replica, metrics, breaker, leases };
         Self { inner: Arc::new(inner) }
     }
 

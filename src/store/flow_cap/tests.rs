@@ -51,6 +51,38 @@ fn the_sum_of_eleven_windows_is_held_to_the_cap() {
 }
 
 #[test]
+fn a_block_shrinks_to_the_room_left() {
+    let windows = Windows::at(TTL, 20 * W + 5_000);
+    // 6 counted before this block of 4: under a cap of 8, two places are left.
+    let earlier = [1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0];
+    let (admission, granted) = windows.judge_block(8, 4, 3 + 4, &earlier);
+    assert!(matches!(admission, Admission::Admitted(_)));
+    assert_eq!(granted, 2);
+    assert_eq!(windows.judge_block(20, 4, 3 + 4, &earlier).1, 4, "room for the whole block");
+    let (refused, none) = windows.judge_block(6, 4, 3 + 4, &earlier);
+    assert_eq!((refused_for(&refused).is_some(), none), (true, 0));
+}
+
+#[test]
+fn blocks_are_a_thousandth_of_the_cap_within_1_and_64() {
+    assert_eq!([block(1), block(1_999), block(2_000), block(50_000), block(10_000_000)], [1, 1, 2, 50, 64]);
+}
+
+#[test]
+fn held_places_serve_their_window_only_and_older_ones_are_given_back() {
+    let leases = Leases::default();
+    assert!(!leases.take("passport", 7), "nothing held");
+    assert_eq!(leases.keep("passport", 7, 2), None);
+    assert!(leases.take("passport", 7) && leases.take("passport", 7));
+    assert!(!leases.take("passport", 7), "two held, two taken");
+    assert_eq!(leases.keep("passport", 7, 3), None);
+    assert!(!leases.take("passport", 8), "a window's places do not serve the next");
+    assert_eq!(leases.keep("passport", 8, 1), Some(Unused { window: 7, places: 3 }));
+    assert_eq!(leases.keep("passport", 7, 5), Some(Unused { window: 7, places: 5 }), "a lagging caller's block");
+    assert!(leases.take("passport", 8) && !leases.take("trade", 8));
+}
+
+#[test]
 fn counts_below_zero_make_no_room() {
     let windows = Windows::at(TTL, 0);
     let mut earlier = vec![0; 11];
@@ -153,6 +185,12 @@ impl Drop for Server {
 }
 
 async fn redis_store() -> (Server, Store, Clock) {
+    let (server, store, _) = redis_server().await;
+    (server, store, Clock::system())
+}
+
+/// A private redis-server, a store on it and its URL.
+async fn redis_server() -> (Server, Store, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let server = Server(
         std::process::Command::new("redis-server")
@@ -163,15 +201,68 @@ async fn redis_store() -> (Server, Store, Clock) {
     );
     let url = format!("redis://127.0.0.1:{port}");
     for _ in 0..100 {
-        let keys = Keyring::parse(&Keyring::generate_line(1)).expect("keyring");
-        let metrics: Arc<Metrics> = Metrics::new();
-        if let Ok(store) = Store::redis(std::slice::from_ref(&url), &RedisTls::default(), keys, "wxauth", metrics).await
-        {
-            return (server, store, Clock::system());
+        if let Some(store) = replica(&url).await {
+            return (server, store, url);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("redis-server on {port} did not come up");
+}
+
+/// One more replica's store on the Redis at `url`, if it answers.
+async fn replica(url: &str) -> Option<Store> {
+    let keys = Keyring::parse(&Keyring::generate_line(1)).expect("keyring");
+    let metrics: Arc<Metrics> = Metrics::new();
+    Store::redis(&[url.to_owned()], &RedisTls::default(), keys, "wxauth", metrics).await.ok()
+}
+
+/// Round trips of the cap's count so far (the `admit` operations `store` timed).
+fn counted_round_trips(store: &Store) -> u64 {
+    store.inner.metrics.store_duration.with_label_values(&["admit"]).get_sample_count()
+}
+
+/// The count of `client`'s counter for the window `index`.
+async fn counter(store: &Store, client: &str, index: i64) -> i64 {
+    let key = format!("{}:{index}", store.client_flows_key(client));
+    let value = store.call(crate::store::backend::Op::Get, |b| b.get(&key)).await.expect("get");
+    value.map_or(0, |v| String::from_utf8(v).expect("utf-8").parse().expect("a count"))
+}
+
+/// Replicas admit a client with a cap of 4,000 (a block of 4) in turns until both are refused:
+/// exactly the cap is admitted, in a quarter of the round trips, and a block held when the
+/// window turns is given back to that window's counter.
+async fn blocks_hold_the_cap_across_replicas(replicas: &[Store], clock: &Clock) {
+    const CAP: u32 = 4_000;
+    assert_eq!(block(CAP), 4);
+    let start = to_next_window(clock);
+    let mut admitted = 0_u32;
+    let mut refused = vec![false; replicas.len()];
+    for turn in 0.. {
+        if refused.iter().all(|r| *r) {
+            break;
+        }
+        let which = turn % replicas.len();
+        match replicas[which].admit_flow("passport", CAP, TTL, clock.now_ms()).await.expect("admit") {
+            Admission::Admitted(_) => admitted += 1,
+            Admission::Refused { .. } => refused[which] = true,
+        }
+        assert!(turn < 10 * CAP as usize, "no end");
+    }
+    assert_eq!(admitted, CAP, "every place counted is handed out, none past the cap");
+    let trips: u64 = replicas.iter().map(counted_round_trips).sum();
+    assert!(trips <= u64::from(CAP) / 4 + 2 * replicas.len() as u64 + 4, "{trips} round trips for {CAP} flows");
+    assert_eq!(counter(&replicas[0], "passport", start.div_euclid(W)).await, i64::from(CAP));
+
+    // Another client, one flow in a window, then one in the next: the 3 places held of the
+    // first window go back to its counter.
+    let first = replicas[0].admit_flow("trade", CAP, TTL, clock.now_ms()).await.expect("admit");
+    assert!(matches!(first, Admission::Admitted(_)));
+    assert_eq!(counter(&replicas[0], "trade", start.div_euclid(W)).await, 4, "a block counted");
+    let next = to_next_window(clock);
+    let second = replicas[0].admit_flow("trade", CAP, TTL, clock.now_ms()).await.expect("admit");
+    assert!(matches!(second, Admission::Admitted(_)));
+    assert_eq!(counter(&replicas[0], "trade", start.div_euclid(W)).await, 1, "the held places given back");
+    assert_eq!(counter(&replicas[0], "trade", next.div_euclid(W)).await, 4);
 }
 
 #[tokio::test]
@@ -184,4 +275,17 @@ async fn the_redis_cap_admits_refuses_releases_and_rolls() {
 async fn the_redis_cap_lets_windows_leave_one_by_one() {
     let (_server, store, clock) = redis_store().await;
     windows_leave_one_by_one(&store, &clock).await;
+}
+
+#[tokio::test]
+async fn the_memory_cap_counts_blocks_and_gives_back_held_places() {
+    let (store, clock) = memory_store();
+    blocks_hold_the_cap_across_replicas(&[store], &clock).await;
+}
+
+#[tokio::test]
+async fn the_redis_cap_counts_blocks_across_replicas() {
+    let (_server, store, url) = redis_server().await;
+    let other = replica(&url).await.expect("a second replica");
+    blocks_hold_the_cap_across_replicas(&[store, other], &Clock::system()).await;
 }

@@ -280,20 +280,26 @@ impl RedisBackend {
     /// keys share the client's hash tag, so it is legal on a Cluster): `INCR current`,
     /// `PEXPIRE current life`, `MGET others`. Answers the current count and the others, 0 for
     /// a missing counter.
-    pub(super) async fn admit(&self, current: &str, others: &[String], life: Duration) -> RedisResult<(i64, Vec<i64>)> {
+    pub(super) async fn admit(
+        &self,
+        current: &str,
+        by: i64,
+        others: &[String],
+        life: Duration,
+    ) -> RedisResult<(i64, Vec<i64>)> {
         let mut pipe = redis::pipe();
-        pipe.cmd("INCR").arg(current).cmd("PEXPIRE").arg(current).arg(millis(life).max(1)).ignore();
+        pipe.cmd("INCRBY").arg(current).arg(by).cmd("PEXPIRE").arg(current).arg(millis(life).max(1)).ignore();
         pipe.cmd("MGET").arg(others);
         let (count, counts): (i64, Vec<Option<i64>>) = self.query_pipe(&pipe).await?;
         Ok((count, counts.into_iter().map(Option::unwrap_or_default).collect()))
     }
 
-    /// Takes one count back from an open-flow counter: `DECR key` and `PEXPIRE key life`, so
+    /// Takes `by` counts back from an open-flow counter: `DECRBY key by` and `PEXPIRE key life`, so
     /// that a counter Redis lost meanwhile (evicted) is not recreated without a TTL. Its
     /// readers floor a count below 0 ([`crate::store::flow_cap`]).
-    pub(super) async fn release(&self, key: &str, life: Duration) -> RedisResult<()> {
+    pub(super) async fn release(&self, key: &str, by: i64, life: Duration) -> RedisResult<()> {
         let mut pipe = redis::pipe();
-        pipe.cmd("DECR").arg(key).ignore().cmd("PEXPIRE").arg(key).arg(millis(life).max(1)).ignore();
+        pipe.cmd("DECRBY").arg(key).arg(by).ignore().cmd("PEXPIRE").arg(key).arg(millis(life).max(1)).ignore();
         self.query_pipe(&pipe).await
     }
 }
@@ -358,11 +364,17 @@ impl Backend for RedisBackend {
     fn hdel<'a>(&'a self, key: &'a str, field: &'a str) -> Reply<'a, ()> {
         Reply::Remote(Box::pin(RedisBackend::hdel(self, key, field)))
     }
-    fn admit<'a>(&'a self, current: &'a str, others: &'a [String], life: Duration) -> Reply<'a, (i64, Vec<i64>)> {
-        Reply::Remote(Box::pin(RedisBackend::admit(self, current, others, life)))
+    fn admit<'a>(
+        &'a self,
+        current: &'a str,
+        by: i64,
+        others: &'a [String],
+        life: Duration,
+    ) -> Reply<'a, (i64, Vec<i64>)> {
+        Reply::Remote(Box::pin(RedisBackend::admit(self, current, by, others, life)))
     }
-    fn release<'a>(&'a self, key: &'a str, life: Duration) -> Reply<'a, ()> {
-        Reply::Remote(Box::pin(RedisBackend::release(self, key, life)))
+    fn release<'a>(&'a self, key: &'a str, by: i64, life: Duration) -> Reply<'a, ()> {
+        Reply::Remote(Box::pin(RedisBackend::release(self, key, by, life)))
     }
     fn create_flow<'a>(&'a self, key: &'a str, sealed: &'a [u8], ttl: Duration) -> Reply<'a, bool> {
         Reply::Remote(Box::pin(RedisBackend::create_flow(self, key, sealed, ttl)))
