@@ -92,6 +92,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         }
         None => None,
     };
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("wxauth")));
     let (json, text) = if config.json_logs {
         (Some(tracing_subscriber::fmt::layer().json().with_target(false)), None)
@@ -155,6 +156,23 @@ impl Extractor for MetadataExtractor<'_> {
             })
             .collect()
     }
+}
+
+/// Whether spans go to a trace exporter (an OTLP endpoint is configured): set once by [`init`].
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans go to a trace exporter. Without one, a span's OpenTelemetry fields
+/// (`otel.name`, `rpc.system`, the status recorded at its end) and the caller's trace context
+/// serve nobody, and the log formatter would format them for every RPC.
+pub(crate) fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// For tests that install their own OpenTelemetry layer instead of [`init`]'s exporter: the
+/// service makes its spans for traces as it does with an OTLP endpoint.
+#[cfg(feature = "test-util")]
+pub fn export_spans_for_tests() {
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Makes `span` a child of the caller's trace, when the request carries one. Call it before

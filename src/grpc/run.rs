@@ -25,14 +25,22 @@ impl OAuthService {
         let method = rpc.rsplit('/').next().unwrap_or(rpc);
         // The span is made here, not by `#[instrument]`, so it takes the caller's trace
         // context (W3C `traceparent`) before it starts.
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = rpc,
-            rpc.system = "grpc",
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        telemetry::adopt_remote_parent(&span, request.metadata());
+        let exporting = telemetry::exporting();
+        let span = if exporting {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = rpc,
+                rpc.system = "grpc",
+                rpc.method = method,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            telemetry::adopt_remote_parent(&span, request.metadata());
+            span
+        } else {
+            // For log lines alone: the method is all they need (formatting the others for every
+            // RPC was ~3 % of BuildAuthorizeUrl's CPU).
+            tracing::info_span!("rpc", rpc.method = method)
+        };
         let started = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata());
         let result = async {
@@ -56,7 +64,9 @@ impl OAuthService {
                 code_name(error.code())
             }
         };
-        span.record("rpc.grpc.status_code", code);
+        if exporting {
+            span.record("rpc.grpc.status_code", code);
+        }
         self.metrics.rpc_requests.with_label_values(&[method, code]).inc();
         self.metrics.rpc_duration.with_label_values(&[method, code]).observe(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(|e| e.to_status())

@@ -52,6 +52,7 @@ fn caught_spans() -> &'static Spans {
             }));
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("no other test sets a global subscriber");
+        wxauth::telemetry::export_spans_for_tests();
         (spans, provider)
     });
     spans
