@@ -217,13 +217,20 @@ async fn login_qr(State(demo): State<Demo>, RawQuery(query): RawQuery) -> Result
     let options = WxLoginOptions { self_redirect, ..Default::default() };
     let (started, state) = start_flow(&demo, Device::Pc, Some(options)).await?;
     let wx = started.wx_login.ok_or(PageError::Unavailable)?;
+    // WeChat today does not call back when the user declines a QR login (issue 20): the flow's
+    // expire_time is how this page learns the user gave up, so the QR code gives way to
+    // "sign-in not completed" then.
+    let expire_time = started.expire_time.map_or(0, |t| t.seconds);
     // The values go into a script: as JavaScript string literals, never spliced raw.
     let body = format!(
         "<p>Scan the QR code with WeChat (in the simulator: pick a user and confirm).</p>\
-         <div id=\"wx-qr\"></div>\
+         <div id=\"wx-qr\" data-expire-time=\"{expire_time}\"></div>\
+         <script>setTimeout(function () {{ document.getElementById(\"wx-qr\").innerHTML = \
+         \"<p id=\\\"qr-expired\\\">Sign-in not completed: the QR code expired (declined, or not scanned in time).</p>\"; }}, \
+         Math.max(0, {expire_time} * 1000 - Date.now()));</script>\
          <script src=\"{script}\"></script>\
          <script>new WxLogin({{id: \"wx-qr\", appid: {appid}, scope: {scope}, redirect_uri: {redirect_uri}, \
-         state: {state}, self_redirect: {self_redirect}, style: {style}, href: {href}}});</script>\
+         state: {state}, self_redirect: {self_redirect}, style: {style}, href: {href}, stylelite: {stylelite}}});</script>\
          <p><a id=\"retry\" href=\"/\">Back</a></p>",
         script = escape(&wx.script_url),
         appid = js_string(&wx.appid),
@@ -233,6 +240,7 @@ async fn login_qr(State(demo): State<Demo>, RawQuery(query): RawQuery) -> Result
         self_redirect = wx.self_redirect,
         style = js_string(&wx.style),
         href = js_string(&wx.href),
+        stylelite = u8::from(wx.stylelite),
     );
     with_flow_cookies(page("Sign in with WeChat", &body).into_response(), &state, &started.flow_id)
 }

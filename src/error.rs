@@ -12,46 +12,16 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::store::StoreError;
 use crate::wechat::WechatError;
+use crate::wechat::errcodes::{self, Outcome};
 
 /// `ErrorInfo.domain` of every wxauth error.
 pub const DOMAIN: &str = "wxauth.dev";
 
-/// Every errcode wxauth knows (the table of docs/design.md §3, the token-expiry codes its callers
-/// handle and the rest of WeChat's sns table), each with its metric label: the
-/// `errcode` label of `wxauth_wechat_requests_total` is one of these or `other`
-/// ([`errcode_label`]), so a WeChat that invents codes cannot grow the scrape without bound.
-const KNOWN_ERRCODES: [(i64, &str); 25] = [
-    (-1, "-1"),
-    (10005, "10005"),
-    (10009, "10009"),
-    (40001, "40001"),
-    (40003, "40003"),
-    (40013, "40013"),
-    (40014, "40014"),
-    (40029, "40029"),
-    (40030, "40030"),
-    (40125, "40125"),
-    (40163, "40163"),
-    (40226, "40226"),
-    (41001, "41001"),
-    (41002, "41002"),
-    (41003, "41003"),
-    (41004, "41004"),
-    (41008, "41008"),
-    (42001, "42001"),
-    (42002, "42002"),
-    (42003, "42003"),
-    (45009, "45009"),
-    (45011, "45011"),
-    (48001, "48001"),
-    (50001, "50001"),
-    (50002, "50002"),
-];
-
 /// The `errcode` metric label of a WeChat answer: its number when wxauth knows the code
-/// ([`KNOWN_ERRCODES`]), `other` for any other value WeChat sends.
+/// (`crate::wechat::errcodes::ERRCODES`), `other` for any other value WeChat sends, so a WeChat
+/// that invents codes cannot grow the scrape without bound.
 pub fn errcode_label(errcode: i64) -> &'static str {
-    KNOWN_ERRCODES.iter().find(|(known, _)| *known == errcode).map_or("other", |(_, label)| label)
+    errcodes::errcode(errcode).map_or("other", |row| row.label)
 }
 
 /// How long callers are told to wait before retrying a transient failure.
@@ -100,7 +70,8 @@ pub enum ApiError {
     /// of another app): refused before WeChat is called.
     #[error("code not relayed through this flow")]
     CodeNotFromFlow,
-    /// 50001, 50002, 40226 (jscode2session's high-risk user): the user is restricted or the account frozen (docs/design.md §10).
+    /// 50002, 40226 (jscode2session's high-risk user): the user is restricted, or the account
+    /// frozen or closed (docs/design.md §10.4).
     #[error("user restricted")]
     UserRestricted(Upstream),
     /// The code exchange was sent but its answer was lost (a timeout, HTTP 5xx, -1, a reply not
@@ -111,16 +82,23 @@ pub enum ApiError {
     /// No token record for (app, openid), or a user this client may not reach.
     #[error("no token for this openid")]
     TokenNotFound,
-    /// The refresh token is dead (42002, 40030): the user must authorize again.
+    /// The user's authorisation is gone: a dead refresh token (42002, 40030), a changed WeChat
+    /// password (42007), or an API the user has not authorised (50001, "用户未授权该api": never
+    /// given, or withdrawn). The user must consent again.
     #[error("the user must authorize again")]
     ReauthorizationRequired(Option<Upstream>),
     /// 48001, 10005, a snsapi_base token asked for the profile, or a client whose own sign-ins
     /// did not grant the profile (another product's consent is not its own: `consent`).
     #[error("scope not granted")]
     ScopeNotGranted(Option<Upstream>),
-    /// 45009, 45011, 10009.
+    /// 45011, 10009: too many calls a minute.
     #[error("WeChat rate limit")]
     RateLimited(Upstream),
+    /// 45009 ("reach max api daily quota limit"): the app's daily quota is spent. A retry
+    /// cannot help before WeChat's quota day turns, whose hour WeChat does not document: no
+    /// RetryInfo (docs/design.md §3.3).
+    #[error("WeChat daily quota exhausted")]
+    DailyQuotaExhausted(Upstream),
     /// 40013, 40125, 41002, 41004: the app's appid or secret is wrong.
     #[error("app misconfigured")]
     AppMisconfigured(Upstream),
@@ -188,8 +166,14 @@ impl ApiError {
     fn upstream(&self) -> Option<&Upstream> {
         use ApiError::*;
         match self {
-            InvalidCode(u) | CodeExpired(u) | UserRestricted(u) | SignInAgain(u) | RateLimited(u)
-            | AppMisconfigured(u) | Wechat(u) => Some(u),
+            InvalidCode(u)
+            | CodeExpired(u)
+            | UserRestricted(u)
+            | SignInAgain(u)
+            | RateLimited(u)
+            | DailyQuotaExhausted(u)
+            | AppMisconfigured(u)
+            | Wechat(u) => Some(u),
             CodeUsed(u) | ReauthorizationRequired(u) | ScopeNotGranted(u) | WechatUnavailable(u) => u.as_ref(),
             _ => None,
         }
@@ -213,6 +197,7 @@ impl ApiError {
             ReauthorizationRequired(_) => "REAUTHORIZATION_REQUIRED",
             ScopeNotGranted(_) => "SCOPE_NOT_GRANTED",
             RateLimited(_) => "WECHAT_RATE_LIMITED",
+            DailyQuotaExhausted(_) => "WECHAT_DAILY_QUOTA_EXHAUSTED",
             AppMisconfigured(_) => "APP_MISCONFIGURED",
             WechatUnavailable(_) => "WECHAT_UNAVAILABLE",
             StoreUnavailable => "STORE_UNAVAILABLE",
@@ -238,7 +223,9 @@ impl ApiError {
             }
             TokenNotFound => Code::NotFound,
             ReauthorizationRequired(_) | AppMisconfigured(_) | SignInAgain(_) => Code::FailedPrecondition,
-            RateLimited(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => Code::ResourceExhausted,
+            RateLimited(_) | DailyQuotaExhausted(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => {
+                Code::ResourceExhausted
+            }
             WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
             Wechat(_) => Code::Unknown,
             DeadlineExceeded | RequestBodyTimeout => Code::DeadlineExceeded,
@@ -310,25 +297,26 @@ impl ApiError {
         }
     }
 
-    /// Maps a WeChat failure by its errcode (the table of docs/design.md §3). Token-expiry codes
-    /// (42001, 40001, 40014) are handled by the callers before they get here.
+    /// Maps a WeChat failure by its errcode's row in WeChat's tables
+    /// (`crate::wechat::errcodes::ERRCODES`, docs/design.md §10.4). Token-expiry codes (42001,
+    /// 40001, 40014) are handled by the callers before they get here.
     pub fn from_wechat(error: &WechatError) -> Self {
         let upstream = |errcode: i64, errmsg: &str| Upstream { errcode, errmsg: errmsg.chars().take(200).collect() };
         match error {
             WechatError::Api { errcode, errmsg } => {
                 let u = upstream(*errcode, errmsg);
-                match errcode {
-                    40029 => ApiError::InvalidCode(u),
-                    42003 => ApiError::CodeExpired(u),
-                    40163 => ApiError::CodeUsed(Some(u)),
-                    42002 | 40030 => ApiError::ReauthorizationRequired(Some(u)),
-                    48001 | 10005 => ApiError::ScopeNotGranted(Some(u)),
-                    // 40226: jscode2session's "high risk user" (mini programs).
-                    50001 | 50002 | 40226 => ApiError::UserRestricted(u),
-                    45009 | 45011 | 10009 => ApiError::RateLimited(u),
-                    40013 | 40125 | 41002 | 41004 => ApiError::AppMisconfigured(u),
-                    -1 => ApiError::WechatUnavailable(Some(u)),
-                    _ => ApiError::Wechat(u),
+                match errcodes::errcode(*errcode).map(|row| row.outcome) {
+                    Some(Outcome::InvalidCode) => ApiError::InvalidCode(u),
+                    Some(Outcome::CodeExpired) => ApiError::CodeExpired(u),
+                    Some(Outcome::CodeUsed) => ApiError::CodeUsed(Some(u)),
+                    Some(Outcome::Reauthorize) => ApiError::ReauthorizationRequired(Some(u)),
+                    Some(Outcome::ScopeNotGranted) => ApiError::ScopeNotGranted(Some(u)),
+                    Some(Outcome::UserRestricted) => ApiError::UserRestricted(u),
+                    Some(Outcome::MinuteQuota) => ApiError::RateLimited(u),
+                    Some(Outcome::DailyQuota) => ApiError::DailyQuotaExhausted(u),
+                    Some(Outcome::AppMisconfigured) => ApiError::AppMisconfigured(u),
+                    Some(Outcome::Busy) => ApiError::WechatUnavailable(Some(u)),
+                    Some(Outcome::DeadAccessToken | Outcome::Other) | None => ApiError::Wechat(u),
                 }
             }
             WechatError::Status(status) => ApiError::WechatUnavailable(Some(upstream(0, &format!("HTTP {status}")))),
@@ -365,52 +353,94 @@ mod tests {
         ApiError::from_wechat(&WechatError::Api { errcode, errmsg: "m".into() })
     }
 
-    /// docs/design.md §3's errcode rows: errcode, gRPC code, reason.
-    const DESIGN_TABLE: [(i64, Code, &str); 19] = [
-        (40029, Code::InvalidArgument, "INVALID_CODE"),
-        (42003, Code::InvalidArgument, "CODE_EXPIRED"),
-        (40163, Code::InvalidArgument, "CODE_USED"),
-        (42002, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
-        (40030, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
-        (48001, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
-        (10005, Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
-        (45009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-        (45011, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-        (10009, Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
-        (40013, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-        (40125, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-        (41002, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-        (41004, Code::FailedPrecondition, "APP_MISCONFIGURED"),
-        (50001, Code::PermissionDenied, "USER_RESTRICTED"),
-        (50002, Code::PermissionDenied, "USER_RESTRICTED"),
-        (40226, Code::PermissionDenied, "USER_RESTRICTED"),
-        (-1, Code::Unavailable, "WECHAT_UNAVAILABLE"),
-        (40003, Code::Unknown, "WECHAT_ERROR"),
-    ];
+    /// The gRPC code and reason each outcome gives a caller (docs/design.md §3.3).
+    fn expected(outcome: Outcome) -> (Code, &'static str) {
+        match outcome {
+            Outcome::InvalidCode => (Code::InvalidArgument, "INVALID_CODE"),
+            Outcome::CodeExpired => (Code::InvalidArgument, "CODE_EXPIRED"),
+            Outcome::CodeUsed => (Code::InvalidArgument, "CODE_USED"),
+            Outcome::Reauthorize => (Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED"),
+            Outcome::ScopeNotGranted => (Code::PermissionDenied, "SCOPE_NOT_GRANTED"),
+            Outcome::UserRestricted => (Code::PermissionDenied, "USER_RESTRICTED"),
+            Outcome::MinuteQuota => (Code::ResourceExhausted, "WECHAT_RATE_LIMITED"),
+            Outcome::DailyQuota => (Code::ResourceExhausted, "WECHAT_DAILY_QUOTA_EXHAUSTED"),
+            Outcome::AppMisconfigured => (Code::FailedPrecondition, "APP_MISCONFIGURED"),
+            Outcome::Busy => (Code::Unavailable, "WECHAT_UNAVAILABLE"),
+            Outcome::DeadAccessToken | Outcome::Other => (Code::Unknown, "WECHAT_ERROR"),
+        }
+    }
+
+    /// docs/design.md §10.4, the errcode table.
+    fn design_errcode_table() -> &'static str {
+        let design = include_str!("../docs/design.md");
+        let start = design.find("### 10.4").expect("design.md §10.4");
+        let end = design[start..].find("### 10.5").map_or(design.len(), |end| start + end);
+        &design[start..end]
+    }
 
     #[test]
-    fn every_errcode_row_of_the_design_table_maps_to_its_code_and_reason() {
-        for (errcode, code, reason) in DESIGN_TABLE {
-            let status = api(errcode).to_status();
-            assert_eq!(status.code(), code, "errcode {errcode}");
+    fn every_errcode_of_the_table_maps_by_its_meaning_and_is_in_the_design_table() {
+        let design = design_errcode_table();
+        for row in errcodes::ERRCODES {
+            let code = row.code;
+            assert!(!row.meaning.is_empty(), "errcode {code} has WeChat's words");
+            assert_eq!(row.label, code.to_string(), "a label is its number");
+            assert_eq!(errcodes::ERRCODES.iter().filter(|r| r.code == code).count(), 1, "errcode {code} once");
+            let status = api(code).to_status();
+            let (grpc, reason) = expected(row.outcome);
+            assert_eq!(status.code(), grpc, "errcode {code}");
             let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
-            assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, DOMAIN), "errcode {errcode}");
-            assert_eq!(info.metadata.get("errcode"), Some(&errcode.to_string()));
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, DOMAIN), "errcode {code}");
+            assert_eq!(info.metadata.get("errcode"), Some(&code.to_string()));
+            let line = design
+                .lines()
+                .find(|line| line.starts_with(&format!("| {code} | {}", row.meaning)))
+                .unwrap_or_else(|| panic!("docs/design.md §10.4 has no row `| {code} | {} ...`", row.meaning));
+            let says =
+                if row.outcome == Outcome::DeadAccessToken { "refresh once".to_owned() } else { format!("`{reason}`") };
+            assert!(line.contains(&says), "design.md's row of {code} says {says}: {line}");
         }
     }
 
     #[test]
-    fn known_errcodes_are_labelled_by_number_and_the_rest_as_other() {
-        for (errcode, _, _) in DESIGN_TABLE {
-            assert_eq!(errcode_label(errcode), errcode.to_string(), "errcode {errcode}");
+    fn user_not_authorised_sends_the_user_through_consent_and_the_restriction_stays() {
+        // 50001 "用户未授权该api": consent again; 50002 "用户受限": tell the user.
+        let unauthorised = api(50001).to_status();
+        assert_eq!(unauthorised.code(), Code::FailedPrecondition);
+        assert_eq!(
+            unauthorised.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(),
+            Some("REAUTHORIZATION_REQUIRED")
+        );
+        assert!(unauthorised.get_error_details().retry_info().is_none());
+        assert_eq!(api(50002).reason(), "USER_RESTRICTED");
+    }
+
+    #[test]
+    fn a_spent_daily_quota_says_so_without_retry_info_and_a_minute_quota_retries() {
+        let daily = api(45009).to_status();
+        assert_eq!(daily.code(), Code::ResourceExhausted);
+        let info = daily.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, "WECHAT_DAILY_QUOTA_EXHAUSTED");
+        assert!(daily.get_error_details().retry_info().is_none(), "a daily quota does not come back in a second");
+        for minute in [45011, 10009] {
+            let status = api(minute).to_status();
+            assert_eq!(
+                status.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(),
+                Some("WECHAT_RATE_LIMITED")
+            );
+            assert!(status.get_error_details().retry_info().is_some(), "errcode {minute}");
+        }
+    }
+
+    #[test]
+    fn unknown_errcodes_are_wechat_errors_labelled_other() {
+        for unknown in [0, 1, 99_999, 40_000, 10_016, i64::MAX, i64::MIN] {
+            assert_eq!(errcode_label(unknown), "other", "errcode {unknown}");
+            assert_eq!(api(unknown).reason(), "WECHAT_ERROR", "errcode {unknown}");
         }
         for dead_token in [42001, 40001, 40014] {
             assert_eq!(errcode_label(dead_token), dead_token.to_string());
         }
-        for unknown in [0, 1, 99_999, 40_000, i64::MAX, i64::MIN] {
-            assert_eq!(errcode_label(unknown), "other", "errcode {unknown}");
-        }
-        assert!(KNOWN_ERRCODES.iter().all(|(code, label)| code.to_string() == *label), "a label is its number");
     }
 
     #[test]

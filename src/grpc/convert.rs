@@ -17,6 +17,7 @@ pub(super) fn wx_login(p: WxLoginParams) -> proto::WxLogin {
         style: p.options.style,
         href: p.options.href,
         script_url: p.script_url,
+        stylelite: p.options.stylelite,
     }
 }
 

@@ -15,8 +15,13 @@ pub(crate) const MAX_STATE: usize = 512;
 pub(crate) const MAX_USER_AGENT: usize = 1024;
 /// Longest code accepted (WeChat's are 32 characters).
 pub(crate) const MAX_CODE: usize = 256;
-/// Longest `wx_login_options.href` (a stylesheet URL on WeChat's QR link) accepted.
+/// Longest https `wx_login_options.href` (a stylesheet URL on WeChat's QR link) accepted.
 pub(crate) const MAX_HREF: usize = 1024;
+/// Longest `data:text/css;base64,...` `wx_login_options.href` accepted: the stylesheet rides on
+/// the QR link, so it stays small (public guides' restylings are a few hundred bytes).
+pub(crate) const MAX_DATA_HREF: usize = 4096;
+/// The one `data:` form `href` may take (the most common restyling in public guides).
+const CSS_DATA_PREFIX: &str = "data:text/css;base64,";
 
 /// Collects every invalid field of a request before answering, so a caller fixes all at once.
 #[derive(Default)]
@@ -82,8 +87,9 @@ impl Violations {
         }
     }
 
-    /// `style`: one of WeChat's; `href`: an https stylesheet URL that wxLogin.js can put on
-    /// its QR link verbatim and that a product can echo into its page ([`is_stylesheet_href`]).
+    /// `style`: one of WeChat's; `href`: an https stylesheet URL or a base64 CSS `data:` URL
+    /// that wxLogin.js can put on its QR link verbatim and that a product can echo into its
+    /// page ([`is_stylesheet_href`]); `stylelite` passes through.
     pub(super) fn wx_login_options(&mut self, options: proto::WxLoginOptions) -> WxLoginOptions {
         if !matches!(options.style.as_str(), "" | "black" | "white") {
             self.add("wx_login_options.style", "\"black\", \"white\" or empty");
@@ -94,11 +100,18 @@ impl Violations {
                 "wx_login_options.href",
                 format!(
                     "an absolute https URL of at most {MAX_HREF} bytes written as a URL parser writes it \
-                     (lowercase host, a path), without userinfo, quotes, '<', '>', '\\', '&', '#' or whitespace"
+                     (lowercase host, a path), without userinfo, quotes, '<', '>', '\\', '&', '#' or whitespace; \
+                     or {CSS_DATA_PREFIX}<standard padded base64 of UTF-8 CSS without '<'> of at most \
+                     {MAX_DATA_HREF} bytes"
                 ),
             );
         }
-        WxLoginOptions { self_redirect: options.self_redirect, style: options.style, href: options.href }
+        WxLoginOptions {
+            self_redirect: options.self_redirect,
+            style: options.style,
+            href: options.href,
+            stylelite: options.stylelite,
+        }
     }
 
     pub(super) fn lang(&mut self, lang: i32) -> Lang {
@@ -131,7 +144,15 @@ pub(super) fn is_flow_id(flow_id: &str) -> bool {
 /// rule refuses every form a browser repairs into another URL (`https:cdn.example/x.css`,
 /// `https://cdn.example\@evil/x.css`, an uppercase host, dot segments): what is checked is what
 /// the browser loads.
+///
+/// Or a CSS `data:` URL, as products restyle the QR code in practice (issue 20):
+/// `data:text/css;base64,` then standard base64 with its padding, of UTF-8 text without
+/// control characters (but whitespace) or `<` (no markup can ride in it), at most
+/// [`MAX_DATA_HREF`] bytes in all.
 pub(super) fn is_stylesheet_href(href: &str) -> bool {
+    if let Some(payload) = href.strip_prefix(CSS_DATA_PREFIX) {
+        return href.len() <= MAX_DATA_HREF && is_plain_css_base64(payload);
+    }
     let plain = href.len() <= MAX_HREF
         && href
             .bytes()
@@ -144,6 +165,14 @@ pub(super) fn is_stylesheet_href(href: &str) -> bool {
                 && url.password().is_none()
                 && url.as_str() == href
         })
+}
+
+/// Standard padded base64 of UTF-8 CSS without `<` or control characters but whitespace.
+fn is_plain_css_base64(payload: &str) -> bool {
+    use base64::Engine as _;
+    let Ok(css) = base64::engine::general_purpose::STANDARD.decode(payload) else { return false };
+    let Ok(css) = String::from_utf8(css) else { return false };
+    !css.is_empty() && css.chars().all(|c| c != '<' && (!c.is_control() || matches!(c, '\t' | '\n' | '\r' | '\u{c}')))
 }
 
 pub(super) fn is_openid(openid: &str) -> bool {

@@ -13,7 +13,7 @@ use super::Simulator;
 use super::config::SimAppKind;
 use super::control::{Answer, Endpoint};
 use super::params::Params;
-use super::state::{self, Core, Grant, Issued, errcode, errmsg};
+use super::state::{self, Api, Core, Grant, Issued, errcode, errmsg};
 
 /// The sns endpoints answer JSON, an errcode as WeChat's error JSON.
 const ANSWER: Answer = Answer::Json(error_response);
@@ -91,13 +91,14 @@ fn exchange(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_GRANT_TYPE);
     }
     let app = core.app(appid).filter(|a| a.kind != SimAppKind::MiniProgram).ok_or(INVALID_APPID)?;
-    core.spend_quota(appid)?;
+    core.spend_quota(appid, Api::AccessToken)?;
     if app.secret != secret {
         return Err(INVALID_SECRET);
     }
     let issued = core.redeem_code(appid, code)?;
     let mut body = token_body(core, &issued);
-    if core.user(issued.grant.user).is_some_and(|u| u.snapshot) {
+    // A messy snapshot (issue 20: the flag is missing for some snapshot users) has none.
+    if core.user(issued.grant.user).is_some_and(|u| u.snapshot) && !core.messy_snapshots() {
         body["is_snapshotuser"] = json!(1);
     }
     if issued.grant.gives_unionid(app) {
@@ -117,7 +118,7 @@ fn mini_session(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_GRANT_TYPE);
     }
     let app = core.app(appid).filter(|a| a.kind == SimAppKind::MiniProgram).ok_or(INVALID_APPID)?;
-    core.spend_quota(appid)?;
+    core.spend_quota(appid, Api::JsCode2Session)?;
     if app.secret != secret {
         return Err(INVALID_SECRET);
     }
@@ -138,7 +139,7 @@ fn refresh(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_GRANT_TYPE);
     }
     core.app(appid).ok_or(INVALID_APPID)?;
-    core.spend_quota(appid)?;
+    core.spend_quota(appid, Api::RefreshToken)?;
     let issued = core.refresh(appid, refresh_token)?;
     Ok(token_body(core, &issued))
 }
@@ -159,7 +160,7 @@ fn token_body(core: &Core, issued: &Issued) -> Value {
 /// #2331, EasyWeChat #2675). A snapshot-page virtual user gets 48001.
 fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
     use errcode::*;
-    let grant = live_grant(core, p)?;
+    let grant = live_grant(core, p, Api::UserInfo)?;
     if grant.scope == "snsapi_base" {
         return Err(API_UNAUTHORIZED);
     }
@@ -188,16 +189,16 @@ fn profile(core: &Core, p: &Params) -> Result<Value, i64> {
 
 /// `/sns/auth`: is this access token alive and this openid's?
 fn check_token(core: &Core, p: &Params) -> Result<Value, i64> {
-    live_grant(core, p)?;
+    live_grant(core, p, Api::Auth)?;
     Ok(json!({ "errcode": 0, "errmsg": "ok" }))
 }
 
-/// The grant of a live `access_token` whose user is `openid`: 41001, 40014, 42001, 45011
-/// (the app's minute quota), 41009, 40003.
-fn live_grant(core: &Core, p: &Params) -> Result<Grant, i64> {
+/// The grant of a live `access_token` whose user is `openid`: 41001, 40014, 42001, 45009 /
+/// 45011 (the app's daily / minute quota of `api`), 41009, 40003.
+fn live_grant(core: &Core, p: &Params, api: Api) -> Result<Grant, i64> {
     use errcode::*;
     let grant = core.access(p.require("access_token", MISSING_ACCESS_TOKEN)?)?;
-    core.spend_quota(&grant.appid)?;
+    core.spend_quota(&grant.appid, api)?;
     let openid = p.require("openid", MISSING_OPENID)?;
     if openid != core.openid_of(&grant) {
         return Err(INVALID_OPENID);

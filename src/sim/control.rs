@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use super::Simulator;
 use super::config::SimAppKind;
 use super::params::Params;
+use super::state::Api;
 
 /// A simulated WeChat endpoint, for counting calls and injecting faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +70,18 @@ impl Endpoint {
         Self::ALL.into_iter().find(|e| e.name() == name)
     }
 
+    /// The quotas this endpoint counts against; the pages have none.
+    pub(super) fn quota(self) -> Option<Api> {
+        match self {
+            Self::AccessToken => Some(Api::AccessToken),
+            Self::RefreshToken => Some(Api::RefreshToken),
+            Self::UserInfo => Some(Api::UserInfo),
+            Self::Auth => Some(Api::Auth),
+            Self::JsCode2Session => Some(Api::JsCode2Session),
+            Self::Authorize | Self::QrConnect => None,
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -109,8 +122,9 @@ pub(super) struct Controls {
     calls: [AtomicU64; 7],
     faults: Mutex<[VecDeque<(Fault, u32)>; 7]>,
     double_callback: AtomicBool,
-    /// Deny on an official account's page leaves the user on WeChat's page, no callback.
-    deny_stays: AtomicBool,
+    /// Deny leaves the user on WeChat's page, no callback (today's WeChat); off: Deny calls
+    /// back with `state` only (older docs). Read through [`Controls::deny_stays`].
+    deny_redirects: AtomicBool,
 }
 
 impl Controls {
@@ -134,11 +148,12 @@ impl Controls {
     }
 
     pub(super) fn set_deny_stays(&self, on: bool) {
-        self.deny_stays.store(on, Ordering::Relaxed);
+        // Stored inverted so that the default (false) is today's WeChat: no callback.
+        self.deny_redirects.store(!on, Ordering::Relaxed);
     }
 
     pub(super) fn deny_stays(&self) -> bool {
-        self.deny_stays.load(Ordering::Relaxed)
+        !self.deny_redirects.load(Ordering::Relaxed)
     }
 
     pub(super) fn double_callback(&self) -> bool {
@@ -321,16 +336,35 @@ async fn double_callback(State(sim): State<Simulator>, RawQuery(raw): RawQuery) 
     }
 }
 
-/// `POST /sim/quota?per_minute=N`: sns calls each app may make a minute (0: no limit).
+/// `POST /sim/quota?per_minute=N`: every sns endpoint's calls a minute per app (0: lift every
+/// quota). With `endpoint=<name>` (`access_token`, `refresh_token`, `userinfo`, `auth`,
+/// `jscode2session`): that endpoint's `per_minute` and/or `per_day` (0: no limit).
 async fn quota(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.unwrap_or_default().as_bytes());
-    match params.get("per_minute").and_then(|s| s.parse::<u32>().ok()) {
-        Some(per_minute) => {
-            sim.set_quota((per_minute > 0).then_some(per_minute));
-            Json(json!({ "per_minute": per_minute })).into_response()
-        }
-        None => bad_request("per_minute must be a whole number (0: no limit)"),
+    let number = |name: &str| params.get(name).map(|s| s.parse::<u32>().ok());
+    let (per_minute, per_day) = (number("per_minute"), number("per_day"));
+    if per_minute == Some(None) || per_day == Some(None) || (per_minute.is_none() && per_day.is_none()) {
+        return bad_request("per_minute or per_day must be a whole number (0: no limit)");
     }
+    let (per_minute, per_day) = (per_minute.flatten(), per_day.flatten());
+    let Some(name) = params.get("endpoint") else {
+        if per_day.is_some() {
+            return bad_request("per_day needs an endpoint");
+        }
+        let per_minute = per_minute.unwrap_or(0);
+        sim.set_quota((per_minute > 0).then_some(per_minute));
+        return Json(json!({ "per_minute": per_minute })).into_response();
+    };
+    let Some(endpoint) = Endpoint::parse(name).filter(|e| e.quota().is_some()) else {
+        return bad_request("unknown sns endpoint");
+    };
+    if let Some(n) = per_minute {
+        sim.set_minute_quota(endpoint, (n > 0).then_some(n));
+    }
+    if let Some(n) = per_day {
+        sim.set_daily_quota(endpoint, (n > 0).then_some(n));
+    }
+    Json(json!({ "endpoint": endpoint.name(), "per_minute": per_minute, "per_day": per_day })).into_response()
 }
 
 /// `POST /sim/mobile_code?appid=..&user=..`: the code the WeChat SDK hands a mobile app when

@@ -6,7 +6,9 @@
 //! at [`WX_LOGIN_JS`] with `login_type=jssdk`) and the `sns` JSON endpoints — with
 //! WeChat's rules, plus a `/sim/...` control API. Tests steer it in process through
 //! [`Simulator`]: move its clock, inject faults, count calls, issue codes without a browser,
-//! set the per-app sns quota (WeChat's 50,000 calls a minute by default; past it, 45011).
+//! set the per-app quotas of each sns endpoint (WeChat's: 10,000 code exchanges and 50,000
+//! refreshes and userinfo calls a minute; past it, 45011; daily quotas on demand, past them
+//! 45009).
 //!
 //! Layout, each file using only those above it (this one wires them into [`Simulator`]):
 //! - `config`: the apps and test users it knows ([`SimConfig::demo`] for the dev mode).
@@ -35,8 +37,8 @@ use std::time::Duration;
 
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
-pub use self::pages::{WECHAT_BROWSER_UA, WX_LOGIN_JS};
-pub use self::state::{MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE, SimError};
+pub use self::pages::{WECHAT_BROWSER_UA, WECOM_BROWSER_UA, WX_LOGIN_JS};
+pub use self::state::{EXCHANGES_PER_MINUTE, MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE, SimError};
 
 use self::control::Controls;
 use self::state::Core;
@@ -119,12 +121,32 @@ impl Simulator {
         self.controls().clear_faults();
     }
 
-    /// The sns calls each app may make a minute before WeChat answers 45011 (default
-    /// [`SNS_CALLS_PER_MINUTE`], WeChat's 50,000); `None` lifts the limit, and the mini program
-    /// users' 100 sign-ins a minute ([`MINI_LOGINS_PER_MINUTE`]) with it (the benchmark does,
+    /// Sets every sns endpoint's minute quota per app to `per_minute` (each endpoint counts
+    /// apart, as WeChat's do); `None` lifts every quota, the daily ones and the mini program
+    /// users' 100 sign-ins a minute ([`MINI_LOGINS_PER_MINUTE`]) with them (the benchmark does,
     /// to measure the simulator itself). Minutes are the simulator's clock's.
     pub fn set_quota(&self, per_minute: Option<u32>) {
         self.core().set_quota(per_minute);
+    }
+
+    /// Sets one sns endpoint's minute quota per app; past it, 45011. WeChat's defaults: code
+    /// exchange [`EXCHANGES_PER_MINUTE`] (10,000), refresh and userinfo
+    /// [`SNS_CALLS_PER_MINUTE`] (50,000); `sns/auth` the same (unconfirmed); `jscode2session`
+    /// none per app (its 100 a minute per user stay). `None`: no limit. The pages have no
+    /// quota: ignored for them.
+    pub fn set_minute_quota(&self, endpoint: Endpoint, per_minute: Option<u32>) {
+        if let Some(api) = endpoint.quota() {
+            self.core().set_minute_quota(api, per_minute);
+        }
+    }
+
+    /// Sets one sns endpoint's daily quota per app (none by default: WeChat publishes no
+    /// figure for these); past it, 45009 "reach max api daily quota limit" until the
+    /// simulator's clock enters its next day. The pages have no quota: ignored for them.
+    pub fn set_daily_quota(&self, endpoint: Endpoint, per_day: Option<u32>) {
+        if let Some(api) = endpoint.quota() {
+            self.core().set_daily_quota(api, per_day);
+        }
     }
 
     /// On: Allow answers a page that hits the callback twice with two codes, as WeChat's
@@ -133,12 +155,21 @@ impl Simulator {
         self.controls().set_double_callback(on);
     }
 
-    /// On: Deny on an official account's consent page leaves the user on WeChat's page and
-    /// never calls back (WeChat does this today; products must treat a flow that never returns
-    /// as a normal ending). Off (the default): Deny calls back with `state` only, as the docs
-    /// say and website apps do.
+    /// On (the default): Deny leaves the user on WeChat's page and never calls back, as WeChat
+    /// does today: an official account's consent page stays ("你已拒绝授权"), and a website
+    /// app's QR login does not redirect (网站应用微信登录开发指南: "若用户禁止授权，则不会发生
+    /// 重定向"). Products must treat a flow that never returns as a normal ending. Off: Deny
+    /// calls back with `state` only, as older docs said and as is still seen in the field.
     pub fn set_deny_stays(&self, on: bool) {
         self.controls().set_deny_stays(on);
+    }
+
+    /// On: snapshot pages (快照页) as the field reports them, not as documented (issue 20): a
+    /// snapshot user's exchange lacks `is_snapshotuser`, and every sign-in gets a virtual
+    /// openid of its own, all sharing the user's one virtual unionid. Off (the default): the
+    /// documented snapshot user (`is_snapshotuser: 1`, one virtual openid per app).
+    pub fn set_messy_snapshots(&self, on: bool) {
+        self.core().set_messy_snapshots(on);
     }
 
     /// Issues a code as if `user` had consented to `scope` for `appid`, for tests without a

@@ -75,16 +75,18 @@ impl Page {
     }
 
     /// The parameters real links carry after the required ones, once each, in any order, with
-    /// the values accepted (`None`: any value): `forcePopup` and `connect_redirect` on
-    /// official-account links; on QR links those `wxLogin.js` builds (`self_redirect`, `style`,
-    /// `href`, `login_type=jssdk`, `stylelite`, `fast_login`) — the service itself emits only
-    /// WeChat's documented ones, in WeChat's order.
+    /// the values accepted (`None`: any value): `forcePopup`, `forceSnapShot` (the 快照页
+    /// notice's parameter; its values are not confirmed, so any) and `connect_redirect` on
+    /// official-account links; on QR links `lang` (`cn` or `en`, qrconnect's doc) and those
+    /// `wxLogin.js` builds (`self_redirect`, `style`, `href`, `login_type=jssdk`, `stylelite`,
+    /// `fast_login`). `forcePopup` is not a qrconnect parameter (issue 20): a QR link with it is
+    /// refused, as any unknown parameter is. The service emits only WeChat's documented ones, in
+    /// WeChat's order.
     fn optional_params(self) -> &'static [(&'static str, Option<&'static [&'static str]>)] {
         const BOOL: Option<&[&str]> = Some(&["true", "false"]);
         match self {
-            Self::OAuth2 => &[("forcePopup", BOOL), ("connect_redirect", Some(&["1"]))],
+            Self::OAuth2 => &[("forcePopup", BOOL), ("forceSnapShot", None), ("connect_redirect", Some(&["1"]))],
             Self::QrConnect => &[
-                ("forcePopup", BOOL),
                 ("self_redirect", Some(&["true", "false", "default"])),
                 ("style", Some(&["black", "white", ""])),
                 ("href", None),
@@ -93,7 +95,7 @@ impl Page {
                 ("sizetype", None),
                 ("bgcolor", None),
                 ("rst", None),
-                ("lang", Some(&["en"])),
+                ("lang", Some(&["cn", "en"])),
                 ("stylelite", Some(&["0", "1"])),
                 ("fast_login", Some(&["0", "1"])),
             ],
@@ -202,6 +204,9 @@ async fn wx_login_js() -> Response {
     src += e.fast_login === 0 ? "&fast_login=0" : "";
     var frame = document.createElement("iframe");
     frame.src = src;
+    // Desktop WeChat's fast login probes the local client from this frame; Chrome 142+ lets a
+    // frame ask for local network access only when its embedder delegates it (issue 20).
+    frame.allow = "local-network-access";
     frame.frameBorder = "0";
     frame.allowTransparency = "true";
     frame.scrolling = "no";
@@ -221,9 +226,15 @@ async fn wx_login_js() -> Response {
 pub const WECHAT_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
      (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50(0x1800323b) NetType/WIFI Language/zh_CN";
 
+/// A User-Agent of WeCom's (企业微信) in-app browser (iOS): `MicroMessenger` with `wxwork`.
+pub const WECOM_BROWSER_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 \
+     (KHTML, like Gecko) Mobile/15E148 wxwork/4.1.26 MicroMessenger/7.0.1 Language/zh ColorScheme/Light";
+
 /// An official account's authorize page opens only in WeChat's in-app browser: elsewhere
 /// WeChat shows "请在微信客户端打开链接" and no consent (docs/design.md §10.5;
-/// desktop browsers use website apps and `qrconnect`).
+/// desktop browsers use website apps and `qrconnect`). WeCom's browser is elsewhere too,
+/// though its User-Agent says `MicroMessenger` (a WeCom staff answer in WeChat's developer
+/// community; docs/wechat.md).
 async fn oauth2_page(State(sim): State<Simulator>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !crate::wechat::is_in_app_browser(user_agent) {
@@ -256,7 +267,7 @@ async fn show(sim: &Simulator, page: Page, raw: Option<String>) -> Response {
         return faulted;
     }
     match check_query(sim.core(), page, raw.as_deref().unwrap_or("")) {
-        Ok((request, frame)) => consent_page(sim.core(), page, frame, &request).into_response(),
+        Ok((request, frame)) => consent_page(sim, page, frame, &request).into_response(),
         Err(error) => error.into_response(),
     }
 }
@@ -345,7 +356,8 @@ fn on_callback_domain(url: &Url, domain: &str) -> bool {
 /// QR code with the simulator's "scan and confirm" (the same forms): with `self_redirect` the
 /// forms answer inside the iframe, without it they target the whole window (`_top`), as
 /// WeChat's iframe moves `top.location` to the callback.
-fn consent_page(core: &Core, page: Page, frame: Frame, request: &AuthorizeRequest<'_>) -> Html<String> {
+fn consent_page(sim: &Simulator, page: Page, frame: Frame, request: &AuthorizeRequest<'_>) -> Html<String> {
+    let core = sim.core();
     tracing::debug!(appid = %request.app.appid, scope = request.scope, "simulated consent page");
     let hidden = |decision: &str| {
         [
@@ -381,6 +393,8 @@ fn consent_page(core: &Core, page: Page, frame: Frame, request: &AuthorizeReques
     let action = page.confirm_path();
     if let Frame::Embedded { self_redirect } = frame {
         let target = if self_redirect { "_self" } else { "_top" };
+        // A declined scan that does not call back leaves WeChat's frame where it is.
+        let deny_target = if sim.controls().deny_stays() { "_self" } else { target };
         return layout(
             "微信登录",
             "<style>body{margin:0 auto;font-size:.8em}#qrcode{width:8em;height:8em;margin:.5em auto;\
@@ -390,7 +404,7 @@ fn consent_page(core: &Core, page: Page, frame: Frame, request: &AuthorizeReques
                 "<h1>微信扫码登录（模拟器）</h1><div id=\"qrcode\" data-self-redirect=\"{self_redirect}\"></div>\
                  <form method=\"post\" action=\"{action}\" target=\"{target}\">{allow}<fieldset><legend>扫码的测试用户</legend>\
                  {users}</fieldset><button type=\"submit\" id=\"allow\">扫码并确认</button></form>\
-                 <form method=\"post\" action=\"{action}\" target=\"{target}\">{deny}<button type=\"submit\" id=\"deny\">取消</button></form>",
+                 <form method=\"post\" action=\"{action}\" target=\"{deny_target}\">{deny}<button type=\"submit\" id=\"deny\">取消</button></form>",
                 allow = hidden("allow"),
                 deny = hidden("deny"),
             ),
@@ -416,7 +430,8 @@ fn consent_page(core: &Core, page: Page, frame: Frame, request: &AuthorizeReques
 }
 
 /// `POST` from the consent page: the values are checked again (forms are input too), then
-/// Deny redirects with `state` only and Allow with a fresh code.
+/// Deny stays on WeChat's page (today's behaviour, the default) or redirects with `state` only
+/// (older docs', `Simulator::set_deny_stays(false)`), and Allow redirects with a fresh code.
 fn confirm(sim: &Simulator, page: Page, body: &[u8]) -> Response {
     let form = Params::parse(body);
     let field = |name| form.get(name).unwrap_or("");
@@ -425,16 +440,21 @@ fn confirm(sim: &Simulator, page: Page, body: &[u8]) -> Response {
         Err(error) => return error.into_response(),
     };
     match field("decision") {
-        "deny" if page == Page::OAuth2 && sim.controls().deny_stays() => denied_here(),
+        "deny" if sim.controls().deny_stays() => denied_here(page),
         "deny" => found(&back(&request, None)),
         "allow" => allow(sim, &request, field("user")),
         _ => PageError::BadLink.into_response(),
     }
 }
 
-/// WeChat's page after Deny when it does not call back: the user stays on WeChat.
-fn denied_here() -> Response {
-    let title = "你已拒绝授权";
+/// WeChat's page after Deny when it does not call back: the user stays on WeChat. The
+/// official account's page says the user refused; a QR login was cancelled on the phone
+/// ("若用户禁止授权，则不会发生重定向": 网站应用微信登录开发指南).
+fn denied_here(page: Page) -> Response {
+    let title = match page {
+        Page::OAuth2 => "你已拒绝授权",
+        Page::QrConnect => "你已取消此次登录",
+    };
     layout(title, "", &format!("<h1 id=\"denied\">{title}</h1>")).into_response()
 }
 

@@ -4,7 +4,7 @@
 //! here once; request parameters are checked by the callers in `api.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,52 @@ const REFRESH_LIFE: Duration = Duration::from_secs(30 * 24 * 3600);
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// A sweep of forgettable records runs once per this many issued records.
 const SWEEP_EVERY: u64 = 4096;
-/// WeChat's rate for the sns endpoints: calls a minute per app; past it, 45011.
+/// WeChat's rate for refresh and userinfo: calls a minute per app; past it, 45011 (the
+/// 调用频率限制 table of 网站应用微信登录开发指南: "刷新access_token 5万/分钟", "获取用户基本信息
+/// 5万/分钟"). `sns/auth` is not in the table; the simulator gives it the same, unconfirmed.
 pub const SNS_CALLS_PER_MINUTE: u32 = 50_000;
+/// WeChat's rate for the code exchange (`sns/oauth2/access_token`): "通过 code 换取access_token
+/// 1万/分钟" (the same table). A sign-in burst above it meets 45011.
+pub const EXCHANGES_PER_MINUTE: u32 = 10_000;
 /// `jscode2session` calls a minute per mini program user; past it, 45011 (WeChat's 小程序登录
 /// limit: 100 a minute per user).
 pub const MINI_LOGINS_PER_MINUTE: u32 = 100;
+
+/// An `sns` endpoint with quotas of its own: calls a minute and calls a day, per app. WeChat
+/// counts each endpoint apart (the 网站应用 doc's table); 45011 past the minute's, 45009 past the
+/// day's ("reach max api daily quota limit").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `sns/oauth2/access_token`: 10,000 a minute.
+    AccessToken,
+    /// `sns/oauth2/refresh_token`: 50,000 a minute.
+    RefreshToken,
+    /// `sns/userinfo`: 50,000 a minute.
+    UserInfo,
+    /// `sns/auth`: not in WeChat's table; 50,000 a minute here (unconfirmed).
+    Auth,
+    /// `sns/jscode2session`: its own daily quota per mini program (its size is not published,
+    /// so none by default) and 100 sign-ins a minute per user ([`MINI_LOGINS_PER_MINUTE`]).
+    JsCode2Session,
+}
+
+impl Api {
+    /// Every endpoint with a quota.
+    pub const ALL: [Api; 5] = [Self::AccessToken, Self::RefreshToken, Self::UserInfo, Self::Auth, Self::JsCode2Session];
+
+    /// WeChat's minute quota per app (0: none known).
+    pub const fn default_per_minute(self) -> u32 {
+        match self {
+            Self::AccessToken => EXCHANGES_PER_MINUTE,
+            Self::RefreshToken | Self::UserInfo | Self::Auth => SNS_CALLS_PER_MINUTE,
+            Self::JsCode2Session => 0,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// The errcodes the simulator answers, named after WeChat's meanings (docs/design.md §10).
 pub(super) mod errcode {
@@ -52,6 +93,7 @@ pub(super) mod errcode {
     pub const REFRESH_TOKEN_EXPIRED: i64 = 42002;
     pub const CODE_EXPIRED: i64 = 42003;
     pub const MINUTE_QUOTA: i64 = 45011;
+    pub const DAILY_QUOTA: i64 = 45009;
     pub const HIGH_RISK_USER: i64 = 40226;
     pub const API_UNAUTHORIZED: i64 = 48001;
 }
@@ -84,7 +126,9 @@ pub(super) fn errmsg(code: i64) -> &'static str {
         45011 => "api minute-quota reach-limit mustslower retry next minute",
         API_UNAUTHORIZED => "api unauthorized",
         HIGH_RISK_USER => "high risk user",
+        42007 => "access_token and refresh_token exception",
         50001 => "user unauthorized",
+        50002 => "user limited",
         _ => "simulated error",
     }
 }
@@ -120,6 +164,9 @@ pub(super) struct Grant {
     pub(super) user: usize,
     /// One of the app kind's scopes.
     pub(super) scope: &'static str,
+    /// A snapshot user's virtual openid of this one sign-in, when snapshots are messy
+    /// ([`Core::set_messy_snapshots`]); `None`: the openid derived from the user and app.
+    pub(super) virtual_openid: Option<String>,
 }
 
 impl Grant {
@@ -169,10 +216,16 @@ pub(super) struct Core {
     started: Instant,
     offset_nanos: AtomicU64,
     records: Mutex<Records>,
-    /// sns calls allowed a minute per app; 0: no limit.
-    quota: AtomicU32,
-    /// Per appid: the minute (of the simulator's clock) and the calls spent in it.
-    spent: Mutex<HashMap<String, (u64, u32)>>,
+    /// Calls allowed a minute per app, by [`Api`]; 0: no limit.
+    per_minute: [AtomicU32; 5],
+    /// Calls allowed a day per app, by [`Api`]; 0: no limit.
+    per_day: [AtomicU32; 5],
+    /// Every quota lifted (`set_quota(None)`: benchmarks), the mini program users' too.
+    lifted: AtomicBool,
+    /// Snapshot users as the field reports them ([`Core::set_messy_snapshots`]).
+    messy_snapshots: AtomicBool,
+    /// Per appid, by [`Api`]: what it spent in the current minute and day.
+    spent: Mutex<HashMap<String, [Spent; 5]>>,
     /// Per (mini program, user): the minute and the `jscode2session` calls in it.
     logins: Mutex<HashMap<(String, usize), (u64, u32)>>,
 }
@@ -185,7 +238,10 @@ impl Core {
             started: Instant::now(),
             offset_nanos: AtomicU64::new(0),
             records: Mutex::new(Records::default()),
-            quota: AtomicU32::new(SNS_CALLS_PER_MINUTE),
+            per_minute: Api::ALL.map(|api| AtomicU32::new(api.default_per_minute())),
+            per_day: Default::default(),
+            lifted: AtomicBool::new(false),
+            messy_snapshots: AtomicBool::new(false),
             spent: Mutex::default(),
             logins: Mutex::default(),
         }
@@ -202,30 +258,53 @@ impl Core {
         let _ = self.offset_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(by)));
     }
 
-    /// Sets the sns calls allowed a minute per app (`None`: no limit, for benchmarks).
+    /// Sets every endpoint's minute quota per app to `per_minute`; `None` lifts every quota,
+    /// the mini program users' 100 sign-ins a minute too (benchmarks).
     pub(super) fn set_quota(&self, per_minute: Option<u32>) {
-        self.quota.store(per_minute.unwrap_or(0), Ordering::Relaxed);
+        self.lifted.store(per_minute.is_none(), Ordering::Relaxed);
+        if let Some(limit) = per_minute {
+            self.per_minute.iter().for_each(|q| q.store(limit, Ordering::Relaxed));
+        }
     }
 
-    /// Counts one sns call of `appid` against its minute's quota: 45011 once it is spent.
-    pub(super) fn spend_quota(&self, appid: &str) -> Result<(), i64> {
-        let limit = self.quota.load(Ordering::Relaxed);
-        if limit == 0 {
+    /// Sets one endpoint's minute quota per app (`None`: no limit).
+    pub(super) fn set_minute_quota(&self, api: Api, per_minute: Option<u32>) {
+        self.per_minute[api.index()].store(per_minute.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Sets one endpoint's daily quota per app (`None`: no limit, the default).
+    pub(super) fn set_daily_quota(&self, api: Api, per_day: Option<u32>) {
+        self.per_day[api.index()].store(per_day.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Counts one call of `appid` to `api` against that endpoint's quotas: 45009 once its day's
+    /// is spent, 45011 once its minute's is. A refused call counts for neither. Days and
+    /// minutes are the simulator's clock's (WeChat does not document when its quota day turns).
+    pub(super) fn spend_quota(&self, appid: &str, api: Api) -> Result<(), i64> {
+        if self.lifted.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let minute = self.now().as_secs() / 60;
-        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, calls) = match spent.get_mut(appid) {
-            Some(entry) => entry,
-            None => spent.entry(appid.to_owned()).or_insert((minute, 0)),
-        };
-        if *at != minute {
-            (*at, *calls) = (minute, 0);
+        let per_minute = self.per_minute[api.index()].load(Ordering::Relaxed);
+        let per_day = self.per_day[api.index()].load(Ordering::Relaxed);
+        if per_minute == 0 && per_day == 0 {
+            return Ok(());
         }
-        if *calls >= limit {
+        let now = self.now().as_secs();
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = match spent.get_mut(appid) {
+            Some(entries) => entries,
+            None => spent.entry(appid.to_owned()).or_default(),
+        };
+        let entry = &mut entries[api.index()];
+        entry.turn(now / 60, now / 86_400);
+        if per_day != 0 && entry.in_day >= per_day {
+            return Err(errcode::DAILY_QUOTA);
+        }
+        if per_minute != 0 && entry.in_minute >= per_minute {
             return Err(errcode::MINUTE_QUOTA);
         }
-        *calls += 1;
+        entry.in_minute += 1;
+        entry.in_day += 1;
         Ok(())
     }
 
@@ -260,12 +339,29 @@ impl Core {
         if self.users[index].snapshot && scope != "snsapi_userinfo" {
             return Err(SimError::SnapshotNeedsUserinfo(user.to_owned()));
         }
-        Ok(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope })
+        // Field reports (issue 20): a virtual unionid shared by many virtual openids.
+        let virtual_openid =
+            (self.users[index].snapshot && self.messy_snapshots()).then(|| format!("o{}", random_alphanumeric(27)));
+        Ok(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope, virtual_openid })
     }
 
-    /// The openid WeChat gives this user in this app.
+    /// The openid WeChat gives this user in this app (a messy snapshot's: its own virtual one).
     pub(super) fn openid_of(&self, grant: &Grant) -> String {
+        if let Some(virtual_openid) = &grant.virtual_openid {
+            return virtual_openid.clone();
+        }
         self.users.get(grant.user).map_or_else(String::new, |u| openid(&grant.appid, &u.key))
+    }
+
+    /// On: snapshot pages as the field reports them (issue 20): the exchange of a snapshot
+    /// user's code lacks `is_snapshotuser`, and each sign-in gets a virtual openid of its own,
+    /// all sharing the user's virtual unionid. Off (the default): WeChat's documented snapshot.
+    pub(super) fn set_messy_snapshots(&self, on: bool) {
+        self.messy_snapshots.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn messy_snapshots(&self) -> bool {
+        self.messy_snapshots.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Records> {
@@ -290,7 +386,8 @@ impl Core {
         if self.users[index].snapshot {
             return Err(SimError::SnapshotNeedsUserinfo(user.to_owned()));
         }
-        Ok(self.issue_code(Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope: "" }))
+        let grant = Grant { appid: app.appid.clone(), kind: app.kind, user: index, scope: "", virtual_openid: None };
+        Ok(self.issue_code(grant))
     }
 
     /// Spends a `js_code` of `appid`: 40029 unknown, another app's or expired, 40163 used,
@@ -312,7 +409,7 @@ impl Core {
             (*at, *calls) = (minute, 0);
         }
         // No per-user limit either when the quotas are lifted (`set_quota(None)`: benchmarks).
-        if *calls >= MINI_LOGINS_PER_MINUTE && self.quota.load(Ordering::Relaxed) != 0 {
+        if *calls >= MINI_LOGINS_PER_MINUTE && !self.lifted.load(Ordering::Relaxed) {
             return Err(errcode::MINUTE_QUOTA);
         }
         *calls += 1;
@@ -397,6 +494,27 @@ impl Core {
             return Err(errcode::ACCESS_TOKEN_EXPIRED);
         }
         Ok(record.grant.clone())
+    }
+}
+
+/// One app's calls to one endpoint in the current minute and day.
+#[derive(Default)]
+struct Spent {
+    minute: u64,
+    in_minute: u32,
+    day: u64,
+    in_day: u32,
+}
+
+impl Spent {
+    /// Starts a new minute or day when the clock has moved into one.
+    fn turn(&mut self, minute: u64, day: u64) {
+        if self.minute != minute {
+            (self.minute, self.in_minute) = (minute, 0);
+        }
+        if self.day != day {
+            (self.day, self.in_day) = (day, 0);
+        }
     }
 }
 

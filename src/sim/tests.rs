@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::LOCATION;
 use serde_json::{Value, json};
 
+use super::state::Api;
 use super::*;
 
 const MP: &str = "wxd0000000000000a1";
@@ -213,6 +214,22 @@ async fn official_account_pages_open_only_inside_wechat() {
     assert!(t.page(&oauth2(MP, CALLBACK, "snsapi_userinfo", "s")).await.contains("id=\"allow\""), "inside WeChat");
 }
 
+/// WeCom's (企业微信) browser says `MicroMessenger` (with `wxwork`), yet an official account's
+/// link shows "请在微信客户端打开链接" there (issue 20); its QR page opens.
+#[tokio::test]
+async fn official_account_pages_refuse_wecoms_browser() {
+    let t = spawn().await;
+    let wecom = crate::http_client().user_agent(crate::sim::WECOM_BROWSER_UA).build().unwrap();
+
+    let page = wecom.get(format!("{}{}", t.base, oauth2(MP, CALLBACK, "snsapi_base", "s"))).send().await.unwrap();
+    let qr = wecom.get(format!("{}{}", t.base, page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")));
+
+    let page = page.text().await.unwrap();
+    assert!(page.contains("请在微信客户端打开链接") && !page.contains("id=\"allow\""), "{page}");
+    assert!(qr.send().await.unwrap().text().await.unwrap().contains("id=\"allow\""));
+    assert!(crate::sim::WECOM_BROWSER_UA.contains("MicroMessenger"), "the trap: it says MicroMessenger");
+}
+
 #[tokio::test]
 async fn snapshot_user_is_not_offered_for_snsapi_base() {
     let t = spawn().await;
@@ -259,6 +276,13 @@ async fn malformed_authorize_links_show_the_unreachable_link_page() {
         format!(
             "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&connect_redirect=1"
         ),
+        // forcePopup is not a qrconnect parameter (issue 20); lang is cn or en.
+        format!(
+            "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&forcePopup=true"
+        ),
+        format!(
+            "/connect/qrconnect?appid={WEB}&redirect_uri={cb}&response_type=code&scope=snsapi_login&state=s&lang=fr"
+        ),
         "/connect/oauth2/authorize".to_owned(),
         "/connect/qrconnect?%FF%FE=%00&&&=".to_owned(),
     ];
@@ -279,8 +303,12 @@ async fn optional_parameters_are_accepted_in_either_order_after_state() {
         format!("{base}&connect_redirect=1"),
         format!("{base}&forcePopup=true&connect_redirect=1"),
         format!("{base}&connect_redirect=1&forcePopup=true"),
-        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&forcePopup=true",
         format!("{base}&forcePopup=false"),
+        // The 快照页 notice's parameter on official-account links (issue 20).
+        format!("{base}&forceSnapShot=true&connect_redirect=1"),
+        // qrconnect's `lang`: cn (the default) or en (issue 20).
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&lang=cn",
+        page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s") + "&lang=en",
         // What wxLogin.js puts on the QR link it frames (WeChat accepts these).
         page_path("qrconnect", WEB, CALLBACK, "snsapi_login", "s")
             + "&login_type=jssdk&self_redirect=false&style=black&href=https%3A%2F%2Fa.example%2Fqr.css",
@@ -406,9 +434,12 @@ async fn allow_keeps_the_query_redirect_uri_already_has() {
     assert_eq!(location, format!("{uri}&code={code}&state=st8"));
 }
 
+/// Older docs, and still seen in the field: Deny calls back with `state` only. An option now
+/// (issue 20).
 #[tokio::test]
-async fn deny_redirects_with_state_only() {
+async fn deny_redirects_with_state_only_when_set_to_the_old_behaviour() {
     let t = spawn().await;
+    t.sim.set_deny_stays(false);
 
     let response = t.decide("oauth2/authorize", "deny", CALLBACK).await;
 
@@ -416,20 +447,29 @@ async fn deny_redirects_with_state_only() {
     assert_eq!(location(&response), format!("{CALLBACK}?state=st8"));
 }
 
-/// WeChat today: Deny on an official account's page may leave the user there, no callback.
+/// WeChat today, the default (issue 20): Deny leaves the user on WeChat's page, with no
+/// callback, on an official account's page and on a website app's QR login alike.
 #[tokio::test]
-async fn deny_on_an_official_account_can_stay_on_wechats_page() {
+async fn deny_stays_on_wechats_page_by_default() {
     let t = spawn().await;
-    t.sim.set_deny_stays(true);
 
     let stays = t.decide("oauth2/authorize", "deny", CALLBACK).await;
-    t.sim.set_deny_stays(false);
-    let calls_back = t.decide("oauth2/authorize", "deny", CALLBACK).await;
+    let qr_form = [
+        ("appid", WEB),
+        ("redirect_uri", CALLBACK),
+        ("scope", "snsapi_login"),
+        ("state", "st8"),
+        ("decision", "deny"),
+        ("user", "alice"),
+    ];
+    let qr = t.post_form("/connect/qrconnect/confirm", &qr_form).await;
 
     assert_eq!(stays.status(), StatusCode::OK);
     assert!(stays.headers().get("location").is_none(), "no callback");
     assert!(stays.text().await.unwrap().contains("你已拒绝授权"));
-    assert_eq!(calls_back.status(), StatusCode::FOUND, "the other ending: a callback with state only");
+    assert_eq!(qr.status(), StatusCode::OK, "a denied QR login does not redirect");
+    assert!(qr.headers().get("location").is_none());
+    assert!(qr.text().await.unwrap().contains("id=\"denied\""));
 }
 
 #[tokio::test]
@@ -653,6 +693,24 @@ async fn snapshot_user_is_flagged_is_snapshotuser_and_has_no_profile() {
     assert!(alice.get("is_snapshotuser").is_none());
     assert_error(&t.userinfo(&snap, "").await, 48001);
     assert_eq!(errcode(&t.auth(&snap).await), 0, "its token itself is valid");
+}
+
+/// Snapshot pages as the field reports them (issue 20), on demand: no `is_snapshotuser`, and a
+/// virtual openid per sign-in, all sharing one virtual unionid; still no profile.
+#[tokio::test]
+async fn messy_snapshots_lack_the_flag_and_share_one_virtual_unionid() {
+    let t = spawn().await;
+    t.sim.set_messy_snapshots(true);
+
+    let first = t.login(MP, MP_SECRET, "snap", "snsapi_userinfo").await;
+    let second = t.login(MP, MP_SECRET, "snap", "snsapi_userinfo").await;
+
+    assert!(first.get("is_snapshotuser").is_none() && second.get("is_snapshotuser").is_none(), "{first}");
+    assert_ne!(first["openid"], second["openid"], "a virtual openid per sign-in");
+    assert_eq!((&first["unionid"], &second["unionid"]), (&json!(t.sim.unionid("snap")), &json!(t.sim.unionid("snap"))));
+    assert_error(&t.userinfo(&first, "").await, 48001);
+    let alice = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    assert_eq!(alice["openid"], json!(t.sim.openid(MP, "alice").unwrap()), "real users are not touched");
 }
 
 // ---- tokens ----
@@ -1194,27 +1252,28 @@ async fn thousands_of_concurrent_requests_are_answered() {
 #[tokio::test]
 async fn each_app_gets_its_minute_quota_of_sns_calls_then_45011() {
     let t = spawn().await;
-    // The default is WeChat's: 50,000 a minute per app.
-    assert_eq!(crate::sim::SNS_CALLS_PER_MINUTE, 50_000);
-    let answered = t.http.post(format!("{}/sim/quota?per_minute=4", t.base)).send().await.unwrap();
+    let answered = t.http.post(format!("{}/sim/quota?per_minute=2", t.base)).send().await.unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
-    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await; // the first call
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await; // an exchange
     let web = t.login(WEB, WEB_SECRET, "alice", "snsapi_login").await;
 
+    // Each endpoint counts apart (issue 20): two userinfo calls, then 45011; auth has its own two.
     assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝");
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝");
+    assert_error(&t.userinfo(&token, "").await, 45011);
     assert_eq!(t.auth(&token).await["errcode"], 0);
     let refresh_token = token["refresh_token"].as_str().unwrap();
     let refreshed = t.refresh(MP, refresh_token).await;
-    assert_eq!(errcode(&refreshed), 0, "the fourth call of the minute");
-    assert_error(&t.userinfo(&refreshed, "").await, 45011);
-    assert_error(&t.refresh(MP, refresh_token).await, 45011);
+    assert_eq!(errcode(&refreshed), 0, "refresh has its own quota");
     let code = t.sim.authorize(MP, "bob", "snsapi_base").unwrap();
-    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 45011);
-    assert_eq!(t.auth(&web).await["errcode"], 0, "another app has its own quota");
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0, "the minute's second exchange");
+    let refused = t.sim.authorize(MP, "bob", "snsapi_base").unwrap();
+    assert_error(&t.exchange(MP, MP_SECRET, &refused).await, 45011);
+    assert_eq!(t.userinfo(&web, "").await["nickname"], "Alice 爱丽丝", "another app has its own quota");
 
     t.sim.advance(Duration::from_secs(60));
     assert_eq!(t.userinfo(&refreshed, "").await["nickname"], "Alice 爱丽丝", "a new minute");
-    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0, "the refused code was not spent");
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &refused).await), 0, "the refused code was not spent");
 
     t.sim.set_quota(None);
     for _ in 0..10 {
@@ -1222,6 +1281,59 @@ async fn each_app_gets_its_minute_quota_of_sns_calls_then_45011() {
     }
     let refused = t.http.post(format!("{}/sim/quota?per_minute=lots", t.base)).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+}
+
+/// WeChat's minute quotas per endpoint (网站应用微信登录开发指南, 调用频率限制): code exchange
+/// 10,000, refresh and userinfo 50,000 each (issue 20: one shared pool of 50,000 let a sign-in
+/// burst above 10,000 a minute pass).
+#[tokio::test]
+async fn the_code_exchange_has_wechats_10000_a_minute_and_refresh_and_userinfo_50000_each() {
+    let t = spawn().await;
+    assert_eq!((crate::sim::EXCHANGES_PER_MINUTE, crate::sim::SNS_CALLS_PER_MINUTE), (10_000, 50_000));
+    let core = t.sim.core();
+    for _ in 0..10_000 {
+        core.spend_quota(MP, Api::AccessToken).unwrap();
+    }
+    assert_eq!(core.spend_quota(MP, Api::AccessToken), Err(45011), "the 10,001st exchange of the minute");
+    for api in [Api::RefreshToken, Api::UserInfo] {
+        for _ in 0..50_000 {
+            core.spend_quota(MP, api).unwrap();
+        }
+        assert_eq!(core.spend_quota(MP, api), Err(45011), "{api:?}: the 50,001st call of the minute");
+    }
+    // Over HTTP too: the exchange endpoint answers 45011 once its own quota is spent.
+    let code = t.sim.authorize(MP, "alice", "snsapi_base").unwrap();
+    assert_error(&t.exchange(MP, MP_SECRET, &code).await, 45011);
+    t.sim.advance(Duration::from_secs(60));
+    assert_eq!(errcode(&t.exchange(MP, MP_SECRET, &code).await), 0, "a new minute");
+}
+
+/// A daily quota answers 45009 "reach max api daily quota limit" until the day turns; the
+/// control API sets one per endpoint (issue 20).
+#[tokio::test]
+async fn a_spent_daily_quota_answers_45009_until_the_next_day() {
+    let t = spawn().await;
+    let set = t.http.post(format!("{}/sim/quota?endpoint=userinfo&per_day=2", t.base)).send().await.unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝");
+    t.sim.advance(Duration::from_secs(120));
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝", "the day's second call");
+    t.sim.advance(Duration::from_secs(120));
+    let refused = t.userinfo(&token, "").await;
+    assert_error(&refused, 45009);
+    assert!(refused["errmsg"].as_str().unwrap().starts_with("reach max api daily quota limit"), "{refused}");
+    assert_eq!(t.auth(&token).await["errcode"], 0, "auth has its own quota");
+
+    t.sim.advance(Duration::from_secs(24 * 3600));
+    let token = t.login(MP, MP_SECRET, "alice", "snsapi_userinfo").await;
+    assert_eq!(t.userinfo(&token, "").await["nickname"], "Alice 爱丽丝", "a new day");
+    t.sim.set_daily_quota(Endpoint::UserInfo, None);
+
+    for bad in ["endpoint=userinfo&per_day=many", "per_day=3", "endpoint=authorize&per_minute=3", "endpoint=userinfo"] {
+        let answer = t.http.post(format!("{}/sim/quota?{bad}", t.base)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
 }
 
 /// The QR link `wxLogin.js` frames, in its order (no `response_type`), `redirect_uri` encoded.
@@ -1247,6 +1359,8 @@ async fn wx_login_js_frames_the_qr_page_of_this_simulator() {
     assert!(
         script.contains("&login_type=jssdk&self_redirect=") && script.contains("document.createElement(\"iframe\")")
     );
+    // Its frame may ask for Chrome's local network access (desktop WeChat's fast login, issue 20).
+    assert!(script.contains("frame.allow = \"local-network-access\""), "{script}");
 }
 
 #[tokio::test]
@@ -1256,8 +1370,17 @@ async fn the_framed_qr_page_confirms_in_the_iframe_or_the_whole_window() {
         let page = t.page(&jssdk_path(CALLBACK, "Flow1", self_redirect)).await;
 
         assert!(page.contains("id=\"qrcode\"") && page.contains("id=\"allow\""), "{page}");
-        let form = format!("<form method=\"post\" action=\"/connect/qrconnect/confirm\" target=\"{target}\">");
-        assert_eq!(page.matches(&form).count(), 2, "{self_redirect}: {page}");
+        // The scan's redirect goes where self_redirect says; a declined scan (no callback
+        // today) leaves WeChat's frame in place.
+        let form_of = |decision: &str| {
+            page.split("<form ").find(|form| form.contains(&format!("name=\"decision\" value=\"{decision}\""))).unwrap()
+        };
+        assert!(
+            form_of("allow")
+                .starts_with(&format!("method=\"post\" action=\"/connect/qrconnect/confirm\" target=\"{target}\">")),
+            "{page}"
+        );
+        assert!(form_of("deny").contains("target=\"_self\""), "{self_redirect}: {page}");
     }
     let fields = [
         ("appid", WEB),

@@ -273,7 +273,15 @@ impl<'a> CodeClaim<'a> {
         if grant.is_snapshotuser == 1 && matches!(self.route, Route::Flow(_)) {
             return self.snapshot_user(grant).await;
         }
-        let (outcome, kept_reads_profile) = match tokens.keep_grant(self.app, grant, now, self.caller).await {
+        // `is_snapshotuser` is not always set (issue 20): a unionid already on another openid
+        // of this app is a snapshot page's virtual one, never returned, stored or linked.
+        let kept = match tokens.trusted_unionid(self.app, grant).await {
+            Ok((grant, shared)) => {
+                tokens.keep_grant(self.app, grant, now, self.caller).await.map(|kept| (kept, shared))
+            }
+            Err(e) => Err(e),
+        };
+        let ((outcome, kept_reads_profile), shared) = match kept {
             Ok(kept) => kept,
             Err(e) => {
                 // A result must never promise a token that was not stored; and WeChat has
@@ -284,12 +292,14 @@ impl<'a> CodeClaim<'a> {
         };
         let done = self.record(CodeState::Done(outcome.clone()));
         // Different keys, so different Cluster slots: concurrent commands, not a pipeline.
-        let (signed_in, finished) = tokio::join!(
+        let (signed_in, finished, noted) = tokio::join!(
             tokens.signed_in(self.app, &outcome, kept_reads_profile, self.caller, now),
             tokens.store.put_code(self.code, &done, self.life),
+            tokens.note_shared_unionid(self.app, &outcome.openid, shared.as_deref(), now),
         );
         signed_in?;
         finished?;
+        noted?;
         Ok(outcome)
     }
 

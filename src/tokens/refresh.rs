@@ -43,8 +43,10 @@ const LOCK_MARGIN: Duration = Duration::from_secs(1);
 /// before it was asked for (or after): that token's expiry is within this of a new refresh's,
 /// and WeChat would return the same token anyway, so a second call would buy nothing.
 const FORCED_REFRESH_REUSE: Duration = Duration::from_secs(5);
-/// WeChat codes that mean "this refresh token is dead".
-const DEAD_REFRESH_TOKEN: [i64; 2] = [42002, 40030];
+/// WeChat codes that mean "this refresh token is dead" (docs/design.md §10.4): 42002
+/// "refresh_token 超时", 40030 "不合法的 refresh_token", 42007 "用户修改微信密码， accesstoken 和
+/// refreshtoken 失效，需要重新授权".
+const DEAD_REFRESH_TOKEN: [i64; 3] = [42002, 40030, 42007];
 
 /// The longest any refresh lock is held: the work under it. A refresh, holding the lock, makes
 /// one retried WeChat call ([`WechatSettings::longest_retrying_call`]: every attempt up to the

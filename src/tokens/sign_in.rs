@@ -47,6 +47,49 @@ impl Tokens {
         Ok((outcome, grants_userinfo(&kept.scopes)))
     }
 
+    /// A web sign-in's grant, its unionid taken out when that cannot be a person's: one the
+    /// account index already holds for another openid of the same app. WeChat gives a person
+    /// one openid per app, so such a unionid is a snapshot page's virtual one ("开发者在快照页内
+    /// 所获取的头像、昵称、openId、unionId 均为虚拟账号数据", shared by many virtual openids),
+    /// whose `is_snapshotuser` WeChat does not always set (issue 20). Returns the unionid taken
+    /// out, for [`Tokens::note_shared_unionid`]. (The first openid of a virtual unionid cannot
+    /// be told from a real user's; FindAccounts refuses the unionid once a second one came.)
+    pub(super) async fn trusted_unionid(
+        &self,
+        app: &App,
+        mut grant: TokenGrant,
+    ) -> Result<(TokenGrant, Option<String>), ApiError> {
+        let Some(unionid) = grant.unionid.clone().filter(|u| !u.is_empty()) else { return Ok((grant, None)) };
+        let accounts = self.store.accounts(&unionid).await?;
+        if !accounts.iter().any(|a| a.app == app.name && a.openid != grant.openid) {
+            return Ok((grant, None));
+        }
+        tracing::warn!(app = %app.name, "a unionid already on another openid of this app: a virtual one, not linked");
+        grant.unionid = None;
+        Ok((grant, Some(unionid)))
+    }
+
+    /// Puts the account of a sign-in whose unionid was not trusted ([`Tokens::trusted_unionid`])
+    /// in that unionid's index: the index itself then shows two openids of one app, the
+    /// evidence FindAccounts refuses the unionid by, for as long as the index lives. Nothing is
+    /// linked by it: no token record or answer carries the unionid.
+    pub(super) async fn note_shared_unionid(
+        &self,
+        app: &App,
+        openid: &str,
+        shared: Option<&str>,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let Some(unionid) = shared else { return Ok(()) };
+        let account = Account {
+            app: app.name.clone(),
+            openid: openid.to_owned(),
+            kind: app.kind.as_str().into(),
+            last_sign_in: now,
+        };
+        Ok(self.store.put_account(unionid, &account, self.policy.refresh_life).await?)
+    }
+
     /// Stores the token record of a new sign-in and returns the record the user now has. A
     /// `snsapi_base` sign-in never takes away a token that can read the profile and still
     /// works (its refresh token lives): product A's silent sign-in must not break product B's

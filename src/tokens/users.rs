@@ -324,6 +324,16 @@ impl Tokens {
         who: UsersRule<'_>,
     ) -> Result<Vec<Account>, ApiError> {
         let recorded = self.store.accounts(unionid).await?;
+        // Two openids of one app under one unionid: WeChat gives a person one openid per app,
+        // so this unionid is a snapshot page's virtual one (issue 20). It links no one.
+        let shared = recorded
+            .iter()
+            .enumerate()
+            .any(|(i, a)| recorded[..i].iter().any(|b| b.app == a.app && b.openid != a.openid));
+        if shared {
+            tracing::warn!("FindAccounts of a unionid on two openids of one app: a virtual one, nothing listed");
+            return Ok(Vec::new());
+        }
         let checks = recorded.into_iter().filter(|a| apps.contains(&a.app)).map(|account| async move {
             let alive = async {
                 Ok::<_, ApiError>(if account.kind == AppKind::MiniProgram.as_str() {

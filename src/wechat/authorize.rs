@@ -13,15 +13,17 @@ pub(crate) const WX_LOGIN_JS_PATH: &str = "connect/zh_CN/htmledition/js/wxLogin.
 const WECHAT_OPEN_HOST: &str = "open.weixin.qq.com";
 
 /// The product's choices for its embedded QR code, validated (`style` one of WeChat's,
-/// `href` an https stylesheet).
+/// `href` an https stylesheet or a CSS `data:` URL).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WxLoginOptions {
     /// true: the callback lands inside the iframe; false: the whole window goes.
     pub self_redirect: bool,
     /// `black`, `white` or empty.
     pub style: String,
-    /// An https stylesheet URL, or empty.
+    /// An https stylesheet URL, a base64 CSS `data:` URL, or empty.
     pub href: String,
+    /// WeChat's light QR style (`stylelite=1`; WeChat then ignores `href`).
+    pub stylelite: bool,
 }
 
 /// The parameters of `new WxLogin({...})` for one flow.
@@ -58,13 +60,14 @@ pub(crate) struct AuthorizeParams<'a> {
     pub scope: Scope,
     /// The flow id.
     pub state: &'a str,
-    /// Adds `forcePopup=true`.
+    /// Adds `forcePopup=true` on an official account's page (never on qrconnect, which does not
+    /// document it).
     pub force_popup: bool,
 }
 
 impl WechatClient {
     /// The authorize URL, parameters in WeChat's order: `appid, redirect_uri, response_type,
-    /// scope, state`, then `forcePopup`, then `connect_redirect=1` (oauth2/authorize only), then
+    /// scope, state`, then `forcePopup` and `connect_redirect=1` (oauth2/authorize only), then
     /// `#wechat_redirect`. WeChat rejects other orders.
     pub(crate) fn authorize_url(&self, p: &AuthorizeParams<'_>) -> String {
         authorize_url(&self.settings().open_base, p)
@@ -113,7 +116,10 @@ pub(crate) fn authorize_url(open_base: &Url, p: &AuthorizeParams<'_>) -> String 
         p.scope.as_str(),
         p.state,
     );
-    if p.force_popup {
+    // `forcePopup` is a parameter of the official account's page only: qrconnect's doc
+    // (网站应用微信登录开发指南) lists appid, redirect_uri, response_type, scope, state and `lang`,
+    // and a QR code always asks the user anyway (issue 20; docs/wechat.md).
+    if p.force_popup && p.app.kind == AppKind::OfficialAccount {
         out.push_str("&forcePopup=true");
     }
     if p.app.kind == AppKind::OfficialAccount {

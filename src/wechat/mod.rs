@@ -8,10 +8,12 @@
 //! - `client`: [`WechatClient`], the `sns` calls (retries, metrics) and where they go.
 //! - `reply`: the `sns` replies and their decoding: an errcode reply is a [`WechatError`].
 //! - `error`: [`WechatError`], what a failed call was, and whether to try again.
+//! - `errcodes`: every errcode wxauth maps, with WeChat's words for it (its tables).
 
 mod app;
 mod authorize;
 mod client;
+pub mod errcodes;
 mod error;
 mod reply;
 #[cfg(test)]
@@ -31,8 +33,18 @@ pub use self::reply::{MiniSession, Profile, TokenGrant};
 /// one that opens an official account's authorize page (elsewhere WeChat shows
 /// "请在微信客户端打开链接"); desktop browsers sign in with a website app's QR code. The one
 /// place this rule lives: the service, the demo page and the simulator all ask it.
+///
+/// WeCom's (企业微信) browser says `MicroMessenger` too, with `wxwork/<version>`, yet an
+/// official account's link shows "请在微信客户端打开链接" there (a WeCom staff answer in WeChat's
+/// developer community; docs/wechat.md): it is not WeChat's browser, and gets the website app's
+/// QR code like any other.
 pub(crate) fn is_in_app_browser(user_agent: &str) -> bool {
-    user_agent.contains("MicroMessenger")
+    user_agent.contains("MicroMessenger") && !is_wecom_browser(user_agent)
+}
+
+/// WeCom's in-app browser: `wxwork` in its User-Agent (any case: `wxwork/4.1.x`, `wxWork`).
+fn is_wecom_browser(user_agent: &str) -> bool {
+    user_agent.as_bytes().windows(6).any(|w| w.eq_ignore_ascii_case(b"wxwork"))
 }
 
 /// The base URL as a prefix ending in `/`.

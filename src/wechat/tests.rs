@@ -49,8 +49,10 @@ fn official_account_url_has_wechats_parameter_order() {
     );
 }
 
+/// `forcePopup` is the official account's parameter; qrconnect does not document it, so a
+/// website app's link never carries it (issue 20).
 #[test]
-fn website_url_uses_qrconnect_and_force_popup() {
+fn website_url_uses_qrconnect_without_force_popup() {
     let app = app(AppKind::Website);
     let url = client().authorize_url(&AuthorizeParams {
         app: &app,
@@ -63,8 +65,17 @@ fn website_url_uses_qrconnect_and_force_popup() {
         url,
         "https://open.weixin.qq.com/connect/qrconnect?appid=wx0123456789abcdef\
          &redirect_uri=https%3A%2F%2Fauth.example.com%2Fwechat%2Fcallback&response_type=code\
-         &scope=snsapi_login&state=F&forcePopup=true#wechat_redirect"
+         &scope=snsapi_login&state=F#wechat_redirect"
     );
+    let official = self::app(AppKind::OfficialAccount);
+    let url = client().authorize_url(&AuthorizeParams {
+        app: &official,
+        redirect_uri: "https://auth.example.com/wechat/callback",
+        scope: Scope::UserInfo,
+        state: "F",
+        force_popup: true,
+    });
+    assert!(url.ends_with("&state=F&forcePopup=true&connect_redirect=1#wechat_redirect"), "{url}");
 }
 
 #[test]
@@ -77,7 +88,7 @@ fn wx_login_params_name_the_same_flow_as_the_qrconnect_url() {
         state: "Flow123",
         force_popup: false,
     };
-    let options = WxLoginOptions { self_redirect: true, style: "white".into(), href: String::new() };
+    let options = WxLoginOptions { self_redirect: true, style: "white".into(), href: String::new(), stylelite: true };
     let wx = client().wx_login(&params, options.clone());
     assert_eq!(wx.appid, "wx0123456789abcdef");
     assert_eq!(wx.scope, "snsapi_login");
@@ -121,4 +132,23 @@ fn scope_rules_follow_the_app_kind() {
     assert!(!AppKind::OfficialAccount.allows(Scope::Login));
     assert!(AppKind::Website.allows(Scope::Login));
     assert!(!AppKind::Website.allows(Scope::Base));
+}
+
+/// WeCom's browser says `MicroMessenger` with `wxwork` (any case): not WeChat's in-app browser,
+/// whose official-account pages it cannot open (issue 20).
+#[test]
+fn wecoms_browser_is_not_wechats() {
+    let wechat = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+                  Mobile/15E148 MicroMessenger/8.0.50(0x1800323b) NetType/WIFI Language/zh_CN";
+    let wecom = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+                 Mobile/15E148 wxwork/4.1.26 MicroMessenger/7.0.1 Language/zh ColorScheme/Light";
+    assert!(super::is_in_app_browser(wechat));
+    assert!(!super::is_in_app_browser(wecom));
+    let windows = "Mozilla/5.0 (Windows NT 10.0; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                   Chrome/53.0.2785.116 Safari/537.36 QBCore/4.0.1326.400 QQBrowser/9.0.2524.400 \
+                   Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                   Chrome/81.0.4044.138 Safari/537.36 wxwork/3.1.16 (MicroMessenger/6.2) WindowsWechat";
+    assert!(!super::is_in_app_browser(windows));
+    assert!(!super::is_in_app_browser("Mozilla/5.0 MicroMessenger/7.0.1 wxWork/4.0.0"));
+    assert!(!super::is_in_app_browser("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36"));
 }

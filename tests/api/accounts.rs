@@ -41,6 +41,34 @@ async fn snapshot_and_base_sign_ins_are_never_recorded(backend: Backend) {
     }
 }
 
+/// Snapshot pages as the field reports them (issue 20): `is_snapshotuser` missing, and one
+/// virtual unionid on many virtual openids. The first such sign-in cannot be told from a real
+/// user's; from the second on, a unionid seen on two openids of one app is not a person's: the
+/// answer has no unionid, the token record keeps none, and FindAccounts lists nothing for it.
+async fn a_unionid_on_two_openids_of_one_app_is_never_linked(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.sim.set_messy_snapshots(true);
+    let unionid = app.sim.unionid("snap");
+    let first = app.login("snap", "snsapi_userinfo").await;
+    assert!(!first.is_snapshot_user, "the flag is missing");
+    assert_eq!(first.unionid, unionid, "the first cannot be told from a real user's");
+
+    let second = app.login("snap", "snsapi_userinfo").await;
+
+    assert_ne!(second.openid, first.openid);
+    assert_eq!(second.unionid, "", "a unionid on two openids of one app is not returned");
+    let record = app.store.get_token("mp", &second.openid).await.expect("store").expect("record");
+    assert_eq!(record.unionid, None, "nor stored");
+    let found = app.find_accounts_as(PASSPORT_KEY, &unionid).await.expect("find");
+    assert!(found.is_empty(), "nor linked: {found:?}");
+    let third = app.login("snap", "snsapi_userinfo").await;
+    assert_eq!(third.unionid, "");
+    // A real person in the same app is unaffected.
+    let alice = app.login("alice", "snsapi_userinfo").await;
+    assert_eq!(alice.unionid, app.sim.unionid("alice"));
+    assert_eq!(app.find_accounts_as(PASSPORT_KEY, &alice.unionid).await.expect("find").len(), 1);
+}
+
 async fn find_accounts_shows_only_the_callers_apps_and_its_own_users(backend: Backend) {
     let app = spawn_app(backend).await;
     app.login("alice", "snsapi_userinfo").await; // passport, mp
@@ -108,6 +136,7 @@ async fn sign_ins_are_counted_by_app_kind(backend: Backend) {
 both_backends!(
     one_person_has_one_unionid_across_four_apps,
     snapshot_and_base_sign_ins_are_never_recorded,
+    a_unionid_on_two_openids_of_one_app_is_never_linked,
     find_accounts_shows_only_the_callers_apps_and_its_own_users,
     forgotten_and_vanished_users_leave_the_index,
     sign_ins_are_counted_by_app_kind,

@@ -46,7 +46,7 @@ async fn the_url_follows_wechats_order_and_the_simulator_accepts_it(backend: Bac
     assert!(page.contains("id=\"allow\""), "consent page, not an error page: {page}");
 }
 
-async fn device_picks_the_default_app_and_force_popup_is_passed(backend: Backend) {
+async fn device_picks_the_default_app_and_force_popup_stays_off_qrconnect(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut req = request("https://www.example.com/");
     req.app = String::new();
@@ -57,10 +57,11 @@ async fn device_picks_the_default_app_and_force_popup_is_passed(backend: Backend
     assert_eq!(response.app, "web");
     assert_eq!(response.scope, Scope::SnsapiLogin as i32);
     assert!(response.authorize_url.contains("/connect/qrconnect?appid=wxd0000000000000b2&"));
+    // forcePopup is the official account's parameter; qrconnect does not document it (issue 20).
     assert!(
-        response
-            .authorize_url
-            .ends_with(&format!("&scope=snsapi_login&state={}&forcePopup=true#wechat_redirect", response.flow_id))
+        response.authorize_url.ends_with(&format!("&scope=snsapi_login&state={}#wechat_redirect", response.flow_id)),
+        "{}",
+        response.authorize_url
     );
     let page = app.http.get(&response.authorize_url).send().await.expect("sim").text().await.expect("body");
     assert!(page.contains("id=\"allow\""), "{page}");
@@ -83,6 +84,16 @@ async fn the_browsers_user_agent_picks_the_app(backend: Backend) {
     let desktop = pick("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15").await;
     assert_eq!((desktop.app.as_str(), desktop.scope), ("web", Scope::SnsapiLogin as i32));
     assert!(desktop.authorize_url.contains("/connect/qrconnect?"));
+    // WeCom's browser says MicroMessenger too (with wxwork), but an official account's page
+    // answers "请在微信客户端打开链接" there: it gets the website app's QR code (issue 20).
+    let wecom = pick(wxauth::sim::WECOM_BROWSER_UA).await;
+    assert_eq!((wecom.app.as_str(), wecom.scope), ("web", Scope::SnsapiLogin as i32));
+    assert!(wecom.authorize_url.contains("/connect/qrconnect?"));
+    let wecom_http = wxauth::http_client().user_agent(wxauth::sim::WECOM_BROWSER_UA).build().expect("http");
+    let page = wecom_http.get(&wecom.authorize_url).send().await.expect("sim").text().await.expect("body");
+    assert!(page.contains("id=\"allow\""), "the QR page opens in WeCom: {page}");
+    let refused = wecom_http.get(&inside.authorize_url).send().await.expect("sim").text().await.expect("body");
+    assert!(refused.contains("请在微信客户端打开链接") && !refused.contains("id=\"allow\""), "{refused}");
 }
 
 async fn an_unspecified_scope_is_silent_for_official_accounts(backend: Backend) {
@@ -163,6 +174,7 @@ async fn invalid_fields_are_all_reported_with_bad_request(backend: Backend) {
             self_redirect: true,
             style: "red".into(),
             href: "https://cdn.example.com/qr.css&redirect_uri=https%3A%2F%2Fevil.example".into(),
+            stylelite: false,
         }),
     };
     let status = app.grpc.clone().build_authorize_url(app.req(req)).await.expect_err("invalid");
@@ -212,7 +224,7 @@ async fn long_and_unusual_caller_state_is_kept_verbatim(backend: Backend) {
 
 both_backends!(
     the_url_follows_wechats_order_and_the_simulator_accepts_it,
-    device_picks_the_default_app_and_force_popup_is_passed,
+    device_picks_the_default_app_and_force_popup_stays_off_qrconnect,
     the_browsers_user_agent_picks_the_app,
     an_unspecified_scope_is_silent_for_official_accounts,
     return_urls_off_the_allowlist_are_denied,

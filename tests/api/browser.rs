@@ -395,6 +395,8 @@ async fn the_embedded_qr_code_with_self_redirect_breaks_out_of_its_frame_and_sig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
     let dev = DevMode::start().await;
+    // The older ending, still seen in the field: a callback with `state` only.
+    dev.sim.set_deny_stays(false);
     Browser::start()
         .await
         .run(async |client| {
@@ -408,12 +410,12 @@ async fn deny_lands_on_the_declined_page_with_a_way_to_retry() {
         .await;
 }
 
-/// WeChat today: Deny on an official account may leave the user on WeChat's page, with no
-/// callback at all. Nothing reaches the relay or the product; the flow just expires.
+/// WeChat today (the simulator's default): Deny on an official account leaves the user on
+/// WeChat's page, with no callback at all. Nothing reaches the relay or the product; the flow
+/// just expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_without_a_callback_ends_on_wechats_page() {
     let dev = DevMode::start().await;
-    dev.sim.set_deny_stays(true);
     Browser::start()
         .await
         .run(async |client| {
@@ -516,6 +518,24 @@ async fn a_leaked_code_in_another_browser_session_signs_no_one_in() {
             assert_eq!(dev.sim.calls(Endpoint::AccessToken), 1, "the injected code never reached WeChat");
         })
         .await;
+}
+
+/// WeChat today does not call back when a QR login is declined (issue 20): the demo's embedded
+/// QR page learns the user gave up from the flow's expire_time, and replaces the QR code with
+/// "sign-in not completed" then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_qr_page_gives_up_at_the_flows_expiry() {
+    let dev = DevMode::start().await;
+    let http = wxauth::http_client().build().expect("http");
+    let page = http.get(format!("{}login/qr", dev.home())).send().await.expect("demo").text().await.expect("page");
+    let expire_time: i64 = page
+        .split("data-expire-time=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("no expire time on the QR page: {page}"));
+    assert!((expire_time - dev.clock.now_secs() - 600).abs() <= 5, "the flow's 10 minutes: {expire_time}");
+    assert!(page.contains("id=\\\"qr-expired\\\"") && page.contains("Sign-in not completed"), "{page}");
 }
 
 /// "Sign in with WeChat" picks the app by User-Agent, as real products do: WeChat's in-app

@@ -231,11 +231,14 @@ async fn upstream_failures_map_as_the_design_table_says(backend: Backend) {
     // WeChat answered: nothing was spent, the caller may retry (RetryInfo where waiting helps).
     let answered = [
         (Fault::Errcode(45011), Code::ResourceExhausted, "WECHAT_RATE_LIMITED", true),
-        (Fault::Errcode(45009), Code::ResourceExhausted, "WECHAT_RATE_LIMITED", true),
+        // 45009 is a daily quota: nothing comes back in a second, so no RetryInfo (issue 20).
+        (Fault::Errcode(45009), Code::ResourceExhausted, "WECHAT_DAILY_QUOTA_EXHAUSTED", false),
         (Fault::Errcode(40125), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
         (Fault::Errcode(40013), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
         (Fault::Errcode(41004), Code::FailedPrecondition, "APP_MISCONFIGURED", false),
-        (Fault::Errcode(50001), Code::PermissionDenied, "USER_RESTRICTED", false),
+        // 50001 "用户未授权该api": consent again; 50002 "用户受限": a restriction (issue 20).
+        (Fault::Errcode(50001), Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED", false),
+        (Fault::Errcode(50002), Code::PermissionDenied, "USER_RESTRICTED", false),
         (Fault::Errcode(40003), Code::Unknown, "WECHAT_ERROR", false),
     ];
     for (fault, code, expected_reason, retry) in answered {

@@ -90,6 +90,7 @@ async fn random_requests_get_clean_answers(backend: Backend) {
                 self_redirect: rng.random_bool(0.5),
                 style: nasty(&mut rng),
                 href: nasty(&mut rng),
+                stylelite: rng.random_bool(0.5),
             }),
         };
         acceptable(grpc.build_authorize_url(app.req(request)).await.map(|_| ()));

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tonic::Code;
+use tonic_types::StatusExt as _;
 use wxauth::proto::{
     ExchangeCodeRequest, ForgetUserRequest, GetUserInfoRequest, Lang, RefreshTokenRequest, ValidateTokenRequest,
 };
@@ -233,17 +234,32 @@ async fn the_profile_cache_can_be_turned_off(backend: Backend) {
 
 async fn the_profile_cache_keeps_answering_when_the_apps_quota_is_spent(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.sim.set_quota(Some(3)); // WeChat's is 50,000 a minute per app
+    app.sim.set_minute_quota(Endpoint::UserInfo, Some(2)); // WeChat's is 50,000 a minute per app
     let login = app.login("alice", "snsapi_userinfo").await;
     for _ in 0..20 {
         app.profile(&login.openid, Lang::ZhCn, false).await.expect("from the cache after the first");
     }
-    app.profile(&login.openid, Lang::ZhCn, true).await.expect("the quota's third call");
+    app.profile(&login.openid, Lang::ZhCn, true).await.expect("the quota's second call");
     let status = app.profile(&login.openid, Lang::ZhCn, true).await.expect_err("quota spent");
     assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "WECHAT_RATE_LIMITED"));
     assert_eq!(metadata(&status, "errcode").as_deref(), Some("45011"));
     app.profile(&login.openid, Lang::ZhCn, false).await.expect("the cached profile still answers");
     assert_eq!(app.sim.calls(Endpoint::UserInfo), 3, "45011 is not retried");
+}
+
+/// 45009 is a daily quota: the caller learns it as its own reason, without RetryInfo (a retry
+/// a second later meets the same quota), and the cached profile still answers (issue 20).
+async fn a_spent_daily_quota_is_its_own_reason_without_retry_info(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.sim.set_daily_quota(Endpoint::UserInfo, Some(1));
+    let login = app.login("alice", "snsapi_userinfo").await;
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("the day's one call");
+    let status = app.profile(&login.openid, Lang::ZhCn, true).await.expect_err("the day's quota is spent");
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "WECHAT_DAILY_QUOTA_EXHAUSTED"));
+    assert_eq!(metadata(&status, "errcode").as_deref(), Some("45009"));
+    assert!(status.get_error_details().retry_info().is_none(), "no RetryInfo: not a second's wait");
+    app.profile(&login.openid, Lang::ZhCn, false).await.expect("the cached profile still answers");
+    assert_eq!(app.sim.calls(Endpoint::UserInfo), 2, "45009 is not retried");
 }
 
 async fn forget_user_deletes_the_record_and_the_cached_profiles(backend: Backend) {
@@ -373,6 +389,7 @@ both_backends!(
     a_user_who_must_authorize_again_has_no_cached_profile,
     the_profile_cache_can_be_turned_off,
     the_profile_cache_keeps_answering_when_the_apps_quota_is_spent,
+    a_spent_daily_quota_is_its_own_reason_without_retry_info,
     forget_user_deletes_the_record_and_the_cached_profiles,
     a_refresh_under_way_cannot_bring_a_forgotten_user_back,
     a_refresh_that_outlives_its_lock_cannot_bring_a_forgotten_user_back,

@@ -34,13 +34,20 @@ fn framed_link(app: &TestApp, wx: &WxLogin) -> String {
     if !wx.href.is_empty() {
         link += &format!("&href={}", wx.href);
     }
+    if wx.stylelite {
+        link += "&stylelite=1";
+    }
     link
 }
 
 async fn wx_login_names_the_flow_the_callback_and_the_website_app(backend: Backend) {
     let app = spawn_app(backend).await;
-    let options =
-        WxLoginOptions { self_redirect: true, style: "white".into(), href: "https://cdn.example.com/qr.css".into() };
+    let options = WxLoginOptions {
+        self_redirect: true,
+        style: "white".into(),
+        href: "https://cdn.example.com/qr.css".into(),
+        stylelite: false,
+    };
 
     let response = start(&app, "web", options).await;
 
@@ -54,6 +61,7 @@ async fn wx_login_names_the_flow_the_callback_and_the_website_app(backend: Backe
         style: "white".into(),
         href: "https://cdn.example.com/qr.css".into(),
         script_url: format!("http://{}/connect/zh_CN/htmledition/js/wxLogin.js", app.sim_addr),
+        stylelite: false,
     };
     assert_eq!(wx, expected);
     assert_eq!(response.scope, Scope::SnsapiLogin as i32);
@@ -182,6 +190,47 @@ async fn an_href_that_is_not_a_canonical_https_url_is_refused() {
         start(&app, "web", canonical).await.wx_login.expect("wx_login").href,
         "https://cdn.example.com/qr.css?v=2"
     );
+}
+
+/// Products restyle the QR code with a CSS `data:` URL (the most common use in public guides)
+/// and may ask for WeChat's light style (`stylelite`): both pass through to `wx_login`, the QR
+/// link wxLogin.js builds from them opens, and a data: URL that is not plain base64 CSS (other
+/// types, markup, bad base64) is refused (issue 20).
+#[tokio::test]
+async fn a_css_data_href_and_stylelite_pass_through_and_markup_is_refused() {
+    let app = spawn_app(Backend::Memory).await;
+    // base64 of ".impowerBox .qrcode {width: 200px;}\n.impowerBox .title {display: none;}\n"
+    let css = "data:text/css;base64,LmltcG93ZXJCb3ggLnFyY29kZSB7d2lkdGg6IDIwMHB4O30KLmltcG93ZXJCb3ggLnRpdGxlIHtkaXNwbGF5OiBub25lO30K";
+    let options = WxLoginOptions { href: css.into(), stylelite: true, ..Default::default() };
+    let wx = start(&app, "web", options).await.wx_login.expect("wx_login");
+    assert_eq!((wx.href.as_str(), wx.stylelite), (css, true));
+    let link = framed_link(&app, &wx);
+    assert!(link.ends_with(&format!("&href={css}&stylelite=1")), "{link}");
+    let page = app.http.get(&link).send().await.expect("sim").text().await.expect("page");
+    assert!(page.contains("id=\"qrcode\""), "{page}");
+
+    for href in [
+        "data:text/html;base64,PGgxPmhpPC9oMT4=",
+        "data:text/css;base64,PC9zdHlsZT48c2NyaXB0PmFsZXJ0KDEpPC9zY3JpcHQ+",
+        "data:text/css;base64,not base64!",
+        "data:text/css,body{}",
+        "data:text/javascript;base64,YWxlcnQoMSk=",
+    ] {
+        let request = BuildAuthorizeUrlRequest {
+            app: "web".into(),
+            return_url: RETURN_URL.into(),
+            wx_login_options: Some(WxLoginOptions { href: href.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let status = app.grpc.clone().build_authorize_url(app.req(request)).await.expect_err(href);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{href}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let fields: Vec<_> = details
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["wx_login_options.href"], "{href}");
+    }
 }
 
 both_backends!(
