@@ -15,6 +15,12 @@ pub fn callback_query(query: &str) -> Option<(Option<String>, String)> {
     crate::relay::parse_query(query).ok().map(|callback| (callback.code, callback.state))
 }
 
+/// The push endpoint's reading of a query string: `Some((timestamp, nonce, encrypted))` when
+/// it would go on to check the signature, `None` when it refuses it as malformed.
+pub fn push_query(query: &str) -> Option<(String, String, bool)> {
+    crate::push::parse_query(query).ok().map(|s| (s.timestamp, s.nonce, s.encrypted))
+}
+
 /// Decodes the body of an HTTP 200 reply of an `sns` endpoint as the WeChat client does:
 /// `{"errcode": N≠0, ...}` is [`WechatError::Api`], anything else the payload `T`
 /// ([`crate::wechat::TokenGrant`], [`crate::wechat::Profile`], `serde_json::Value` for `sns/auth`).

@@ -19,6 +19,9 @@
 //! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory;
 //!   a circuit breaker answers at once while Redis is known down.
 //! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
+//! - [`push`]: WeChat's message push on the same listener: the authorization events
+//!   (revoke, cancellation, profile change) act on the user; other messages go on to the
+//!   company's own handler.
 //! - [`listener`]: the listeners' timeouts and caps against slow, idle and greedy clients.
 //! - [`telemetry`]: logs, OTLP traces, Prometheus metrics.
 //! - [`secrets`], [`clock`], [`proto`], [`html`]: credential newtypes, the service clock,
@@ -54,6 +57,7 @@ pub mod html;
 pub mod limits;
 pub mod listener;
 pub mod proto;
+pub mod push;
 pub mod relay;
 pub mod secrets;
 #[cfg(feature = "dev")]

@@ -67,6 +67,16 @@ secret_type!(
     ClientKey
 );
 secret_type!(
+    /// An official account's message-push Token (`apps.<name>.push.token`): what WeChat's
+    /// `signature` and `msg_signature` are made with; never sent anywhere.
+    PushToken
+);
+secret_type!(
+    /// An official account's message-push EncodingAESKey (`apps.<name>.push.encoding_aes_key`):
+    /// 43 characters, the base64 (without its `=`) of the AES-256 key of the safe mode.
+    EncodingAesKey
+);
+secret_type!(
     /// The private key (PEM) of wxauth's own client certificate for Redis mutual TLS
     /// (`store.tls_key_file`): handed to the TLS library and nowhere else.
     RedisClientKey

@@ -1,5 +1,5 @@
 //! Wiring: [`Application::build`] binds the three listeners (port 0 works, for tests), builds
-//! the store, the WeChat client and the services once, and [`Application::run_until`] serves
+//! the store, the WeChat client and the services (the gRPC API, the relay, the message push) once, and [`Application::run_until`] serves
 //! until the shutdown future completes, then drains. `main` and the tests both use it. The
 //! listeners' timeouts and caps (`server.header_timeout`, `server.max_connections`, ...) are
 //! [`crate::listener`]'s.
@@ -25,6 +25,7 @@ use crate::grpc::OAuthService;
 use crate::grpc_gate::GateLayer;
 use crate::listener;
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
+use crate::push::PushService;
 use crate::relay::{self, RelayState};
 use crate::store::{BreakerState, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -81,6 +82,7 @@ pub struct Application {
     store: Store,
     tokens: Arc<Tokens>,
     service: OAuthService,
+    push: PushService,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -103,6 +105,8 @@ impl Application {
         let store = build_store(&settings.store, &metrics, &clock).await?;
         let wechat = WechatClient::new(settings.wechat.clone(), Arc::clone(&metrics))?;
         let tokens = Tokens::new(store.clone(), wechat.clone(), clock.clone(), settings.token, Arc::clone(&metrics));
+        let push =
+            PushService::new(&settings, Arc::clone(&tokens), store.clone(), clock.clone(), Arc::clone(&metrics))?;
         let settings = Arc::new(settings);
         let service = OAuthService::new(
             Arc::clone(&settings),
@@ -120,6 +124,7 @@ impl Application {
             store,
             tokens,
             service,
+            push,
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
         })
@@ -184,7 +189,10 @@ impl Application {
         let limits = self.settings.server.listener_limits;
         let metrics = &self.metrics;
         let grpc = serve_grpc(self.grpc, self.service, health, limits, Arc::clone(metrics), stop)?;
-        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(metrics)));
+        // The callback domain's listener: the relay, and WeChat's message push for the apps that
+        // have one (docs/design.md §2.6).
+        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(metrics)))
+            .merge(self.push.router());
         let public = listener::serve_http("public", self.public, relay, limits, Arc::clone(metrics), stopped(stop));
         let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(metrics));
         let admin = listener::serve_http("admin", self.admin, admin_router, limits, Arc::clone(metrics), stopped(stop));

@@ -248,6 +248,15 @@ pub struct Metrics {
     /// `evicted` (gRPC: closed in its handshake to make room at the connection cap),
     /// `header_timeout` (HTTP: no whole request head within it).
     pub connections_closed: IntCounterVec,
+    /// WeChat's message pushes at the public listener, by app and outcome: `acted` (an
+    /// authorization event wxauth acted on), `forwarded` / `forward_failed` (another message,
+    /// passed on to the company's handler), `ignored` (another message, no handler), `verified`
+    /// (the console's URL check), or the refusal (`bad_signature`, `stale_timestamp`,
+    /// `replayed`, `unknown_app`, ...).
+    pub push_messages: IntCounterVec,
+    /// Authorization events WeChat pushed and wxauth acted on, by app and event
+    /// (`user_info_modified`, `user_authorization_revoke`, `user_authorization_cancellation`).
+    pub user_events: IntCounterVec,
 }
 
 /// Requests refused as malformed before any handler saw them, or for a field whose form is an
@@ -287,6 +296,7 @@ impl Metrics {
         let (store_breaker_state, store_breaker_transitions, store_breaker_rejections) = breaker_metrics(&r);
         let (refreshes, profile_cache, sign_ins) = token_metrics(&r);
         let (client_refusals, consent_refusals, return_url_refusals) = client_metrics(&r);
+        let (push_messages, user_events) = push_metrics(&r);
         Arc::new(Self {
             rpc_requests,
             rpc_duration,
@@ -309,6 +319,8 @@ impl Metrics {
             return_url_refusals,
             grpc_refusals,
             connections_closed,
+            push_messages,
+            user_events,
             registry,
         })
     }
@@ -468,6 +480,21 @@ fn token_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter
         &["kind"],
     );
     (refreshes, profile_cache, sign_ins)
+}
+
+/// WeChat's message pushes and the authorization events acted on (docs/design.md §2.6).
+fn push_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
+    let messages = r.counter(
+        "wxauth_push_messages_total",
+        "WeChat message pushes, by app and outcome (acted, forwarded, forward_failed, ignored, verified, or the refusal).",
+        &["app", "outcome"],
+    );
+    let events = r.counter(
+        "wxauth_user_events_total",
+        "Authorization events WeChat pushed and wxauth acted on, by app and event (user_info_modified, user_authorization_revoke, user_authorization_cancellation).",
+        &["app", "event"],
+    );
+    (messages, events)
 }
 
 /// What a client was refused by its own settings: its limits, its consent, its allowlist.

@@ -30,6 +30,9 @@ mod callback_query;
 #[path = "../fuzz/fuzz_targets/config.rs"]
 mod config;
 #[allow(unused_attributes)]
+#[path = "../fuzz/fuzz_targets/push_message.rs"]
+mod push_message;
+#[allow(unused_attributes)]
 #[path = "../fuzz/fuzz_targets/sealed_record.rs"]
 mod sealed_record;
 #[allow(unused_attributes)]
@@ -46,7 +49,8 @@ macro_rules! fuzz_target {
 pub(crate) use fuzz_target;
 
 /// Every target replayed here, by the name `fuzz/Cargo.toml` gives it.
-const TARGETS: [&str; 5] = ["allowlist", "callback_query", "config", "sealed_record", "wechat_response"];
+const TARGETS: [&str; 6] =
+    ["allowlist", "callback_query", "config", "push_message", "sealed_record", "wechat_response"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -109,6 +113,11 @@ fn the_callback_query_target_passes_every_committed_input() {
 #[test]
 fn the_config_target_passes_every_committed_input() {
     replay("config", config::run);
+}
+
+#[test]
+fn the_push_message_target_passes_every_committed_input() {
+    replay("push_message", push_message::run);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::push::PushSettings;
 use super::raw::{RawApp, RawWechat};
 use super::server::parse_base;
 use super::{ConfigError, err, is_name};
@@ -31,6 +32,8 @@ pub struct Apps {
     pub by_name: BTreeMap<String, App>,
     /// The default app of each device (`apps.<name>.default_for`).
     pub device_defaults: BTreeMap<Device, String>,
+    /// The message-push endpoints (`apps.<name>.push`), one per app that has one.
+    pub push: Vec<PushSettings>,
 }
 
 impl Apps {
@@ -57,11 +60,13 @@ pub(super) fn validate_wechat(wechat: &RawWechat, dev: bool) -> Result<WechatSet
     Ok(WechatSettings { open_base, api_base, timeout: wechat.timeout, attempts: wechat.attempts })
 }
 
-/// Validates `[apps.<name>]`: names, appids, secrets, at most one default app per device; at
-/// least one app.
-pub(super) fn validate(raw: BTreeMap<String, RawApp>) -> Result<Apps, ConfigError> {
+/// Validates `[apps.<name>]`: names, appids, secrets, at most one default app per device, the
+/// message-push endpoints (paths apart from the callback's `callback_path` and from each
+/// other); at least one app.
+pub(super) fn validate(raw: BTreeMap<String, RawApp>, callback_path: &str) -> Result<Apps, ConfigError> {
     let mut by_name = BTreeMap::new();
     let mut device_defaults = BTreeMap::new();
+    let mut push = Vec::new();
     for (name, app) in raw {
         let key = format!("apps.{name}");
         if !is_name(&name) {
@@ -73,7 +78,8 @@ pub(super) fn validate(raw: BTreeMap<String, RawApp>) -> Result<Apps, ConfigErro
         {
             return Err(err(format!("{key}.appid"), "a WeChat appid: `wx` and 16 letters or digits"));
         }
-        let secret = read_secret(&key, "secret", app.secret, app.secret_file)?;
+        let secret =
+            AppSecret::new(read_secret(&key, "secret", app.secret.map(|s| s.secret().to_owned()), app.secret_file)?);
         if let Some(device) = app.default_for {
             if !app.kind.has_authorize_page() {
                 return Err(err(
@@ -88,23 +94,28 @@ pub(super) fn validate(raw: BTreeMap<String, RawApp>) -> Result<Apps, ConfigErro
                 ));
             }
         }
+        if let Some(raw) = app.push {
+            push.push(super::push::validate(&name, raw)?);
+        }
         by_name.insert(name.clone(), App { name, appid: app.appid, secret, kind: app.kind });
     }
     if by_name.is_empty() {
         return Err(err("apps", "at least one app"));
     }
-    Ok(Apps { by_name, device_defaults })
+    super::push::check_paths(&push, callback_path)?;
+    Ok(Apps { by_name, device_defaults, push })
 }
 
-/// A secret given inline (env) or as a file (Secret mount), exactly one of them.
-fn read_secret(
+/// A secret given inline (env) or as a file (Secret mount), exactly one of them, trimmed; the
+/// caller wraps it in its newtype at once.
+pub(super) fn read_secret(
     key: &str,
     field: &str,
-    inline: Option<AppSecret>,
+    inline: Option<String>,
     file: Option<PathBuf>,
-) -> Result<AppSecret, ConfigError> {
+) -> Result<String, ConfigError> {
     let secret = match (inline, file) {
-        (Some(s), None) => s.secret().trim().to_owned(),
+        (Some(s), None) => s.trim().to_owned(),
         (None, Some(path)) => std::fs::read_to_string(&path)
             .map_err(|e| err(format!("{key}.{field}_file"), format!("cannot read {}: {}", path.display(), e.kind())))?
             .trim()
@@ -119,5 +130,5 @@ fn read_secret(
     if secret.is_empty() {
         return Err(err(format!("{key}.{field}"), "is empty"));
     }
-    Ok(AppSecret::new(secret))
+    Ok(secret)
 }

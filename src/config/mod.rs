@@ -6,12 +6,13 @@
 //! [`Settings`] has the file's sections, and start-up hands each to the part it configures.
 //! The rooms: `raw.rs` is the file's shape and defaults as serde reads them; `validate.rs`
 //! walks the sections in the file's order, each checked by its own module (`server.rs`,
-//! `store.rs`, `apps.rs` with `[wechat]`, `clients.rs` with `rates.rs`, the plain rate-limit
+//! `store.rs`, `apps.rs` with `[wechat]` and `push.rs` (an app's message push), `clients.rs` with `rates.rs`, the plain rate-limit
 //! settings that [`crate::limits`] builds its buckets from); `summary.rs` is `wxauth check`'s
 //! view.
 
 mod apps;
 mod clients;
+mod push;
 mod rates;
 mod raw;
 mod server;
@@ -31,6 +32,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use apps::{Apps, Device};
 pub use clients::{Client, Users};
+pub use push::PushSettings;
 pub use rates::{ClientLimits, Family, Rate};
 pub use server::{ListenerLimits, ServerSettings};
 pub use store::{StoreBackend, StoreSettings};

@@ -133,6 +133,34 @@ pub(super) struct RawApp {
     pub(super) secret: Option<AppSecret>,
     pub(super) secret_file: Option<PathBuf>,
     pub(super) default_for: Option<Device>,
+    /// The app's message push (`[apps.<name>.push]`), if wxauth receives it.
+    pub(super) push: Option<RawPush>,
+}
+
+/// `[apps.<name>.push]`: where WeChat's message push for the app arrives, its Token and
+/// EncodingAESKey (inline from env, or files), and the company's own handler it forwards the
+/// other messages to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPush {
+    pub(super) path: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) encoding_aes_key: Option<String>,
+    pub(super) encoding_aes_key_file: Option<PathBuf>,
+    pub(super) forward_to: Option<String>,
+    #[serde(default = "defaults::forward_timeout", with = "humantime_serde")]
+    pub(super) forward_timeout: Duration,
+}
+
+impl std::fmt::Debug for RawPush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawPush")
+            .field("path", &self.path)
+            .field("forward_to", &self.forward_to)
+            .field("forward_timeout", &self.forward_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for RawApp {
@@ -281,6 +309,9 @@ mod defaults {
     }
     pub fn profile_cache() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn forward_timeout() -> Duration {
+        Duration::from_secs(4)
     }
     pub fn max_open_flows() -> u32 {
         crate::config::rates::DEFAULT_MAX_OPEN_FLOWS

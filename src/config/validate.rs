@@ -14,7 +14,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let server = server::validate(&raw.server, dev)?;
     let store = store::validate(raw.store, dev)?;
     let wechat = apps::validate_wechat(&raw.wechat, dev)?;
-    let apps = apps::validate(raw.apps)?;
+    let apps = apps::validate(raw.apps, server.callback_url.path())?;
     let clients = clients::validate(raw.clients, &apps, dev)?;
     let flow = flow(&raw.flow)?;
     let token = token(&raw.token)?;

@@ -232,6 +232,8 @@ pub(super) fn routes() -> Router<Simulator> {
         .route("/sim/quota", post(quota))
         .route("/sim/mobile_code", post(mobile_code))
         .route("/sim/js_code", post(js_code))
+        .route("/sim/push_target", post(super::push::control_target))
+        .route("/sim/push", post(super::push::control_push))
 }
 
 /// A control request the simulator cannot act on: 400 with `{"error": ...}`.

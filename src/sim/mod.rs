@@ -19,12 +19,15 @@
 //!   answers in its endpoint's shape, the endpoint saying how it shows an errcode.
 //! - `pages`: the browser pages: query rules, consent page, redirects, error pages.
 //! - `api`: the `sns` JSON endpoints and WeChat's error JSON.
+//! - `push`: the message push WeChat sends an app's server (the authorization events, text
+//!   messages), signed and, in the safe mode, encrypted.
 
 mod api;
 mod config;
 mod control;
 mod pages;
 mod params;
+mod push;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -38,6 +41,7 @@ use std::time::Duration;
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
 pub use self::pages::{WECHAT_BROWSER_UA, WECOM_BROWSER_UA, WX_LOGIN_JS};
+pub use self::push::{PushError, PushEvent, PushFormat, PushTarget, SignedPush};
 pub use self::state::{EXCHANGES_PER_MINUTE, MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE, SimError};
 
 use self::control::Controls;
@@ -52,6 +56,8 @@ pub struct Simulator {
 struct Inner {
     core: Core,
     controls: Controls,
+    /// Where each app's message push goes (`push.rs`).
+    push: push::Targets,
 }
 
 impl fmt::Debug for Simulator {
@@ -63,7 +69,8 @@ impl fmt::Debug for Simulator {
 impl Simulator {
     /// Builds a simulator that knows `config`'s apps and users, with its clock at real time.
     pub fn new(config: SimConfig) -> Self {
-        Self { inner: Arc::new(Inner { core: Core::new(config), controls: Controls::default() }) }
+        let inner = Inner { core: Core::new(config), controls: Controls::default(), push: push::Targets::default() };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Every page, `sns` endpoint and `/sim` control route, to serve or to nest.

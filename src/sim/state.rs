@@ -252,6 +252,13 @@ impl Core {
         self.started.elapsed() + Duration::from_nanos(self.offset_nanos.load(Ordering::Relaxed))
     }
 
+    /// The simulator's wall clock in Unix seconds (real time plus every `advance`): the
+    /// `timestamp` and `CreateTime` of the messages it pushes.
+    pub(super) fn unix_now(&self) -> u64 {
+        let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (real + Duration::from_nanos(self.offset_nanos.load(Ordering::Relaxed))).as_secs()
+    }
+
     pub(super) fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // The closure always returns Some, so this cannot fail.

@@ -44,6 +44,14 @@ impl Store {
         format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
     }
 
+    /// A message push's nonce, remembered so that the same signed message is not acted on twice
+    /// (`{app}:push:{sha256(timestamp NUL nonce)}`): the hash keeps the key's length fixed
+    /// whatever the nonce WeChat (or an attacker) sends.
+    pub(super) fn push_nonce_key(&self, app: &str, timestamp: &str, nonce: &str) -> String {
+        let digest = Sha256::digest([timestamp, "\0", nonce].concat().as_bytes());
+        format!("{}:{app}:push:{}", self.inner.prefix, hex::encode(digest))
+    }
+
     /// The stem of the client's open-flow counters ([`super::flow_cap`] adds `:{window}`): the
     /// client in braces, a Cluster hash tag, so that one pipeline may touch all of them.
     pub(super) fn client_flows_key(&self, client: &str) -> String {
@@ -63,7 +71,7 @@ pub(super) fn account_aad(key: &str, field: &str) -> String {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 pub(super) fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client"]
+    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client", "push"]
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")

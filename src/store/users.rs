@@ -77,6 +77,35 @@ impl Store {
         self.call(Op::Del, |b| b.del(&key)).await
     }
 
+    /// Drops the user's cached profiles (every language): WeChat said the profile changed
+    /// (`user_info_modified`), so the next GetUserInfo asks WeChat.
+    pub async fn delete_profiles(&self, app: &str, openid: &str) -> Result<(), StoreError> {
+        for lang in Lang::ALL {
+            let key = self.profile_key(app, openid, lang);
+            self.call(Op::Del, |b| b.del(&key)).await?;
+        }
+        Ok(())
+    }
+
+    /// Remembers a pushed message's `(timestamp, nonce)` for `ttl` (`SET NX`): false when it was
+    /// seen already, a replay (docs/design.md §2.6). The value is no secret and not sealed.
+    pub async fn claim_push_nonce(
+        &self,
+        app: &str,
+        timestamp: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.push_nonce_key(app, timestamp, nonce);
+        self.call(Op::SetNx, |b| b.set_nx(&key, b"1", ttl)).await
+    }
+
+    /// Forgets a claimed nonce: the message's work failed, and WeChat's retry must be heard.
+    pub async fn release_push_nonce(&self, app: &str, timestamp: &str, nonce: &str) -> Result<(), StoreError> {
+        let key = self.push_nonce_key(app, timestamp, nonce);
+        self.call(Op::Del, |b| b.del(&key)).await
+    }
+
     /// Stores a mini program user's session for `ttl`, replacing the last one.
     pub async fn put_session(&self, app: &str, session: &MiniSession, ttl: Duration) -> Result<(), StoreError> {
         let key = self.session_key(app, &session.openid);

@@ -26,6 +26,7 @@ mod observability;
 mod operations;
 mod polyglot;
 mod proxy;
+mod push;
 mod reach;
 mod refresh_wait;
 mod relay;
