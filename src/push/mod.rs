@@ -319,6 +319,12 @@ impl PushService {
         event: UserEvent,
     ) -> Result<(), Refusal> {
         let app = fields.app_id.as_deref().and_then(|id| self.inner.apps.get(id)).ok_or(Refusal::UnknownApp)?;
+        // An event may name another app (a website app has no push URL of its own), but never
+        // one with an endpoint of its own: one app's Token must not forget another's users.
+        let own_endpoint = |name: &str| self.inner.endpoints.values().any(|e| e.settings.app == name);
+        if app.name != endpoint.settings.app && own_endpoint(&app.name) {
+            return Err(Refusal::UnknownApp);
+        }
         let openid = fields.open_id.as_deref().filter(|o| is_openid(o)).ok_or(Refusal::Malformed)?;
         let (store, name) = (&self.inner.store, endpoint.settings.app.as_str());
         let (timestamp, nonce) = (signed.timestamp.as_str(), signed.nonce.as_str());

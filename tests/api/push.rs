@@ -165,6 +165,10 @@ async fn forged_replayed_stale_and_unknown_pushes_change_nothing() {
     let unknown_app = revoke.replace(MP_APPID, "wx0000000000000000");
     let unknown_app = app.sim.sign_push(MP_APPID, &unknown_app).expect("signed");
     assert_eq!(send(&app, &unknown_app).await, (404, "refused: unknown_app\n".into()));
+    // The web app's Token signs an event naming the official account, which has its own push
+    // URL: one app's Token forgets nobody of another's.
+    let across = app.sim.sign_push(WEB_APPID, &revoke).expect("signed");
+    assert_eq!(send(&app, &across).await, (404, "refused: unknown_app\n".into()));
     let nowhere = SignedPush { url: signed.url.replace("/wechat/push/mp", "/wechat/push/nope"), ..signed.clone() };
     assert_eq!(send(&app, &nowhere).await.0, 404);
     assert!(is_kept(&app, &alice).await, "nothing changed");

@@ -162,20 +162,7 @@ async fn an_href_that_is_not_a_canonical_https_url_is_refused() {
         "https://cdn.example/x.css#f",
         "https://cdn.example/x .css",
     ] {
-        let request = BuildAuthorizeUrlRequest {
-            app: "web".into(),
-            return_url: RETURN_URL.into(),
-            wx_login_options: Some(WxLoginOptions { href: href.into(), ..Default::default() }),
-            ..Default::default()
-        };
-        let status = app.grpc.clone().build_authorize_url(app.req(request)).await.expect_err(href);
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{href}");
-        let details = tonic_types::StatusExt::get_error_details(&status);
-        let fields: Vec<_> = details
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default();
-        assert_eq!(fields, ["wx_login_options.href"], "{href}");
+        let (status, details) = href_refused(&app, href).await;
         assert!(!status.message().contains("cdn.example") && !format!("{details:?}").contains("cdn.example"), "{href}");
     }
     let scrape = app.http.get(format!("http://{}/metrics", app.admin_addr)).send().await.expect("admin");
@@ -216,20 +203,7 @@ async fn a_css_data_href_and_stylelite_pass_through_and_markup_is_refused() {
         "data:text/css,body{}",
         "data:text/javascript;base64,YWxlcnQoMSk=",
     ] {
-        let request = BuildAuthorizeUrlRequest {
-            app: "web".into(),
-            return_url: RETURN_URL.into(),
-            wx_login_options: Some(WxLoginOptions { href: href.into(), ..Default::default() }),
-            ..Default::default()
-        };
-        let status = app.grpc.clone().build_authorize_url(app.req(request)).await.expect_err(href);
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{href}");
-        let details = tonic_types::StatusExt::get_error_details(&status);
-        let fields: Vec<_> = details
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default();
-        assert_eq!(fields, ["wx_login_options.href"], "{href}");
+        href_refused(&app, href).await;
     }
 }
 
@@ -238,3 +212,21 @@ both_backends!(
     an_official_account_flow_has_no_wx_login,
     the_relay_answers_an_embedded_callback_in_either_window,
 );
+
+/// Asks for a website flow with `href` and asserts the refusal names `wx_login_options.href`
+/// alone; answers the status and its details.
+async fn href_refused(app: &TestApp, href: &str) -> (tonic::Status, tonic_types::ErrorDetails) {
+    let request = BuildAuthorizeUrlRequest {
+        app: "web".into(),
+        return_url: RETURN_URL.into(),
+        wx_login_options: Some(WxLoginOptions { href: href.into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let status = app.grpc.clone().build_authorize_url(app.req(request)).await.expect_err(href);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{href}");
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    let fields: Vec<_> =
+        details.bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default();
+    assert_eq!(fields, ["wx_login_options.href"], "{href}");
+    (status, details)
+}
