@@ -88,6 +88,9 @@ secret = "demo-mini-secret"
 key_sha256 = "{}"
 apps = ["demo-mp", "demo-web", "demo-app", "demo-mini"]
 return_urls = ["http://{demo}/", "http://localhost:{demo_port}/"]
+# Dev mode: the demo client holds every app-level grant, so each of those RPCs answers a
+# `grpcurl` right after `cargo run` (production clients hold none unless given).
+grants = ["app_access_token", "jssdk", "phone_number", "mini_data"]
 
 # Dev mode: no rate limits for the demo client (a developer clicking and scripting against
 # it should never meet CLIENT_RATE_LIMITED); the open-flow cap keeps its default.
@@ -109,6 +112,7 @@ mod tests {
         assert_eq!(settings.apps.by_name["demo-mp"].appid, "wxd0000000000000a1");
         assert_eq!(settings.clients[0].name, "demo");
         assert!(crate::config::Family::ALL.iter().all(|f| settings.clients[0].limits.rate(*f).is_none()), "no limits");
+        assert!(crate::config::Grant::ALL.iter().all(|g| settings.clients[0].holds(*g)), "every grant");
         assert_eq!(settings.server.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
         assert_eq!(super::SIM_ADDR, super::DevAddrs::default().sim.to_string());
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());

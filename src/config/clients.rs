@@ -1,5 +1,6 @@
 //! `[clients.<name>]`: the callers of the gRPC API, each with its key's digest, its apps, its
-//! return-URL allowlist, which users it reaches and its limits.
+//! return-URL allowlist, which users it reaches, its limits and what app-level credentials it
+//! may use ([`Grant`]: off by default).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,6 +10,7 @@ use super::rates::MAX_OPEN_FLOWS;
 use super::raw::{RawClient, RawRateLimits};
 use super::{Apps, ClientLimits, ConfigError, DEV_CLIENT_KEY, Family, Rate, err, is_name, key_digest};
 use crate::allowlist::Allowlist;
+use crate::wechat::AppKind;
 
 /// A caller of the gRPC API.
 #[derive(Debug)]
@@ -25,6 +27,55 @@ pub struct Client {
     pub users: Users,
     /// Its rate limits and open-flow cap.
     pub limits: ClientLimits,
+    /// The app-level RPCs it may call (`grants`; none by default).
+    pub grants: BTreeSet<Grant>,
+}
+
+impl Client {
+    /// Whether the client holds `grant`.
+    pub fn holds(&self, grant: Grant) -> bool {
+        self.grants.contains(&grant)
+    }
+}
+
+/// A permission to use an app's own credentials through wxauth (`clients.<name>.grants`): the
+/// appsecret stays with wxauth, and only the clients granted one may ask for what it buys.
+/// None is held by default: a sign-in client never reaches the app's access token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grant {
+    /// `GetAppAccessToken` and `InvalidateAppAccessToken` (official accounts, mini programs).
+    AppAccessToken,
+    /// `SignJsSdkConfig` (official accounts).
+    Jssdk,
+    /// `GetPhoneNumber` (mini programs).
+    PhoneNumber,
+    /// `DecryptMiniProgramData` (mini programs).
+    MiniData,
+}
+
+impl Grant {
+    /// Every grant, in config order.
+    pub const ALL: [Grant; 4] = [Grant::AppAccessToken, Grant::Jssdk, Grant::PhoneNumber, Grant::MiniData];
+
+    /// The grant's name in config (`grants = ["app_access_token", ...]`) and in errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::AppAccessToken => "app_access_token",
+            Grant::Jssdk => "jssdk",
+            Grant::PhoneNumber => "phone_number",
+            Grant::MiniData => "mini_data",
+        }
+    }
+
+    /// The app kinds the grant is of use with (config refuses a grant none of the client's
+    /// apps can use: a typo's likely sign; the RPC refuses an app of another kind).
+    pub fn kinds(self) -> &'static [AppKind] {
+        match self {
+            Grant::AppAccessToken => &[AppKind::OfficialAccount, AppKind::MiniProgram],
+            Grant::Jssdk => &[AppKind::OfficialAccount],
+            Grant::PhoneNumber | Grant::MiniData => &[AppKind::MiniProgram],
+        }
+    }
 }
 
 /// Which users of its apps a client may reach with the per-user RPCs (GetUserInfo,
@@ -72,13 +123,41 @@ pub(super) fn validate(raw: BTreeMap<String, RawClient>, apps: &Apps, dev: bool)
         let allowlist =
             Allowlist::parse(&client.return_urls).map_err(|e| err(format!("{key}.return_urls"), e.to_string()))?;
         let limits = client_limits(&key, &client.rate_limits, client.max_open_flows)?;
+        let grants = client_grants(&key, &client.grants, &client.apps, apps)?;
         let apps = client.apps.into_iter().collect();
-        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users, limits });
+        clients.push(Client { name, key_sha256: digest, apps, allowlist, users: client.users, limits, grants });
     }
     if clients.is_empty() {
         return Err(err("clients", "at least one client"));
     }
     Ok(clients)
+}
+
+/// A client's grants from `clients.<name>.grants` (`key` is `clients.<name>`): known names,
+/// each usable with at least one of the client's apps.
+fn client_grants(
+    key: &str,
+    raw: &[String],
+    client_apps: &[String],
+    apps: &Apps,
+) -> Result<BTreeSet<Grant>, ConfigError> {
+    let mut grants = BTreeSet::new();
+    for name in raw {
+        let grant = Grant::ALL.into_iter().find(|g| g.as_str() == name).ok_or_else(|| {
+            let known: Vec<_> = Grant::ALL.iter().map(|g| g.as_str()).collect();
+            err(format!("{key}.grants"), format!("no grant named `{name}` (known: {})", known.join(", ")))
+        })?;
+        let usable = client_apps.iter().filter_map(|a| apps.by_name.get(a)).any(|a| grant.kinds().contains(&a.kind));
+        if !usable {
+            let kinds: Vec<_> = grant.kinds().iter().map(|k| k.as_str()).collect();
+            return Err(err(
+                format!("{key}.grants"),
+                format!("`{name}` needs one of the client's apps to be of kind {}", kinds.join(" or ")),
+            ));
+        }
+        grants.insert(grant);
+    }
+    Ok(grants)
 }
 
 /// A client's limits from `clients.<name>.rate_limits` and `max_open_flows` (`key` is

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 pub use apps::{Apps, Device};
-pub use clients::{Client, Users};
+pub use clients::{Client, Grant, Users};
 pub use push::PushSettings;
 pub use rates::{ClientLimits, Family, Rate};
 pub use server::{ListenerLimits, ServerSettings};

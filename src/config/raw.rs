@@ -181,6 +181,8 @@ pub(super) struct RawClient {
     pub(super) rate_limits: RawRateLimits,
     #[serde(default = "defaults::max_open_flows")]
     pub(super) max_open_flows: u32,
+    #[serde(default)]
+    pub(super) grants: Vec<String>,
 }
 
 /// `clients.<name>.rate_limits`: a rate per RPC family (`"200/s"`, `"off"`; unset: the

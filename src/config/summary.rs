@@ -98,6 +98,7 @@ impl Settings {
                         (f.as_str(), c.limits.rate(*f).map_or_else(|| "off".to_owned(), Rate::describe))
                     }).collect::<BTreeMap<_, _>>(),
                     "max_open_flows": c.limits.max_open_flows,
+                    "grants": c.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
                 })
             })
             .collect()

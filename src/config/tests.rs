@@ -112,6 +112,28 @@ fn clients_get_default_limits_and_configured_ones() {
 }
 
 #[test]
+fn grants_are_off_by_default_and_named_ones_are_held() {
+    let settings = Settings::from_toml(&base("")).expect("valid");
+    assert!(settings.clients[0].grants.is_empty(), "no grant unless given");
+    let granted = Settings::from_toml(&base("grants = [\"app_access_token\", \"jssdk\"]")).expect("valid");
+    let client = &granted.clients[0];
+    assert!(client.holds(Grant::AppAccessToken) && client.holds(Grant::Jssdk));
+    assert!(!client.holds(Grant::PhoneNumber) && !client.holds(Grant::MiniData));
+    assert_eq!(granted.summary()["clients"][0]["grants"], serde_json::json!(["app_access_token", "jssdk"]));
+}
+
+#[test]
+fn a_grant_unknown_or_of_no_use_to_the_clients_apps_is_refused_by_name() {
+    let error = Settings::from_toml(&base("grants = [\"app_token\"]")).map(|_| ()).expect_err("unknown");
+    assert_eq!(error.key, "clients.passport.grants");
+    assert!(error.to_string().contains("app_access_token"), "names the known grants: {error}");
+    // `mp` is an official account: no mini program to ask a phone number of.
+    let error = Settings::from_toml(&base("grants = [\"phone_number\"]")).map(|_| ()).expect_err("no mini program");
+    assert_eq!(error.key, "clients.passport.grants");
+    assert!(error.to_string().contains("mini_program"), "{error}");
+}
+
+#[test]
 fn limit_errors_name_the_key_at_fault() {
     let at = |lines: &str| key_of(&base(&format!("[clients.passport.rate_limits]\n{lines}")));
     assert_eq!(at("exchange = \"fast\""), "clients.passport.rate_limits.exchange");
