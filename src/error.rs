@@ -53,6 +53,17 @@ pub enum ApiError {
     /// The client may not use this app.
     #[error("client may not use this app")]
     AppNotAllowed,
+    /// The client does not hold the grant an app-level RPC needs (`clients.<name>.grants`).
+    #[error("client does not hold the grant")]
+    GrantMissing(crate::config::Grant),
+    /// InvalidateAppAccessToken: the app's forced refreshes of the day are spent (WeChat allows
+    /// 20 a day; wxauth counts them across replicas). The token stays what it is until the
+    /// day turns or it expires; no RetryInfo.
+    #[error("forced refreshes of the day spent")]
+    ForceRefreshAllowanceSpent {
+        /// The day's allowance.
+        limit: u32,
+    },
     /// return_url is not on the client's allowlist (with the rejection's code).
     #[error("return_url not allowed")]
     ReturnUrlNotAllowed(&'static str),
@@ -186,6 +197,8 @@ impl ApiError {
             InvalidArgument(_) | MalformedMessage => "INVALID_ARGUMENT",
             Unauthenticated => "CLIENT_UNAUTHENTICATED",
             AppNotAllowed => "APP_NOT_ALLOWED",
+            GrantMissing(_) => "GRANT_MISSING",
+            ForceRefreshAllowanceSpent { .. } => "FORCE_REFRESH_ALLOWANCE_SPENT",
             ReturnUrlNotAllowed(_) => "RETURN_URL_NOT_ALLOWED",
             InvalidCode(_) => "INVALID_CODE",
             CodeExpired(_) => "CODE_EXPIRED",
@@ -218,14 +231,19 @@ impl ApiError {
                 Code::InvalidArgument
             }
             Unauthenticated => Code::Unauthenticated,
-            AppNotAllowed | ReturnUrlNotAllowed(_) | ScopeNotGranted(_) | CodeNotFromFlow | UserRestricted(_) => {
-                Code::PermissionDenied
-            }
+            AppNotAllowed
+            | GrantMissing(_)
+            | ReturnUrlNotAllowed(_)
+            | ScopeNotGranted(_)
+            | CodeNotFromFlow
+            | UserRestricted(_) => Code::PermissionDenied,
             TokenNotFound => Code::NotFound,
             ReauthorizationRequired(_) | AppMisconfigured(_) | SignInAgain(_) => Code::FailedPrecondition,
-            RateLimited(_) | DailyQuotaExhausted(_) | ClientRateLimited { .. } | TooManyOpenFlows { .. } => {
-                Code::ResourceExhausted
-            }
+            RateLimited(_)
+            | DailyQuotaExhausted(_)
+            | ClientRateLimited { .. }
+            | TooManyOpenFlows { .. }
+            | ForceRefreshAllowanceSpent { .. } => Code::ResourceExhausted,
             WechatUnavailable(_) | StoreUnavailable => Code::Unavailable,
             Wechat(_) => Code::Unknown,
             DeadlineExceeded | RequestBodyTimeout => Code::DeadlineExceeded,
@@ -251,6 +269,12 @@ impl ApiError {
             }
             ApiError::TooManyOpenFlows { limit, .. } => {
                 metadata.insert("max_open_flows".to_owned(), limit.to_string());
+            }
+            ApiError::GrantMissing(grant) => {
+                metadata.insert("grant".to_owned(), grant.as_str().to_owned());
+            }
+            ApiError::ForceRefreshAllowanceSpent { limit } => {
+                metadata.insert("forced_refreshes_per_day".to_owned(), limit.to_string());
             }
             _ => {}
         }
@@ -499,6 +523,23 @@ mod tests {
         }
         let zero = ApiError::ClientRateLimited { family: "user", retry_after: Duration::ZERO }.to_status();
         assert!(zero.get_error_details().retry_info().and_then(|r| r.retry_delay).is_some_and(|d| !d.is_zero()));
+    }
+
+    #[test]
+    fn a_missing_grant_names_it_and_a_spent_allowance_has_no_retry_info() {
+        let status = ApiError::GrantMissing(crate::config::Grant::Jssdk).to_status();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.metadata.get("grant").map(String::as_str)),
+            ("GRANT_MISSING", Some("jssdk"))
+        );
+        let spent = ApiError::ForceRefreshAllowanceSpent { limit: 20 }.to_status();
+        assert_eq!(spent.code(), Code::ResourceExhausted);
+        let info = spent.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, "FORCE_REFRESH_ALLOWANCE_SPENT");
+        assert_eq!(info.metadata.get("forced_refreshes_per_day").map(String::as_str), Some("20"));
+        assert!(spent.get_error_details().retry_info().is_none(), "the day must turn: no delay to give");
     }
 
     #[test]

@@ -58,6 +58,12 @@ secret_type!(
     RefreshToken
 );
 secret_type!(
+    /// An app's own credential: its access token (`cgi-bin/stable_token`) or its
+    /// `jsapi_ticket`. Sealed in the store; the token leaves only to a client granted
+    /// `app_access_token`, the ticket never.
+    AppCredentialValue
+);
+secret_type!(
     /// A mini program user's session key (`sns/jscode2session`): sealed in the store under the
     /// user, never returned to a caller.
     SessionKey

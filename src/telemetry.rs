@@ -257,6 +257,17 @@ pub struct Metrics {
     /// Authorization events WeChat pushed and wxauth acted on, by app and event
     /// (`user_info_modified`, `user_authorization_revoke`, `user_authorization_cancellation`).
     pub user_events: IntCounterVec,
+    /// Renewals of an app's own credentials, by app, kind (`access_token`, `jsapi_ticket`) and
+    /// result: `upstream` (a WeChat call), `coalesced` (a call saved), `superseded`.
+    pub app_credential_renewals: IntCounterVec,
+    /// InvalidateAppAccessToken by app and result: `refreshed` (a forced refresh, one of
+    /// WeChat's 20 a day), `stale` (the reported token was no longer current: nothing to do),
+    /// `too_soon` (within 30 s of the last forced refresh, which WeChat ignores),
+    /// `allowance_spent`.
+    pub app_token_invalidations: IntCounterVec,
+    /// GetPhoneNumber by app, client and result (`ok`, or the error's reason): WeChat bills the
+    /// mini program's phone numbers.
+    pub phone_numbers: IntCounterVec,
 }
 
 /// Requests refused as malformed before any handler saw them, or for a field whose form is an
@@ -297,6 +308,7 @@ impl Metrics {
         let (refreshes, profile_cache, sign_ins) = token_metrics(&r);
         let (client_refusals, consent_refusals, return_url_refusals) = client_metrics(&r);
         let (push_messages, user_events) = push_metrics(&r);
+        let (app_credential_renewals, app_token_invalidations, phone_numbers) = app_credential_metrics(&r);
         Arc::new(Self {
             rpc_requests,
             rpc_duration,
@@ -321,6 +333,9 @@ impl Metrics {
             connections_closed,
             push_messages,
             user_events,
+            app_credential_renewals,
+            app_token_invalidations,
+            phone_numbers,
             registry,
         })
     }
@@ -495,6 +510,27 @@ fn push_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
         &["app", "event"],
     );
     (messages, events)
+}
+
+/// An app's own credentials (docs/design.md §12.9): renewals, InvalidateAppAccessToken, and the
+/// phone numbers they buy.
+fn app_credential_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
+    let renewals = r.counter(
+        "wxauth_app_credential_renewals_total",
+        "Renewals of an app's own access token or jsapi_ticket, by app, kind and result: upstream (a WeChat call), coalesced (a call saved) or superseded.",
+        &["app", "kind", "result"],
+    );
+    let invalidations = r.counter(
+        "wxauth_app_token_invalidations_total",
+        "InvalidateAppAccessToken calls, by app and result: refreshed (a forced refresh, WeChat allows 20 a day), stale, too_soon or allowance_spent.",
+        &["app", "result"],
+    );
+    let phone_numbers = r.counter(
+        "wxauth_phone_numbers_total",
+        "GetPhoneNumber calls (WeChat bills them), by app, client and result: ok, or the error's reason.",
+        &["app", "client", "result"],
+    );
+    (renewals, invalidations, phone_numbers)
 }
 
 /// What a client was refused by its own settings: its limits, its consent, its allowlist.

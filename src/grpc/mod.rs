@@ -7,10 +7,14 @@
 //! into [`OAuthService::run`] (`run`: the wrapper every RPC goes through — span, caller,
 //! rate limit, deadline, metrics, status). The RPCs by family: `flows` (BuildAuthorizeUrl,
 //! ExchangeCode: the browser sign-ins), `users` (RefreshToken, GetUserInfo, ValidateToken,
-//! ForgetUser, FindAccounts), `sign_ins` (ExchangeMobileCode, SignInMiniProgram). What they
+//! ForgetUser, FindAccounts), `sign_ins` (ExchangeMobileCode, SignInMiniProgram), `app_level`
+//! (GetAppAccessToken, InvalidateAppAccessToken, SignJsSdkConfig, GetPhoneNumber,
+//! DecryptMiniProgramData: what an app's own credentials buy).
+//! What they
 //! share: `validate` (a request's fields, every violation at once) and `convert` (the proto
 //! forms of the answers).
 
+mod app_level;
 mod convert;
 mod flows;
 mod run;
@@ -164,5 +168,46 @@ impl WeChatOAuthService for OAuthService {
         request: Request<proto::FindAccountsRequest>,
     ) -> Result<Response<proto::FindAccountsResponse>, Status> {
         self.run("wxauth.v1.WeChatOAuthService/FindAccounts", request, Self::find_accounts_inner).await
+    }
+
+    async fn get_app_access_token(
+        &self,
+        request: Request<proto::GetAppAccessTokenRequest>,
+    ) -> Result<Response<proto::GetAppAccessTokenResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/GetAppAccessToken", request, Self::get_app_access_token_inner).await
+    }
+
+    async fn invalidate_app_access_token(
+        &self,
+        request: Request<proto::InvalidateAppAccessTokenRequest>,
+    ) -> Result<Response<proto::InvalidateAppAccessTokenResponse>, Status> {
+        self.run(
+            "wxauth.v1.WeChatOAuthService/InvalidateAppAccessToken",
+            request,
+            Self::invalidate_app_access_token_inner,
+        )
+        .await
+    }
+
+    async fn sign_js_sdk_config(
+        &self,
+        request: Request<proto::SignJsSdkConfigRequest>,
+    ) -> Result<Response<proto::SignJsSdkConfigResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/SignJsSdkConfig", request, Self::sign_js_sdk_config_inner).await
+    }
+
+    async fn decrypt_mini_program_data(
+        &self,
+        request: Request<proto::DecryptMiniProgramDataRequest>,
+    ) -> Result<Response<proto::DecryptMiniProgramDataResponse>, Status> {
+        let rpc = "wxauth.v1.WeChatOAuthService/DecryptMiniProgramData";
+        self.run(rpc, request, Self::decrypt_mini_program_data_inner).await
+    }
+
+    async fn get_phone_number(
+        &self,
+        request: Request<proto::GetPhoneNumberRequest>,
+    ) -> Result<Response<proto::GetPhoneNumberResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/GetPhoneNumber", request, Self::get_phone_number_inner).await
     }
 }

@@ -123,7 +123,9 @@ fn mini_session(core: &Core, p: &Params) -> Result<Value, i64> {
         return Err(INVALID_SECRET);
     }
     let grant = core.redeem_js_code(appid, js_code)?;
-    let mut body = json!({ "openid": core.openid_of(&grant), "session_key": state::random_session_key() });
+    let session_key = state::random_session_key();
+    core.note_session_key(appid, grant.user, &session_key);
+    let mut body = json!({ "openid": core.openid_of(&grant), "session_key": session_key });
     if app.unionid_bound {
         body["unionid"] = json!(unionid_of(core, &grant));
     }

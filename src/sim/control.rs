@@ -39,11 +39,19 @@ pub enum Endpoint {
     Auth,
     /// `GET /sns/jscode2session` (mini programs).
     JsCode2Session,
+    /// `GET /cgi-bin/token` (an app's own access token, the classic way).
+    Token,
+    /// `POST /cgi-bin/stable_token` (an app's own access token, normal or forced).
+    StableToken,
+    /// `GET /cgi-bin/ticket/getticket` (an app's `jsapi_ticket`).
+    GetTicket,
+    /// `POST /wxa/business/getuserphonenumber` (a mini program's phone-number button).
+    PhoneNumber,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order `/sim/calls` lists them.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 11] = [
         Self::Authorize,
         Self::QrConnect,
         Self::AccessToken,
@@ -51,6 +59,10 @@ impl Endpoint {
         Self::UserInfo,
         Self::Auth,
         Self::JsCode2Session,
+        Self::Token,
+        Self::StableToken,
+        Self::GetTicket,
+        Self::PhoneNumber,
     ];
 
     /// The endpoint's name in the `/sim` control API (`access_token`, `userinfo`, ...).
@@ -63,6 +75,10 @@ impl Endpoint {
             Self::UserInfo => "userinfo",
             Self::Auth => "auth",
             Self::JsCode2Session => "jscode2session",
+            Self::Token => "token",
+            Self::StableToken => "stable_token",
+            Self::GetTicket => "getticket",
+            Self::PhoneNumber => "getuserphonenumber",
         }
     }
 
@@ -70,7 +86,8 @@ impl Endpoint {
         Self::ALL.into_iter().find(|e| e.name() == name)
     }
 
-    /// The quotas this endpoint counts against; the pages have none.
+    /// The quotas this endpoint counts against; the pages have none, nor the app-credential
+    /// endpoints (their limits are `app_token.rs`'s own).
     pub(super) fn quota(self) -> Option<Api> {
         match self {
             Self::AccessToken => Some(Api::AccessToken),
@@ -78,7 +95,12 @@ impl Endpoint {
             Self::UserInfo => Some(Api::UserInfo),
             Self::Auth => Some(Api::Auth),
             Self::JsCode2Session => Some(Api::JsCode2Session),
-            Self::Authorize | Self::QrConnect => None,
+            Self::Authorize
+            | Self::QrConnect
+            | Self::Token
+            | Self::StableToken
+            | Self::GetTicket
+            | Self::PhoneNumber => None,
         }
     }
 
@@ -119,8 +141,8 @@ pub(super) enum Answer {
 /// Counters, fault queues and switches; cheap to touch from every request.
 #[derive(Default)]
 pub(super) struct Controls {
-    calls: [AtomicU64; 7],
-    faults: Mutex<[VecDeque<(Fault, u32)>; 7]>,
+    calls: [AtomicU64; Endpoint::ALL.len()],
+    faults: Mutex<[VecDeque<(Fault, u32)>; Endpoint::ALL.len()]>,
     double_callback: AtomicBool,
     /// Deny leaves the user on WeChat's page, no callback (today's WeChat); off: Deny calls
     /// back with `state` only (older docs). Read through [`Controls::deny_stays`].
@@ -160,7 +182,7 @@ impl Controls {
         self.double_callback.load(Ordering::Relaxed)
     }
 
-    fn queues(&self) -> MutexGuard<'_, [VecDeque<(Fault, u32)>; 7]> {
+    fn queues(&self) -> MutexGuard<'_, [VecDeque<(Fault, u32)>; Endpoint::ALL.len()]> {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

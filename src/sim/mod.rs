@@ -19,14 +19,21 @@
 //!   answers in its endpoint's shape, the endpoint saying how it shows an errcode.
 //! - `pages`: the browser pages: query rules, consent page, redirects, error pages.
 //! - `api`: the `sns` JSON endpoints and WeChat's error JSON.
+//! - `app_token`: an app's own credentials: `cgi-bin/token`, `cgi-bin/stable_token` (normal
+//!   and forced, WeChat's 20 forced refreshes a day), `cgi-bin/ticket/getticket`.
+//! - `open_data`: a mini program's `encryptedData`, made with the user's session key.
+//! - `phone`: the phone-number button's codes and `wxa/business/getuserphonenumber`.
 //! - `push`: the message push WeChat sends an app's server (the authorization events, text
 //!   messages), signed and, in the safe mode, encrypted.
 
 mod api;
+mod app_token;
 mod config;
 mod control;
+mod open_data;
 mod pages;
 mod params;
+mod phone;
 mod push;
 mod state;
 #[cfg(test)]
@@ -58,6 +65,10 @@ struct Inner {
     controls: Controls,
     /// Where each app's message push goes (`push.rs`).
     push: push::Targets,
+    /// The apps' own access tokens and tickets (`app_token.rs`).
+    app_tokens: app_token::AppTokens,
+    /// The phone-number button's codes not yet used (`phone.rs`).
+    phone_codes: phone::PhoneCodes,
 }
 
 impl fmt::Debug for Simulator {
@@ -69,7 +80,13 @@ impl fmt::Debug for Simulator {
 impl Simulator {
     /// Builds a simulator that knows `config`'s apps and users, with its clock at real time.
     pub fn new(config: SimConfig) -> Self {
-        let inner = Inner { core: Core::new(config), controls: Controls::default(), push: push::Targets::default() };
+        let inner = Inner {
+            core: Core::new(config),
+            controls: Controls::default(),
+            push: push::Targets::default(),
+            app_tokens: app_token::AppTokens::default(),
+            phone_codes: phone::PhoneCodes::default(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -78,6 +95,8 @@ impl Simulator {
         axum::Router::new()
             .merge(pages::routes())
             .merge(api::routes())
+            .merge(app_token::routes())
+            .merge(phone::routes())
             .merge(control::routes())
             .with_state(self.clone())
     }
@@ -208,5 +227,13 @@ impl Simulator {
 
     fn controls(&self) -> &Controls {
         &self.inner.controls
+    }
+
+    fn app_tokens(&self) -> &app_token::AppTokens {
+        &self.inner.app_tokens
+    }
+
+    fn phone_codes(&self) -> &phone::PhoneCodes {
+        &self.inner.phone_codes
     }
 }

@@ -123,6 +123,7 @@ pub(super) fn errmsg(code: i64) -> &'static str {
         REFRESH_TOKEN_EXPIRED => "refresh_token expired",
         CODE_EXPIRED => "code expired",
         45009 => "reach max api daily quota limit",
+        40164 => "invalid ip 127.0.0.1 ipv6 ::ffff:127.0.0.1, not in whitelist",
         45011 => "api minute-quota reach-limit mustslower retry next minute",
         API_UNAUTHORIZED => "api unauthorized",
         HIGH_RISK_USER => "high risk user",
@@ -228,6 +229,8 @@ pub(super) struct Core {
     spent: Mutex<HashMap<String, [Spent; 5]>>,
     /// Per (mini program, user): the minute and the `jscode2session` calls in it.
     logins: Mutex<HashMap<(String, usize), (u64, u32)>>,
+    /// Per (mini program, user): the last sign-in's session key (`encryptedData` is made with it).
+    session_keys: Mutex<HashMap<(String, usize), String>>,
 }
 
 impl Core {
@@ -244,6 +247,7 @@ impl Core {
             messy_snapshots: AtomicBool::new(false),
             spent: Mutex::default(),
             logins: Mutex::default(),
+            session_keys: Mutex::default(),
         }
     }
 
@@ -363,6 +367,19 @@ impl Core {
     /// On: snapshot pages as the field reports them (issue 20): the exchange of a snapshot
     /// user's code lacks `is_snapshotuser`, and each sign-in gets a virtual openid of its own,
     /// all sharing the user's virtual unionid. Off (the default): WeChat's documented snapshot.
+    /// Remembers the session key a sign-in gave `user` in mini program `appid` (and what the
+    /// user's `encryptedData` is made with until the next sign-in).
+    pub(super) fn note_session_key(&self, appid: &str, user: usize, key: &str) {
+        let mut keys = self.session_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.insert((appid.to_owned(), user), key.to_owned());
+    }
+
+    /// The session key of `user`'s last sign-in to mini program `appid`.
+    pub(super) fn session_key(&self, appid: &str, user: &str) -> Option<String> {
+        let user = self.user_index(user)?;
+        self.session_keys.lock().unwrap_or_else(PoisonError::into_inner).get(&(appid.to_owned(), user)).cloned()
+    }
+
     pub(super) fn set_messy_snapshots(&self, on: bool) {
         self.messy_snapshots.store(on, Ordering::Relaxed);
     }

@@ -1002,7 +1002,7 @@ async fn call_counter_counts_every_request_including_faulted_ones() {
     t.get("/sns/userinfo").await;
 
     let counts: Vec<u64> = Endpoint::ALL.iter().map(|e| t.sim.calls(*e)).collect();
-    assert_eq!(counts, [1, 2, 2, 0, 1, 0, 0]);
+    assert_eq!(counts, [1, 2, 2, 0, 1, 0, 0, 0, 0, 0, 0]);
 }
 
 // ---- the /sim control API ----
@@ -1067,7 +1067,7 @@ async fn control_api_reports_calls_per_endpoint() {
         calls,
         json!({
             "authorize": 0, "qrconnect": 0, "access_token": 0, "refresh_token": 0, "userinfo": 1, "auth": 2,
-            "jscode2session": 0
+            "jscode2session": 0, "token": 0, "stable_token": 0, "getticket": 0, "getuserphonenumber": 0
         })
     );
 }
@@ -1489,4 +1489,108 @@ async fn a_mini_program_user_signs_in_at_most_100_times_a_minute() {
     );
     t.sim.advance(Duration::from_secs(60));
     assert_eq!(errcode(&t.jscode2session(MINI, MINI_SECRET, &refused).await), 0, "not spent by the refusal");
+}
+
+// ---- an app's own credentials (issue 21) ----
+
+impl TestSim {
+    async fn stable_token(&self, appid: &str, secret: &str, force: Option<bool>) -> Value {
+        let mut body = json!({ "grant_type": "client_credential", "appid": appid, "secret": secret });
+        if let Some(force) = force {
+            body["force_refresh"] = json!(force);
+        }
+        let response = self.http.post(format!("{}/cgi-bin/stable_token", self.base)).json(&body).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn classic_token(&self, appid: &str, secret: &str) -> Value {
+        let url = format!("{}/cgi-bin/token?grant_type=client_credential&appid={appid}&secret={secret}", self.base);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn getticket(&self, token: &str) -> Value {
+        let url = format!("{}/cgi-bin/ticket/getticket?access_token={token}&type=jsapi", self.base);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+fn token_of(body: &Value) -> String {
+    body["access_token"].as_str().unwrap_or_else(|| panic!("no token: {body}")).to_owned()
+}
+
+#[tokio::test]
+async fn stable_tokens_normal_mode_gives_the_same_token_until_its_last_five_minutes() {
+    let t = spawn().await;
+    let first = t.stable_token(MP, MP_SECRET, None).await;
+    assert_eq!(first["expires_in"], json!(7200));
+    t.sim.advance(Duration::from_secs(3600));
+    let again = t.stable_token(MP, MP_SECRET, Some(false)).await;
+    assert_eq!(token_of(&again), token_of(&first), "the same token while it lives");
+    assert!(again["expires_in"].as_u64().unwrap() <= 3600, "with its remaining life: {again}");
+    t.sim.advance(Duration::from_secs(3400));
+    let renewed = t.stable_token(MP, MP_SECRET, None).await;
+    assert_ne!(token_of(&renewed), token_of(&first), "a new one in the last five minutes");
+    assert_eq!(renewed["expires_in"], json!(7200));
+    assert!(t.sim.token_alive(MP, &token_of(&first)), "the old one lives to its end");
+    t.sim.advance(Duration::from_secs(201));
+    assert!(!t.sim.token_alive(MP, &token_of(&first)));
+}
+
+#[tokio::test]
+async fn a_forced_refresh_kills_the_token_not_twice_in_30_seconds_and_20_a_day() {
+    let t = spawn().await;
+    let first = token_of(&t.stable_token(MP, MP_SECRET, None).await);
+    let forced = token_of(&t.stable_token(MP, MP_SECRET, Some(true)).await);
+    assert_ne!(forced, first);
+    assert!(!t.sim.token_alive(MP, &first), "the token before a forced refresh dies at once");
+    assert_eq!(token_of(&t.stable_token(MP, MP_SECRET, Some(true)).await), forced, "not again within 30 s");
+    for _ in 1..20 {
+        t.sim.advance(Duration::from_secs(31));
+        assert_eq!(errcode(&t.stable_token(MP, MP_SECRET, Some(true)).await), 0);
+    }
+    assert_eq!(t.sim.forced_token_refreshes(), 20);
+    t.sim.advance(Duration::from_secs(31));
+    assert_error(&t.stable_token(MP, MP_SECRET, Some(true)).await, 45009);
+    assert_eq!(errcode(&t.stable_token(MP, MP_SECRET, None).await), 0, "normal mode goes on");
+}
+
+#[tokio::test]
+async fn stable_and_classic_tokens_are_apart_and_each_classic_fetch_replaces_the_last() {
+    let t = spawn().await;
+    let stable = token_of(&t.stable_token(MP, MP_SECRET, None).await);
+    let classic = token_of(&t.classic_token(MP, MP_SECRET).await);
+    let classic_next = token_of(&t.classic_token(MP, MP_SECRET).await);
+    assert_ne!(classic, classic_next, "each cgi-bin/token call a new token");
+    assert!(t.sim.token_alive(MP, &stable), "cgi-bin/token leaves the stable token alone");
+    assert!(t.sim.token_alive(MP, &classic), "the one before lives 5 more minutes");
+    t.sim.advance(Duration::from_secs(301));
+    assert!(!t.sim.token_alive(MP, &classic));
+    assert!(t.sim.token_alive(MP, &classic_next) && t.sim.token_alive(MP, &stable));
+}
+
+#[tokio::test]
+async fn app_credentials_refuse_wrong_apps_secrets_and_grants() {
+    let t = spawn().await;
+    assert_error(&t.stable_token(MP, "wrong", None).await, 40125);
+    assert_error(&t.classic_token(MP, "wrong").await, 40001);
+    assert_error(&t.stable_token(WEB, WEB_SECRET, None).await, 40013);
+    assert_error(&t.stable_token("wxnope", "x", None).await, 40013);
+    let body = json!({ "grant_type": "authorization_code", "appid": MP, "secret": MP_SECRET });
+    let wrong_grant = t.http.post(format!("{}/cgi-bin/stable_token", t.base)).json(&body).send().await.unwrap();
+    assert_error(&wrong_grant.json().await.unwrap(), 40002);
+}
+
+#[tokio::test]
+async fn getticket_needs_a_live_token_of_the_app() {
+    let t = spawn().await;
+    let token = token_of(&t.stable_token(MP, MP_SECRET, None).await);
+    let ticket = t.getticket(&token).await;
+    assert_eq!(
+        (errcode(&ticket), ticket["errmsg"].clone(), ticket["expires_in"].clone()),
+        (0, json!("ok"), json!(7200))
+    );
+    assert!(ticket["ticket"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_error(&t.getticket("made-up").await, 40001);
+    t.sim.advance(Duration::from_secs(7201));
+    assert_error(&t.getticket(&token).await, 40001);
 }

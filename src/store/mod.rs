@@ -10,6 +10,8 @@
 //!   docs/design.md §4.1, a wire contract);
 //! - `flows.rs`: flow ids, the relay's round trip, the start URL's move, the open-flow cap;
 //!   `users.rs`: tokens, sessions, the account index, code records, profiles, claims, locks;
+//!   `app_tokens.rs`: an app's own access token and jsapi_ticket, their locks, the day's
+//!   forced refreshes;
 //! - `backend.rs`: the one-key primitives both backends implement (`Backend`), with identical
 //!   semantics so the two cannot drift: `memory.rs` (dev mode, unit tests) and `redis/`
 //!   (connections in `mod.rs`, commands, pipelines and scripts in `ops.rs`);
@@ -17,6 +19,7 @@
 //!   at once while Redis is known down), [`OPERATION_TIMEOUT`], the `store.*` span, the metrics
 //!   and the one log line of a failure.
 
+mod app_tokens;
 mod backend;
 mod breaker;
 mod call;
@@ -36,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use self::app_tokens::{AppCredential, CredentialKind, CredentialVersion};
 use self::breaker::Breaker;
 pub use self::breaker::BreakerState;
 pub use self::flow_cap::{Admission, FlowSlot};

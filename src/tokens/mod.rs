@@ -14,7 +14,9 @@
 //!   the client's claim, the account;
 //! - `refresh`: keeping tokens fresh: single-flight, the cross-replica lock, waiters (§12.4);
 //! - `users`: reads of a user (profile, validation, the stored record) and who may make them,
-//!   ForgetUser (§12.5), the accounts of a unionid.
+//!   ForgetUser (§12.5), the accounts of a unionid;
+//! - `app_token`: an app's own access token and jsapi_ticket, held in one place and renewed
+//!   with one WeChat call across replicas (§12.9).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,7 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::wechat::{Scope, WechatClient};
 
+mod app_token;
 mod exchange;
 mod mobile;
 mod refresh;
@@ -37,6 +40,7 @@ mod sign_in;
 mod tests;
 mod users;
 
+use app_token::CredentialFlight;
 use refresh::Flight;
 pub(crate) use refresh::lock_ttl;
 pub(crate) use users::UsersRule;
@@ -66,6 +70,8 @@ pub struct Tokens {
     clock: Clock,
     policy: TokenPolicy,
     flights: Mutex<HashMap<String, Flight>>,
+    /// Renewals of apps' own credentials under way in this process (`app_token`).
+    app_flights: Mutex<HashMap<String, CredentialFlight>>,
     next_flight: AtomicU64,
     /// The refresh lock's life ([`lock_ttl`]), in ms; tests may shorten it.
     lock_ttl_ms: AtomicU64,
@@ -97,6 +103,7 @@ impl Tokens {
             clock,
             policy,
             flights: Mutex::default(),
+            app_flights: Mutex::default(),
             next_flight: AtomicU64::new(0),
             lock_ttl_ms: AtomicU64::new(lock_ttl_ms),
             metrics,

@@ -25,12 +25,26 @@ pub enum Endpoint {
     Auth,
     /// `sns/jscode2session` (mini programs).
     JsCode2Session,
+    /// `cgi-bin/stable_token` (the app's own access token, POST JSON).
+    StableToken,
+    /// `cgi-bin/ticket/getticket` (the app's `jsapi_ticket`).
+    JsapiTicket,
+    /// `wxa/business/getuserphonenumber` (a mini program's phone-number button).
+    PhoneNumber,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (so `endpoint as usize` indexes it).
-    pub const ALL: [Endpoint; 5] =
-        [Endpoint::AccessToken, Endpoint::RefreshToken, Endpoint::UserInfo, Endpoint::Auth, Endpoint::JsCode2Session];
+    pub const ALL: [Endpoint; 8] = [
+        Endpoint::AccessToken,
+        Endpoint::RefreshToken,
+        Endpoint::UserInfo,
+        Endpoint::Auth,
+        Endpoint::JsCode2Session,
+        Endpoint::StableToken,
+        Endpoint::JsapiTicket,
+        Endpoint::PhoneNumber,
+    ];
 
     /// The path under the API base.
     pub fn path(self) -> &'static str {
@@ -40,6 +54,9 @@ impl Endpoint {
             Endpoint::UserInfo => "sns/userinfo",
             Endpoint::Auth => "sns/auth",
             Endpoint::JsCode2Session => "sns/jscode2session",
+            Endpoint::StableToken => "cgi-bin/stable_token",
+            Endpoint::JsapiTicket => "cgi-bin/ticket/getticket",
+            Endpoint::PhoneNumber => "wxa/business/getuserphonenumber",
         }
     }
 }
@@ -76,7 +93,7 @@ fn backoff_base_ms(attempt: u32) -> u64 {
 pub struct WechatClient {
     http: reqwest::Client,
     /// The sns endpoint URLs, parsed once (in [`Endpoint`] order).
-    endpoints: std::sync::Arc<[Url; 5]>,
+    endpoints: std::sync::Arc<[Url; Endpoint::ALL.len()]>,
     settings: WechatSettings,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -161,15 +178,24 @@ impl WechatClient {
         self.call_retrying::<serde_json::Value>(app, Endpoint::Auth, &query).await.map(|_| ())
     }
 
-    async fn call_retrying<T: DeserializeOwned>(
+    pub(super) async fn call_retrying<T: DeserializeOwned>(
         &self,
         app: &App,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<T, WechatError> {
+        self.retrying(|| self.call(app, endpoint, query)).await
+    }
+
+    /// `attempt` until it succeeds, fails for good, or `wechat.attempts` are spent, with
+    /// jittered backoff between attempts.
+    pub(super) async fn retrying<T, F: Future<Output = Result<T, WechatError>>>(
+        &self,
+        attempt_once: impl Fn() -> F,
+    ) -> Result<T, WechatError> {
         let mut attempt = 1;
         loop {
-            match self.call(app, endpoint, query).await {
+            match attempt_once().await {
                 Err(e) if e.is_transient() && attempt < self.settings.attempts => {
                     let base_ms = backoff_base_ms(attempt);
                     let jitter = rand::rng().random_range(0..=base_ms);
@@ -183,14 +209,38 @@ impl WechatClient {
     }
 
     /// One call, counted by app (WeChat's quota is per app: 50,000 sns calls a minute).
-    async fn call<T: DeserializeOwned>(
+    pub(super) async fn call<T: DeserializeOwned>(
         &self,
         app: &App,
         endpoint: Endpoint,
         query: &[(&str, &str)],
     ) -> Result<T, WechatError> {
+        self.counted(app, endpoint, self.send(endpoint, query)).await
+    }
+
+    /// One POST of a JSON body (`cgi-bin/stable_token` takes only that), with `query` in the
+    /// URL (an access token), counted as [`Self::call`].
+    pub(super) async fn call_json<T: DeserializeOwned>(
+        &self,
+        app: &App,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<T, WechatError> {
+        let url = self.endpoint_url(endpoint);
+        let request = self.http.post(url).query(query).json(body);
+        self.counted(app, endpoint, self.receive(endpoint, request)).await
+    }
+
+    /// Times and counts one call by app, endpoint and result.
+    async fn counted<T>(
+        &self,
+        app: &App,
+        endpoint: Endpoint,
+        call: impl Future<Output = Result<T, WechatError>>,
+    ) -> Result<T, WechatError> {
         let started = std::time::Instant::now();
-        let reply = self.send(endpoint, query).await;
+        let reply = call.await;
         // The errcode label is bounded: known codes by number, any other as `other`.
         let (result, errcode) = match &reply {
             Ok(_) => ("ok", "0"),
@@ -208,9 +258,17 @@ impl WechatClient {
 
     async fn send<T: DeserializeOwned>(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Result<T, WechatError> {
         let url = self.endpoint_url(endpoint);
+        self.receive(endpoint, self.http.get(url).query(query)).await
+    }
+
+    /// Sends `request` and decodes WeChat's answer.
+    async fn receive<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, WechatError> {
         // `without_url`: the URL holds the secret, the code or a token.
-        let response =
-            self.http.get(url).query(query).send().await.map_err(|e| WechatError::Transport(e.without_url()))?;
+        let response = request.send().await.map_err(|e| WechatError::Transport(e.without_url()))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(WechatError::Status(status.as_u16()));

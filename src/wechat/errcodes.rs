@@ -15,6 +15,10 @@ pub enum Table {
     AuthorizePage,
     /// The errcode table of the mini program's `auth.code2Session`.
     Code2Session,
+    /// The errcode table of `getAccessToken` / `getStableAccessToken` (获取 Access token).
+    AccessToken,
+    /// The errcode table of the mini program's `getPhoneNumber` (手机号快速验证).
+    PhoneNumber,
 }
 
 /// What an errcode tells the caller to do; `crate::error::ApiError::from_wechat` gives each its
@@ -74,7 +78,7 @@ use Table::*;
 
 /// Every errcode wxauth knows, by number. Any other errcode is `WECHAT_ERROR` and the metric
 /// label `other`, so a WeChat that invents codes cannot grow the scrape without bound.
-pub const ERRCODES: [Errcode; 26] = [
+pub const ERRCODES: [Errcode; 29] = [
     row(-1, "-1", "系统繁忙，此时请开发者稍候再试", Global, Busy),
     row(10005, "10005", "此公众号并没有这些scope的权限", AuthorizePage, ScopeNotGranted),
     row(10009, "10009", "操作太频繁了，请稍后重试", AuthorizePage, MinuteQuota),
@@ -88,6 +92,10 @@ pub const ERRCODES: [Errcode; 26] = [
     // errmsg is "invalid appsecret", which is what WeChat answers for a wrong secret.
     row(40125, "40125", "invalid appsecret", Global, AppMisconfigured),
     row(40163, "40163", "oauth_code已使用", Global, CodeUsed),
+    // The app's own access token (issue 21): the server's IP is not on the account's API IP
+    // whitelist (errmsg "invalid ip <ip> ipv6 ::ffff:<ip>, not in whitelist"). The operator
+    // must add it in WeChat's console: no retry helps.
+    row(40164, "40164", "调用接口的IP地址不在白名单中，请在接口IP白名单中进行设置", AccessToken, AppMisconfigured),
     row(40226, "40226", "高风险等级用户，小程序登录拦截", Code2Session, UserRestricted),
     row(41001, "41001", "缺少 access_token 参数", Global, Other),
     row(41002, "41002", "缺少 appid 参数", Global, AppMisconfigured),
@@ -106,6 +114,12 @@ pub const ERRCODES: [Errcode; 26] = [
     // 接口被封禁").
     row(50001, "50001", "用户未授权该 api", Global, Reauthorize),
     row(50002, "50002", "用户受限，可能是用户帐号被冻结或注销", Global, UserRestricted),
+    // A new server IP getting the app's access token waits for the account's administrator to
+    // confirm it in WeChat's console (docs/wechat.md: the text is not confirmed by a stored copy).
+    row(89503, "89503", "此IP调用需要管理员确认,请联系管理员", AccessToken, AppMisconfigured),
+    // The mini program's phone numbers are billed and capped (issue 21): the cap reached, no
+    // number until it is raised (docs/wechat.md: the text is not confirmed by a stored copy).
+    row(1_400_001, "1400001", "该功能使用次数已达当前小程序上限，暂时无法使用", PhoneNumber, DailyQuota),
 ];
 
 /// The row of `code`, when wxauth knows it.

@@ -6,15 +6,21 @@
 //! - `app`: the app kinds, scopes and languages, and a configured [`App`].
 //! - `authorize`: the authorize URLs and `wxLogin.js`'s parameters (no call to WeChat).
 //! - `client`: [`WechatClient`], the `sns` calls (retries, metrics) and where they go.
+//! - `app_api`: the app-level `cgi-bin` calls: the app's own access token and jsapi_ticket.
 //! - `reply`: the `sns` replies and their decoding: an errcode reply is a [`WechatError`].
 //! - `error`: [`WechatError`], what a failed call was, and whether to try again.
 //! - `errcodes`: every errcode wxauth maps, with WeChat's words for it (its tables).
+//! - `jssdk`: the JS-SDK's `wx.config` signature.
+//! - `open_data`: a mini program's `encryptedData`, decrypted with the user's session key.
 
 mod app;
+mod app_api;
 mod authorize;
 mod client;
 pub mod errcodes;
 mod error;
+mod jssdk;
+mod open_data;
 mod reply;
 #[cfg(test)]
 mod tests;
@@ -23,9 +29,12 @@ use url::Url;
 
 pub(crate) use self::app::Scope;
 pub use self::app::{App, AppKind, Lang};
+pub use self::app_api::{IssuedCredential, PhoneInfo, PhoneNumber, Watermark};
 pub(crate) use self::authorize::{AuthorizeParams, WxLoginOptions, WxLoginParams, authorize_url};
 pub use self::client::{Endpoint, WechatClient, WechatSettings};
 pub use self::error::WechatError;
+pub use self::jssdk::jssdk_signature;
+pub use self::open_data::{OpenDataError, decrypt_open_data};
 pub(crate) use self::reply::decode;
 pub use self::reply::{MiniSession, Profile, TokenGrant};
 

@@ -13,7 +13,7 @@ use crate::helpers::{Backend, RedisServer, TestApp, reason, settings_toml, spawn
 
 /// The tests here that send a thousand calls at once take turns: two at a time are more than a
 /// loaded 2-core test machine answers within the store's and WeChat's timeouts.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long WeChat holds the one refresh in the thousand-caller tests, so that the other callers
 /// arrive while it is in flight. On a loaded machine (load average 15-16 beside a parallel

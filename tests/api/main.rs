@@ -2,6 +2,7 @@
 //! store where it applies) and the WeChat simulator, through a real gRPC client and real HTTP.
 
 mod accounts;
+mod app_token;
 mod authorize;
 mod breaker;
 mod browser;
@@ -20,10 +21,12 @@ mod limits;
 mod listeners;
 mod maxmemory;
 mod mini;
+mod mini_data;
 mod mobile;
 mod monitoring;
 mod observability;
 mod operations;
+mod phone;
 mod polyglot;
 mod proxy;
 mod push;

@@ -10,10 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 
-use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope, WxLoginOptions};
+use wxauth::proto::{
+    BuildAuthorizeUrlRequest, GetAppAccessTokenRequest, InvalidateAppAccessTokenRequest, RefreshTokenRequest, Scope,
+    WxLoginOptions,
+};
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, PASSPORT_KEY, Relayed, authed, eventually, spawn_app_configured};
+use crate::helpers::{Backend, PASSPORT_KEY, Relayed, TRADE_KEY, authed, eventually, spawn_app_configured};
 
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/alerts.yaml");
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/wxauth/files/dashboard.json");
@@ -328,8 +331,9 @@ async fn scrape() -> Scrape {
 /// refresh, WeChat errors, relay refusals, a client over its rate and a Redis outage with the
 /// recovery after it; then its `/metrics`.
 async fn walk() -> String {
+    // `trade` holds the app-level grant (the first line lands in its table).
     let greedy = format!(
-        "[clients.greedy]\nkey_sha256 = \"{}\"\napps = [\"mp\"]\nreturn_urls = [\"https://passport.example.com/\"]\n\
+        "grants = [\"app_access_token\"]\n[clients.greedy]\nkey_sha256 = \"{}\"\napps = [\"mp\"]\nreturn_urls = [\"https://passport.example.com/\"]\n\
          rate_limits = {{ authorize = \"1/min\", authorize_burst = 1 }}\n",
         hex::encode(wxauth::config::key_digest(GREEDY_KEY)),
     );
@@ -344,6 +348,13 @@ async fn walk() -> String {
     app.profile(&login.openid, wxauth::proto::Lang::Unspecified, false).await.expect("a hit");
     let refresh = RefreshTokenRequest { app: "mp".into(), openid: login.openid.clone(), device: 0 };
     app.grpc.clone().refresh_token(app.req(refresh)).await.expect("an upstream refresh");
+    // The app's own token: fetched, force-refreshed once on a report, then reported stale.
+    let request = authed(TRADE_KEY, GetAppAccessTokenRequest { app: "mp".into() });
+    let token = app.grpc.clone().get_app_access_token(request).await.expect("an app token").into_inner().access_token;
+    for expect in ["a forced refresh", "a stale report"] {
+        let report = InvalidateAppAccessTokenRequest { app: "mp".into(), access_token: token.clone() };
+        app.grpc.clone().invalidate_app_access_token(authed(TRADE_KEY, report)).await.expect(expect);
+    }
     // WeChat answers 502 to each of the three attempts: WECHAT_UNAVAILABLE, result="http_error".
     app.sim.inject(Endpoint::UserInfo, Fault::HttpStatus(502), 3);
     app.user_info(&login.openid).await.expect_err("WeChat unavailable");
@@ -679,6 +690,12 @@ const FIRING: &[Firing] = &[
         alert: "WxauthAppMisconfigured",
         metric: "wxauth_wechat_requests_total",
         labels: &[("errcode", "40125")],
+        change: Change::Grow(1),
+    },
+    Firing {
+        alert: "WxauthAppTokenForceRefreshes",
+        metric: "wxauth_app_token_invalidations_total",
+        labels: &[("result", "refreshed")],
         change: Change::Grow(1),
     },
     Firing {
