@@ -164,6 +164,51 @@ impl WeChatOAuthService for CeilingService {
         let accounts = fields.into_iter().map(|(app, _)| proto::Account { app, ..Default::default() }).collect();
         Ok(tonic::Response::new(proto::FindAccountsResponse { accounts }))
     }
+
+    /// GetAppAccessToken's ceiling: one `GET` (the sealed credential), as GetUserInfo's.
+    async fn get_app_access_token(
+        &self,
+        _request: Request<proto::GetAppAccessTokenRequest>,
+    ) -> Result<tonic::Response<proto::GetAppAccessTokenResponse>, Status> {
+        let value = self.get_token().await?;
+        Ok(tonic::Response::new(proto::GetAppAccessTokenResponse {
+            access_token: value.len().to_string(),
+            ..Default::default()
+        }))
+    }
+
+    async fn invalidate_app_access_token(
+        &self,
+        _request: Request<proto::InvalidateAppAccessTokenRequest>,
+    ) -> Result<tonic::Response<proto::InvalidateAppAccessTokenResponse>, Status> {
+        Err(Status::unimplemented("no InvalidateAppAccessToken ceiling"))
+    }
+
+    /// SignJsSdkConfig's ceiling: one `GET` (the sealed ticket); the SHA-1 is wxauth's own work.
+    async fn sign_js_sdk_config(
+        &self,
+        _request: Request<proto::SignJsSdkConfigRequest>,
+    ) -> Result<tonic::Response<proto::SignJsSdkConfigResponse>, Status> {
+        let value = self.get_token().await?;
+        Ok(tonic::Response::new(proto::SignJsSdkConfigResponse {
+            signature: value.len().to_string(),
+            ..Default::default()
+        }))
+    }
+
+    async fn decrypt_mini_program_data(
+        &self,
+        _request: Request<proto::DecryptMiniProgramDataRequest>,
+    ) -> Result<tonic::Response<proto::DecryptMiniProgramDataResponse>, Status> {
+        Err(Status::unimplemented("no DecryptMiniProgramData ceiling"))
+    }
+
+    async fn get_phone_number(
+        &self,
+        _request: Request<proto::GetPhoneNumberRequest>,
+    ) -> Result<tonic::Response<proto::GetPhoneNumberResponse>, Status> {
+        Err(Status::unimplemented("no GetPhoneNumber ceiling"))
+    }
 }
 
 /// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the
