@@ -284,6 +284,22 @@ def main():
     except grpc.RpcError as e:
         seen["after_forget"] = error_reason(e)[0]
 
+    # 8. The app's own access token (template messages, menus, QR codes): wxauth alone holds the
+    #    appsecret and hands the token to clients granted `app_access_token` (the dev mode's
+    #    demo client is); after WeChat answers 40001 with it, InvalidateAppAccessToken gives the
+    #    one to use. A client without the grant is told which grant it lacks.
+    try:
+        token = wxauth.call("GetAppAccessToken", pb.GetAppAccessTokenRequest(app=args.app), page)
+        fresh = wxauth.call(
+            "InvalidateAppAccessToken",
+            pb.InvalidateAppAccessTokenRequest(app=args.app, access_token=token.access_token),
+            page,
+        )
+        seen["app_token"] = "replaced" if fresh.replaced else "kept"
+    except grpc.RpcError as e:
+        reason, metadata = error_reason(e)
+        seen["app_token"] = {"reason": reason, "grant": metadata.get("grant")}
+
     seen["sent"] = wxauth.sent
     print(json.dumps(seen, ensure_ascii=False))
 

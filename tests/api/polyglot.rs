@@ -133,6 +133,8 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     let openid = app.sim.openid(MP_APPID, "alice").expect("alice");
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
     assert_eq!(seen["returned_to"], "https://passport.example.com/login/");
+    // passport holds no app-level grant: the example reads which one it lacks.
+    assert_eq!(seen["app_token"], serde_json::json!({ "reason": "GRANT_MISSING", "grant": "app_access_token" }));
     assert_eq!(seen["state_matches"], true);
     assert_eq!(seen["start_url_on_callback_domain"], true);
     assert_eq!(seen["openid"], openid.as_str());
