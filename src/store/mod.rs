@@ -10,6 +10,7 @@
 //!   docs/design.md §4.1, a wire contract);
 //! - `flows.rs`: flow ids, the relay's round trip, the start URL's move, the open-flow cap;
 //!   `users.rs`: tokens, sessions, the account index, code records, profiles, claims, locks;
+//! - `oidc.rs`: the OpenID Provider's pending requests, codes and access tokens;
 //! - `backend.rs`: the one-key primitives both backends implement (`Backend`), with identical
 //!   semantics so the two cannot drift: `memory.rs` (dev mode, unit tests) and `redis/`
 //!   (connections in `mod.rs`, commands, pipelines and scripts in `ops.rs`);
@@ -24,6 +25,7 @@ pub mod flow_cap;
 mod flows;
 mod keys;
 mod memory;
+mod oidc;
 mod records;
 mod redis;
 pub mod seal;
@@ -43,6 +45,7 @@ pub(crate) use self::flows::BOUND_FLOW_ID_LEN;
 pub use self::flows::FLOW_ID_LEN;
 use self::keys::key_kind;
 use self::memory::MemoryBackend;
+pub use self::oidc::Versioned;
 pub use self::records::{
     Account, CachedProfile, CodeRecord, CodeRelay, CodeState, ExchangeOutcome, Flow, FlowUse, LockToken, MiniSession,
     Reach, ReadCode, Relayed, TokenRecord, TokenVersion,

@@ -23,6 +23,7 @@ mod mini;
 mod mobile;
 mod monitoring;
 mod observability;
+mod oidc;
 mod operations;
 mod polyglot;
 mod proxy;
