@@ -24,6 +24,7 @@ mod mobile;
 mod monitoring;
 mod observability;
 mod oidc;
+mod oidc_rp;
 mod operations;
 mod polyglot;
 mod proxy;
