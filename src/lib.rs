@@ -49,6 +49,8 @@ pub mod consent;
 #[cfg(feature = "dev")]
 pub mod demo;
 #[cfg(feature = "dev")]
+pub mod demo_oidc;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 #[doc(hidden)]

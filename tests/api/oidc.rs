@@ -77,7 +77,7 @@ fn local(app: &TestApp, url: &str) -> String {
     url.replace(&format!("https://{CALLBACK_HOST}"), &format!("http://{}", app.public_addr))
 }
 
-fn location(response: &reqwest::Response) -> String {
+pub(crate) fn location(response: &reqwest::Response) -> String {
     assert_eq!(response.status(), 302, "a redirect");
     response.headers()["location"].to_str().expect("ascii").to_owned()
 }

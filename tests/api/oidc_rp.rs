@@ -74,3 +74,37 @@ async fn openid_client_signs_in_with_pkce_and_checks_the_id_token() {
     assert_eq!(done["userinfo"]["sub"], claims["sub"]);
     assert!(done["userinfo"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{done}");
 }
+
+/// The dev mode's demo page is a relying party too ("Sign in through OIDC", client `demo-oidc`):
+/// from its link through the provider and WeChat's consent page back to its page, which shows
+/// the checked ID token and userinfo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_modes_demo_page_signs_in_through_oidc() {
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = SimConfig::demo();
+    for app in &mut config.apps {
+        app.callback_domain = public.to_string();
+    }
+    let (sim, sim_addr) = Simulator::spawn_local(config).await.expect("simulator");
+    let demo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind demo");
+    let demo = demo_listener.local_addr().expect("demo addr");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let addrs = wxauth::dev::DevAddrs { grpc: any, public, admin: any, sim: sim_addr, demo };
+    let app = spawn_settings(sim, sim_addr, None, wxauth::dev::settings_at(&addrs).expect("dev settings")).await;
+    let issuer = format!("http://{public}");
+    tokio::spawn(wxauth::demo::serve_with_oidc(demo_listener, app.grpc_addr, issuer, std::future::pending()));
+
+    let home = app.http.get(format!("http://{demo}/")).send().await.expect("demo").text().await.expect("page");
+    assert!(home.contains("id=\"login-oidc\""), "the demo page links to it");
+    let login = app.http.get(format!("http://{demo}/oidc/login")).send().await.expect("demo login");
+    let cookie = login.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_owned();
+    let started = app.http.get(crate::oidc::location(&login)).send().await.expect("authorize");
+    let back = through_wechat(&app, &started, "alice").await;
+    assert!(back.starts_with(&format!("http://{demo}/oidc/back?code=")), "{back}");
+    let shown = app.http.get(&back).header("cookie", cookie).send().await.expect("demo back");
+
+    assert_eq!(shown.status(), 200);
+    let page = shown.text().await.expect("page");
+    assert!(page.contains("Signed in through OIDC"), "{page}");
+    assert!(page.contains("&quot;aud&quot;: &quot;demo-oidc&quot;"), "{page}");
+}
