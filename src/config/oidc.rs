@@ -347,3 +347,124 @@ impl Settings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::seal::Keyring;
+
+    const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    fn key_file(name: &str) -> String {
+        format!("{}/tests/fixtures/oidc/{name}.pem", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// A production config with an `[oidc]` section of `oidc` (its client `grafana` first).
+    fn config(oidc: &str) -> String {
+        format!(
+            r#"
+[server]
+callback_url = "https://auth.example.com/wechat/callback"
+[store]
+url = "redis://redis:6379/0"
+sealing_keys = "{keys}"
+[apps.mp]
+kind = "official_account"
+appid = "wx0123456789abcdef"
+secret = "s3cret"
+[apps.mini]
+kind = "mini_program"
+appid = "wx0123456789abcdee"
+secret = "s3cret"
+[clients.passport]
+key_sha256 = "{SECRET_HASH}"
+apps = ["mp"]
+return_urls = ["https://passport.example.com/login/"]
+[oidc]
+signing_key_id = "k2"
+signing_key_file = "{current}"
+{oidc}
+"#,
+            keys = Keyring::generate_line(1),
+            current = key_file("current"),
+        )
+    }
+
+    fn grafana(extra: &str) -> String {
+        format!(
+            "[oidc.clients.grafana]\nredirect_uris = [\"https://grafana.example.com/login/generic_oauth\"]\n\
+             auth_method = \"client_secret_basic\"\nsecret_sha256 = \"{SECRET_HASH}\"\napps = [\"mp\"]\n{extra}"
+        )
+    }
+
+    fn refused(toml: &str) -> ConfigError {
+        Settings::from_toml(toml).map(|_| ()).expect_err("invalid")
+    }
+
+    #[test]
+    fn a_client_validates_with_its_defaults_and_the_summary_shows_no_secret() {
+        let settings = Settings::from_toml(&config(&grafana(""))).expect("valid");
+        let oidc = settings.oidc.as_deref().expect("oidc");
+        assert_eq!(oidc.issuer, "https://auth.example.com");
+        assert_eq!((oidc.code_ttl, oidc.access_token_ttl), (Duration::from_secs(60), Duration::from_secs(600)));
+        let client = oidc.client("grafana").expect("client");
+        assert!(client.require_pkce);
+        assert_eq!(client.subject, Subject::Pairwise { sector: "grafana".into() });
+        assert_eq!(client.scopes.iter().map(String::as_str).collect::<Vec<_>>(), ["openid", "profile"]);
+        let summary = settings.summary().to_string();
+        assert!(summary.contains("client_secret_basic") && summary.contains("\"signing_key_id\":\"k2\""));
+        assert!(!summary.contains(SECRET_HASH), "no secret hash: {summary}");
+        assert!(!format!("{settings:?}").contains("PRIVATE KEY"), "Debug shows no key");
+    }
+
+    #[test]
+    fn each_mistake_names_its_key() {
+        let cases = [
+            (grafana("").replace("https://grafana", "http://grafana"), "oidc.clients.grafana.redirect_uris"),
+            (grafana("").replace("generic_oauth\"", "generic_oauth#x\""), "oidc.clients.grafana.redirect_uris"),
+            (
+                grafana("").replace("https://grafana.example.com/", "https://GRAFANA.example.com/"),
+                "oidc.clients.grafana.redirect_uris",
+            ),
+            (grafana("").replace("client_secret_basic", "private_key_jwt"), "oidc.clients.grafana.auth_method"),
+            (
+                grafana("").replace(&format!("secret_sha256 = \"{SECRET_HASH}\""), ""),
+                "oidc.clients.grafana.secret_sha256",
+            ),
+            (grafana("").replace("client_secret_basic", "none"), "oidc.clients.grafana.secret_sha256"),
+            (grafana("").replace("[\"mp\"]", "[\"mini\"]"), "oidc.clients.grafana.apps"),
+            (grafana("").replace("[\"mp\"]", "[\"nope\"]"), "oidc.clients.grafana.apps"),
+            (grafana("scopes = [\"profile\"]"), "oidc.clients.grafana.scopes"),
+            (grafana("scopes = [\"openid\", \"email\"]"), "oidc.clients.grafana.scopes"),
+            (grafana("users = \"app\""), "oidc.clients.grafana.users"),
+            (grafana("subject = \"public\""), "oidc.clients.grafana.subject"),
+        ];
+        for (oidc, key) in &cases {
+            assert_eq!(refused(&config(oidc)).key, *key, "{oidc}");
+        }
+        let public = "[oidc.clients.spa]\nredirect_uris = [\"http://localhost:3000/cb\"]\nauth_method = \"none\"\n\
+                      apps = [\"mp\"]\nrequire_pkce = false\n";
+        assert_eq!(refused(&config(public)).key, "oidc.clients.spa.require_pkce", "a public client must use PKCE");
+        let long = config(&grafana("")).replace("[oidc]\n", "[oidc]\ncode_ttl = \"61s\"\n");
+        assert_eq!(refused(&long).key, "oidc.code_ttl");
+        assert_eq!(refused(&config("")).key, "oidc.clients");
+    }
+
+    #[test]
+    fn production_refuses_the_dev_key_and_a_key_without_an_id() {
+        let dev_key = config(&grafana("")).replace(&key_file("current"), "src/oidc/dev-signing-key.pem");
+        let dev_key = dev_key.replace("src/oidc/", &format!("{}/src/oidc/", env!("CARGO_MANIFEST_DIR")));
+        let error = refused(&dev_key);
+        assert_eq!(error.key, "oidc.signing_key");
+        assert!(error.message.contains("dev-mode key"), "{error}");
+        assert_eq!(refused(&config(&grafana("")).replace("signing_key_id = \"k2\"\n", "")).key, "oidc.signing_key_id");
+        let same_kid = config(&grafana("")).replace(
+            "[oidc]\n",
+            &format!(
+                "[oidc]\nprevious_signing_key_id = \"k2\"\nprevious_signing_key_file = \"{}\"\n",
+                key_file("previous")
+            ),
+        );
+        assert_eq!(refused(&same_kid).key, "oidc.previous_signing_key_id");
+    }
+}
