@@ -118,6 +118,11 @@ pub(super) fn error_redirect(redirect_uri: &str, refusal: &Refusal, state: Optio
     }
 }
 
+/// [`check`] for the fuzz target: the challenge and scopes, or the error code.
+pub(super) fn judge(client: &OidcClient, params: &Params) -> Result<(Option<String>, Vec<String>), &'static str> {
+    check(client, params).map(|asked| (asked.challenge, asked.scopes)).map_err(|refusal| refusal.error)
+}
+
 /// Checks the request's parameters once the redirect URI is known.
 fn check(client: &OidcClient, params: &Params) -> Result<Asked, Refusal> {
     if params.get("request").is_some() {

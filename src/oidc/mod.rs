@@ -18,10 +18,11 @@
 //! The rooms: `discovery` (the discovery document and the JWKS), `authorize` (the
 //! authorization request and the callback), `token` (the token endpoint and the ID token),
 //! `userinfo` (the userinfo and end-session endpoints), `keys` (the signing keys), `records`
-//! (what the store keeps); this file holds the state, the router and the answers they share.
+//! (what the store keeps), `fuzz` (the parsers over fixed clients, for the fuzz targets); this file holds the state, the router and the answers they share.
 
 mod authorize;
 mod discovery;
+pub(crate) mod fuzz;
 mod keys;
 mod records;
 mod token;

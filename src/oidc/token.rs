@@ -65,7 +65,8 @@ pub(super) async fn token(State(state): State<OidcState>, headers: HeaderMap, bo
 async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, TokenError> {
     let params = Params::parse(body)
         .ok_or(request_error("invalid_request", "a parameter is repeated, or the body is too long"))?;
-    let client = authenticate(state, headers, &params)?;
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let client = authenticate(&state.oidc().clients, authorization, &params)?;
     tracing::Span::current().record("client", client.id.as_str());
     match params.get("grant_type") {
         Some("authorization_code") => {}
@@ -90,7 +91,7 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
         inner.store.delete_oidc(records::ACCESS_TOKEN, issued).await.map_err(unavailable)?;
         return Err(grant_error("the code was used already; what it issued is revoked"));
     }
-    check_code(state, client, &read.record, redirect_uri, params.get("code_verifier"))?;
+    check_code(inner.clock.now_ms(), client, &read.record, redirect_uri, params.get("code_verifier"))?;
     let access_token = crate::random_id(SECRET_LEN);
     let oidc = state.oidc();
     let used = Code { used_for: Some(access_token.clone()), ..read.record.clone() };
@@ -138,7 +139,7 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
 
 /// The code's bindings: its client, its life, its redirect URI, its PKCE challenge.
 fn check_code(
-    state: &OidcState,
+    now_ms: i64,
     client: &OidcClient,
     code: &Code,
     redirect_uri: &str,
@@ -147,7 +148,7 @@ fn check_code(
     if code.client != client.id {
         return Err(grant_error("the code was issued to another client"));
     }
-    if state.inner.clock.now_ms() >= code.expires_at_ms {
+    if now_ms >= code.expires_at_ms {
         return Err(grant_error("the code is unknown or expired"));
     }
     if code.redirect_uri != redirect_uri {
@@ -175,8 +176,12 @@ fn check_code(
 /// The client, authenticated as it is registered. Exactly one method (RFC 6749 §2.3): HTTP
 /// Basic (its parts form-urlencoded, §2.3.1), the body's `client_secret`, or none (a public
 /// client names itself with `client_id`).
-fn authenticate<'a>(state: &'a OidcState, headers: &HeaderMap, params: &Params) -> Result<&'a OidcClient, TokenError> {
-    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "));
+fn authenticate<'a>(
+    clients: &'a [OidcClient],
+    authorization: Option<&str>,
+    params: &Params,
+) -> Result<&'a OidcClient, TokenError> {
+    let basic = authorization.and_then(|v| v.strip_prefix("Basic "));
     let invalid = |basic: bool| TokenError {
         status: StatusCode::UNAUTHORIZED,
         error: "invalid_client",
@@ -197,7 +202,7 @@ fn authenticate<'a>(state: &'a OidcState, headers: &HeaderMap, params: &Params) 
     if params.get("client_id").is_some_and(|named| named != id) {
         return Err(invalid(used_basic));
     }
-    let client = state.oidc().client(&id).ok_or(invalid(used_basic))?;
+    let client = clients.iter().find(|c| c.id == id).ok_or(invalid(used_basic))?;
     let digest = secret.as_deref().map(|s| <[u8; 32]>::from(Sha256::digest(s.as_bytes())));
     let authenticated = match (&client.auth, digest) {
         (ClientAuth::SecretBasic(expected), Some(got)) => used_basic && same(expected, &got),
@@ -216,7 +221,11 @@ fn authenticate<'a>(state: &'a OidcState, headers: &HeaderMap, params: &Params) 
 fn basic_credentials(credentials: &str) -> Option<(String, String)> {
     let decoded = String::from_utf8(STANDARD.decode(credentials.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
-    let decode = |part: &str| {
+    // Each part alone, whatever it holds: a `&` or `=` in it would split a form.
+    let decode = |part: &str| -> Option<String> {
+        if part.contains(['&', '=']) {
+            return None;
+        }
         url::form_urlencoded::parse(format!("v={part}").as_bytes()).next().map(|(_, value)| value.into_owned())
     };
     Some((decode(id)?, decode(secret)?))
@@ -225,6 +234,26 @@ fn basic_credentials(credentials: &str) -> Option<(String, String)> {
 /// Equal bytes, in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token endpoint's reading of a request up to the code's checks (for the fuzz target
+/// `oidc_token`, `crate::fuzzing`): the client authenticated among `clients`, the grant type,
+/// and `code`'s bindings as if the request's code were `code`; the error code otherwise.
+pub(super) fn judge(
+    clients: &[OidcClient],
+    authorization: Option<&str>,
+    body: &[u8],
+    code: &Code,
+    now_ms: i64,
+) -> Result<(), &'static str> {
+    let params = Params::parse(body).ok_or("invalid_request")?;
+    let client = authenticate(clients, authorization, &params).map_err(|e| e.error)?;
+    if params.get("grant_type") != Some("authorization_code") {
+        return Err("unsupported_grant_type");
+    }
+    let redirect_uri = params.get("redirect_uri").ok_or("invalid_request")?;
+    params.get("code").ok_or("invalid_request")?;
+    check_code(now_ms, client, code, redirect_uri, params.get("code_verifier")).map_err(|e| e.error)
 }
 
 #[cfg(test)]
@@ -236,6 +265,7 @@ mod tests {
         let header = STANDARD.encode("my%20client:s%3Acret+x");
         assert_eq!(basic_credentials(&header), Some(("my client".into(), "s:cret x".into())));
         assert_eq!(basic_credentials("not base64!"), None);
+        assert_eq!(basic_credentials(&STANDARD.encode("a&b=c:secret")), None, "a part is never a form");
     }
 
     #[test]
