@@ -130,6 +130,21 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// [`serve`] with the demo page's "Sign in through OIDC" too ([`crate::demo_oidc`]), a relying
+/// party of the OpenID Provider at `issuer` (wxauth's public listener).
+pub async fn serve_with_oidc(
+    listener: tokio::net::TcpListener,
+    grpc_addr: SocketAddr,
+    issuer: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let origin = format!("http://{}", listener.local_addr()?);
+    let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}")).map_err(std::io::Error::other)?;
+    let oidc = crate::demo_oidc::router(issuer, origin.clone()).map_err(std::io::Error::other)?;
+    let app = router(endpoint.connect_lazy(), crate::config::DEV_CLIENT_KEY.to_owned(), origin).merge(oidc);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
 /// Why a page could not be shown as hoped; each becomes a small page with a retry link.
 #[derive(Debug)]
 enum PageError {
@@ -189,7 +204,9 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
          <p>Or pick: <a id=\"login-mobile\" href=\"/login/mobile\">inside WeChat (official account)</a> · \
          <a id=\"login-pc\" href=\"/login/pc\">QR code (website app)</a> · \
          <a id=\"login-qr\" href=\"/login/qr\">QR on this page</a> \
-         (<a id=\"login-qr-self\" href=\"/login/qr?self_redirect=true\">callback in the QR frame</a>)</p>",
+         (<a id=\"login-qr-self\" href=\"/login/qr?self_redirect=true\">callback in the QR frame</a>)</p>\
+         <p>Or as any OpenID Connect application would: \
+         <a id=\"login-oidc\" href=\"/oidc/login\">Sign in through OIDC</a> (wxauth's OpenID Provider)</p>",
     )
     .into_response()
 }

@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 
 use crate::config::{ConfigError, DEV_CLIENT_KEY, Settings, key_digest};
 
+/// The dev mode's OpenID Connect client (the demo page's "Sign in through OIDC"; README).
+pub const DEV_OIDC_CLIENT_ID: &str = "demo-oidc";
+/// Its secret: in the repository, so dev only (the production config has no such client).
+pub const DEV_OIDC_CLIENT_SECRET: &str = "dev-only-oidc-secret";
+
 /// The simulator's address in dev mode.
 pub const SIM_ADDR: &str = "127.0.0.1:8081";
 
@@ -98,8 +103,18 @@ grants = ["app_access_token", "jssdk", "phone_number", "mini_data"]
 authorize = "off"
 exchange = "off"
 user = "off"
+
+# The OpenID Provider (docs/oidc.md) with the repository's dev key (the default in development)
+# and the demo page as a relying party.
+[oidc.clients.demo-oidc]
+redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back"]
+post_logout_redirect_uris = ["http://{demo}/"]
+auth_method = "client_secret_basic"
+secret_sha256 = "{oidc_secret}"
+apps = ["demo-mp", "demo-web"]
 "#,
-        hex::encode(key_digest(DEV_CLIENT_KEY))
+        hex::encode(key_digest(DEV_CLIENT_KEY)),
+        oidc_secret = hex::encode(key_digest(DEV_OIDC_CLIENT_SECRET)),
     ))
 }
 
@@ -116,5 +131,8 @@ mod tests {
         assert_eq!(settings.server.callback_url.as_str(), "http://127.0.0.1:8080/wechat/callback");
         assert_eq!(super::SIM_ADDR, super::DevAddrs::default().sim.to_string());
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());
+        let oidc = settings.oidc.as_deref().expect("the dev mode serves the OpenID Provider");
+        assert!(oidc.signing_key.is_dev_key());
+        assert_eq!(oidc.clients[0].redirect_uris[0], "http://127.0.0.1:8082/oidc/back");
     }
 }

@@ -33,3 +33,18 @@ pub fn wechat_reply<T: DeserializeOwned>(body: &[u8]) -> Result<T, WechatError> 
 pub fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
     crate::store::open_record(keys, key, sealed)
 }
+
+/// `/oidc/authorize`'s reading of a query for the fixture clients (`rp`, confidential, and
+/// `spa`, public; both redirect to `https://rp.example.com/cb` and require PKCE): `Err("page")`
+/// when it cannot answer a client, `Err(error)` for an OAuth error to the redirect URI, else the
+/// PKCE challenge and the scopes granted.
+pub fn oidc_authorize(query: &[u8]) -> Result<(Option<String>, Vec<String>), &'static str> {
+    crate::oidc::fuzz::authorize(query)
+}
+
+/// `/oidc/token`'s reading of a request (`Authorization` header, form body) as if its code were
+/// a live code of `rp` (secret `s3cret`) for `https://rp.example.com/cb` with the PKCE challenge
+/// of RFC 7636 appendix B's verifier: `Ok` when it would issue tokens, else the error code.
+pub fn oidc_token(authorization: Option<&str>, body: &[u8]) -> Result<(), &'static str> {
+    crate::oidc::fuzz::token(authorization, body)
+}

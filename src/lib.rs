@@ -19,6 +19,8 @@
 //! - [`store`]: sealed records (AES-256-GCM) in Redis (single node, Sentinel, Cluster) or memory;
 //!   a circuit breaker answers at once while Redis is known down.
 //! - [`relay`]: the public `/wechat/callback` relay; [`allowlist`] judges return URLs.
+//! - [`oidc`]: an OpenID Provider on the same listener (`[oidc]`): any OpenID Connect relying
+//!   party signs users in with WeChat through the relay's own flows.
 //! - [`push`]: WeChat's message push on the same listener: the authorization events
 //!   (revoke, cancellation, profile change) act on the user; other messages go on to the
 //!   company's own handler.
@@ -47,6 +49,8 @@ pub mod consent;
 #[cfg(feature = "dev")]
 pub mod demo;
 #[cfg(feature = "dev")]
+pub mod demo_oidc;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 #[doc(hidden)]
@@ -56,6 +60,7 @@ pub mod grpc_gate;
 pub mod html;
 pub mod limits;
 pub mod listener;
+pub mod oidc;
 pub mod proto;
 pub mod push;
 pub mod relay;

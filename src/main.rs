@@ -232,7 +232,7 @@ mod dev_mode {
         start_simulator(&mut dev).await?;
         let app = wxauth::startup::Application::build(settings).await.context("start-up")?;
         super::log_listening(&app);
-        start_demo(&mut dev, app.grpc_addr()).await?;
+        start_demo(&mut dev, app.grpc_addr(), app.public_addr()).await?;
         tracing::info!(
             "dev mode: open http://{}/ and sign in with WeChat (the simulator), or try\n  grpcurl -plaintext -H 'authorization: Bearer dev-only-key' \
              -d '{{\"device\":\"DEVICE_MOBILE\",\"return_url\":\"http://127.0.0.1:8082/\",\"scope\":\"SCOPE_SNSAPI_USERINFO\"}}' \
@@ -293,9 +293,16 @@ mod dev_mode {
         Ok(())
     }
 
-    async fn start_demo(dev: &mut DevServices, grpc_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    async fn start_demo(
+        dev: &mut DevServices,
+        grpc_addr: std::net::SocketAddr,
+        public_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(wxauth::demo::DEMO_ADDR).await.context("bind the demo page")?;
-        dev.spawn("demo product page", wxauth::demo::serve(listener, grpc_addr, std::future::pending()));
+        // The page is also a relying party of the OpenID Provider on the public listener.
+        let issuer = format!("http://{public_addr}");
+        let demo = wxauth::demo::serve_with_oidc(listener, grpc_addr, issuer, std::future::pending());
+        dev.spawn("demo product page", demo);
         tracing::info!(addr = wxauth::demo::DEMO_ADDR, "demo product page listening");
         Ok(())
     }

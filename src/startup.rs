@@ -24,6 +24,7 @@ use crate::config::{ListenerLimits, Settings, StoreBackend, StoreSettings};
 use crate::grpc::OAuthService;
 use crate::grpc_gate::GateLayer;
 use crate::listener;
+use crate::oidc::{self, OidcState};
 use crate::proto::we_chat_o_auth_service_server::{SERVICE_NAME, WeChatOAuthServiceServer};
 use crate::push::PushService;
 use crate::relay::{self, RelayState};
@@ -83,6 +84,7 @@ pub struct Application {
     tokens: Arc<Tokens>,
     service: OAuthService,
     push: PushService,
+    oidc: Option<OidcState>,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -108,6 +110,13 @@ impl Application {
         let push =
             PushService::new(&settings, Arc::clone(&tokens), store.clone(), clock.clone(), Arc::clone(&metrics))?;
         let settings = Arc::new(settings);
+        let oidc = OidcState::new(
+            Arc::clone(&settings),
+            store.clone(),
+            Arc::clone(&tokens),
+            clock.clone(),
+            Arc::clone(&metrics),
+        );
         let service = OAuthService::new(
             Arc::clone(&settings),
             store.clone(),
@@ -125,6 +134,7 @@ impl Application {
             tokens,
             service,
             push,
+            oidc,
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
         })
@@ -189,10 +199,13 @@ impl Application {
         let limits = self.settings.server.listener_limits;
         let metrics = &self.metrics;
         let grpc = serve_grpc(self.grpc, self.service, health, limits, Arc::clone(metrics), stop)?;
-        // The callback domain's listener: the relay, and WeChat's message push for the apps that
-        // have one (docs/design.md §2.6).
-        let relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(metrics)))
+        // The callback domain's listener: the relay, WeChat's message push for the apps that
+        // have one (docs/design.md §2.6), and the OpenID Provider when configured (src/oidc/).
+        let mut relay = relay::router(RelayState::new(self.store.clone(), &self.settings, Arc::clone(metrics)))
             .merge(self.push.router());
+        if let Some(state) = self.oidc {
+            relay = relay.merge(oidc::router(state));
+        }
         let public = listener::serve_http("public", self.public, relay, limits, Arc::clone(metrics), stopped(stop));
         let admin_router = admin_router(Arc::clone(&self.ready), Arc::clone(metrics));
         let admin = listener::serve_http("admin", self.admin, admin_router, limits, Arc::clone(metrics), stopped(stop));

@@ -228,6 +228,9 @@ pub struct Metrics {
     /// (a user of the app it never signed in), `code_of_another_client` (a mobile code another
     /// client is exchanging). Cross-client probing shows here.
     pub consent_refusals: IntCounterVec,
+    /// The OpenID Provider's requests (src/oidc/), by endpoint and outcome (`ok`, or the
+    /// OAuth error answered).
+    pub oidc_requests: IntCounterVec,
     /// Sealed records that did not open.
     pub unopenable_records: IntCounter,
     /// The store's circuit breaker: 0 closed, 1 half-open, 2 open.
@@ -309,6 +312,11 @@ impl Metrics {
         let (client_refusals, consent_refusals, return_url_refusals) = client_metrics(&r);
         let (push_messages, user_events) = push_metrics(&r);
         let (app_credential_renewals, app_token_invalidations, phone_numbers) = app_credential_metrics(&r);
+        let oidc_requests = r.counter(
+            "wxauth_oidc_requests_total",
+            "Requests at the OpenID Provider's endpoints, by endpoint and outcome (ok, or the OAuth error answered).",
+            &["endpoint", "outcome"],
+        );
         Arc::new(Self {
             rpc_requests,
             rpc_duration,
@@ -324,6 +332,7 @@ impl Metrics {
             client_refusals,
             sign_ins,
             consent_refusals,
+            oidc_requests,
             unopenable_records,
             store_breaker_state,
             store_breaker_transitions,

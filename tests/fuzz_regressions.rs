@@ -30,6 +30,12 @@ mod callback_query;
 #[path = "../fuzz/fuzz_targets/config.rs"]
 mod config;
 #[allow(unused_attributes)]
+#[path = "../fuzz/fuzz_targets/oidc_authorize.rs"]
+mod oidc_authorize;
+#[allow(unused_attributes)]
+#[path = "../fuzz/fuzz_targets/oidc_token.rs"]
+mod oidc_token;
+#[allow(unused_attributes)]
 #[path = "../fuzz/fuzz_targets/push_message.rs"]
 mod push_message;
 #[allow(unused_attributes)]
@@ -49,8 +55,16 @@ macro_rules! fuzz_target {
 pub(crate) use fuzz_target;
 
 /// Every target replayed here, by the name `fuzz/Cargo.toml` gives it.
-const TARGETS: [&str; 6] =
-    ["allowlist", "callback_query", "config", "push_message", "sealed_record", "wechat_response"];
+const TARGETS: [&str; 8] = [
+    "allowlist",
+    "callback_query",
+    "config",
+    "oidc_authorize",
+    "oidc_token",
+    "push_message",
+    "sealed_record",
+    "wechat_response",
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -113,6 +127,16 @@ fn the_callback_query_target_passes_every_committed_input() {
 #[test]
 fn the_config_target_passes_every_committed_input() {
     replay("config", config::run);
+}
+
+#[test]
+fn the_oidc_authorize_target_passes_every_committed_input() {
+    replay("oidc_authorize", oidc_authorize::run);
+}
+
+#[test]
+fn the_oidc_token_target_passes_every_committed_input() {
+    replay("oidc_token", oidc_token::run);
 }
 
 #[test]

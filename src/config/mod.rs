@@ -7,11 +7,13 @@
 //! The rooms: `raw.rs` is the file's shape and defaults as serde reads them; `validate.rs`
 //! walks the sections in the file's order, each checked by its own module (`server.rs`,
 //! `store.rs`, `apps.rs` with `[wechat]` and `push.rs` (an app's message push), `clients.rs` with `rates.rs`, the plain rate-limit
-//! settings that [`crate::limits`] builds its buckets from); `summary.rs` is `wxauth check`'s
+//! settings that [`crate::limits`] builds its buckets from; `oidc.rs`, the OpenID Provider's
+//! keys and clients); `summary.rs` is `wxauth check`'s
 //! view.
 
 mod apps;
 mod clients;
+mod oidc;
 mod push;
 mod rates;
 mod raw;
@@ -32,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use apps::{Apps, Device};
 pub use clients::{Client, Grant, Users};
+pub use oidc::{ClientAuth, OIDC_SCOPES, OidcClient, OidcSettings, Subject};
 pub use push::PushSettings;
 pub use rates::{ClientLimits, Family, Rate};
 pub use server::{ListenerLimits, ServerSettings};
@@ -91,6 +94,8 @@ pub struct Settings {
     pub token: TokenPolicy,
     /// Logging (`[log]`).
     pub log: LogSettings,
+    /// The OpenID Provider face and its clients (`[oidc]`), when configured.
+    pub oidc: Option<std::sync::Arc<OidcSettings>>,
 }
 
 /// The validated `[flow]` section.

@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub(super) token: RawToken,
     #[serde(default)]
     pub(super) log: RawLog,
+    pub(super) oidc: Option<RawOidc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,4 +319,71 @@ mod defaults {
     pub fn max_open_flows() -> u32 {
         crate::config::rates::DEFAULT_MAX_OPEN_FLOWS
     }
+    pub fn oidc_code_ttl() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn oidc_access_token_ttl() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn oidc_scopes() -> Vec<String> {
+        vec!["openid".into(), "profile".into()]
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// `[oidc]`: the OpenID Provider face (src/oidc/): its signing keys (the current one and, after
+/// a rotation, the previous one: inline PEM from env, or files), its codes' and access tokens'
+/// lives, and its clients.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) signing_key_id: Option<String>,
+    pub(super) signing_key: Option<String>,
+    pub(super) signing_key_file: Option<PathBuf>,
+    pub(super) previous_signing_key_id: Option<String>,
+    pub(super) previous_signing_key: Option<String>,
+    pub(super) previous_signing_key_file: Option<PathBuf>,
+    #[serde(default = "defaults::oidc_code_ttl", with = "humantime_serde")]
+    pub(super) code_ttl: Duration,
+    #[serde(default = "defaults::oidc_access_token_ttl", with = "humantime_serde")]
+    pub(super) access_token_ttl: Duration,
+    #[serde(default)]
+    pub(super) clients: BTreeMap<String, RawOidcClient>,
+}
+
+impl std::fmt::Debug for RawOidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawOidc")
+            .field("signing_key_id", &self.signing_key_id)
+            .field("previous_signing_key_id", &self.previous_signing_key_id)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[oidc.clients.<id>]`: one relying party.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidcClient {
+    pub(super) redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub(super) post_logout_redirect_uris: Vec<String>,
+    pub(super) auth_method: String,
+    pub(super) secret_sha256: Option<String>,
+    pub(super) apps: Vec<String>,
+    #[serde(default = "defaults::oidc_scopes")]
+    pub(super) scopes: Vec<String>,
+    #[serde(default)]
+    pub(super) users: Users,
+    #[serde(default = "defaults::yes")]
+    pub(super) require_pkce: bool,
+    #[serde(default)]
+    pub(super) subject: Option<String>,
+    pub(super) sector: Option<String>,
+    #[serde(default)]
+    pub(super) wechat_ids: bool,
+    #[serde(default = "defaults::max_open_flows")]
+    pub(super) max_open_flows: u32,
 }

@@ -45,6 +45,7 @@ impl Settings {
                 "profile_cache": humane(token.profile_cache),
             },
             "log_json": self.log.json,
+            "oidc": self.oidc_summary(),
         })
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawFlow, RawToken};
-use super::{ConfigError, FlowSettings, LogSettings, Mode, Settings, apps, clients, err, server, store};
+use super::{ConfigError, FlowSettings, LogSettings, Mode, Settings, apps, clients, err, oidc, server, store};
 use crate::tokens::TokenPolicy;
 
 /// Validates every section; the first error found is the one reported.
@@ -18,6 +18,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let clients = clients::validate(raw.clients, &apps, dev)?;
     let flow = flow(&raw.flow)?;
     let token = token(&raw.token)?;
+    let oidc = oidc::validate(raw.oidc, &apps, &server.callback_url, dev)?;
     Ok(Settings {
         mode: raw.mode,
         server,
@@ -28,6 +29,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         flow,
         token,
         log: LogSettings { json: raw.log.json },
+        oidc,
     })
 }
 

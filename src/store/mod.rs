@@ -12,6 +12,7 @@
 //!   `users.rs`: tokens, sessions, the account index, code records, profiles, claims, locks;
 //!   `app_tokens.rs`: an app's own access token and jsapi_ticket, their locks, the day's
 //!   forced refreshes;
+//! - `oidc.rs`: the OpenID Provider's pending requests, codes and access tokens;
 //! - `backend.rs`: the one-key primitives both backends implement (`Backend`), with identical
 //!   semantics so the two cannot drift: `memory.rs` (dev mode, unit tests) and `redis/`
 //!   (connections in `mod.rs`, commands, pipelines and scripts in `ops.rs`);
@@ -27,6 +28,7 @@ pub mod flow_cap;
 mod flows;
 mod keys;
 mod memory;
+mod oidc;
 mod records;
 mod redis;
 pub mod seal;
@@ -47,6 +49,7 @@ pub(crate) use self::flows::BOUND_FLOW_ID_LEN;
 pub use self::flows::FLOW_ID_LEN;
 use self::keys::key_kind;
 use self::memory::MemoryBackend;
+pub use self::oidc::Versioned;
 pub use self::records::{
     Account, CachedProfile, CodeRecord, CodeRelay, CodeState, ExchangeOutcome, Flow, FlowUse, LockToken, MiniSession,
     Reach, ReadCode, Relayed, TokenRecord, TokenVersion,

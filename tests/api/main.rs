@@ -25,6 +25,8 @@ mod mini_data;
 mod mobile;
 mod monitoring;
 mod observability;
+mod oidc;
+mod oidc_rp;
 mod operations;
 mod phone;
 mod polyglot;

@@ -1,0 +1,51 @@
+// An OpenID Connect relying party that nobody at wxauth wrote: openid-client (an OpenID
+// Certified RP library), signing a user in through wxauth's OpenID Provider exactly as an
+// application would: discovery, PKCE (S256), state and nonce, the code grant with the ID token's
+// signature, issuer, audience, expiry and nonce checked by the library, then userinfo.
+//
+// Driven by tests/api/oidc_rp.rs: argv is ISSUER CLIENT_ID CLIENT_SECRET REDIRECT_URI. It prints
+// one JSON line {"authorize_url"} (where the application sends the browser), reads one line from
+// stdin (the URL the browser came back to), and prints one JSON line {"claims", "userinfo"} or
+// {"error"}.
+import * as client from 'openid-client';
+import { createInterface } from 'node:readline';
+
+const [issuer, clientId, clientSecret, redirectUri] = process.argv.slice(2);
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+try {
+  // The test's provider is plain http on loopback; everything else is as in production.
+  const options = issuer.startsWith('http:') ? { execute: [client.allowInsecureRequests] } : undefined;
+  const config = await client.discovery(
+    new URL(issuer),
+    clientId,
+    undefined,
+    client.ClientSecretBasic(clientSecret),
+    options,
+  );
+  const verifier = client.randomPKCECodeVerifier();
+  const state = client.randomState();
+  const nonce = client.randomNonce();
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: redirectUri,
+    scope: 'openid profile',
+    code_challenge: await client.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: 'S256',
+    state,
+    nonce,
+  });
+  console.log(JSON.stringify({ authorize_url: url.href }));
+  const back = (await lines.next()).value;
+  const tokens = await client.authorizationCodeGrant(config, new URL(back), {
+    pkceCodeVerifier: verifier,
+    expectedState: state,
+    expectedNonce: nonce,
+    idTokenExpected: true,
+  });
+  const claims = tokens.claims();
+  const userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub);
+  console.log(JSON.stringify({ claims, userinfo }));
+} catch (error) {
+  console.log(JSON.stringify({ error: `${error.name}: ${error.message} ${error.code ?? ''}` }));
+}
+process.exit(0);

@@ -1,0 +1,110 @@
+//! An OpenID Connect relying party nobody here wrote (issue 22): `openid-client` (npm, an
+//! OpenID Certified RP library, pinned by `examples/oidc-node/package-lock.json`, installed by
+//! `./scripts/setup`) signs alice in through wxauth's provider: discovery, PKCE, state and nonce,
+//! the code grant with the library's own ID-token checks (signature from the JWKS, issuer,
+//! audience, expiry, nonce), then userinfo. The browser's part (the consent page, the relay) is
+//! the test's, as in `oidc.rs`.
+//!
+//! The library checks that the issuer is the URL discovery was fetched from, so this provider's
+//! callback URL is the real loopback address of its public listener (a port chosen first), and
+//! the simulator's callback domain is that address.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use wxauth::config::Settings;
+use wxauth::sim::{SimConfig, Simulator};
+
+use crate::helpers::{CALLBACK_HOST, RedisServer, free_port, settings_toml, spawn_settings};
+use crate::oidc::{GRAFANA, GRAFANA_REDIRECT, GRAFANA_SECRET, current_key, oidc_config, through_wechat};
+
+/// A provider whose issuer is `http://127.0.0.1:{port}`, on Redis.
+async fn provider_on_loopback() -> crate::helpers::TestApp {
+    let port = free_port();
+    let origin = format!("127.0.0.1:{port}");
+    let mut config = SimConfig::demo();
+    for app in &mut config.apps {
+        app.callback_domain = origin.clone();
+    }
+    let (sim, sim_addr) = Simulator::spawn_local(config).await.expect("simulator");
+    let redis = std::sync::Arc::new(tokio::sync::Mutex::new(RedisServer::start().await));
+    let store = format!("kind = \"redis\"\nurl = \"{}\"", redis.lock().await.url());
+    let toml = settings_toml(sim_addr, &store, &oidc_config(&current_key()))
+        .replace("public_addr = \"127.0.0.1:0\"", &format!("public_addr = \"{origin}\""))
+        .replace(&format!("https://{CALLBACK_HOST}/wechat/callback"), &format!("http://{origin}/wechat/callback"));
+    let settings = Settings::from_toml(&toml).expect("settings");
+    spawn_settings(sim, sim_addr, Some(redis), settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_signs_in_with_pkce_and_checks_the_id_token() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-node");
+    assert!(
+        dir.join("node_modules/openid-client").is_dir(),
+        "examples/oidc-node has no node_modules: run ./scripts/setup (npm ci there)"
+    );
+    let app = provider_on_loopback().await;
+    let issuer = format!("http://{}", app.public_addr);
+    let mut rp = tokio::process::Command::new("node")
+        .arg("rp.js")
+        .args([issuer.as_str(), GRAFANA, GRAFANA_SECRET, GRAFANA_REDIRECT])
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut said = BufReader::new(rp.stdout.take().expect("stdout")).lines();
+    let mut stdin = rp.stdin.take().expect("stdin");
+    let first: serde_json::Value =
+        serde_json::from_str(&said.next_line().await.expect("read").expect("a line")).expect("json");
+    let authorize_url = first["authorize_url"].as_str().unwrap_or_else(|| panic!("{first}"));
+    assert!(authorize_url.starts_with(&format!("{issuer}/oidc/authorize?")), "from discovery: {authorize_url}");
+
+    let started = app.http.get(authorize_url).send().await.expect("authorize");
+    let back = through_wechat(&app, &started, "alice").await;
+    stdin.write_all(format!("{back}\n").as_bytes()).await.expect("to the RP");
+    let done: serde_json::Value =
+        serde_json::from_str(&said.next_line().await.expect("read").expect("a line")).expect("json");
+
+    assert!(done.get("error").is_none(), "openid-client refused: {done}");
+    let claims = &done["claims"];
+    assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(issuer.as_str()), Some(GRAFANA)));
+    assert_eq!(done["userinfo"]["sub"], claims["sub"]);
+    assert!(done["userinfo"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{done}");
+}
+
+/// The dev mode's demo page is a relying party too ("Sign in through OIDC", client `demo-oidc`):
+/// from its link through the provider and WeChat's consent page back to its page, which shows
+/// the checked ID token and userinfo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_modes_demo_page_signs_in_through_oidc() {
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = SimConfig::demo();
+    for app in &mut config.apps {
+        app.callback_domain = public.to_string();
+    }
+    let (sim, sim_addr) = Simulator::spawn_local(config).await.expect("simulator");
+    let demo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind demo");
+    let demo = demo_listener.local_addr().expect("demo addr");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let addrs = wxauth::dev::DevAddrs { grpc: any, public, admin: any, sim: sim_addr, demo };
+    let app = spawn_settings(sim, sim_addr, None, wxauth::dev::settings_at(&addrs).expect("dev settings")).await;
+    let issuer = format!("http://{public}");
+    tokio::spawn(wxauth::demo::serve_with_oidc(demo_listener, app.grpc_addr, issuer, std::future::pending()));
+
+    let home = app.http.get(format!("http://{demo}/")).send().await.expect("demo").text().await.expect("page");
+    assert!(home.contains("id=\"login-oidc\""), "the demo page links to it");
+    let login = app.http.get(format!("http://{demo}/oidc/login")).send().await.expect("demo login");
+    let cookie = login.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_owned();
+    let started = app.http.get(crate::oidc::location(&login)).send().await.expect("authorize");
+    let back = through_wechat(&app, &started, "alice").await;
+    assert!(back.starts_with(&format!("http://{demo}/oidc/back?code=")), "{back}");
+    let shown = app.http.get(&back).header("cookie", cookie).send().await.expect("demo back");
+
+    assert_eq!(shown.status(), 200);
+    let page = shown.text().await.expect("page");
+    assert!(page.contains("Signed in through OIDC"), "{page}");
+    assert!(page.contains("&quot;aud&quot;: &quot;demo-oidc&quot;"), "{page}");
+}
