@@ -126,4 +126,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with $c.oidc }}
+{{- if not .signing_key_id }}
+{{- fail "config.oidc.signing_key_id: required with config.oidc (the kid of secrets.oidcSigningKey)" }}
+{{- end }}
+{{- if not $.Values.secrets.existingSecret }}
+{{- if not $.Values.secrets.oidcSigningKey }}
+{{- fail "secrets.oidcSigningKey: required with config.oidc (a PEM RSA key of >= 2048 bits), or use secrets.existingSecret" }}
+{{- end }}
+{{- if and .previous_signing_key_id (not $.Values.secrets.oidcPreviousSigningKey) }}
+{{- fail "secrets.oidcPreviousSigningKey: required with config.oidc.previous_signing_key_id" }}
+{{- end }}
+{{- end }}
+{{- range $id, $rp := .clients }}
+{{- range $rp.apps }}
+{{- if not (hasKey $c.apps .) }}
+{{- fail (printf "config.oidc.clients.%s.apps: no app named %s" $id .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
