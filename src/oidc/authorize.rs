@@ -90,7 +90,7 @@ pub(super) async fn authorize(
         Err(refusal) => {
             tracing::Span::current().record("outcome", refusal.error);
             count(&state, "authorize", refusal.error);
-            error_redirect(redirect_uri, &refusal, client_state.as_deref())
+            error_redirect(redirect_uri, &refusal, client_state.as_deref(), &state.oidc().issuer)
         }
     }
 }
@@ -106,12 +106,13 @@ fn registered<'a>(state: &'a OidcState, params: &Params) -> Result<(&'a OidcClie
     Ok((client, uri))
 }
 
-/// The browser to the client's redirect URI with an error (and `state`, as given).
-pub(super) fn error_redirect(redirect_uri: &str, refusal: &Refusal, state: Option<&str>) -> Response {
+/// The browser to the client's redirect URI with an error (and `state`, as given, and `iss`).
+pub(super) fn error_redirect(redirect_uri: &str, refusal: &Refusal, state: Option<&str>, issuer: &str) -> Response {
     let mut params = vec![("error", refusal.error), ("error_description", refusal.description.as_str())];
     if let Some(state) = state {
         params.push(("state", state));
     }
+    params.push(("iss", issuer));
     match redirect_from_stored(redirect_uri, &params) {
         Ok(location) => redirect(&location),
         Err(_) => page(StatusCode::BAD_REQUEST, "Sign-in failed", "The application's redirect URI is not valid."),
@@ -306,6 +307,9 @@ pub(super) async fn callback(State(state): State<OidcState>, RawQuery(query): Ra
             count(&state, "callback", "ok");
             let mut params = vec![("code", code.as_str())];
             params.extend(state_param.map(|s| ("state", s)));
+            // RFC 9207: the issuer in every authorization response, so a relying party that
+            // talks to several providers can tell which one answered (the mix-up attack).
+            params.push(("iss", state.oidc().issuer.as_str()));
             match redirect_from_stored(&pending.redirect_uri, &params) {
                 Ok(location) => redirect(&location),
                 Err(_) => expired(),
@@ -314,7 +318,7 @@ pub(super) async fn callback(State(state): State<OidcState>, RawQuery(query): Ra
         Err(refusal) => {
             tracing::Span::current().record("outcome", refusal.error);
             count(&state, "callback", refusal.error);
-            error_redirect(&pending.redirect_uri, &refusal, state_param)
+            error_redirect(&pending.redirect_uri, &refusal, state_param, &state.oidc().issuer)
         }
     }
 }

@@ -21,6 +21,7 @@ pub(super) async fn discovery(State(state): State<OidcState>) -> Response {
         "end_session_endpoint": state.url(LOGOUT_PATH),
         "scopes_supported": OIDC_SCOPES,
         "response_types_supported": ["code"],
+        "authorization_response_iss_parameter_supported": true,
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["pairwise", "public"],

@@ -137,6 +137,7 @@ async fn grafana_code(app: &TestApp, user: &str) -> String {
     let back = through_wechat(app, &started, user).await;
     assert!(back.starts_with(GRAFANA_REDIRECT), "{back}");
     assert_eq!(param(&back, "state").as_deref(), Some("s-1"));
+    assert_eq!(param(&back, "iss").as_deref(), Some(ISSUER), "RFC 9207: the issuer in the response");
     param(&back, "code").expect("code")
 }
 
@@ -206,6 +207,7 @@ async fn a_whole_sign_in_gives_a_signed_id_token_and_userinfo(backend: Backend) 
     assert_eq!(discovery["issuer"], ISSUER);
     assert_eq!(discovery["token_endpoint"], format!("{ISSUER}/oidc/token"));
     assert_eq!(discovery["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert_eq!(discovery["authorization_response_iss_parameter_supported"], true);
 
     let code = grafana_code(&app, "alice").await;
     let (status, answer, headers) = grafana_token(&app, &code, VERIFIER).await;
@@ -274,6 +276,7 @@ async fn an_unsupported_response_type_goes_back_to_the_redirect_uri(backend: Bac
     assert!(back.starts_with(GRAFANA_REDIRECT));
     assert_eq!(param(&back, "error").as_deref(), Some("unsupported_response_type"));
     assert_eq!(param(&back, "state").as_deref(), Some("s-2"));
+    assert_eq!(param(&back, "iss").as_deref(), Some(ISSUER), "RFC 9207: errors carry the issuer too");
     // PKCE is required of this client: a request without a challenge, or with `plain`.
     for extra in ["&state=s-3", "&state=s-3&code_challenge=abc&code_challenge_method=plain"] {
         let back = location(&authorize(&app, &authorize_query(GRAFANA, GRAFANA_REDIRECT, extra)).await);
