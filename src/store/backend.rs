@@ -86,9 +86,15 @@ pub(crate) trait Backend: Send + Sync {
     /// the new entry's id.
     fn add_event<'a>(&'a self, key: &'a str, sealed: &'a [u8], max_len: u64, keep_for: Duration) -> Reply<'a, String>;
     /// Whether the feed exists, and up to `count` of its entries from `from` on (`None`: from
-    /// the oldest), oldest first, in one step (`EXISTS`, `XRANGE`).
-    fn read_events<'a>(&'a self, key: &'a str, from: Option<EventId>, count: usize)
-    -> Reply<'a, (bool, Vec<RawEvent>)>;
+    /// the oldest), oldest first, its life renewed to `keep_for` (a feed read lives on), in one
+    /// step (`EXISTS`, `XRANGE`, `PEXPIRE`).
+    fn read_events<'a>(
+        &'a self,
+        key: &'a str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> Reply<'a, (bool, Vec<RawEvent>)>;
 }
 
 /// Which primitive a call runs: its name in the metrics and logs (`operation`) and its span.

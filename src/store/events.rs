@@ -12,8 +12,9 @@ use super::backend::Op;
 use super::{Store, StoreError};
 
 /// How long a feed keeps an event: adding one trims the entries older than this before it, and
-/// a feed that gets no event for this long expires. A product that polls at all reads well
-/// within it; one that stopped polling for longer is told of the gap.
+/// a feed neither written nor read for this long expires (each read renews it). A product that
+/// polls keeps its feed; one that stopped polling for longer is told of a gap when it returns
+/// (it may have missed events that expired with the feed).
 pub const USER_EVENTS_LIFE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// An entry's id in a feed: Redis's stream id, `{ms}-{seq}` (the memory backend makes the same).
@@ -106,7 +107,9 @@ impl Store {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let key = self.events_key(client);
-        let (exists, raw) = self.call(Op::ReadEvents, |b| b.read_events(&key, after.map(EventId::next), limit)).await?;
+        let (exists, raw) = self
+            .call(Op::ReadEvents, |b| b.read_events(&key, after.map(EventId::next), limit, USER_EVENTS_LIFE))
+            .await?;
         let gap = match (after, raw.first()) {
             (None, _) => false,
             // The first unread entry must follow the cursor's: else entries between were trimmed.
@@ -129,6 +132,57 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
+    use crate::store::seal::Keyring;
+    use crate::telemetry::Metrics;
+
+    fn event(n: i64) -> UserEventRecord {
+        let event = "user_info_modified".to_owned();
+        UserEventRecord { app: "mp".into(), openid: format!("o{n}"), event, wechat_time: n, acted_at_ms: n }
+    }
+
+    fn openids(page: &EventPage) -> Vec<&str> {
+        page.events.iter().map(|e| e.openid.as_str()).collect()
+    }
+
+    /// The memory twin on a clock the test moves: entries older than the life before a new one
+    /// are trimmed without a gap for a reader who had read them; an expired feed is a gap.
+    #[tokio::test]
+    async fn a_feed_forgets_by_age_and_tells_only_readers_who_missed_something() {
+        let clock = Clock::system();
+        let keys = Keyring::parse(&Keyring::generate_line(1)).expect("keyring");
+        let store = Store::memory(keys, "wxauth", Metrics::new(), clock.clone());
+        store.add_user_event("passport", &event(1), 10).await.expect("add");
+        clock.advance(Duration::from_millis(5));
+        store.add_user_event("passport", &event(2), 10).await.expect("add");
+        let first = store.read_user_events("passport", None, 1).await.expect("read");
+        assert_eq!((openids(&first), first.gap), (vec!["o1"], false));
+        let second = store.read_user_events("passport", first.next, 10).await.expect("read");
+        assert_eq!((openids(&second), second.gap), (vec!["o2"], false));
+
+        // The reader polls within the month (a read renews the feed); the entries age meanwhile.
+        clock.advance(USER_EVENTS_LIFE / 2);
+        let polled = store.read_user_events("passport", second.next, 10).await.expect("read");
+        assert_eq!((polled.events.len(), polled.gap), (0, false));
+        clock.advance(USER_EVENTS_LIFE / 2 + Duration::from_secs(1));
+        store.add_user_event("passport", &event(3), 10).await.expect("add");
+        let all = store.read_user_events("passport", None, 10).await.expect("read");
+        assert_eq!(openids(&all), vec!["o3"], "the month-old entries are trimmed");
+        let caught_up = store.read_user_events("passport", second.next, 10).await.expect("read");
+        assert_eq!((openids(&caught_up), caught_up.gap), (vec!["o3"], false), "nothing missed");
+        let behind = store.read_user_events("passport", first.next, 10).await.expect("read");
+        assert_eq!((openids(&behind), behind.gap), (vec!["o3"], true), "o2 was missed");
+        let none = store.read_user_events("passport", caught_up.next, 10).await.expect("read");
+        assert_eq!((none.events.len(), none.gap, none.next), (0, false, caught_up.next), "nothing new");
+
+        clock.advance(USER_EVENTS_LIFE + Duration::from_secs(1));
+        let expired = store.read_user_events("passport", caught_up.next, 10).await.expect("read");
+        assert_eq!((expired.events.len(), expired.gap, expired.next), (0, true, None), "expired unread: a gap");
+        let fresh = store.read_user_events("passport", None, 10).await.expect("read");
+        assert_eq!((fresh.events.len(), fresh.gap, fresh.next), (0, false, None));
+        let other = store.read_user_events("trade", None, 10).await.expect("read");
+        assert!(other.events.is_empty(), "each client has its own feed");
+    }
 
     #[test]
     fn event_ids_read_only_what_redis_writes() {

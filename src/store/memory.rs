@@ -348,8 +348,9 @@ impl Backend for MemoryBackend {
         key: &'a str,
         from: Option<EventId>,
         count: usize,
+        keep_for: Duration,
     ) -> Reply<'a, (bool, Vec<RawEvent>)> {
-        Reply::Now(MemoryBackend::read_events(self, key, from, count))
+        Reply::Now(MemoryBackend::read_events(self, key, from, count, keep_for))
     }
 }
 
@@ -385,14 +386,22 @@ impl MemoryBackend {
         id.to_string()
     }
 
-    /// Whether the feed exists and up to `count` entries from `from` on, oldest first.
-    pub(super) fn read_events(&self, key: &str, from: Option<EventId>, count: usize) -> (bool, Vec<RawEvent>) {
+    /// Whether the feed exists and up to `count` entries from `from` on, oldest first; its life
+    /// renewed to `keep_for`.
+    pub(super) fn read_events(
+        &self,
+        key: &str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> (bool, Vec<RawEvent>) {
         let now = self.now();
         let mut inner = self.lock();
         if inner.streams.get(key).is_some_and(|s| s.expiry <= now) {
             inner.streams.remove(key);
         }
-        let Some(stream) = inner.streams.get(key) else { return (false, Vec::new()) };
+        let Some(stream) = inner.streams.get_mut(key) else { return (false, Vec::new()) };
+        stream.expiry = now.saturating_add(millis(keep_for));
         let from = from.unwrap_or(EventId { ms: 0, seq: 0 });
         let entries = stream.entries.iter().filter(|(id, _, _)| *id >= from).take(count);
         (true, entries.map(|(id, sealed, previous)| (id.to_string(), sealed.clone(), previous.clone())).collect())

@@ -338,17 +338,20 @@ impl RedisBackend {
         self.invoke(inv).await
     }
 
-    /// `EXISTS key` and `XRANGE key from + COUNT count` in one `MULTI`: an entry is `[id,
-    /// [field, value, ...]]`, its fields `e` (the sealed event) and `p` (the previous id).
+    /// `EXISTS key`, `XRANGE key from + COUNT count` and `PEXPIRE key keep_for` in one
+    /// `MULTI`: an entry is `[id, [field, value, ...]]`, its fields `e` (the sealed event) and
+    /// `p` (the previous id).
     pub(super) async fn read_events(
         &self,
         key: &str,
         from: Option<EventId>,
         count: usize,
+        keep_for: Duration,
     ) -> RedisResult<(bool, Vec<RawEvent>)> {
         let start = from.map_or_else(|| "-".to_owned(), |id| id.to_string());
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("EXISTS").arg(key).cmd("XRANGE").arg(key).arg(start).arg("+").arg("COUNT").arg(count.max(1));
+        pipe.cmd("PEXPIRE").arg(key).arg(millis(keep_for).max(1)).ignore();
         let (exists, entries): (bool, Vec<StreamEntry>) = self.query_pipe(&pipe).await?;
         let entries = entries.into_iter().map(|(id, fields)| {
             let (mut sealed, mut previous) = (Vec::new(), String::new());
@@ -470,7 +473,8 @@ impl Backend for RedisBackend {
         key: &'a str,
         from: Option<EventId>,
         count: usize,
+        keep_for: Duration,
     ) -> Reply<'a, (bool, Vec<RawEvent>)> {
-        Reply::Remote(Box::pin(RedisBackend::read_events(self, key, from, count)))
+        Reply::Remote(Box::pin(RedisBackend::read_events(self, key, from, count, keep_for)))
     }
 }
