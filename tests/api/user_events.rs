@@ -195,3 +195,32 @@ async fn the_cursor_pages_in_order_across_replicas() {
     assert!(scrape.contains("wxauth_user_events_read_total{client=\"passport\"}"), "reads counted");
     assert!(scrape.contains("wxauth_user_events_recorded_total{app=\"mp\",event=\"user_info_modified\"}"));
 }
+
+/// An act that fails half-way (trade's feed unwritable) answers WeChat 5xx with the nonce
+/// released; WeChat's retry of the same push tells exactly the clients not yet told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_failed_act_tells_each_client_once() {
+    let app = spawn(Backend::Redis, "").await;
+    let alice = app.login("alice", "snsapi_userinfo").await.openid;
+    let code = app.relayed_as(TRADE_KEY, "mp", "alice", "snsapi_userinfo").await;
+    app.exchange_as(TRADE_KEY, "mp", &code.flow_id, &code.code).await.expect("trade signs alice in");
+    let redis = app.redis.as_ref().expect("redis");
+    let mut conn = redis.lock().await.conn().await;
+    // A string where trade's stream should be: its XADD fails (WRONGTYPE), passport's does not.
+    let trade_feed = "wxauth:client:{trade}:events";
+    let _: () = redis::cmd("SET").arg(trade_feed).arg("x").query_async(&mut conn).await.expect("poison");
+
+    let revoke = app.sim.event_message(MP_APPID, "alice", PushEvent::AuthorizationRevoke).expect("event");
+    let signed = app.sim.sign_push(MP_APPID, &revoke).expect("signed");
+    let (status, _) = app.sim.send_push(&signed).await.expect("sent");
+    assert!(status >= 500, "the act failed: WeChat retries ({status})");
+    assert!(app.store.get_reach("mp", &alice, "trade").await.expect("store").is_some(), "trade not told yet");
+
+    let _: () = redis::cmd("DEL").arg(trade_feed).query_async(&mut conn).await.expect("unpoison");
+    assert_eq!(app.sim.send_push(&signed).await.expect("sent"), (200, "success".into()), "the retry is heard");
+    for key in [PASSPORT_KEY, TRADE_KEY] {
+        let page = read(&app, key, "", 0).await.expect("reads");
+        assert_eq!(seen(&page), vec![(alice.clone(), UserEventKind::Revoked)], "{key}: told once");
+    }
+    assert!(app.store.get_reach("mp", &alice, "trade").await.expect("store").is_none());
+}
