@@ -260,6 +260,11 @@ pub struct Metrics {
     /// Authorization events WeChat pushed and wxauth acted on, by app and event
     /// (`user_info_modified`, `user_authorization_revoke`, `user_authorization_cancellation`).
     pub user_events: IntCounterVec,
+    /// Events written to the clients' feeds (`ReadUserEvents`), by app and event: one per
+    /// client that had signed the user in.
+    pub user_events_recorded: IntCounterVec,
+    /// Events read from the feeds by `ReadUserEvents`, by client.
+    pub user_events_read: IntCounterVec,
     /// Renewals of an app's own credentials, by app, kind (`access_token`, `jsapi_ticket`) and
     /// result: `upstream` (a WeChat call), `coalesced` (a call saved), `superseded`.
     pub app_credential_renewals: IntCounterVec,
@@ -311,6 +316,7 @@ impl Metrics {
         let (refreshes, profile_cache, sign_ins) = token_metrics(&r);
         let (client_refusals, consent_refusals, return_url_refusals) = client_metrics(&r);
         let (push_messages, user_events) = push_metrics(&r);
+        let (user_events_recorded, user_events_read) = feed_metrics(&r);
         let (app_credential_renewals, app_token_invalidations, phone_numbers) = app_credential_metrics(&r);
         let oidc_requests = r.counter(
             "wxauth_oidc_requests_total",
@@ -342,6 +348,8 @@ impl Metrics {
             connections_closed,
             push_messages,
             user_events,
+            user_events_recorded,
+            user_events_read,
             app_credential_renewals,
             app_token_invalidations,
             phone_numbers,
@@ -507,6 +515,17 @@ fn token_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounter
 }
 
 /// WeChat's message pushes and the authorization events acted on (docs/design.md §2.6).
+fn feed_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
+    let recorded = r.counter(
+        "wxauth_user_events_recorded_total",
+        "User events written to the clients' feeds (one per client that had signed the user in), by app and event.",
+        &["app", "event"],
+    );
+    let read =
+        r.counter("wxauth_user_events_read_total", "User events read by ReadUserEvents, by client.", &["client"]);
+    (recorded, read)
+}
+
 fn push_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
     let messages = r.counter(
         "wxauth_push_messages_total",

@@ -209,6 +209,13 @@ impl WeChatOAuthService for CeilingService {
     ) -> Result<tonic::Response<proto::GetPhoneNumberResponse>, Status> {
         Err(Status::unimplemented("no GetPhoneNumber ceiling"))
     }
+
+    async fn read_user_events(
+        &self,
+        _request: Request<proto::ReadUserEventsRequest>,
+    ) -> Result<tonic::Response<proto::ReadUserEventsResponse>, Status> {
+        Err(Status::unimplemented("no ReadUserEvents ceiling"))
+    }
 }
 
 /// The axum ceiling of the relay: `GETDEL` the flow named by `state`, 302 to its URL with the

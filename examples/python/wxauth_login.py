@@ -300,6 +300,18 @@ def main():
         reason, metadata = error_reason(e)
         seen["app_token"] = {"reason": reason, "grant": metadata.get("grant")}
 
+    # 9. Users WeChat says revoked, closed or changed: a product polls its own feed (every few
+    #    seconds, in a loop of its own), keeps `next_cursor` where it survives a restart, acts on
+    #    each event, and re-checks all its users when `gap` says it fell behind. Here one poll:
+    #    no push reached this wxauth, and a product's own ForgetUser writes no event.
+    cursor = ""  # a real product loads the cursor it saved
+    feed = wxauth.call("ReadUserEvents", pb.ReadUserEventsRequest(after=cursor, limit=100), page)
+    for event in feed.events:
+        gone = event.kind in (pb.USER_EVENT_KIND_REVOKED, pb.USER_EVENT_KIND_ACCOUNT_CLOSED)
+        print(f"{event.app}:{event.openid} {'sign out' if gone else 'read the profile again'}", file=sys.stderr)
+    seen["user_events"] = {"events": len(feed.events), "gap": feed.gap}
+    seen["next_cursor_kept"] = feed.next_cursor == cursor  # nothing new: the same cursor (empty)
+
     seen["sent"] = wxauth.sent
     print(json.dumps(seen, ensure_ascii=False))
 

@@ -233,6 +233,8 @@ pub(super) struct RawToken {
     pub(super) refresh_life: Duration,
     #[serde(default = "defaults::profile_cache", with = "humantime_serde")]
     pub(super) profile_cache: Duration,
+    #[serde(default = "defaults::user_events_kept")]
+    pub(super) user_events_kept: u64,
 }
 
 impl Default for RawToken {
@@ -241,6 +243,7 @@ impl Default for RawToken {
             refresh_margin: defaults::refresh_margin(),
             refresh_life: defaults::refresh_life(),
             profile_cache: defaults::profile_cache(),
+            user_events_kept: defaults::user_events_kept(),
         }
     }
 }
@@ -312,6 +315,9 @@ mod defaults {
     }
     pub fn profile_cache() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn user_events_kept() -> u64 {
+        10_000
     }
     pub fn forward_timeout() -> Duration {
         Duration::from_secs(4)

@@ -43,6 +43,7 @@ impl Settings {
                 "refresh_margin": humane(token.refresh_margin),
                 "refresh_life": humane(token.refresh_life),
                 "profile_cache": humane(token.profile_cache),
+                "user_events_kept": token.user_events_kept,
             },
             "log_json": self.log.json,
             "oidc": self.oidc_summary(),

@@ -64,6 +64,8 @@ fn errors_name_the_key_at_fault() {
     assert_eq!(key_of(&base("[flow]\ngrace = \"forever\"")), "flow.grace");
     assert_eq!(key_of(&base("[token]\nprofile_cache = \"2d\"")), "token.profile_cache");
     assert!(Settings::from_toml(&base("[token]\nprofile_cache = \"0s\"")).is_ok(), "0s turns it off");
+    assert_eq!(key_of(&base("[token]\nuser_events_kept = 0")), "token.user_events_kept");
+    assert_eq!(key_of(&base("[token]\nuser_events_kept = 1000001")), "token.user_events_kept");
     assert_eq!(key_of(&base("").replacen("[server]\n", "[server]\nbogus = 1\n", 1)), "server.bogus");
 }
 

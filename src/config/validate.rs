@@ -45,7 +45,8 @@ fn flow(raw: &RawFlow) -> Result<FlowSettings, ConfigError> {
     Ok(FlowSettings { ttl, grace })
 }
 
-/// `[token]`: the refresh margin, a refresh token's life and the profile cache's age.
+/// `[token]`: the refresh margin, a refresh token's life, the profile cache's age and how many
+/// user events each client's feed keeps.
 fn token(raw: &RawToken) -> Result<TokenPolicy, ConfigError> {
     if raw.refresh_margin > Duration::from_secs(3600) {
         return Err(err("token.refresh_margin", "at most 1h (access tokens live 2h)"));
@@ -56,9 +57,13 @@ fn token(raw: &RawToken) -> Result<TokenPolicy, ConfigError> {
     if raw.profile_cache > Duration::from_secs(24 * 3600) {
         return Err(err("token.profile_cache", "at most 24h (0s turns the cache off)"));
     }
+    if !(1..=1_000_000).contains(&raw.user_events_kept) {
+        return Err(err("token.user_events_kept", "1..=1000000"));
+    }
     Ok(TokenPolicy {
         refresh_margin: raw.refresh_margin,
         refresh_life: raw.refresh_life,
         profile_cache: raw.profile_cache,
+        user_events_kept: raw.user_events_kept,
     })
 }

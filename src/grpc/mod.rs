@@ -9,13 +9,15 @@
 //! ExchangeCode: the browser sign-ins), `users` (RefreshToken, GetUserInfo, ValidateToken,
 //! ForgetUser, FindAccounts), `sign_ins` (ExchangeMobileCode, SignInMiniProgram), `app_level`
 //! (GetAppAccessToken, InvalidateAppAccessToken, SignJsSdkConfig, GetPhoneNumber,
-//! DecryptMiniProgramData: what an app's own credentials buy).
+//! DecryptMiniProgramData: what an app's own credentials buy), `events` (ReadUserEvents: the
+//! caller's feed of user events).
 //! What they
 //! share: `validate` (a request's fields, every violation at once) and `convert` (the proto
 //! forms of the answers).
 
 mod app_level;
 mod convert;
+mod events;
 mod flows;
 mod run;
 mod sign_ins;
@@ -209,5 +211,12 @@ impl WeChatOAuthService for OAuthService {
         request: Request<proto::GetPhoneNumberRequest>,
     ) -> Result<Response<proto::GetPhoneNumberResponse>, Status> {
         self.run("wxauth.v1.WeChatOAuthService/GetPhoneNumber", request, Self::get_phone_number_inner).await
+    }
+
+    async fn read_user_events(
+        &self,
+        request: Request<proto::ReadUserEventsRequest>,
+    ) -> Result<Response<proto::ReadUserEventsResponse>, Status> {
+        self.run("wxauth.v1.WeChatOAuthService/ReadUserEvents", request, Self::read_user_events_inner).await
     }
 }

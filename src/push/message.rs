@@ -22,6 +22,9 @@ pub struct Fields {
     pub app_id: Option<String>,
     /// `RevokeInfo`: what was withdrawn (its values are not documented).
     pub revoke_info: Option<String>,
+    /// `CreateTime`: when WeChat made the message, Unix seconds (the doc's samples of the
+    /// authorization events carry it, XML and JSON).
+    pub create_time: Option<String>,
 }
 
 /// Why a body is not a message.
@@ -87,6 +90,7 @@ fn set(fields: &mut Fields, name: &str, value: String) {
         "OpenID" => &mut fields.open_id,
         "AppID" => &mut fields.app_id,
         "RevokeInfo" => &mut fields.revoke_info,
+        "CreateTime" => &mut fields.create_time,
         _ => return,
     };
     slot.get_or_insert(value);
@@ -142,6 +146,7 @@ mod tests {
         assert_eq!(fields.app_id.as_deref(), Some("wx13974bf780d3dc89"));
         assert_eq!(fields.revoke_info.as_deref(), Some("1"));
         assert_eq!(fields.to_user.as_deref(), Some("gh_870882ca4b1"));
+        assert_eq!(fields.create_time.as_deref(), Some("1626857200"));
     }
 
     /// The doc's JSON sample, with its names as written (`" OpenID"`), less the trailing comma
@@ -153,6 +158,7 @@ mod tests {
         assert_eq!(UserEvent::of(&fields), Some(UserEvent::AuthorizationRevoked));
         assert_eq!(fields.open_id.as_deref(), Some("oaKk343WOktAaT2ygsX138BGblrg"));
         assert_eq!(fields.revoke_info.as_deref(), Some("201"));
+        assert_eq!(fields.create_time.as_deref(), Some("1627359464"), "a JSON number, read as its digits");
     }
 
     #[test]

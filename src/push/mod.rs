@@ -43,7 +43,7 @@ pub use self::message::{Fields, ParseError, UserEvent, parse};
 use crate::allowlist::form_pairs;
 use crate::clock::Clock;
 use crate::config::{PushSettings, Settings};
-use crate::store::Store;
+use crate::store::{Store, UserEventRecord};
 use crate::telemetry::Metrics;
 use crate::tokens::Tokens;
 use crate::wechat::App;
@@ -70,6 +70,8 @@ struct Inner {
     endpoints: HashMap<String, Endpoint>,
     apps: HashMap<String, App>,
     clients: BTreeMap<String, Vec<String>>,
+    /// How many events each client's feed keeps (`token.user_events_kept`).
+    events_kept: u64,
     tokens: Arc<Tokens>,
     store: Store,
     clock: Clock,
@@ -121,7 +123,8 @@ impl PushService {
             .collect();
         // The handler is the company's own: no redirects followed, no retries (WeChat retries).
         let http = crate::http_client().redirect(reqwest::redirect::Policy::none()).build()?;
-        let inner = Inner { endpoints, apps, clients, tokens, store, clock, metrics, http };
+        let events_kept = settings.token.user_events_kept;
+        let inner = Inner { endpoints, apps, clients, events_kept, tokens, store, clock, metrics, http };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -331,7 +334,8 @@ impl PushService {
         if !store.claim_push_nonce(name, timestamp, nonce, WINDOW * 2).await.map_err(|_| Refusal::StoreDown)? {
             return Err(Refusal::Replayed);
         }
-        if let Err(refusal) = self.forget(app, openid, event).await {
+        let wechat_time = fields.create_time.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
+        if let Err(refusal) = self.forget(app, openid, event, wechat_time).await {
             if let Err(error) = store.release_push_nonce(name, timestamp, nonce).await {
                 tracing::warn!(%error, "push nonce kept after a failed act; WeChat's retry will be refused");
             }
@@ -344,20 +348,50 @@ impl PushService {
     }
 
     /// Revoked or cancelled: the user's records for the app and every client's claim, as an
-    /// app-wide ForgetUser (docs/design.md §12.5). Modified: the cached profiles.
-    async fn forget(&self, app: &App, openid: &str, event: UserEvent) -> Result<(), Refusal> {
+    /// app-wide ForgetUser (docs/design.md §12.5). Modified: the cached profiles. Either way
+    /// the clients that had signed the user in (held a claim) get the event in their feeds,
+    /// and no other client: nothing one product was given reaches another (§2.6).
+    async fn forget(&self, app: &App, openid: &str, event: UserEvent, wechat_time: i64) -> Result<(), Refusal> {
         let store = &self.inner.store;
         let failed = |error: crate::error::ApiError| {
             tracing::warn!(app = %app.name, %error, "acting on a pushed authorization event failed");
             if matches!(error, crate::error::ApiError::StoreUnavailable) { Refusal::StoreDown } else { Refusal::Failed }
         };
-        if event == UserEvent::InfoModified {
-            return store.delete_profiles(&app.name, openid).await.map_err(|e| failed(e.into()));
-        }
-        self.inner.tokens.forget(app, openid).await.map_err(failed)?;
         let clients = self.inner.clients.get(&app.name).map(Vec::as_slice).unwrap_or_default();
         let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
+        // Read before anything is forgotten: the claims are what say who had the user.
+        let holders = store.reaching(&app.name, openid, &clients).await.map_err(|e| failed(e.into()))?;
+        let record = UserEventRecord {
+            app: app.name.clone(),
+            openid: openid.to_owned(),
+            event: event.as_str().to_owned(),
+            wechat_time,
+            acted_at_ms: self.inner.clock.now_ms(),
+        };
+        if event == UserEvent::InfoModified {
+            store.delete_profiles(&app.name, openid).await.map_err(|e| failed(e.into()))?;
+            for client in holders {
+                self.record(client, &record).await.map_err(|e| failed(e.into()))?;
+            }
+            return Ok(());
+        }
+        self.inner.tokens.forget(app, openid).await.map_err(failed)?;
+        // Each holder's event, then its claim: a failure leaves the claims of those not yet
+        // told, so WeChat's retry (the nonce released) tells exactly them.
+        for client in holders {
+            self.record(client, &record).await.map_err(|e| failed(e.into()))?;
+            store.forget_reach(&app.name, openid, &[client]).await.map_err(|e| failed(e.into()))?;
+        }
+        // A claim written since the read (a sign-in at this moment) goes too, untold.
         store.forget_reach(&app.name, openid, &clients).await.map_err(|e| failed(e.into()))
+    }
+
+    /// Writes `record` to `client`'s feed of user events, counted.
+    async fn record(&self, client: &str, record: &UserEventRecord) -> Result<(), crate::store::StoreError> {
+        self.inner.store.add_user_event(client, record, self.inner.events_kept).await?;
+        let labels = [record.app.as_str(), record.event.as_str()];
+        self.inner.metrics.user_events_recorded.with_label_values(&labels).inc();
+        Ok(())
     }
 
     /// Passes a message on to the company's handler as it came, and its answer back.

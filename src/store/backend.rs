@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use redis::RedisResult;
 
 use super::FlowRead;
+use super::events::{EventId, RawEvent};
 
 /// What [`Backend::get_two`] answers: each key's value, if it has one.
 pub(crate) type TwoValues = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -79,6 +80,21 @@ pub(crate) trait Backend: Send + Sync {
     fn take_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<(Vec<u8>, u64, Duration)>>;
     /// The sealed flow, nothing counted or cut.
     fn read_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>>;
+    /// Appends to a client's feed of user events (a stream) in one step: `XADD key MAXLEN
+    /// max_len * e sealed p <the last entry's id>`, then the entries more than `keep_for` older
+    /// than the new one trimmed (`XTRIM MINID`) and the key's life set to `keep_for`. Answers
+    /// the new entry's id.
+    fn add_event<'a>(&'a self, key: &'a str, sealed: &'a [u8], max_len: u64, keep_for: Duration) -> Reply<'a, String>;
+    /// Whether the feed exists, and up to `count` of its entries from `from` on (`None`: from
+    /// the oldest), oldest first, its life renewed to `keep_for` (a feed read lives on), in one
+    /// step (`EXISTS`, `XRANGE`, `PEXPIRE`).
+    fn read_events<'a>(
+        &'a self,
+        key: &'a str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> Reply<'a, (bool, Vec<RawEvent>)>;
 }
 
 /// Which primitive a call runs: its name in the metrics and logs (`operation`) and its span.
@@ -101,12 +117,14 @@ pub(crate) enum Op {
     UseFlowBinding,
     TakeFlow,
     ReadFlow,
+    AddEvent,
+    ReadEvents,
 }
 
 impl Op {
     /// Every primitive (for the test that holds names and spans together).
     #[cfg(test)]
-    pub(crate) const ALL: [Op; 17] = [
+    pub(crate) const ALL: [Op; 19] = [
         Op::Get,
         Op::GetTwo,
         Op::Set,
@@ -124,6 +142,8 @@ impl Op {
         Op::UseFlowBinding,
         Op::TakeFlow,
         Op::ReadFlow,
+        Op::AddEvent,
+        Op::ReadEvents,
     ];
 
     /// The backend method's name: the `operation` label of `wxauth_store_*` and of the logs.
@@ -146,6 +166,8 @@ impl Op {
             Op::UseFlowBinding => "use_flow_binding",
             Op::TakeFlow => "take_flow",
             Op::ReadFlow => "read_flow",
+            Op::AddEvent => "add_event",
+            Op::ReadEvents => "read_events",
         }
     }
 
@@ -171,6 +193,8 @@ impl Op {
             Op::UseFlowBinding => info_span!("store.use_flow_binding"),
             Op::TakeFlow => info_span!("store.take_flow"),
             Op::ReadFlow => info_span!("store.read_flow"),
+            Op::AddEvent => info_span!("store.add_event"),
+            Op::ReadEvents => info_span!("store.read_events"),
         }
     }
 }

@@ -3,12 +3,13 @@
 //! Redis. Same semantics as the Redis backend, TTLs included; expiry runs on the service
 //! [`Clock`], so tests move time instead of sleeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::FlowRead;
 use super::backend::{Backend, Reply, TwoValues};
+use super::events::{EventId, RawEvent};
 use crate::clock::{Clock, millis};
 
 /// A point in time on the service clock, in milliseconds.
@@ -22,7 +23,17 @@ struct Inner {
     entries: HashMap<String, (Vec<u8>, Instant)>,
     /// Hashes (the per-unionid account index): fields and the hash's own expiry.
     hashes: HashMap<String, (HashMap<String, Vec<u8>>, Instant)>,
+    /// Streams (the clients' feeds of user events).
+    streams: HashMap<String, Stream>,
     writes: u64,
+}
+
+/// A stream as Redis keeps one: its entries (id, sealed event, the previous entry's id), the
+/// last id it gave (kept when entries are trimmed, as Redis's last-generated-id) and its expiry.
+struct Stream {
+    entries: VecDeque<(EventId, Vec<u8>, String)>,
+    last: EventId,
+    expiry: Instant,
 }
 
 /// A map of byte values with per-key expiry behind one short-held mutex.
@@ -328,6 +339,72 @@ impl Backend for MemoryBackend {
     }
     fn read_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
         Reply::Now(MemoryBackend::read_flow(self, key))
+    }
+    fn add_event<'a>(&'a self, key: &'a str, sealed: &'a [u8], max_len: u64, keep_for: Duration) -> Reply<'a, String> {
+        Reply::Now(MemoryBackend::add_event(self, key, sealed, max_len, keep_for))
+    }
+    fn read_events<'a>(
+        &'a self,
+        key: &'a str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> Reply<'a, (bool, Vec<RawEvent>)> {
+        Reply::Now(MemoryBackend::read_events(self, key, from, count, keep_for))
+    }
+}
+
+impl MemoryBackend {
+    /// Appends to a feed as the Redis backend's script does: the id Redis would give (this
+    /// millisecond, or the last id's next when the clock has not moved past it), the previous
+    /// entry's id, exact `MAXLEN` trimming, then `MINID` (the new id's time less `keep_for`),
+    /// the life set to `keep_for`.
+    pub(super) fn add_event(&self, key: &str, sealed: &[u8], max_len: u64, keep_for: Duration) -> String {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.streams.get(key).is_some_and(|s| s.expiry <= now) {
+            inner.streams.remove(key);
+        }
+        let stream = inner.streams.entry(key.to_owned()).or_insert_with(|| Stream {
+            entries: VecDeque::new(),
+            last: EventId { ms: 0, seq: 0 },
+            expiry: now,
+        });
+        let ms = u64::try_from(now).unwrap_or(0);
+        let id = if ms > stream.last.ms { EventId { ms, seq: 0 } } else { stream.last.next() };
+        let previous = stream.entries.back().map(|(id, _, _)| id.to_string()).unwrap_or_default();
+        stream.entries.push_back((id, sealed.to_vec(), previous));
+        stream.last = id;
+        while stream.entries.len() as u64 > max_len {
+            stream.entries.pop_front();
+        }
+        let min_id = id.ms.saturating_sub(u64::try_from(millis(keep_for)).unwrap_or(0));
+        while stream.entries.front().is_some_and(|(first, _, _)| first.ms < min_id) {
+            stream.entries.pop_front();
+        }
+        stream.expiry = now.saturating_add(millis(keep_for));
+        id.to_string()
+    }
+
+    /// Whether the feed exists and up to `count` entries from `from` on, oldest first; its life
+    /// renewed to `keep_for`.
+    pub(super) fn read_events(
+        &self,
+        key: &str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> (bool, Vec<RawEvent>) {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.streams.get(key).is_some_and(|s| s.expiry <= now) {
+            inner.streams.remove(key);
+        }
+        let Some(stream) = inner.streams.get_mut(key) else { return (false, Vec::new()) };
+        stream.expiry = now.saturating_add(millis(keep_for));
+        let from = from.unwrap_or(EventId { ms: 0, seq: 0 });
+        let entries = stream.entries.iter().filter(|(id, _, _)| *id >= from).take(count);
+        (true, entries.map(|(id, sealed, previous)| (id.to_string(), sealed.clone(), previous.clone())).collect())
     }
 }
 

@@ -13,6 +13,7 @@
 //!   `app_tokens.rs`: an app's own access token and jsapi_ticket, their locks, the day's
 //!   forced refreshes;
 //! - `oidc.rs`: the OpenID Provider's pending requests, codes and access tokens;
+//! - `events.rs`: each client's feed of user events (`ReadUserEvents`);
 //! - `backend.rs`: the one-key primitives both backends implement (`Backend`), with identical
 //!   semantics so the two cannot drift: `memory.rs` (dev mode, unit tests) and `redis/`
 //!   (connections in `mod.rs`, commands, pipelines and scripts in `ops.rs`);
@@ -24,6 +25,7 @@ mod app_tokens;
 mod backend;
 mod breaker;
 mod call;
+mod events;
 pub mod flow_cap;
 mod flows;
 mod keys;
@@ -44,6 +46,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use self::app_tokens::{AppCredential, CredentialKind, CredentialVersion};
 use self::breaker::Breaker;
 pub use self::breaker::BreakerState;
+pub use self::events::{EventId, EventPage, USER_EVENTS_LIFE, UserEventRecord};
 pub use self::flow_cap::{Admission, FlowSlot};
 pub(crate) use self::flows::BOUND_FLOW_ID_LEN;
 pub use self::flows::FLOW_ID_LEN;

@@ -267,6 +267,19 @@ impl Store {
         Ok(any)
     }
 
+    /// Which of `clients` hold a claim on this user: who signed the user in (the clients a
+    /// pushed authorization event is told to, docs/design.md §2.6). The reads go out at once.
+    pub async fn reaching<'c>(&self, app: &str, openid: &str, clients: &[&'c str]) -> Result<Vec<&'c str>, StoreError> {
+        let reads = clients.iter().map(|client| self.get_reach(app, openid, client));
+        let mut holders = Vec::new();
+        for (client, read) in clients.iter().zip(futures::future::join_all(reads).await) {
+            if read?.is_some() {
+                holders.push(*client);
+            }
+        }
+        Ok(holders)
+    }
+
     /// Forgets which of `clients` reached this user.
     pub async fn forget_reach(&self, app: &str, openid: &str, clients: &[&str]) -> Result<(), StoreError> {
         for client in clients {

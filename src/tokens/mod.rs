@@ -61,6 +61,9 @@ pub struct TokenPolicy {
     pub refresh_life: Duration,
     /// How long a fetched profile answers `GetUserInfo` without a WeChat call; zero: never.
     pub profile_cache: Duration,
+    /// How many events each client's feed of user events keeps (`ReadUserEvents`; older ones
+    /// are trimmed, and a reader behind them is told of the gap).
+    pub user_events_kept: u64,
 }
 
 /// Exchanges, refreshes and reads tokens. Cheap to share (`Arc`).

@@ -28,6 +28,7 @@ async fn setup() -> Setup {
         refresh_margin: Duration::from_secs(300),
         refresh_life: Duration::from_secs(30 * 86400),
         profile_cache: Duration::ZERO,
+        user_events_kept: 10_000,
     };
     let tokens = Tokens::new(store.clone(), wechat, clock, policy, metrics);
     let app = App {

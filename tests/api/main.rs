@@ -40,4 +40,5 @@ mod sealing;
 mod sentinel;
 mod tls;
 mod tokens;
+mod user_events;
 mod wx_login;

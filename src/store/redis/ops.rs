@@ -11,6 +11,7 @@ use super::{Conn, RedisBackend};
 use crate::clock::millis;
 use crate::store::FlowRead;
 use crate::store::backend::{Backend, Reply, TwoValues};
+use crate::store::events::{EventId, RawEvent};
 
 /// The relay's step on a flow (a hash: `f` the sealed flow, `n` its callbacks) for Redis
 /// before 7.0: returns the flow, whether this call cut the TTL to ARGV[1] ms (the first use
@@ -58,6 +59,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// Appends to a client's feed of user events (a stream) in one step: the new entry carries the
+/// sealed event (ARGV[1]) and the id of the entry before it (`p`, empty for a first), so a
+/// reader can tell a trimmed gap from nothing new; exact `MAXLEN` ARGV[2] (events are rare: the
+/// exact trim costs little and keeps the memory backend's twin exact); then the entries more
+/// than ARGV[3] ms older than the new one go (`XTRIM MINID`, Redis >= 6.2; the time is the new
+/// id's, Redis's own clock) and the key lives ARGV[3] ms. Returns the new id.
+const ADD_EVENT: &str = r"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = ''
+if last[1] then previous = last[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'e', ARGV[1], 'p', previous)
+local cutoff = tonumber(string.match(id, '^(%d+)-')) - tonumber(ARGV[3])
+if cutoff > 0 then redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', cutoff)) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+";
+
 /// The scripts, each loaded once per server (`EVALSHA`, `EVAL` when the server lacks it).
 #[derive(Clone)]
 pub(super) struct Scripts {
@@ -65,6 +83,7 @@ pub(super) struct Scripts {
     take_flow: Script,
     del_if_eq: Script,
     set_if_eq: Script,
+    add_event: Script,
 }
 
 impl Scripts {
@@ -74,6 +93,7 @@ impl Scripts {
             take_flow: Script::new(TAKE_FLOW),
             del_if_eq: Script::new(DEL_IF_EQ),
             set_if_eq: Script::new(SET_IF_EQ),
+            add_event: Script::new(ADD_EVENT),
         }
     }
 }
@@ -304,6 +324,53 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// [`ADD_EVENT`]: appends to a feed; the new entry's id.
+    pub(super) async fn add_event(
+        &self,
+        key: &str,
+        sealed: &[u8],
+        max_len: u64,
+        keep_for: Duration,
+    ) -> RedisResult<String> {
+        let mut inv = self.scripts.add_event.key(key);
+        inv.arg(sealed).arg(max_len).arg(millis(keep_for).max(1));
+        self.invoke(inv).await
+    }
+
+    /// `EXISTS key`, `XRANGE key from + COUNT count` and `PEXPIRE key keep_for` in one
+    /// `MULTI`: an entry is `[id, [field, value, ...]]`, its fields `e` (the sealed event) and
+    /// `p` (the previous id).
+    pub(super) async fn read_events(
+        &self,
+        key: &str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> RedisResult<(bool, Vec<RawEvent>)> {
+        let start = from.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("EXISTS").arg(key).cmd("XRANGE").arg(key).arg(start).arg("+").arg("COUNT").arg(count.max(1));
+        pipe.cmd("PEXPIRE").arg(key).arg(millis(keep_for).max(1)).ignore();
+        let (exists, entries): (bool, Vec<StreamEntry>) = self.query_pipe(&pipe).await?;
+        let entries = entries.into_iter().map(|(id, fields)| {
+            let (mut sealed, mut previous) = (Vec::new(), String::new());
+            for pair in fields.chunks_exact(2) {
+                match pair[0].as_slice() {
+                    b"e" => sealed.clone_from(&pair[1]),
+                    b"p" => previous = String::from_utf8_lossy(&pair[1]).into_owned(),
+                    _ => {}
+                }
+            }
+            (id, sealed, previous)
+        });
+        Ok((exists, entries.collect()))
+    }
+}
+
+/// A stream entry as `XRANGE` answers it: the id, and the fields and values in turn.
+type StreamEntry = (String, Vec<Vec<u8>>);
+
 /// The relay's step on the flow at `key`, as three commands for a pipeline: `HGET key f`,
 /// `HINCRBY key n 1` and `PEXPIRE key cut_to LT` (Redis >= 7.0). Each command is sized up front.
 fn add_flow_step(pipe: &mut redis::Pipeline, key: &str, cut_to: Duration) {
@@ -397,5 +464,17 @@ impl Backend for RedisBackend {
     }
     fn read_flow<'a>(&'a self, key: &'a str) -> Reply<'a, Option<Vec<u8>>> {
         Reply::Remote(Box::pin(RedisBackend::read_flow(self, key)))
+    }
+    fn add_event<'a>(&'a self, key: &'a str, sealed: &'a [u8], max_len: u64, keep_for: Duration) -> Reply<'a, String> {
+        Reply::Remote(Box::pin(RedisBackend::add_event(self, key, sealed, max_len, keep_for)))
+    }
+    fn read_events<'a>(
+        &'a self,
+        key: &'a str,
+        from: Option<EventId>,
+        count: usize,
+        keep_for: Duration,
+    ) -> Reply<'a, (bool, Vec<RawEvent>)> {
+        Reply::Remote(Box::pin(RedisBackend::read_events(self, key, from, count, keep_for)))
     }
 }
