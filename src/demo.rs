@@ -356,7 +356,7 @@ async fn sign_in(
     // The same person's accounts in the other demo apps (one open-platform account: one unionid).
     let mut also = Vec::new();
     if !exchanged.unionid.is_empty() {
-        let request = FindAccountsRequest { unionid: exchanged.unionid.clone() };
+        let request = FindAccountsRequest { unionid: exchanged.unionid.clone(), ..Default::default() };
         let found = demo.grpc.clone().find_accounts(demo.authed(request)?).await?.into_inner().accounts;
         also = found.into_iter().filter(|a| a.app != exchanged.app).map(|a| a.app).collect();
     }
