@@ -23,6 +23,11 @@
 //!   the relay gives the state only to the browser a flow was bound to, and the QR code on
 //!   this page is not bound to one.
 //!
+//! - `GET /jssdk` runs `wx.config` as an H5 page inside WeChat does: `SignJsSdkConfig` for the
+//!   page's own URL (app `demo-mp`), WeChat's JS-SDK script (the simulator's stand-in in dev
+//!   mode, which checks the signature against the tickets the simulator issued), and
+//!   `wx.ready` / `wx.error` shown on the page (`#jssdk-status`).
+//!
 //! Every value from a request or from wxauth is HTML-escaped; codes and keys are never logged.
 
 use crate::html::{escape, js_string};
@@ -40,7 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::we_chat_o_auth_service_client::WeChatOAuthServiceClient;
 use crate::proto::{
     BuildAuthorizeUrlRequest, BuildAuthorizeUrlResponse, ExchangeCodeRequest, FindAccountsRequest, GetUserInfoRequest,
-    Scope, UserInfo, WxLoginOptions,
+    Scope, SignJsSdkConfigRequest, UserInfo, WxLoginOptions,
 };
 
 /// The demo page's address in dev mode.
@@ -84,6 +89,8 @@ struct Demo {
     key: String,
     /// `http://host:port` the browser uses; the return URL is `{origin}/callback`.
     origin: String,
+    /// WeChat's JS-SDK script: the simulator's stand-in (`http://{sim}/open/js/jweixin-1.6.0.js`).
+    jweixin: String,
 }
 
 impl fmt::Debug for Demo {
@@ -106,7 +113,14 @@ impl Demo {
 /// (`http://127.0.0.1:8082`) is where browsers reach the page; it must be on the client's
 /// return-URL allowlist.
 pub fn router(grpc: Channel, key: String, origin: String) -> Router {
-    let demo = Demo { grpc: WeChatOAuthServiceClient::new(grpc), key, origin };
+    let sim: SocketAddr = crate::dev::SIM_ADDR.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8081)));
+    router_beside(grpc, key, origin, sim)
+}
+
+/// [`router`] with the simulator (whose JS-SDK stand-in `/jssdk` loads) at `sim`.
+fn router_beside(grpc: Channel, key: String, origin: String, sim: SocketAddr) -> Router {
+    let jweixin = format!("http://{sim}{}", crate::sim::JWEIXIN_JS);
+    let demo = Demo { grpc: WeChatOAuthServiceClient::new(grpc), key, origin, jweixin };
     Router::new()
         .route("/", get(home))
         .route("/login", get(login))
@@ -114,7 +128,22 @@ pub fn router(grpc: Channel, key: String, origin: String) -> Router {
         .route("/login/pc", get(login_pc))
         .route("/login/qr", get(login_qr))
         .route("/callback", get(callback))
+        .route("/jssdk", get(jssdk))
         .with_state(demo)
+}
+
+/// [`serve`] with the simulator at `sim` rather than the dev mode's address (tests that run
+/// the simulator on a port of their own).
+pub async fn serve_beside(
+    listener: tokio::net::TcpListener,
+    grpc_addr: SocketAddr,
+    sim: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let origin = format!("http://{}", listener.local_addr()?);
+    let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}")).map_err(std::io::Error::other)?;
+    let app = router_beside(endpoint.connect_lazy(), crate::config::DEV_CLIENT_KEY.to_owned(), origin, sim);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// Serves the demo page on `listener` as the dev-mode client `demo` (key `dev-only-key`) of
@@ -206,9 +235,42 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
          <a id=\"login-qr\" href=\"/login/qr\">QR on this page</a> \
          (<a id=\"login-qr-self\" href=\"/login/qr?self_redirect=true\">callback in the QR frame</a>)</p>\
          <p>Or as any OpenID Connect application would: \
-         <a id=\"login-oidc\" href=\"/oidc/login\">Sign in through OIDC</a> (wxauth's OpenID Provider)</p>",
+         <a id=\"login-oidc\" href=\"/oidc/login\">Sign in through OIDC</a> (wxauth's OpenID Provider)</p>\
+         <p>Or an H5 page's <a id=\"jssdk\" href=\"/jssdk\">wx.config</a>, signed by wxauth (SignJsSdkConfig)</p>",
     )
     .into_response()
+}
+
+/// An H5 page of the official account running `wx.config`, signed by wxauth for this page's own
+/// URL: the product never holds the `jsapi_ticket`. `wx.ready` or `wx.error` shows the outcome.
+async fn jssdk(State(demo): State<Demo>) -> Result<Response, PageError> {
+    let url = format!("{}/jssdk", demo.origin);
+    let request = SignJsSdkConfigRequest {
+        app: Device::Mobile.app().into(),
+        url,
+        js_api_list: vec!["updateAppMessageShareData".into()],
+    };
+    let signed = demo.grpc.clone().sign_js_sdk_config(demo.authed(request)?).await?.into_inner();
+    let apis: Vec<String> = signed.js_api_list.iter().map(|a| js_string(a)).collect();
+    // The values go into a script: as JavaScript string literals, never spliced raw.
+    let body = format!(
+        "<p>An H5 page inside WeChat: <code>wx.config</code> with a signature from wxauth.</p>\
+         <p id=\"jssdk-status\">checking…</p>\
+         <script src=\"{script}\"></script>\
+         <script>var shown = document.getElementById(\"jssdk-status\");\
+         wx.config({{debug: false, appId: {app_id}, timestamp: {timestamp}, nonceStr: {nonce}, signature: {signature}, \
+         jsApiList: [{apis}]}});\
+         wx.ready(function () {{ shown.textContent = \"ready\"; }});\
+         wx.error(function (res) {{ shown.textContent = \"error: \" + res.errMsg; }});</script>\
+         <p><a id=\"retry\" href=\"/\">Back</a></p>",
+        script = escape(&demo.jweixin),
+        app_id = js_string(&signed.app_id),
+        timestamp = signed.timestamp,
+        nonce = js_string(&signed.nonce_str),
+        signature = js_string(&signed.signature),
+        apis = apis.join(", "),
+    );
+    Ok(page("JS-SDK", &body).into_response())
 }
 
 /// "Sign in with WeChat" as real products do it: inside WeChat's in-app browser the official
@@ -356,7 +418,7 @@ async fn sign_in(
     // The same person's accounts in the other demo apps (one open-platform account: one unionid).
     let mut also = Vec::new();
     if !exchanged.unionid.is_empty() {
-        let request = FindAccountsRequest { unionid: exchanged.unionid.clone() };
+        let request = FindAccountsRequest { unionid: exchanged.unionid.clone(), ..Default::default() };
         let found = demo.grpc.clone().find_accounts(demo.authed(request)?).await?.into_inner().accounts;
         also = found.into_iter().filter(|a| a.app != exchanged.app).map(|a| a.app).collect();
     }

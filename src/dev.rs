@@ -95,7 +95,7 @@ apps = ["demo-mp", "demo-web", "demo-app", "demo-mini"]
 return_urls = ["http://{demo}/", "http://localhost:{demo_port}/"]
 # Dev mode: the demo client holds every app-level grant, so each of those RPCs answers a
 # `grpcurl` right after `cargo run` (production clients hold none unless given).
-grants = ["app_access_token", "jssdk", "phone_number", "mini_data"]
+grants = ["app_access_token", "jssdk", "phone_number", "mini_data", "phone_lookup"]
 
 # Dev mode: no rate limits for the demo client (a developer clicking and scripting against
 # it should never meet CLIENT_RATE_LIMITED); the open-flow cap keeps its default.

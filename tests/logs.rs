@@ -1,6 +1,8 @@
 //! The logs of a whole flow, captured at debug level (trace for wxauth itself), hold none of
 //! that flow's secrets: appsecret, client key, code, access and refresh tokens, sealing key.
 //!
+//! Nor does a phone number a product had kept and looked up (issue 21).
+//!
 //! Its own test binary: it installs the process-wide subscriber.
 
 #[allow(dead_code, unused_macros)]
@@ -11,9 +13,23 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::MakeWriter;
-use wxauth::proto::{BuildAuthorizeUrlRequest, RefreshTokenRequest, Scope, ValidateTokenRequest};
+use wxauth::proto::{
+    BuildAuthorizeUrlRequest, FindAccountsRequest, GetPhoneNumberRequest, RefreshTokenRequest, Scope,
+    ValidateTokenRequest,
+};
 
-use helpers::{Backend, MP_APPID, PASSPORT_KEY, spawn_app};
+use helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, spawn_app_configured};
+
+const SHOP_KEY: &str = "logs-shop-test-key";
+
+/// `shop`, which keeps mini program users' phone numbers and looks them up.
+fn shop() -> String {
+    let digest = hex::encode(wxauth::config::key_digest(SHOP_KEY));
+    format!(
+        "[clients.shop]\nkey_sha256 = \"{digest}\"\napps = [\"mini\"]\nreturn_urls = [\"https://shop.example.com/\"]\n\
+         grants = [\"phone_number\", \"phone_lookup\"]\n"
+    )
+}
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -46,7 +62,7 @@ async fn a_whole_flow_logs_no_secret() {
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
 
-    let app = spawn_app(Backend::Redis).await;
+    let app = spawn_app_configured(Backend::Redis, &shop()).await;
     let request = BuildAuthorizeUrlRequest {
         app: "mp".into(),
         return_url: "https://passport.example.com/login/".into(),
@@ -72,9 +88,19 @@ async fn a_whole_flow_logs_no_secret() {
     app.exchange_as(PASSPORT_KEY, "mp", &bogus, "AnotherBogusCode123").await.expect_err("40029");
     let wrong_key = helpers::authed("wrong-client-key-value", wxauth::proto::GetUserInfoRequest::default());
     app.grpc.clone().get_user_info(wrong_key).await.expect_err("unauthenticated");
+    let js_code = app.sim.js_code(MINI_APPID, "alice").expect("js_code");
+    let mini = app.mini_sign_in_as(SHOP_KEY, &js_code).await.expect("mini sign-in");
+    let phone_code = app.sim.phone_code(MINI_APPID, "alice").expect("phone code");
+    let number = app.sim.phone_number_of("alice").expect("alice's number");
+    let keep = GetPhoneNumberRequest { app: "mini".into(), code: phone_code.clone(), keep: true, openid: mini.openid };
+    app.grpc.clone().get_phone_number(helpers::authed(SHOP_KEY, keep)).await.expect("kept");
+    let lookup = FindAccountsRequest { pure_phone_number: number.clone(), ..Default::default() };
+    let found = app.grpc.clone().find_accounts(helpers::authed(SHOP_KEY, lookup)).await.expect("found");
+    assert_eq!(found.into_inner().accounts.len(), 1);
 
     let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
     assert!(text.contains("flow created") && text.contains("relayed"), "the logs were captured:\n{text}");
+    assert!(text.contains("phone number kept"), "the keep's logs were captured too");
     let sealing_key = helpers::test_keyring();
     let secrets = [
         ("appsecret", "demo-mp-secret"),
@@ -87,6 +113,8 @@ async fn a_whole_flow_logs_no_secret() {
         ("refresh token", first.refresh_token.secret()),
         ("sealing key", sealing_key.split_once(':').map(|(_, k)| k).unwrap_or_default()),
         ("caller state", "product-csrf"),
+        ("phone code", phone_code.as_str()),
+        ("phone number", number.as_str()),
     ];
     for (what, secret) in secrets {
         assert!(!secret.is_empty());

@@ -260,7 +260,7 @@ pub fn accounts_op(
     Arc::new(move |worker| {
         let mut client = clients[worker % clients.len()].clone();
         let unionid = unionids[worker % unionids.len()].clone();
-        let request = authed(&auth, proto::FindAccountsRequest { unionid });
+        let request = authed(&auth, proto::FindAccountsRequest { unionid, ..Default::default() });
         async move {
             match client.find_accounts(request).await {
                 Ok(found) if want == 0 || found.get_ref().accounts.len() == want => Outcome::Ok,

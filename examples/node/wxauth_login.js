@@ -6,6 +6,9 @@
 // session, GetUserInfo, and react to failures by their ErrorInfo reason: start a new sign-in
 // (SIGN_IN_AGAIN), send the user through consent again (REAUTHORIZATION_REQUIRED), retry after
 // the RetryInfo delay (STORE_UNAVAILABLE), fix the request (INVALID_ARGUMENT + BadRequest).
+// Then what the app's own credentials buy a product granted them, without the appsecret:
+// GetAppAccessToken (the app's access token, for WeChat's server APIs) and SignJsSdkConfig
+// (wx.config for one of the product's H5 pages; the product never sees the jsapi_ticket).
 // Every call has a deadline and carries the caller's W3C `traceparent`.
 //
 // The "browser" (consent page, callback) is played by this script against the WeChat simulator,
@@ -296,6 +299,29 @@ async function signIn(wxauth, args, seen) {
   }
 }
 
+/**
+ * GetAppAccessToken: the app's token for WeChat's server APIs (templates, menus, QR codes), read
+ * from wxauth each time rather than cached for long (wxauth renews it; a WeChat 40001 with it
+ * goes to InvalidateAppAccessToken). SignJsSdkConfig: what the page passes to wx.config.
+ */
+async function appLevel(product, args, seen) {
+  const trace = new Trace();
+  const token = await product.callRetrying('GetAppAccessToken', { app: args.app }, trace);
+  // The token itself goes to WeChat only: the JSON line shows its life, never the token.
+  seen.app_access_token = { expires_in_s: token.expire_time.seconds - Math.floor(Date.now() / 1000) };
+  const request = { app: args.app, url: args['page-url'], js_api_list: ['updateAppMessageShareData'] };
+  const config = await product.callRetrying('SignJsSdkConfig', request, trace);
+  // wx.config({appId, timestamp, nonceStr, signature, jsApiList}) on the page at config.url.
+  seen.jssdk = {
+    app_id: config.app_id,
+    timestamp: config.timestamp,
+    nonce_str: config.nonce_str,
+    signature: config.signature,
+    js_api_list: config.js_api_list,
+    url: config.url,
+  };
+}
+
 async function main() {
   const { values: args } = parseArgs({
     options: {
@@ -307,6 +333,10 @@ async function main() {
       user: { type: 'string', default: 'alice' }, // the simulator's test user
       // Optional: a wxauth whose Redis is down, to show STORE_UNAVAILABLE and its retries.
       'outage-grpc': { type: 'string' },
+      // The key of a client granted `app_access_token` and `jssdk` (dev mode: the demo client),
+      // and one of its H5 pages (under its return URLs) to sign wx.config for; empty: skipped.
+      'app-key': { type: 'string', default: 'dev-only-key' },
+      'page-url': { type: 'string', default: 'http://127.0.0.1:8082/jssdk' },
     },
   });
   args.returnUrl = args['return-url'];
@@ -369,6 +399,16 @@ async function main() {
       } finally {
         wxauth.sent.push(...down.sent);
         down.close();
+      }
+    }
+    // 6. The app's own credentials, for a client granted them (`clients.<name>.grants`).
+    if (args['app-key']) {
+      const product = new Wxauth(args.grpc, args['app-key']);
+      try {
+        await appLevel(product, args, seen);
+      } finally {
+        wxauth.sent.push(...product.sent);
+        product.close();
       }
     }
     seen.sent = wxauth.sent;

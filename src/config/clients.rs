@@ -51,11 +51,15 @@ pub enum Grant {
     PhoneNumber,
     /// `DecryptMiniProgramData` (mini programs).
     MiniData,
+    /// `FindAccounts` by a phone number kept with GetPhoneNumber's `keep` (mini programs): a
+    /// person looked up by phone, which no sign-in client needs.
+    PhoneLookup,
 }
 
 impl Grant {
     /// Every grant, in config order.
-    pub const ALL: [Grant; 4] = [Grant::AppAccessToken, Grant::Jssdk, Grant::PhoneNumber, Grant::MiniData];
+    pub const ALL: [Grant; 5] =
+        [Grant::AppAccessToken, Grant::Jssdk, Grant::PhoneNumber, Grant::MiniData, Grant::PhoneLookup];
 
     /// The grant's name in config (`grants = ["app_access_token", ...]`) and in errors.
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Grant {
             Grant::Jssdk => "jssdk",
             Grant::PhoneNumber => "phone_number",
             Grant::MiniData => "mini_data",
+            Grant::PhoneLookup => "phone_lookup",
         }
     }
 
@@ -73,7 +78,7 @@ impl Grant {
         match self {
             Grant::AppAccessToken => &[AppKind::OfficialAccount, AppKind::MiniProgram],
             Grant::Jssdk => &[AppKind::OfficialAccount],
-            Grant::PhoneNumber | Grant::MiniData => &[AppKind::MiniProgram],
+            Grant::PhoneNumber | Grant::MiniData | Grant::PhoneLookup => &[AppKind::MiniProgram],
         }
     }
 }

@@ -130,14 +130,28 @@ impl OAuthService {
         let mut v = Violations::default();
         v.named_app(&req.app);
         v.code("code", &req.code);
+        if req.keep && !is_openid(&req.openid) {
+            v.add("openid", "required with keep: the user's openid, 1..64 of [A-Za-z0-9_-]");
+        } else if !req.keep && !req.openid.is_empty() {
+            v.add("openid", "only with keep: the user the number is kept with");
+        }
         v.finish()?;
         let app = self.granted_app(client, &req.app, Grant::PhoneNumber)?;
+        if req.keep {
+            // Before WeChat is asked: a number that cannot be kept must not spend the code.
+            self.tokens.may_keep_phone(app, &req.openid, super::users::reach(client)).await?;
+        }
         let result = self.tokens.phone_number(app, &AuthCode::new(req.code)).await;
         // WeChat bills every number: counted by app and client. The number itself is in no
         // label, log or error.
         let outcome = result.as_ref().map_or_else(ApiError::reason, |_| "ok");
         self.metrics.phone_numbers.with_label_values(&[&app.name, &client.name, outcome]).inc();
         let info = result?;
+        if req.keep {
+            // WeChat's answer names no user: the number is kept with the one the caller named
+            // and reaches (docs/design.md §12.9).
+            self.tokens.keep_phone(app, &req.openid, &client.name, &info).await?;
+        }
         Ok(proto::GetPhoneNumberResponse {
             phone_number: info.phone_number.secret().to_owned(),
             pure_phone_number: info.pure_phone_number.secret().to_owned(),

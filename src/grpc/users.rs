@@ -1,10 +1,11 @@
-//! The per-user RPCs (RefreshToken, GetUserInfo, ValidateToken, ForgetUser) and FindAccounts:
+//! The per-user RPCs (RefreshToken, GetUserInfo, ValidateToken, ForgetUser) and FindAccounts
+//! (by unionid, or by a kept phone number for clients granted `phone_lookup`):
 //! whom a client reaches, and what it is told of them.
 
 use super::OAuthService;
 use super::convert::{kind_to_proto, scopes_to_proto, timestamp, user_info};
 use super::validate::{Violations, is_openid};
-use crate::config::{Client, Users};
+use crate::config::{Client, Grant as ClientGrant, Users};
 use crate::consent::Grant;
 use crate::error::ApiError;
 use crate::proto;
@@ -105,10 +106,31 @@ impl OAuthService {
         client: &Client,
         req: proto::FindAccountsRequest,
     ) -> Result<proto::FindAccountsResponse, ApiError> {
-        if !is_openid(&req.unionid) {
-            return Err(ApiError::invalid("unionid", "1..64 of [A-Za-z0-9_-]"));
-        }
-        let found = self.tokens.accounts(&req.unionid, &client.apps, reach(client)).await?;
+        let by_phone = !req.pure_phone_number.is_empty() || !req.country_code.is_empty();
+        let found = if by_phone {
+            let mut v = Violations::default();
+            if !req.unionid.is_empty() {
+                v.add("unionid", "exactly one of unionid and pure_phone_number");
+            }
+            if !is_digits(&req.pure_phone_number, 20) {
+                v.add("pure_phone_number", "1..20 digits: the number without country code");
+            }
+            if !req.country_code.is_empty() && !is_digits(&req.country_code, 4) {
+                v.add("country_code", "1..4 digits, or empty for 86");
+            }
+            v.finish()?;
+            // Looking a person up by phone is a grant of its own: no sign-in client needs it.
+            if !client.holds(ClientGrant::PhoneLookup) {
+                return Err(ApiError::GrantMissing(ClientGrant::PhoneLookup));
+            }
+            let country = if req.country_code.is_empty() { "86" } else { req.country_code.as_str() };
+            self.tokens.accounts_by_phone((country, &req.pure_phone_number), &client.apps, reach(client)).await?
+        } else {
+            if !is_openid(&req.unionid) {
+                return Err(ApiError::invalid("unionid", "1..64 of [A-Za-z0-9_-]"));
+            }
+            self.tokens.accounts(&req.unionid, &client.apps, reach(client)).await?
+        };
         let accounts = found
             .into_iter()
             .map(|a| proto::Account {
@@ -131,8 +153,13 @@ fn scopes_of(grant: Option<Grant>, token_scopes: &[String]) -> Vec<String> {
     }
 }
 
+/// Whether `text` is 1..`max` ASCII digits.
+fn is_digits(text: &str, max: usize) -> bool {
+    (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Whose users `client` reaches (`clients.<name>.users`).
-fn reach(client: &Client) -> UsersRule<'_> {
+pub(super) fn reach(client: &Client) -> UsersRule<'_> {
     match client.users {
         Users::Own => UsersRule::Own(&client.name),
         Users::App => UsersRule::Any,

@@ -211,6 +211,16 @@ async fn getticket(State(sim): State<Simulator>, RawQuery(raw): RawQuery) -> Res
 }
 
 impl Simulator {
+    /// Every `jsapi_ticket` of `appid` alive now: what the stand-in `jweixin` checks a
+    /// signature against (a ticket renewed in its predecessor's last minutes leaves both alive).
+    pub(super) fn live_tickets(&self, appid: &str) -> Vec<String> {
+        let now = self.core().now();
+        let issued = self.app_tokens().lock();
+        let live =
+            issued.live.iter().filter(|(_, (app, kind, dies))| app == appid && *kind == Kind::Ticket && *dies > now);
+        live.map(|(ticket, _)| ticket.clone()).collect()
+    }
+
     /// Normal mode: the current stable token while it has more than 5 minutes; else a new one
     /// (the old one lives to its end).
     fn normal_stable(&self, appid: &str, now: Duration) -> (String, Duration) {

@@ -30,6 +30,7 @@ mod api;
 mod app_token;
 mod config;
 mod control;
+mod jssdk;
 mod open_data;
 mod pages;
 mod params;
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 pub use self::config::{SimApp, SimAppKind, SimConfig, SimUser};
 pub use self::control::{Endpoint, Fault};
+pub use self::jssdk::JWEIXIN_JS;
 pub use self::pages::{WECHAT_BROWSER_UA, WECOM_BROWSER_UA, WX_LOGIN_JS};
 pub use self::push::{PushError, PushEvent, PushFormat, PushTarget, SignedPush};
 pub use self::state::{EXCHANGES_PER_MINUTE, MINI_LOGINS_PER_MINUTE, SNS_CALLS_PER_MINUTE, SimError};
@@ -97,6 +99,7 @@ impl Simulator {
             .merge(api::routes())
             .merge(app_token::routes())
             .merge(phone::routes())
+            .merge(jssdk::routes())
             .merge(control::routes())
             .with_state(self.clone())
     }

@@ -71,7 +71,7 @@ pub(super) fn account_aad(key: &str, field: &str) -> String {
 
 /// The kind of a key (`tok`, `flow`, ...) for logs: never the openid, code hash or flow id.
 pub(super) fn key_kind(key: &str) -> &'static str {
-    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client", "push", "apptok", "oidc"]
+    ["tok", "flow", "code", "lock", "prof", "reach", "sess", "union", "client", "push", "apptok", "oidc", "phone"]
         .into_iter()
         .find(|kind| key.contains(&format!(":{kind}:")))
         .unwrap_or("other")

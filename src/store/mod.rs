@@ -14,6 +14,7 @@
 //!   forced refreshes;
 //! - `oidc.rs`: the OpenID Provider's pending requests, codes and access tokens;
 //! - `events.rs`: each client's feed of user events (`ReadUserEvents`);
+//! - `phones.rs`: phone numbers kept with mini program users and their keyed-hash index;
 //! - `backend.rs`: the one-key primitives both backends implement (`Backend`), with identical
 //!   semantics so the two cannot drift: `memory.rs` (dev mode, unit tests) and `redis/`
 //!   (connections in `mod.rs`, commands, pipelines and scripts in `ops.rs`);
@@ -31,6 +32,7 @@ mod flows;
 mod keys;
 mod memory;
 mod oidc;
+mod phones;
 mod records;
 mod redis;
 pub mod seal;
@@ -53,6 +55,7 @@ pub use self::flows::FLOW_ID_LEN;
 use self::keys::key_kind;
 use self::memory::MemoryBackend;
 pub use self::oidc::Versioned;
+pub use self::phones::{KeptPhone, PhoneEntry};
 pub use self::records::{
     Account, CachedProfile, CodeRecord, CodeRelay, CodeState, ExchangeOutcome, Flow, FlowUse, LockToken, MiniSession,
     Reach, ReadCode, Relayed, TokenRecord, TokenVersion,

@@ -170,6 +170,19 @@ impl Keyring {
         tag
     }
 
+    /// The 128-bit tag of `parts` under every configured key, the sealing key's first: what an
+    /// index keyed by a tag (the phone-number index) is written under (the first) and looked
+    /// up and cleaned under (all, so entries written before a key rotation are still found).
+    pub fn tags_under_each(&self, parts: &[&str]) -> Vec<[u8; TAG_LEN]> {
+        let tag_of = |key: &SealingKey| {
+            let full = key.tag(parts).finalize().into_bytes();
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(&full[..TAG_LEN]);
+            tag
+        };
+        self.keys.iter().map(tag_of).collect()
+    }
+
     /// Whether `tag` is the tag of `parts` under any configured key (constant-time compare),
     /// so tags made before a key rotation still verify while the old key is configured. `tag`
     /// may be a leading part of the 128-bit tag, down to [`MIN_TAG_LEN`] bytes (flow ids carry

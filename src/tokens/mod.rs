@@ -34,6 +34,7 @@ use crate::wechat::{Scope, WechatClient};
 mod app_token;
 mod exchange;
 mod mobile;
+mod phones;
 mod refresh;
 mod sign_in;
 #[cfg(test)]

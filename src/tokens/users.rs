@@ -225,8 +225,9 @@ impl Tokens {
         }
     }
 
-    /// Deletes the user's token record, session, cached profiles and account-index entries, for
-    /// every client (a `users = "app"` client's ForgetUser), holding the user's refresh lock so
+    /// Deletes the user's token record, session, kept phone number, cached profiles and
+    /// account-index entries (unionid and phone), for every client (a `users = "app"` client's
+    /// ForgetUser, a pushed revoke or cancellation), holding the user's refresh lock so
     /// a refresh under way (here or on another replica) finishes first. (A refresh that
     /// outlived its lock could not write the record back either: it writes only over the
     /// record it read.) Returns whether a record existed.
@@ -259,7 +260,11 @@ impl Tokens {
             return Ok(false);
         }
         let others: Vec<&str> = clients.iter().copied().filter(|c| *c != client).collect();
-        self.forget_unless_reached(app, openid, &others).await?;
+        if self.forget_unless_reached(app, openid, &others).await?.is_none() {
+            // Others still reach the user: the number stays theirs, but this client's entry in
+            // its index goes (it finds the user by phone no more, even after a new sign-in).
+            self.forget_phone(app, openid, Some(client)).await?;
+        }
         // Last: a failure before it leaves the claim, so a retry still reaches the user.
         self.store.forget_reach(&app.name, openid, &[client]).await?;
         Ok(token.is_some() || session.is_some())
@@ -308,8 +313,10 @@ impl Tokens {
         let (token, session) = (token?, session?);
         let existed = token.is_some() || session.is_some();
         let unionids = token.and_then(|t| t.unionid).into_iter().chain(session.and_then(|s| s.unionid)).collect();
+        // Before the session: a failure leaves it, and a retry finds the user to forget again.
+        self.forget_phone(app, openid, None).await?;
         self.store.delete_user(&app.name, openid).await?;
-        tracing::info!(app = %app.name, "user forgotten: token record, session and cached profiles deleted");
+        tracing::info!(app = %app.name, "user forgotten: token record, session, kept number and cached profiles deleted");
         Ok((existed, unionids))
     }
 

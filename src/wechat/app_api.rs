@@ -67,7 +67,7 @@ impl WechatClient {
 
 /// A phone number (`phoneNumber`, `purePhoneNumber`): personal data, never in a log or a
 /// `Debug`.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(transparent)]
 pub struct PhoneNumber(String);
 

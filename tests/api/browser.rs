@@ -27,6 +27,8 @@ const WAIT: Duration = Duration::from_secs(15);
 /// wxauth (dev-mode settings), the simulator and the demo page, all on free loopback ports.
 struct DevMode {
     sim: Simulator,
+    /// The simulator's address (its JS-SDK stand-in and `/sim/jssdk/verify`).
+    sim_addr: SocketAddr,
     /// The service's clock (the memory store expires flows by it).
     clock: wxauth::clock::Clock,
     demo: SocketAddr,
@@ -63,8 +65,8 @@ impl DevMode {
             tokio::spawn(app.run_until(async {
                 let _ = stopped.await;
             }));
-            tokio::spawn(wxauth::demo::serve(demo_listener, grpc, std::future::pending()));
-            return Self { sim, clock, demo, grpc, public, _stop: stop };
+            tokio::spawn(wxauth::demo::serve_beside(demo_listener, grpc, sim_addr, std::future::pending()));
+            return Self { sim, sim_addr, clock, demo, grpc, public, _stop: stop };
         }
         panic!("no free port for the public listener after 10 tries");
     }
@@ -598,4 +600,59 @@ async fn save_screenshot(client: &Client) {
     let dir = target.join("e2e");
     std::fs::create_dir_all(&dir).expect("target/e2e");
     std::fs::write(dir.join("logged-in.png"), png).expect("write the screenshot");
+}
+
+/// The demo's H5 page runs `wx.config` with wxauth's signature for its own URL: the simulator's
+/// stand-in JS-SDK checks it against the ticket the simulator issued and calls `wx.ready`. The
+/// same values with another signature, another page URL or another timestamp are refused
+/// (`config:invalid signature`, what `wx.error` gets), so the page's "ready" is the check's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_h5_page_runs_wx_config_with_wxauths_signature() {
+    let dev = DevMode::start().await;
+    let page_url = format!("{}jssdk", dev.home());
+    let home = dev.home();
+    let verify = format!("http://{}/sim/jssdk/verify", dev.sim_addr);
+    Browser::start()
+        .await
+        .run(async |client| {
+            client.goto(&home).await.expect("open the demo page");
+            click(client, "#jssdk").await;
+            let mut shown = text(client, "#jssdk-status").await;
+            for _ in 0..50 {
+                if shown != "checking…" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                shown = text(client, "#jssdk-status").await;
+            }
+            assert_eq!(shown, "ready", "wx.ready, not wx.error");
+            let page = client.source().await.expect("page source");
+            let value = |name: &str| {
+                let rest = page.split(&format!("{name}: ")).nth(1).unwrap_or_else(|| panic!("no {name}: {page}"));
+                rest.split([',', '}']).next().unwrap_or_default().trim().trim_matches('"').to_owned()
+            };
+            let (app_id, timestamp, nonce, signature) =
+                (value("appId"), value("timestamp"), value("nonceStr"), value("signature"));
+            let http = wxauth::http_client().build().expect("http");
+            let ask = async |signature: &str, url: &str, timestamp: &str| {
+                let query = [
+                    ("appId", app_id.as_str()),
+                    ("timestamp", timestamp),
+                    ("nonceStr", nonce.as_str()),
+                    ("signature", signature),
+                    ("url", url),
+                ];
+                let answer = http.get(&verify).query(&query).send().await.expect("verify");
+                let body: serde_json::Value = answer.json().await.expect("json");
+                body["errMsg"].as_str().unwrap_or_default().to_owned()
+            };
+            assert_eq!(ask(&signature, &page_url, &timestamp).await, "config:ok");
+            let mut other = signature.clone().into_bytes();
+            other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+            let other = String::from_utf8(other).expect("hex");
+            assert_eq!(ask(&other, &page_url, &timestamp).await, "config:invalid signature");
+            assert_eq!(ask(&signature, &format!("{page_url}?x=1"), &timestamp).await, "config:invalid signature");
+            assert_eq!(ask(&signature, &page_url, "1414587457").await, "config:invalid signature");
+        })
+        .await;
 }

@@ -469,7 +469,7 @@ impl TestApp {
 
     /// FindAccounts of `unionid`, as the client with `key`.
     pub async fn find_accounts_as(&self, key: &str, unionid: &str) -> Result<Vec<proto::Account>, tonic::Status> {
-        let request = proto::FindAccountsRequest { unionid: unionid.into() };
+        let request = proto::FindAccountsRequest { unionid: unionid.into(), ..Default::default() };
         let found = self.grpc.clone().find_accounts(authed(key, request)).await?;
         Ok(found.into_inner().accounts)
     }

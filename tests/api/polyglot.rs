@@ -161,7 +161,13 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     let spans = caught_spans();
-    let app = spawn_app(Backend::Redis).await;
+    // `shop`: a product granted the app's own credentials (GetAppAccessToken, SignJsSdkConfig).
+    let shop = format!(
+        "[clients.shop]\nkey_sha256 = \"{}\"\napps = [\"mp\"]\nreturn_urls = [\"https://shop.example.com/\"]\n\
+         grants = [\"app_access_token\", \"jssdk\"]\n",
+        hex::encode(wxauth::config::key_digest("node-shop-test-key"))
+    );
+    let app = crate::helpers::spawn_app_configured(Backend::Redis, &shop).await;
     let outage = spawn_app(Backend::Redis).await;
     outage.redis.as_ref().expect("redis").lock().await.kill();
     app.sim.inject(Endpoint::AccessToken, Fault::AfterWork(Box::new(Fault::HttpStatus(502))), 1);
@@ -187,6 +193,10 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
         "https://passport.example.com/login/",
         "--outage-grpc",
         &outage.grpc_addr.to_string(),
+        "--app-key",
+        "node-shop-test-key",
+        "--page-url",
+        "https://shop.example.com/h5/share?id=7#top",
     ];
     let seen = run_example(node, args.map(String::from).to_vec()).await;
 
@@ -225,5 +235,21 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     });
     assert_eq!(seen["outage"], outage_seen);
     assert_eq!(app.sim.calls(Endpoint::AccessToken), 3, "lost, then the two sign-ins' exchanges; no retried code");
+
+    let expires_in = seen["app_access_token"]["expires_in_s"].as_i64().expect("the token's life");
+    assert!((7000..=7200).contains(&expires_in), "a fresh 7200 s token: {expires_in}");
+    assert_eq!(app.sim.calls(Endpoint::StableToken), 1, "one token, fetched by wxauth");
+    let jssdk = &seen["jssdk"];
+    assert_eq!(jssdk["url"], "https://shop.example.com/h5/share?id=7", "the fragment cut");
+    assert_eq!(jssdk["js_api_list"], serde_json::json!(["updateAppMessageShareData"]));
+    // The signature as the WeChat client checks it (the simulator's stand-in, with its ticket).
+    let field = |name: &str| jssdk[name].as_str().map_or_else(|| jssdk[name].to_string(), str::to_owned);
+    let verify = format!("http://{}/sim/jssdk/verify", app.sim_addr);
+    let query =
+        [("appId", "app_id"), ("timestamp", "timestamp"), ("nonceStr", "nonce_str"), ("signature", "signature")]
+            .map(|(param, name)| (param, field(name)));
+    let answer = app.http.get(&verify).query(&query).query(&[("url", field("url"))]).send().await.expect("verify");
+    let answer: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(answer["errMsg"], "config:ok", "{jssdk}");
     assert_spans_join_the_callers_traces(spans, &seen["sent"]);
 }
