@@ -82,7 +82,12 @@ final class Wxauth implements AutoCloseable {
   }
 
   @Override
-  public void close() throws InterruptedException {
-    channel.shutdown().awaitTermination(DEADLINE_MS, TimeUnit.MILLISECONDS);
+  public void close() {
+    try {
+      channel.shutdown().awaitTermination(DEADLINE_MS, TimeUnit.MILLISECONDS);
+    } catch (InterruptedException e) {
+      // Closing is the last thing done: keep the interrupt for whoever asked for it.
+      Thread.currentThread().interrupt();
+    }
   }
 }
