@@ -1,9 +1,11 @@
 //! Services in other languages: `examples/python/wxauth_login.py` (grpcio, stubs generated from
-//! `proto/` at run time) and `examples/node/wxauth_login.js` (`@grpc/grpc-js` and
-//! `@grpc/proto-loader`) sign a user in through wxauth (the Python one also through the mini
-//! program, finding the web account by unionid), read its error details, and send a
-//! deadline and a W3C `traceparent` with every call: wxauth's span of each call joins the
-//! caller's trace, as the caller's span's child.
+//! `proto/` at run time), `examples/node/wxauth_login.js` (`@grpc/grpc-js` and
+//! `@grpc/proto-loader`), `examples/java/` (grpc-java, Maven) and `examples/go/` (grpc-go, `buf
+//! generate`) sign a user in through wxauth (the Python one also through the mini program,
+//! finding the web account by unionid), read its error details, and send a deadline and a W3C
+//! `traceparent` with every call: wxauth's span of each call joins the caller's trace, as the
+//! caller's span's child. Node, Java and Go run one scenario of injected failures
+//! ([`signs_in_and_reacts_to_each_failure`]) and are checked alike.
 //!
 //! The spans are caught in process, by one subscriber for the whole test process (set once, as
 //! the global default) that keeps the `rpc` spans with a remote parent: each test finds its own
@@ -24,7 +26,7 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use wxauth::sim::{Endpoint, Fault};
 
-use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, spawn_app};
+use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, TestApp, spawn_app};
 
 /// The `rpc` spans the service ended with a remote parent (a caller's trace), kept in memory.
 #[derive(Clone, Debug, Default)]
@@ -154,12 +156,19 @@ async fn a_python_service_signs_a_user_in_and_reads_error_details() {
     assert_spans_join_the_callers_traces(spans, &seen["sent"]);
 }
 
-/// The Node example against WeChat failing the way the example shows how to handle: the first
-/// exchange's answer lost (SIGN_IN_AGAIN: a new sign-in, not a retry), the refresh token
-/// revoked (REAUTHORIZATION_REQUIRED: consent again), and a second wxauth whose Redis is down
-/// (STORE_UNAVAILABLE: retried after RetryInfo's delay, then given up on).
-#[tokio::test(flavor = "current_thread")]
-async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
+/// The sign-in every gRPC example runs against WeChat failing the way the examples show how to
+/// handle: the first exchange's answer lost (SIGN_IN_AGAIN: a new sign-in, not a retry), the
+/// refresh token revoked (REAUTHORIZATION_REQUIRED: consent again), and a second wxauth whose
+/// Redis is down (STORE_UNAVAILABLE: retried after RetryInfo's delay, then given up on).
+/// `command` gives the example's program and arguments for the wxauth under test and the one
+/// whose Redis is down (most take [`failure_args`]); its JSON line is checked here, the same
+/// for every language, and so are its spans.
+/// With `app_level`, the example also called GetAppAccessToken and SignJsSdkConfig as the
+/// granted client `shop` ([`APP_LEVEL_ARGS`]), and its answers are checked.
+async fn signs_in_and_reacts_to_each_failure(
+    app_level: bool,
+    command: impl FnOnce(&TestApp, &TestApp) -> (String, Vec<String>),
+) {
     let spans = caught_spans();
     // `shop`: a product granted the app's own credentials (GetAppAccessToken, SignJsSdkConfig).
     let shop = format!(
@@ -173,32 +182,8 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     app.sim.inject(Endpoint::AccessToken, Fault::AfterWork(Box::new(Fault::HttpStatus(502))), 1);
     app.sim.inject(Endpoint::RefreshToken, Fault::Errcode(40030), 1);
 
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
-    assert!(
-        example.join("node_modules/@grpc/grpc-js").exists(),
-        "no examples/node/node_modules (scripts/setup runs `npm ci` there)"
-    );
-    let node = std::env::var("WXAUTH_NODE").unwrap_or_else(|_| "node".into());
-    let args = [
-        &example.join("wxauth_login.js").display().to_string(),
-        "--grpc",
-        &app.grpc_addr.to_string(),
-        "--relay",
-        &format!("http://{}", app.public_addr),
-        "--app",
-        "mp",
-        "--key",
-        PASSPORT_KEY,
-        "--return-url",
-        "https://passport.example.com/login/",
-        "--outage-grpc",
-        &outage.grpc_addr.to_string(),
-        "--app-key",
-        "node-shop-test-key",
-        "--page-url",
-        "https://shop.example.com/h5/share?id=7#top",
-    ];
-    let seen = run_example(node, args.map(String::from).to_vec()).await;
+    let (program, args) = command(&app, &outage);
+    let seen = run_example(program, args).await;
 
     let openid = app.sim.openid(MP_APPID, "alice").expect("alice");
     assert_eq!(seen["authorize_url_ends_with"], "#wechat_redirect");
@@ -236,20 +221,106 @@ async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
     assert_eq!(seen["outage"], outage_seen);
     assert_eq!(app.sim.calls(Endpoint::AccessToken), 3, "lost, then the two sign-ins' exchanges; no retried code");
 
-    let expires_in = seen["app_access_token"]["expires_in_s"].as_i64().expect("the token's life");
-    assert!((7000..=7200).contains(&expires_in), "a fresh 7200 s token: {expires_in}");
-    assert_eq!(app.sim.calls(Endpoint::StableToken), 1, "one token, fetched by wxauth");
-    let jssdk = &seen["jssdk"];
-    assert_eq!(jssdk["url"], "https://shop.example.com/h5/share?id=7", "the fragment cut");
-    assert_eq!(jssdk["js_api_list"], serde_json::json!(["updateAppMessageShareData"]));
-    // The signature as the WeChat client checks it (the simulator's stand-in, with its ticket).
-    let field = |name: &str| jssdk[name].as_str().map_or_else(|| jssdk[name].to_string(), str::to_owned);
-    let verify = format!("http://{}/sim/jssdk/verify", app.sim_addr);
-    let query =
-        [("appId", "app_id"), ("timestamp", "timestamp"), ("nonceStr", "nonce_str"), ("signature", "signature")]
-            .map(|(param, name)| (param, field(name)));
-    let answer = app.http.get(&verify).query(&query).query(&[("url", field("url"))]).send().await.expect("verify");
-    let answer: serde_json::Value = answer.json().await.expect("json");
-    assert_eq!(answer["errMsg"], "config:ok", "{jssdk}");
+    if app_level {
+        let expires_in = seen["app_access_token"]["expires_in_s"].as_i64().expect("the token's life");
+        assert!((7000..=7200).contains(&expires_in), "a fresh 7200 s token: {expires_in}");
+        assert_eq!(app.sim.calls(Endpoint::StableToken), 1, "one token, fetched by wxauth");
+        let jssdk = &seen["jssdk"];
+        assert_eq!(jssdk["url"], "https://shop.example.com/h5/share?id=7", "the fragment cut");
+        assert_eq!(jssdk["js_api_list"], serde_json::json!(["updateAppMessageShareData"]));
+        // The signature as the WeChat client checks it (the simulator's stand-in, with its ticket).
+        let field = |name: &str| jssdk[name].as_str().map_or_else(|| jssdk[name].to_string(), str::to_owned);
+        let verify = format!("http://{}/sim/jssdk/verify", app.sim_addr);
+        let query =
+            [("appId", "app_id"), ("timestamp", "timestamp"), ("nonceStr", "nonce_str"), ("signature", "signature")]
+                .map(|(param, name)| (param, field(name)));
+        let answer = app.http.get(&verify).query(&query).query(&[("url", field("url"))]).send().await.expect("verify");
+        let answer: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(answer["errMsg"], "config:ok", "{jssdk}");
+    }
     assert_spans_join_the_callers_traces(spans, &seen["sent"]);
 }
+
+/// The arguments that make an example call the app-level RPCs as `shop`.
+const APP_LEVEL_ARGS: [&str; 4] =
+    ["--app-key", "node-shop-test-key", "--page-url", "https://shop.example.com/h5/share?id=7#top"];
+
+/// The arguments every gRPC example takes (the Node example's names) for `app`, with `outage`
+/// as the wxauth whose Redis is down.
+fn failure_args(app: &TestApp, outage: &TestApp) -> Vec<String> {
+    let args = [
+        "--grpc",
+        &app.grpc_addr.to_string(),
+        "--relay",
+        &format!("http://{}", app.public_addr),
+        "--app",
+        "mp",
+        "--key",
+        PASSPORT_KEY,
+        "--return-url",
+        "https://passport.example.com/login/",
+        "--outage-grpc",
+        &outage.grpc_addr.to_string(),
+    ];
+    args.map(String::from).to_vec()
+}
+
+/// Runs `program args` in `dir` (a build step of an example) and fails the test with its output.
+async fn build_step(dir: &Path, program: &str, args: &[&str]) {
+    let (dir, program_name) = (dir.to_owned(), program.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(&program_name).args(&args).current_dir(&dir).output())
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("cannot run {program} (run scripts/setup): {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{program} failed (run scripts/setup first):\n{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_service_signs_a_user_in_and_reacts_to_each_failure() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    assert!(
+        example.join("node_modules/@grpc/grpc-js").exists(),
+        "no examples/node/node_modules (scripts/setup runs `npm ci` there)"
+    );
+    let node = std::env::var("WXAUTH_NODE").unwrap_or_else(|_| "node".into());
+    signs_in_and_reacts_to_each_failure(true, |app, outage| {
+        let script = example.join("wxauth_login.js").display().to_string();
+        let app_level = APP_LEVEL_ARGS.map(String::from).to_vec();
+        (node, [vec![script], failure_args(app, outage), app_level].concat())
+    })
+    .await;
+}
+
+/// The Java example (grpc-java, its classes generated at build from `proto/` by Maven's
+/// protobuf plugin), built here offline from what `scripts/setup` fetched, so it is always the
+/// current proto's.
+#[tokio::test(flavor = "current_thread")]
+async fn a_java_service_signs_a_user_in_and_reacts_to_each_failure() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/java");
+    let mvn = std::env::var("WXAUTH_MVN").unwrap_or_else(|_| "mvn".into());
+    build_step(&example, &mvn, &["--offline", "--batch-mode", "--quiet", "package"]).await;
+    let java = std::env::var("WXAUTH_JAVA").unwrap_or_else(|_| "java".into());
+    let jar = example.join("target/wxauth-login.jar").display().to_string();
+    signs_in_and_reacts_to_each_failure(false, |app, outage| {
+        (java, [vec!["-jar".into(), jar], failure_args(app, outage)].concat())
+    })
+    .await;
+}
+
+/// The Go example (google.golang.org/grpc, its code generated by `buf generate` with the
+/// module's own protoc-gen-go and protoc-gen-go-grpc), generated and built here so it is always
+/// the current proto's.
+#[tokio::test(flavor = "current_thread")]
+async fn a_go_service_signs_a_user_in_and_reacts_to_each_failure() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/go");
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wxauth-login-go").display().to_string();
+    build_step(&example, "buf", &["generate"]).await;
+    build_step(&example, "go", &["build", "-o", &binary, "."]).await;
+    signs_in_and_reacts_to_each_failure(false, |app, outage| (binary, failure_args(app, outage))).await;
+}
+
+// PHP (issue 23's JSON face): its case goes here, through the same
+// `signs_in_and_reacts_to_each_failure` with the PHP script's program and arguments.
