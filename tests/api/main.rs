@@ -17,6 +17,7 @@ mod exchange;
 mod flood;
 mod helpers;
 mod hostile;
+mod json;
 mod limits;
 mod listeners;
 mod maxmemory;
