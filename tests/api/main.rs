@@ -31,6 +31,7 @@ mod oidc_rp;
 mod operations;
 mod phone;
 mod polyglot;
+mod polyglot_php;
 mod proxy;
 mod push;
 mod reach;
