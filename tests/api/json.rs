@@ -404,3 +404,22 @@ async fn an_http1_connection_that_never_finishes_its_head_is_closed_after_the_he
         "{metrics}"
     );
 }
+
+#[test]
+fn docs_api_has_a_curl_line_for_every_rpc_whose_json_is_its_request() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("api.md");
+    let schema = wxauth::connect::Schema::load().expect("schema");
+    let methods = schema.methods(SERVICE);
+    assert!(methods.len() >= 14, "{methods:?}");
+    for method in methods {
+        let url = format!(" http://127.0.0.1:50051/{SERVICE}/{}", method.name());
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with("curl ") && l.ends_with(&url))
+            .unwrap_or_else(|| panic!("docs/api.md has no `curl ...{url}` line"));
+        let body = line.split(" -d '").nth(1).and_then(|b| b.split("' ").next()).expect("a -d body");
+        let decoded = wxauth::connect::transcode::json_to_proto(&method.input(), body.as_bytes());
+        assert!(decoded.is_ok(), "{}: the documented body is not its request: {decoded:?}", method.name());
+        assert!(line.contains("authorization: Bearer ") && line.contains("content-type: application/json"), "{line}");
+    }
+}
