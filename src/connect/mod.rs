@@ -18,6 +18,7 @@
 //! form (405, `Allow: POST`), streaming content types and any other content type (415 with
 //! `Accept-Post`), compressed requests (`unimplemented`, `Accept-Encoding: identity`).
 
+pub mod openapi;
 pub mod transcode;
 
 use std::future::Future;
@@ -35,8 +36,30 @@ use crate::error::ApiError;
 use transcode::{ConnectCall, proto_to_json};
 pub use transcode::{Schema, SchemaError, TranscodeLayer};
 
-/// The path prefix of wxauth's own service (the one the JSON face serves).
+/// wxauth's own service, the one the JSON face serves.
+pub const SERVICE: &str = "wxauth.v1.WeChatOAuthService";
+/// Its path prefix.
 const API_PREFIX: &str = "/wxauth.v1.WeChatOAuthService/";
+/// Every gRPC code, for the error schema of [`openapi`].
+const ALL_CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
 /// The most of a response the layer reads back: the service's own encoding limit (256 KiB) and
 /// a frame header.
 const MAX_RESPONSE: usize = 256 * 1024 + 5;

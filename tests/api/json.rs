@@ -423,3 +423,34 @@ fn docs_api_has_a_curl_line_for_every_rpc_whose_json_is_its_request() {
         assert!(line.contains("authorization: Bearer ") && line.contains("content-type: application/json"), "{line}");
     }
 }
+
+/// docs/openapi.json is what the proto makes now: regenerated here, and a stale one fails (the
+/// new one is written in its place, to be committed).
+#[test]
+fn the_published_openapi_document_is_the_one_the_proto_makes() {
+    let schema = wxauth::connect::Schema::load().expect("schema");
+    let document = wxauth::connect::openapi::document(&schema);
+    let paths = document["paths"].as_object().expect("paths");
+    for method in schema.methods(SERVICE) {
+        let path = &paths[&format!("/{SERVICE}/{}", method.name())]["post"];
+        let input = format!("#/components/schemas/{}", method.input().full_name());
+        assert_eq!(path["requestBody"]["content"]["application/json"]["schema"]["$ref"], input.as_str());
+        assert_eq!(
+            path["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/connect.Error"
+        );
+    }
+    assert_eq!(paths.len(), schema.methods(SERVICE).len());
+    let request = &document["components"]["schemas"]["wxauth.v1.BuildAuthorizeUrlRequest"]["properties"];
+    assert_eq!(request["returnUrl"]["type"], "string", "fields by JSON name: {request}");
+    assert!(request["scope"]["enum"].as_array().is_some_and(|e| e.contains(&json!("SCOPE_SNSAPI_USERINFO"))));
+    assert_eq!(document["components"]["securitySchemes"]["clientKey"]["scheme"], "bearer");
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    let fresh = format!("{}\n", serde_json::to_string_pretty(&document).expect("JSON"));
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    if committed != fresh {
+        std::fs::write(path, &fresh).expect("write docs/openapi.json");
+        panic!("docs/openapi.json was stale; regenerated from the proto: commit it");
+    }
+}
