@@ -10,6 +10,8 @@
 //!   [`codec`] answers a request body that is not protobuf INVALID_ARGUMENT.
 //!   [`grpc_gate`] authenticates calls from their headers and reads their bodies before they
 //!   take a request slot (no peer without a key holds one), health on slots of its own.
+//!   [`connect`] is the same API as JSON (the Connect protocol's unary form) on the same
+//!   listener: a rewrite around the gate, transcoding from the proto's descriptor set.
 //! - [`limits`]: per-client rate limits (governor token buckets per client and RPC family)
 //!   and the open-flow cap's sizes.
 //! - [`tokens`]: the token lifecycle: idempotent code exchange, refresh single-flight and the
@@ -45,6 +47,7 @@ pub mod allowlist;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod connect;
 pub mod consent;
 #[cfg(feature = "dev")]
 pub mod demo;

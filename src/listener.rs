@@ -14,7 +14,12 @@
 //!   tonic has no option for it (closes counted as `preface_timeout`); at the connection cap,
 //!   the oldest connection still in that handshake is closed to make room for a new one
 //!   (`evicted`). Requests on a connection are [`crate::grpc_gate`]'s; the rest (streams per
-//!   connection, keepalive, connection age) is tonic's builder.
+//!   connection, keepalive, connection age) is tonic's builder;
+//! - the gRPC listener also serves HTTP/1.1, for the JSON face ([`crate::connect`]): a
+//!   connection whose first bytes are not the HTTP/2 preface must deliver its first request's
+//!   head (to its blank line) within the same header timeout, may then stay open while bytes
+//!   come, and is closed after [`HTTP1_IDLE`] without one (`http1_idle`; HTTP/1.1 has no ping
+//!   to find a peer that vanished, as HTTP/2's keepalive does).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,6 +56,12 @@ const HTTP1_MAX_BUF: usize = 64 * 1024;
 const H2_PREFACE_LEN: usize = 24;
 /// Length of an HTTP/2 frame header; the preface must be followed by a SETTINGS frame.
 const H2_FRAME_HEADER_LEN: usize = 9;
+
+/// How long an HTTP/1.1 connection on the gRPC listener may go without a byte from its peer
+/// once its first request's head is in: longer than any RPC may run (30 s), so a connection is
+/// never closed under a call in progress, and as long as HTTP/2's keepalive takes to find a
+/// vanished peer (a 30 s interval and a 10 s timeout).
+pub const HTTP1_IDLE: Duration = Duration::from_secs(40);
 
 /// How long accepting pauses after an error that is not about one connection (out of file
 /// descriptors): retrying at once would spin.
@@ -217,6 +228,9 @@ pub struct GrpcConnection {
     evict: Option<oneshot::Receiver<()>>,
     /// Counts the connection when it is closed for its preface.
     metrics: Arc<Metrics>,
+    /// HTTP/1.1 only, once its first request's head is in: closes the connection after
+    /// [`HTTP1_IDLE`] without a byte.
+    idle: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -234,6 +248,7 @@ impl GrpcConnection {
             handshake: Handshake::default(),
             evict: Some(evict),
             metrics,
+            idle: None,
             _permit: permit,
         }
     }
@@ -244,18 +259,24 @@ impl AsyncRead for GrpcConnection {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
-        let Some(deadline) = &mut this.deadline else { return polled };
+        let Some(deadline) = &mut this.deadline else { return this.idle(cx, polled, buf.filled().len() > before) };
         match polled {
             Poll::Ready(Ok(())) => {
                 if this.handshake.feed(&buf.filled()[before..]) {
                     this.deadline = None;
                     this.evict = None;
+                    if this.handshake.http1 {
+                        this.idle = Some(Box::pin(tokio::time::sleep(HTTP1_IDLE)));
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
                 let closed = if deadline.as_mut().poll(cx).is_ready() {
-                    Some(("preface_timeout", "no HTTP/2 preface and SETTINGS within server.header_timeout"))
+                    Some((
+                        "preface_timeout",
+                        "no HTTP/2 preface and SETTINGS (or HTTP/1.1 request head) within server.header_timeout",
+                    ))
                 } else {
                     match this.evict.as_mut().map(|evict| Pin::new(evict).poll(cx)) {
                         Some(Poll::Ready(Ok(()))) => Some(("evicted", "closed in its handshake at the connection cap")),
@@ -279,8 +300,30 @@ impl AsyncRead for GrpcConnection {
     }
 }
 
-/// The client's side of an HTTP/2 handshake as it arrives: the 24-byte preface, then the first
+impl GrpcConnection {
+    /// After the handshake: an HTTP/1.1 connection's idle rule (bytes in start [`HTTP1_IDLE`]
+    /// again; a read still waiting when it passes ends the connection); HTTP/2's reads as they are.
+    fn idle(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<()>>, got_bytes: bool) -> Poll<io::Result<()>> {
+        let Some(idle) = &mut self.idle else { return polled };
+        match polled {
+            Poll::Ready(Ok(())) if got_bytes => {
+                idle.as_mut().reset(tokio::time::Instant::now() + HTTP1_IDLE);
+                polled
+            }
+            Poll::Pending if idle.as_mut().poll(cx).is_ready() => {
+                self.idle = None;
+                self.metrics.connections_closed.with_label_values(&["grpc", "http1_idle"]).inc();
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP/1.1 connection idle")))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The client's side of a handshake as it arrives. HTTP/2: the 24-byte preface, then the first
 /// frame's 9-byte header (whose first 3 bytes are its payload length), then that payload.
+/// HTTP/1.1 (a first byte that departs from the preface): the first request's head, to the
+/// blank line that ends it.
 #[derive(Debug)]
 struct Handshake {
     /// Bytes seen so far.
@@ -289,18 +332,42 @@ struct Handshake {
     needed: usize,
     /// The first frame's payload length, as its bytes arrive.
     length: usize,
+    /// The connection is HTTP/1.1.
+    http1: bool,
+    /// HTTP/1.1: how much of the head's closing `\r\n\r\n` the last bytes matched.
+    head_end: usize,
 }
 
 impl Default for Handshake {
     fn default() -> Self {
-        Self { seen: 0, needed: H2_PREFACE_LEN + H2_FRAME_HEADER_LEN, length: 0 }
+        Self { seen: 0, needed: H2_PREFACE_LEN + H2_FRAME_HEADER_LEN, length: 0, http1: false, head_end: 0 }
     }
 }
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; H2_PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The end of an HTTP/1.1 request's head (RFC 9112 §2.1).
+const HTTP1_HEAD_END: &[u8; 4] = b"\r\n\r\n";
 
 impl Handshake {
     /// Takes the next bytes read; true once the handshake is complete.
     fn feed(&mut self, bytes: &[u8]) -> bool {
         for &byte in bytes {
+            if !self.http1 && self.seen < H2_PREFACE_LEN && byte != H2_PREFACE[self.seen] {
+                self.http1 = true;
+            }
+            if self.http1 {
+                self.head_end = match byte {
+                    _ if byte == HTTP1_HEAD_END[self.head_end] => self.head_end + 1,
+                    b'\r' => 1,
+                    _ => 0,
+                };
+                self.seen += 1;
+                if self.head_end == HTTP1_HEAD_END.len() {
+                    return true;
+                }
+                continue;
+            }
             if self.seen >= self.needed {
                 break;
             }
@@ -313,7 +380,7 @@ impl Handshake {
                 }
             }
         }
-        self.seen >= self.needed
+        !self.http1 && self.seen >= self.needed
     }
 }
 
@@ -373,6 +440,23 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
         bytes.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1]); // WINDOW_UPDATE
         assert!(Handshake::default().feed(&bytes));
+    }
+
+    #[test]
+    fn an_http1_connection_completes_its_handshake_with_its_first_head() {
+        let mut handshake = Handshake::default();
+        assert!(!handshake.feed(b"POST /wxauth.v1.WeChatOAuthService/GetUserInfo HTTP/1.1\r\nHost: x\r\n"));
+        assert!(handshake.http1);
+        assert!(!handshake.feed(b"Content-Type: application/json\r"), "a line end is not the head's end");
+        assert!(handshake.feed(b"\n\r\n{}"));
+        let mut bytewise = Handshake::default();
+        let head = b"GET / HTTP/1.1\r\n\r\n";
+        let (last, before) = head.split_last().expect("bytes");
+        assert!(before.iter().all(|b| !bytewise.feed(std::slice::from_ref(b))));
+        assert!(bytewise.feed(&[*last]));
+        let mut preface = Handshake::default();
+        assert!(!preface.feed(PREFACE));
+        assert!(!preface.http1, "the preface is HTTP/2 however it ends");
     }
 
     #[test]

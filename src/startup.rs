@@ -21,6 +21,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::clock::Clock;
 use crate::config::{ListenerLimits, Settings, StoreBackend, StoreSettings};
+use crate::connect::{ConnectLayer, Schema, TranscodeLayer};
 use crate::grpc::OAuthService;
 use crate::grpc_gate::GateLayer;
 use crate::listener;
@@ -249,8 +250,16 @@ fn serve_grpc(
         limits.header_timeout,
         Arc::clone(&metrics),
     );
+    // The JSON face (src/connect/): a rewrite outside the gate, so a JSON call is authenticated,
+    // read and given a slot as a gRPC one; its body becomes protobuf inside the gate.
+    let schema = Schema::load().map_err(std::io::Error::other)?;
     let grpc = tonic::transport::Server::builder()
+        .layer(ConnectLayer::new(schema))
         .layer(gate)
+        .layer(TranscodeLayer)
+        // HTTP/1.1 for the JSON face (curl, PHP): its connections keep the listener's
+        // defences (`listener::GrpcConnection`).
+        .accept_http1(true)
         .timeout(GRPC_REQUEST_TIMEOUT)
         // RPCs per connection: advertised in SETTINGS (clients queue beyond it) and enforced
         // by the HTTP/2 layer itself (it refuses excess streams), so no per-request

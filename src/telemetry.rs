@@ -411,7 +411,7 @@ fn listener_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec) {
     );
     let connections_closed = r.counter(
         "wxauth_connections_closed_total",
-        "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout).",
+        "Connections closed for slowness, by listener and reason (preface_timeout, evicted, header_timeout, http1_idle).",
         &["listener", "reason"],
     );
     (grpc_refusals, connections_closed)

@@ -30,6 +30,9 @@ mod callback_query;
 #[path = "../fuzz/fuzz_targets/config.rs"]
 mod config;
 #[allow(unused_attributes)]
+#[path = "../fuzz/fuzz_targets/connect_json.rs"]
+mod connect_json;
+#[allow(unused_attributes)]
 #[path = "../fuzz/fuzz_targets/oidc_authorize.rs"]
 mod oidc_authorize;
 #[allow(unused_attributes)]
@@ -55,10 +58,11 @@ macro_rules! fuzz_target {
 pub(crate) use fuzz_target;
 
 /// Every target replayed here, by the name `fuzz/Cargo.toml` gives it.
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "allowlist",
     "callback_query",
     "config",
+    "connect_json",
     "oidc_authorize",
     "oidc_token",
     "push_message",
@@ -127,6 +131,11 @@ fn the_callback_query_target_passes_every_committed_input() {
 #[test]
 fn the_config_target_passes_every_committed_input() {
     replay("config", config::run);
+}
+
+#[test]
+fn the_connect_json_target_passes_every_committed_input() {
+    replay("connect_json", connect_json::run);
 }
 
 #[test]

@@ -175,6 +175,32 @@ pub fn userinfo_op(
     })
 }
 
+/// `GetUserInfo` through the profile cache, as JSON through the Connect face (`url`: the RPC's
+/// path on the gRPC port), for comparison with [`userinfo_op`].
+pub fn userinfo_json_op(http: reqwest::Client, url: String, key: &str, openids: Vec<String>) -> OpFn {
+    let bearer = format!("Bearer {key}");
+    let bodies: Vec<String> =
+        openids.iter().map(|openid| serde_json::json!({ "app": APP, "openid": openid }).to_string()).collect();
+    Arc::new(move |worker| {
+        let request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", &bearer)
+            .body(bodies[worker % bodies.len()].clone());
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(_) => Outcome::Ok,
+                    Err(_) => Outcome::Error("json:body".into()),
+                },
+                Ok(response) => Outcome::Error(format!("json:{}", response.status().as_u16())),
+                Err(_) => Outcome::Error("json:transport".into()),
+            }
+        }
+        .boxed()
+    })
+}
+
 /// `ValidateToken` of a logged-in user; `valid: false` counts as an error.
 pub fn validate_op(
     clients: Vec<WeChatOAuthServiceClient<Channel>>,

@@ -23,7 +23,7 @@ use crate::args::{Args, Op};
 use crate::fixture::{MINI_APPID, MP_APPID, MP_SECRET, USERS};
 use crate::ops::{
     OpFn, accounts_op, authed, build_op, exchange_op, mini_op, refresh_op, relay_op, sim_exchange_op, sim_get_op,
-    sim_mini_op, userinfo_op, validate_op,
+    sim_mini_op, userinfo_json_op, userinfo_op, validate_op,
 };
 
 /// Everything the phases share.
@@ -32,6 +32,8 @@ pub struct Bench {
     pub sim: Simulator,
     pub sim_base: String,
     pub wxauth: Vec<WeChatOAuthServiceClient<Channel>>,
+    /// wxauth's gRPC port as an HTTP base, for its JSON face (HTTP/1.1, kept-alive connections).
+    pub wxauth_json: String,
     pub wxauth_relay: String,
     pub wxauth_pid: Option<u32>,
     /// The ceiling server's gRPC clients, HTTP base and pid.
@@ -147,6 +149,10 @@ impl Bench {
         if ops.contains(&Op::UserInfo) {
             let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone(), false);
             self.phase(Side::Wxauth, "GetUserInfo", "GET cached profile, open", op).await;
+            // Its twin through the JSON face (issue 23): the same call, as JSON over HTTP/1.1.
+            let (url, key) = (format!("{}/wxauth.v1.WeChatOAuthService/GetUserInfo", self.wxauth_json), &self.args.key);
+            let op = userinfo_json_op(self.http.clone(), url, key, openids.clone());
+            self.phase(Side::Wxauth, "GetUserInfo JSON", "the same, JSON over HTTP/1.1 (Connect)", op).await;
             let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone(), true);
             self.phase(Side::Wxauth, "GetUserInfo fresh", "GET, open, sns userinfo, SET profile", op).await;
             self.ceiling_get(&openids).await;

@@ -113,6 +113,7 @@ pub async fn bench(
     let auth = format!("Bearer {}", args.key).parse().context("--key must be printable ASCII")?;
     Ok(Bench {
         wxauth: grpc_clients(&wxauth.grpc, args.channels).await?,
+        wxauth_json: wxauth.grpc.trim_end_matches('/').to_owned(),
         wxauth_relay: wxauth.relay,
         wxauth_pid: wxauth.pid,
         args,

@@ -30,7 +30,7 @@ use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, TestApp, spawn
 
 /// The `rpc` spans the service ended with a remote parent (a caller's trace), kept in memory.
 #[derive(Clone, Debug, Default)]
-struct Spans(Arc<Mutex<Vec<SpanData>>>);
+pub(crate) struct Spans(Arc<Mutex<Vec<SpanData>>>);
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
@@ -42,7 +42,7 @@ impl SpanExporter for Spans {
 /// What `main` sets up with OTLP, pointed at memory: W3C trace context taken from gRPC metadata
 /// (the process-wide propagator `telemetry::init` installs) and an OpenTelemetry layer for the
 /// service's `rpc` spans, installed once as the process's subscriber.
-fn caught_spans() -> &'static Spans {
+pub(crate) fn caught_spans() -> &'static Spans {
     static CAUGHT: OnceLock<(Spans, SdkTracerProvider)> = OnceLock::new();
     let (spans, _provider) = CAUGHT.get_or_init(|| {
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
@@ -62,7 +62,7 @@ fn caught_spans() -> &'static Spans {
 
 /// Every call the example reports (`sent`: method and `traceparent`) has its wxauth span: in
 /// the caller's trace, with the caller's span as its remote parent.
-fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value) {
+pub(crate) fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value) {
     let spans = spans.0.lock().expect("spans");
     let sent = sent.as_array().expect("the example reports the calls it made");
     assert!(sent.len() >= 5, "{sent:?}");
@@ -94,7 +94,7 @@ fn tool(env: &str, default: &Path, what: &str) -> String {
 }
 
 /// Runs `program args` off the runtime's thread and returns its one JSON line.
-async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
+pub(crate) async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
     let output = tokio::task::spawn_blocking(move || Command::new(&program).args(&args).output())
         .await
         .expect("join")
