@@ -1,11 +1,12 @@
-//! An OpenID Connect relying party nobody here wrote (issue 22): `openid-client` (npm, an
-//! OpenID Certified RP library, pinned by `examples/oidc-node/package-lock.json`, installed by
-//! `./scripts/setup`) signs alice in through wxauth's provider: discovery, PKCE, state and nonce,
-//! the code grant with the library's own ID-token checks (signature from the JWKS, issuer,
-//! audience, expiry, nonce), then userinfo. The browser's part (the consent page, the relay) is
-//! the test's, as in `oidc.rs`.
+//! OpenID Connect relying parties nobody here wrote (issue 22) sign alice in through wxauth's
+//! provider: `openid-client` (npm, an OpenID Certified RP library, `examples/oidc-node/rp.js`,
+//! pinned by its `package-lock.json`) and Authlib (PyPI, with joserfc for the JOSE part,
+//! `examples/oidc-python/rp.py`, pinned by its `requirements.txt`), both installed by
+//! `./scripts/setup`: discovery, PKCE, state and nonce, the code grant with the libraries' own
+//! ID-token checks (signature from the JWKS, issuer, audience, expiry, nonce), then userinfo. The
+//! browser's part (the consent page, the relay) is the test's, as in `oidc.rs`.
 //!
-//! The library checks that the issuer is the URL discovery was fetched from, so this provider's
+//! The libraries check that the issuer is the URL discovery was fetched from, so this provider's
 //! callback URL is the real loopback address of its public listener (a port chosen first), and
 //! the simulator's callback domain is that address.
 
@@ -37,6 +38,64 @@ async fn provider_on_loopback() -> crate::helpers::TestApp {
     spawn_settings(sim, sim_addr, Some(redis), settings).await
 }
 
+/// A relying party run as `program args ISSUER CLIENT_ID CLIENT_SECRET REDIRECT_URI` in `dir`,
+/// speaking rp.js's protocol: its first JSON line (the authorization URL, which must come from
+/// discovery) and the stdin it reads the browser's return URL from.
+struct Rp {
+    child: tokio::process::Child,
+    said: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    issuer: String,
+    authorize_url: String,
+}
+
+impl Rp {
+    async fn start(app: &crate::helpers::TestApp, program: &str, args: &[&str], dir: &Path) -> Self {
+        let issuer = format!("http://{}", app.public_addr);
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .args([issuer.as_str(), GRAFANA, GRAFANA_SECRET, GRAFANA_REDIRECT])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        let mut said = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = Self::line(&mut said).await;
+        let authorize_url = first["authorize_url"].as_str().unwrap_or_else(|| panic!("{first}")).to_owned();
+        assert!(authorize_url.starts_with(&format!("{issuer}/oidc/authorize?")), "from discovery: {authorize_url}");
+        Self { child, said, issuer, authorize_url }
+    }
+
+    async fn line(said: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> serde_json::Value {
+        let line = said.next_line().await.expect("read").expect("the RP said a line (see its stderr)");
+        serde_json::from_str(&line).expect("json")
+    }
+
+    /// Gives the RP the URL the browser came back to; returns its report.
+    async fn back(mut self, url: &str) -> serde_json::Value {
+        let mut stdin = self.child.stdin.take().expect("stdin");
+        stdin.write_all(format!("{url}\n").as_bytes()).await.expect("to the RP");
+        Self::line(&mut self.said).await
+    }
+
+    /// The whole sign-in as alice, the browser's part through the simulator's consent page and
+    /// the relay; returns the RP's report, which must be a success with checked claims.
+    async fn sign_in(self, app: &crate::helpers::TestApp) -> serde_json::Value {
+        let issuer = self.issuer.clone();
+        let started = app.http.get(&self.authorize_url).send().await.expect("authorize");
+        let back = through_wechat(app, &started, "alice").await;
+        let done = self.back(&back).await;
+        assert!(done.get("error").is_none(), "the RP refused: {done}");
+        let claims = &done["claims"];
+        assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(issuer.as_str()), Some(GRAFANA)));
+        assert!(claims["nonce"].as_str().is_some_and(|n| !n.is_empty()), "the RP sent a nonce: {done}");
+        assert_eq!(done["userinfo"]["sub"], claims["sub"]);
+        assert!(done["userinfo"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{done}");
+        done
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openid_client_signs_in_with_pkce_and_checks_the_id_token() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-node");
@@ -45,34 +104,33 @@ async fn openid_client_signs_in_with_pkce_and_checks_the_id_token() {
         "examples/oidc-node has no node_modules: run ./scripts/setup (npm ci there)"
     );
     let app = provider_on_loopback().await;
-    let issuer = format!("http://{}", app.public_addr);
-    let mut rp = tokio::process::Command::new("node")
-        .arg("rp.js")
-        .args([issuer.as_str(), GRAFANA, GRAFANA_SECRET, GRAFANA_REDIRECT])
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut said = BufReader::new(rp.stdout.take().expect("stdout")).lines();
-    let mut stdin = rp.stdin.take().expect("stdin");
-    let first: serde_json::Value =
-        serde_json::from_str(&said.next_line().await.expect("read").expect("a line")).expect("json");
-    let authorize_url = first["authorize_url"].as_str().unwrap_or_else(|| panic!("{first}"));
-    assert!(authorize_url.starts_with(&format!("{issuer}/oidc/authorize?")), "from discovery: {authorize_url}");
+    Rp::start(&app, "node", &["rp.js"], &dir).await.sign_in(&app).await;
+}
 
-    let started = app.http.get(authorize_url).send().await.expect("authorize");
-    let back = through_wechat(&app, &started, "alice").await;
-    stdin.write_all(format!("{back}\n").as_bytes()).await.expect("to the RP");
-    let done: serde_json::Value =
-        serde_json::from_str(&said.next_line().await.expect("read").expect("a line")).expect("json");
+/// The Python RP (Authlib with joserfc, `examples/oidc-python/rp.py`, pinned by its
+/// requirements.txt, installed by `./scripts/setup` into the Python client venv, or
+/// `WXAUTH_PYTHON`): the same sign-in; and an authorization response that is not its own (a
+/// forged code and state) is refused before any token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_signs_in_with_pkce_and_checks_the_id_token() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-python");
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
+    let python = std::env::var("WXAUTH_PYTHON").unwrap_or_else(|_| {
+        assert!(
+            venv.exists(),
+            "no Python client env at {} (run ./scripts/setup; or set WXAUTH_PYTHON)",
+            venv.display()
+        );
+        venv.display().to_string()
+    });
+    let app = provider_on_loopback().await;
+    Rp::start(&app, &python, &["rp.py"], &dir).await.sign_in(&app).await;
 
-    assert!(done.get("error").is_none(), "openid-client refused: {done}");
-    let claims = &done["claims"];
-    assert_eq!((claims["iss"].as_str(), claims["aud"].as_str()), (Some(issuer.as_str()), Some(GRAFANA)));
-    assert_eq!(done["userinfo"]["sub"], claims["sub"]);
-    assert!(done["userinfo"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{done}");
+    let rp = Rp::start(&app, &python, &["rp.py"], &dir).await;
+    let forged = format!("{GRAFANA_REDIRECT}?code=forged&state=forged&iss={}", rp.issuer);
+    let refused = rp.back(&forged).await;
+    let error = refused["error"].as_str().unwrap_or_else(|| panic!("a forged response accepted: {refused}"));
+    assert!(error.starts_with("MismatchingStateException"), "{error}");
 }
 
 /// The dev mode's demo page is a relying party too ("Sign in through OIDC", client `demo-oidc`):
