@@ -75,7 +75,8 @@ impl Bench {
         let window = self.args.warmup + self.args.duration;
         let budget = CODE_TTL.saturating_sub(window + CODE_MARGIN).max(Duration::from_secs(1));
         eprintln!("wxauth: minting up to {want} OIDC codes through whole sign-ins (untimed, at most {budget:?}) …");
-        let deadline = Instant::now() + budget;
+        let started = Instant::now();
+        let deadline = started + budget;
         let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..want)
             .map(|i| async move {
                 if Instant::now() > deadline {
@@ -100,6 +101,7 @@ impl Bench {
                 }
             }
         }
+        eprintln!("wxauth: {} codes minted in {:.1} s", codes.len(), started.elapsed().as_secs_f64());
         if codes.len() < want {
             eprintln!(
                 "warning: {} of {want} codes minted ({failed} sign-ins failed); the window may run dry",
