@@ -194,8 +194,8 @@ impl Bench {
     }
 
     /// `GetAppAccessToken` and `SignJsSdkConfig` (issue 21) and the `GET` ceiling (once per
-    /// run): wxauth reads the sealed token or ticket (fetched from the simulator during the
-    /// warm-up) and, for the signature, SHA-1s the page's string.
+    /// run): wxauth reads the sealed token (fetched from the simulator during the warm-up) and,
+    /// for the signature, the sealed ticket after it, and SHA-1s the page's string.
     async fn app_level_phases(&mut self, ops: &BTreeSet<Op>) {
         if ops.contains(&Op::AppToken) {
             let op = app_token_op(self.wxauth.clone(), self.auth.clone());
@@ -203,7 +203,7 @@ impl Bench {
         }
         if ops.contains(&Op::Jssdk) {
             let op = jssdk_op(self.wxauth.clone(), self.auth.clone());
-            let work = "auth, grant, URL under the client's patterns, GET sealed ticket, open, SHA-1";
+            let work = "auth, grant, URL under the client's patterns, GET sealed token then ticket, open, SHA-1";
             self.phase(Side::Wxauth, "SignJsSdkConfig", work, op).await;
         }
         if ops.contains(&Op::AppToken) || ops.contains(&Op::Jssdk) {
