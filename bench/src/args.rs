@@ -20,9 +20,11 @@ load:
   --warmup D           untimed load before each window (default 2s)
   --channels N         HTTP/2 connections the gRPC load is spread over (default 4)
   --ops LIST           comma-separated, of: build, relay, exchange, userinfo, validate, refresh,
-                       mini (SignInMiniProgram), accounts (FindAccounts)
+                       mini (SignInMiniProgram), accounts (FindAccounts), apptoken
+                       (GetAppAccessToken), jssdk (SignJsSdkConfig), oidc-token (the OpenID
+                       Provider's token endpoint, with RS256 signing timed alone)
                        (default: all but refresh, which coalesces on two users and has no ceiling,
-                       and mini and accounts)
+                       and mini, accounts, apptoken, jssdk and oidc-token)
   --no-ceilings        measure wxauth only
 
 what runs:
@@ -72,6 +74,9 @@ pub enum Op {
     Refresh,
     Mini,
     Accounts,
+    AppToken,
+    Jssdk,
+    OidcToken,
 }
 
 impl Op {
@@ -85,6 +90,9 @@ impl Op {
             "refresh" => Op::Refresh,
             "mini" => Op::Mini,
             "accounts" => Op::Accounts,
+            "apptoken" => Op::AppToken,
+            "jssdk" => Op::Jssdk,
+            "oidc-token" => Op::OidcToken,
             other => bail!("--ops: unknown operation {other:?}\n\n{USAGE}"),
         })
     }

@@ -4,7 +4,8 @@
 //! Redis `SET PX` of a ~200-byte value (`BuildAuthorizeUrl`) or one `GET` (`GetUserInfo`,
 //! `ValidateToken` before their upstream call), and bare axum handlers doing `GETDEL` + 302
 //! (the relay) and, for the relay that binds each code to its flow, `GETDEL` of the flow and
-//! `SET NX GET` of a code record in one pipeline + 302. Served by the bench binary in a child process (`wxauth-bench __ceiling`), so
+//! `SET NX GET` of a code record in one pipeline + 302, and one doing `GETDEL` + a JSON answer
+//! the size of an OpenID Provider's token answer (the token endpoint). Served by the bench binary in a child process (`wxauth-bench __ceiling`), so
 //! it has its own runtime and its own memory, as wxauth does. Accepted sockets get
 //! `TCP_NODELAY`, as a tuned server's do: without it, a response written in two pieces (tonic
 //! writes headers + data, then trailers) waits for the client's delayed ACK, ~40 ms.
@@ -29,6 +30,12 @@ pub const FLOW_PREFIX: &str = "ceiling:flow:";
 pub const CODE_PREFIX: &str = "ceiling:code:";
 /// The binding relay ceiling's callback path (the plain one is wxauth's own path).
 pub const BOUND_CALLBACK_PATH: &str = "/bound/wechat/callback";
+/// The token endpoint ceiling's path (`POST`, a form with `code`: a ceiling flow's id).
+pub const TOKEN_PATH: &str = "/ceiling/oidc/token";
+/// The length of the `id_token` in the token ceiling's answer: an RS256 ID token of the bench
+/// client (header, ~350 bytes of claims with `name` and `picture`, a 2048-bit signature) in
+/// base64url: wxauth's was 913 characters, its whole answer 1,053 bytes (2026-12-05).
+const ID_TOKEN_LEN: usize = 900;
 /// The one record the `GET` ceiling reads.
 pub const TOKEN_KEY: &str = "ceiling:tok";
 /// The one hash the `HGETALL` ceiling (FindAccounts) reads.
@@ -253,6 +260,33 @@ async fn relay_bound(State(redis): State<ConnectionManager>, RawQuery(query): Ra
     }
 }
 
+/// The token endpoint's ceiling: `GETDEL` of the code (a ceiling flow) named by the form's
+/// `code`, and a JSON answer the size of wxauth's (an access token, an ID token of
+/// [`ID_TOKEN_LEN`] characters); `invalid_grant` (400) when the code is not there. No client
+/// authentication, PKCE, record or signature: the store's one round trip and the answer.
+async fn token(State(redis): State<ConnectionManager>, body: axum::body::Bytes) -> Response {
+    let code = url::form_urlencoded::parse(&body).find(|(key, _)| key == "code").map(|(_, value)| value.into_owned());
+    let Some(code) = code else { return StatusCode::BAD_REQUEST.into_response() };
+    let found: redis::RedisResult<Option<Vec<u8>>> =
+        redis::cmd("GETDEL").arg(format!("{FLOW_PREFIX}{code}")).query_async(&mut redis.clone()).await;
+    let (status, answer) = match found {
+        Ok(Some(_)) => (
+            StatusCode::OK,
+            serde_json::json!({
+                "access_token": wxauth::random_id(43),
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "id_token": "e".repeat(ID_TOKEN_LEN),
+                "scope": "openid profile",
+            }),
+        ),
+        Ok(None) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": "invalid_grant" })),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": "temporarily_unavailable" })),
+    };
+    (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], answer.to_string())
+        .into_response()
+}
+
 /// The callback's `code` and `state`, as the relay ceilings read them (no checks: they are
 /// ceilings, not relays).
 fn callback_params(query: Option<&str>) -> (Option<String>, Option<String>) {
@@ -323,6 +357,7 @@ pub async fn serve(redis_url: &str) -> Result<(), CeilingError> {
     let router = axum::Router::new()
         .route(wxauth::relay::CALLBACK_PATH, axum::routing::get(relay))
         .route(BOUND_CALLBACK_PATH, axum::routing::get(relay_bound))
+        .route(TOKEN_PATH, axum::routing::post(token))
         .with_state(redis);
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

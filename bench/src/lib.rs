@@ -8,7 +8,8 @@
 //! - `load`: the closed-loop driver (N workers, warm-up, timed window, HDR latency histograms,
 //!   errors by gRPC code / HTTP status / WeChat errcode).
 //! - `ceiling`: the ceiling servers: a bare tonic unary handler doing one Redis `SET PX` or
-//!   `GET`, and a bare axum handler doing `GETDEL` + 302; run in a child process like wxauth.
+//!   `GET`, and bare axum handlers doing `GETDEL` + 302 (the relay) and `GETDEL` + a JSON
+//!   answer (the OpenID token endpoint); run in a child process like wxauth.
 //! - `procs`: the processes a run owns (a private `redis-server`, wxauth, the ceiling server),
 //!   free ports, and resident-memory readings from `/proc/<pid>/status`.
 //! - `report`: one JSON object per line, the readable table, ratios and the targets.

@@ -26,11 +26,13 @@
 //! The binary's own modules sit beside the library's in `src/`: `args` (the flags and
 //! `--help`), `fixture` (the apps, client and users the generated config and the simulator
 //! agree on), `setup` (starting what a run measures), `phases` (the sequence of timed phases
-//! and their preparation), `ops` (one request of each operation and ceiling), `soak_cmd`
+//! and their preparation), `ops` (one request of each operation and ceiling), `oidc` (the
+//! OpenID Provider's token endpoint: codes minted by whole sign-ins, the RS256 cost), `soak_cmd`
 //! (`wxauth-bench soak`). This file keeps the entry points and a run's sequence.
 
 mod args;
 mod fixture;
+mod oidc;
 mod ops;
 mod phases;
 mod setup;

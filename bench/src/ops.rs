@@ -12,7 +12,7 @@ use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClien
 use wxauth::sim::Simulator;
 use wxauth_bench::load::{Outcome, Pool};
 
-use crate::fixture::{APP, CALLER_STATE, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET, RELAY_CODE, USERS};
+use crate::fixture::{APP, CALLER_STATE, JSSDK_URL, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET, RELAY_CODE, USERS};
 
 /// One request of an operation, given the worker's index.
 pub type OpFn = Arc<dyn Fn(usize) -> BoxFuture<'static, Outcome> + Send + Sync>;
@@ -291,6 +291,47 @@ pub fn accounts_op(
             match client.find_accounts(request).await {
                 Ok(found) if want == 0 || found.get_ref().accounts.len() == want => Outcome::Ok,
                 Ok(found) => Outcome::Error(format!("accounts:{}", found.get_ref().accounts.len())),
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// `GetAppAccessToken` of app `mp` (the client is granted `app_access_token`); an empty token
+/// counts as an error. The ceiling server answers it with its one `GET`.
+pub fn app_token_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let request = authed(&auth, proto::GetAppAccessTokenRequest { app: APP.into() });
+        async move {
+            match client.get_app_access_token(request).await {
+                Ok(response) if !response.get_ref().access_token.is_empty() => Outcome::Ok,
+                Ok(_) => Outcome::Error("empty-token".into()),
+                Err(status) => grpc_error(&status),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// `SignJsSdkConfig` of a page under the client's return URLs (granted `jssdk`), with the
+/// `jsApiList` a share button passes; an empty signature counts as an error.
+pub fn jssdk_op(clients: Vec<WeChatOAuthServiceClient<Channel>>, auth: MetadataValue<Ascii>) -> OpFn {
+    Arc::new(move |worker| {
+        let mut client = clients[worker % clients.len()].clone();
+        let request = authed(
+            &auth,
+            proto::SignJsSdkConfigRequest {
+                app: APP.into(),
+                url: JSSDK_URL.into(),
+                js_api_list: vec!["updateAppMessageShareData".into(), "updateTimelineShareData".into()],
+            },
+        );
+        async move {
+            match client.sign_js_sdk_config(request).await {
+                Ok(response) if !response.get_ref().signature.is_empty() => Outcome::Ok,
+                Ok(_) => Outcome::Error("empty-signature".into()),
                 Err(status) => grpc_error(&status),
             }
         }

@@ -22,8 +22,8 @@ use wxauth_bench::report::{Row, Side};
 use crate::args::{Args, Op};
 use crate::fixture::{MINI_APPID, MP_APPID, MP_SECRET, USERS};
 use crate::ops::{
-    OpFn, accounts_op, authed, build_op, exchange_op, mini_op, refresh_op, relay_op, sim_exchange_op, sim_get_op,
-    sim_mini_op, userinfo_json_op, userinfo_op, validate_op,
+    OpFn, accounts_op, app_token_op, authed, build_op, exchange_op, jssdk_op, mini_op, refresh_op, relay_op,
+    sim_exchange_op, sim_get_op, sim_mini_op, userinfo_json_op, userinfo_op, validate_op,
 };
 
 /// Everything the phases share.
@@ -66,11 +66,16 @@ impl Bench {
         if ops.contains(&Op::Mini) {
             self.mini_phases().await;
         }
-        self.per_user_phases(&ops).await
+        self.per_user_phases(&ops).await?;
+        self.app_level_phases(&ops).await;
+        if ops.contains(&Op::OidcToken) {
+            self.oidc_token_phases().await?;
+        }
+        Ok(())
     }
 
     /// The warm-up and timed window of one phase, in seconds.
-    fn window(&self) -> f64 {
+    pub(crate) fn window(&self) -> f64 {
         (self.args.warmup + self.args.duration).as_secs_f64()
     }
 
@@ -194,6 +199,25 @@ impl Bench {
         Ok(())
     }
 
+    /// `GetAppAccessToken` and `SignJsSdkConfig` (issue 21) and the `GET` ceiling (once per
+    /// run): wxauth reads the sealed token (fetched from the simulator during the warm-up) and,
+    /// for the signature, the sealed ticket after it, and SHA-1s the page's string.
+    async fn app_level_phases(&mut self, ops: &BTreeSet<Op>) {
+        if ops.contains(&Op::AppToken) {
+            let op = app_token_op(self.wxauth.clone(), self.auth.clone());
+            self.phase(Side::Wxauth, "GetAppAccessToken", "auth, grant, GET sealed token, open", op).await;
+        }
+        if ops.contains(&Op::Jssdk) {
+            let op = jssdk_op(self.wxauth.clone(), self.auth.clone());
+            let work = "auth, grant, URL under the client's patterns, GET sealed token then ticket, open, SHA-1";
+            self.phase(Side::Wxauth, "SignJsSdkConfig", work, op).await;
+        }
+        if ops.contains(&Op::AppToken) || ops.contains(&Op::Jssdk) {
+            // The ceiling's GET ignores the openid.
+            self.ceiling_get(&["o-ceiling".to_owned()]).await;
+        }
+    }
+
     /// The `SET` ceiling, once per run; its flows go to `sink` for the relay ceiling.
     async fn ceiling_set(&mut self, sink: &mut Vec<String>) {
         let Some((clients, _, _)) = self.ceiling.clone() else { return };
@@ -217,12 +241,12 @@ impl Bench {
     }
 
     /// The requests per second of a phase already run, if it was.
-    fn rps(&self, side: Side, name: &str) -> Option<f64> {
+    pub(crate) fn rps(&self, side: Side, name: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.side == side && r.name == name).map(|r| r.sample.rps())
     }
 
     /// Runs one timed phase, prints its JSON line, and keeps its row.
-    async fn phase(&mut self, side: Side, name: &'static str, work: &'static str, op: OpFn) {
+    pub(crate) async fn phase(&mut self, side: Side, name: &'static str, work: &'static str, op: OpFn) {
         let pid = match side {
             Side::Wxauth => self.wxauth_pid,
             Side::Ceiling if name.starts_with("sim ") => None,
@@ -254,7 +278,7 @@ impl Bench {
     }
 
     /// Tops `ids` up to `want` fresh flows with untimed BuildAuthorizeUrl calls.
-    async fn fill(
+    pub(crate) async fn fill(
         &self,
         clients: Vec<WeChatOAuthServiceClient<Channel>>,
         mut ids: Vec<String>,

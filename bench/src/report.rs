@@ -118,6 +118,11 @@ pub const COMPARISONS: &[Comparison] = &[
         max_p99: None,
     },
     Comparison { op: "FindAccounts", ceilings: &["tonic HGETALL"], min_throughput: None, max_p99: None },
+    // Issue 21: the app-level reads against the bare tonic + Redis GET.
+    Comparison { op: "GetAppAccessToken", ceilings: &["tonic GET"], min_throughput: Some(0.7), max_p99: None },
+    Comparison { op: "SignJsSdkConfig", ceilings: &["tonic GET"], min_throughput: Some(0.7), max_p99: None },
+    // Issue 22: the OpenID Provider's token endpoint against a bare axum GETDEL + JSON answer.
+    Comparison { op: "OIDC token", ceilings: &["axum GETDEL+JSON"], min_throughput: Some(0.7), max_p99: None },
 ];
 
 /// Peak RSS limit at 256 concurrent callers, KiB.

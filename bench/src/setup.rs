@@ -13,7 +13,10 @@ use wxauth::sim::{SimConfig, Simulator};
 use wxauth_bench::procs::{self, Children, ScratchDir};
 
 use crate::args::Args;
-use crate::fixture::{CALLBACK_HOST, CLIENT_KEY, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET};
+use crate::fixture::{
+    CALLBACK_HOST, CLIENT_KEY, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET, OIDC_CLIENT, OIDC_KEY_ID, OIDC_KEY_PEM,
+    OIDC_REDIRECT, OIDC_SECRET,
+};
 use crate::phases::Bench;
 
 /// Kills the run's children and exits 130 on Ctrl-C, so an interrupted run leaves no
@@ -191,7 +194,8 @@ pub fn soak_users(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("soak-{i:04}")).collect()
 }
 
-/// The config wxauth runs with: app `mp` on the simulator, one client, Redis; then `extra`.
+/// The config wxauth runs with: app `mp` on the simulator, one client (granted the app-level
+/// RPCs), one OpenID Connect client, Redis; then `extra`.
 fn wxauth_config(addrs: (SocketAddr, SocketAddr, SocketAddr), redis: &str, sim: SocketAddr, extra: &str) -> String {
     let (grpc, public, admin) = addrs;
     format!(
@@ -223,6 +227,7 @@ secret = "{MINI_SECRET}"
 key_sha256 = "{key}"
 apps = ["mp", "mini"]
 return_urls = ["https://passport.example.com/login/"]
+grants = ["app_access_token", "jssdk"]
 # The benchmark measures the service, not its limits: no rate limits, and a cap the runs
 # never reach (the cap step itself still runs on every BuildAuthorizeUrl).
 max_open_flows = 10000000
@@ -230,9 +235,21 @@ max_open_flows = 10000000
 authorize = "off"
 exchange = "off"
 user = "off"
+[oidc]
+signing_key_id = "{OIDC_KEY_ID}"
+signing_key = """
+{OIDC_KEY_PEM}"""
+code_ttl = "60s"
+[oidc.clients.{OIDC_CLIENT}]
+redirect_uris = ["{OIDC_REDIRECT}"]
+auth_method = "client_secret_basic"
+secret_sha256 = "{oidc_secret}"
+apps = ["mp"]
+max_open_flows = 10000000
 {extra}"#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),
+        oidc_secret = hex::encode(wxauth::config::key_digest(OIDC_SECRET)),
     )
 }
 

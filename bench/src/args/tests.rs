@@ -17,3 +17,15 @@ fn flags_parse_and_ops_default_to_all_but_refresh() {
     assert!(!args.ops.contains(&Op::Refresh));
     assert!(Args::parse(&["--bogus".to_owned()]).is_err());
 }
+
+#[test]
+fn the_app_level_and_oidc_ops_parse_and_are_not_in_the_default_run() {
+    let raw: Vec<String> = ["--ops", "apptoken, jssdk,oidc-token"].iter().map(|s| s.to_string()).collect();
+    let args = Args::parse(&raw).expect("valid flags");
+    assert_eq!(args.ops, [Op::AppToken, Op::Jssdk, Op::OidcToken].into());
+    let default = Args::parse(&[]).expect("no flags");
+    assert!(![Op::AppToken, Op::Jssdk, Op::OidcToken].iter().any(|op| default.ops.contains(op)));
+    let error = Args::parse(&["--ops".to_owned(), "oidc_token".to_owned()]).expect_err("a misspelt op");
+    assert!(error.to_string().contains("unknown operation \"oidc_token\""), "{error}");
+    assert!(error.to_string().contains("oidc-token"), "--help names the op: {error}");
+}
