@@ -26,6 +26,7 @@ import re
 import secrets
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -155,6 +156,36 @@ def field_violations(error):
     return {v.field: v.description for v in bad.field_violations} if bad else {}
 
 
+def retry_delay_ms(error):
+    """How long wxauth asks the caller to wait before a retry (google.rpc.RetryInfo), or None:
+    only an answer carrying RetryInfo is worth retrying."""
+    info = status_detail(error, error_details_pb2.RetryInfo)
+    return info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000 if info else None
+
+
+def reaction_to(error):
+    """What the product does about a failed call, from its reason (docs/api.md, the error table):
+    `retry` (after RetryInfo's delay), `sign_in_again` (a new flow: never retry an exchange whose
+    answer was lost, WeChat may have spent the code), `reauthorize` (the user's token is gone or
+    dead: consent again), `fix_request` (a bug or config gap: log it, never retry), or `fail`."""
+    if retry_delay_ms(error) is not None:
+        return "retry"
+    reason, _ = error_reason(error)
+    if reason in ("SIGN_IN_AGAIN", "CODE_NOT_FROM_FLOW", "INVALID_CODE", "CODE_EXPIRED", "CODE_USED"):
+        return "sign_in_again"
+    if reason in ("REAUTHORIZATION_REQUIRED", "TOKEN_NOT_FOUND", "SCOPE_NOT_GRANTED"):
+        return "reauthorize"
+    if reason in ("INVALID_ARGUMENT", "RETURN_URL_NOT_ALLOWED", "APP_NOT_ALLOWED", "CLIENT_UNAUTHENTICATED",
+                  "APP_MISCONFIGURED"):
+        return "fix_request"
+    return "fail"
+
+
+def summary(error):
+    """A failed call as the product logs it: gRPC code, wxauth's reason, the reaction."""
+    return {"code": error.code().name, "reason": error_reason(error)[0], "action": reaction_to(error)}
+
+
 # Every call's deadline (seconds). wxauth honours `grpc-timeout` and stops work the caller gave up on.
 DEADLINE = 5
 
@@ -187,6 +218,61 @@ class Wxauth:
         metadata = (("authorization", f"Bearer {self.key}"), ("traceparent", traceparent))
         return getattr(self.stub, method)(request, metadata=metadata, timeout=DEADLINE)
 
+    def call_retrying(self, method, request, trace, attempts=3):
+        """`call`, again after RetryInfo's delay while wxauth says a retry helps, at most
+        `attempts` times; raises the last error with `attempts` set on it."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.call(method, request, trace)
+            except grpc.RpcError as e:
+                e.attempts = attempt
+                delay = retry_delay_ms(e)
+                if delay is None or attempt >= attempts:
+                    raise
+                time.sleep(delay / 1000)
+        raise AssertionError("unreachable")
+
+
+def sign_in(wxauth, pb, args, seen):
+    """"Sign in with WeChat", end to end: a flow bound to our return URL and CSRF state (a real
+    product keeps `csrf` and the flow id in the browser's session), the browser's hops (the
+    flow's start URL binds it to the browser; WeChat's consent; the relay answers the callback
+    for this browser only), then the exchange, twice as a reload would. An exchange whose answer
+    was lost (SIGN_IN_AGAIN) is never retried: the user signs in again, a new flow, a new code.
+    Returns the flow id and the exchange's answer."""
+    for attempt in (1, 2):
+        csrf = secrets.token_urlsafe(16)
+        request = pb.BuildAuthorizeUrlRequest(
+            app=args.app, return_url=args.return_url, scope=pb.SCOPE_SNSAPI_USERINFO, state=csrf
+        )
+        built = wxauth.call_retrying("BuildAuthorizeUrl", request, Trace())
+        seen["authorize_url_ends_with"] = built.authorize_url[-16:]
+        to_wechat, cookie = start(built.start_url, args.relay)
+        seen["start_url_on_callback_domain"] = "/wechat/callback?start=" in built.start_url
+        back_to_product = relay(consent(to_wechat, args.user), args.relay, cookie)
+        returned = urllib.parse.urlsplit(back_to_product)
+        params = dict(urllib.parse.parse_qsl(returned.query))
+        seen["returned_to"] = f"{returned.scheme}://{returned.netloc}{returned.path}"
+        seen["state_matches"] = params.get("state") == csrf
+        if not seen["state_matches"]:
+            sys.exit("state does not match the session: refuse")
+        # wxauth refuses a code that did not come through this flow, so a code leaked from
+        # someone else's sign-in signs no one in.
+        callback = Trace()
+        exchange = pb.ExchangeCodeRequest(flow_id=built.flow_id, code=params["code"], include_user_info=True)
+        try:
+            first = wxauth.call("ExchangeCode", exchange, callback)
+            again = wxauth.call("ExchangeCode", exchange, callback)
+        except grpc.RpcError as e:
+            if reaction_to(e) != "sign_in_again" or attempt == 2:
+                raise
+            seen["exchange_failed"] = summary(e)
+            continue
+        seen["same_result_again"] = again.openid == first.openid and again.user_info == first.user_info
+        seen["sign_ins"] = attempt
+        return built.flow_id, first
+    raise AssertionError("unreachable")
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,6 +285,7 @@ def main():
     parser.add_argument("--sim", default="http://127.0.0.1:8081", help="the WeChat simulator (mints js_codes)")
     parser.add_argument("--mini-app", default="demo-mini", help="the mini program's config name")
     parser.add_argument("--mini-appid", default="wxd0000000000000d4", help="the mini program's appid")
+    parser.add_argument("--outage-grpc", help="optional: a wxauth whose Redis is down (STORE_UNAVAILABLE, retries)")
     args = parser.parse_args()
 
     pb, pb_grpc = generate_stubs()
@@ -206,59 +293,59 @@ def main():
     wxauth = Wxauth(pb_grpc.WeChatOAuthServiceStub(channel), args.key)
     seen = {}
 
-    # 1. The product's "Sign in with WeChat": a flow, bound to our return URL and CSRF state.
-    #    A real product keeps `csrf` and `built.flow_id` in the browser's session (a cookie).
-    csrf = "py-csrf-1"
-    request = pb.BuildAuthorizeUrlRequest(
-        app=args.app, return_url=args.return_url, scope=pb.SCOPE_SNSAPI_USERINFO, state=csrf
-    )
-    built = wxauth.call("BuildAuthorizeUrl", request, Trace())
-    seen["authorize_url_ends_with"] = built.authorize_url[-16:]
-
-    # 2. The browser: the product redirects it to `start_url` (which binds the flow to it and
-    #    sends it to WeChat), WeChat's consent page, then the callback, which the relay answers
-    #    for this browser only.
-    to_wechat, cookie = start(built.start_url, args.relay)
-    seen["start_url_on_callback_domain"] = "/wechat/callback?start=" in built.start_url
-    back_to_product = relay(consent(to_wechat, args.user), args.relay, cookie)
-    returned = urllib.parse.urlsplit(back_to_product)
-    params = dict(urllib.parse.parse_qsl(returned.query))
-    seen["returned_to"] = f"{returned.scheme}://{returned.netloc}{returned.path}"
-    seen["state_matches"] = params.get("state") == csrf
-    code = params["code"]
-
-    # 3. The product's callback handler: check the state against the session, then exchange the
-    #    code with the session's flow id (twice, as a reload would). wxauth refuses a code that did
-    #    not come through that flow, so a code leaked from someone else's sign-in signs no one in.
-    callback = Trace()
-    exchange = pb.ExchangeCodeRequest(flow_id=built.flow_id, code=code, include_user_info=True)
-    first = wxauth.call("ExchangeCode", exchange, callback)
-    again = wxauth.call("ExchangeCode", exchange, callback)
+    # 1-3. Sign in (again, if the first exchange's answer was lost).
+    flow_id, first = sign_in(wxauth, pb, args, seen)
     seen["openid"] = first.openid
-    seen["same_result_again"] = again.openid == first.openid and again.user_info == first.user_info
     seen["nickname"] = first.user_info.nickname
 
     # 4. Later pages: the profile, answered from wxauth's cache.
     page = Trace()
-    profile = wxauth.call("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid=first.openid), page)
+    profile = wxauth.call_retrying("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid=first.openid), page)
     seen["profile_nickname"] = profile.user_info.nickname
     seen["profile_fetch_time"] = profile.fetch_time.seconds
 
-    # 5. Errors carry a reason to branch on.
+    # 4b. A forced refresh. REAUTHORIZATION_REQUIRED: the refresh token is dead, so the user
+    #     consents again (a new sign-in), and then the refresh works.
+    refresh = pb.RefreshTokenRequest(app=args.app, openid=first.openid)
     try:
-        wxauth.call("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid="oNobodyLoggedInHere0000000"), page)
-        seen["unknown_user"] = "answered"
+        wxauth.call("RefreshToken", refresh, page)
+        seen["refresh"] = "ok"
     except grpc.RpcError as e:
-        reason, _ = error_reason(e)
-        seen["unknown_user"] = {"code": e.code().name, "reason": reason}
-    try:
-        # A code pasted into this session that the relay never brought here (code injection).
-        injected = pb.ExchangeCodeRequest(flow_id=built.flow_id, code="NotACodeThisFlowRelayed")
-        wxauth.call("ExchangeCode", injected, page)
-        seen["injected_code"] = "answered"
-    except grpc.RpcError as e:
-        reason, _ = error_reason(e)
-        seen["injected_code"] = {"code": e.code().name, "reason": reason}
+        if reaction_to(e) != "reauthorize":
+            raise
+        seen["refresh"] = summary(e)
+        _, again = sign_in(wxauth, pb, args, {})
+        seen["reauthorized_same_user"] = again.openid == first.openid
+        wxauth.call("RefreshToken", refresh, page)
+        seen["refresh_after_reauthorization"] = "ok"
+
+    # 5. Errors that no retry fixes carry a reason to branch on (and BadRequest names the field).
+    def refused(method, request):
+        try:
+            wxauth.call(method, request, page)
+            return "answered"
+        except grpc.RpcError as e:
+            return {**summary(e), "field_violations": field_violations(e)}
+
+    seen["bad_request"] = refused("GetUserInfo", pb.GetUserInfoRequest(app=args.app, openid="not an openid!"))
+    unknown = pb.GetUserInfoRequest(app=args.app, openid="oNobodyLoggedInHere0000000")
+    seen["unknown_user"] = refused("GetUserInfo", unknown)
+    # A code pasted into this session that the relay never brought here (code injection).
+    injected = pb.ExchangeCodeRequest(flow_id=flow_id, code="NotACodeThisFlowRelayed")
+    seen["injected_code"] = refused("ExchangeCode", injected)
+
+    # 5b. A wxauth whose store is down: UNAVAILABLE with RetryInfo. Retried after the delay a
+    #     couple of times; then the product shows "try again in a moment" (the user's session is
+    #     still good: no new sign-in needed).
+    if args.outage_grpc:
+        down = Wxauth(pb_grpc.WeChatOAuthServiceStub(grpc.insecure_channel(args.outage_grpc)), args.key)
+        request = pb.BuildAuthorizeUrlRequest(app=args.app, return_url=args.return_url, state="csrf")
+        try:
+            down.call_retrying("BuildAuthorizeUrl", request, Trace(), attempts=2)
+            seen["outage"] = "answered"
+        except grpc.RpcError as e:
+            seen["outage"] = {**summary(e), "retry_delay_ms": retry_delay_ms(e), "attempts": e.attempts}
+        wxauth.sent.extend(down.sent)
 
     # 6. The same person opens the mini program: wx.login() gives it a js_code (played here by the
     #    simulator's control API), the mini program posts it to us, we sign them in. The
