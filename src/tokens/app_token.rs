@@ -101,6 +101,12 @@ impl Tokens {
     /// within the margin. A token WeChat calls dead meanwhile is reported as InvalidateAppAccessToken
     /// would, once, and the ticket asked again with the token that replaced it.
     pub(crate) async fn jsapi_ticket(self: &Arc<Self>, app: &App) -> Result<AppCredential, ApiError> {
+        // The ticket first: the app's token is needed only to renew it, so the usual call is one
+        // read (reading the token first made every SignJsSdkConfig two reads in sequence).
+        let (kept, _) = self.store.read_app_credential(&app.name, CredentialKind::JsapiTicket).await?;
+        if let Some(ticket) = kept.filter(|t| self.credential_current(t)) {
+            return Ok(ticket);
+        }
         let token = self.app_access_token(app).await?;
         match self.app_credential(app, CredentialKind::JsapiTicket, Some(&token.value)).await {
             Err(e) if e.errcode().is_some_and(is_dead_token) => {
