@@ -18,7 +18,7 @@
 //     cargo run                 # the dev mode: wxauth on 50051/8080, simulator on 8081
 //     php examples/php/wxauth_login.php
 //
-// Prints one JSON object with what it saw (tests/api/polyglot_php.rs checks it).
+// Prints one JSON object with what it saw (tests/api/polyglot.rs checks it).
 
 declare(strict_types=1);
 

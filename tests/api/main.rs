@@ -31,7 +31,6 @@ mod oidc_rp;
 mod operations;
 mod phone;
 mod polyglot;
-mod polyglot_php;
 mod proxy;
 mod push;
 mod reach;

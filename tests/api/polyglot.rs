@@ -4,7 +4,8 @@
 //! generate`) sign a user in through wxauth (the Python one also through the mini program,
 //! finding the web account by unionid), read its error details, and send a deadline and a W3C
 //! `traceparent` with every call: wxauth's span of each call joins the caller's trace, as the
-//! caller's span's child. Node, Java and Go run one scenario of injected failures
+//! caller's span's child. Node, Java, Go, Python and PHP (the last through the JSON face,
+//! `examples/php/`) run one scenario of injected failures
 //! ([`signs_in_and_reacts_to_each_failure`]) and are checked alike.
 //!
 //! The spans are caught in process, by one subscriber for the whole test process (set once, as
@@ -30,7 +31,7 @@ use crate::helpers::{Backend, MINI_APPID, MP_APPID, PASSPORT_KEY, TestApp, spawn
 
 /// The `rpc` spans the service ended with a remote parent (a caller's trace), kept in memory.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Spans(Arc<Mutex<Vec<SpanData>>>);
+struct Spans(Arc<Mutex<Vec<SpanData>>>);
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
@@ -42,7 +43,7 @@ impl SpanExporter for Spans {
 /// What `main` sets up with OTLP, pointed at memory: W3C trace context taken from gRPC metadata
 /// (the process-wide propagator `telemetry::init` installs) and an OpenTelemetry layer for the
 /// service's `rpc` spans, installed once as the process's subscriber.
-pub(crate) fn caught_spans() -> &'static Spans {
+fn caught_spans() -> &'static Spans {
     static CAUGHT: OnceLock<(Spans, SdkTracerProvider)> = OnceLock::new();
     let (spans, _provider) = CAUGHT.get_or_init(|| {
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
@@ -62,7 +63,7 @@ pub(crate) fn caught_spans() -> &'static Spans {
 
 /// Every call the example reports (`sent`: method and `traceparent`) has its wxauth span: in
 /// the caller's trace, with the caller's span as its remote parent.
-pub(crate) fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value) {
+fn assert_spans_join_the_callers_traces(spans: &Spans, sent: &serde_json::Value) {
     let spans = spans.0.lock().expect("spans");
     let sent = sent.as_array().expect("the example reports the calls it made");
     assert!(sent.len() >= 5, "{sent:?}");
@@ -94,7 +95,7 @@ fn tool(env: &str, default: &Path, what: &str) -> String {
 }
 
 /// Runs `program args` off the runtime's thread and returns its one JSON line.
-pub(crate) async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
+async fn run_example(program: String, args: Vec<String>) -> serde_json::Value {
     let output = tokio::task::spawn_blocking(move || Command::new(&program).args(&args).output())
         .await
         .expect("join")
@@ -299,5 +300,30 @@ async fn a_go_service_signs_a_user_in_and_reacts_to_each_failure() {
     signs_in_and_reacts_to_each_failure(false, |app, outage| (binary, failure_args(app, outage))).await;
 }
 
-// PHP (issue 23's JSON face): its case goes here, through the same
-// `signs_in_and_reacts_to_each_failure` with the PHP script's program and arguments.
+/// The PHP example (PHP 8 and its curl extension, from Debian; no gRPC extension): the same
+/// sign-in and failures through wxauth's JSON face (the Connect protocol on the gRPC port), each
+/// call with a `Connect-Timeout-Ms` and a `traceparent` whose span joins the caller's trace.
+#[tokio::test(flavor = "current_thread")]
+async fn a_php_page_signs_a_user_in_through_json_and_reacts_to_each_failure() {
+    let php = std::env::var("WXAUTH_PHP").unwrap_or_else(|_| "php".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/php/wxauth_login.php");
+    signs_in_and_reacts_to_each_failure(false, |app, outage| {
+        let args = [
+            &script.display().to_string(),
+            "--json",
+            &format!("http://{}", app.grpc_addr),
+            "--relay",
+            &format!("http://{}", app.public_addr),
+            "--app",
+            "mp",
+            "--key",
+            PASSPORT_KEY,
+            "--return-url",
+            "https://passport.example.com/login/",
+            "--outage-json",
+            &format!("http://{}", outage.grpc_addr),
+        ];
+        (php, args.map(String::from).to_vec())
+    })
+    .await;
+}
