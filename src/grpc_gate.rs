@@ -64,6 +64,12 @@ pub struct ClientKeys {
     by_digest: Arc<HashMap<[u8; 32], usize>>,
 }
 
+/// The gate's verdict on a call's key, handed to the handler in the request's extensions (which
+/// no peer can set): the index in `clients` of the client it names, so the key is hashed once per
+/// call, not twice. A handler not behind the gate (none is in the service) authenticates itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authenticated(pub(crate) usize);
+
 impl ClientKeys {
     /// The keys of `clients` (their configured digests).
     pub fn new(clients: &[Client]) -> Self {
@@ -173,11 +179,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
+            let mut request = request;
             let route = route(request.uri().path());
-            if let Route::Api = route
-                && shared.keys.authenticate(request.headers()).is_err()
-            {
-                return Ok(shared.refuse("unauthenticated", &shared.unauthenticated, peer(&request)));
+            if let Route::Api = route {
+                match shared.keys.authenticate(request.headers()) {
+                    Ok(index) => {
+                        request.extensions_mut().insert(Authenticated(index));
+                    }
+                    Err(_) => return Ok(shared.refuse("unauthenticated", &shared.unauthenticated, peer(&request))),
+                }
             }
             let request = match route {
                 Route::Api | Route::Health => {

@@ -29,12 +29,12 @@ mod validate;
 use std::sync::Arc;
 
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Extensions, Request, Response, Status};
 
 use crate::clock::Clock;
 use crate::config::{self, Client, Settings};
 use crate::error::ApiError;
-use crate::grpc_gate::ClientKeys;
+use crate::grpc_gate::{Authenticated, ClientKeys};
 use crate::limits::RateLimiters;
 use crate::proto::{self, we_chat_o_auth_service_server::WeChatOAuthService};
 use crate::store::Store;
@@ -76,10 +76,14 @@ impl OAuthService {
         self.keys.clone()
     }
 
-    /// The client whose key the `authorization: Bearer <key>` metadata carries.
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<&Client, ApiError> {
-        let index = self.keys.authenticate(metadata.as_ref())?;
-        Ok(&self.settings.clients[index])
+    /// The client whose key the `authorization: Bearer <key>` metadata carries: the gate's
+    /// verdict when the call came through it ([`Authenticated`]), else checked here.
+    fn authenticate(&self, extensions: &Extensions, metadata: &MetadataMap) -> Result<&Client, ApiError> {
+        let index = match extensions.get::<Authenticated>() {
+            Some(&Authenticated(index)) => index,
+            None => self.keys.authenticate(metadata.as_ref())?,
+        };
+        self.settings.clients.get(index).ok_or(ApiError::Unauthenticated)
     }
 
     /// The app a request names (or its device's default), if this client may use it.

@@ -44,7 +44,7 @@ impl OAuthService {
         let started = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata());
         let result = async {
-            let client = self.authenticate(request.metadata())?;
+            let client = self.authenticate(request.extensions(), request.metadata())?;
             // The client's own rate limit, before any store or WeChat work.
             self.limiters.check(client, method)?;
             let work = body(self, client, request.into_inner());

@@ -63,7 +63,7 @@ const FORCED_COUNT_LIFE: Duration = Duration::from_secs(2 * 24 * 3600);
 
 impl Store {
     fn app_credential_key(&self, app: &str, kind: CredentialKind) -> String {
-        format!("{}:{app}:apptok:{}", self.inner.prefix, kind.as_str())
+        [self.inner.prefix.as_str(), ":", app, ":apptok:", kind.as_str()].concat()
     }
 
     /// The lock key of a credential: `{app}:lock:!{kind}`. `!` is in no openid, so it never

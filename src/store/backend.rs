@@ -171,8 +171,8 @@ impl Op {
         }
     }
 
-    /// The call's span, `store.{name}`: a static name and no fields, so it costs next to nothing
-    /// when nothing logs in it (and is not made at all without a subscriber that wants it).
+    /// The call's span, `store.{name}`, for traces: a static name and no fields; made only while
+    /// spans are exported ([`super::Store::call`]).
     pub(crate) fn span(self) -> tracing::Span {
         use tracing::info_span;
         match self {

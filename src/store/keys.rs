@@ -10,13 +10,14 @@ use crate::wechat::Lang;
 
 impl Store {
     pub(super) fn flow_key(&self, flow_id: &str) -> String {
-        // Concatenated, not `format!`ted: the relay builds this key and the code's on every
-        // callback, and the formatting machinery cost more than the copying.
+        // The keys of hot paths are concatenated, not `format!`ted: the relay builds this key and
+        // the code's on every callback, GetUserInfo the reach's and the profile's, and the
+        // formatting machinery cost more than the copying (~4 % of a cached GetUserInfo).
         [self.inner.prefix.as_str(), ":flow:", flow_id].concat()
     }
 
     pub(super) fn token_key(&self, app: &str, openid: &str) -> String {
-        format!("{}:{app}:tok:{openid}", self.inner.prefix)
+        [self.inner.prefix.as_str(), ":", app, ":tok:", openid].concat()
     }
 
     pub(super) fn code_key(&self, code: &AuthCode) -> String {
@@ -25,11 +26,11 @@ impl Store {
     }
 
     pub(super) fn reach_key(&self, app: &str, openid: &str, client: &str) -> String {
-        format!("{}:{app}:reach:{openid}:{client}", self.inner.prefix)
+        [self.inner.prefix.as_str(), ":", app, ":reach:", openid, ":", client].concat()
     }
 
     pub(super) fn session_key(&self, app: &str, openid: &str) -> String {
-        format!("{}:{app}:sess:{openid}", self.inner.prefix)
+        [self.inner.prefix.as_str(), ":", app, ":sess:", openid].concat()
     }
 
     pub(super) fn union_key(&self, unionid: &str) -> String {
@@ -41,7 +42,7 @@ impl Store {
     }
 
     pub(super) fn profile_key(&self, app: &str, openid: &str, lang: Lang) -> String {
-        format!("{}:{app}:prof:{openid}:{}", self.inner.prefix, lang.as_str())
+        [self.inner.prefix.as_str(), ":", app, ":prof:", openid, ":", lang.as_str()].concat()
     }
 
     /// A message push's nonce, remembered so that the same signed message is not acted on twice

@@ -9,8 +9,15 @@ use sha1::{Digest as _, Sha1};
 pub fn jssdk_signature(jsapi_ticket: &str, nonce_str: &str, timestamp: i64, url: &str) -> String {
     // "url（当前网页的URL，不包含#及其后面部分）": a caller that left the fragment on gets it cut here.
     let url = url.split('#').next().unwrap_or(url);
-    let plain = format!("jsapi_ticket={jsapi_ticket}&noncestr={nonce_str}&timestamp={timestamp}&url={url}");
-    hex::encode(Sha1::digest(plain.as_bytes()))
+    // Hashed piece by piece: the same bytes as the documented string, without building it.
+    let mut sha1 = Sha1::new();
+    for piece in ["jsapi_ticket=", jsapi_ticket, "&noncestr=", nonce_str, "&timestamp="] {
+        sha1.update(piece.as_bytes());
+    }
+    sha1.update(timestamp.to_string().as_bytes());
+    sha1.update(b"&url=");
+    sha1.update(url.as_bytes());
+    hex::encode(sha1.finalize())
 }
 
 #[cfg(test)]
