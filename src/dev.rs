@@ -133,6 +133,8 @@ mod tests {
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());
         let oidc = settings.oidc.as_deref().expect("the dev mode serves the OpenID Provider");
         assert!(oidc.signing_key.is_dev_key());
+        let es256 = oidc.signer(crate::oidc::Alg::Es256).expect("the dev EC key signs ES256");
+        assert!(es256.is_dev_key() && es256.kid() == crate::oidc::DEV_ES256_KEY_ID);
         assert_eq!(oidc.clients[0].redirect_uris[0], "http://127.0.0.1:8082/oidc/back");
     }
 }
