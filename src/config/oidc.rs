@@ -203,13 +203,17 @@ struct Keys {
 
 /// The RSA keys (the current one required: RS256 is OpenID Connect Core §15.1's mandatory
 /// algorithm) and the optional EC keys, each kid used once (a relying party picks the key by
-/// it). In development the dev keys are the defaults of the current ones.
+/// it). In development the dev keys are the defaults of the current ones (the EC one only
+/// beside the dev RSA key).
 fn signing_keys(raw: &mut RawOidc, dev: bool) -> Result<Keys, ConfigError> {
     let fields = |id: &mut Option<String>, pem: &mut Option<String>, file: &mut Option<PathBuf>| KeyFields {
         id: id.take(),
         pem: pem.take(),
         file: file.take(),
     };
+    // The dev EC key joins only the dev RSA key (`cargo run`'s key set): a development config
+    // that names its own keys gets no key it did not name.
+    let dev_keys = dev && raw.signing_key.is_none() && raw.signing_key_file.is_none();
     let current = fields(&mut raw.signing_key_id, &mut raw.signing_key, &mut raw.signing_key_file);
     let signing_key = key("oidc.signing_key", Alg::Rs256, current, dev, dev)?;
     let signing_key = signing_key.ok_or_else(|| err("oidc.signing_key", "required (`signing_key_file`)"))?;
@@ -217,7 +221,7 @@ fn signing_keys(raw: &mut RawOidc, dev: bool) -> Result<Keys, ConfigError> {
         fields(&mut raw.previous_signing_key_id, &mut raw.previous_signing_key, &mut raw.previous_signing_key_file);
     let previous_key = key("oidc.previous_signing_key", Alg::Rs256, previous, dev, false)?;
     let es256 = fields(&mut raw.es256_signing_key_id, &mut raw.es256_signing_key, &mut raw.es256_signing_key_file);
-    let es256_key = key("oidc.es256_signing_key", Alg::Es256, es256, dev, dev)?;
+    let es256_key = key("oidc.es256_signing_key", Alg::Es256, es256, dev, dev_keys)?;
     let previous_es256 = fields(
         &mut raw.previous_es256_signing_key_id,
         &mut raw.previous_es256_signing_key,
