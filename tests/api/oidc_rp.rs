@@ -200,6 +200,17 @@ async fn authlib_signs_in_with_an_es256_client() {
 /// the checked ID token and userinfo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_modes_demo_page_signs_in_through_oidc() {
+    demo_page_signs_in("login-oidc", "demo-oidc", "RS256").await;
+}
+
+/// The same with its ES256 link (client `demo-oidc-es256`, the dev EC key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_modes_demo_page_signs_in_through_oidc_with_es256() {
+    demo_page_signs_in("login-oidc-es256", "demo-oidc-es256", "ES256").await;
+}
+
+/// The demo page's sign-in from its link of id `link`, as `client`, whose ID token is `alg`.
+async fn demo_page_signs_in(link: &str, client: &str, alg: &str) {
     let public = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut config = SimConfig::demo();
     for app in &mut config.apps {
@@ -215,8 +226,9 @@ async fn the_dev_modes_demo_page_signs_in_through_oidc() {
     tokio::spawn(wxauth::demo::serve_with_oidc(demo_listener, app.grpc_addr, issuer, std::future::pending()));
 
     let home = app.http.get(format!("http://{demo}/")).send().await.expect("demo").text().await.expect("page");
-    assert!(home.contains("id=\"login-oidc\""), "the demo page links to it");
-    let login = app.http.get(format!("http://{demo}/oidc/login")).send().await.expect("demo login");
+    let (_, from_link) = home.split_once(&format!("id=\"{link}\" href=\"")).expect("the demo page links to it");
+    let path = from_link.split('"').next().expect("href");
+    let login = app.http.get(format!("http://{demo}{path}")).send().await.expect("demo login");
     let cookie = login.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_owned();
     let started = app.http.get(crate::oidc::location(&login)).send().await.expect("authorize");
     let back = through_wechat(&app, &started, "alice").await;
@@ -226,5 +238,6 @@ async fn the_dev_modes_demo_page_signs_in_through_oidc() {
     assert_eq!(shown.status(), 200);
     let page = shown.text().await.expect("page");
     assert!(page.contains("Signed in through OIDC"), "{page}");
-    assert!(page.contains("&quot;aud&quot;: &quot;demo-oidc&quot;"), "{page}");
+    assert!(page.contains(&format!("&quot;aud&quot;: &quot;{client}&quot;")), "{page}");
+    assert!(page.contains(&format!("ID token ({alg} signature checked)")), "{page}");
 }
