@@ -355,8 +355,9 @@ mod tests {
         assert!(from_ec.contains("EC P-256") && !from_ec.contains("PRIVATE"), "{from_ec}");
         let from_rsa = SigningKey::from_pem("k", EC_CURRENT).expect_err("an EC key is no RSA key");
         assert!(from_rsa.contains("RSA") && !from_rsa.contains("PRIVATE"), "{from_rsa}");
-        let sec1 = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n";
-        assert!(SigningKey::from_ec_pem("k", sec1).is_err());
+        // A real SEC1 key (`openssl ec` writes them): ring reads PKCS#8 only, and the error says so.
+        let sec1 = SigningKey::from_ec_pem("k", include_str!("../../tests/fixtures/oidc/ec-sec1.pem"));
+        assert!(sec1.expect_err("SEC1").contains("PKCS#8"));
         assert_eq!(Alg::parse("ES256"), Some(Alg::Es256));
         assert_eq!(Alg::parse("es256"), None, "registered names are case-sensitive");
         assert!(format!("{:?}", SigningKey::dev_for(Alg::Es256).expect("key")).contains("wxauth-dev-es256"));
