@@ -235,7 +235,8 @@ async fn home(State(demo): State<Demo>, headers: HeaderMap) -> Response {
          <a id=\"login-qr\" href=\"/login/qr\">QR on this page</a> \
          (<a id=\"login-qr-self\" href=\"/login/qr?self_redirect=true\">callback in the QR frame</a>)</p>\
          <p>Or as any OpenID Connect application would: \
-         <a id=\"login-oidc\" href=\"/oidc/login\">Sign in through OIDC</a> (wxauth's OpenID Provider)</p>\
+         <a id=\"login-oidc\" href=\"/oidc/login\">Sign in through OIDC</a> (wxauth's OpenID Provider; \
+         <a id=\"login-oidc-es256\" href=\"/oidc/login?alg=ES256\">with an ES256 ID token</a>)</p>\
          <p>Or an H5 page's <a id=\"jssdk\" href=\"/jssdk\">wx.config</a>, signed by wxauth (SignJsSdkConfig)</p>",
     )
     .into_response()

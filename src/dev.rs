@@ -10,6 +10,9 @@ use crate::config::{ConfigError, DEV_CLIENT_KEY, Settings, key_digest};
 pub const DEV_OIDC_CLIENT_ID: &str = "demo-oidc";
 /// Its secret: in the repository, so dev only (the production config has no such client).
 pub const DEV_OIDC_CLIENT_SECRET: &str = "dev-only-oidc-secret";
+/// The dev mode's client registered for ES256 ID tokens (signed with the repository's dev EC
+/// key): the demo page's "Sign in through OIDC (ES256)"; the same secret and redirect URIs.
+pub const DEV_OIDC_ES256_CLIENT_ID: &str = "demo-oidc-es256";
 
 /// The simulator's address in dev mode.
 pub const SIM_ADDR: &str = "127.0.0.1:8081";
@@ -104,14 +107,22 @@ authorize = "off"
 exchange = "off"
 user = "off"
 
-# The OpenID Provider (docs/oidc.md) with the repository's dev key (the default in development)
-# and the demo page as a relying party.
+# The OpenID Provider (docs/oidc.md) with the repository's dev keys (RSA and EC: the defaults in
+# development) and the demo page as a relying party, once for RS256 and once for ES256.
 [oidc.clients.demo-oidc]
 redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back"]
 post_logout_redirect_uris = ["http://{demo}/"]
 auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
 apps = ["demo-mp", "demo-web"]
+
+[oidc.clients.{DEV_OIDC_ES256_CLIENT_ID}]
+redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back"]
+post_logout_redirect_uris = ["http://{demo}/"]
+auth_method = "client_secret_basic"
+secret_sha256 = "{oidc_secret}"
+apps = ["demo-mp", "demo-web"]
+id_token_signed_response_alg = "ES256"
 "#,
         hex::encode(key_digest(DEV_CLIENT_KEY)),
         oidc_secret = hex::encode(key_digest(DEV_OIDC_CLIENT_SECRET)),
@@ -133,6 +144,10 @@ mod tests {
         assert_eq!(crate::demo::DEMO_ADDR, super::DevAddrs::default().demo.to_string());
         let oidc = settings.oidc.as_deref().expect("the dev mode serves the OpenID Provider");
         assert!(oidc.signing_key.is_dev_key());
+        let es256 = oidc.signer(crate::oidc::Alg::Es256).expect("the dev EC key signs ES256");
+        assert!(es256.is_dev_key() && es256.kid() == crate::oidc::DEV_ES256_KEY_ID);
+        let es256_client = oidc.client(super::DEV_OIDC_ES256_CLIENT_ID).expect("the ES256 demo client");
+        assert_eq!(es256_client.id_token_alg, crate::oidc::Alg::Es256);
         assert_eq!(oidc.clients[0].redirect_uris[0], "http://127.0.0.1:8082/oidc/back");
     }
 }

@@ -22,9 +22,10 @@ load:
   --ops LIST           comma-separated, of: build, relay, exchange, userinfo, validate, refresh,
                        mini (SignInMiniProgram), accounts (FindAccounts), apptoken
                        (GetAppAccessToken), jssdk (SignJsSdkConfig), oidc-token (the OpenID
-                       Provider's token endpoint, with RS256 signing timed alone)
+                       Provider's token endpoint, with RS256 signing timed alone),
+                       oidc-token-es256 (the same for a client registered for ES256)
                        (default: all but refresh, which coalesces on two users and has no ceiling,
-                       and mini, accounts, apptoken, jssdk and oidc-token)
+                       and mini, accounts, apptoken, jssdk, oidc-token and oidc-token-es256)
   --no-ceilings        measure wxauth only
 
 what runs:
@@ -77,6 +78,7 @@ pub enum Op {
     AppToken,
     Jssdk,
     OidcToken,
+    OidcTokenEs256,
 }
 
 impl Op {
@@ -93,6 +95,7 @@ impl Op {
             "apptoken" => Op::AppToken,
             "jssdk" => Op::Jssdk,
             "oidc-token" => Op::OidcToken,
+            "oidc-token-es256" => Op::OidcTokenEs256,
             other => bail!("--ops: unknown operation {other:?}\n\n{USAGE}"),
         })
     }

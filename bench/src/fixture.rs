@@ -34,6 +34,12 @@ pub const PKCE_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 /// it, and the bench times `SigningKey::sign` with it.
 pub const OIDC_KEY_ID: &str = "bench";
 pub const OIDC_KEY_PEM: &str = include_str!("../../tests/fixtures/oidc/current.pem");
+/// The relying party registered for ES256 ID tokens (`id_token_signed_response_alg`), otherwise
+/// as [`OIDC_CLIENT`] (its secret and redirect URI).
+pub const OIDC_ES256_CLIENT: &str = "bench-rp-es256";
+/// The repository's test EC P-256 key: the provider signs the ES256 client's ID tokens with it.
+pub const OIDC_EC_KEY_ID: &str = "bench-ec";
+pub const OIDC_EC_KEY_PEM: &str = include_str!("../../tests/fixtures/oidc/ec-current.pem");
 /// WeChat's in-app browser on Android, so `/oidc/authorize` picks the official account.
 pub const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) \
      Version/4.0 Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.47.2560(0x28002F30) NetType/WIFI Language/zh_CN";

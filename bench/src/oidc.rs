@@ -1,7 +1,8 @@
 //! The OpenID Provider's token endpoint (issue 22): codes minted through whole sign-ins before
 //! the window, the token request (`authorization_code` + PKCE verifier, `client_secret_basic`)
-//! against wxauth and against the `axum GETDEL+JSON` ceiling, and the RS256 signing cost timed
-//! alone.
+//! against wxauth and against the `axum GETDEL+JSON` ceiling, and the signing cost timed alone:
+//! RS256 for the bench's usual relying party (`oidc-token`), ES256 for the one registered for
+//! it (`oidc-token-es256`).
 //!
 //! Each code takes a sign-in as a browser makes it: `/oidc/authorize` (as WeChat's browser, so
 //! the official account), the flow's start URL (its cookie), the simulator's consent (Allow,
@@ -20,14 +21,14 @@ use futures::FutureExt as _;
 use futures::StreamExt as _;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
 use url::Url;
-use wxauth::oidc::SigningKey;
+use wxauth::oidc::{Alg, SigningKey};
 use wxauth_bench::ceiling;
 use wxauth_bench::load::{Outcome, Pool};
 use wxauth_bench::report::Side;
 
 use crate::fixture::{
-    CALLBACK_HOST, OIDC_CLIENT, OIDC_KEY_ID, OIDC_KEY_PEM, OIDC_REDIRECT, OIDC_SECRET, PKCE_CHALLENGE, PKCE_VERIFIER,
-    USERS, WECHAT_UA,
+    CALLBACK_HOST, OIDC_CLIENT, OIDC_EC_KEY_ID, OIDC_EC_KEY_PEM, OIDC_ES256_CLIENT, OIDC_KEY_ID, OIDC_KEY_PEM,
+    OIDC_REDIRECT, OIDC_SECRET, PKCE_CHALLENGE, PKCE_VERIFIER, USERS, WECHAT_UA,
 };
 use crate::ops::OpFn;
 use crate::phases::Bench;
@@ -39,31 +40,70 @@ const CODE_TTL: Duration = Duration::from_secs(60);
 /// ID tokens signed alone to time `SigningKey::sign`.
 const SIGNINGS: u32 = 300;
 
+/// A relying party of the generated config and the key its ID tokens are signed with.
+pub(crate) struct BenchRp {
+    client: &'static str,
+    alg: Alg,
+    kid: &'static str,
+    pem: &'static str,
+    /// The phase's name and work in the report.
+    phase: &'static str,
+    work: &'static str,
+}
+
+/// `bench-rp`: RS256 (`oidc-token`).
+pub(crate) const RS256_RP: BenchRp = BenchRp {
+    client: OIDC_CLIENT,
+    alg: Alg::Rs256,
+    kid: OIDC_KEY_ID,
+    pem: OIDC_KEY_PEM,
+    phase: "OIDC token",
+    work: "auth client, GET code, check PKCE, CAS used, SET access token, RS256 sign",
+};
+/// `bench-rp-es256`: registered for ES256 (`oidc-token-es256`).
+pub(crate) const ES256_RP: BenchRp = BenchRp {
+    client: OIDC_ES256_CLIENT,
+    alg: Alg::Es256,
+    kid: OIDC_EC_KEY_ID,
+    pem: OIDC_EC_KEY_PEM,
+    phase: "OIDC token (ES256)",
+    work: "auth client, GET code, check PKCE, CAS used, SET access token, ES256 sign",
+};
+
+impl BenchRp {
+    /// Its ID tokens' key.
+    fn key(&self) -> anyhow::Result<SigningKey> {
+        SigningKey::from_pem_for(self.alg, self.kid, self.pem).map_err(|e| anyhow!("the bench key: {e}"))
+    }
+}
+
 impl Bench {
-    /// The RS256 signing cost alone, then the token endpoint on minted codes, then its ceiling.
-    pub(crate) async fn oidc_token_phases(&mut self) -> anyhow::Result<()> {
-        let sign_us = tokio::task::spawn_blocking(time_signing).await.context("signing timer")??;
+    /// The signing cost of `rp`'s algorithm alone, then the token endpoint on codes minted for
+    /// `rp`, then its ceiling.
+    pub(crate) async fn oidc_token_phases(&mut self, rp: &'static BenchRp) -> anyhow::Result<()> {
+        let sign_us = tokio::task::spawn_blocking(|| time_signing(rp)).await.context("signing timer")??;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let alg = rp.alg.name();
         println!(
             "{}",
-            serde_json::json!({"kind": "micro", "op": "RS256 sign", "us_per_op": (sign_us * 10.0).round() / 10.0, "signings": SIGNINGS})
+            serde_json::json!({"kind": "micro", "op": format!("{alg} sign"), "us_per_op": (sign_us * 10.0).round() / 10.0, "signings": SIGNINGS})
         );
-        eprintln!("RS256 ID token signing alone (SigningKey::sign, one thread): {sign_us:.0} µs each");
+        eprintln!("{alg} ID token signing alone (SigningKey::sign, one thread): {sign_us:.0} µs each");
         // No server can answer faster than its cores sign: that rate over the window, and a
         // tenth more, is as many codes as the window can take.
         let want = (self.window() * cores as f64 * 1e6 / sign_us.max(1.0) * 1.1) as usize;
-        let codes = self.mint_codes(want.max(self.args.concurrency)).await;
+        let codes = self.mint_codes(rp, want.max(self.args.concurrency)).await;
         let mut codes = codes.into_iter();
         let first = codes.next().ok_or_else(|| anyhow!("no OIDC code could be minted"))?;
-        self.check_one_token(&first).await?;
+        self.check_one_token(rp, &first).await?;
         let url = format!("{}{}", self.wxauth_relay, wxauth::oidc::TOKEN_PATH);
-        let op = token_op(self.http.clone(), url, Arc::new(Pool::new(codes.collect())));
-        let work = "auth client, GET code, check PKCE, CAS used, SET access token, RS256 sign";
-        self.phase(Side::Wxauth, "OIDC token", work, op).await;
+        let op = token_op(self.http.clone(), url, rp.client, Arc::new(Pool::new(codes.collect())));
+        self.phase(Side::Wxauth, rp.phase, rp.work, op).await;
         if let Some((clients, base, _)) = self.ceiling.clone() {
             let rps = self.rps(Side::Ceiling, "axum GETDEL").unwrap_or(40_000.0).max(1000.0);
             let ids = self.fill(clients, Vec::new(), (rps * self.window() * 1.5) as usize, "ceiling").await;
-            let op = token_op(self.http.clone(), format!("{base}{}", ceiling::TOKEN_PATH), Arc::new(Pool::new(ids)));
+            let url = format!("{base}{}", ceiling::TOKEN_PATH);
+            let op = token_op(self.http.clone(), url, rp.client, Arc::new(Pool::new(ids)));
             self.phase(Side::Ceiling, "axum GETDEL+JSON", "GETDEL + JSON answer of ~1 kB", op).await;
         }
         Ok(())
@@ -71,7 +111,7 @@ impl Bench {
 
     /// Up to `want` of the provider's codes, each from a whole sign-in (untimed), for as long
     /// as the first of them outlives the warm-up and the window.
-    async fn mint_codes(&self, want: usize) -> Vec<String> {
+    async fn mint_codes(&self, rp: &BenchRp, want: usize) -> Vec<String> {
         let window = self.args.warmup + self.args.duration;
         let budget = CODE_TTL.saturating_sub(window + CODE_MARGIN).max(Duration::from_secs(1));
         eprintln!("wxauth: minting up to {want} OIDC codes through whole sign-ins (untimed, at most {budget:?}) …");
@@ -82,7 +122,7 @@ impl Bench {
                 if Instant::now() > deadline {
                     bail!("out of time");
                 }
-                self.sign_in(i).await
+                self.sign_in(rp.client, i).await
             })
             .buffer_unordered(self.args.concurrency.max(1))
             .collect()
@@ -111,11 +151,11 @@ impl Bench {
         codes
     }
 
-    /// One sign-in of the bench's relying party, as WeChat's browser goes; the code it got.
-    async fn sign_in(&self, i: usize) -> anyhow::Result<String> {
+    /// One sign-in of the bench's relying party `client`, as WeChat's browser goes; the code it got.
+    async fn sign_in(&self, client: &str, i: usize) -> anyhow::Result<String> {
         let redirect: String = url::form_urlencoded::byte_serialize(OIDC_REDIRECT.as_bytes()).collect();
         let query = format!(
-            "client_id={OIDC_CLIENT}&redirect_uri={redirect}&response_type=code&scope=openid%20profile\
+            "client_id={client}&redirect_uri={redirect}&response_type=code&scope=openid%20profile\
              &state=rp-{i}&nonce=n-{i}&code_challenge={PKCE_CHALLENGE}&code_challenge_method=S256"
         );
         let authorize = format!("{}{}?{query}", self.wxauth_relay, wxauth::oidc::AUTHORIZE_PATH);
@@ -157,19 +197,19 @@ impl Bench {
 
     /// One token request before the window (untimed): 200, and an ID token the bench's key
     /// signed; prints the answer's size beside the ceiling's.
-    async fn check_one_token(&self, code: &str) -> anyhow::Result<()> {
+    async fn check_one_token(&self, rp: &BenchRp, code: &str) -> anyhow::Result<()> {
         let url = format!("{}{}", self.wxauth_relay, wxauth::oidc::TOKEN_PATH);
-        let response = token_request(&self.http, &url, code).send().await.context("the token endpoint")?;
+        let response = token_request(&self.http, &url, rp.client, code).send().await.context("the token endpoint")?;
         let status = response.status();
         let body = response.text().await.context("the token answer")?;
         if status != reqwest::StatusCode::OK {
             bail!("the token endpoint answered {status}: {body}");
         }
         let answer: serde_json::Value = serde_json::from_str(&body).context("the token answer's JSON")?;
-        let key = SigningKey::from_pem(OIDC_KEY_ID, OIDC_KEY_PEM).map_err(|e| anyhow!("the bench key: {e}"))?;
+        let key = rp.key()?;
         let id_token = answer["id_token"].as_str().unwrap_or_default();
         if key.verify(id_token).is_none() {
-            bail!("the ID token does not verify under the bench key");
+            bail!("the ID token does not verify under the bench's {} key", rp.alg.name());
         }
         eprintln!("wxauth's token answer: {} bytes (ID token {} characters)", body.len(), id_token.len());
         Ok(())
@@ -185,8 +225,8 @@ fn location(response: &reqwest::Response) -> anyhow::Result<String> {
     Ok(location.context("a redirect without Location")?.to_owned())
 }
 
-/// The token request of `code`: `client_secret_basic`, the redirect URI, the PKCE verifier.
-fn token_request(http: &reqwest::Client, url: &str, code: &str) -> reqwest::RequestBuilder {
+/// `client`'s token request of `code`: `client_secret_basic`, the redirect URI, the PKCE verifier.
+fn token_request(http: &reqwest::Client, url: &str, client: &str, code: &str) -> reqwest::RequestBuilder {
     let body = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
@@ -194,17 +234,17 @@ fn token_request(http: &reqwest::Client, url: &str, code: &str) -> reqwest::Requ
         .append_pair("code_verifier", PKCE_VERIFIER)
         .finish();
     http.post(url)
-        .basic_auth(OIDC_CLIENT, Some(OIDC_SECRET))
+        .basic_auth(client, Some(OIDC_SECRET))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(body)
 }
 
 /// A token request per code from the pool (each used once); 200 with its body read is the
 /// expected answer. The same request goes to wxauth and to the ceiling.
-fn token_op(http: reqwest::Client, url: String, pool: Arc<Pool>) -> OpFn {
+fn token_op(http: reqwest::Client, url: String, client: &'static str, pool: Arc<Pool>) -> OpFn {
     Arc::new(move |_| {
         let Some(code) = pool.take() else { return async { Outcome::Exhausted }.boxed() };
-        let request = token_request(&http, &url, code);
+        let request = token_request(&http, &url, client, code);
         async move {
             match request.send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::OK => match response.bytes().await {
@@ -219,11 +259,11 @@ fn token_op(http: reqwest::Client, url: String, pool: Arc<Pool>) -> OpFn {
     })
 }
 
-/// µs per `SigningKey::sign` of an ID token's claims with the bench key, on this thread.
-fn time_signing() -> anyhow::Result<f64> {
-    let key = SigningKey::from_pem(OIDC_KEY_ID, OIDC_KEY_PEM).map_err(|e| anyhow!("the bench key: {e}"))?;
+/// µs per `SigningKey::sign` of an ID token's claims with `rp`'s key, on this thread.
+fn time_signing(rp: &BenchRp) -> anyhow::Result<f64> {
+    let key = rp.key()?;
     let claims = serde_json::json!({
-        "iss": format!("https://{CALLBACK_HOST}"), "aud": OIDC_CLIENT, "azp": OIDC_CLIENT,
+        "iss": format!("https://{CALLBACK_HOST}"), "aud": rp.client, "azp": rp.client,
         "sub": "5f0c3b8d2a9e4f61b7c2d0e9a8f7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9",
         "iat": 1_780_000_000, "exp": 1_780_003_600, "auth_time": 1_780_000_000, "nonce": "n-1",
         "name": "alice", "picture": "https://thirdwx.qlogo.cn/mmopen/vi_32/bench/132",

@@ -69,7 +69,10 @@ impl Bench {
         self.per_user_phases(&ops).await?;
         self.app_level_phases(&ops).await;
         if ops.contains(&Op::OidcToken) {
-            self.oidc_token_phases().await?;
+            self.oidc_token_phases(&crate::oidc::RS256_RP).await?;
+        }
+        if ops.contains(&Op::OidcTokenEs256) {
+            self.oidc_token_phases(&crate::oidc::ES256_RP).await?;
         }
         Ok(())
     }

@@ -14,8 +14,8 @@ use wxauth_bench::procs::{self, Children, ScratchDir};
 
 use crate::args::Args;
 use crate::fixture::{
-    CALLBACK_HOST, CLIENT_KEY, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET, OIDC_CLIENT, OIDC_KEY_ID, OIDC_KEY_PEM,
-    OIDC_REDIRECT, OIDC_SECRET,
+    CALLBACK_HOST, CLIENT_KEY, MINI_APPID, MINI_SECRET, MP_APPID, MP_SECRET, OIDC_CLIENT, OIDC_EC_KEY_ID,
+    OIDC_EC_KEY_PEM, OIDC_ES256_CLIENT, OIDC_KEY_ID, OIDC_KEY_PEM, OIDC_REDIRECT, OIDC_SECRET,
 };
 use crate::phases::Bench;
 
@@ -239,6 +239,9 @@ user = "off"
 signing_key_id = "{OIDC_KEY_ID}"
 signing_key = """
 {OIDC_KEY_PEM}"""
+es256_signing_key_id = "{OIDC_EC_KEY_ID}"
+es256_signing_key = """
+{OIDC_EC_KEY_PEM}"""
 code_ttl = "60s"
 [oidc.clients.{OIDC_CLIENT}]
 redirect_uris = ["{OIDC_REDIRECT}"]
@@ -246,6 +249,13 @@ auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
 apps = ["mp"]
 max_open_flows = 10000000
+[oidc.clients.{OIDC_ES256_CLIENT}]
+redirect_uris = ["{OIDC_REDIRECT}"]
+auth_method = "client_secret_basic"
+secret_sha256 = "{oidc_secret}"
+apps = ["mp"]
+max_open_flows = 10000000
+id_token_signed_response_alg = "ES256"
 {extra}"#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),

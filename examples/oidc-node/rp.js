@@ -3,14 +3,16 @@
 // application would: discovery, PKCE (S256), state and nonce, the code grant with the ID token's
 // signature, issuer, audience, expiry and nonce checked by the library, then userinfo.
 //
-// Driven by tests/api/oidc_rp.rs: argv is ISSUER CLIENT_ID CLIENT_SECRET REDIRECT_URI. It prints
-// one JSON line {"authorize_url"} (where the application sends the browser), reads one line from
-// stdin (the URL the browser came back to), and prints one JSON line {"claims", "userinfo"} or
-// {"error"}.
+// Driven by tests/api/oidc_rp.rs: argv is ISSUER CLIENT_ID CLIENT_SECRET REDIRECT_URI [ALG]. ALG
+// is the client's registered id_token_signed_response_alg (e.g. ES256): openid-client then
+// accepts ID tokens of that algorithm only (without it, any the discovery document lists). It
+// prints one JSON line {"authorize_url"} (where the application sends the browser), reads one
+// line from stdin (the URL the browser came back to), and prints one JSON line {"claims",
+// "userinfo", "header"} (the ID token's JOSE header) or {"error"}.
 import * as client from 'openid-client';
 import { createInterface } from 'node:readline';
 
-const [issuer, clientId, clientSecret, redirectUri] = process.argv.slice(2);
+const [issuer, clientId, clientSecret, redirectUri, alg] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 try {
@@ -19,7 +21,7 @@ try {
   const config = await client.discovery(
     new URL(issuer),
     clientId,
-    undefined,
+    alg ? { id_token_signed_response_alg: alg } : undefined,
     client.ClientSecretBasic(clientSecret),
     options,
   );
@@ -44,8 +46,11 @@ try {
   });
   const claims = tokens.claims();
   const userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub);
-  console.log(JSON.stringify({ claims, userinfo }));
+  const header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url').toString());
+  console.log(JSON.stringify({ claims, userinfo, header }));
 } catch (error) {
-  console.log(JSON.stringify({ error: `${error.name}: ${error.message} ${error.code ?? ''}` }));
+  // The library's own reason is in the cause (e.g. an ID token of an unexpected alg).
+  const cause = error.cause?.message ? ` (${error.cause.message})` : '';
+  console.log(JSON.stringify({ error: `${error.name}: ${error.message} ${error.code ?? ''}${cause}` }));
 }
 process.exit(0);

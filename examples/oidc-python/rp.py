@@ -10,9 +10,11 @@ under the algorithms discovery names, and Authlib's ``CodeIDToken`` checks the c
 leaves the audience to the caller's options, so this RP names it, as an application should.
 
 Driven by tests/api/oidc_rp.rs like examples/oidc-node/rp.js: argv is ISSUER CLIENT_ID
-CLIENT_SECRET REDIRECT_URI. It prints one JSON line {"authorize_url"} (where the application
-sends the browser), reads one line from stdin (the URL the browser came back to), and prints one
-JSON line {"claims", "userinfo"} or {"error"}.
+CLIENT_SECRET REDIRECT_URI [ALG]; ALG is the client's registered id_token_signed_response_alg
+(e.g. ES256), the only algorithm the signature may then have (without it, those discovery
+names). It prints one JSON line {"authorize_url"} (where the application sends the browser),
+reads one line from stdin (the URL the browser came back to), and prints one JSON line
+{"claims", "userinfo", "header"} (the ID token's JOSE header) or {"error"}.
 """
 
 import json
@@ -31,7 +33,7 @@ class Refused(Exception):
     """A check this RP makes itself, beside the libraries' own."""
 
 
-def sign_in(issuer, client_id, client_secret, redirect_uri):
+def sign_in(issuer, client_id, client_secret, redirect_uri, alg=None):
     # The test's provider is plain http on loopback, which Authlib accepts as it stands (RFC 8252
     # §7.3's loopback exemption, in authlib.common.security.is_secure_transport); anything else
     # must be https, so no AUTHLIB_INSECURE_TRANSPORT here.
@@ -69,7 +71,9 @@ def sign_in(issuer, client_id, client_secret, redirect_uri):
     )
 
     jwks = KeySet.import_key_set(session.get(metadata["jwks_uri"], withhold_token=True).json())
-    algorithms = metadata.get("id_token_signing_alg_values_supported", ["RS256"])
+    # The client's registered algorithm when it has one (OpenID Connect Core §3.1.3.7 step 7),
+    # else those the provider names.
+    algorithms = [alg] if alg else metadata.get("id_token_signing_alg_values_supported", ["RS256"])
     decoded = jwt.decode(token["id_token"], jwks, registry=JWSRegistry(algorithms=algorithms))
     claims = CodeIDToken(
         decoded.claims,
@@ -87,13 +91,14 @@ def sign_in(issuer, client_id, client_secret, redirect_uri):
     # OpenID Connect Core 1.0 §5.3.2: the userinfo `sub` MUST equal the ID token's.
     if userinfo.get("sub") != claims["sub"]:
         raise Refused("userinfo is about another subject")
-    return {"claims": dict(claims), "userinfo": userinfo}
+    return {"claims": dict(claims), "userinfo": userinfo, "header": dict(decoded.header)}
 
 
 def main():
     issuer, client_id, client_secret, redirect_uri = sys.argv[1:5]
+    alg = sys.argv[5] if len(sys.argv) > 5 else None
     try:
-        result = sign_in(issuer, client_id, client_secret, redirect_uri)
+        result = sign_in(issuer, client_id, client_secret, redirect_uri, alg)
     except Exception as error:  # every refusal is the report, as rp.js does
         result = {"error": f"{type(error).__name__}: {error}"}
     print(json.dumps(result, ensure_ascii=False), flush=True)

@@ -1,6 +1,7 @@
-//! `[oidc]`: the OpenID Provider face (src/oidc/, docs/oidc.md): its signing keys (the current
-//! one and the previous one, each with its `kid`), the lives of its codes and access tokens, and
-//! its clients (`[oidc.clients.<id>]`), the relying parties beside the gRPC clients.
+//! `[oidc]`: the OpenID Provider face (src/oidc/, docs/oidc.md): its signing keys (RSA for
+//! RS256 and, optionally, EC P-256 for ES256; each the current one and the previous one, with
+//! its `kid`), the lives of its codes and access tokens, and its clients
+//! (`[oidc.clients.<id>]`), the relying parties beside the gRPC clients.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use url::Url;
 
 use super::raw::{RawOidc, RawOidcClient};
 use super::{Apps, ConfigError, Settings, Users, err, is_name};
-use crate::oidc::SigningKey;
+use crate::oidc::{Alg, SigningKey};
 
 /// The scopes the provider offers: `openid` (required of every request) and `profile` (the
 /// WeChat nickname and avatar as `name` and `picture`).
@@ -25,11 +26,16 @@ const MAX_CODE_TTL: Duration = Duration::from_secs(60);
 pub struct OidcSettings {
     /// The issuer: the callback URL's origin (`https://auth.example.com`), no trailing slash.
     pub issuer: String,
-    /// The key that signs ID tokens now.
+    /// The RSA key that signs RS256 ID tokens now.
     pub signing_key: SigningKey,
-    /// The key that signed them before the last rotation: still in the JWKS, so that ID tokens
-    /// it signed keep verifying.
+    /// The RSA key that signed them before the last rotation: still in the JWKS, so that ID
+    /// tokens it signed keep verifying.
     pub previous_key: Option<SigningKey>,
+    /// The EC P-256 key that signs ES256 ID tokens now (clients registered with
+    /// `id_token_signed_response_alg = "ES256"`), when one is configured.
+    pub es256_key: Option<SigningKey>,
+    /// The EC key before the last rotation of the ES256 key.
+    pub previous_es256_key: Option<SigningKey>,
     /// How long one of the provider's codes may wait for its token request (≤ 60 s).
     pub code_ttl: Duration,
     /// How long an access token (for `/oidc/userinfo`) and an ID token live.
@@ -42,6 +48,24 @@ impl OidcSettings {
     /// The client of `id`.
     pub fn client(&self, id: &str) -> Option<&OidcClient> {
         self.clients.iter().find(|c| c.id == id)
+    }
+
+    /// The key that signs `alg` now (always one for RS256; for ES256 when configured, which
+    /// every client registered for ES256 is checked for).
+    pub fn signer(&self, alg: Alg) -> Option<&SigningKey> {
+        match alg {
+            Alg::Rs256 => Some(&self.signing_key),
+            Alg::Es256 => self.es256_key.as_ref(),
+        }
+    }
+
+    /// Every key the JWKS publishes: the RSA key, the previous RSA key, the EC key, the previous
+    /// EC key (those configured, in that order).
+    pub fn keys(&self) -> impl Iterator<Item = &SigningKey> {
+        std::iter::once(&self.signing_key)
+            .chain(&self.previous_key)
+            .chain(&self.es256_key)
+            .chain(&self.previous_es256_key)
     }
 }
 
@@ -69,6 +93,9 @@ pub struct OidcClient {
     pub wechat_ids: bool,
     /// Its open-flow cap (as a gRPC client's `max_open_flows`).
     pub max_open_flows: u32,
+    /// The algorithm of its ID tokens (`id_token_signed_response_alg`, OpenID Connect Dynamic
+    /// Client Registration §2): RS256 by default.
+    pub id_token_alg: Alg,
 }
 
 impl OidcClient {
@@ -128,19 +155,8 @@ pub(super) fn validate(
     callback_url: &Url,
     dev: bool,
 ) -> Result<Option<std::sync::Arc<OidcSettings>>, ConfigError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let current = KeyFields { id: raw.signing_key_id, pem: raw.signing_key, file: raw.signing_key_file };
-    let signing_key = key("oidc.signing_key", current, dev, dev)?;
-    let signing_key = signing_key.ok_or_else(|| err("oidc.signing_key", "required (`signing_key_file`)"))?;
-    let previous = KeyFields {
-        id: raw.previous_signing_key_id,
-        pem: raw.previous_signing_key,
-        file: raw.previous_signing_key_file,
-    };
-    let previous_key = key("oidc.previous_signing_key", previous, dev, false)?;
-    if previous_key.as_ref().is_some_and(|p| p.kid() == signing_key.kid()) {
-        return Err(err("oidc.previous_signing_key_id", "must differ from signing_key_id"));
-    }
+    let Some(mut raw) = raw else { return Ok(None) };
+    let keys = signing_keys(&mut raw, dev)?;
     if raw.code_ttl.is_zero() || raw.code_ttl > MAX_CODE_TTL {
         return Err(err("oidc.code_ttl", "between 1s and 60s"));
     }
@@ -155,15 +171,80 @@ pub(super) fn validate(
     if clients.is_empty() {
         return Err(err("oidc.clients", "at least one client"));
     }
+    if keys.es256_key.is_none()
+        && let Some(client) = clients.iter().find(|c| c.id_token_alg == Alg::Es256)
+    {
+        return Err(err(
+            format!("oidc.clients.{}.id_token_signed_response_alg", client.id),
+            "ES256 needs an EC P-256 key (`oidc.es256_signing_key_file` and `es256_signing_key_id`)",
+        ));
+    }
     let issuer = callback_url.origin().ascii_serialization();
+    let Keys { signing_key, previous_key, es256_key, previous_es256_key } = keys;
     Ok(Some(std::sync::Arc::new(OidcSettings {
         issuer,
         signing_key,
         previous_key,
+        es256_key,
+        previous_es256_key,
         code_ttl: raw.code_ttl,
         access_token_ttl: raw.access_token_ttl,
         clients,
     })))
+}
+
+/// The validated keys of `[oidc]`.
+struct Keys {
+    signing_key: SigningKey,
+    previous_key: Option<SigningKey>,
+    es256_key: Option<SigningKey>,
+    previous_es256_key: Option<SigningKey>,
+}
+
+/// The RSA keys (the current one required: RS256 is OpenID Connect Core §15.1's mandatory
+/// algorithm) and the optional EC keys, each kid used once (a relying party picks the key by
+/// it). In development the dev keys are the defaults of the current ones (the EC one only
+/// beside the dev RSA key).
+fn signing_keys(raw: &mut RawOidc, dev: bool) -> Result<Keys, ConfigError> {
+    let fields = |id: &mut Option<String>, pem: &mut Option<String>, file: &mut Option<PathBuf>| KeyFields {
+        id: id.take(),
+        pem: pem.take(),
+        file: file.take(),
+    };
+    // The dev EC key joins only the dev RSA key (`cargo run`'s key set): a development config
+    // that names its own keys gets no key it did not name.
+    let dev_keys = dev && raw.signing_key.is_none() && raw.signing_key_file.is_none();
+    let current = fields(&mut raw.signing_key_id, &mut raw.signing_key, &mut raw.signing_key_file);
+    let signing_key = key("oidc.signing_key", Alg::Rs256, current, dev, dev)?;
+    let signing_key = signing_key.ok_or_else(|| err("oidc.signing_key", "required (`signing_key_file`)"))?;
+    let previous =
+        fields(&mut raw.previous_signing_key_id, &mut raw.previous_signing_key, &mut raw.previous_signing_key_file);
+    let previous_key = key("oidc.previous_signing_key", Alg::Rs256, previous, dev, false)?;
+    let es256 = fields(&mut raw.es256_signing_key_id, &mut raw.es256_signing_key, &mut raw.es256_signing_key_file);
+    let es256_key = key("oidc.es256_signing_key", Alg::Es256, es256, dev, dev_keys)?;
+    let previous_es256 = fields(
+        &mut raw.previous_es256_signing_key_id,
+        &mut raw.previous_es256_signing_key,
+        &mut raw.previous_es256_signing_key_file,
+    );
+    let previous_es256_key = key("oidc.previous_es256_signing_key", Alg::Es256, previous_es256, dev, false)?;
+    if previous_es256_key.is_some() && es256_key.is_none() {
+        return Err(err("oidc.es256_signing_key", "required with `previous_es256_signing_key` (the key after it)"));
+    }
+    let keys = Keys { signing_key, previous_key, es256_key, previous_es256_key };
+    let named = [
+        ("oidc.signing_key_id", Some(&keys.signing_key)),
+        ("oidc.previous_signing_key_id", keys.previous_key.as_ref()),
+        ("oidc.es256_signing_key_id", keys.es256_key.as_ref()),
+        ("oidc.previous_es256_signing_key_id", keys.previous_es256_key.as_ref()),
+    ];
+    for (i, (field, key)) in named.iter().enumerate() {
+        let Some(key) = key else { continue };
+        if let Some((earlier, _)) = named[..i].iter().find(|(_, k)| k.is_some_and(|k| k.kid() == key.kid())) {
+            return Err(err(*field, format!("must differ from {}", earlier.trim_start_matches("oidc."))));
+        }
+    }
+    Ok(keys)
 }
 
 /// A key's three settings: `<field>_id`, `<field>` (PEM, from env) and `<field>_file`.
@@ -173,13 +254,19 @@ struct KeyFields {
     file: Option<PathBuf>,
 }
 
-/// A signing key from `<field>` or `<field>_file`, named by `<field>_id`. None when none is set
-/// (or the dev key, when `dev_default`: the current key in development). Production refuses
-/// the dev key.
-fn key(field: &str, fields: KeyFields, dev: bool, dev_default: bool) -> Result<Option<SigningKey>, ConfigError> {
+/// A signing key for `alg` from `<field>` or `<field>_file`, named by `<field>_id`. None when
+/// none is set (or the dev key, when `dev_default`: the current keys in development).
+/// Production refuses the dev keys.
+fn key(
+    field: &str,
+    alg: Alg,
+    fields: KeyFields,
+    dev: bool,
+    dev_default: bool,
+) -> Result<Option<SigningKey>, ConfigError> {
     let KeyFields { id: kid, pem: inline, file } = fields;
     let pem = match (inline, file) {
-        (None, None) if dev_default => return dev_key(field),
+        (None, None) if dev_default => return dev_key(field, alg),
         (None, None) => {
             return match kid {
                 Some(_) => Err(err(field, "an id without a key (`_file`)")),
@@ -195,7 +282,7 @@ fn key(field: &str, fields: KeyFields, dev: bool, dev_default: bool) -> Result<O
     if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         return Err(err(format!("{field}_id"), "1..64 of [A-Za-z0-9._-]"));
     }
-    let key = SigningKey::from_pem(&kid, &pem).map_err(|message| err(field, message))?;
+    let key = SigningKey::from_pem_for(alg, &kid, &pem).map_err(|message| err(field, message))?;
     if !dev && key.is_dev_key() {
         return Err(err(field, "is the dev-mode key; production refuses it"));
     }
@@ -203,13 +290,17 @@ fn key(field: &str, fields: KeyFields, dev: bool, dev_default: bool) -> Result<O
 }
 
 #[cfg(feature = "dev")]
-fn dev_key(field: &str) -> Result<Option<SigningKey>, ConfigError> {
-    SigningKey::dev().map(Some).map_err(|message| err(field, message))
+fn dev_key(field: &str, alg: Alg) -> Result<Option<SigningKey>, ConfigError> {
+    SigningKey::dev_for(alg).map(Some).map_err(|message| err(field, message))
 }
 
+/// Without the dev keys, the RSA key is required and the EC key optional.
 #[cfg(not(feature = "dev"))]
-fn dev_key(field: &str) -> Result<Option<SigningKey>, ConfigError> {
-    Err(err(field, "required (`signing_key_file`)"))
+fn dev_key(field: &str, alg: Alg) -> Result<Option<SigningKey>, ConfigError> {
+    match alg {
+        Alg::Rs256 => Err(err(field, "required (`signing_key_file`)")),
+        Alg::Es256 => Ok(None),
+    }
 }
 
 fn validate_client(id: String, raw: RawOidcClient, apps: &Apps, dev: bool) -> Result<OidcClient, ConfigError> {
@@ -248,6 +339,11 @@ fn validate_client(id: String, raw: RawOidcClient, apps: &Apps, dev: bool) -> Re
     if !(1..=super::rates::MAX_OPEN_FLOWS).contains(&raw.max_open_flows) {
         return Err(err(format!("{key}.max_open_flows"), format!("between 1 and {}", super::rates::MAX_OPEN_FLOWS)));
     }
+    let id_token_alg = match raw.id_token_signed_response_alg.as_deref() {
+        None => Alg::Rs256,
+        Some(name) => Alg::parse(name)
+            .ok_or_else(|| err(format!("{key}.id_token_signed_response_alg"), "`RS256` (the default) or `ES256`"))?,
+    };
     Ok(OidcClient {
         id,
         redirect_uris: raw.redirect_uris,
@@ -259,6 +355,7 @@ fn validate_client(id: String, raw: RawOidcClient, apps: &Apps, dev: bool) -> Re
         subject,
         wechat_ids: raw.wechat_ids,
         max_open_flows: raw.max_open_flows,
+        id_token_alg,
     })
 }
 
@@ -332,6 +429,7 @@ impl Settings {
                     "redirect_uris": c.redirect_uris, "post_logout_redirect_uris": c.post_logout_redirect_uris,
                     "auth_method": c.auth.method(), "apps": c.apps, "scopes": c.scopes,
                     "require_pkce": c.require_pkce, "subject": subject, "wechat_ids": c.wechat_ids,
+                    "id_token_signed_response_alg": c.id_token_alg.name(),
                 });
                 (c.id.as_str(), summary)
             })
@@ -341,6 +439,8 @@ impl Settings {
             "issuer": oidc.issuer,
             "signing_key_id": oidc.signing_key.kid(),
             "previous_signing_key_id": oidc.previous_key.as_ref().map(SigningKey::kid),
+            "es256_signing_key_id": oidc.es256_key.as_ref().map(SigningKey::kid),
+            "previous_es256_signing_key_id": oidc.previous_es256_key.as_ref().map(SigningKey::kid),
             "code_ttl": humane(oidc.code_ttl),
             "access_token_ttl": humane(oidc.access_token_ttl),
             "clients": clients,
@@ -466,5 +566,58 @@ signing_key_file = "{current}"
             ),
         );
         assert_eq!(refused(&same_kid).key, "oidc.previous_signing_key_id");
+    }
+
+    /// `[oidc]`'s EC key lines: `es256_signing_key_*` of the fixture `ec-current`, kid `e1`.
+    fn ec_key() -> String {
+        format!("es256_signing_key_id = \"e1\"\nes256_signing_key_file = \"{}\"\n", key_file("ec-current"))
+    }
+
+    #[test]
+    fn an_es256_client_signs_with_the_ec_key_which_only_the_summary_names() {
+        let toml = config(&grafana("id_token_signed_response_alg = \"ES256\""))
+            .replace("[oidc]\n", &format!("[oidc]\n{}", ec_key()));
+        let settings = Settings::from_toml(&toml).expect("valid");
+        let oidc = settings.oidc.as_deref().expect("oidc");
+        assert_eq!(oidc.client("grafana").expect("client").id_token_alg, Alg::Es256);
+        let signer = oidc.signer(Alg::Es256).expect("an EC key");
+        assert_eq!((signer.kid(), signer.alg()), ("e1", Alg::Es256));
+        assert_eq!(oidc.keys().map(SigningKey::kid).collect::<Vec<_>>(), ["k2", "e1"]);
+        let summary = settings.summary().to_string();
+        assert!(summary.contains("\"es256_signing_key_id\":\"e1\""), "{summary}");
+        assert!(summary.contains("\"id_token_signed_response_alg\":\"ES256\""), "{summary}");
+        assert!(!format!("{settings:?}").contains("PRIVATE KEY"), "Debug shows no key");
+        // Without the field, RS256; and production has no EC key unless given one.
+        let plain = Settings::from_toml(&config(&grafana(""))).expect("valid");
+        let plain = plain.oidc.as_deref().expect("oidc");
+        assert_eq!(plain.client("grafana").expect("client").id_token_alg, Alg::Rs256);
+        assert!(plain.signer(Alg::Es256).is_none());
+    }
+
+    #[test]
+    fn each_es256_mistake_names_its_key() {
+        let with_ec = |oidc: &str, keys: &str| config(oidc).replace("[oidc]\n", &format!("[oidc]\n{keys}"));
+        let es256 = grafana("id_token_signed_response_alg = \"ES256\"");
+        let no_ec_key = refused(&with_ec(&es256, ""));
+        assert_eq!(no_ec_key.key, "oidc.clients.grafana.id_token_signed_response_alg");
+        assert!(no_ec_key.message.contains("es256_signing_key_file"), "{no_ec_key}");
+        let hs256 = grafana("id_token_signed_response_alg = \"HS256\"");
+        assert_eq!(refused(&with_ec(&hs256, &ec_key())).key, "oidc.clients.grafana.id_token_signed_response_alg");
+        let rsa_as_ec = ec_key().replace(&key_file("ec-current"), &key_file("current"));
+        let error = refused(&with_ec(&grafana(""), &rsa_as_ec));
+        assert_eq!(error.key, "oidc.es256_signing_key");
+        assert!(!error.message.contains("PRIVATE KEY-----"), "no key material: {error}");
+        let same_kid = ec_key().replace("\"e1\"", "\"k2\"");
+        assert_eq!(refused(&with_ec(&grafana(""), &same_kid)).key, "oidc.es256_signing_key_id");
+        let previous_only = format!(
+            "previous_es256_signing_key_id = \"e0\"\nprevious_es256_signing_key_file = \"{}\"\n",
+            key_file("ec-previous")
+        );
+        assert_eq!(refused(&with_ec(&grafana(""), &previous_only)).key, "oidc.es256_signing_key");
+        let dev_ec = ec_key()
+            .replace(&key_file("ec-current"), &format!("{}/src/oidc/dev-es256-key.pem", env!("CARGO_MANIFEST_DIR")));
+        let error = refused(&with_ec(&grafana(""), &dev_ec));
+        assert_eq!(error.key, "oidc.es256_signing_key");
+        assert!(error.message.contains("dev-mode key"), "{error}");
     }
 }

@@ -351,6 +351,13 @@ pub(super) struct RawOidc {
     pub(super) previous_signing_key_id: Option<String>,
     pub(super) previous_signing_key: Option<String>,
     pub(super) previous_signing_key_file: Option<PathBuf>,
+    // The EC P-256 keys (ES256) of the clients registered for them, beside the RSA ones.
+    pub(super) es256_signing_key_id: Option<String>,
+    pub(super) es256_signing_key: Option<String>,
+    pub(super) es256_signing_key_file: Option<PathBuf>,
+    pub(super) previous_es256_signing_key_id: Option<String>,
+    pub(super) previous_es256_signing_key: Option<String>,
+    pub(super) previous_es256_signing_key_file: Option<PathBuf>,
     #[serde(default = "defaults::oidc_code_ttl", with = "humantime_serde")]
     pub(super) code_ttl: Duration,
     #[serde(default = "defaults::oidc_access_token_ttl", with = "humantime_serde")]
@@ -364,6 +371,8 @@ impl std::fmt::Debug for RawOidc {
         f.debug_struct("RawOidc")
             .field("signing_key_id", &self.signing_key_id)
             .field("previous_signing_key_id", &self.previous_signing_key_id)
+            .field("es256_signing_key_id", &self.es256_signing_key_id)
+            .field("previous_es256_signing_key_id", &self.previous_es256_signing_key_id)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
     }
@@ -392,4 +401,6 @@ pub(super) struct RawOidcClient {
     pub(super) wechat_ids: bool,
     #[serde(default = "defaults::max_open_flows")]
     pub(super) max_open_flows: u32,
+    /// `RS256` (the default) or `ES256` (OpenID Connect Dynamic Client Registration §2's name).
+    pub(super) id_token_signed_response_alg: Option<String>,
 }

@@ -1,17 +1,21 @@
 //! The discovery document (OpenID Connect Discovery 1.0 §3, §4) and the JWKS (RFC 7517 §5): the
 //! current signing key and, after a rotation, the previous one, so that an ID token signed just
-//! before the rotation still verifies at a relying party that fetches the keys again.
+//! before the rotation still verifies at a relying party that fetches the keys again; the same
+//! for the EC key (ES256) when one is configured.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::{AUTHORIZE_PATH, JWKS_PATH, LOGOUT_PATH, OidcState, SigningKey, TOKEN_PATH, USERINFO_PATH, json};
+use super::{AUTHORIZE_PATH, Alg, JWKS_PATH, LOGOUT_PATH, OidcState, SigningKey, TOKEN_PATH, USERINFO_PATH, json};
 use crate::config::OIDC_SCOPES;
 
 /// `GET /.well-known/openid-configuration`.
 pub(super) async fn discovery(State(state): State<OidcState>) -> Response {
     let issuer = &state.oidc().issuer;
+    // ES256 only when an EC key can sign it: RPs pick their accepted algorithms from this list.
+    let algs: Vec<&str> =
+        [Alg::Rs256, Alg::Es256].into_iter().filter(|alg| state.oidc().signer(*alg).is_some()).map(Alg::name).collect();
     let document = serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": state.url(AUTHORIZE_PATH),
@@ -25,7 +29,7 @@ pub(super) async fn discovery(State(state): State<OidcState>) -> Response {
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["pairwise", "public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "azp", "name", "picture", "openid", "unionid"],
@@ -37,10 +41,8 @@ pub(super) async fn discovery(State(state): State<OidcState>) -> Response {
     json(StatusCode::OK, &document)
 }
 
-/// `GET /oidc/jwks`: the current key first, then the previous one.
+/// `GET /oidc/jwks`: the current RSA key first, then the previous one, then the EC keys alike.
 pub(super) async fn jwks(State(state): State<OidcState>) -> Response {
-    let oidc = state.oidc();
-    let keys: Vec<serde_json::Value> =
-        std::iter::once(&oidc.signing_key).chain(oidc.previous_key.as_ref()).map(SigningKey::jwk).collect();
+    let keys: Vec<serde_json::Value> = state.oidc().keys().map(SigningKey::jwk).collect();
     json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
 }

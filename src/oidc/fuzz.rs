@@ -30,6 +30,7 @@ fn clients() -> Vec<OidcClient> {
         subject: Subject::Pairwise { sector: id.to_owned() },
         wechat_ids: false,
         max_open_flows: 1,
+        id_token_alg: crate::oidc::Alg::Rs256,
     };
     vec![
         client(CLIENT, ClientAuth::SecretBasic(Sha256::digest(b"s3cret").into())),

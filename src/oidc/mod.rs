@@ -12,8 +12,9 @@
 //! so no relying party ever sees a WeChat code, and sends the browser to the client's
 //! registered redirect URI with a code of its own: single use, at most `oidc.code_ttl` (60 s),
 //! bound to the client, the redirect URI and the PKCE challenge. `/oidc/token` trades it for an
-//! RS256 ID token and an opaque access token sealed in the store; a second use of a code
-//! revokes the access token the first one issued (RFC 6749 §4.1.2).
+//! ID token (RS256, or ES256 for clients registered so) and an opaque access token sealed in
+//! the store; a second use of a code revokes the access token the first one issued (RFC 6749
+//! §4.1.2).
 //!
 //! The rooms: `discovery` (the discovery document and the JWKS), `authorize` (the
 //! authorization request and the callback), `token` (the token endpoint and the ID token),
@@ -35,9 +36,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-pub use self::keys::SigningKey;
+pub use self::keys::{Alg, SigningKey};
 #[cfg(feature = "dev")]
-pub use self::keys::{DEV_SIGNING_KEY_ID, DEV_SIGNING_KEY_PEM};
+pub use self::keys::{DEV_ES256_KEY_ID, DEV_ES256_KEY_PEM, DEV_SIGNING_KEY_ID, DEV_SIGNING_KEY_PEM};
 use crate::clock::Clock;
 use crate::config::{OidcSettings, Settings};
 use crate::store::Store;

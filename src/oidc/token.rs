@@ -1,7 +1,7 @@
 //! The token endpoint (RFC 6749 §4.1.3, §5; OpenID Connect Core §3.1.3): the client
 //! authenticates as registered (`client_secret_basic`, `client_secret_post`, or `none` with
-//! PKCE), and trades one of the provider's codes, once, for an RS256 ID token and an opaque
-//! access token. Errors are RFC 6749 §5.2's JSON: `invalid_client` (401, with
+//! PKCE), and trades one of the provider's codes, once, for an ID token (RS256, or ES256 by
+//! the client's registration) and an opaque access token. Errors are RFC 6749 §5.2's JSON: `invalid_client` (401, with
 //! `WWW-Authenticate` after HTTP Basic), `invalid_grant` for a code that is unknown, expired,
 //! another client's, sent to another redirect URI, or whose PKCE verifier does not answer its
 //! challenge (RFC 7636 §4.6). A code used twice revokes the access token its first use issued
@@ -122,12 +122,15 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
     if let Some(nonce) = &read.record.nonce {
         claims.insert("nonce".into(), nonce.as_str().into());
     }
-    let id_token = oidc.signing_key.sign(&serde_json::Value::Object(claims)).map_err(|_| TokenError {
+    let unsigned = || TokenError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         error: "server_error",
         description: "the ID token could not be signed",
         basic: false,
-    })?;
+    };
+    // The client's registered algorithm (config validation holds an ES256 client to an EC key).
+    let key = oidc.signer(client.id_token_alg).ok_or_else(unsigned)?;
+    let id_token = key.sign(&serde_json::Value::Object(claims)).map_err(|_| unsigned())?;
     Ok(serde_json::json!({
         "access_token": access_token,
         "token_type": "Bearer",

@@ -111,7 +111,8 @@ pub(super) async fn logout(State(state): State<OidcState>, RawQuery(query): RawQ
 fn client_of<'a>(state: &'a OidcState, params: &Params) -> Option<&'a OidcClient> {
     let oidc = state.oidc();
     let hinted = params.get("id_token_hint").map(|hint| {
-        let claims = std::iter::once(&oidc.signing_key).chain(oidc.previous_key.as_ref()).find_map(|k| k.verify(hint));
+        // Any of the published keys, RS256 or ES256: each checks the header's alg is its own.
+        let claims = oidc.keys().find_map(|k| k.verify(hint));
         claims.and_then(|c| c["aud"].as_str().map(str::to_owned))
     });
     let named = params.get("client_id");

@@ -1,7 +1,8 @@
 //! The OpenID Provider face (issue 22): whole sign-ins through the simulator's consent page, the
 //! negative cases the OpenID Foundation's Basic OP conformance tests exercise (redirect URI
 //! mismatch, reused code, wrong client secret, missing or wrong PKCE verifier, expired code,
-//! unsupported response type, `prompt=none` without a session), and key rotation.
+//! unsupported response type, `prompt=none` without a session), and key rotation; ES256 ID
+//! tokens for a client registered for them, and the EC key's rotation.
 
 use std::time::Duration;
 
@@ -171,21 +172,59 @@ async fn jwks(app: &TestApp) -> Value {
     app.http.get(url).send().await.expect("jwks").json().await.expect("json")
 }
 
-/// The claims of `id_token` once its RS256 signature checks under the JWKS key its `kid` names
-/// (ring's verifier from the JWK's `n` and `e`, not the provider's own code).
+/// The claims of `id_token` once its RS256 signature checks under the JWKS key its `kid` names.
 fn verified(jwks: &Value, id_token: &str) -> Value {
+    verified_as(jwks, id_token, "RS256")
+}
+
+/// The claims of `id_token`, whose header must name `alg`, once its signature checks under the
+/// JWKS key its `kid` names: ring's verifier from the JWK's `n` and `e` (RS256) or from the
+/// point its `x` and `y` make (ES256, RFC 7518 §6.2.1), not the provider's own code.
+fn verified_as(jwks: &Value, id_token: &str, alg: &str) -> Value {
     let (signed, signature) = id_token.rsplit_once('.').expect("three parts");
     let (header, claims) = signed.split_once('.').expect("three parts");
     let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).expect("base64url");
     let header: Value = serde_json::from_slice(&decode(header)).expect("header");
-    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["alg"], alg, "{header}");
     let keys = jwks["keys"].as_array().expect("keys");
     let jwk = keys.iter().find(|k| k["kid"] == header["kid"]).expect("the kid is in the JWKS");
-    let (n, e) = (decode(jwk["n"].as_str().expect("n")), decode(jwk["e"].as_str().expect("e")));
-    ring::signature::RsaPublicKeyComponents { n: &n, e: &e }
-        .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &decode(signature))
-        .expect("the signature verifies");
+    assert_eq!(jwk["alg"], alg, "the JWK of the kid is for the header's alg: {jwk}");
+    let field = |name: &str| decode(jwk[name].as_str().unwrap_or_else(|| panic!("{name} in {jwk}")));
+    let verifies = if alg == "ES256" {
+        assert_eq!((&jwk["kty"], &jwk["crv"]), (&Value::from("EC"), &Value::from("P-256")));
+        let point = [vec![4], field("x"), field("y")].concat();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+            .verify(signed.as_bytes(), &decode(signature))
+    } else {
+        ring::signature::RsaPublicKeyComponents { n: field("n"), e: field("e") }.verify(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &decode(signature),
+        )
+    };
+    verifies.expect("the signature verifies");
     serde_json::from_slice(&decode(claims)).expect("claims")
+}
+
+/// The `[oidc]` key lines of an EC key (ES256) `ec-<name>`, kid `kid`, as `prefix` (`` or
+/// `previous_`).
+pub(crate) fn ec_key(prefix: &str, kid: &str, name: &str) -> String {
+    format!(
+        "{prefix}es256_signing_key_id = \"{kid}\"\n{prefix}es256_signing_key_file = \"{}\"\n",
+        key_file(&format!("ec-{name}"))
+    )
+}
+
+/// `oidc_config` with `keys`, `grafana` registered for ES256 ID tokens (the others RS256).
+pub(crate) fn es256_grafana_config(keys: &str) -> String {
+    oidc_config(keys)
+        .replace("[oidc.clients.grafana]\n", "[oidc.clients.grafana]\nid_token_signed_response_alg = \"ES256\"\n")
+}
+
+/// The header of a compact JWS.
+fn jws_header(jws: &str) -> Value {
+    let header = jws.split('.').next().expect("header");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64")).expect("json")
 }
 
 async fn userinfo(app: &TestApp, access_token: &str) -> reqwest::Response {
@@ -208,6 +247,8 @@ async fn a_whole_sign_in_gives_a_signed_id_token_and_userinfo(backend: Backend) 
     assert_eq!(discovery["token_endpoint"], format!("{ISSUER}/oidc/token"));
     assert_eq!(discovery["code_challenge_methods_supported"], serde_json::json!(["S256"]));
     assert_eq!(discovery["authorization_response_iss_parameter_supported"], true);
+    let algs = &discovery["id_token_signing_alg_values_supported"];
+    assert_eq!(algs, &serde_json::json!(["RS256"]), "no ES256 without an EC key");
 
     let code = grafana_code(&app, "alice").await;
     let (status, answer, headers) = grafana_token(&app, &code, VERIFIER).await;
@@ -446,6 +487,86 @@ async fn after_a_rotation_the_jwks_has_both_keys_and_old_id_tokens_verify(backen
     assert_eq!(header["kid"], "k2", "the new key signs");
 }
 
+async fn an_es256_client_gets_an_es256_id_token_and_an_rs256_client_still_rs256(backend: Backend) {
+    let keys = format!("{}\n{}", current_key(), ec_key("", "e1", "current"));
+    let app = spawn_app_configured(backend, &es256_grafana_config(&keys)).await;
+    let discovery_url = format!("http://{}/.well-known/openid-configuration", app.public_addr);
+    let discovery: Value = app.http.get(discovery_url).send().await.expect("discovery").json().await.expect("json");
+    assert_eq!(discovery["id_token_signing_alg_values_supported"], serde_json::json!(["RS256", "ES256"]));
+    let published = jwks(&app).await;
+    let kids: Vec<&str> =
+        published["keys"].as_array().expect("keys").iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, ["k2", "e1"]);
+
+    let code = grafana_code(&app, "alice").await;
+    let (status, answer, _) = grafana_token(&app, &code, VERIFIER).await;
+    assert_eq!(status, 200, "{answer}");
+    let es256_token = answer["id_token"].as_str().expect("id_token").to_owned();
+    assert_eq!(jws_header(&es256_token)["kid"], "e1", "the header names the EC key");
+    let claims = verified_as(&published, &es256_token, "ES256");
+    assert_eq!((claims["aud"].as_str(), claims["nonce"].as_str()), (Some(GRAFANA), Some("n-1")));
+
+    // `poster` registered nothing: RS256 under the RSA key, as before.
+    let back =
+        through_wechat(&app, &authorize(&app, &authorize_query("poster", POSTER_REDIRECT, "")).await, "bob").await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &param(&back, "code").expect("code")),
+        ("redirect_uri", POSTER_REDIRECT),
+        ("client_id", "poster"),
+        ("client_secret", POSTER_SECRET),
+    ];
+    let (status, poster, _) = token(&app, &form, None).await;
+    assert_eq!(status, 200, "{poster}");
+    let rs256_token = poster["id_token"].as_str().expect("id_token");
+    assert_eq!(jws_header(rs256_token)["kid"], "k2");
+    assert_eq!(verified(&published, rs256_token)["aud"], "poster");
+
+    // The end-session endpoint knows the client from an ES256 hint as from an RS256 one.
+    let logout = format!(
+        "http://{}/oidc/logout?id_token_hint={es256_token}&post_logout_redirect_uri=https%3A%2F%2Fgrafana.example.com%2Flogin",
+        app.public_addr
+    );
+    let back = app.http.get(logout).send().await.expect("logout");
+    assert_eq!(location(&back), "https://grafana.example.com/login");
+    let forged = format!("{}.{}", es256_token.rsplit_once('.').expect("parts").0, "A".repeat(86));
+    let logout = format!(
+        "http://{}/oidc/logout?id_token_hint={forged}&post_logout_redirect_uri=https%3A%2F%2Fgrafana.example.com%2Flogin",
+        app.public_addr
+    );
+    let refused = app.http.get(logout).send().await.expect("logout");
+    assert!(refused.headers().get("location").is_none(), "a hint whose signature fails names no client");
+}
+
+async fn after_an_es256_rotation_the_jwks_has_both_ec_keys_and_old_id_tokens_verify(backend: Backend) {
+    // Before: the EC key `e0` signs grafana's ID tokens.
+    let before = format!("{}\n{}", current_key(), ec_key("", "e0", "previous"));
+    let old = spawn_app_configured(backend, &es256_grafana_config(&before)).await;
+    let code = grafana_code(&old, "alice").await;
+    let (_, answer, _) = grafana_token(&old, &code, VERIFIER).await;
+    let old_token = answer["id_token"].as_str().expect("id_token").to_owned();
+    assert_eq!(jws_header(&old_token)["kid"], "e0");
+    // After: `e1` signs and `e0` is still published.
+    let after = format!("{}\n{}{}", current_key(), ec_key("", "e1", "current"), ec_key("previous_", "e0", "previous"));
+    let new = spawn_app_configured(backend, &es256_grafana_config(&after)).await;
+    let keys = jwks(&new).await;
+    let kids: Vec<&str> = keys["keys"].as_array().expect("keys").iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, ["k2", "e1", "e0"], "RSA, then the current EC key, then the previous one");
+
+    assert_eq!(verified_as(&keys, &old_token, "ES256")["aud"], GRAFANA, "an ID token of the previous EC key verifies");
+    let code = grafana_code(&new, "alice").await;
+    let (_, answer, _) = grafana_token(&new, &code, VERIFIER).await;
+    let new_token = answer["id_token"].as_str().expect("id_token");
+    assert_eq!(jws_header(new_token)["kid"], "e1", "the new EC key signs");
+    verified_as(&keys, new_token, "ES256");
+    // The previous key's token is still a hint the end-session endpoint accepts.
+    let logout = format!(
+        "http://{}/oidc/logout?id_token_hint={old_token}&post_logout_redirect_uri=https%3A%2F%2Fgrafana.example.com%2Flogin",
+        new.public_addr
+    );
+    assert_eq!(location(&new.http.get(logout).send().await.expect("logout")), "https://grafana.example.com/login");
+}
+
 both_backends!(
     a_whole_sign_in_gives_a_signed_id_token_and_userinfo,
     a_redirect_uri_not_registered_gets_a_page_never_a_redirect,
@@ -460,4 +581,6 @@ both_backends!(
     a_wechat_ids_client_gets_the_openid_and_may_skip_pkce,
     the_end_session_endpoint_redirects_only_to_a_registered_uri,
     after_a_rotation_the_jwks_has_both_keys_and_old_id_tokens_verify,
+    an_es256_client_gets_an_es256_id_token_and_an_rs256_client_still_rs256,
+    after_an_es256_rotation_the_jwks_has_both_ec_keys_and_old_id_tokens_verify,
 );

@@ -18,10 +18,17 @@ use wxauth::config::Settings;
 use wxauth::sim::{SimConfig, Simulator};
 
 use crate::helpers::{CALLBACK_HOST, RedisServer, free_port, settings_toml, spawn_settings};
-use crate::oidc::{GRAFANA, GRAFANA_REDIRECT, GRAFANA_SECRET, current_key, oidc_config, through_wechat};
+use crate::oidc::{
+    GRAFANA, GRAFANA_REDIRECT, GRAFANA_SECRET, current_key, ec_key, es256_grafana_config, oidc_config, through_wechat,
+};
 
 /// A provider whose issuer is `http://127.0.0.1:{port}`, on Redis.
 async fn provider_on_loopback() -> crate::helpers::TestApp {
+    provider_on_loopback_with(&oidc_config(&current_key())).await
+}
+
+/// A provider on loopback, on Redis, with the `[oidc]` section `oidc`.
+async fn provider_on_loopback_with(oidc: &str) -> crate::helpers::TestApp {
     let port = free_port();
     let origin = format!("127.0.0.1:{port}");
     let mut config = SimConfig::demo();
@@ -31,7 +38,7 @@ async fn provider_on_loopback() -> crate::helpers::TestApp {
     let (sim, sim_addr) = Simulator::spawn_local(config).await.expect("simulator");
     let redis = std::sync::Arc::new(tokio::sync::Mutex::new(RedisServer::start().await));
     let store = format!("kind = \"redis\"\nurl = \"{}\"", redis.lock().await.url());
-    let toml = settings_toml(sim_addr, &store, &oidc_config(&current_key()))
+    let toml = settings_toml(sim_addr, &store, oidc)
         .replace("public_addr = \"127.0.0.1:0\"", &format!("public_addr = \"{origin}\""))
         .replace(&format!("https://{CALLBACK_HOST}/wechat/callback"), &format!("http://{origin}/wechat/callback"));
     let settings = Settings::from_toml(&toml).expect("settings");
@@ -50,10 +57,22 @@ struct Rp {
 
 impl Rp {
     async fn start(app: &crate::helpers::TestApp, program: &str, args: &[&str], dir: &Path) -> Self {
+        Self::start_with(app, program, args, dir, &[]).await
+    }
+
+    /// As [`Self::start`], with `tail` after the four arguments (the registered ID token alg).
+    async fn start_with(
+        app: &crate::helpers::TestApp,
+        program: &str,
+        args: &[&str],
+        dir: &Path,
+        tail: &[&str],
+    ) -> Self {
         let issuer = format!("http://{}", app.public_addr);
         let mut child = tokio::process::Command::new(program)
             .args(args)
             .args([issuer.as_str(), GRAFANA, GRAFANA_SECRET, GRAFANA_REDIRECT])
+            .args(tail)
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -133,11 +152,65 @@ async fn authlib_signs_in_with_pkce_and_checks_the_id_token() {
     assert!(error.starts_with("MismatchingStateException"), "{error}");
 }
 
+/// A provider with an EC key whose `grafana` is registered for ES256 ID tokens.
+async fn es256_provider_on_loopback() -> crate::helpers::TestApp {
+    let keys = format!("{}\n{}", current_key(), ec_key("", "e1", "current"));
+    provider_on_loopback_with(&es256_grafana_config(&keys)).await
+}
+
+/// An RP's report of a sign-in whose ID token must have been ES256 under the EC key.
+fn assert_es256(done: &serde_json::Value) {
+    assert_eq!((done["header"]["alg"].as_str(), done["header"]["kid"].as_str()), (Some("ES256"), Some("e1")), "{done}");
+}
+
+/// openid-client with the client's registration `id_token_signed_response_alg: 'ES256'` signs
+/// in with an ES256 ID token (its signature checked from the JWKS's EC key); registered so, it
+/// refuses an RS256 one (the registration is what it holds the token to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_signs_in_with_an_es256_client() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-node");
+    assert!(dir.join("node_modules/openid-client").is_dir(), "run ./scripts/setup (npm ci in examples/oidc-node)");
+    let app = es256_provider_on_loopback().await;
+    let done = Rp::start_with(&app, "node", &["rp.js"], &dir, &["ES256"]).await.sign_in(&app).await;
+    assert_es256(&done);
+
+    let rs256 = provider_on_loopback().await;
+    let rp = Rp::start_with(&rs256, "node", &["rp.js"], &dir, &["ES256"]).await;
+    let started = rs256.http.get(&rp.authorize_url).send().await.expect("authorize");
+    let back = through_wechat(&rs256, &started, "alice").await;
+    let refused = rp.back(&back).await;
+    let error = refused["error"].as_str().unwrap_or_else(|| panic!("an RS256 ID token accepted: {refused}"));
+    assert!(error.contains("alg"), "{error}");
+}
+
+/// Authlib (joserfc) signs in with an ES256 client: the key picked from the JWKS by the
+/// header's `kid`, the algorithm held to the registration's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_signs_in_with_an_es256_client() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-python");
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
+    let python = std::env::var("WXAUTH_PYTHON").unwrap_or_else(|_| venv.display().to_string());
+    let app = es256_provider_on_loopback().await;
+    let done = Rp::start_with(&app, &python, &["rp.py"], &dir, &["ES256"]).await.sign_in(&app).await;
+    assert_es256(&done);
+}
+
 /// The dev mode's demo page is a relying party too ("Sign in through OIDC", client `demo-oidc`):
 /// from its link through the provider and WeChat's consent page back to its page, which shows
 /// the checked ID token and userinfo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_modes_demo_page_signs_in_through_oidc() {
+    demo_page_signs_in("login-oidc", "demo-oidc", "RS256").await;
+}
+
+/// The same with its ES256 link (client `demo-oidc-es256`, the dev EC key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_modes_demo_page_signs_in_through_oidc_with_es256() {
+    demo_page_signs_in("login-oidc-es256", "demo-oidc-es256", "ES256").await;
+}
+
+/// The demo page's sign-in from its link of id `link`, as `client`, whose ID token is `alg`.
+async fn demo_page_signs_in(link: &str, client: &str, alg: &str) {
     let public = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut config = SimConfig::demo();
     for app in &mut config.apps {
@@ -153,8 +226,9 @@ async fn the_dev_modes_demo_page_signs_in_through_oidc() {
     tokio::spawn(wxauth::demo::serve_with_oidc(demo_listener, app.grpc_addr, issuer, std::future::pending()));
 
     let home = app.http.get(format!("http://{demo}/")).send().await.expect("demo").text().await.expect("page");
-    assert!(home.contains("id=\"login-oidc\""), "the demo page links to it");
-    let login = app.http.get(format!("http://{demo}/oidc/login")).send().await.expect("demo login");
+    let (_, from_link) = home.split_once(&format!("id=\"{link}\" href=\"")).expect("the demo page links to it");
+    let path = from_link.split('"').next().expect("href");
+    let login = app.http.get(format!("http://{demo}{path}")).send().await.expect("demo login");
     let cookie = login.headers()["set-cookie"].to_str().expect("ascii").split(';').next().expect("pair").to_owned();
     let started = app.http.get(crate::oidc::location(&login)).send().await.expect("authorize");
     let back = through_wechat(&app, &started, "alice").await;
@@ -164,5 +238,6 @@ async fn the_dev_modes_demo_page_signs_in_through_oidc() {
     assert_eq!(shown.status(), 200);
     let page = shown.text().await.expect("page");
     assert!(page.contains("Signed in through OIDC"), "{page}");
-    assert!(page.contains("&quot;aud&quot;: &quot;demo-oidc&quot;"), "{page}");
+    assert!(page.contains(&format!("&quot;aud&quot;: &quot;{client}&quot;")), "{page}");
+    assert!(page.contains(&format!("ID token ({alg} signature checked)")), "{page}");
 }

@@ -20,11 +20,12 @@ fn flags_parse_and_ops_default_to_all_but_refresh() {
 
 #[test]
 fn the_app_level_and_oidc_ops_parse_and_are_not_in_the_default_run() {
-    let raw: Vec<String> = ["--ops", "apptoken, jssdk,oidc-token"].iter().map(|s| s.to_string()).collect();
+    let raw: Vec<String> =
+        ["--ops", "apptoken, jssdk,oidc-token,oidc-token-es256"].iter().map(|s| s.to_string()).collect();
     let args = Args::parse(&raw).expect("valid flags");
-    assert_eq!(args.ops, [Op::AppToken, Op::Jssdk, Op::OidcToken].into());
+    assert_eq!(args.ops, [Op::AppToken, Op::Jssdk, Op::OidcToken, Op::OidcTokenEs256].into());
     let default = Args::parse(&[]).expect("no flags");
-    assert!(![Op::AppToken, Op::Jssdk, Op::OidcToken].iter().any(|op| default.ops.contains(op)));
+    assert!(![Op::AppToken, Op::Jssdk, Op::OidcToken, Op::OidcTokenEs256].iter().any(|op| default.ops.contains(op)));
     let error = Args::parse(&["--ops".to_owned(), "oidc_token".to_owned()]).expect_err("a misspelt op");
     assert!(error.to_string().contains("unknown operation \"oidc_token\""), "{error}");
     assert!(error.to_string().contains("oidc-token"), "--help names the op: {error}");

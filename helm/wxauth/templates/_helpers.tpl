@@ -137,12 +137,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .previous_signing_key_id (not $.Values.secrets.oidcPreviousSigningKey) }}
 {{- fail "secrets.oidcPreviousSigningKey: required with config.oidc.previous_signing_key_id" }}
 {{- end }}
+{{- if and .es256_signing_key_id (not $.Values.secrets.oidcEs256SigningKey) }}
+{{- fail "secrets.oidcEs256SigningKey: required with config.oidc.es256_signing_key_id (a PEM EC P-256 key, PKCS#8)" }}
+{{- end }}
+{{- if and .previous_es256_signing_key_id (not $.Values.secrets.oidcPreviousEs256SigningKey) }}
+{{- fail "secrets.oidcPreviousEs256SigningKey: required with config.oidc.previous_es256_signing_key_id" }}
+{{- end }}
+{{- end }}
+{{- if and .previous_es256_signing_key_id (not .es256_signing_key_id) }}
+{{- fail "config.oidc.es256_signing_key_id: required with config.oidc.previous_es256_signing_key_id (the key after it)" }}
 {{- end }}
 {{- range $id, $rp := .clients }}
 {{- range $rp.apps }}
 {{- if not (hasKey $c.apps .) }}
 {{- fail (printf "config.oidc.clients.%s.apps: no app named %s" $id .) }}
 {{- end }}
+{{- end }}
+{{- if and (eq (toString $rp.id_token_signed_response_alg) "ES256") (not $.Values.config.oidc.es256_signing_key_id) }}
+{{- fail (printf "config.oidc.clients.%s.id_token_signed_response_alg: ES256 needs config.oidc.es256_signing_key_id (and secrets.oidcEs256SigningKey)" $id) }}
 {{- end }}
 {{- end }}
 {{- end }}
