@@ -30,6 +30,7 @@ fn clients() -> Vec<OidcClient> {
         subject: Subject::Pairwise { sector: id.to_owned() },
         wechat_ids: false,
         max_open_flows: 1,
+        limits: crate::config::OidcLimits::default(),
     };
     vec![
         client(CLIENT, ClientAuth::SecretBasic(Sha256::digest(b"s3cret").into())),
