@@ -27,6 +27,7 @@ mod mobile;
 mod monitoring;
 mod observability;
 mod oidc;
+mod oidc_limits;
 mod oidc_rp;
 mod operations;
 mod phone;
