@@ -112,6 +112,11 @@ post_logout_redirect_uris = ["http://{demo}/"]
 auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
 apps = ["demo-mp", "demo-web"]
+# As the demo client: no rate limits in development.
+[oidc.clients.demo-oidc.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
 "#,
         hex::encode(key_digest(DEV_CLIENT_KEY)),
         oidc_secret = hex::encode(key_digest(DEV_OIDC_CLIENT_SECRET)),

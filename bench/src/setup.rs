@@ -246,6 +246,10 @@ auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
 apps = ["mp"]
 max_open_flows = 10000000
+[oidc.clients.{OIDC_CLIENT}.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
 {extra}"#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),
