@@ -29,6 +29,7 @@ mod observability;
 mod oidc;
 mod oidc_limits;
 mod oidc_rp;
+mod oidc_rp_forged;
 mod operations;
 mod phone;
 mod polyglot;
