@@ -123,6 +123,16 @@ auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
 apps = ["demo-mp", "demo-web"]
 id_token_signed_response_alg = "ES256"
+# As the demo client: no rate limits in development.
+[oidc.clients.demo-oidc.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
+
+[oidc.clients.{DEV_OIDC_ES256_CLIENT_ID}.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
 "#,
         hex::encode(key_digest(DEV_CLIENT_KEY)),
         oidc_secret = hex::encode(key_digest(DEV_OIDC_CLIENT_SECRET)),

@@ -13,6 +13,10 @@
 //! least 1); `clients.<name>.max_open_flows`. Those settings, their parser and defaults are
 //! [`crate::config`]'s ([`Family`], [`Rate`], [`crate::config::ClientLimits`]); this module
 //! only builds and checks the buckets, and depends on config, never the other way.
+//!
+//! The OpenID Provider's relying parties have buckets of the same kind ([`OidcLimiters`]: one
+//! per party × [`OidcFamily`], `oidc.clients.<id>.rate_limits`), charged where the provider's
+//! endpoints say (src/oidc/; who may spend which bucket is docs/design.md §6.2's).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use std::time::Duration;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 
-use crate::config::{Client, Family, Rate};
+use crate::config::{Client, Family, OidcClient, OidcFamily, Rate};
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
 
@@ -41,6 +45,16 @@ fn quota(rate: Rate) -> Quota {
     Quota::with_period(period).unwrap_or_else(|| Quota::per_second(rate.count)).allow_burst(rate.burst)
 }
 
+/// A full bucket of `rate`.
+fn bucket(rate: Rate) -> DefaultDirectRateLimiter {
+    governor::RateLimiter::direct(quota(rate))
+}
+
+/// Takes one request from `bucket`, or answers how long until it has one again.
+fn take(bucket: &DefaultDirectRateLimiter) -> Result<(), Duration> {
+    bucket.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
 /// Every client's buckets, built once at start-up and shared by all requests.
 pub(crate) struct RateLimiters {
     by_client: HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>,
@@ -56,10 +70,7 @@ impl std::fmt::Debug for RateLimiters {
 impl RateLimiters {
     /// A full bucket for each limited family of each client.
     pub(crate) fn new(clients: &[Client], metrics: Arc<Metrics>) -> Self {
-        let by_client = clients
-            .iter()
-            .map(|c| (c.name.clone(), c.limits.rates.map(|rate| rate.map(|r| governor::RateLimiter::direct(quota(r))))))
-            .collect();
+        let by_client = clients.iter().map(|c| (c.name.clone(), c.limits.rates.map(|rate| rate.map(bucket)))).collect();
         Self { by_client, metrics }
     }
 
@@ -71,11 +82,45 @@ impl RateLimiters {
         let Some(limiter) = self.by_client.get(&client.name).and_then(|l| l[family.index()].as_ref()) else {
             return Ok(());
         };
-        limiter.check().map_err(|not_until| {
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+        take(limiter).map_err(|retry_after| {
             let error = ApiError::ClientRateLimited { family: family.as_str(), retry_after };
             self.metrics.client_refusals.with_label_values(&[&client.name, family.as_str(), error.reason()]).inc();
             error
+        })
+    }
+}
+
+/// Every relying party's buckets at the provider's endpoints, built once at start-up.
+pub(crate) struct OidcLimiters {
+    by_client: HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for OidcLimiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcLimiters").field("clients", &self.by_client.len()).finish_non_exhaustive()
+    }
+}
+
+/// The reason label of a refusal by a bucket, the gRPC limiter's (`CLIENT_RATE_LIMITED`).
+const RATE_LIMITED: &str = "CLIENT_RATE_LIMITED";
+
+impl OidcLimiters {
+    /// A full bucket for each limited family of each relying party.
+    pub(crate) fn new(clients: &[OidcClient], metrics: Arc<Metrics>) -> Self {
+        let by_client = clients.iter().map(|c| (c.id.clone(), c.limits.rates.map(|rate| rate.map(bucket)))).collect();
+        Self { by_client, metrics }
+    }
+
+    /// Takes one request from the party's `family` bucket, or answers how long until it has
+    /// one again (counted in `wxauth_client_refusals_total` under the client `oidc:<id>`, the
+    /// name its flows are kept under, so it never meets a gRPC client's).
+    pub(crate) fn check(&self, client: &OidcClient, family: OidcFamily) -> Result<(), Duration> {
+        let Some(limiter) = self.by_client.get(&client.id).and_then(|l| l[family.index()].as_ref()) else {
+            return Ok(());
+        };
+        take(limiter).inspect_err(|_| {
+            self.metrics.client_refusals.with_label_values(&[&client.caller(), family.as_str(), RATE_LIMITED]).inc();
         })
     }
 }
@@ -96,9 +141,9 @@ mod tests {
     #[test]
     fn a_bucket_refuses_past_its_burst_and_says_how_long_to_wait() {
         let rate = Rate::parse("1/min", Some(2)).expect("valid").expect("on");
-        let limiter = governor::RateLimiter::direct(quota(rate));
-        assert!(limiter.check().is_ok() && limiter.check().is_ok());
-        let wait = limiter.check().expect_err("over the burst").wait_time_from(DefaultClock::default().now());
+        let limiter = bucket(rate);
+        assert!(take(&limiter).is_ok() && take(&limiter).is_ok());
+        let wait = take(&limiter).expect_err("over the burst");
         assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60), "{wait:?}");
     }
 }

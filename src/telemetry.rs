@@ -218,7 +218,8 @@ pub struct Metrics {
     /// Profile lookups by result: `hit` (no WeChat call), `miss`, or `skipped` (caller asked for a
     /// fresh one, or the cache is off).
     pub profile_cache: IntCounterVec,
-    /// Requests refused by a client's own limits, by client, RPC family and reason
+    /// Requests refused by a client's own limits, by client (`oidc:<id>` for a relying party),
+    /// RPC or endpoint family and reason
     /// (`CLIENT_RATE_LIMITED`, `TOO_MANY_OPEN_FLOWS`).
     pub client_refusals: IntCounterVec,
     /// Sign-ins that left a user behind (not replays, not snapshot users), by app kind.
@@ -565,7 +566,7 @@ fn app_credential_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, I
 fn client_metrics(r: &Registrar<'_>) -> (IntCounterVec, IntCounterVec, IntCounterVec) {
     let limits = r.counter(
         "wxauth_client_refusals_total",
-        "Requests refused by the client's own limits, by client, RPC family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
+        "Requests refused by the client's own limits, by client (oidc:<id> for an OpenID Connect relying party), RPC or endpoint family and reason (CLIENT_RATE_LIMITED, TOO_MANY_OPEN_FLOWS).",
         &["client", "family", "reason"],
     );
     let consent = r.counter(

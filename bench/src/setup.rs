@@ -256,6 +256,14 @@ secret_sha256 = "{oidc_secret}"
 apps = ["mp"]
 max_open_flows = 10000000
 id_token_signed_response_alg = "ES256"
+[oidc.clients.{OIDC_CLIENT}.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
+[oidc.clients.{OIDC_ES256_CLIENT}.rate_limits]
+authorize = "off"
+token = "off"
+token_auth_failures = "off"
 {extra}"#,
         keys = wxauth::store::seal::Keyring::generate_line(1),
         key = hex::encode(wxauth::config::key_digest(CLIENT_KEY)),

@@ -16,8 +16,15 @@ const [issuer, clientId, clientSecret, redirectUri, alg] = process.argv.slice(2)
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 try {
+  // openid-client checks the ID token's signature only when asked: OpenID Connect Core
+  // §3.1.3.7 lets a client that got the token straight from the token endpoint over TLS rely on
+  // TLS instead, and the library does so by default. This RP asks for the library's own check
+  // (against the JWKS discovery names): tests/api/oidc_rp_forged.rs shows a token with an
+  // altered signature accepted without it.
   // The test's provider is plain http on loopback; everything else is as in production.
-  const options = issuer.startsWith('http:') ? { execute: [client.allowInsecureRequests] } : undefined;
+  const execute = [client.enableNonRepudiationChecks];
+  if (issuer.startsWith('http:')) execute.push(client.allowInsecureRequests);
+  const options = { execute };
   const config = await client.discovery(
     new URL(issuer),
     clientId,
@@ -49,8 +56,8 @@ try {
   const header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url').toString());
   console.log(JSON.stringify({ claims, userinfo, header }));
 } catch (error) {
-  // The library's own reason is in the cause (e.g. an ID token of an unexpected alg).
-  const cause = error.cause?.message ? ` (${error.cause.message})` : '';
+  // The cause, when the library gives one, says which check refused (a signature, an alg).
+  const cause = error.cause instanceof Error ? ` (${error.cause.name}: ${error.cause.message})` : '';
   console.log(JSON.stringify({ error: `${error.name}: ${error.message} ${error.code ?? ''}${cause}` }));
 }
 process.exit(0);

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use super::rates::MAX_OPEN_FLOWS;
+use super::rates::{MAX_OPEN_FLOWS, rate_table};
 use super::raw::{RawClient, RawRateLimits};
-use super::{Apps, ClientLimits, ConfigError, DEV_CLIENT_KEY, Family, Rate, err, is_name, key_digest};
+use super::{Apps, ClientLimits, ConfigError, DEV_CLIENT_KEY, Family, err, is_name, key_digest};
 use crate::allowlist::Allowlist;
 use crate::wechat::AppKind;
 
@@ -169,22 +169,11 @@ fn client_grants(
 /// `clients.<name>`): unset families take their default, errors name the key at fault.
 fn client_limits(key: &str, raw: &RawRateLimits, max_open_flows: u32) -> Result<ClientLimits, ConfigError> {
     let mut limits = ClientLimits::default();
-    for (slot, family) in limits.rates.iter_mut().zip(Family::ALL) {
-        let name = family.as_str();
-        *slot = match raw.get(family) {
-            (Some(spec), burst) => Rate::parse(spec, burst).map_err(|message| {
-                let at = if message.starts_with("burst") { format!("{name}_burst") } else { name.to_owned() };
-                err(format!("{key}.rate_limits.{at}"), message)
-            })?,
-            (None, Some(_)) => {
-                return Err(err(
-                    format!("{key}.rate_limits.{name}_burst"),
-                    format!("set only with `{name}` (a rate such as \"200/s\")"),
-                ));
-            }
-            (None, None) => *slot,
-        };
-    }
+    let table = Family::ALL.map(|family| {
+        let (spec, burst) = raw.get(family);
+        (family.as_str(), spec, burst)
+    });
+    limits.rates = rate_table(&format!("{key}.rate_limits"), table, limits.rates)?;
     if !(1..=MAX_OPEN_FLOWS).contains(&max_open_flows) {
         return Err(err(format!("{key}.max_open_flows"), format!("between 1 and {MAX_OPEN_FLOWS}")));
     }

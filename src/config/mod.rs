@@ -36,7 +36,7 @@ pub use apps::{Apps, Device};
 pub use clients::{Client, Grant, Users};
 pub use oidc::{ClientAuth, OIDC_SCOPES, OidcClient, OidcSettings, Subject};
 pub use push::PushSettings;
-pub use rates::{ClientLimits, Family, Rate};
+pub use rates::{ClientLimits, Family, OidcFamily, OidcLimits, Rate};
 pub use server::{ListenerLimits, ServerSettings};
 pub use store::{StoreBackend, StoreSettings};
 

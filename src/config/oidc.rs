@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::rates::rate_table;
 use super::raw::{RawOidc, RawOidcClient};
-use super::{Apps, ConfigError, Settings, Users, err, is_name};
+use super::{Apps, ConfigError, OidcFamily, OidcLimits, Settings, Users, err, is_name};
 use crate::oidc::{Alg, SigningKey};
 
 /// The scopes the provider offers: `openid` (required of every request) and `profile` (the
@@ -96,6 +97,8 @@ pub struct OidcClient {
     /// The algorithm of its ID tokens (`id_token_signed_response_alg`, OpenID Connect Dynamic
     /// Client Registration §2): RS256 by default.
     pub id_token_alg: Alg,
+    /// Its rate limits at the provider's endpoints (`rate_limits`, docs/design.md §6.2).
+    pub limits: OidcLimits,
 }
 
 impl OidcClient {
@@ -344,6 +347,11 @@ fn validate_client(id: String, raw: RawOidcClient, apps: &Apps, dev: bool) -> Re
         Some(name) => Alg::parse(name)
             .ok_or_else(|| err(format!("{key}.id_token_signed_response_alg"), "`RS256` (the default) or `ES256`"))?,
     };
+    let table = OidcFamily::ALL.map(|family| {
+        let (spec, burst) = raw.rate_limits.get(family);
+        (family.as_str(), spec, burst)
+    });
+    let limits = OidcLimits { rates: rate_table(&format!("{key}.rate_limits"), table, OidcLimits::default().rates)? };
     Ok(OidcClient {
         id,
         redirect_uris: raw.redirect_uris,
@@ -356,6 +364,7 @@ fn validate_client(id: String, raw: RawOidcClient, apps: &Apps, dev: bool) -> Re
         wechat_ids: raw.wechat_ids,
         max_open_flows: raw.max_open_flows,
         id_token_alg,
+        limits,
     })
 }
 
@@ -430,6 +439,10 @@ impl Settings {
                     "auth_method": c.auth.method(), "apps": c.apps, "scopes": c.scopes,
                     "require_pkce": c.require_pkce, "subject": subject, "wechat_ids": c.wechat_ids,
                     "id_token_signed_response_alg": c.id_token_alg.name(),
+                    "rate_limits": OidcFamily::ALL.map(|f| {
+                        let rate = c.limits.rates[f.index()];
+                        format!("{}: {}", f.as_str(), rate.map_or_else(|| "off".to_owned(), |r| r.describe()))
+                    }),
                 });
                 (c.id.as_str(), summary)
             })
@@ -451,6 +464,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Rate;
     use crate::store::seal::Keyring;
 
     const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
@@ -514,6 +528,8 @@ signing_key_file = "{current}"
         let summary = settings.summary().to_string();
         assert!(summary.contains("client_secret_basic") && summary.contains("\"signing_key_id\":\"k2\""));
         assert!(!summary.contains(SECRET_HASH), "no secret hash: {summary}");
+        assert_eq!(client.limits, OidcLimits::default());
+        assert!(summary.contains("token_auth_failures: 1/s, burst 10"), "{summary}");
         assert!(!format!("{settings:?}").contains("PRIVATE KEY"), "Debug shows no key");
     }
 
@@ -538,6 +554,15 @@ signing_key_file = "{current}"
             (grafana("scopes = [\"openid\", \"email\"]"), "oidc.clients.grafana.scopes"),
             (grafana("users = \"app\""), "oidc.clients.grafana.users"),
             (grafana("subject = \"public\""), "oidc.clients.grafana.subject"),
+            (grafana("[oidc.clients.grafana.rate_limits]\ntoken = \"fast\""), "oidc.clients.grafana.rate_limits.token"),
+            (
+                grafana("[oidc.clients.grafana.rate_limits]\nauthorize = \"5/s\"\nauthorize_burst = 0"),
+                "oidc.clients.grafana.rate_limits.authorize_burst",
+            ),
+            (
+                grafana("[oidc.clients.grafana.rate_limits]\ntoken_auth_failures_burst = 3"),
+                "oidc.clients.grafana.rate_limits.token_auth_failures_burst",
+            ),
         ];
         for (oidc, key) in &cases {
             assert_eq!(refused(&config(oidc)).key, *key, "{oidc}");
@@ -548,6 +573,17 @@ signing_key_file = "{current}"
         let long = config(&grafana("")).replace("[oidc]\n", "[oidc]\ncode_ttl = \"61s\"\n");
         assert_eq!(refused(&long).key, "oidc.code_ttl");
         assert_eq!(refused(&config("")).key, "oidc.clients");
+    }
+
+    #[test]
+    fn rate_limits_are_read_as_a_grpc_clients_are() {
+        let limits = "[oidc.clients.grafana.rate_limits]\nauthorize = \"off\"\ntoken = \"6/min\"\ntoken_burst = 2\n";
+        let settings = Settings::from_toml(&config(&grafana(limits))).expect("valid");
+        let client = settings.oidc.as_deref().and_then(|o| o.client("grafana")).expect("client");
+        let token = Rate::parse("6/min", Some(2)).expect("valid");
+        assert_eq!(client.limits.rates, [None, token, Some(OidcFamily::TokenAuthFailures.default_rate())]);
+        let unknown = grafana("[oidc.clients.grafana.rate_limits]\nexchange = \"5/s\"\n");
+        assert!(refused(&config(&unknown)).message.contains("exchange"), "an unknown family is refused");
     }
 
     #[test]

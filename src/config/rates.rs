@@ -1,5 +1,7 @@
 //! `clients.<name>.rate_limits` and `max_open_flows` as configured: the RPC families, a rate's
-//! shape and its parser, and each client's limits with their defaults (docs/design.md §6.2).
+//! shape and its parser, and each client's limits with their defaults (docs/design.md §6.2);
+//! and `oidc.clients.<id>.rate_limits`, the provider's endpoints' families ([`OidcFamily`],
+//! docs/design.md §6.2, docs/oidc.md), read by the same parser ([`rate_table`]).
 //! Plain settings: the buckets that enforce them are [`crate::limits`]'s, built from these.
 
 use std::num::NonZeroU32;
@@ -115,6 +117,102 @@ impl Rate {
         };
         format!("{}/{unit}, burst {}", self.count, self.burst)
     }
+}
+
+/// The OpenID Provider's rate-limit families of one relying party
+/// (`oidc.clients.<id>.rate_limits.<key>`), each its own bucket because different parties
+/// can spend them (docs/design.md §6.2): anyone holding the public `client_id` can reach
+/// `/oidc/authorize`; only the authenticated client reaches its `token` bucket; and failed
+/// authentications at the token endpoint spend `token_auth_failures`, never `token`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OidcFamily {
+    /// `/oidc/authorize` requests that would start a flow (valid ones, to a registered
+    /// redirect URI): each is a flow, a pending request and an open-flow count in the store,
+    /// and later at most one exchange of WeChat's code.
+    Authorize,
+    /// `/oidc/token` requests of the authenticated client.
+    Token,
+    /// Failed client authentications at `/oidc/token` (a wrong secret; for a public client a
+    /// code that is not its own, or a wrong PKCE verifier).
+    TokenAuthFailures,
+}
+
+impl OidcFamily {
+    /// Every family, in config order.
+    pub const ALL: [OidcFamily; 3] = [OidcFamily::Authorize, OidcFamily::Token, OidcFamily::TokenAuthFailures];
+
+    /// The config key and metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OidcFamily::Authorize => "authorize",
+            OidcFamily::Token => "token",
+            OidcFamily::TokenAuthFailures => "token_auth_failures",
+        }
+    }
+
+    /// The family's place in [`OidcFamily::ALL`] (and in [`OidcLimits::rates`]).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            OidcFamily::Authorize => 0,
+            OidcFamily::Token => 1,
+            OidcFamily::TokenAuthFailures => 2,
+        }
+    }
+
+    /// The default rate, per replica. `authorize` 20/s: over a flow's life (`flow.ttl`, 10 min)
+    /// that is 12,000 flows per replica, so one party at the limit on up to four replicas
+    /// stays under the default open-flow cap (50,000), and a company's sign-ins (72,000 an
+    /// hour per replica) are far below it. `token` 20/s, as a gRPC client's `exchange`: one per
+    /// sign-in. `token_auth_failures` 1/s with a burst of 10: a relying party with a wrong
+    /// secret, retrying, gets ten answers and then one a second.
+    pub(crate) fn default_rate(self) -> Rate {
+        let (per_second, burst) = match self {
+            OidcFamily::Authorize | OidcFamily::Token => (20, 20),
+            OidcFamily::TokenAuthFailures => (1, 10),
+        };
+        let count = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        Rate { count, per: Duration::from_secs(1), burst: NonZeroU32::new(burst).unwrap_or(count) }
+    }
+}
+
+/// One relying party's rate limits, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcLimits {
+    /// The rate of each family ([`OidcFamily::ALL`] order); `None` is off.
+    pub rates: [Option<Rate>; 3],
+}
+
+impl Default for OidcLimits {
+    fn default() -> Self {
+        Self { rates: OidcFamily::ALL.map(|f| Some(f.default_rate())) }
+    }
+}
+
+/// A table of rates from its raw settings (`key` is `<...>.rate_limits`; each entry is a
+/// family's name, its `"<count>/<unit>"` and its `_burst`): unset families keep `defaults`,
+/// errors name the key at fault. The one reader of every `rate_limits` table.
+pub(super) fn rate_table<const N: usize>(
+    key: &str,
+    raw: [(&str, Option<&str>, Option<u32>); N],
+    defaults: [Option<Rate>; N],
+) -> Result<[Option<Rate>; N], super::ConfigError> {
+    let mut rates = defaults;
+    for (slot, (name, spec, burst)) in rates.iter_mut().zip(raw) {
+        *slot = match (spec, burst) {
+            (Some(spec), burst) => Rate::parse(spec, burst).map_err(|message| {
+                let at = if message.starts_with("burst") { format!("{name}_burst") } else { name.to_owned() };
+                super::err(format!("{key}.{at}"), message)
+            })?,
+            (None, Some(_)) => {
+                return Err(super::err(
+                    format!("{key}.{name}_burst"),
+                    format!("set only with `{name}` (a rate such as \"200/s\")"),
+                ));
+            }
+            (None, None) => *slot,
+        };
+    }
+    Ok(rates)
 }
 
 /// One client's limits, as configured.

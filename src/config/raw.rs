@@ -403,4 +403,30 @@ pub(super) struct RawOidcClient {
     pub(super) max_open_flows: u32,
     /// `RS256` (the default) or `ES256` (OpenID Connect Dynamic Client Registration §2's name).
     pub(super) id_token_signed_response_alg: Option<String>,
+    #[serde(default)]
+    pub(super) rate_limits: RawOidcRateLimits,
+}
+
+/// `oidc.clients.<id>.rate_limits`: a rate per provider family (`"20/s"`, `"off"`; unset: the
+/// default of [`crate::config::OidcFamily::default_rate`]) and optionally its bucket size.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidcRateLimits {
+    pub(super) authorize: Option<String>,
+    pub(super) authorize_burst: Option<u32>,
+    pub(super) token: Option<String>,
+    pub(super) token_burst: Option<u32>,
+    pub(super) token_auth_failures: Option<String>,
+    pub(super) token_auth_failures_burst: Option<u32>,
+}
+
+impl RawOidcRateLimits {
+    pub(super) fn get(&self, family: crate::config::OidcFamily) -> (Option<&str>, Option<u32>) {
+        use crate::config::OidcFamily;
+        match family {
+            OidcFamily::Authorize => (self.authorize.as_deref(), self.authorize_burst),
+            OidcFamily::Token => (self.token.as_deref(), self.token_burst),
+            OidcFamily::TokenAuthFailures => (self.token_auth_failures.as_deref(), self.token_auth_failures_burst),
+        }
+    }
 }

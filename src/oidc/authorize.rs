@@ -21,7 +21,7 @@ use super::records::{self, Code, Identity, Pending};
 use super::{CALLBACK_PATH, OidcState, Params, count, page, redirect};
 use crate::allowlist::redirect_from_stored;
 use crate::clock::millis;
-use crate::config::{OIDC_SCOPES, OidcClient, Subject};
+use crate::config::{OIDC_SCOPES, OidcClient, OidcFamily, Subject};
 use crate::error::ApiError;
 use crate::secrets::AuthCode;
 use crate::store::{Admission, ExchangeOutcome, Flow};
@@ -79,7 +79,15 @@ pub(super) async fn authorize(
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let client_state = params.get("state").map(str::to_owned);
     let started = match check(client, &params) {
-        Ok(asked) => start(&state, client, redirect_uri, client_state.clone(), asked, user_agent).await,
+        // The client's bucket is charged only by a request that would start a flow: a
+        // malformed one costs nothing and spends nothing (docs/design.md §6.2).
+        Ok(asked) => match state.inner.limiters.check(client, OidcFamily::Authorize) {
+            Ok(()) => start(&state, client, redirect_uri, client_state.clone(), asked, user_agent).await,
+            Err(wait) => {
+                count(&state, "authorize", "rate_limited");
+                return error_redirect(redirect_uri, &too_many(wait), client_state.as_deref(), &state.oidc().issuer);
+            }
+        },
         Err(refusal) => Err(refusal),
     };
     match started {
@@ -378,6 +386,14 @@ async fn issue_code(
     let keep = oidc.code_ttl + oidc.access_token_ttl + Duration::from_secs(60);
     inner.store.put_oidc(records::CODE, &code, &record, keep).await.map_err(|_| unavailable())?;
     Ok(code)
+}
+
+/// The client's `authorize` bucket is empty: RFC 6749 §4.1.2.1's `temporarily_unavailable`
+/// ("temporarily overloaded"), to the registered redirect URI (a browser redirect has no
+/// `Retry-After`; the description says how long).
+fn too_many(wait: Duration) -> Refusal {
+    let secs = super::retry_secs(wait);
+    refuse("temporarily_unavailable", format!("too many sign-ins for this application just now; try again in {secs} s"))
 }
 
 fn unavailable() -> Refusal {

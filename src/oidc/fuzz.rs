@@ -31,6 +31,7 @@ fn clients() -> Vec<OidcClient> {
         wechat_ids: false,
         max_open_flows: 1,
         id_token_alg: crate::oidc::Alg::Rs256,
+        limits: crate::config::OidcLimits::default(),
     };
     vec![
         client(CLIENT, ClientAuth::SecretBasic(Sha256::digest(b"s3cret").into())),

@@ -41,6 +41,7 @@ pub use self::keys::{Alg, SigningKey};
 pub use self::keys::{DEV_ES256_KEY_ID, DEV_ES256_KEY_PEM, DEV_SIGNING_KEY_ID, DEV_SIGNING_KEY_PEM};
 use crate::clock::Clock;
 use crate::config::{OidcSettings, Settings};
+use crate::limits::OidcLimiters;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::tokens::Tokens;
@@ -77,6 +78,8 @@ struct Inner {
     tokens: Arc<Tokens>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// The relying parties' buckets (`oidc.clients.<id>.rate_limits`, docs/design.md §6.2).
+    limiters: OidcLimiters,
 }
 
 impl OidcState {
@@ -89,7 +92,8 @@ impl OidcState {
         metrics: Arc<Metrics>,
     ) -> Option<Self> {
         let oidc = Arc::clone(settings.oidc.as_ref()?);
-        Some(Self { inner: Arc::new(Inner { oidc, settings, store, tokens, clock, metrics }) })
+        let limiters = OidcLimiters::new(&oidc.clients, Arc::clone(&metrics));
+        Some(Self { inner: Arc::new(Inner { oidc, settings, store, tokens, clock, metrics, limiters }) })
     }
 
     fn oidc(&self) -> &OidcSettings {
@@ -181,6 +185,11 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
     let mut response = (status, Html(body)).into_response();
     no_store(response.headers_mut());
     response
+}
+
+/// Whole seconds to wait, rounded up, at least one: a `Retry-After` (RFC 9110 §10.2.3).
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Counts an endpoint's outcome (`wxauth_oidc_requests_total`).

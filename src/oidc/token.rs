@@ -6,6 +6,13 @@
 //! another client's, sent to another redirect URI, or whose PKCE verifier does not answer its
 //! challenge (RFC 7636 §4.6). A code used twice revokes the access token its first use issued
 //! (RFC 6749 §4.1.2: "SHOULD revoke (when possible) all tokens previously issued").
+//!
+//! Limits (docs/design.md §6.2): the client's `token` bucket is charged only once it has
+//! authenticated (a confidential client by its secret, before the store is read; a public one
+//! by a code that is its own with the verifier that answers it), so a stranger holding a
+//! `client_id` cannot spend it; a failed authentication spends the client's
+//! `token_auth_failures` bucket instead. Either bucket empty: 429 with `Retry-After` and
+//! `temporarily_unavailable` ([`limited`]).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,7 +26,7 @@ use super::authorize::SECRET_LEN;
 use super::records::{self, AccessToken, Code};
 use super::{OidcState, Params, count, json};
 use crate::clock::secs;
-use crate::config::{ClientAuth, OidcClient};
+use crate::config::{ClientAuth, OidcClient, OidcFamily};
 
 /// A token request's failure (RFC 6749 §5.2).
 #[derive(Debug)]
@@ -29,14 +36,64 @@ struct TokenError {
     description: &'static str,
     /// `WWW-Authenticate: Basic` (the client tried HTTP Basic).
     basic: bool,
+    /// `Retry-After` seconds (a bucket is empty).
+    retry_after: Option<u64>,
 }
 
 fn grant_error(description: &'static str) -> TokenError {
-    TokenError { status: StatusCode::BAD_REQUEST, error: "invalid_grant", description, basic: false }
+    TokenError { status: StatusCode::BAD_REQUEST, error: "invalid_grant", description, basic: false, retry_after: None }
 }
 
 fn request_error(error: &'static str, description: &'static str) -> TokenError {
-    TokenError { status: StatusCode::BAD_REQUEST, error, description, basic: false }
+    TokenError { status: StatusCode::BAD_REQUEST, error, description, basic: false, retry_after: None }
+}
+
+/// A bucket of the client's is empty: 429 (RFC 6585 §4) with `Retry-After`, and RFC 6749's
+/// `temporarily_unavailable`. RFC 6749 §5.2 defines no token-endpoint error for an overloaded
+/// server; `temporarily_unavailable` is the one the RFC defines for it (§4.1.2.1, at the
+/// authorization endpoint), which this endpoint already answers when the store is down, and
+/// OAuth libraries surface it as the server's (openid-client's `OPError`), not the client's
+/// mistake. `invalid_request` would say the request is malformed, `slow_down` belongs to
+/// RFC 8628 §3.5's device polling, and `invalid_client` would tell a client with the right
+/// secret that it is wrong.
+fn limited(wait: std::time::Duration) -> TokenError {
+    TokenError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "temporarily_unavailable",
+        description: "too many token requests for this client; try again after Retry-After seconds",
+        basic: false,
+        retry_after: Some(super::retry_secs(wait)),
+    }
+}
+
+/// The store did not answer.
+fn unavailable<E>(_: E) -> TokenError {
+    TokenError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        error: "temporarily_unavailable",
+        description: "the store is unavailable; try again",
+        basic: false,
+        retry_after: None,
+    }
+}
+
+/// Takes one request from the authenticated client's `token` bucket.
+fn charge(state: &OidcState, client: &OidcClient) -> Result<(), TokenError> {
+    state.inner.limiters.check(client, OidcFamily::Token).map_err(limited)
+}
+
+/// A failed authentication of `client` (when the client is known): it spends the client's
+/// `token_auth_failures` bucket, never its `token` bucket, and is logged while that bucket
+/// lasts; past it the answer is [`limited`] (and only the metric counts it).
+fn auth_failed(state: &OidcState, client: Option<&OidcClient>, error: TokenError) -> TokenError {
+    let Some(client) = client else { return error };
+    match state.inner.limiters.check(client, OidcFamily::TokenAuthFailures) {
+        Ok(()) => {
+            tracing::warn!(client = %client.id, method = client.auth.method(), error = error.error, "token request: client authentication failed");
+            error
+        }
+        Err(wait) => limited(wait),
+    }
 }
 
 /// `POST /oidc/token`.
@@ -48,14 +105,18 @@ pub(super) async fn token(State(state): State<OidcState>, headers: HeaderMap, bo
             json(StatusCode::OK, &answer)
         }
         Err(e) => {
-            tracing::Span::current().record("outcome", e.error);
-            count(&state, "token", e.error);
+            let outcome = if e.retry_after.is_some() { "rate_limited" } else { e.error };
+            tracing::Span::current().record("outcome", outcome);
+            count(&state, "token", outcome);
             let mut response =
                 json(e.status, &serde_json::json!({ "error": e.error, "error_description": e.description }));
             if e.basic {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wxauth\""));
+            }
+            if let Some(secs) = e.retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             response
         }
@@ -66,8 +127,15 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
     let params = Params::parse(body)
         .ok_or(request_error("invalid_request", "a parameter is repeated, or the body is too long"))?;
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let client = authenticate(&state.oidc().clients, authorization, &params)?;
+    let client = authenticate(&state.oidc().clients, authorization, &params)
+        .map_err(|(error, client)| auth_failed(state, client, error))?;
     tracing::Span::current().record("client", client.id.as_str());
+    // A public client has named itself only; it authenticates with the code (below).
+    let public = client.auth == ClientAuth::None;
+    if !public {
+        charge(state, client)?;
+    }
+    let failed = |error: TokenError| if public { auth_failed(state, Some(client), error) } else { error };
     match params.get("grant_type") {
         Some("authorization_code") => {}
         Some(_) => return Err(request_error("unsupported_grant_type", "only authorization_code")),
@@ -77,21 +145,20 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
     let redirect_uri =
         params.get("redirect_uri").ok_or(request_error("invalid_request", "redirect_uri is required"))?;
     let inner = &state.inner;
-    let unavailable = |_| TokenError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        error: "temporarily_unavailable",
-        description: "the store is unavailable; try again",
-        basic: false,
-    };
     let read = inner.store.get_oidc::<Code>(records::CODE, code).await.map_err(unavailable)?;
-    let read = read.ok_or(grant_error("the code is unknown or expired"))?;
+    let read = read.ok_or_else(|| failed(grant_error("the code is unknown or expired")))?;
     if let Some(issued) = &read.record.used_for {
         // A second use: what the first one issued is revoked (the code may have leaked).
         tracing::warn!(client = %client.id, "a code used again: its access token is revoked");
         inner.store.delete_oidc(records::ACCESS_TOKEN, issued).await.map_err(unavailable)?;
-        return Err(grant_error("the code was used already; what it issued is revoked"));
+        return Err(failed(grant_error("the code was used already; what it issued is revoked")));
     }
-    check_code(inner.clock.now_ms(), client, &read.record, redirect_uri, params.get("code_verifier"))?;
+    check_code(inner.clock.now_ms(), client, &read.record, redirect_uri, params.get("code_verifier"))
+        .map_err(failed)?;
+    if public {
+        // The code is its own and its verifier answers: now it has authenticated.
+        charge(state, client)?;
+    }
     let access_token = crate::random_id(SECRET_LEN);
     let oidc = state.oidc();
     let used = Code { used_for: Some(access_token.clone()), ..read.record.clone() };
@@ -126,7 +193,7 @@ async fn token_inner(state: &OidcState, headers: &HeaderMap, body: &[u8]) -> Res
         status: StatusCode::INTERNAL_SERVER_ERROR,
         error: "server_error",
         description: "the ID token could not be signed",
-        basic: false,
+        ..unavailable(())
     };
     // The client's registered algorithm (config validation holds an ES256 client to an EC key).
     let key = oidc.signer(client.id_token_alg).ok_or_else(unsigned)?;
@@ -178,34 +245,39 @@ fn check_code(
 
 /// The client, authenticated as it is registered. Exactly one method (RFC 6749 §2.3): HTTP
 /// Basic (its parts form-urlencoded, §2.3.1), the body's `client_secret`, or none (a public
-/// client names itself with `client_id`).
+/// client names itself with `client_id`). A failure comes with the client it named, when that
+/// client is registered (its failed-authentication bucket is spent).
 fn authenticate<'a>(
     clients: &'a [OidcClient],
     authorization: Option<&str>,
     params: &Params,
-) -> Result<&'a OidcClient, TokenError> {
+) -> Result<&'a OidcClient, (TokenError, Option<&'a OidcClient>)> {
     let basic = authorization.and_then(|v| v.strip_prefix("Basic "));
     let invalid = |basic: bool| TokenError {
         status: StatusCode::UNAUTHORIZED,
         error: "invalid_client",
         description: "client authentication failed",
         basic,
+        retry_after: None,
     };
     let (id, secret, used_basic) = match (basic, params.get("client_secret")) {
-        (Some(_), Some(_)) => return Err(request_error("invalid_request", "one client authentication method only")),
+        (Some(_), Some(_)) => {
+            return Err((request_error("invalid_request", "one client authentication method only"), None));
+        }
         (Some(credentials), None) => {
-            let (id, secret) = basic_credentials(credentials).ok_or(invalid(true))?;
+            let (id, secret) = basic_credentials(credentials).ok_or((invalid(true), None))?;
             (id, Some(secret), true)
         }
         (None, secret) => {
-            let id = params.get("client_id").ok_or(invalid(false))?;
+            let id = params.get("client_id").ok_or((invalid(false), None))?;
             (id.to_owned(), secret.map(str::to_owned), false)
         }
     };
+    let client = clients.iter().find(|c| c.id == id);
     if params.get("client_id").is_some_and(|named| named != id) {
-        return Err(invalid(used_basic));
+        return Err((invalid(used_basic), client));
     }
-    let client = clients.iter().find(|c| c.id == id).ok_or(invalid(used_basic))?;
+    let client = client.ok_or((invalid(used_basic), None))?;
     let digest = secret.as_deref().map(|s| <[u8; 32]>::from(Sha256::digest(s.as_bytes())));
     let authenticated = match (&client.auth, digest) {
         (ClientAuth::SecretBasic(expected), Some(got)) => used_basic && same(expected, &got),
@@ -214,8 +286,7 @@ fn authenticate<'a>(
         _ => false,
     };
     if !authenticated {
-        tracing::warn!(client = %client.id, method = client.auth.method(), "token request: client authentication failed");
-        return Err(invalid(used_basic));
+        return Err((invalid(used_basic), Some(client)));
     }
     Ok(client)
 }
@@ -250,7 +321,7 @@ pub(super) fn judge(
     now_ms: i64,
 ) -> Result<(), &'static str> {
     let params = Params::parse(body).ok_or("invalid_request")?;
-    let client = authenticate(clients, authorization, &params).map_err(|e| e.error)?;
+    let client = authenticate(clients, authorization, &params).map_err(|(e, _)| e.error)?;
     if params.get("grant_type") != Some("authorization_code") {
         return Err("unsupported_grant_type");
     }

@@ -19,10 +19,10 @@ const ISSUER: &str = "https://auth.wxauth.test";
 pub(crate) const GRAFANA: &str = "grafana";
 pub(crate) const GRAFANA_SECRET: &str = "grafana-test-secret";
 pub(crate) const GRAFANA_REDIRECT: &str = "https://grafana.example.com/login/generic_oauth";
-const SPA_REDIRECT: &str = "http://localhost:3000/callback";
-const POSTER_SECRET: &str = "poster-test-secret";
-const POSTER_REDIRECT: &str = "https://poster.example.com/cb";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub(crate) const SPA_REDIRECT: &str = "http://localhost:3000/callback";
+pub(crate) const POSTER_SECRET: &str = "poster-test-secret";
+pub(crate) const POSTER_REDIRECT: &str = "https://poster.example.com/cb";
+pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
 fn key_file(name: &str) -> String {
     format!("{}/tests/fixtures/oidc/{name}.pem", env!("CARGO_MANIFEST_DIR"))
@@ -69,7 +69,7 @@ async fn provider(backend: Backend) -> TestApp {
     spawn_app_configured(backend, &oidc_config(&current_key())).await
 }
 
-fn challenge(verifier: &str) -> String {
+pub(crate) fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
@@ -83,17 +83,17 @@ pub(crate) fn location(response: &reqwest::Response) -> String {
     response.headers()["location"].to_str().expect("ascii").to_owned()
 }
 
-fn param(url: &str, name: &str) -> Option<String> {
+pub(crate) fn param(url: &str, name: &str) -> Option<String> {
     Url::parse(url).expect("url").query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The authorization request of `client` to `redirect_uri`, `extra` appended.
-fn authorize_query(client: &str, redirect_uri: &str, extra: &str) -> String {
+pub(crate) fn authorize_query(client: &str, redirect_uri: &str, extra: &str) -> String {
     let redirect: String = url::form_urlencoded::byte_serialize(redirect_uri.as_bytes()).collect();
     format!("client_id={client}&redirect_uri={redirect}&response_type=code&scope=openid%20profile{extra}")
 }
 
-async fn authorize(app: &TestApp, query: &str) -> reqwest::Response {
+pub(crate) async fn authorize(app: &TestApp, query: &str) -> reqwest::Response {
     app.http.get(format!("http://{}/oidc/authorize?{query}", app.public_addr)).send().await.expect("authorize")
 }
 
@@ -132,7 +132,7 @@ pub(crate) async fn through_wechat(app: &TestApp, started: &reqwest::Response, u
 }
 
 /// A whole sign-in of `user` at `grafana` with PKCE, state and nonce: the code it got.
-async fn grafana_code(app: &TestApp, user: &str) -> String {
+pub(crate) async fn grafana_code(app: &TestApp, user: &str) -> String {
     let extra = format!("&state=s-1&nonce=n-1&code_challenge={}&code_challenge_method=S256", challenge(VERIFIER));
     let started = authorize(app, &authorize_query(GRAFANA, GRAFANA_REDIRECT, &extra)).await;
     let back = through_wechat(app, &started, user).await;
@@ -143,7 +143,7 @@ async fn grafana_code(app: &TestApp, user: &str) -> String {
 }
 
 /// A token request; HTTP Basic when `basic` is given. Status, JSON body, headers.
-async fn token(
+pub(crate) async fn token(
     app: &TestApp,
     form: &[(&str, &str)],
     basic: Option<(&str, &str)>,

@@ -24,13 +24,25 @@ use crate::oidc::{
 
 /// A provider whose issuer is `http://127.0.0.1:{port}`, on Redis.
 async fn provider_on_loopback() -> crate::helpers::TestApp {
-    provider_on_loopback_with(&oidc_config(&current_key())).await
+    provider_fronted_with(None, &oidc_config(&current_key())).await
 }
 
 /// A provider on loopback, on Redis, with the `[oidc]` section `oidc`.
 async fn provider_on_loopback_with(oidc: &str) -> crate::helpers::TestApp {
-    let port = free_port();
-    let origin = format!("127.0.0.1:{port}");
+    provider_fronted_with(None, oidc).await
+}
+
+/// A provider whose issuer (and the simulator's callback domain) is `front`, the address of
+/// something in front of its public listener (a proxy of the test's), or, without one, its
+/// own loopback address.
+pub(crate) async fn provider_fronted(front: Option<std::net::SocketAddr>) -> crate::helpers::TestApp {
+    provider_fronted_with(front, &oidc_config(&current_key())).await
+}
+
+/// [`provider_fronted`] with the `[oidc]` section `oidc`.
+async fn provider_fronted_with(front: Option<std::net::SocketAddr>, oidc: &str) -> crate::helpers::TestApp {
+    let origin = front.map_or_else(|| format!("127.0.0.1:{}", free_port()), |a| a.to_string());
+    let public = if front.is_some() { "127.0.0.1:0".to_owned() } else { origin.clone() };
     let mut config = SimConfig::demo();
     for app in &mut config.apps {
         app.callback_domain = origin.clone();
@@ -39,7 +51,7 @@ async fn provider_on_loopback_with(oidc: &str) -> crate::helpers::TestApp {
     let redis = std::sync::Arc::new(tokio::sync::Mutex::new(RedisServer::start().await));
     let store = format!("kind = \"redis\"\nurl = \"{}\"", redis.lock().await.url());
     let toml = settings_toml(sim_addr, &store, oidc)
-        .replace("public_addr = \"127.0.0.1:0\"", &format!("public_addr = \"{origin}\""))
+        .replace("public_addr = \"127.0.0.1:0\"", &format!("public_addr = \"{public}\""))
         .replace(&format!("https://{CALLBACK_HOST}/wechat/callback"), &format!("http://{origin}/wechat/callback"));
     let settings = Settings::from_toml(&toml).expect("settings");
     spawn_settings(sim, sim_addr, Some(redis), settings).await
@@ -48,16 +60,16 @@ async fn provider_on_loopback_with(oidc: &str) -> crate::helpers::TestApp {
 /// A relying party run as `program args ISSUER CLIENT_ID CLIENT_SECRET REDIRECT_URI` in `dir`,
 /// speaking rp.js's protocol: its first JSON line (the authorization URL, which must come from
 /// discovery) and the stdin it reads the browser's return URL from.
-struct Rp {
+pub(crate) struct Rp {
     child: tokio::process::Child,
     said: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     issuer: String,
-    authorize_url: String,
+    pub(crate) authorize_url: String,
 }
 
 impl Rp {
     async fn start(app: &crate::helpers::TestApp, program: &str, args: &[&str], dir: &Path) -> Self {
-        Self::start_with(app, program, args, dir, &[]).await
+        Self::start_at_with(&format!("http://{}", app.public_addr), program, args, dir, &[]).await
     }
 
     /// As [`Self::start`], with `tail` after the four arguments (the registered ID token alg).
@@ -68,7 +80,17 @@ impl Rp {
         dir: &Path,
         tail: &[&str],
     ) -> Self {
-        let issuer = format!("http://{}", app.public_addr);
+        Self::start_at_with(&format!("http://{}", app.public_addr), program, args, dir, tail).await
+    }
+
+    /// [`Rp::start`] with the issuer given (a provider behind a proxy: the proxy's origin).
+    pub(crate) async fn start_at(issuer: &str, program: &str, args: &[&str], dir: &Path) -> Self {
+        Self::start_at_with(issuer, program, args, dir, &[]).await
+    }
+
+    /// [`Rp::start_at`] with `tail` after the four arguments.
+    async fn start_at_with(issuer: &str, program: &str, args: &[&str], dir: &Path, tail: &[&str]) -> Self {
+        let issuer = issuer.to_owned();
         let mut child = tokio::process::Command::new(program)
             .args(args)
             .args([issuer.as_str(), GRAFANA, GRAFANA_SECRET, GRAFANA_REDIRECT])
@@ -92,7 +114,7 @@ impl Rp {
     }
 
     /// Gives the RP the URL the browser came back to; returns its report.
-    async fn back(mut self, url: &str) -> serde_json::Value {
+    pub(crate) async fn back(mut self, url: &str) -> serde_json::Value {
         let mut stdin = self.child.stdin.take().expect("stdin");
         stdin.write_all(format!("{url}\n").as_bytes()).await.expect("to the RP");
         Self::line(&mut self.said).await
@@ -100,7 +122,7 @@ impl Rp {
 
     /// The whole sign-in as alice, the browser's part through the simulator's consent page and
     /// the relay; returns the RP's report, which must be a success with checked claims.
-    async fn sign_in(self, app: &crate::helpers::TestApp) -> serde_json::Value {
+    pub(crate) async fn sign_in(self, app: &crate::helpers::TestApp) -> serde_json::Value {
         let issuer = self.issuer.clone();
         let started = app.http.get(&self.authorize_url).send().await.expect("authorize");
         let back = through_wechat(app, &started, "alice").await;
@@ -133,15 +155,7 @@ async fn openid_client_signs_in_with_pkce_and_checks_the_id_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authlib_signs_in_with_pkce_and_checks_the_id_token() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-python");
-    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
-    let python = std::env::var("WXAUTH_PYTHON").unwrap_or_else(|_| {
-        assert!(
-            venv.exists(),
-            "no Python client env at {} (run ./scripts/setup; or set WXAUTH_PYTHON)",
-            venv.display()
-        );
-        venv.display().to_string()
-    });
+    let python = python();
     let app = provider_on_loopback().await;
     Rp::start(&app, &python, &["rp.py"], &dir).await.sign_in(&app).await;
 
@@ -188,11 +202,22 @@ async fn openid_client_signs_in_with_an_es256_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authlib_signs_in_with_an_es256_client() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc-python");
-    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
-    let python = std::env::var("WXAUTH_PYTHON").unwrap_or_else(|_| venv.display().to_string());
     let app = es256_provider_on_loopback().await;
-    let done = Rp::start_with(&app, &python, &["rp.py"], &dir, &["ES256"]).await.sign_in(&app).await;
+    let done = Rp::start_with(&app, &python(), &["rp.py"], &dir, &["ES256"]).await.sign_in(&app).await;
     assert_es256(&done);
+}
+
+/// The Python of the client env (`./scripts/setup`), or `WXAUTH_PYTHON`.
+pub(crate) fn python() -> String {
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/wxauth/py-client-venv/bin/python");
+    std::env::var("WXAUTH_PYTHON").unwrap_or_else(|_| {
+        assert!(
+            venv.exists(),
+            "no Python client env at {} (run ./scripts/setup; or set WXAUTH_PYTHON)",
+            venv.display()
+        );
+        venv.display().to_string()
+    })
 }
 
 /// The dev mode's demo page is a relying party too ("Sign in through OIDC", client `demo-oidc`):
