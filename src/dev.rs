@@ -11,6 +11,10 @@ pub const DEV_OIDC_CLIENT_ID: &str = "demo-oidc";
 /// Its secret: in the repository, so dev only (the production config has no such client).
 pub const DEV_OIDC_CLIENT_SECRET: &str = "dev-only-oidc-secret";
 
+/// The third redirect URI of [`DEV_OIDC_CLIENT_ID`]: the example relying party's
+/// (`examples/oidc-node/serve.js`), run by hand beside `cargo run` (docs/oidc.md).
+pub const DEV_OIDC_EXAMPLE_REDIRECT: &str = "http://127.0.0.1:8083/callback";
+
 /// The simulator's address in dev mode.
 pub const SIM_ADDR: &str = "127.0.0.1:8081";
 
@@ -106,8 +110,10 @@ user = "off"
 
 # The OpenID Provider (docs/oidc.md) with the repository's dev key (the default in development)
 # and the demo page as a relying party.
+# The last redirect URI is the example relying party's, run by hand beside `cargo run`
+# (examples/oidc-node/serve.js, docs/oidc.md).
 [oidc.clients.demo-oidc]
-redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back"]
+redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back", "{DEV_OIDC_EXAMPLE_REDIRECT}"]
 post_logout_redirect_uris = ["http://{demo}/"]
 auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
@@ -134,5 +140,6 @@ mod tests {
         let oidc = settings.oidc.as_deref().expect("the dev mode serves the OpenID Provider");
         assert!(oidc.signing_key.is_dev_key());
         assert_eq!(oidc.clients[0].redirect_uris[0], "http://127.0.0.1:8082/oidc/back");
+        assert_eq!(oidc.clients[0].redirect_uris[2], super::DEV_OIDC_EXAMPLE_REDIRECT);
     }
 }
