@@ -1,7 +1,7 @@
 // The relying party of rp.js as a web application a browser signs in to: openid-client (an
 // OpenID Certified RP library) does every check, this file only serves pages and keeps a
 // session. Driven by tests/api/browser_oidc.rs through headless Chromium; run it by hand beside
-// `cargo run` (docs/oidc.md, "Dev mode"):
+// `cargo run` (docs/oidc.md "Configuration", its dev mode):
 //
 //   node serve.js http://127.0.0.1:8080 demo-oidc dev-only-oidc-secret http://127.0.0.1:8083/callback
 //
