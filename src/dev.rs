@@ -14,6 +14,10 @@ pub const DEV_OIDC_CLIENT_SECRET: &str = "dev-only-oidc-secret";
 /// key): the demo page's "Sign in through OIDC (ES256)"; the same secret and redirect URIs.
 pub const DEV_OIDC_ES256_CLIENT_ID: &str = "demo-oidc-es256";
 
+/// The third redirect URI of [`DEV_OIDC_CLIENT_ID`]: the example relying party's
+/// (`examples/oidc-node/serve.js`), run by hand beside `cargo run` (docs/oidc.md).
+pub const DEV_OIDC_EXAMPLE_REDIRECT: &str = "http://127.0.0.1:8083/callback";
+
 /// The simulator's address in dev mode.
 pub const SIM_ADDR: &str = "127.0.0.1:8081";
 
@@ -109,8 +113,10 @@ user = "off"
 
 # The OpenID Provider (docs/oidc.md) with the repository's dev keys (RSA and EC: the defaults in
 # development) and the demo page as a relying party, once for RS256 and once for ES256.
+# The last redirect URI is the example relying party's, run by hand beside `cargo run`
+# (examples/oidc-node/serve.js, docs/oidc.md).
 [oidc.clients.demo-oidc]
-redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back"]
+redirect_uris = ["http://{demo}/oidc/back", "http://localhost:{demo_port}/oidc/back", "{DEV_OIDC_EXAMPLE_REDIRECT}"]
 post_logout_redirect_uris = ["http://{demo}/"]
 auth_method = "client_secret_basic"
 secret_sha256 = "{oidc_secret}"
@@ -159,5 +165,6 @@ mod tests {
         let es256_client = oidc.client(super::DEV_OIDC_ES256_CLIENT_ID).expect("the ES256 demo client");
         assert_eq!(es256_client.id_token_alg, crate::oidc::Alg::Es256);
         assert_eq!(oidc.clients[0].redirect_uris[0], "http://127.0.0.1:8082/oidc/back");
+        assert_eq!(oidc.clients[0].redirect_uris[2], super::DEV_OIDC_EXAMPLE_REDIRECT);
     }
 }

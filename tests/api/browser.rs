@@ -22,7 +22,7 @@ use wxauth::dev::DevAddrs;
 use wxauth::sim::{Endpoint, SimConfig, Simulator};
 use wxauth::startup::{Application, BuildError};
 
-const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// wxauth (dev-mode settings), the simulator and the demo page, all on free loopback ports.
 struct DevMode {
@@ -77,14 +77,14 @@ impl DevMode {
 }
 
 /// A chromedriver process, its headless Chromium session, and the profile directory.
-struct Browser {
+pub(crate) struct Browser {
     client: Client,
     driver: Child,
     profile: PathBuf,
 }
 
 impl Browser {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let chromium = chromium_binary();
         let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let profile = std::env::temp_dir().join(format!("wxauth-e2e-{}-{}", std::process::id(), wxauth::random_id(8)));
@@ -139,7 +139,7 @@ impl Browser {
 
     /// Runs `scenario` with the browser, then closes the browser whatever happened (so no
     /// Chromium outlives a failed test) and passes a failure on.
-    async fn run<F: AsyncFnOnce(&Client)>(self, scenario: F) {
+    pub(crate) async fn run<F: AsyncFnOnce(&Client)>(self, scenario: F) {
         let outcome = AssertUnwindSafe(scenario(&self.client)).catch_unwind().await;
         let Browser { client, mut driver, profile } = self;
         let _ = client.close().await;
@@ -183,7 +183,7 @@ async fn driver_ready(driver: &mut Child, url: &str) -> bool {
 }
 
 /// Waits for an element on the page the browser is on (or about to land on).
-async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
+pub(crate) async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
     match client.wait().at_most(WAIT).for_element(Locator::Css(css)).await {
         Ok(element) => element,
         Err(e) => {
@@ -194,11 +194,11 @@ async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
     }
 }
 
-async fn click(client: &Client, css: &str) {
+pub(crate) async fn click(client: &Client, css: &str) {
     wait_for(client, css).await.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
-async fn text(client: &Client, css: &str) -> String {
+pub(crate) async fn text(client: &Client, css: &str) -> String {
     wait_for(client, css).await.text().await.unwrap_or_else(|e| panic!("text of {css}: {e}"))
 }
 
@@ -210,7 +210,7 @@ async fn start_mobile_login(client: &Client, dev: &DevMode) {
 }
 
 /// Picks `user` on the consent page and allows.
-async fn allow_as(client: &Client, user: &str) {
+pub(crate) async fn allow_as(client: &Client, user: &str) {
     click(client, &format!("input[name=user][value={user}]")).await;
     click(client, "#allow").await;
 }

@@ -6,6 +6,7 @@ mod app_token;
 mod authorize;
 mod breaker;
 mod browser;
+mod browser_oidc;
 mod chaos;
 mod citations;
 mod cli;
