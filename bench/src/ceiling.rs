@@ -339,7 +339,11 @@ async fn token_signed(redis: ConnectionManager, key: &wxauth::oidc::SigningKey, 
         "id_token": id_token,
         "scope": "openid profile",
     });
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], answer.to_string())
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        answer.to_string(),
+    )
         .into_response()
 }
 
