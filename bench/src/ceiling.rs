@@ -309,11 +309,11 @@ struct Signers {
 /// ratio is what wxauth costs beside the signature, which at ~0.9 ms (RS256, 2048-bit) is 35
 /// times the plain ceiling's whole request: no provider that signs each ID token can come near
 /// 0.7x of a ceiling that does not.
-async fn token_signed(redis: ConnectionManager, key: &wxauth::oidc::SigningKey, body: &[u8]) -> Response {
+async fn token_signed(mut redis: ConnectionManager, key: &wxauth::oidc::SigningKey, body: &[u8]) -> Response {
     let code = url::form_urlencoded::parse(body).find(|(key, _)| key == "code").map(|(_, value)| value.into_owned());
     let Some(code) = code else { return StatusCode::BAD_REQUEST.into_response() };
     let found: redis::RedisResult<Option<Vec<u8>>> =
-        redis::cmd("GETDEL").arg(format!("{FLOW_PREFIX}{code}")).query_async(&mut redis.clone()).await;
+        redis::cmd("GETDEL").arg(format!("{FLOW_PREFIX}{code}")).query_async(&mut redis).await;
     match found {
         Ok(Some(_)) => {}
         Ok(None) => return (StatusCode::BAD_REQUEST, "{\"error\":\"invalid_grant\"}").into_response(),

@@ -420,10 +420,9 @@ async fn a_snapshot_page_user_is_access_denied(backend: Backend) {
     assert_eq!(param(&back, "code"), None);
 }
 
-async fn a_wechat_ids_client_gets_the_openid_and_may_skip_pkce(backend: Backend) {
-    let app = provider(backend).await;
-    let back =
-        through_wechat(&app, &authorize(&app, &authorize_query("poster", POSTER_REDIRECT, "")).await, "bob").await;
+/// Bob signs in to `poster` (no PKCE, `client_secret_post`): the token endpoint's status and answer.
+async fn poster_signs_in(app: &TestApp) -> (u16, serde_json::Value) {
+    let back = through_wechat(app, &authorize(app, &authorize_query("poster", POSTER_REDIRECT, "")).await, "bob").await;
     let form = [
         ("grant_type", "authorization_code"),
         ("code", &param(&back, "code").expect("code")),
@@ -431,7 +430,13 @@ async fn a_wechat_ids_client_gets_the_openid_and_may_skip_pkce(backend: Backend)
         ("client_id", "poster"),
         ("client_secret", POSTER_SECRET),
     ];
-    let (status, answer, _) = token(&app, &form, None).await;
+    let (status, answer, _) = token(app, &form, None).await;
+    (status, answer)
+}
+
+async fn a_wechat_ids_client_gets_the_openid_and_may_skip_pkce(backend: Backend) {
+    let app = provider(backend).await;
+    let (status, answer) = poster_signs_in(&app).await;
     assert_eq!(status, 200, "{answer}");
     let claims = verified(&jwks(&app).await, answer["id_token"].as_str().expect("id_token"));
     assert_eq!(claims["openid"].as_str(), app.sim.openid(crate::helpers::MP_APPID, "bob").as_deref());
@@ -507,16 +512,7 @@ async fn an_es256_client_gets_an_es256_id_token_and_an_rs256_client_still_rs256(
     assert_eq!((claims["aud"].as_str(), claims["nonce"].as_str()), (Some(GRAFANA), Some("n-1")));
 
     // `poster` registered nothing: RS256 under the RSA key, as before.
-    let back =
-        through_wechat(&app, &authorize(&app, &authorize_query("poster", POSTER_REDIRECT, "")).await, "bob").await;
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", &param(&back, "code").expect("code")),
-        ("redirect_uri", POSTER_REDIRECT),
-        ("client_id", "poster"),
-        ("client_secret", POSTER_SECRET),
-    ];
-    let (status, poster, _) = token(&app, &form, None).await;
+    let (status, poster) = poster_signs_in(&app).await;
     assert_eq!(status, 200, "{poster}");
     let rs256_token = poster["id_token"].as_str().expect("id_token");
     assert_eq!(jws_header(rs256_token)["kid"], "k2");
