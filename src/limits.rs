@@ -55,23 +55,38 @@ fn take(bucket: &DefaultDirectRateLimiter) -> Result<(), Duration> {
     bucket.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
 }
 
+/// Each client's buckets by its name, one per family of its kind (gRPC or provider), built once
+/// at start-up: the one lookup both kinds of limiter make.
+struct Buckets(HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>);
+
+impl Buckets {
+    fn new<'a>(clients: impl Iterator<Item = (&'a str, [Option<Rate>; 3])>) -> Self {
+        Self(clients.map(|(name, rates)| (name.to_owned(), rates.map(|rate| rate.map(bucket)))).collect())
+    }
+
+    /// Takes one request from `name`'s bucket `index` (none: not limited), or answers how long
+    /// until it has one again.
+    fn take(&self, name: &str, index: usize) -> Result<(), Duration> {
+        self.0.get(name).and_then(|l| l[index].as_ref()).map_or(Ok(()), take)
+    }
+}
+
 /// Every client's buckets, built once at start-up and shared by all requests.
 pub(crate) struct RateLimiters {
-    by_client: HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>,
+    buckets: Buckets,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for RateLimiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiters").field("clients", &self.by_client.len()).finish_non_exhaustive()
+        f.debug_struct("RateLimiters").field("clients", &self.buckets.0.len()).finish_non_exhaustive()
     }
 }
 
 impl RateLimiters {
     /// A full bucket for each limited family of each client.
     pub(crate) fn new(clients: &[Client], metrics: Arc<Metrics>) -> Self {
-        let by_client = clients.iter().map(|c| (c.name.clone(), c.limits.rates.map(|rate| rate.map(bucket)))).collect();
-        Self { by_client, metrics }
+        Self { buckets: Buckets::new(clients.iter().map(|c| (c.name.as_str(), c.limits.rates))), metrics }
     }
 
     /// Takes one request from the client's bucket for `method`'s family, or refuses with
@@ -79,10 +94,7 @@ impl RateLimiters {
     /// in `wxauth_client_refusals_total`).
     pub(crate) fn check(&self, client: &Client, method: &str) -> Result<(), ApiError> {
         let family = family_of_method(method);
-        let Some(limiter) = self.by_client.get(&client.name).and_then(|l| l[family.index()].as_ref()) else {
-            return Ok(());
-        };
-        take(limiter).map_err(|retry_after| {
+        self.buckets.take(&client.name, family.index()).map_err(|retry_after| {
             let error = ApiError::ClientRateLimited { family: family.as_str(), retry_after };
             self.metrics.client_refusals.with_label_values(&[&client.name, family.as_str(), error.reason()]).inc();
             error
@@ -92,13 +104,13 @@ impl RateLimiters {
 
 /// Every relying party's buckets at the provider's endpoints, built once at start-up.
 pub(crate) struct OidcLimiters {
-    by_client: HashMap<String, [Option<DefaultDirectRateLimiter>; 3]>,
+    buckets: Buckets,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for OidcLimiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcLimiters").field("clients", &self.by_client.len()).finish_non_exhaustive()
+        f.debug_struct("OidcLimiters").field("clients", &self.buckets.0.len()).finish_non_exhaustive()
     }
 }
 
@@ -108,18 +120,14 @@ const RATE_LIMITED: &str = "CLIENT_RATE_LIMITED";
 impl OidcLimiters {
     /// A full bucket for each limited family of each relying party.
     pub(crate) fn new(clients: &[OidcClient], metrics: Arc<Metrics>) -> Self {
-        let by_client = clients.iter().map(|c| (c.id.clone(), c.limits.rates.map(|rate| rate.map(bucket)))).collect();
-        Self { by_client, metrics }
+        Self { buckets: Buckets::new(clients.iter().map(|c| (c.id.as_str(), c.limits.rates))), metrics }
     }
 
     /// Takes one request from the party's `family` bucket, or answers how long until it has
     /// one again (counted in `wxauth_client_refusals_total` under the client `oidc:<id>`, the
     /// name its flows are kept under, so it never meets a gRPC client's).
     pub(crate) fn check(&self, client: &OidcClient, family: OidcFamily) -> Result<(), Duration> {
-        let Some(limiter) = self.by_client.get(&client.id).and_then(|l| l[family.index()].as_ref()) else {
-            return Ok(());
-        };
-        take(limiter).inspect_err(|_| {
+        self.buckets.take(&client.id, family.index()).inspect_err(|_| {
             self.metrics.client_refusals.with_label_values(&[&client.caller(), family.as_str(), RATE_LIMITED]).inc();
         })
     }
