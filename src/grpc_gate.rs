@@ -193,7 +193,15 @@ where
                 Route::Api | Route::Health => {
                     let peer = peer(&request);
                     let (parts, body) = request.into_parts();
-                    match tokio::time::timeout(shared.body_timeout, preread(body)).await {
+                    // A unary call's one small message has usually arrived with its HEADERS: read
+                    // once without a timer, and arm `body_timeout` only for a body still under
+                    // way (a timer per call was ~3 % of a one-read RPC's instructions).
+                    let mut read = std::pin::pin!(preread(body));
+                    let read = match futures::poll!(read.as_mut()) {
+                        Poll::Ready(read) => Ok(read),
+                        Poll::Pending => tokio::time::timeout(shared.body_timeout, read).await,
+                    };
+                    match read {
                         Ok(Ok(body)) => Request::from_parts(parts, body),
                         Ok(Err(too_large)) => return Ok(shared.refuse("body_too_large", &answer(&too_large), peer)),
                         Err(_) => return Ok(shared.refuse("body_timeout", &shared.body_timeout_answer, peer)),

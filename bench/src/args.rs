@@ -27,6 +27,10 @@ load:
                        (default: all but refresh, which coalesces on two users and has no ceiling,
                        and mini, accounts, apptoken, jssdk, oidc-token and oidc-token-es256)
   --no-ceilings        measure wxauth only
+  --interleave N       measure build, userinfo, apptoken and jssdk in N slices alternating with
+                       their ceiling's (each slice a 1/N of --warmup and of --duration), so the
+                       machine's drift during a run moves both sides alike (default 8; 1: the
+                       operation's whole window, then the ceiling's, as the other operations)
 
 what runs:
   --wxauth-bin PATH    the wxauth binary (default: next to this one, built first under cargo run)
@@ -110,6 +114,7 @@ pub struct Args {
     pub channels: usize,
     pub ops: BTreeSet<Op>,
     pub ceilings: bool,
+    pub interleave: u32,
     pub wxauth_bin: Option<PathBuf>,
     pub log_level: String,
     pub redis: Option<String>,
@@ -131,6 +136,7 @@ impl Args {
             channels: 4,
             ops: [Op::Build, Op::Relay, Op::Exchange, Op::UserInfo, Op::Validate].into(),
             ceilings: true,
+            interleave: 8,
             wxauth_bin: None,
             log_level: "info".into(),
             redis: None,
@@ -152,6 +158,7 @@ impl Args {
                 "--channels" => args.channels = value()?.parse().context("--channels: a whole number")?,
                 "--ops" => args.ops = value()?.split(',').map(|s| Op::parse(s.trim())).collect::<Result<_, _>>()?,
                 "--no-ceilings" => args.ceilings = false,
+                "--interleave" => args.interleave = value()?.parse().context("--interleave: a whole number")?,
                 "--wxauth-bin" => args.wxauth_bin = Some(value()?.into()),
                 "--log-level" => args.log_level = value()?,
                 "--redis" => args.redis = Some(value()?),
@@ -166,8 +173,8 @@ impl Args {
                 other => bail!("unknown flag {other:?}\n\n{USAGE}"),
             }
         }
-        if args.concurrency == 0 || args.channels == 0 {
-            bail!("--concurrency and --channels must be at least 1");
+        if args.concurrency == 0 || args.channels == 0 || args.interleave == 0 {
+            bail!("--concurrency, --channels and --interleave must be at least 1");
         }
         if args.grpc.is_some() != args.relay.is_some() {
             bail!("--grpc and --relay go together (a running wxauth has both)");

@@ -70,6 +70,19 @@ impl Sample {
     pub fn error_total(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Adds `other`, another window of the same operation (the slices of an interleaved phase):
+    /// its requests, time, latencies and errors.
+    pub fn absorb(&mut self, other: Sample) {
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.exhausted |= other.exhausted;
+    }
 }
 
 /// A latency histogram from 1 µs to 60 s with three significant digits.
@@ -190,6 +203,24 @@ mod tests {
         assert_eq!(pool.take(), Some("a"));
         assert_eq!(pool.remaining(), 1);
         assert_eq!(pool.into_unused(), vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn absorbed_windows_add_up() {
+        let window = |requests: u64, micros: u64, error: Option<&str>| {
+            let mut latency = histogram();
+            latency.saturating_record(micros);
+            let errors = error.map(|e| (e.to_owned(), 1)).into_iter().collect();
+            Sample { requests, elapsed: Duration::from_millis(500), latency, errors, exhausted: false }
+        };
+        let mut sample = window(1000, 100, Some("grpc:Unavailable"));
+        sample.absorb(window(3000, 900, Some("grpc:Unavailable")));
+        assert_eq!(sample.requests, 4000);
+        assert_eq!(sample.elapsed, Duration::from_secs(1));
+        assert_eq!(sample.rps(), 4000.0);
+        assert_eq!(sample.latency.len(), 2);
+        assert_eq!(sample.max_us(), sample.latency.highest_equivalent(900));
+        assert_eq!(sample.errors.get("grpc:Unavailable"), Some(&2));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use wxauth::proto::{self, we_chat_o_auth_service_client::WeChatOAuthServiceClien
 use wxauth::relay::CALLBACK_PATH;
 use wxauth::sim::Simulator;
 use wxauth_bench::ceiling;
-use wxauth_bench::load::{self, Plan, Pool};
+use wxauth_bench::load::{self, Plan, Pool, Sample};
 use wxauth_bench::procs::{self, Memory};
 use wxauth_bench::report::{Row, Side};
 
@@ -86,11 +86,14 @@ impl Bench {
     async fn build_phases(&mut self) -> (Vec<String>, Vec<String>) {
         let sink = Arc::new(Mutex::new(Vec::new()));
         let op = build_op(self.wxauth.clone(), self.auth.clone(), &self.args.return_url, Arc::clone(&sink), None);
-        self.phase(Side::Wxauth, "BuildAuthorizeUrl", "auth, validate, allowlist, seal, SET NX PX", op).await;
-        let wx_flows = take(&sink);
-        let mut ceiling_flows = Vec::new();
-        self.ceiling_set(&mut ceiling_flows).await;
-        (wx_flows, ceiling_flows)
+        let wx = Named { name: "BuildAuthorizeUrl", work: "auth, validate, allowlist, seal, SET NX PX", op };
+        let collected = Arc::new(Mutex::new(Vec::new()));
+        let ceiling = self.ceiling.clone().map(|(clients, _, _)| {
+            let op = build_op(clients, self.auth.clone(), &self.args.return_url, Arc::clone(&collected), None);
+            Named { name: "tonic SET", work: "SET PX of 200 bytes", op }
+        });
+        self.against(wx, ceiling).await;
+        (take(&sink), take(&collected))
     }
 
     /// The relay's ceilings (`GETDEL`, then `GETDEL` + `SET NX`), then the relay, each on flows
@@ -156,7 +159,8 @@ impl Bench {
         let sim_tokens = self.sim_tokens().await?;
         if ops.contains(&Op::UserInfo) {
             let op = userinfo_op(self.wxauth.clone(), self.auth.clone(), openids.clone(), false);
-            self.phase(Side::Wxauth, "GetUserInfo", "GET cached profile, open", op).await;
+            let wx = Named { name: "GetUserInfo", work: "MGET claim + cached profile, open both", op };
+            self.against(wx, self.get_ceiling(&openids)).await;
             // Its twin through the JSON face (issue 23): the same call, as JSON over HTTP/1.1.
             let (url, key) = (format!("{}/wxauth.v1.WeChatOAuthService/GetUserInfo", self.wxauth_json), &self.args.key);
             let op = userinfo_json_op(self.http.clone(), url, key, openids.clone());
@@ -206,19 +210,25 @@ impl Bench {
     /// run): wxauth reads the sealed token (fetched from the simulator during the warm-up) and,
     /// for the signature, the sealed ticket after it, and SHA-1s the page's string.
     async fn app_level_phases(&mut self, ops: &BTreeSet<Op>) {
+        // The ceiling's GET ignores the openid.
+        let openids = ["o-ceiling".to_owned()];
         if ops.contains(&Op::AppToken) {
             let op = app_token_op(self.wxauth.clone(), self.auth.clone());
-            self.phase(Side::Wxauth, "GetAppAccessToken", "auth, grant, GET sealed token, open", op).await;
+            let wx = Named { name: "GetAppAccessToken", work: "auth, grant, GET sealed token, open", op };
+            self.against(wx, self.get_ceiling(&openids)).await;
         }
         if ops.contains(&Op::Jssdk) {
             let op = jssdk_op(self.wxauth.clone(), self.auth.clone());
             let work = "auth, grant, URL under the client's patterns, GET sealed token then ticket, open, SHA-1";
-            self.phase(Side::Wxauth, "SignJsSdkConfig", work, op).await;
+            self.against(Named { name: "SignJsSdkConfig", work, op }, self.get_ceiling(&openids)).await;
         }
-        if ops.contains(&Op::AppToken) || ops.contains(&Op::Jssdk) {
-            // The ceiling's GET ignores the openid.
-            self.ceiling_get(&["o-ceiling".to_owned()]).await;
-        }
+    }
+
+    /// The `GET` ceiling's phase, to measure beside an operation ([`Bench::against`]).
+    fn get_ceiling(&self, openids: &[String]) -> Option<Named> {
+        let (clients, _, _) = self.ceiling.clone()?;
+        let op = userinfo_op(clients, self.auth.clone(), openids.to_vec(), false);
+        Some(Named { name: "tonic GET", work: "GET of 300 bytes", op })
     }
 
     /// The `SET` ceiling, once per run; its flows go to `sink` for the relay ceiling.
@@ -235,12 +245,12 @@ impl Bench {
 
     /// The `GET` ceiling, once per run.
     async fn ceiling_get(&mut self, openids: &[String]) {
-        let Some((clients, _, _)) = self.ceiling.clone() else { return };
         if self.rps(Side::Ceiling, "tonic GET").is_some() {
             return;
         }
-        let op = userinfo_op(clients, self.auth.clone(), openids.to_vec(), false);
-        self.phase(Side::Ceiling, "tonic GET", "GET of 300 bytes", op).await;
+        if let Some(c) = self.get_ceiling(openids) {
+            self.phase(Side::Ceiling, c.name, c.work, c.op).await;
+        }
     }
 
     /// The requests per second of a phase already run, if it was.
@@ -250,34 +260,117 @@ impl Bench {
 
     /// Runs one timed phase, prints its JSON line, and keeps its row.
     pub(crate) async fn phase(&mut self, side: Side, name: &'static str, work: &'static str, op: OpFn) {
-        let pid = match side {
+        eprintln!("{:<8} {name}: {:?} warm-up, {:?} timed …", side_name(side), self.args.warmup, self.args.duration);
+        let pid = self.pid_of(side, name);
+        let reset = pid.is_some_and(procs::reset_peak);
+        let (sample, cpu_us) = self.timed(pid, self.args.plan(), &op).await;
+        self.keep(Measured { side, name, work, sample, cpu_us, pid, reset, interleaved_with: None });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// wxauth's operation `wx` and its ceiling `ceiling`, in `--interleave` slices that alternate
+    /// (each a 1/N of the warm-up and of the window): a drift of the machine's speed during the
+    /// run (two shared cores, other tenants) then moves both sides alike, and the ratio between
+    /// them holds still where two windows measured one after the other do not (BENCHMARKS.md).
+    /// Interleaved, the ceiling is measured anew beside each operation (its row names the
+    /// operation). With `--interleave 1` the phases run one after the other as every other
+    /// operation's, the ceiling once per run.
+    pub(crate) async fn against(&mut self, wx: Named, ceiling: Option<Named>) {
+        let rounds = self.args.interleave;
+        let ceiling = ceiling.filter(|_| self.ceiling.is_some());
+        let ceiling = match ceiling {
+            Some(ceiling) if rounds > 1 => ceiling,
+            ceiling => {
+                self.phase(Side::Wxauth, wx.name, wx.work, wx.op).await;
+                if let Some(c) = ceiling.filter(|c| self.rps(Side::Ceiling, c.name).is_none()) {
+                    self.phase(Side::Ceiling, c.name, c.work, c.op).await;
+                }
+                return;
+            }
+        };
+        let plan = Plan {
+            concurrency: self.args.concurrency,
+            warmup: self.args.warmup / rounds,
+            duration: self.args.duration / rounds,
+        };
+        eprintln!(
+            "wxauth   {} and ceiling {}, interleaved: {rounds} × ({:?} warm-up, {:?} timed) each …",
+            wx.name, ceiling.name, plan.warmup, plan.duration
+        );
+        let sides = [(Side::Wxauth, &wx), (Side::Ceiling, &ceiling)];
+        let pids = sides.map(|(side, named)| self.pid_of(side, named.name));
+        let resets = pids.map(|pid| pid.is_some_and(procs::reset_peak));
+        let mut totals: [Option<(Sample, Option<u64>)>; 2] = [None, None];
+        for _ in 0..rounds {
+            for (i, (_, named)) in sides.iter().enumerate() {
+                let (sample, cpu_us) = self.timed(pids[i], plan, &named.op).await;
+                totals[i] = Some(match totals[i].take() {
+                    None => (sample, cpu_us),
+                    Some((mut sum, sum_cpu)) => {
+                        sum.absorb(sample);
+                        (sum, sum_cpu.zip(cpu_us).map(|(a, b)| a + b))
+                    }
+                });
+            }
+        }
+        for (i, (side, named)) in sides.into_iter().enumerate() {
+            let Some((sample, cpu_us)) = totals[i].take() else { continue };
+            let interleaved_with = (side == Side::Ceiling).then_some(wx.name);
+            let (name, work, pid, reset) = (named.name, named.work, pids[i], resets[i]);
+            self.keep(Measured { side, name, work, sample, cpu_us, pid, reset, interleaved_with });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// The process serving `side`'s phase `name`, when it is a child whose CPU and memory can be read.
+    fn pid_of(&self, side: Side, name: &str) -> Option<u32> {
+        match side {
             Side::Wxauth => self.wxauth_pid,
             Side::Ceiling if name.starts_with("sim ") => None,
             Side::Ceiling => self.ceiling.as_ref().map(|c| c.2),
-        };
-        eprintln!("{:<8} {name}: {:?} warm-up, {:?} timed …", side_name(side), self.args.warmup, self.args.duration);
-        let reset = pid.is_some_and(procs::reset_peak);
-        // The server's CPU time over the timed window, read beside the load.
-        let (warmup, duration) = (self.args.warmup, self.args.duration);
+        }
+    }
+
+    /// One warm-up and timed window of `op` under `plan`; with the CPU time `pid` spent in the
+    /// timed window, read beside the load.
+    async fn timed(&self, pid: Option<u32>, plan: Plan, op: &OpFn) -> (Sample, Option<u64>) {
         let cpu = async move {
             let pid = pid?;
-            tokio::time::sleep(warmup).await;
+            tokio::time::sleep(plan.warmup).await;
             let before = procs::cpu_us(pid)?;
-            tokio::time::sleep(duration).await;
+            tokio::time::sleep(plan.duration).await;
             Some(procs::cpu_us(pid)?.saturating_sub(before))
         };
-        let (sample, cpu_us) = tokio::join!(load::run(self.args.plan(), move |worker| op(worker)), cpu);
-        let memory = pid.and_then(procs::memory).map(|m| if reset { m } else { Memory { peak_kib: m.peak_kib, ..m } });
+        let op = Arc::clone(op);
+        tokio::join!(load::run(plan, move |worker| op(worker)), cpu)
+    }
+
+    /// A phase's row from what it measured: printed as a JSON line, kept for the report.
+    fn keep(&mut self, m: Measured) {
+        let memory = m
+            .pid
+            .and_then(procs::memory)
+            .map(|mem| if m.reset { mem } else { Memory { peak_kib: mem.peak_kib, ..mem } });
         // A window cut short (fresh flows ran out) has no CPU figure that matches its requests.
-        let cpu_us_per_request =
-            cpu_us.filter(|_| !sample.exhausted && sample.requests > 0).map(|us| us as f64 / sample.requests as f64);
-        let row = Row { side, name, work, concurrency: self.args.concurrency, sample, memory, cpu_us_per_request };
+        let cpu_us_per_request = m
+            .cpu_us
+            .filter(|_| !m.sample.exhausted && m.sample.requests > 0)
+            .map(|us| us as f64 / m.sample.requests as f64);
+        let row = Row {
+            side: m.side,
+            name: m.name,
+            work: m.work,
+            concurrency: self.args.concurrency,
+            sample: m.sample,
+            memory,
+            cpu_us_per_request,
+            interleaved_with: m.interleaved_with,
+        };
         println!("{}", row.json());
         if row.sample.error_total() > 0 {
             eprintln!("         errors: {:?}", row.sample.errors);
         }
         self.rows.push(row);
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// Tops `ids` up to `want` fresh flows with untimed BuildAuthorizeUrl calls.
@@ -361,6 +454,25 @@ impl Bench {
         }
         Ok(tokens)
     }
+}
+
+/// One side of [`Bench::against`]: the phase's name, its work in a few words, its request.
+pub(crate) struct Named {
+    pub name: &'static str,
+    pub work: &'static str,
+    pub op: OpFn,
+}
+
+/// What one phase (or one side of an interleaved pair) measured, before it is a row.
+struct Measured {
+    side: Side,
+    name: &'static str,
+    work: &'static str,
+    sample: Sample,
+    cpu_us: Option<u64>,
+    pid: Option<u32>,
+    reset: bool,
+    interleaved_with: Option<&'static str>,
 }
 
 /// How the progress lines name a side.

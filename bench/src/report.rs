@@ -46,6 +46,10 @@ pub struct Row {
     /// steadier than throughput on shared cores (the client and Redis take their share of the
     /// cores whatever the server does), and what the server alone controls.
     pub cpu_us_per_request: Option<f64>,
+    /// For a ceiling measured in slices alternating with one wxauth operation's (`--interleave`),
+    /// that operation: its ratio is taken against this row, not another measurement of the
+    /// same ceiling made beside another operation.
+    pub interleaved_with: Option<&'static str>,
 }
 
 impl Row {
@@ -69,6 +73,7 @@ impl Row {
             "pool_exhausted": s.exhausted,
             "peak_rss_kib": self.memory.map(|m| m.peak_kib),
             "cpu_us_per_request": self.cpu_us_per_request.map(|us| round(us, 2)),
+            "interleaved_with": self.interleaved_with,
         })
     }
 }
@@ -207,13 +212,21 @@ fn find<'a>(rows: &'a [Row], side: Side, name: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.side == side && r.name == name)
 }
 
+/// The ceiling `name` as measured for `op`: the slices interleaved with `op`'s, if the run
+/// made them, else the ceiling's one measurement.
+fn ceiling_for<'a>(rows: &'a [Row], name: &str, op: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.side == Side::Ceiling && r.name == name && r.interleaved_with == Some(op))
+        .or_else(|| find(rows, Side::Ceiling, name))
+}
+
 /// The ratios of every operation measured along with its ceilings.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
     COMPARISONS
         .iter()
         .filter_map(|c| {
             let op = find(rows, Side::Wxauth, c.op)?;
-            let ceilings = c.ceilings.iter().map(|name| find(rows, Side::Ceiling, name)).collect::<Option<Vec<_>>>()?;
+            let ceilings = c.ceilings.iter().map(|name| ceiling_for(rows, name, c.op)).collect::<Option<Vec<_>>>()?;
             let reference = ceilings.iter().min_by(|a, b| a.sample.rps().total_cmp(&b.sample.rps()))?;
             let composed_rps = 1.0 / ceilings.iter().map(|r| 1.0 / r.sample.rps().max(f64::MIN_POSITIVE)).sum::<f64>();
             Some(Ratio {
@@ -306,6 +319,8 @@ pub fn table(rows: &[Row], ratios: &[Ratio], checks: &[Check], idle: Option<Memo
         let cpu = r.cpu_us_per_request.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
         let exhausted = if s.exhausted {
             format!(" (fresh flows ran out after {:.1} s)", s.elapsed.as_secs_f64())
+        } else if let Some(op) = r.interleaved_with {
+            format!(" (in slices alternating with {op})")
         } else {
             String::new()
         };

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
+use futures::future::Either;
 use tonic::body::Body;
 use tonic::codegen::Bytes;
 use tonic::codegen::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -107,28 +108,29 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    /// gRPC calls pass through as the inner service's own future (no box of their own).
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         // gRPC calls, health, reflection: not the face's.
         if !request.uri().path().starts_with(API_PREFIX) || is_grpc(request.headers()) {
-            return Box::pin(inner.call(request));
+            return Either::Left(self.inner.call(request));
         }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (request, reply) = match rewrite(&self.schema, request) {
             Ok(rewritten) => rewritten,
-            Err(refusal) => return Box::pin(async move { Ok(*refusal) }),
+            Err(refusal) => return Either::Right(Box::pin(async move { Ok(*refusal) })),
         };
         let schema = Arc::clone(&self.schema);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let response = inner.call(request).await?;
             Ok(answer(&schema, &reply, response).await)
-        })
+        }))
     }
 }
 

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
 use tonic::body::Body;
@@ -148,25 +149,26 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    /// gRPC calls pass through as the inner service's own future (no box of their own).
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Some(call) = request.extensions().get::<ConnectCall>().cloned() else {
+            return Either::Left(self.inner.call(request));
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let Some(call) = request.extensions().get::<ConnectCall>().cloned() else {
-                return inner.call(request).await;
-            };
+        Either::Right(Box::pin(async move {
             let (parts, body) = request.into_parts();
             match reframe(&call, body).await {
                 Ok(body) => inner.call(Request::from_parts(parts, body)).await,
                 Err(status) => Ok(status.into_http()),
             }
-        })
+        }))
     }
 }
 

@@ -37,9 +37,12 @@ impl OAuthService {
             telemetry::adopt_remote_parent(&span, request.metadata());
             span
         } else {
-            // For log lines alone: the method is all they need (formatting the others for every
-            // RPC was ~3 % of BuildAuthorizeUrl's CPU).
-            tracing::info_span!("rpc", rpc.method = method)
+            // For log lines alone, and only at DEBUG: making, formatting and closing even a
+            // one-field span through the log layer was ~6 % of a cached GetUserInfo's
+            // instructions (issue 19; `scripts/instructions userinfo`). At the default level a
+            // line logged inside an RPC has no `rpc` context; the one line a failed RPC writes
+            // (below) names the method itself, as a failed store call names its operation.
+            tracing::debug_span!("rpc", rpc.method = method)
         };
         let started = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata());
