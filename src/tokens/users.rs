@@ -85,7 +85,9 @@ impl Tokens {
                 Ok(value) => value.found(),
                 Err(_) => Some(false),
             };
-            return Err(self.unreached(app, openid, client, known).await);
+            // Boxed: a refusal's reads stay out of every reachable read's future (moved whole
+            // at each await of the hot path; issue 19).
+            return Err(Box::pin(self.unreached(app, openid, client, known)).await);
         };
         Ok(Grant::of(&claim, app.kind))
     }
@@ -164,6 +166,20 @@ impl Tokens {
             who
         };
         self.metrics.profile_cache.with_label_values(&[if use_cache { "miss" } else { "skipped" }]).inc();
+        // Boxed: the WeChat call, the refresh it may need and the cache write make a future of
+        // ~3.4 KB that a cache hit would otherwise carry (and copy at each await) too.
+        Box::pin(self.userinfo_fetched(app, openid, lang, who)).await
+    }
+
+    /// [`Self::userinfo`] past the cache: the profile from WeChat, then cached.
+    async fn userinfo_fetched(
+        self: &Arc<Self>,
+        app: &App,
+        openid: &str,
+        lang: Lang,
+        who: UsersRule<'_>,
+    ) -> Result<CachedProfile, ApiError> {
+        let max_age = self.policy.profile_cache;
         let (profile, record) = self.userinfo_upstream(app, openid, lang, who).await?;
         let now = self.clock.now_secs();
         let fetched = CachedProfile { profile, fetched_at: now };

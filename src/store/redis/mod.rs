@@ -116,7 +116,9 @@ impl SentinelMaster {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
-        let conn = sentinels.get_async_connection_with_config(&self.config).await?;
+        // Boxed: the Sentinel lookup's future is ~3.3 KB, and inline it made every store call's
+        // future (each boxed once per call, whichever topology) that big (issue 19).
+        let conn = Box::pin(sentinels.get_async_connection_with_config(&self.config)).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
