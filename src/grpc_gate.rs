@@ -195,7 +195,7 @@ where
                     let (parts, body) = request.into_parts();
                     // A unary call's one small message has usually arrived with its HEADERS: read
                     // once without a timer, and arm `body_timeout` only for a body still under
-                    // way (a timer per call was ~3 % of a one-read RPC's instructions).
+                    // way (the timer showed as ~2.5 % of a cached GetUserInfo's instructions).
                     let mut read = std::pin::pin!(preread(body));
                     let read = match futures::poll!(read.as_mut()) {
                         Poll::Ready(read) => Ok(read),
