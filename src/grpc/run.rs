@@ -39,9 +39,10 @@ impl OAuthService {
         } else {
             // For log lines alone, and only at DEBUG: making, formatting and closing even a
             // one-field span through the log layer for every call showed as ~4-5 % of a cached
-            // GetUserInfo's instructions in callgrind (issue 19; `scripts/instructions userinfo`). At the default level a
-            // line logged inside an RPC has no `rpc` context; the one line a failed RPC writes
-            // (below) names the method itself, as a failed store call names its operation.
+            // GetUserInfo's instructions in callgrind (issue 19; `scripts/instructions
+            // userinfo`). At the default level a line logged inside an RPC has no `rpc` context;
+            // the one line a failed RPC writes (below) names the method itself, as a failed
+            // store call names its operation.
             tracing::debug_span!("rpc", rpc.method = method)
         };
         let started = std::time::Instant::now();
