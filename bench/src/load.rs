@@ -50,6 +50,11 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// No requests in no time: what [`Sample::absorb`] adds windows to.
+    pub fn empty() -> Self {
+        Sample { requests: 0, elapsed: Duration::ZERO, latency: histogram(), errors: BTreeMap::new(), exhausted: false }
+    }
+
     /// Requests per second over the window.
     pub fn rps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -136,8 +141,7 @@ where
         })
         .collect();
 
-    let mut sample =
-        Sample { requests: 0, elapsed: plan.duration, latency: histogram(), errors: BTreeMap::new(), exhausted: false };
+    let mut sample = Sample { elapsed: plan.duration, ..Sample::empty() };
     let mut first_exhausted: Option<Instant> = None;
     for worker in workers {
         let Ok((requests, latency, errors, exhausted_at)) = worker.await else {
@@ -213,7 +217,8 @@ mod tests {
             let errors = error.map(|e| (e.to_owned(), 1)).into_iter().collect();
             Sample { requests, elapsed: Duration::from_millis(500), latency, errors, exhausted: false }
         };
-        let mut sample = window(1000, 100, Some("grpc:Unavailable"));
+        let mut sample = Sample::empty();
+        sample.absorb(window(1000, 100, Some("grpc:Unavailable")));
         sample.absorb(window(3000, 900, Some("grpc:Unavailable")));
         assert_eq!(sample.requests, 4000);
         assert_eq!(sample.elapsed, Duration::from_secs(1));

@@ -300,21 +300,17 @@ impl Bench {
         let sides = [(Side::Wxauth, &wx), (Side::Ceiling, &ceiling)];
         let pids = sides.map(|(side, named)| self.pid_of(side, named.name));
         let resets = pids.map(|pid| pid.is_some_and(procs::reset_peak));
-        let mut totals: [Option<(Sample, Option<u64>)>; 2] = [None, None];
+        // Each side's sum over its slices; its CPU time while every slice could read it.
+        let mut totals = pids.map(|pid| (Sample::empty(), pid.map(|_| 0u64)));
         for _ in 0..rounds {
             for (i, (_, named)) in sides.iter().enumerate() {
                 let (sample, cpu_us) = self.timed(pids[i], plan, &named.op).await;
-                totals[i] = Some(match totals[i].take() {
-                    None => (sample, cpu_us),
-                    Some((mut sum, sum_cpu)) => {
-                        sum.absorb(sample);
-                        (sum, sum_cpu.zip(cpu_us).map(|(a, b)| a + b))
-                    }
-                });
+                let (sum, sum_cpu) = &mut totals[i];
+                sum.absorb(sample);
+                *sum_cpu = sum_cpu.zip(cpu_us).map(|(a, b)| a + b);
             }
         }
-        for (i, (side, named)) in sides.into_iter().enumerate() {
-            let Some((sample, cpu_us)) = totals[i].take() else { continue };
+        for (i, ((side, named), (sample, cpu_us))) in sides.into_iter().zip(totals).enumerate() {
             let interleaved_with = (side == Side::Ceiling).then_some(wx.name);
             let (name, work, pid, reset) = (named.name, named.work, pids[i], resets[i]);
             self.keep(Measured { side, name, work, sample, cpu_us, pid, reset, interleaved_with });
