@@ -397,8 +397,16 @@ impl AsyncWrite for GrpcConnection {
         Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
     }
 
+    /// No, on purpose: h2 decides from this how it writes DATA frames. Told "vectored", it
+    /// keeps every payload of 256 bytes or more in a buffer of its own and flushes before the
+    /// next frame, so each such answer costs a `writev` of its own (a BuildAuthorizeUrl's two
+    /// URLs, most profiles). Told otherwise, it copies payloads up to 1 KiB into its 16 KiB
+    /// write buffer and sends many answers in one `write`. Measured (issue 19, BENCHMARKS.md):
+    /// BuildAuthorizeUrl's write calls per request fell from 2.1 to 1.2, and its throughput
+    /// from 0.69x to 0.77x of the tonic SET ceiling. Payloads over 1 KiB (rare here) take two
+    /// `write`s instead of one `writev`.
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        false
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
