@@ -34,6 +34,17 @@ pub fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]
     crate::store::open_record(keys, key, sealed)
 }
 
+/// Opens a cached profile as the store does: the seal, then its own form (protobuf behind a
+/// format byte) or the JSON of earlier versions.
+pub fn open_profile_record(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<crate::store::CachedProfile> {
+    crate::store::open_profile_record(keys, key, sealed)
+}
+
+/// Reads an opened plaintext as a cached profile, as [`open_profile_record`] does after opening.
+pub fn profile_plaintext(plain: &[u8]) -> Option<crate::store::CachedProfile> {
+    crate::store::decode_profile_record(plain)
+}
+
 /// `/oidc/authorize`'s reading of a query for the fixture clients (`rp`, confidential, and
 /// `spa`, public; both redirect to `https://rp.example.com/cb` and require PKCE): `Err("page")`
 /// when it cannot answer a client, `Err(error)` for an OAuth error to the redirect URI, else the

@@ -1,7 +1,8 @@
 //! Opening stored records, as the store opens what Redis (or anyone with write access to it)
 //! hands back. Two parts per input:
 //! - the input opened as a sealed record under a fixed keyring: never panics, and whatever
-//!   opens decodes (or not) as each record type without panicking;
+//!   opens decodes (or not) as each record type without panicking (the cached profile in its
+//!   own form too);
 //! - a structured round trip: the input sealed as a record's plaintext under the sealing key
 //!   opens to itself, and then one flipped bit (at a place and with a mask taken from the
 //!   input), a truncation, an extra byte, another storage key or a keyring without the sealing
@@ -10,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
-use wxauth::fuzzing::open_record;
+use wxauth::fuzzing::{open_profile_record, open_record, profile_plaintext};
 use wxauth::store::seal::{Keyring, SealingKey};
 use wxauth::store::{CachedProfile, CodeRecord, Flow, Reach, TokenRecord};
 
@@ -54,6 +55,7 @@ fn decode_each(plain: &[u8]) {
     let _ = serde_json::from_slice::<Flow>(plain);
     let _ = serde_json::from_slice::<CodeRecord>(plain);
     let _ = serde_json::from_slice::<CachedProfile>(plain);
+    let _ = profile_plaintext(plain);
     let _ = serde_json::from_slice::<Reach>(plain);
 }
 
@@ -64,6 +66,7 @@ fn decode_each_sealed(keys: &Keyring, sealed: &[u8]) {
     opens::<CodeRecord>(keys, sealed);
     opens::<CachedProfile>(keys, sealed);
     opens::<Reach>(keys, sealed);
+    let _ = open_profile_record(keys, NAME, sealed);
 }
 
 fn opens<T: DeserializeOwned>(keys: &Keyring, sealed: &[u8]) {

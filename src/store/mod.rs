@@ -33,6 +33,7 @@ mod keys;
 mod memory;
 mod oidc;
 mod phones;
+mod profile_record;
 mod records;
 mod redis;
 pub mod seal;
@@ -298,20 +299,35 @@ impl Store {
     /// plain structs) is an error the write stops at, logged here with the record's kind; an
     /// empty record would read back as missing and lose the write without a word.
     fn seal<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-        let sealed = match serde_json::to_vec(value) {
-            Ok(plain) => self.inner.keys.seal(key, &plain).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("serialisation failed at line {}, column {}", e.line(), e.column())),
-        };
-        sealed.map_err(|cause| {
-            let kind = key_kind(key);
-            // The cause names no value: serde_json's position only, or the seal's fixed text.
-            tracing::error!(key_kind = kind, cause = %cause, "record not written: it could not be sealed");
-            StoreError::Seal { kind }
-        })
+        match serde_json::to_vec(value) {
+            Ok(plain) => self.seal_plain(key, &plain),
+            Err(e) => {
+                Err(self.unsealed(key, &format!("serialisation failed at line {}, column {}", e.line(), e.column())))
+            }
+        }
+    }
+
+    /// `plain` sealed under its storage key (a record encoded by its own rule).
+    fn seal_plain(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.inner.keys.seal(key, plain).map_err(|e| self.unsealed(key, &e.to_string()))
+    }
+
+    #[cold]
+    fn unsealed(&self, key: &str, cause: &str) -> StoreError {
+        let kind = key_kind(key);
+        // The cause names no value: serde_json's position only, or the seal's fixed text.
+        tracing::error!(key_kind = kind, cause = %cause, "record not written: it could not be sealed");
+        StoreError::Seal { kind }
     }
 
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
-        let opened = open_record(&self.inner.keys, key, sealed);
+        self.open_as(key, sealed, |plain| serde_json::from_slice(plain).ok())
+    }
+
+    /// A sealed record opened and read by `decode`; one that does not is counted, logged and
+    /// treated as missing.
+    fn open_as<T>(&self, key: &str, sealed: &[u8], decode: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        let opened = self.inner.keys.open(key, sealed).ok().and_then(|plain| decode(&plain));
         if opened.is_none() {
             self.inner.metrics.unopenable_records.inc();
             tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
@@ -326,3 +342,10 @@ impl Store {
 pub(crate) fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
     keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok())
 }
+
+/// [`open_record`] for the cached profile, which has a form of its own ([`profile_record`]).
+pub(crate) fn open_profile_record(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<CachedProfile> {
+    keys.open(key, sealed).ok().and_then(|plain| profile_record::decode(&plain))
+}
+
+pub(crate) use self::profile_record::decode as decode_profile_record;

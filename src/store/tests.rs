@@ -285,3 +285,38 @@ fn each_primitive_runs_in_a_span_named_after_it() {
         assert_eq!(name, Some(format!("store.{}", op.name()).as_str()), "{op:?}");
     }
 }
+
+#[tokio::test]
+async fn a_cached_profile_reads_back_in_its_own_form_and_in_the_json_of_earlier_versions() {
+    // Arrange
+    use crate::wechat::Lang;
+    let store = store_with(&[Keyring::generate_line(1)]);
+    let profile = crate::wechat::Profile {
+        openid: "oAlice".into(),
+        nickname: "Alice".into(),
+        sex: 2,
+        province: String::new(),
+        city: String::new(),
+        country: "CN".into(),
+        headimgurl: String::new(),
+        privilege: Vec::new(),
+        unionid: Some("uAlice".into()),
+    };
+    let cached = CachedProfile { profile, fetched_at: 1_767_225_600 };
+    let ttl = Duration::from_secs(300);
+    // Act: this version's write, then a record as an earlier version wrote it (sealed JSON).
+    store.put_profile("mp", "oAlice", Lang::ZhCn, &cached, ttl).await.expect("put");
+    let key = store.profile_key("mp", "oBob", Lang::ZhCn);
+    let old = store.seal(&key, &cached).expect("sealed JSON");
+    store.call(backend::Op::Set, |b| b.set(&key, &old, ttl)).await.expect("set");
+    // Assert
+    let written = store.profile_key("mp", "oAlice", Lang::ZhCn);
+    let sealed = store.call(backend::Op::Get, |b| b.get(&written)).await.expect("get").expect("stored");
+    let plain = store.inner.keys.open(&written, &sealed).expect("opens");
+    assert_eq!(plain[0], 1, "the profile's own form, not JSON");
+    assert_eq!(store.get_profile("mp", "oAlice", Lang::ZhCn).await.expect("read"), Some(cached.clone()));
+    assert_eq!(store.get_profile("mp", "oBob", Lang::ZhCn).await.expect("read old"), Some(cached.clone()));
+    let (_, both) = store.get_reach_and_profile("mp", "oBob", "passport", Lang::ZhCn).await.expect("read two");
+    assert_eq!(both, Some(cached), "the claim's read takes the JSON form too");
+    assert_eq!(store.inner.metrics.unopenable_records.get(), 0);
+}

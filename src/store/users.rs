@@ -9,7 +9,7 @@ use super::keys::{account_aad, account_field};
 use super::records::{
     Account, CachedProfile, CodeRecord, LockToken, MiniSession, Reach, ReadCode, TokenRecord, TokenVersion,
 };
-use super::{Store, StoreError};
+use super::{Store, StoreError, profile_record};
 use crate::secrets::AuthCode;
 use crate::wechat::Lang;
 
@@ -164,7 +164,7 @@ impl Store {
     pub async fn get_profile(&self, app: &str, openid: &str, lang: Lang) -> Result<Option<CachedProfile>, StoreError> {
         let key = self.profile_key(app, openid, lang);
         let found = self.call(Op::Get, |b| b.get(&key)).await?;
-        Ok(found.and_then(|sealed| self.open(&key, &sealed)))
+        Ok(found.and_then(|sealed| self.open_profile(&key, &sealed)))
     }
 
     /// Caches a profile for `ttl`.
@@ -177,7 +177,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let key = self.profile_key(app, openid, lang);
-        let sealed = self.seal(&key, cached)?;
+        let sealed = self.seal_plain(&key, &profile_record::encode(cached))?;
         self.call(Op::Set, |b| b.set(&key, &sealed, ttl)).await
     }
 
@@ -253,7 +253,7 @@ impl Store {
         let (reach_key, profile_key) = (self.reach_key(app, openid, client), self.profile_key(app, openid, lang));
         let (reach, profile) = self.call(Op::GetTwo, |b| b.get_two(&reach_key, &profile_key)).await?;
         let reach = reach.and_then(|sealed| self.open::<Reach>(&reach_key, &sealed));
-        Ok((reach, profile.and_then(|sealed| self.open(&profile_key, &sealed))))
+        Ok((reach, profile.and_then(|sealed| self.open_profile(&profile_key, &sealed))))
     }
 
     /// Whether any of `clients` holds a claim on this user (ForgetUser: the user's records go
