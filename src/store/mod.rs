@@ -321,13 +321,13 @@ impl Store {
     }
 
     fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
-        self.open_as(key, sealed, |plain| serde_json::from_slice(plain).ok())
+        self.open_as(key, sealed, from_json)
     }
 
     /// A sealed record opened and read by `decode`; one that does not is counted, logged and
     /// treated as missing.
     fn open_as<T>(&self, key: &str, sealed: &[u8], decode: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
-        let opened = self.inner.keys.open(key, sealed).ok().and_then(|plain| decode(&plain));
+        let opened = open_with(&self.inner.keys, key, sealed, decode);
         if opened.is_none() {
             self.inner.metrics.unopenable_records.inc();
             tracing::warn!(key_kind = key_kind(key), "stored record does not open; treated as missing");
@@ -336,16 +336,26 @@ impl Store {
     }
 }
 
-/// Opens a record read from a backend: the seal, then the JSON. `None` for anything that does
-/// not open or decode (wrong key, tampering, a copy under another key, a record of another
-/// shape); the store counts and logs those and treats them as missing.
-pub(crate) fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
-    keys.open(key, sealed).ok().and_then(|plain| serde_json::from_slice(&plain).ok())
+/// Opens a record read from a backend: the seal, then `decode` (JSON for every record but the
+/// cached profile, [`profile_record`]). `None` for anything that does not open or decode (wrong
+/// key, tampering, a copy under another key, a record of another shape); the store counts and
+/// logs those and treats them as missing.
+fn open_with<T>(keys: &Keyring, key: &str, sealed: &[u8], decode: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+    keys.open(key, sealed).ok().and_then(|plain| decode(&plain))
 }
 
-/// [`open_record`] for the cached profile, which has a form of its own ([`profile_record`]).
+fn from_json<T: DeserializeOwned>(plain: &[u8]) -> Option<T> {
+    serde_json::from_slice(plain).ok()
+}
+
+/// [`open_with`] as the store opens a JSON record (the fuzz targets' entry).
+pub(crate) fn open_record<T: DeserializeOwned>(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<T> {
+    open_with(keys, key, sealed, from_json)
+}
+
+/// [`open_with`] as the store opens a cached profile (the fuzz targets' entry).
 pub(crate) fn open_profile_record(keys: &Keyring, key: &str, sealed: &[u8]) -> Option<CachedProfile> {
-    keys.open(key, sealed).ok().and_then(|plain| profile_record::decode(&plain))
+    open_with(keys, key, sealed, profile_record::decode)
 }
 
 pub(crate) use self::profile_record::decode as decode_profile_record;
